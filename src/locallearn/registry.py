@@ -1,0 +1,47 @@
+"""Name → object registries. Everything a user picks by name (models, methods, heads, losses, context
+modes, datasets, presets) lives in one of these, so unknown names fail the same way everywhere."""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A dict of named entries whose lookup errors list the valid names."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # "model", "method", ... — used in error messages
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
+        """Register ``obj`` under ``name``; used bare (``reg.register("x", f)``) or as a decorator."""
+
+        def add(entry: T) -> T:
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice; names must be unique.")
+            self._entries[name] = entry
+            return entry
+
+        return add if obj is None else add(obj)
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())}."
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
