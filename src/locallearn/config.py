@@ -1,0 +1,126 @@
+"""What a local network is: one typed config, validated at construction, and the method presets.
+
+A *method* is only a named set of defaults over orthogonal options (head, loss, context mode,
+reconstruction, K), so every preset field can be overridden: ``build("resnet32", method="infopro",
+local_loss="ce")`` is InfoPro with a softmax head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from locallearn.context import ContextMode
+from locallearn.data.specs import DATASETS
+from locallearn.decoders import FEATURE_DECODERS
+from locallearn.heads import HEADS
+from locallearn.losses import LOCAL_LOSSES
+from locallearn.models import MODELS
+from locallearn.registry import Registry
+from locallearn.split import SPLIT_NAMES
+
+METHODS: Registry[dict[str, Any]] = Registry("method")
+METHODS.register("e2e", dict(num_modules=1, aux_head=None, context="R0", reconstruct=False))
+METHODS.register(
+    "checkpoint", dict(num_modules=1, aux_head=None, context="R0", reconstruct=False, checkpoint=True)
+)
+METHODS.register("greedy", dict(aux_head="linear", local_loss="ce", context="R0", reconstruct=False))
+METHODS.register("dgl", dict(aux_head="dgl", local_loss="ce", context="R0", reconstruct=False))
+METHODS.register("infopro", dict(aux_head="1c2f", local_loss="contrast", context="R0", reconstruct=True))
+METHODS.register("contsup", dict(aux_head="1c2f", local_loss="ce", context="R1E", reconstruct=False))
+
+
+@dataclass
+class NetConfig:
+    """Everything that defines a local network. Built through ``make_config`` / ``ll.build``."""
+
+    model: str = "resnet32"
+    method: str = "contsup"
+    num_modules: int = 4  # K
+    split: str | list = "paper"  # "paper", "balanced", "auto", "uniform" or [[stage, block], ...]
+    aux_head: str | None = "1c2f"
+    local_loss: str = "ce"  # "ce" or "contrast"
+    reconstruct: bool = False  # InfoPro's image reconstruction in every local module
+    context: str = "R0"  # ContSup context mode
+    dataset: str | None = None  # picks classes, image size, normalisation and the λ table
+    num_classes: int | None = None
+    image_size: int | None = None
+    image_mean: tuple[float, ...] | None = None  # of the [0, 1] image; inputs are (x − mean) / std
+    image_std: tuple[float, ...] | None = None
+    lambdas: tuple[float, float, float, float] | None = None  # (λxx_first, λxy_first, λxx_last, λxy_last)
+    temperature: float = 0.07  # of the contrastive loss
+    checkpoint: bool = False  # activation checkpointing inside each module
+    checkpoint_segments: int | None = None  # default: about √units
+    feature_decoder: str | None = None  # FeatRecon: "linear", "conv" or "transformer"
+    feature_weight: float = 1.0  # FeatRecon's λ on the feature-reconstruction MSE
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to the backbone factory
+
+    def __post_init__(self) -> None:
+        MODELS.get(self.model)
+        METHODS.get(self.method)
+        spec = DATASETS.get(self.dataset) if self.dataset is not None else None
+        if self.num_classes is None:
+            self.num_classes = spec.num_classes if spec else 10
+        if self.image_size is None and spec is not None:
+            self.image_size = spec.image_size
+        if spec is not None:
+            self.image_mean = tuple(self.image_mean or spec.mean)
+            self.image_std = tuple(self.image_std or spec.std)
+        if not isinstance(self.num_modules, int) or isinstance(self.num_modules, bool) or self.num_modules < 1:
+            raise ValueError(f"num_modules must be a positive integer, got {self.num_modules!r}.")
+        if self.method in ("e2e", "checkpoint") and self.num_modules != 1:
+            raise ValueError(
+                f"num_modules: method {self.method!r} trains the network as one module (num_modules=1), got "
+                f"{self.num_modules}; use a local method (greedy, dgl, infopro, contsup, featrecon) for K > 1."
+            )
+        if isinstance(self.split, str):
+            if self.split not in SPLIT_NAMES:
+                raise ValueError(
+                    f"split: unknown split {self.split!r}; valid splits are {', '.join(SPLIT_NAMES)} "
+                    f"or a list of [stage, block] cuts."
+                )
+        elif isinstance(self.split, (list, tuple)):
+            self.split = [list(c) if isinstance(c, (list, tuple)) else c for c in self.split]
+        else:
+            raise ValueError(f"split: expected a name or a list of [stage, block] cuts, got {self.split!r}.")
+        if self.num_modules > 1:
+            if self.aux_head is None:
+                raise ValueError(f"aux_head: K={self.num_modules} needs an auxiliary head; valid: {', '.join(HEADS.names())}.")
+            HEADS.get(self.aux_head)
+        LOCAL_LOSSES.get(self.local_loss)
+        ContextMode.parse(self.context).check_modules(self.num_modules)
+        if self.feature_decoder is not None:
+            FEATURE_DECODERS.get(self.feature_decoder)
+        if self.reconstruct and self.image_size is None:
+            raise ValueError(
+                "reconstruct: image reconstruction needs a known image size; pass dataset=... or image_size=..."
+            )
+        if self.lambdas is not None:
+            if len(self.lambdas) != 4:
+                raise ValueError(f"lambdas: expected (λxx_first, λxy_first, λxx_last, λxy_last), got {self.lambdas!r}.")
+            self.lambdas = tuple(float(v) for v in self.lambdas)
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}.")
+        if self.checkpoint_segments is not None and self.checkpoint_segments < 1:
+            raise ValueError(f"checkpoint_segments must be ≥ 1, got {self.checkpoint_segments}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(NetConfig))
+
+
+def make_config(model: str, method: str = "contsup", **overrides: Any) -> NetConfig:
+    """Defaults ← the method's preset ← ``overrides``. Unknown keys are refused by name."""
+    unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r}; valid options are {', '.join(CONFIG_FIELDS)}.")
+    values: dict[str, Any] = dict(METHODS.get(method))
+    values.update(overrides)
+    return NetConfig(model=model, method=method, **values)

@@ -1,0 +1,135 @@
+"""ContSup's context supply (METHODS.md 5).
+
+Boundary i (i = 0..K−2) sits between module i and module i+1. With h_i module i's output, x the
+normalised image and ĥ_i the tensor handed to module i+1 (ĥ_{−1} := x):
+
+    R0    ĥ_i = sg(h_i)
+    E     ĥ_i = sg(h_i) + Enc_i(x)
+    Rn    ĥ_i = sg(h_i) + Σ_{r=0}^{min(n, i+1)−1} ResEnc_{i,r}(sg(ĥ_{i−1−r}))
+    RnE   ĥ_i = sg(h_i) + Enc_i(x) + Σ_{r : i−1−r ≥ 0} ResEnc_{i,r}(sg(ĥ_{i−1−r}))   (R1E of the paper)
+
+Only the encoders a mode uses are built. The encoders at boundary i are part of module i+1: its loss
+trains them, their inputs are detached, and they run at test time too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODE_NAMES = ("R0", "E", "R1", "R2", "R4", "R8", "R16", "R1E", "R2E", "R4E", "R8E", "R16E")
+_PATTERN = re.compile(r"^(?:R(?P<n>\d+)(?P<e>E?)|(?P<only_e>E))$")
+
+
+@dataclass(frozen=True)
+class ContextMode:
+    name: str
+    image: bool  # Enc_i(x) is added at every boundary
+    depth: int  # n of Rn: how many earlier tensors ĥ feed each boundary
+
+    @classmethod
+    def parse(cls, name: str) -> "ContextMode":
+        m = _PATTERN.match(name) if isinstance(name, str) else None
+        if m is None or (m["n"] is not None and m["e"] and int(m["n"]) == 0):
+            raise ValueError(
+                f"context: unknown mode {name!r}; valid modes are {', '.join(MODE_NAMES)} "
+                f"(any Rn or RnE with n ≥ 1)."
+            )
+        if m["only_e"]:
+            return cls(name, image=True, depth=0)
+        return cls(name, image=bool(m["e"]), depth=int(m["n"]))
+
+    @property
+    def uses_context(self) -> bool:
+        return self.image or self.depth > 0
+
+    def check_modules(self, num_modules: int) -> None:
+        """A mode needs at least one boundary, and n of Rn may not exceed K (n ≥ K−1 reads every source)."""
+        if self.uses_context and num_modules < 2:
+            raise ValueError(f"context: mode {self.name} needs num_modules ≥ 2 (boundaries to supply), got 1.")
+        if self.depth > num_modules:
+            raise ValueError(
+                f"context: mode {self.name} reads {self.depth} earlier tensors but num_modules={num_modules} "
+                f"provides at most {num_modules - 1}; use R{num_modules - 1} or fewer, or more modules."
+            )
+
+    def sources(self, boundary: int) -> list[int]:
+        """Indices j of the ĥ_j that feed ``boundary`` through ResEnc_{i,r}, r = 0, 1, ... (j = −1: image)."""
+        js = [boundary - 1 - r for r in range(min(self.depth, boundary + 1))]
+        if self.image:  # the image already arrives through Enc_i
+            js = [j for j in js if j >= 0]
+        return js
+
+
+class ImageEncoder(nn.Module):
+    """Enc_i: conv3x3(3 → 12) → BN → ReLU → conv3x3(12 → C_i) → BN → ReLU → adaptive avg pool to H_i×W_i."""
+
+    def __init__(self, in_channels: int, out_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        c, h, w = out_shape
+        self.size = (h, w)
+        self.net = nn.Sequential(
+            nn.Conv2d(in_channels, 12, kernel_size=3, padding=1),
+            nn.BatchNorm2d(12),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(12, c, kernel_size=3, padding=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.net(x), self.size)
+
+
+class ResEncoder(nn.Module):
+    """ResEnc_{i,r}: conv1x1(C_src → C_i) → BN → ReLU → adaptive avg pool to H_i×W_i."""
+
+    def __init__(self, in_channels: int, out_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        c, h, w = out_shape
+        self.size = (h, w)
+        self.net = nn.Sequential(nn.Conv2d(in_channels, c, kernel_size=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.net(x), self.size)
+
+
+class ContextSupply(nn.Module):
+    """The encoders of one context mode, for every boundary of a split."""
+
+    def __init__(
+        self, mode: ContextMode, *, image_shape: tuple[int, int, int], boundary_shapes: list[tuple[int, ...]]
+    ) -> None:
+        super().__init__()
+        self.mode = mode
+        self.image_encoders = nn.ModuleDict()
+        self.res_encoders = nn.ModuleDict()
+        for i, shape in enumerate(boundary_shapes):
+            if len(shape) != 3:
+                raise ValueError(
+                    f"context: mode {mode.name} needs feature maps (C, H, W) at every boundary; boundary {i} "
+                    f"has shape {tuple(shape)}; use context R0 for this backbone."
+                )
+            if mode.image:
+                self.image_encoders[str(i)] = ImageEncoder(image_shape[0], shape)
+            for r, j in enumerate(mode.sources(i)):
+                src_channels = image_shape[0] if j < 0 else boundary_shapes[j][0]
+                self.res_encoders[f"{i}_{r}"] = ResEncoder(src_channels, shape)
+
+    def forward(self, boundary: int, h: torch.Tensor, image: torch.Tensor, history: dict[int, torch.Tensor]) -> torch.Tensor:
+        """ĥ_boundary from the detached h and the detached history (out-of-place additions)."""
+        out = h
+        if self.mode.image:
+            out = out + self.image_encoders[str(boundary)](image)
+        for r, j in enumerate(self.mode.sources(boundary)):
+            src = image if j < 0 else history[j]
+            out = out + self.res_encoders[f"{boundary}_{r}"](src)
+        return out
+
+    def encoders_at(self, boundary: int) -> list[nn.Module]:
+        mods = [m for k, m in self.image_encoders.items() if int(k) == boundary]
+        return mods + [m for k, m in self.res_encoders.items() if int(k.split("_")[0]) == boundary]

@@ -1,0 +1,93 @@
+"""Auxiliary networks that turn a local module's output into a local prediction (METHODS.md 3).
+
+Each factory takes the module's output shape ``(C, H, W)`` and the output size (number of classes for
+cross-entropy, 128 for the contrastive loss) and returns an ``nn.Module``. Heads are training-only: the
+inference forward never runs them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from locallearn.registry import Registry
+
+HeadFactory = Callable[[tuple[int, ...], int], nn.Module]
+HEADS: Registry[HeadFactory] = Registry("auxiliary head")
+
+
+def create_head(name: str, in_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    return HEADS.get(name)(in_shape, out_dim)
+
+
+class GlobalPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))  # (B, C, H, W) → (B, C)
+
+
+@HEADS.register("linear")
+def linear_head(in_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    """Greedy supervised learning's head ("0c1f"): global average pool → Linear(C → out)."""
+    return nn.Sequential(GlobalPool(), nn.Linear(in_shape[0], out_dim))
+
+
+# (C', stride) of 1c2f's convolution by input width C (InfoPro / ContSup).
+_ONE_CONV_WIDTH = {16: (32, 2), 32: (64, 2), 64: (64, 1)}
+
+
+@HEADS.register("1c2f")
+def one_conv_two_fc_head(in_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    """InfoPro's "1c2f": conv3x3(C → C', stride s) → BN → ReLU → pool → Linear(C' → 128) → ReLU → Linear.
+
+    (C', s) = (32, 2), (64, 2), (64, 1) for C = 16, 32, 64; other widths (our choice) keep C' = C and
+    stride 1 when C ≥ 64, else double the width at stride 2, which extends the same pattern.
+    """
+    c = in_shape[0]
+    c_mid, stride = _ONE_CONV_WIDTH.get(c, (c, 1) if c >= 64 else (2 * c, 2))
+    return nn.Sequential(
+        nn.Conv2d(c, c_mid, kernel_size=3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_mid),
+        nn.ReLU(inplace=True),
+        GlobalPool(),
+        nn.Linear(c_mid, 128),
+        nn.ReLU(inplace=True),
+        nn.Linear(128, out_dim),
+    )
+
+
+class DGLHead(nn.Module):
+    """The auxiliary network of DGL (Belilovsky, Eickenberg, Oyallon, ICML 2020).
+
+    As in their CIFAR experiments: adaptive-average-pool the input to ⌈H/4⌉×⌈W/4⌉, then ``num_convs``
+    1×1 convolutions C → C (no bias) each with BN and ReLU, adaptive-average-pool to 2×2, flatten to 4C,
+    then an MLP of ``mlp_layers`` × [Linear(4C → 4C) → BN1d → ReLU] and a final Linear(4C → out).
+    We use 3 convolutions and 3 MLP layers, the configuration of DGL's CIFAR auxiliary problems.
+    """
+
+    def __init__(self, in_shape: tuple[int, ...], out_dim: int, *, num_convs: int = 3, mlp_layers: int = 3):
+        super().__init__()
+        c, h, w = in_shape
+        self.pool_size = (math.ceil(h / 4), math.ceil(w / 4))
+        self.convs = nn.Sequential(
+            *[
+                nn.Sequential(nn.Conv2d(c, c, kernel_size=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+                for _ in range(num_convs)
+            ]
+        )
+        width = 4 * c
+        mlp: list[nn.Module] = []
+        for _ in range(mlp_layers):
+            mlp += [nn.Linear(width, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
+        self.mlp = nn.Sequential(*mlp, nn.Linear(width, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.convs(F.adaptive_avg_pool2d(x, self.pool_size))
+        x = F.adaptive_avg_pool2d(x, (2, 2)).flatten(1)  # (B, C, 2, 2) → (B, 4C)
+        return self.mlp(x)
+
+
+HEADS.register("dgl", lambda in_shape, out_dim: DGLHead(in_shape, out_dim))

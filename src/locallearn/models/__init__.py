@@ -1,0 +1,7 @@
+"""Backbones as ordered units. One file per model family; each registers its factories on import."""
+
+from locallearn.models.base import Backbone
+from locallearn.models.registry import MODELS, create_model, register_model
+from locallearn.models import resnet_cifar  # noqa: F401  (registers resnet20..resnet110)
+
+__all__ = ["MODELS", "Backbone", "create_model", "register_model"]

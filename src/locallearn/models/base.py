@@ -1,0 +1,50 @@
+"""The one contract every backbone meets: an ordered list of units.
+
+Running the units in order is the network's forward pass. Local learning cuts this list into K
+consecutive modules (see `split.py` and `net.py`), so a backbone never needs to know it is trained
+locally. Each unit has a key — ``(stage, block)`` with 0-based blocks, stage 0 the stem — which is how
+METHODS.md 2.2 names cut points. The last unit is the classifier (features → logits).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses fill ``units``, ``unit_keys`` and ``image_size``."""
+
+    units: nn.ModuleList
+    unit_keys: list[tuple[int, int]]
+    image_size: int
+    in_channels: int = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for unit in self.units:
+            x = unit(x)
+        return x
+
+    @property
+    def num_units(self) -> int:
+        return len(self.units)
+
+    @torch.no_grad()
+    def unit_shapes(self, image_size: int | None = None) -> list[tuple[int, ...]]:
+        """Output shape (without batch) of every unit, found by one eval-mode forward of a blank image.
+
+        Eval mode, so BatchNorm running statistics are untouched.
+        """
+        size = image_size or self.image_size
+        was_training = self.training
+        self.eval()
+        try:
+            param = next(self.parameters())
+            x = torch.zeros(1, self.in_channels, size, size, device=param.device, dtype=param.dtype)
+            shapes = []
+            for unit in self.units:
+                x = unit(x)
+                shapes.append(tuple(x.shape[1:]))
+        finally:
+            self.train(was_training)
+        return shapes
