@@ -1,0 +1,197 @@
+"""The training step: gradient isolation, K = 1 parity with plain end-to-end training, activation
+checkpointing parity, memory falling with K, and the inference path."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import locallearn as ll
+from locallearn.bench.meters import SavedTensorMeter
+from locallearn.models import create_model
+
+
+def batch(n=4, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def grads_of(params):
+    return [p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(method="greedy", num_modules=4, split="paper"),
+        dict(method="dgl", num_modules=3, split="uniform"),
+        dict(method="infopro", num_modules=4, split="paper"),
+        dict(method="contsup", num_modules=4, context="R1E", split="paper"),
+        dict(method="contsup", num_modules=4, context="R2", split="paper", reconstruct=True),
+    ],
+)
+def test_each_module_loss_reaches_only_its_own_parts(options):
+    net = ll.build("resnet32", dataset="cifar10", **options)
+    x, y = batch()
+    state = net.begin(x)
+    inp = x
+    for k in range(net.num_modules):
+        net.zero_grad(set_to_none=True)
+        h = net.module_forward(k, inp)
+        loss, _ = net.local_loss(k, h, y, images=x, inputs=inp)
+        loss.backward()
+        own = {id(p) for p in net.module_parameters(k)}
+        for name, p in net.named_parameters():
+            if id(p) not in own:
+                assert p.grad is None, f"module {k}'s loss reached {name}"
+        assert any(grads_of(net.module_parameters(k)))
+        if k < net.num_modules - 1:
+            inp = net.handoff(k, h, state)
+
+
+def test_module_parts_cover_every_parameter_exactly_once():
+    net = ll.build("resnet32", method="contsup", num_modules=8, context="R2E", reconstruct=True, dataset="cifar10")
+    seen = [id(p) for k in range(net.num_modules) for p in net.module_parameters(k)]
+    assert len(seen) == len(set(seen)) == len(list(net.parameters()))
+
+
+def test_k1_matches_plain_end_to_end_training():
+    torch.manual_seed(3)
+    net = ll.build("resnet20", method="e2e", dataset="cifar10")
+    plain = copy.deepcopy(net.backbone)
+    x, y = batch(8)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    opt_plain = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    for _ in range(2):
+        stats = ll.train_step(net, x, y, opt)
+        opt_plain.zero_grad()
+        loss = F.cross_entropy(plain(x), y)
+        loss.backward()
+        opt_plain.step()
+        assert stats["loss"] == pytest.approx(loss.item(), rel=1e-6)
+    for (name, a), b in zip(net.backbone.state_dict().items(), plain.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_activation_checkpointing_matches_end_to_end():
+    torch.manual_seed(4)
+    e2e = ll.build("resnet20", method="e2e", dataset="cifar10")
+    ckpt = ll.build("resnet20", method="checkpoint", dataset="cifar10")
+    ckpt.load_state_dict(e2e.state_dict())
+    assert ckpt.checkpoint_segments == 3  # ≈ √11 units
+    x, y = batch(8)
+    for net in (e2e, ckpt):
+        ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.0))
+    for (name, a), b in zip(e2e.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+    # BatchNorm running statistics are updated once, not again during recomputation.
+    for (name, a), b in zip(e2e.state_dict().items(), ckpt.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def step_peak(net, x, y):
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    with SavedTensorMeter(net.parameters()) as meter:
+        ll.train_step(net, x, y, opt)
+    return meter.peak_bytes
+
+
+def test_peak_saved_bytes_fall_as_k_grows():
+    x, y = batch(4)
+    peaks = []
+    for K in (1, 2, 4, 8, 16):
+        method = "e2e" if K == 1 else "contsup"
+        net = ll.build("resnet32", method=method, num_modules=K, context="R0", dataset="cifar10")
+        peaks.append(step_peak(net, x, y))
+    assert all(a > b for a, b in zip(peaks, peaks[1:])), peaks
+    assert peaks[0] / peaks[-1] > 4
+
+
+def test_meter_counts_storages_once_and_frees_them():
+    w = torch.randn(8, 8, requires_grad=True)
+    with SavedTensorMeter([w]) as meter:
+        a = torch.randn(4, 8)
+        out = (a @ w).sum() + (a @ w).sum()  # `a` saved twice: counted once; w excluded
+        assert meter.live_bytes == a.numel() * 4
+        out.backward()
+        del out
+    assert meter.live_bytes == 0 and meter.peak_bytes == a.numel() * 4
+
+
+def test_inference_runs_neither_heads_nor_decoders():
+    net = ll.build("resnet32", method="infopro", num_modules=4, dataset="cifar10").eval()
+    called = []
+    for module in list(net.aux_heads) + list(net.image_decoders):
+        module.register_forward_hook(lambda *a: called.append(1))
+    logits = net(batch()[0])
+    assert logits.shape == (4, 10) and not called
+
+
+def test_loss_on_inference_output_reaches_only_the_last_module():
+    net = ll.build("resnet32", method="contsup", num_modules=4, context="R1E", dataset="cifar10")
+    x, y = batch()
+    F.cross_entropy(net(x), y).backward()
+    last = {id(p) for p in net.module_parameters(3)}
+    for name, p in net.named_parameters():
+        assert (p.grad is not None) == (id(p) in last and not name.startswith("aux_heads")), name
+
+
+def test_inference_equals_the_training_path():
+    net = ll.build("resnet32", method="contsup", num_modules=4, context="R2E", dataset="cifar10").eval()
+    x, _ = batch()
+    state = net.begin(x)
+    h = x
+    for k in range(4):
+        h = net.module_forward(k, h)
+        if k < 3:
+            h = net.handoff(k, h, state)
+    assert torch.allclose(net(x), h)
+
+
+def test_training_learns_a_tiny_problem():
+    torch.manual_seed(0)
+    net = ll.build("resnet20", method="contsup", num_modules=3, split="uniform", context="R1E", dataset="cifar10")
+    x, y = batch(16)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    first = ll.train_step(net, x, y, opt)
+    for _ in range(15):
+        last = ll.train_step(net, x, y, opt)
+    assert last["loss/2"] < first["loss/2"] and set(first) >= {"loss", "loss/0", "acc/0", "acc/2"}
+
+
+def test_bf16_autocast_step_runs():
+    net = ll.build("resnet20", method="infopro", num_modules=2, split="uniform", dataset="cifar10")
+    x, y = batch()
+    stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01), autocast_dtype=torch.bfloat16)
+    assert all(v == v for v in stats.values())  # no NaN
+
+
+def test_reconstruction_weights_follow_the_lambda_table():
+    net = ll.build("resnet110", method="contsup", num_modules=4, context="R1E", reconstruct=True, dataset="stl10")
+    assert net.lambda_schedule[0] == pytest.approx((20, 0.2)) and net.lambda_schedule[-1] == pytest.approx((5, 2))
+    assert net.describe()["lambda_source"].startswith("table")
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: ll.build("resnet33"), "unknown model 'resnet33'; valid models: "),
+        (lambda: ll.build("resnet32", method="infopr"), "unknown method 'infopr'; valid methods: "),
+        (lambda: ll.build("resnet32", aux_head="2c2f"), "unknown auxiliary head '2c2f'; valid"),
+        (lambda: ll.build("resnet32", local_loss="mse"), "unknown local loss 'mse'; valid"),
+        (lambda: ll.build("resnet32", dataset="imagenet"), "unknown dataset 'imagenet'; valid"),
+        (lambda: ll.build("resnet32", method="e2e", num_modules=4), "trains the network as one module"),
+        (lambda: ll.build("resnet32", reconstruct=True), "needs a known image size"),
+        (lambda: ll.build("resnet32", num_module=4), "unknown option 'num_module'; valid options"),
+    ],
+)
+def test_bad_input_is_one_sentence(call, message):
+    with pytest.raises(ValueError, match=message) as err:
+        call()
+    assert "\n" not in str(err.value)
+
+
+def test_reconstruct_with_explicit_image_size():
+    net = ll.build("resnet20", method="infopro", num_modules=2, split="uniform", image_size=32)
+    assert net.image_decoders is not None

@@ -1,0 +1,71 @@
+"""Backbones against METHODS.md 2.1: parameter counts, unit layout, feature-map shapes."""
+
+import pytest
+import torch
+
+from locallearn.models import MODELS, create_model
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("resnet32", 466_906), ("resnet110", 1_730_714)],
+)
+def test_parameter_counts_match_methods(name, expected):
+    assert n_params(create_model(name, num_classes=10)) == expected
+
+
+@pytest.mark.parametrize("depth", [20, 32, 44, 56, 110])
+def test_units_and_keys(depth):
+    net = create_model(f"resnet{depth}", num_classes=10)
+    n = (depth - 2) // 6
+    assert net.num_units == 3 * n + 2  # stem + blocks + classifier
+    assert net.unit_keys[0] == (0, 0) and net.unit_keys[-1] == (4, 0)
+    assert net.unit_keys[1:-1] == [(s, b) for s in (1, 2, 3) for b in range(n)]
+
+
+@pytest.mark.parametrize("size", [32, 96])
+def test_feature_map_shapes(size):
+    net = create_model("resnet32", num_classes=10, image_size=size)
+    shapes = net.unit_shapes(size)
+    assert shapes[0] == (16, size, size)
+    assert shapes[5] == (16, size, size)  # last block of stage 1
+    assert shapes[6] == (32, size // 2, size // 2)
+    assert shapes[11] == (64, size // 4, size // 4)
+    assert shapes[-1] == (10,)
+
+
+def test_unit_shapes_leave_batchnorm_statistics_alone():
+    net = create_model("resnet20", num_classes=10)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.train()
+    net.unit_shapes(32)
+    assert net.training
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_initialisation_follows_methods():
+    net = create_model("resnet110", num_classes=10)
+    conv = net.units[40].conv1  # a stage-3, 64-channel 3×3 conv: std = sqrt(2 / (9·64))
+    assert abs(conv.weight.std().item() - (2 / (9 * 64)) ** 0.5) < 0.003
+    bn = net.units[40].bn1
+    assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+
+
+def test_forward_equals_running_units():
+    net = create_model("resnet20", num_classes=7).eval()
+    x = torch.randn(2, 3, 32, 32)
+    y = x
+    for unit in net.units:
+        y = unit(y)
+    assert torch.equal(net(x), y) and y.shape == (2, 7)
+
+
+def test_registry_lists_models():
+    assert {"resnet20", "resnet32", "resnet44", "resnet56", "resnet110"} <= set(MODELS.names())
+    with pytest.raises(ValueError, match="valid models"):
+        create_model("resnet33")
