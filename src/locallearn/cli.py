@@ -1,0 +1,154 @@
+"""The `locallearn` console script. Each subcommand is a plain function elsewhere in the package; this
+module only declares arguments. A parser stores its function as ``_run``; `main` calls it with the parsed
+options as keyword arguments and returns its exit status.
+
+Errors a user can fix (ValueError, which includes DatasetError and config errors, and OSError) print one
+line, ``locallearn: error: <message>``, and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+PROG = "locallearn"
+
+
+def _add_data(commands: argparse._SubParsersAction) -> None:
+    from locallearn.data import DATASETS, DEFAULT_ROOT
+    from locallearn.data.commands import data_check, data_download
+
+    data = commands.add_parser("data", help="download and check the datasets of the papers")
+    actions = data.add_subparsers(dest="_action", required=True, metavar="ACTION")
+    for action, run, help_text in (
+        ("download", data_download, "fetch the official archive, verify its MD5 and unpack it"),
+        ("check", data_check, "report which files are present, missing or corrupt"),
+    ):
+        parser = actions.add_parser(action, help=help_text, description=help_text)
+        parser.add_argument("name", metavar="NAME", help=f"dataset: {', '.join(DATASETS.names())}")
+        parser.add_argument(
+            "--root", type=Path, default=Path(DEFAULT_ROOT), help=f"data directory (default: {DEFAULT_ROOT})"
+        )
+        parser.set_defaults(_run=run)
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    from locallearn.training.commands import train, train_flags
+
+    about = (
+        "train a network with local learning into a run directory; with no arguments, ResNet-32 with ContSup "
+        "on the bundled digits dataset (a few minutes on a CPU). Flags override the --config file."
+    )
+    parser = commands.add_parser("train", help="train a network (paper recipes: --config PRESET)", description=about)
+    parser.add_argument(
+        "--config", metavar="FILE_OR_PRESET", help="YAML config file, or a preset name (locallearn list)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the interrupted run in --out (or start it if there is none)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    for flag, kwargs in train_flags():
+        parser.add_argument(flag, **kwargs)
+    parser.set_defaults(_run=train)
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    from locallearn.training.commands import eval_command
+
+    about = "test accuracy of a saved run"
+    parser = commands.add_parser("eval", help=about, description=about)
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a directory written by `locallearn train`")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.add_argument("--data-dir", default=None, help="dataset directory (default: the run's data_dir)")
+    parser.set_defaults(_run=eval_command)
+
+
+def _add_list(commands: argparse._SubParsersAction) -> None:
+    from locallearn.training.commands import list_command
+
+    about = "models, methods, heads, losses, context modes, datasets and presets"
+    parser = commands.add_parser("list", help=about, description=about)
+    parser.set_defaults(_run=list_command)
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    from locallearn.training.commands import report_command
+
+    about = "markdown table (method × K: test error, memory, time) and a plot of error against K"
+    parser = commands.add_parser("report", help=about, description=about)
+    parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path, help="run directories")
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help="write report.md and report.png here (default: markdown to stdout, plot to ./report.png)",
+    )
+    parser.set_defaults(_run=report_command)
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    from locallearn.bench.commands import bench_memory, bench_speed
+
+    bench = commands.add_parser("bench", help="memory and speed of every method against e2e and checkpointing")
+    kinds = bench.add_subparsers(dest="_kind", required=True, metavar="KIND")
+    for kind, run, help_text in (
+        ("memory", bench_memory, "peak activation bytes of one step per configuration (and GPU peak on cuda)"),
+        ("speed", bench_speed, "median step time per configuration, as a ratio to e2e, in interleaved rounds"),
+    ):
+        parser = kinds.add_parser(kind, help=help_text, description=help_text + "; comma-separated grid values")
+        parser.add_argument("--models", default="resnet110", help="models (default: resnet110)")
+        parser.add_argument("--methods", default="e2e,checkpoint,contsup", help="methods; e2e is always added")
+        parser.add_argument("--num-modules", default="1,2,4,8,16", help="K values (default: 1,2,4,8,16)")
+        parser.add_argument("--splits", default="paper", help="paper, balanced, auto, uniform, ... (default: paper)")
+        parser.add_argument("--contexts", default="R0,R1E", help="ContSup context modes (default: R0,R1E)")
+        parser.add_argument("--batch-sizes", default="32", help="batch sizes (default: 32)")
+        parser.add_argument("--image-size", type=int, default=None, help="input size (default: each model's own)")
+        parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+        parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps first (default: 1)")
+        if kind == "speed":
+            parser.add_argument("--rounds", type=int, default=7, help="timed steps per configuration (default: 7)")
+        parser.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory")
+        parser.add_argument("--quiet", action="store_true", help="no progress lines")
+        parser.set_defaults(_run=run)
+
+
+# Subcommand adders, in the order `locallearn --help` lists them.
+SUBCOMMANDS = [_add_train, _add_eval, _add_list, _add_report, _add_data, _add_bench]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors (unknown flag, bad value) in one line, as every other error, instead of the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG, description="Greedy local learning (ContSup, FeatRecon, InfoPro, DGL) for deep networks."
+    )
+    commands = parser.add_subparsers(dest="_command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    run = args.pop("_run")
+    options = {key: value for key, value in args.items() if not key.startswith("_")}
+    try:
+        status = run(**options)
+    except BrokenPipeError:  # output piped into a reader that stopped (`locallearn list | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
+    except (ValueError, OSError) as err:
+        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)

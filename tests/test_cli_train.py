@@ -1,0 +1,151 @@
+"""`locallearn train | eval | list`: a one-epoch run into a temporary directory, every file it writes, and
+the one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from locallearn.cli import main
+from locallearn.training import lr_schedule
+
+TINY = ["--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--limit-train", "64",
+        "--limit-test", "64", "--batch-size", "32", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One finished one-epoch run, and what the command printed."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    capture = pytest.MonkeyPatch()
+    import io
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    capture.setattr(sys, "stdout", stdout)
+    capture.setattr(sys, "stderr", stderr)
+    try:
+        status = main(["train", *TINY, "--epochs", "1", "--out", str(out)])
+    finally:
+        capture.undo()
+    return out, status, stdout.getvalue(), stderr.getvalue()
+
+
+def test_one_epoch_run_writes_every_file(run):
+    out, status, stdout, stderr = run
+    assert status == 0
+    assert stderr == ""  # no progress bar when stderr is not a terminal
+    assert "resnet20 / contsup (K=2" in stdout and str(out) in stdout and "parameters" in stdout
+    assert "done: test accuracy" in stdout and "summary.json" in stdout
+
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["model"], config["num_modules"], config["epochs"], config["context"]) == ("resnet20", 2, 1, "R1E")
+    assert config["local_loss"] == "ce" and config["aux_head"] == "1c2f" and config["out"] == str(out)
+
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    for key in ("epoch", "lr", "train_loss", "train_acc", "train_loss/0", "train_acc/0", "train_loss/1",
+                "train_acc/1", "test_acc", "test_loss", "epoch_time_s", "train_time_s", "images_per_s",
+                "peak_memory_mb", "peak_memory_kind"):
+        assert key in record, key
+    assert record["epoch"] == 1 and record["lr"] == lr_schedule(lr=0.1, epochs=1)[0]
+    assert record["train_loss"] == pytest.approx(record["train_loss/0"] + record["train_loss/1"])
+    assert record["peak_memory_kind"] == "saved_tensors" and record["peak_memory_mb"] > 0
+    assert 0 <= record["test_acc"] <= 1
+
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("test_acc", "best_test_acc", "best_epoch", "best_note", "parameters", "train_time_s",
+                "peak_memory_mb", "images_per_s", "net", "versions"):
+        assert key in summary, key
+    assert summary["test_acc"] == record["test_acc"] and "test set" in summary["best_note"]
+    assert summary["parameters"] > 0 and summary["images_per_s"] > 0
+
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert checkpoint["epoch"] == 1 and checkpoint["config"] == config and len(checkpoint["history"]) == 1
+    assert {"model", "optimizer", "rng", "lr_schedule"} <= set(checkpoint)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"]
+
+
+def test_eval_reproduces_the_final_test_accuracy(run, capsys):
+    out = run[0]
+    assert main(["eval", str(out), "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"test accuracy {100 * summary['test_acc']:.2f}%" in capsys.readouterr().out
+
+
+def test_finished_run_is_refused_without_overwrite(run, capsys):
+    out = run[0]
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a finished run; pass --overwrite" in err
+
+
+def test_resume_with_other_options_is_refused(run, capsys):
+    out = run[0]
+    assert main(["train", *TINY, "--epochs", "1", "--lr", "0.5", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lr (0.1 → 0.5)" in err
+    # The same options (or none: the stored config) resume; a finished run has nothing left to do.
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+
+
+def test_overwrite_replaces_a_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--limit-train", "32", "--limit-test", "32", "--epochs", "1", "--out", str(out)]
+    assert main(args) == 0
+    (out / "notes.txt").write_text("mine")
+    assert main([*args, "--overwrite", "--seed", "1"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 1
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model: resnet32\nlearning_rate: 0.1\n")
+    cases = [
+        (["train", "--config", str(bad_yaml)], "unknown key 'learning_rate'"),
+        (["train", "--method", "nope", "--out", str(tmp_path / "a")], "unknown method 'nope'"),
+        (["train", "--context", "R1X", "--out", str(tmp_path / "a")], "context: unknown mode 'R1X'"),
+        (["train", "--config", "no/such/preset"], "no file or preset named"),
+        (["eval", str(tmp_path)], "holds no run"),
+    ]
+    for argv, words in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("locallearn: error: ") and err.count("\n") == 1 and words in err, err
+    for argv, words in ((["train", "--epochs", "many"], "invalid int value"), (["train", "--bogus"], "unrecognized")):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err
+
+
+def test_unknown_flag_in_a_real_process_has_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "locallearn", "train", "--num-modules", "2", "--bogus"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "unrecognized arguments: --bogus" in proc.stderr
+
+
+def test_list_shows_registries_and_presets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for words in ("models: ", "resnet32", "methods: ", "contsup", "context modes: ", "R1E", "datasets: ", "digits",
+                  "contsup/resnet32_cifar10_k16_R1E_ce", "baselines/resnet110_cifar10_e2e"):
+        assert words in out, words
+
+
+def test_missing_dataset_fails_before_writing_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--config", "baselines/resnet32_cifar10_e2e", "--data-dir", str(tmp_path / "none"), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "locallearn data download cifar10" in err
+    assert not out.exists()

@@ -1,0 +1,124 @@
+"""Every paper preset under configs/ loads into a TrainConfig and builds its network, the files are what
+configs/generate.py writes, and every experiment row of METHODS.md 7-8 has its preset."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from locallearn.models import Backbone
+from locallearn.net import build_net
+from locallearn.training import load_config, presets
+from locallearn.training.recipe import PRESET_DIR
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("generate_presets", CONFIGS / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+GENERATOR = _generator()
+# The ResNet presets that configs/generate.py writes (other families, e.g. swin/, have their own tests).
+NAMES = [name for name in presets() if name.split("/")[0] in GENERATOR.FAMILIES]
+
+
+def test_presets_ship_inside_the_package():
+    assert PRESET_DIR.resolve() == CONFIGS.resolve()
+    assert len(NAMES) > 100
+
+
+def test_committed_presets_are_what_the_generator_writes(tmp_path):
+    GENERATOR.main(tmp_path)
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.yaml"))
+    assert written == sorted(f"{n}.yaml" for n in NAMES)
+    for name in written:
+        assert (tmp_path / name).read_text() == (CONFIGS / name).read_text(), f"run configs/generate.py ({name})"
+
+
+@pytest.fixture(scope="module")
+def shared_unit_shapes():
+    """Unit shapes depend only on the backbone and the image size: compute them once per pair, not once per
+    preset (the shape-finding forward is most of the cost of building a network)."""
+    cache: dict = {}
+    real = Backbone.unit_shapes
+
+    def cached(self, image_size=None):
+        key = (type(self).__name__, tuple(self.unit_keys), image_size or self.image_size)
+        if key not in cache:
+            cache[key] = real(self, image_size)
+        return list(cache[key])
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(Backbone, "unit_shapes", cached)
+    yield
+    patch.undo()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("swin/")])  # swin/: test_swin_presets.py
+def test_preset_loads_and_builds(name, shared_unit_shapes):
+    cfg = load_config(name)
+    assert cfg.out == f"runs/{Path(name).name}"
+    if cfg.dataset != "digits":  # METHODS.md 7
+        assert (cfg.epochs, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.warmup_epochs, cfg.warmup_lr) == (
+            160, 0.9, True, 1e-4, 10, 0.01)
+        assert (cfg.batch_size, cfg.lr) == ((128, 0.1) if cfg.dataset == "stl10" else (1024, 0.8))
+    net = build_net(cfg.net_config())
+    assert net.num_modules == cfg.num_modules
+    if cfg.reconstruct and cfg.num_modules > 1:
+        assert net.lambda_schedule and "table" in net.lambda_source
+
+
+def _rows():
+    """(name, expected options) for every experiment row of METHODS.md 7-8 that the issue lists."""
+    rows = []
+    for model in ("resnet32", "resnet110"):
+        for mode in ("R0", "E", "R1", "R1E", "R2", "R4", "R8", "R16"):  # modes at K=16 and the Rn ablation
+            rows.append((f"contsup/{model}_cifar10_k16_{mode}_ce", dict(context=mode, num_modules=16)))
+        for mode in ("E", "R1E"):
+            for loss in ("ce", "contrast"):
+                for k in (2, 4, 8, 16):
+                    rows.append((f"contsup/{model}_cifar10_k{k}_{mode}_{loss}",
+                                 dict(context=mode, local_loss=loss, num_modules=k, reconstruct=False)))
+    for dataset in ("cifar10", "svhn", "stl10"):
+        for k in (2, 4, 8, 16):
+            rows.append((f"contsup/resnet110_{dataset}_k{k}_R1E_recon_contrast",
+                         dict(context="R1E", reconstruct=True, dataset=dataset)))
+    for model, dataset, ks in (("resnet110", "cifar10", (2, 3, 4)), ("resnet110", "stl10", (2, 3, 4)),
+                               ("resnet32", "cifar10", (2, 4, 8))):
+        for k in ks:
+            rows.append((f"contsup/{model}_{dataset}_k{k}_Estar_contrast",
+                         dict(context="E", split="balanced", local_loss="contrast", num_modules=k)))
+    for model, dataset in (("resnet32", "cifar10"), ("resnet110", "cifar10"), ("resnet110", "svhn"),
+                           ("resnet110", "stl10")):
+        rows.append((f"baselines/{model}_{dataset}_e2e", dict(method="e2e", num_modules=1)))
+        for k in (2, 4, 8, 16):
+            rows.append((f"baselines/{model}_{dataset}_k{k}_greedy", dict(method="greedy", aux_head="linear")))
+            rows.append((f"baselines/{model}_{dataset}_k{k}_dgl", dict(method="dgl", aux_head="dgl")))
+            for loss in ("ce", "contrast"):
+                rows.append((f"infopro/{model}_{dataset}_k{k}_{loss}",
+                             dict(method="infopro", local_loss=loss, reconstruct=True, context="R0")))
+    return rows
+
+
+@pytest.mark.parametrize("name, expected", _rows(), ids=[r[0] for r in _rows()])
+def test_every_paper_row_has_its_preset(name, expected):
+    assert name in NAMES
+    cfg = load_config(name)
+    for key, value in expected.items():
+        assert getattr(cfg, key) == value, key
+
+
+def test_training_schedule_of_a_paper_preset_ends_above_zero():
+    from locallearn.training import lr_schedule
+
+    cfg = load_config("contsup/resnet32_cifar10_k16_R1E_ce")
+    schedule = lr_schedule(lr=cfg.lr, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr)
+    assert len(schedule) == 160 and schedule[0] == 0.01 and 0 < schedule[-1] < 1e-3
+    assert schedule[10] == pytest.approx(0.4 * (1 + math.cos(math.pi * 10 / 160)))

@@ -1,0 +1,200 @@
+"""TrainConfig validation and precedence, the learning-rate schedule against METHODS.md 7, checkpoints that
+load with weights_only, RNG state round trips, and the stop on a non-finite loss."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from locallearn.config import CONFIG_FIELDS
+from locallearn.training import NonFiniteLossError, RunDir, TrainConfig, fit, load_config, lr_schedule
+from locallearn.training import loop
+from locallearn.training.recipe import TRAIN_FIELDS, dump_yaml, read_yaml, resumed_config
+from locallearn.training.rundir import rng_state, set_rng_state
+
+TINY = dict(model="resnet20", num_modules=2, split="uniform", epochs=2, limit_train=64, limit_test=32, batch_size=32)
+
+
+# --- the learning-rate schedule --------------------------------------------------------------------------
+def methods_formula(e: int, E: int, lr: float) -> float:
+    """METHODS.md 7, literally: c(e) = ½·lr·(1 + cos(π·e/E)); warm-up for e ≤ 10."""
+    c = 0.5 * lr * (1 + math.cos(math.pi * e / E))
+    return c * (e - 1) / 10 + 0.01 * (11 - e) / 10 if e <= 10 else c
+
+
+@pytest.mark.parametrize("E, lr", [(160, 0.8), (160, 0.1), (400, 0.8), (11, 0.5)])
+def test_schedule_is_methods_formula_evaluated_at_the_epoch_start(E, lr):
+    schedule = lr_schedule(lr=lr, epochs=E)
+    assert len(schedule) == E
+    for e in range(1, E + 1):
+        c_start = 0.5 * lr * (1 + math.cos(math.pi * (e - 1) / E))  # the documented fix: c(e − 1)
+        expected = c_start * (e - 1) / 10 + 0.01 * (11 - e) / 10 if e <= 10 else c_start
+        assert schedule[e - 1] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    # After the warm-up it is the literal formula one epoch later, so the last epoch is not at lr 0 ...
+    for e in range(12, E + 1):
+        assert schedule[e - 1] == pytest.approx(methods_formula(e - 1, E, lr), rel=1e-12)
+    assert methods_formula(E, E, lr) == pytest.approx(0.0, abs=1e-12)  # the reference defect (METHODS.md 9)
+    assert schedule[-1] == pytest.approx(0.5 * lr * (1 - math.cos(math.pi / E))) and schedule[-1] > 0
+    # ... and the warm-up starts at 0.01 and (in the papers' long runs) rises towards the cosine.
+    assert schedule[0] == pytest.approx(0.01)
+    if E >= 100:
+        assert all(a < b for a, b in zip(schedule[:10], schedule[1:11]))
+
+
+def test_schedule_without_room_for_a_warmup_is_pure_cosine():
+    for E in (1, 2, 8, 10):
+        schedule = lr_schedule(lr=0.1, epochs=E, warmup_epochs=10)
+        assert schedule == pytest.approx([0.05 * (1 + math.cos(math.pi * (e - 1) / E)) for e in range(1, E + 1)])
+        assert schedule[0] == pytest.approx(0.1) and min(schedule) > 0
+    assert lr_schedule(lr=0.2, epochs=5, warmup_epochs=0)[0] == pytest.approx(0.2)
+    three = lr_schedule(lr=1.0, epochs=12, warmup_epochs=3, warmup_lr=0.1)
+    assert three[0] == pytest.approx(0.1) and three[3] == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 12)))
+
+
+# --- the config -------------------------------------------------------------------------------------------
+def test_train_config_has_every_network_option():
+    assert set(CONFIG_FIELDS) <= set(TRAIN_FIELDS)
+
+
+def test_method_defaults_are_resolved_and_flags_win():
+    cfg = TrainConfig(method="infopro", num_modules=4, dataset="digits")
+    assert (cfg.local_loss, cfg.reconstruct, cfg.context, cfg.aux_head) == ("contrast", True, "R0", "1c2f")
+    assert cfg.num_classes == 10 and cfg.image_size == 32 and len(cfg.image_mean) == 3
+    assert TrainConfig(method="infopro", local_loss="ce").local_loss == "ce"
+    assert TrainConfig(**cfg.to_dict()) == cfg  # resolving is idempotent: config.yaml reloads to itself
+
+
+def test_default_run_is_resnet32_contsup_on_digits_and_matches_its_preset():
+    cfg = load_config()
+    assert (cfg.model, cfg.method, cfg.dataset) == ("resnet32", "contsup", "digits")
+    assert (cfg.num_modules, cfg.context) == (4, "R1E")
+    assert cfg.out == "runs/resnet32_contsup_k4_R1E_digits"
+    preset = load_config("quickstart/resnet32_digits_k4_R1E")
+    assert dataclasses.replace(preset, out=cfg.out) == cfg
+
+
+def test_file_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: resnet20\nsplit: uniform\nnum_modules: 2\nlr: 0.3\nepochs: 3\n")
+    cfg = load_config(str(path), lr=0.05)
+    assert (cfg.model, cfg.num_modules, cfg.epochs, cfg.lr) == ("resnet20", 2, 3, 0.05)
+    assert cfg.out == "runs/c"
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (dict(epochs=0), "epochs"),
+        (dict(epochs=2.5), "epochs"),
+        (dict(lr=-1.0), "lr"),
+        (dict(batch_size=True), "batch_size"),
+        (dict(amp="fp8"), "amp"),
+        (dict(device="gpu7"), "device"),
+        (dict(method="nope"), "method"),
+        (dict(context="R99E"), "context"),
+        (dict(dataset="mnist"), "dataset"),
+        (dict(nesterov="yes"), "nesterov"),
+    ],
+)
+def test_bad_options_name_the_option(options, words):
+    with pytest.raises(ValueError, match=words):
+        TrainConfig(**options)
+
+
+def test_unknown_yaml_key_lists_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: resnet32\nlrate: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown key 'lrate'; valid keys are model, method, .*, out\b"):
+        read_yaml(path)
+    with pytest.raises(ValueError, match="no file or preset"):
+        load_config("does/not/exist")
+
+
+def test_resume_refuses_other_options_but_not_another_place():
+    stored = TrainConfig(**TINY, out="a").to_dict()
+    assert resumed_config(stored, {}, out="b").out == "b"
+    assert resumed_config(stored, {"epochs": 2, "device": "cpu", "data_dir": "x"}, out="a").epochs == 2
+    with pytest.raises(ValueError, match=r"options: epochs \(2 → 3\), lr \(0.1 → 0.5\); resume it"):
+        resumed_config(stored, {"lr": 0.5, "epochs": 3}, out="a")
+
+
+def test_yaml_round_trip():
+    cfg = TrainConfig(**{**TINY, "split": [[2, 1]]}, lambdas=[5, 1, 0, 0], model_kwargs={}, out="x")
+    import yaml
+
+    assert TrainConfig(**yaml.safe_load(dump_yaml(cfg.to_dict(), header=["a comment"]))) == cfg
+
+
+# --- checkpoints and RNG -----------------------------------------------------------------------------------
+def test_rng_state_round_trip_through_weights_only_checkpoint(tmp_path):
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    run = RunDir(tmp_path)
+    run.save_checkpoint({"format": 1, "rng": rng_state()})
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    set_rng_state(run.load_checkpoint()["rng"])  # load_checkpoint uses weights_only=True
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+    assert not (tmp_path / "checkpoint.pt.tmp").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = []
+    real_step = loop.train_step
+
+    def step(*args, **kwargs):  # two batches per epoch: epoch 2 produces a NaN
+        stats = real_step(*args, **kwargs)
+        calls.append(1)
+        return {**stats, "loss": float("nan")} if len(calls) > 2 else stats
+
+    monkeypatch.setattr(loop, "train_step", step)
+    cfg = TrainConfig(**TINY, device="cpu", out=str(tmp_path / "run"))
+    message = r"epoch 2: non-finite loss \(nan\) in batch 1 of 2.*\(epoch 1\) is kept"
+    with pytest.raises(NonFiniteLossError, match=message):
+        fit(cfg, log=lambda line: None)
+    run = RunDir(tmp_path / "run")
+    assert run.load_checkpoint()["epoch"] == 1
+    assert len(run.read_metrics()) == 1 and not run.finished
+
+
+def test_crash_between_metrics_and_checkpoint_resumes_without_a_duplicate_epoch(tmp_path, monkeypatch):
+    """Epoch 2's metrics line is written, its checkpoint is not: resuming redoes epoch 2 exactly once."""
+    quiet = dict(log=lambda line: None)
+    fit(TrainConfig(**TINY, device="cpu", out=str(tmp_path / "reference")), **quiet)
+    real_save = RunDir.save_checkpoint
+
+    def crash_at_epoch_two(self, state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        real_save(self, state)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", crash_at_epoch_two)
+    cfg = TrainConfig(**TINY, device="cpu", out=str(tmp_path / "crashed"))
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, **quiet)
+    crashed = RunDir(tmp_path / "crashed")
+    assert [r["epoch"] for r in crashed.read_metrics()] == [1, 2] and crashed.load_checkpoint()["epoch"] == 1
+    monkeypatch.setattr(RunDir, "save_checkpoint", real_save)
+    fit(cfg, resume=True, **quiet)
+
+    timing = {"epoch_time_s", "train_time_s", "images_per_s"}
+    strip = lambda records: [{k: v for k, v in r.items() if k not in timing} for r in records]  # noqa: E731
+    assert strip(crashed.read_metrics()) == strip(RunDir(tmp_path / "reference").read_metrics())
+
+
+def test_resume_without_a_run_starts_one(tmp_path):
+    summary = fit(TrainConfig(**{**TINY, "epochs": 1}, device="cpu", out=str(tmp_path / "new")), resume=True,
+                  log=lambda line: None)
+    assert summary["epochs"] == 1 and RunDir(tmp_path / "new").finished
+
+
+def test_bf16_mixed_precision_is_opt_in(tmp_path):
+    assert TrainConfig().amp == "none" and TrainConfig().autocast_dtype is None
+    cfg = TrainConfig(**{**TINY, "epochs": 1, "limit_train": 32}, amp="bf16", device="cpu", out=str(tmp_path / "r"))
+    assert cfg.autocast_dtype == torch.bfloat16
+    summary = fit(cfg, log=lambda line: None)
+    assert math.isfinite(RunDir(tmp_path / "r").read_metrics()[0]["train_loss"]) and 0 <= summary["test_acc"] <= 1
