@@ -1,0 +1,70 @@
+"""``locallearn bench memory`` and ``locallearn bench speed``: parse the grid, run it, write the outputs.
+
+Grid values arrive as comma-separated strings (``--num-modules 1,2,4``) and are all validated — names,
+numbers, the device — before any network is built.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from locallearn.bench.grid import GridSpec, parse_list
+from locallearn.bench.report import write_results
+from locallearn.bench.runner import RunOptions, environment, run_memory, run_speed
+
+
+def grid_from_strings(
+    *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
+    image_size: int | None = None,
+) -> GridSpec:
+    return GridSpec(
+        models=parse_list(models, "--models"),
+        methods=parse_list(methods, "--methods"),
+        num_modules=parse_list(num_modules, "--num-modules", int),
+        splits=parse_list(splits, "--splits"),
+        contexts=parse_list(contexts, "--contexts"),
+        batch_sizes=parse_list(batch_sizes, "--batch-sizes", int),
+        image_size=image_size,
+    )
+
+
+def _run(kind: str, out: Path, command: str | None, grid: dict, options: dict, quiet: bool) -> int:
+    spec = grid_from_strings(**grid)
+    run_options = RunOptions(**options)
+    log = None if quiet else (lambda line: print(line, flush=True))
+    runner = run_memory if kind == "memory" else run_speed
+    rows = runner(spec, run_options, log=log)
+    meta = environment(run_options, command or _command())
+    meta["grid"] = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(spec).items()}
+    paths = write_results(out, kind, rows, meta)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _command() -> str:
+    return "locallearn " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def bench_memory(
+    *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
+    image_size: int | None, device: str, warmup: int, threads: int | None, seed: int, out: Path,
+    quiet: bool = False, command: str | None = None,
+) -> int:
+    """Peak activation bytes (meter a) and, on CUDA, peak allocated bytes (meter b) of one step each."""
+    grid = dict(models=models, methods=methods, num_modules=num_modules, splits=splits, contexts=contexts,
+                batch_sizes=batch_sizes, image_size=image_size)
+    return _run("memory", out, command, grid, dict(device=device, warmup=warmup, threads=threads, seed=seed), quiet)
+
+
+def bench_speed(
+    *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
+    image_size: int | None, device: str, warmup: int, rounds: int, threads: int | None, seed: int, out: Path,
+    quiet: bool = False, command: str | None = None,
+) -> int:
+    """Median step time and its ratio to e2e's, over interleaved rounds."""
+    grid = dict(models=models, methods=methods, num_modules=num_modules, splits=splits, contexts=contexts,
+                batch_sizes=batch_sizes, image_size=image_size)
+    options = dict(device=device, warmup=warmup, rounds=rounds, threads=threads, seed=seed)
+    return _run("speed", out, command, grid, options, quiet)

@@ -1,0 +1,171 @@
+"""Benchmark grids: models × methods × K × split × context mode × batch size, validated up front.
+
+A ``GridSpec`` names the values of each axis; ``expand()`` turns it into the configurations worth
+running (``BenchConfig``), by these rules:
+
+- ``e2e`` is always included, once per model and batch size: it is the reference of every ratio.
+- ``e2e`` and ``checkpoint`` train the network as one module: they run at K = 1 only, without split or
+  context. Local methods run at every K ≥ 2 of the grid (at K = 1 they would be ``e2e``).
+- Context modes multiply only the methods that supply context (``contsup``); every other method runs
+  with its preset's mode.
+- A combination that cannot be built (a ``paper`` split at a K its table lacks, R8 at K = 4) is still
+  listed: the runner reports it as skipped, with the builder's reason.
+
+Every name is checked before anything runs; an unknown one raises ``ValueError`` naming the option and
+the valid values. Image size: ``image_size`` when given, else each model's own (a Swin registered later
+works unchanged).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from locallearn.config import METHODS
+from locallearn.context import MODE_NAMES, ContextMode
+from locallearn.models import MODELS, create_model
+from locallearn.split import SPLIT_NAMES
+
+SINGLE_MODULE_METHODS = ("e2e", "checkpoint")  # trained as one module: K = 1, no split, no context
+CONTEXT_METHODS = ("contsup",)  # the methods whose context mode is a grid axis
+REFERENCE = "e2e"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One configuration of a grid: what ``locallearn.build`` gets, and the batch it runs."""
+
+    model: str
+    method: str
+    num_modules: int
+    split: str | None  # None at K = 1
+    context: str  # the mode the network runs with
+    batch_size: int
+    image_size: int
+
+    def build_options(self) -> dict:
+        options: dict = dict(num_modules=self.num_modules, image_size=self.image_size)
+        if self.split is not None:
+            options["split"] = self.split
+        if self.method in CONTEXT_METHODS:
+            options["context"] = self.context
+        return options
+
+    @property
+    def group(self) -> tuple[str, int, int]:
+        """Configurations of one group share their ``e2e`` reference."""
+        return (self.model, self.batch_size, self.image_size)
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and plots: method, context (if an axis) and split."""
+        parts = [self.method]
+        if self.method in CONTEXT_METHODS:
+            parts.append(self.context)
+        if self.split is not None:
+            parts.append(self.split)
+        return " ".join(parts)
+
+    def fields(self) -> dict:
+        return dict(
+            model=self.model,
+            method=self.method,
+            num_modules=self.num_modules,
+            split=self.split,
+            context=self.context,
+            batch_size=self.batch_size,
+            image_size=self.image_size,
+        )
+
+
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    models: tuple[str, ...] = ("resnet110",)
+    methods: tuple[str, ...] = ("e2e", "checkpoint", "contsup")
+    num_modules: tuple[int, ...] = (1, 2, 4, 8, 16)
+    splits: tuple[str, ...] = ("paper",)
+    contexts: tuple[str, ...] = ("R0", "R1E")
+    batch_sizes: tuple[int, ...] = (32,)
+    image_size: int | None = None  # None: each model's own
+
+    def __post_init__(self) -> None:
+        for name in ("models", "methods", "num_modules", "splits", "contexts", "batch_sizes"):
+            values = _as_tuple(getattr(self, name))
+            if not values:
+                raise ValueError(f"{name}: give at least one value.")
+            object.__setattr__(self, name, tuple(dict.fromkeys(values)))  # ordered, without repeats
+        for model in self.models:
+            _check_name("models", model, MODELS.names())
+        for method in self.methods:
+            _check_name("methods", method, METHODS.names())
+        for split in self.splits:
+            _check_name("splits", split, list(SPLIT_NAMES))
+        for mode in self.contexts:
+            try:
+                ContextMode.parse(mode)
+            except ValueError:
+                raise ValueError(
+                    f"contexts: unknown mode {mode!r}; valid modes are {', '.join(MODE_NAMES)} "
+                    f"(any Rn or RnE, n ≥ 1)."
+                ) from None
+        _check_positive("num_modules", self.num_modules)
+        _check_positive("batch_sizes", self.batch_sizes)
+        if self.image_size is not None:
+            _check_positive("image_size", (self.image_size,))
+
+    def expand(self) -> list[BenchConfig]:
+        """The configurations to run, e2e first in every (model, batch size) group."""
+        configs = []
+        for model in self.models:
+            size = self.image_size or model_image_size(model)
+            for batch in self.batch_sizes:
+                one = dict(model=model, batch_size=batch, image_size=size)
+                single = [m for m in (REFERENCE, *self.methods) if m in SINGLE_MODULE_METHODS]
+                for method in dict.fromkeys(single):
+                    configs.append(BenchConfig(method=method, num_modules=1, split=None, context="R0", **one))
+                for method in (m for m in self.methods if m not in SINGLE_MODULE_METHODS):
+                    contexts = self.contexts if method in CONTEXT_METHODS else (METHODS.get(method)["context"],)
+                    for k in (k for k in self.num_modules if k > 1):
+                        for split in self.splits:
+                            for context in contexts:
+                                configs.append(
+                                    BenchConfig(method=method, num_modules=k, split=split, context=context, **one)
+                                )
+        return configs
+
+
+def _check_name(option: str, value, valid: list[str]) -> None:
+    if value not in valid:
+        raise ValueError(f"{option}: unknown value {value!r}; valid values are {', '.join(valid)}.")
+
+
+def _check_positive(option: str, values) -> None:
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{option}: expected positive integers, got {v!r}.")
+
+
+@functools.lru_cache(maxsize=None)
+def model_image_size(model: str) -> int:
+    """The input size a model is built for by default (32 for the CIFAR ResNets)."""
+    return int(create_model(model).image_size)
+
+
+def parse_list(text: str | list | tuple, option: str, cast=str) -> tuple:
+    """``"a,b,c"`` → ``("a", "b", "c")`` (cast each); the CLI's comma-separated grid values."""
+    if isinstance(text, (list, tuple)):
+        items = [str(t) for t in text]
+    else:
+        items = [t.strip() for t in str(text).split(",")]
+    items = [t for t in items if t]
+    if not items:
+        raise ValueError(f"{option}: give at least one value.")
+    try:
+        return tuple(cast(t) for t in items)
+    except ValueError:
+        kind = "integers" if cast is int else "values"
+        raise ValueError(f"{option}: expected comma-separated {kind}, got {text!r}.") from None

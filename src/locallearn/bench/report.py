@@ -1,0 +1,214 @@
+"""Benchmark outputs: JSON (everything), CSV (one row per configuration), a markdown report (tables and
+targets, what the README shows) and a PNG plot (memory or time against K, one line per method)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from locallearn.bench.targets import evaluate, published_gpu
+
+MIB = 2**20
+
+
+def write_results(
+    out_dir: Path | str, kind: str, rows: list[dict], meta: dict, *, name: str | None = None
+) -> dict[str, Path]:
+    """``{name}.json``, ``.csv``, ``.md`` and ``.png`` in ``out_dir`` (``name`` defaults to ``kind``,
+    "memory" or "speed"); returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = evaluate(rows, kind)
+    paths = {ext: out / f"{name or kind}.{ext}" for ext in ("json", "csv", "md", "png")}
+    paths["json"].write_text(json.dumps(dict(kind=kind, meta=meta, targets=targets, rows=rows), indent=1) + "\n")
+    write_csv(paths["csv"], rows)
+    paths["md"].write_text(markdown(kind, rows, meta, targets))
+    plot(paths["png"], **{kind: rows})
+    return paths
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(v) for k, v in row.items()})
+
+
+def _csv_value(value):
+    if isinstance(value, list):
+        return " ".join(f"({v[0]},{v[1]})" if isinstance(v, list) else str(v) for v in value)
+    return "" if value is None else value
+
+
+# --- markdown ----------------------------------------------------------------------------------------
+def markdown(kind: str, rows: list[dict], meta: dict, targets: list[dict] | None = None) -> str:
+    targets = evaluate(rows, kind) if targets is None else targets
+    title = "Peak activation memory" if kind == "memory" else "Step time"
+    parts = [f"## {title}\n", _meta_lines(meta), _memory_table(rows) if kind == "memory" else _speed_table(rows)]
+    parts.append(targets_table(targets))
+    if kind == "memory":
+        parts.append(_gpu_section(rows))
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+def _meta_lines(meta: dict) -> str:
+    if not meta:
+        return ""
+    cpu = f"CPU ({meta.get('cpu_count')} cores, {meta.get('torch_threads')} torch threads)"
+    device = meta.get("cuda_device") or cpu
+    lines = [
+        f"- command: `{meta['command'].strip()}`" if meta.get("command") else None,
+        f"- machine: {device}; {meta.get('platform')}",
+        f"- software: torch {meta.get('torch')}, Python {meta.get('python')}, locallearn {meta.get('locallearn')}"
+        f" (revision {meta.get('git_revision')})",
+        f"- date: {meta.get('date')}",
+    ]
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def _fmt(value, spec: str, none: str = "–") -> str:
+    return none if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def _cells(row: dict) -> list[str]:
+    return [row["model"], row["method"], str(row["num_modules"]), row["split"] or "–",
+            row["context"] if row["method"] == "contsup" else "–", str(row["batch_size"])]
+
+
+def _status(row: dict) -> str:
+    return "ok" if row["status"] == "ok" else f"{row['status']}: {row['reason']}"
+
+
+def _memory_table(rows: list[dict]) -> str:
+    gpu = any(r.get("peak_allocated_bytes") for r in rows)
+    head = ["model", "method", "K", "split", "context", "batch", "peak activations MiB", "per sample MiB",
+            "× below e2e", "peak module"]
+    head += (["GPU peak GB", "GPU ÷ e2e"] if gpu else []) + ["status"]
+    lines = [_row_md(head), _row_md(["---"] * len(head))]
+    for row in rows:
+        ok = row["status"] == "ok"
+        cells = _cells(row) + [
+            _fmt(row["peak_activation_bytes"] / MIB if ok else None, ".2f"),
+            _fmt(row["peak_activation_bytes_per_sample"] / MIB if ok else None, ".3f"),
+            _fmt(row["activation_reduction"], ".2f"),
+            _fmt(row["peak_module"], "d"),
+        ]
+        if gpu:
+            cells += [_fmt(row["peak_allocated_bytes"] / 1e9 if row.get("peak_allocated_bytes") else None, ".2f"),
+                      _fmt(row["allocated_ratio"], ".2f")]
+        lines.append(_row_md(cells + [_status(row)]))
+    return "\n".join(lines) + "\n"
+
+
+def _speed_table(rows: list[dict]) -> str:
+    head = ["model", "method", "K", "split", "context", "batch", "median step s", "× e2e",
+            "paired ratio: median [IQR]", "paired min–max", "status"]
+    lines = [_row_md(head), _row_md(["---"] * len(head))]
+    for row in rows:
+        paired = "–"
+        if row["time_ratio_paired"] is not None:
+            paired = f"{row['time_ratio_paired']:.2f} [{row['time_ratio_q25']:.2f}–{row['time_ratio_q75']:.2f}]"
+        span = "–"
+        if row["time_ratio_min"] is not None:
+            span = f"{row['time_ratio_min']:.2f}–{row['time_ratio_max']:.2f}"
+        cells = _cells(row) + [_fmt(row["step_time_s"], ".3f"), _fmt(row["time_ratio"], ".2f"), paired, span]
+        cells.append(_status(row))
+        lines.append(_row_md(cells))
+    return "\n".join(lines) + "\n"
+
+
+def targets_table(targets: list[dict], heading: str = "### Targets\n") -> str:
+    if not targets:
+        return ""
+    lines = [heading, _row_md(["target", "where", "measured", "required", "status", "note"]),
+             _row_md(["---"] * 6)]
+    for t in targets:
+        required = f"{t['op']} {t['threshold']:g}" if t["op"] and t["threshold"] is not None else "–"
+        status = f"**{t['status']}**" if t["status"] == "missed" else t["status"]
+        cells = [t["target"], t["where"] or "–", _fmt(t["measured"], ".2f"), required, status, t["note"]]
+        lines.append(_row_md(cells))
+    return "\n".join(lines) + "\n"
+
+
+def _gpu_section(rows: list[dict]) -> str:
+    found = published_gpu(rows)
+    lines = ["### GPU memory against InfoPro's published figures (ResNet-110)\n"]
+    if not found:
+        lines.append(
+            "Pending: no CUDA rows at a published setting (ResNet-110, 32×32 at batch 1024 or 96×96 at batch 128) "
+            "in this run. Meter (b), `torch.cuda.max_memory_allocated`, fills this table on a GPU.\n"
+        )
+        return "\n".join(lines)
+    lines += [_row_md(["method", "K", "split", "batch", "published GB", "ours GB", "status"]), _row_md(["---"] * 7)]
+    for r in found:
+        lines.append(_row_md([r["method"], str(r["num_modules"]), r["split"] or "–", str(r["batch_size"]),
+                              f"{r['published_gb']:.2f}", _fmt(r["measured_gb"], ".2f"), r["status"]]))
+    return "\n".join(lines) + "\n"
+
+
+def _row_md(cells: list[str]) -> str:
+    return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
+
+
+# --- plot --------------------------------------------------------------------------------------------
+def plot(path: Path | str, *, memory: list[dict] | None = None, speed: list[dict] | None = None) -> None:
+    """Memory (MiB per sample) and/or time (× e2e) against K, one line per method/context/split, one
+    column of panels per model; single-module methods (e2e, checkpoint) as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    panels = [(rows, label, fn) for rows, label, fn in (
+        (memory, "peak activations, MiB / sample", lambda r: r["peak_activation_bytes_per_sample"] / MIB),
+        (speed, "step time ÷ e2e", lambda r: r["time_ratio"]),
+    ) if rows]
+    models = list(dict.fromkeys(r["model"] for rows, _, _ in panels for r in rows))
+    fig, axes = plt.subplots(len(panels), max(1, len(models)), figsize=(6.5 * max(1, len(models)), 4.2 * len(panels)),
+                             squeeze=False)
+    for p, (rows, ylabel, value) in enumerate(panels):
+        for m, model in enumerate(models):
+            ax, own = axes[p][m], [r for r in rows if r["model"] == model]
+            if not any(r["status"] == "ok" for r in own):
+                ax.axis("off")  # this benchmark did not run this model
+                continue
+            _plot_panel(ax, own, value)
+            if p == 0 and memory:
+                ax.set_yscale("log")  # K = 16 differs by fractions of a MiB where e2e holds several
+                ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.set_title(f"{model}, batch {', '.join(sorted({str(r['batch_size']) for r in own}, key=int))}")
+            ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_panel(ax, rows: list[dict], value) -> None:
+    ok = [r for r in rows if r["status"] == "ok" and value(r) is not None]
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for r in ok:
+        label = r["method"] + (f" {r['context']}" if r["method"] == "contsup" else "")
+        label += f" ({r['split']})" if r["split"] else ""
+        if len({x["batch_size"] for x in rows}) > 1:
+            label += f" b{r['batch_size']}"
+        lines.setdefault(label, []).append((r["num_modules"], value(r)))
+    ks = sorted({r["num_modules"] for r in ok if r["num_modules"] > 1}) or [1, 2]
+    for label, points in lines.items():
+        points.sort()
+        if all(k == 1 for k, _ in points):
+            color = "black" if label.startswith("e2e") else "grey"
+            ax.axhline(points[0][1], linestyle="--", linewidth=1.2, color=color, label=label)
+        else:
+            ax.plot([k for k, _ in points], [v for _, v in points], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("K (local modules)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)

@@ -1,0 +1,370 @@
+"""Run a benchmark grid: memory (one measured step per configuration) or speed (interleaved timed steps).
+
+Each configuration gives one row: its grid fields, ``status`` ("ok", "skipped" with the builder's
+``reason``, or "oom"), the measurements, and ratios to ``e2e`` of the same model, batch and image size.
+A configuration that cannot be built is skipped, one that runs out of memory is marked "oom"; either
+way the grid goes on. Any other error is a bug and propagates.
+
+Memory (``run_memory``): ``warmup`` steps, then one step under ``StepMemoryMeter`` (meter a, exact on
+any device) and, on CUDA, one more under ``CudaPeakMeter`` (meter b), kept apart so that meter a's
+hooks cannot touch the allocator's figure.
+
+Speed (``run_speed``): every network of a (model, batch, image size) group is built and warmed up, then
+``rounds`` rounds each time one step of every configuration, in an order rotated by one each round,
+so that a slow spell of a shared machine hits all configurations alike. Reported: the median step time,
+``time_ratio`` = median / e2e's median, and the per-round paired ratios (this configuration's step ÷
+e2e's step of the same round: median ``time_ratio_paired``, quartiles, min, max), from which a slow
+drift of a noisy machine cancels out.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+import locallearn
+from locallearn.bench.grid import REFERENCE, BenchConfig, GridSpec
+from locallearn.bench.meters import CudaPeakMeter, StepMemoryMeter
+from locallearn.engine import train_step
+
+Log = Callable[[str], None]
+MEMORY_FIELDS = (
+    "peak_activation_bytes",
+    "peak_activation_bytes_per_sample",
+    "hook_seen_bytes",
+    "recompute_bytes",
+    "peak_module",
+    "module_peak_bytes",
+    "peak_allocated_bytes",
+    "step_allocated_bytes",
+    "activation_ratio",
+    "activation_reduction",
+    "allocated_ratio",
+)
+SPEED_FIELDS = (
+    "step_time_s",
+    "step_time_q25_s",
+    "step_time_q75_s",
+    "time_ratio",
+    "time_ratio_paired",
+    "time_ratio_q25",
+    "time_ratio_q75",
+    "time_ratio_min",
+    "time_ratio_max",
+    "rounds",
+)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a grid runs (not what it contains)."""
+
+    device: str = "cpu"
+    warmup: int = 1  # untimed, unmeasured steps before the measured ones
+    rounds: int = 7  # speed: timed steps per configuration
+    threads: int | None = None  # torch.set_num_threads; None keeps the current setting
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        device = str(self.device)
+        if device != "cpu" and not (device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise ValueError(f"device: expected cpu, cuda or cuda:N, got {device!r}.")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device: {device} was asked for but CUDA is not available here; use --device cpu.")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ValueError(f"warmup: expected a non-negative integer, got {self.warmup!r}.")
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ValueError(f"rounds: expected a positive integer, got {self.rounds!r}.")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads: expected a positive integer, got {self.threads!r}.")
+
+    def apply(self) -> None:
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+
+
+@dataclass
+class _Case:
+    """A built configuration: the network, its optimizer and its fixed batch."""
+
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def step(self) -> None:
+        train_step(self.net, self.images, self.labels, self.optimizer)
+
+
+def new_row(config: BenchConfig, options: RunOptions, fields: tuple[str, ...]) -> dict:
+    row = config.fields()
+    row.update(device=str(options.device), status="ok", reason=None, cuts=None, parameters=None)
+    row.update({name: None for name in fields})
+    return row
+
+
+def build_case(config: BenchConfig, options: RunOptions, row: dict) -> _Case:
+    """The network, a momentum SGD optimizer and a random batch; fills the row's ``cuts``/``parameters``.
+    Raises ``ValueError`` when the configuration cannot be built."""
+    device = torch.device(options.device)
+    torch.manual_seed(options.seed)
+    net = locallearn.build(config.model, config.method, **config.build_options()).to(device)
+    row["cuts"] = [list(c) for c in net.cuts]
+    row["parameters"] = sum(p.numel() for p in net.parameters())
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(options.seed)
+    shape = (config.batch_size, net.backbone.in_channels, config.image_size, config.image_size)
+    images = torch.randn(shape, generator=gen).to(device)
+    labels = torch.randint(0, net.config.num_classes, (config.batch_size,), generator=gen).to(device)
+    return _Case(net, optimizer, images, labels)
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's ``OutOfMemoryError``, a RuntimeError saying so (CPU allocator: "can't allocate memory"),
+    or Python's ``MemoryError``."""
+    candidates = (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+    oom_types = tuple(t for t in candidates if t is not None)
+    message = str(err).lower()
+    return (
+        isinstance(err, (MemoryError, *oom_types))
+        or isinstance(err, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+    )
+
+
+def _skip(row: dict, err: ValueError) -> None:
+    row["status"], row["reason"] = "skipped", " ".join(str(err).split())
+
+
+def _oom(row: dict, err: BaseException) -> None:
+    lines = str(err).strip().splitlines()
+    row["status"], row["reason"] = "oom", (lines[0][:200] if lines else "out of memory")
+
+
+def _unless_oom(row: dict, fn: Callable):
+    """``fn()``, or None with the row marked "oom" if it ran out of memory."""
+    try:
+        return fn()
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        _oom(row, err)
+        return None
+
+
+def _build_or_skip(config: BenchConfig, options: RunOptions, row: dict) -> _Case | None:
+    """The built configuration, or None with the row marked "skipped" (cannot be built) or "oom"."""
+    try:
+        return _unless_oom(row, lambda: build_case(config, options, row))
+    except ValueError as err:  # the builder's reason, e.g. a paper split at a K its table lacks
+        _skip(row, err)
+        return None
+
+
+def _free(device: str) -> None:
+    gc.collect()
+    if str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+# --- memory ------------------------------------------------------------------------------------------
+def measure_memory(case: _Case, options: RunOptions) -> dict:
+    """Meter (a) over one step after ``options.warmup`` steps, and meter (b) over another on CUDA."""
+    for _ in range(options.warmup):
+        case.step()
+    case.optimizer.zero_grad(set_to_none=True)  # the measured step starts without gradients, as every step does
+    with StepMemoryMeter(case.net, case.images) as meter:
+        case.step()
+    batch = case.images.shape[0]
+    out = dict(
+        peak_activation_bytes=meter.peak_bytes,
+        peak_activation_bytes_per_sample=meter.peak_bytes / batch,
+        hook_seen_bytes=meter.seen_peak_bytes,
+        recompute_bytes=meter.recompute_bytes,
+        peak_module=meter.peak_module,
+        module_peak_bytes=list(meter.module_peaks),
+    )
+    if case.images.device.type == "cuda":
+        case.optimizer.zero_grad(set_to_none=True)
+        with CudaPeakMeter(case.images.device) as cuda:
+            case.step()
+        out.update(peak_allocated_bytes=cuda.peak_bytes, step_allocated_bytes=cuda.step_bytes)
+    return out
+
+
+def _configs(grid: GridSpec | list[BenchConfig]) -> list[BenchConfig]:
+    """A grid's configurations, or a list of them (several grids merged), without repeats."""
+    return list(dict.fromkeys(grid.expand() if isinstance(grid, GridSpec) else grid))
+
+
+def run_memory(grid: GridSpec | list[BenchConfig], options: RunOptions, *, log: Log | None = None) -> list[dict]:
+    options.apply()
+    configs = _configs(grid)
+    rows = []
+    for i, config in enumerate(configs, 1):
+        row = new_row(config, options, MEMORY_FIELDS)
+        rows.append(row)
+        case = _build_or_skip(config, options, row)
+        if case is not None:
+            measured = _unless_oom(row, lambda: measure_memory(case, options))
+            row.update(measured or {})
+        del case
+        _free(options.device)
+        if log:
+            log(f"[{i}/{len(configs)}] {_describe(config)}: {_memory_summary(row)}")
+    add_memory_ratios(rows)
+    return rows
+
+
+def add_memory_ratios(rows: list[dict]) -> None:
+    refs = _references(rows)
+    for row in rows:
+        ref = refs.get(_group(row))
+        if row["status"] != "ok" or ref is None:
+            continue
+        row["activation_ratio"] = row["peak_activation_bytes"] / ref["peak_activation_bytes"]
+        row["activation_reduction"] = ref["peak_activation_bytes"] / row["peak_activation_bytes"]
+        if row["peak_allocated_bytes"] and ref["peak_allocated_bytes"]:
+            row["allocated_ratio"] = row["peak_allocated_bytes"] / ref["peak_allocated_bytes"]
+
+
+# --- speed -------------------------------------------------------------------------------------------
+def _timed_step(case: _Case) -> float:
+    cuda = case.images.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(case.images.device)
+    start = time.perf_counter()
+    case.step()
+    if cuda:
+        torch.cuda.synchronize(case.images.device)
+    return time.perf_counter() - start
+
+
+def run_speed(grid: GridSpec | list[BenchConfig], options: RunOptions, *, log: Log | None = None) -> list[dict]:
+    options.apply()
+    rows: list[dict] = []
+    groups: dict[tuple, list[BenchConfig]] = {}
+    for config in _configs(grid):
+        groups.setdefault(config.group, []).append(config)
+    for configs in groups.values():
+        rows += _speed_group(configs, options, log)
+    return rows
+
+
+def _speed_group(configs: list[BenchConfig], options: RunOptions, log: Log | None) -> list[dict]:
+    rows = [new_row(c, options, SPEED_FIELDS) for c in configs]
+    cases: dict[int, _Case] = {}
+    for i, (config, row) in enumerate(zip(configs, rows)):
+        case = _build_or_skip(config, options, row)
+        if case is not None and _unless_oom(row, lambda: [case.step() for _ in range(options.warmup)]) is not None:
+            cases[i] = case
+        del case
+        _free(options.device)
+    times: dict[int, list[float]] = {i: [] for i in cases}
+    for r in range(options.rounds):
+        order = list(cases)
+        order = order[r % len(order) :] + order[: r % len(order)] if order else order
+        for i in order:
+            seconds = _unless_oom(rows[i], lambda: _timed_step(cases[i]))
+            if seconds is None:
+                del cases[i], times[i]
+                _free(options.device)
+            else:
+                times[i].append(seconds)
+        if log:
+            first = configs[0]
+            log(f"  round {r + 1}/{options.rounds} of {first.model} batch {first.batch_size}: {len(cases)} running")
+    cases.clear()
+    _free(options.device)
+    ref = next((i for i, c in enumerate(configs) if c.method == REFERENCE and i in times), None)
+    for i, t in times.items():
+        row = rows[i]
+        row.update(
+            step_time_s=float(np.median(t)),
+            step_time_q25_s=float(np.percentile(t, 25)),
+            step_time_q75_s=float(np.percentile(t, 75)),
+            rounds=len(t),
+        )
+        if ref is not None:
+            paired = np.asarray(t) / np.asarray(times[ref])  # per round: this step ÷ e2e's step of that round
+            row.update(
+                time_ratio=float(np.median(t) / np.median(times[ref])),
+                time_ratio_paired=float(np.median(paired)),
+                time_ratio_q25=float(np.percentile(paired, 25)),
+                time_ratio_q75=float(np.percentile(paired, 75)),
+                time_ratio_min=float(paired.min()),
+                time_ratio_max=float(paired.max()),
+            )
+    if log:
+        for config, row in zip(configs, rows):
+            log(f"{_describe(config)}: {_speed_summary(row)}")
+    return rows
+
+
+# --- shared ------------------------------------------------------------------------------------------
+def _group(row: dict) -> tuple:
+    return (row["model"], row["batch_size"], row["image_size"], row["device"])
+
+
+def _references(rows: list[dict]) -> dict[tuple, dict]:
+    return {_group(r): r for r in rows if r["method"] == REFERENCE and r["status"] == "ok"}
+
+
+def _describe(config: BenchConfig) -> str:
+    return f"{config.model} {config.label} K={config.num_modules} batch {config.batch_size}"
+
+
+def _memory_summary(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"{row['status']}: {row['reason']}"
+    return f"{row['peak_activation_bytes_per_sample'] / 2**20:.3f} MiB/sample (module {row['peak_module']})"
+
+
+def _speed_summary(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"{row['status']}: {row['reason']}"
+    ratio = f", {row['time_ratio']:.2f}× e2e" if row["time_ratio"] is not None else ""
+    return f"{row['step_time_s']:.3f} s/step{ratio}"
+
+
+def environment(options: RunOptions, command: str | None = None) -> dict:
+    """The machine and software a run used, recorded with its results."""
+    info = dict(
+        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        command=command,
+        platform=platform.platform(),
+        processor=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        locallearn=locallearn.__version__,
+        git_revision=_git_revision(),
+        options=asdict(options),
+        cuda_device=None,
+    )
+    if str(options.device).startswith("cuda"):
+        info["cuda_device"] = torch.cuda.get_device_name(torch.device(options.device))
+    return info
+
+
+def _git_revision() -> str | None:
+    root = Path(__file__).resolve().parents[3]
+    try:
+        git = dict(cwd=root, capture_output=True, text=True, timeout=10)
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git)
+        dirty = subprocess.run(["git", "status", "--porcelain"], **git)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if rev.returncode != 0:
+        return None
+    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

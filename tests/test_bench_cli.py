@@ -1,0 +1,62 @@
+"""`locallearn bench memory|speed`: a short run into a temporary directory, and one-line errors for bad
+grid values before anything runs."""
+
+import json
+
+import pytest
+import torch
+
+from locallearn.cli import main
+
+GRID = ["--models", "resnet20", "--methods", "e2e,checkpoint,contsup", "--num-modules", "1,2",
+        "--splits", "uniform", "--contexts", "R0", "--batch-sizes", "2", "--warmup", "0", "--quiet"]
+
+
+def test_bench_memory_writes_every_output(tmp_path, capsys):
+    assert main(["bench", "memory", *GRID, "--out", str(tmp_path)]) == 0
+    for ext in ("json", "csv", "md", "png"):
+        assert (tmp_path / f"memory.{ext}").exists()
+    data = json.loads((tmp_path / "memory.json").read_text())
+    assert [r["method"] for r in data["rows"]] == ["e2e", "checkpoint", "contsup"]
+    assert all(r["status"] == "ok" for r in data["rows"])
+    assert data["meta"]["command"].startswith("locallearn ") and data["meta"]["torch_threads"] >= 1
+    assert data["meta"]["grid"]["models"] == ["resnet20"]
+
+
+def test_bench_speed_runs(tmp_path):
+    assert main(["bench", "speed", *GRID, "--rounds", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    assert rows[0]["time_ratio"] == 1.0 and all(r["step_time_s"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--models", "resnet20,vgg", "models: unknown value 'vgg'; valid values are"),
+        ("--num-modules", "2,x", "--num-modules: expected comma-separated integers"),
+        ("--contexts", "R0,Q1", "contexts: unknown mode 'Q1'"),
+        ("--device", "tpu", "device: expected cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_grid_values_fail_in_one_line_before_running(tmp_path, capsys, flag, value, expected):
+    argv = ["bench", "memory", *GRID, "--out", str(tmp_path / "out")]
+    argv = argv + [flag, value]  # argparse keeps the last value of a repeated option
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("locallearn: error: ") and expected in err and "Traceback" not in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing was written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_cuda_device_refused_without_cuda(tmp_path, capsys):
+    assert main(["bench", "memory", *GRID, "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_bench_memory_on_cuda_reports_allocator_peak(tmp_path):
+    assert main(["bench", "memory", *GRID, "--device", "cuda", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "memory.json").read_text())["rows"]
+    assert all(r["peak_allocated_bytes"] > 0 and r["step_allocated_bytes"] > 0 for r in rows)
+    assert all(r["peak_activation_bytes"] > 0 for r in rows)  # meter (a) works on CUDA too

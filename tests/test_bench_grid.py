@@ -1,0 +1,163 @@
+"""Benchmark grids: validation before anything runs, expansion rules, per-row skips and out-of-memory,
+ratios to e2e, targets and the written outputs. Tiny models and batches; nothing is timed."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from locallearn.bench import runner
+from locallearn.bench.grid import GridSpec, parse_list
+from locallearn.bench.report import write_results
+from locallearn.bench.runner import RunOptions, run_memory, run_speed
+from locallearn.bench.targets import evaluate
+
+TINY = dict(models=("resnet20",), batch_sizes=(2,))
+
+
+def test_expansion_rules():
+    spec = GridSpec(methods=("checkpoint", "contsup", "greedy"), num_modules=(1, 2, 4), splits=("uniform", "auto"),
+                    contexts=("R0", "R1E"), **TINY)
+    configs = spec.expand()
+    assert [c.method for c in configs[:2]] == ["e2e", "checkpoint"]  # the reference comes first, always
+    assert all(c.num_modules == 1 and c.split is None for c in configs[:2])
+    local = configs[2:]
+    assert all(c.num_modules > 1 for c in local)  # a local method at K = 1 would be e2e
+    assert len([c for c in local if c.method == "contsup"]) == 2 * 2 * 2  # K × split × context
+    assert {c.context for c in local if c.method == "greedy"} == {"R0"}  # contexts multiply ContSup only
+    assert len([c for c in local if c.method == "greedy"]) == 2 * 2
+    assert all(c.image_size == 32 for c in configs)  # the model's own size
+    assert GridSpec(image_size=64, **TINY).expand()[0].image_size == 64
+
+
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("models", ("resnet999",), ["models", "resnet999", "resnet110"]),
+        ("methods", ("e2e", "magic"), ["methods", "magic", "contsup"]),
+        ("splits", ("even",), ["splits", "even", "balanced"]),
+        ("contexts", ("R3X",), ["contexts", "R3X", "R1E"]),
+        ("num_modules", (0,), ["num_modules", "0"]),
+        ("batch_sizes", (-4,), ["batch_sizes", "-4"]),
+    ],
+)
+def test_unknown_grid_values_are_refused_with_the_valid_ones(field, value, words):
+    with pytest.raises(ValueError) as err:
+        GridSpec(**{**dict(TINY), field: value})
+    assert all(w in str(err.value) for w in words) and "\n" not in str(err.value)
+
+
+def test_parse_list_and_run_options_validate():
+    assert parse_list("1, 2,4", "--num-modules", int) == (1, 2, 4)
+    with pytest.raises(ValueError, match="--num-modules"):
+        parse_list("1,two", "--num-modules", int)
+    with pytest.raises(ValueError, match="--models"):
+        parse_list(" , ", "--models")
+    with pytest.raises(ValueError, match="device"):
+        RunOptions(device="tpu")
+    with pytest.raises(ValueError, match="rounds"):
+        RunOptions(rounds=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            RunOptions(device="cuda")
+
+
+def test_memory_grid_skips_what_cannot_be_built_and_gives_ratios():
+    spec = GridSpec(methods=("e2e", "contsup"), num_modules=(2, 4), splits=("paper", "uniform"), contexts=("R0", "R4"),
+                    **TINY)
+    rows = run_memory(spec, RunOptions(warmup=0))
+    by = {(r["method"], r["num_modules"], r["split"], r["context"]): r for r in rows}
+    e2e = by[("e2e", 1, None, "R0")]
+    assert e2e["status"] == "ok" and e2e["activation_ratio"] == 1.0 and e2e["peak_allocated_bytes"] is None
+    paper = by[("contsup", 2, "paper", "R0")]
+    assert paper["status"] == "skipped" and "paper split" in paper["reason"]
+    r4 = by[("contsup", 2, "uniform", "R4")]
+    assert r4["status"] == "skipped" and "R4" in r4["reason"]
+    ok = by[("contsup", 4, "uniform", "R4")]
+    assert ok["status"] == "ok" and 0 < ok["activation_ratio"] < 1
+    assert ok["activation_reduction"] == pytest.approx(1 / ok["activation_ratio"])
+    assert len(ok["module_peak_bytes"]) == 4 and ok["cuts"] and ok["parameters"] > 0
+
+
+def _raise_oom(*args, **kwargs):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_marks_the_row_and_the_grid_goes_on(monkeypatch):
+    real = runner.measure_memory
+
+    def flaky(case, options):
+        if case.net.num_modules == 2:
+            _raise_oom()
+        return real(case, options)
+
+    monkeypatch.setattr(runner, "measure_memory", flaky)
+    spec = GridSpec(methods=("contsup",), num_modules=(2, 4), splits=("uniform",), contexts=("R0",), **TINY)
+    rows = run_memory(spec, RunOptions(warmup=0))
+    assert [r["status"] for r in rows] == ["ok", "oom", "ok"]
+    assert "out of memory" in rows[1]["reason"]
+    assert runner.is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried"))
+    assert not runner.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_speed_grid_interleaves_and_reports_ratios(monkeypatch):
+    calls = []
+    real = runner._timed_step
+
+    def recording(case):
+        calls.append(case.net.num_modules)
+        if case.net.num_modules == 4 and len(calls) > 3:
+            _raise_oom()
+        return real(case)
+
+    monkeypatch.setattr(runner, "_timed_step", recording)
+    spec = GridSpec(methods=("e2e", "contsup"), num_modules=(2, 4), splits=("uniform",), contexts=("R0",), **TINY)
+    rows = run_speed(spec, RunOptions(warmup=0, rounds=3))
+    assert calls[:3] == [1, 2, 4] and calls[3:5] == [2, 4]  # round 2 starts one configuration later
+    e2e, k2, k4 = rows
+    assert e2e["time_ratio"] == 1.0 and e2e["rounds"] == 3
+    assert k2["status"] == "ok" and k2["time_ratio"] > 0
+    assert k2["time_ratio_min"] <= k2["time_ratio_q25"] <= k2["time_ratio_paired"] <= k2["time_ratio_q75"]
+    assert k2["time_ratio_q75"] <= k2["time_ratio_max"]
+    assert k4["status"] == "oom" and k4["step_time_s"] is None
+
+
+def _row(**fields):
+    row = dict(model="resnet110", method="contsup", num_modules=16, split="paper", context="R0", batch_size=32,
+               image_size=32, device="cpu", status="ok", reason=None, peak_activation_bytes=100,
+               activation_reduction=9.5)
+    row.update(fields)
+    return row
+
+
+def test_targets_met_missed_and_not_measured():
+    rows = [
+        _row(),
+        _row(context="R1E", activation_reduction=5.0),
+        _row(num_modules=4, split="balanced", peak_activation_bytes=100, activation_reduction=3.6),
+        _row(num_modules=4, split="auto", peak_activation_bytes=90, activation_reduction=4.0),
+        _row(num_modules=16, split="balanced", peak_activation_bytes=10),  # no table at K=16: not compared
+        _row(num_modules=16, split="auto", peak_activation_bytes=20),
+    ]
+    found = {t["target"]: t for t in evaluate(rows, "memory")}
+    assert found["ResNet-110, K=16, paper split, ContSup R0: ≥ 9× below e2e"]["status"] == "met"
+    assert found["ResNet-110, K=16, paper split, ContSup R1E: ≥ 6× below e2e"]["status"] == "missed"
+    assert found["ResNet-32, K=16, paper split, ContSup R0: ≥ 6× below e2e"]["status"] == "not measured"
+    split = [t for name, t in found.items() if name.startswith("automatic split")]
+    assert len(split) == 1 and split[0]["status"] == "met" and split[0]["measured"] == pytest.approx(0.9)
+    assert split[0]["target"].endswith("contsup R0, K=4")
+
+
+def test_write_results(tmp_path):
+    spec = GridSpec(methods=("e2e", "contsup"), num_modules=(2,), splits=("uniform", "paper"), contexts=("R0",), **TINY)
+    rows = run_memory(spec, RunOptions(warmup=0))
+    paths = write_results(tmp_path, "memory", rows, {"command": "test", "torch": torch.__version__})
+    data = json.loads(paths["json"].read_text())
+    assert data["kind"] == "memory" and len(data["rows"]) == 3 and data["targets"]
+    with open(paths["csv"]) as f:
+        assert len(list(csv.DictReader(f))) == 3
+    text = paths["md"].read_text()
+    assert "| resnet20 | contsup | 2 | uniform | R0 |" in text and "### Targets" in text and "skipped: split" in text
+    assert "Pending" in text  # no GPU rows
+    assert paths["png"].stat().st_size > 1000
