@@ -14,6 +14,8 @@ from locallearn.config import METHODS, NetConfig, make_config
 from locallearn.context import MODE_NAMES
 from locallearn.data.specs import DATASETS
 from locallearn.engine import train_step
+from locallearn import featrecon  # noqa: F401  (registers the featrecon method, token head, feature decoders)
+from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
 from locallearn.losses import LOCAL_LOSSES
 from locallearn.models import MODELS
@@ -35,6 +37,7 @@ def registries() -> dict[str, list[str]]:
         "methods": METHODS.names(),
         "aux_heads": HEADS.names(),
         "local_losses": LOCAL_LOSSES.names(),
+        "feature_decoders": FEATURE_DECODERS.names(),
         "context_modes": list(MODE_NAMES) + ["RnE / Rn (any n >= 1)"],
         "datasets": DATASETS.names(),
     }

@@ -16,7 +16,7 @@ from locallearn.data.specs import DATASETS
 from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
 from locallearn.losses import LOCAL_LOSSES
-from locallearn.models import MODELS
+from locallearn.models import MODELS, default_aux_head
 from locallearn.registry import Registry
 from locallearn.split import SPLIT_NAMES
 
@@ -27,8 +27,9 @@ METHODS.register(
 )
 METHODS.register("greedy", dict(aux_head="linear", local_loss="ce", context="R0", reconstruct=False))
 METHODS.register("dgl", dict(aux_head="dgl", local_loss="ce", context="R0", reconstruct=False))
-METHODS.register("infopro", dict(aux_head="1c2f", local_loss="contrast", context="R0", reconstruct=True))
-METHODS.register("contsup", dict(aux_head="1c2f", local_loss="ce", context="R1E", reconstruct=False))
+# aux_head "auto": the backbone family's head (models.default_aux_head): 1c2f on CNNs, the token head on Swin.
+METHODS.register("infopro", dict(aux_head="auto", local_loss="contrast", context="R0", reconstruct=True))
+METHODS.register("contsup", dict(aux_head="auto", local_loss="ce", context="R1E", reconstruct=False))
 
 
 @dataclass
@@ -38,8 +39,8 @@ class NetConfig:
     model: str = "resnet32"
     method: str = "contsup"
     num_modules: int = 4  # K
-    split: str | list = "paper"  # "paper", "balanced", "auto", "uniform" or [[stage, block], ...]
-    aux_head: str | None = "1c2f"
+    split: str | list = "paper"  # "paper", "balanced", "auto", "uniform", "stages" or [[stage, block], ...]
+    aux_head: str | None = "1c2f"  # or "auto": the backbone family's head (1c2f for CNNs, token for Swin)
     local_loss: str = "ce"  # "ce" or "contrast"
     reconstruct: bool = False  # InfoPro's image reconstruction in every local module
     context: str = "R0"  # ContSup context mode
@@ -59,6 +60,8 @@ class NetConfig:
     def __post_init__(self) -> None:
         MODELS.get(self.model)
         METHODS.get(self.method)
+        if self.aux_head == "auto":  # resolved here, so the run's config names the head
+            self.aux_head = default_aux_head(self.model)
         spec = DATASETS.get(self.dataset) if self.dataset is not None else None
         if self.num_classes is None:
             self.num_classes = spec.num_classes if spec else 10

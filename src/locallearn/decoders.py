@@ -2,7 +2,7 @@
 
 ``ImageDecoder`` is InfoPro's (and ContSup's ``h_reconstruct``, METHODS.md 4): it reconstructs the
 un-normalised input image from a module's output. FeatRecon's feature decoders (METHODS.md 6) live in
-``FEATURE_DECODERS``, registered by the transformer backbones' module.
+``FEATURE_DECODERS``, registered by ``locallearn.featrecon``.
 """
 
 from __future__ import annotations
@@ -38,3 +38,11 @@ class ImageDecoder(nn.Module):
 # name → factory(out_shape, in_shape) → module mapping a module's output back to its input features.
 FeatureDecoderFactory = Callable[[tuple[int, ...], tuple[int, ...]], nn.Module]
 FEATURE_DECODERS: Registry[FeatureDecoderFactory] = Registry("feature decoder")
+
+
+def feature_mse(decoder: nn.Module, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """FeatRecon's reconstruction loss MSE(decoder(h), target), in float32. A decoder may compute it itself
+    (a ``mse(h, target)`` method) to keep less for backward; the value is the same."""
+    if hasattr(decoder, "mse"):
+        return decoder.mse(h, target)
+    return F.mse_loss(decoder(h).float(), target.float())

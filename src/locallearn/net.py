@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from locallearn import split as splits
 from locallearn.config import NetConfig
 from locallearn.context import ContextMode, ContextSupply
-from locallearn.decoders import FEATURE_DECODERS, ImageDecoder
+from locallearn.decoders import FEATURE_DECODERS, ImageDecoder, feature_mse
 from locallearn.heads import create_head
 from locallearn.losses import LOCAL_LOSSES, lambda_schedule, lookup_lambdas, reconstruction_bce
 from locallearn.models import Backbone, create_model
@@ -33,6 +33,9 @@ class ForwardState:
 
     image: torch.Tensor
     history: dict[int, torch.Tensor] = field(default_factory=dict)
+    # FeatRecon's target for module 0: the first unit's output (the patch embedding), detached, as computed
+    # by module 0's own forward (``module_forward(0, x, state)``), so it need not be recomputed.
+    embedding: torch.Tensor | None = None
 
 
 class LocalNet(nn.Module):
@@ -96,6 +99,10 @@ class LocalNet(nn.Module):
     def _module_input_shape(self, k, unit_shapes, in_shapes):
         return in_shapes[k] if k > 0 else (unit_shapes[0] if self.bounds[0][1] > 1 else in_shapes[0])
 
+    def _reconstructs_embedding(self) -> bool:
+        """Whether module 0's feature target is its first unit's output (it has more units than that one)."""
+        return self.feature_decoders is not None and self.bounds[0][1] > 1
+
     @property
     def num_modules(self) -> int:
         return len(self.bounds)
@@ -104,9 +111,13 @@ class LocalNet(nn.Module):
     def begin(self, images: torch.Tensor) -> ForwardState:
         return ForwardState(image=images)
 
-    def module_forward(self, k: int, x: torch.Tensor) -> torch.Tensor:
+    def module_forward(self, k: int, x: torch.Tensor, state: ForwardState | None = None) -> torch.Tensor:
         a, b = self.bounds[k]
         units = self.backbone.units[a:b]
+        if k == 0 and state is not None and self._reconstructs_embedding():
+            x = units[0](x)
+            state.embedding = x.detach()  # module 0's feature target; shares storage with x, costs nothing
+            units = units[1:]
         if self.checkpoint_segments and self.training and torch.is_grad_enabled():
             return _checkpointed(units, x, self.checkpoint_segments)
         for unit in units:
@@ -131,12 +142,20 @@ class LocalNet(nn.Module):
         return out
 
     def local_loss(
-        self, k: int, h: torch.Tensor, labels: torch.Tensor, *, images: torch.Tensor, inputs: torch.Tensor
+        self,
+        k: int,
+        h: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        images: torch.Tensor,
+        inputs: torch.Tensor,
+        state: ForwardState | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Module k's loss from its output h, and its metrics (detached tensors) keyed without the index.
 
         The last module uses the network's own classifier and cross-entropy; modules k < K−1 their
         auxiliary head's task loss, plus the image (InfoPro) or feature (FeatRecon) reconstruction.
+        ``state``: the forward's state, whose ``embedding`` is module 0's FeatRecon target.
         """
         if k == self.num_modules - 1:
             loss = F.cross_entropy(h, labels)
@@ -157,9 +176,13 @@ class LocalNet(nn.Module):
             metrics["rec"] = rec.detach()
         if self.feature_decoders is not None:
             target = inputs.detach()
-            if k == 0 and self.bounds[0][1] > 1:
-                target = self.backbone.units[0](inputs).detach()  # the patch embedding, see __init__
-            feat = F.mse_loss(self.feature_decoders[k](h).float(), target.float())
+            if k == 0 and self._reconstructs_embedding():  # the patch embedding, see __init__
+                if state is not None and state.embedding is not None:
+                    target, state.embedding = state.embedding, None  # consumed: not kept alive past module 0
+                else:  # a caller that drove module_forward without the state: recompute it, untracked
+                    with torch.no_grad():
+                        target = self.backbone.units[0](inputs)
+            feat = feature_mse(self.feature_decoders[k], h, target)
             loss = loss + self.config.feature_weight * feat
             metrics["feat"] = feat.detach()
         metrics["loss"] = loss.detach()
@@ -255,8 +278,12 @@ def _checkpointed(units: nn.ModuleList, x: torch.Tensor, segments: int) -> torch
 
 
 # --- construction --------------------------------------------------------------------------------------
-def resolve_ends(config: NetConfig, backbone: Backbone, aux_cost=None) -> list[int]:
-    """Unit indices where modules end, from the config's split (METHODS.md 2.2)."""
+def resolve_ends(config: NetConfig, backbone: Backbone, aux_cost=None, span_cost=None) -> list[int]:
+    """Unit indices where modules end, from the config's split (METHODS.md 2.2).
+
+    For computed splits, ``aux_cost(out_shape)`` is the per-sample activation bytes of the objective a
+    local module ending with that output adds (head, image decoder), and ``span_cost(i, j)`` what depends
+    on both of its ends, units i..j (FeatRecon's decoder maps unit j's output back to the module's input)."""
     K = config.num_modules
     splits.check_num_modules(K, backbone.num_units)
     keys = backbone.unit_keys
@@ -270,14 +297,15 @@ def resolve_ends(config: NetConfig, backbone: Backbone, aux_cost=None) -> list[i
     if K == 1:
         return []
     image_size = config.image_size or backbone.image_size
-    if config.split in ("paper", "balanced"):
-        cuts = splits.table_cuts(config.split, config.model, K, image_size)
+    if config.split in ("paper", "balanced", "stages"):
+        own = backbone.named_splits(config.split)  # a backbone's own table (Swin's stages) comes first
+        cuts = own.get(K) if own else splits.table_cuts(config.split, config.model, K, image_size)
         if cuts is not None:
             return splits.ends_from_cuts(cuts, keys)
-        if config.split == "paper":
-            known = splits.paper_ks(config.model)
+        if config.split in ("paper", "stages"):
+            known = sorted(own) if own else (splits.paper_ks(config.model) if config.split == "paper" else [])
             raise ValueError(
-                f"split: the paper split of {config.model} is defined for num_modules in "
+                f"split: the {config.split} split of {config.model} is defined for num_modules in "
                 f"{known or 'none'}, not {K}; use split='balanced', 'auto', 'uniform' or explicit cuts."
             )
     if config.split == "uniform":
@@ -290,7 +318,7 @@ def resolve_ends(config: NetConfig, backbone: Backbone, aux_cost=None) -> list[i
         if shape not in cost_of:
             cost_of[shape] = aux_cost(shape) if aux_cost else 0.0
     end_bytes = [cost_of[s] for s in backbone.unit_shapes(image_size)[:-1]] + [0.0]  # last module: no head
-    return splits.balanced_ends(unit_bytes, end_bytes, K)
+    return splits.balanced_ends(unit_bytes, end_bytes, K, span_bytes=span_cost)
 
 
 def build_net(config: NetConfig) -> LocalNet:
@@ -308,5 +336,11 @@ def build_net(config: NetConfig) -> LocalNet:
             parts.append(ImageDecoder(shape[0], config.image_size or backbone.image_size))
         return sum(module_activation_bytes(p, shape) for p in parts)
 
-    ends = resolve_ends(config, backbone, aux_cost if config.num_modules > 1 else None)
+    local = config.num_modules > 1
+    span_cost = None
+    if local and config.feature_decoder is not None and not isinstance(config.split, list):
+        from locallearn.featrecon import decoder_span_cost
+
+        span_cost = decoder_span_cost(config.feature_decoder, backbone, config.image_size or backbone.image_size)
+    ends = resolve_ends(config, backbone, aux_cost if local else None, span_cost)
     return LocalNet(config, backbone, ends)

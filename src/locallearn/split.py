@@ -7,18 +7,20 @@ last module holds the rest, classifier included. Splits are chosen by name:
 - ``balanced``: the papers' memory-balanced tables where they exist, otherwise ``auto``.
 - ``auto`` (our choice): minimise the largest module's measured activation bytes (``balanced_ends``).
 - ``uniform``: the same number of units in every module.
+- ``stages``: the backbone's own stage boundaries (``Backbone.named_splits``; Swin: K = 2 after stage 2,
+  K = 4 one module per stage, METHODS.md 6). A backbone may also define its ``paper`` split that way.
 - an explicit list of cuts ``[(stage, block), ...]``, each naming the unit a module ends with.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 Cut = tuple[int, int]
 
-SPLIT_NAMES = ("paper", "balanced", "auto", "uniform")
+SPLIT_NAMES = ("paper", "balanced", "auto", "uniform", "stages")
 
 # METHODS.md 2.2, "paper" split: model → K → cuts.
 PAPER_SPLITS: dict[str, dict[int, list[Cut]]] = {
@@ -94,18 +96,27 @@ def uniform_ends(num_units: int, num_modules: int) -> list[int]:
     return list(np.cumsum(sizes)[:-1] - 1)
 
 
-def balanced_ends(unit_bytes: Sequence[float], end_bytes: Sequence[float], num_modules: int) -> list[int]:
+def balanced_ends(
+    unit_bytes: Sequence[float],
+    end_bytes: Sequence[float],
+    num_modules: int,
+    *,
+    span_bytes: Callable[[int, int], float] | None = None,
+) -> list[int]:
     """Contiguous partition minimising the largest module cost (exact, by dynamic programming).
 
     The cost of a module spanning units i..j is sum(unit_bytes[i..j]) + end_bytes[j], where end_bytes[j]
     is what the local objective attached after unit j costs (auxiliary head, decoder). The last module
-    has no auxiliary objective, so its end cost is 0 (pass end_bytes[-1] = 0).
+    has no auxiliary objective, so its end cost is 0 (pass end_bytes[-1] = 0). ``span_bytes(i, j)`` adds
+    what depends on both ends of a local module (FeatRecon's decoder maps unit j's output back to module
+    i's input); it is not charged to the last module.
     """
     n = len(unit_bytes)
     prefix = np.concatenate([[0.0], np.cumsum(unit_bytes)])
 
     def cost(i: int, j: int) -> float:  # units i..j inclusive
-        return prefix[j + 1] - prefix[i] + end_bytes[j]
+        extra = span_bytes(i, j) if span_bytes is not None and j < n - 1 else 0.0
+        return prefix[j + 1] - prefix[i] + end_bytes[j] + extra
 
     inf = float("inf")
     # best[k][j]: minimal largest cost covering units 0..j with k modules, the k-th ending at j.

@@ -29,6 +29,11 @@ class Backbone(nn.Module):
     def num_units(self) -> int:
         return len(self.units)
 
+    def named_splits(self, name: str) -> dict[int, list[tuple[int, int]]]:
+        """Cuts by K that this backbone defines itself for a split name (Swin's ``stages``); {} for none,
+        in which case ``split.py``'s tables or a computed split apply."""
+        return {}
+
     @torch.no_grad()
     def unit_shapes(self, image_size: int | None = None) -> list[tuple[int, ...]]:
         """Output shape (without batch) of every unit, found by one eval-mode forward of a blank image.

@@ -1,0 +1,280 @@
+"""Swin as units over transformers' modules (METHODS.md 2.3): the published configuration, unit layout,
+splits, K = 1 parity with plain `transformers`, pretrained loading, every method on Swin, bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import locallearn as ll
+from locallearn.bench.meters import SavedTensorMeter
+from locallearn.models import create_model
+
+# A tiny Swin on 32×32 inputs (patch 2): grids 16, 8, 4, 2 with window 2, two blocks per stage, so both
+# window and shifted-window blocks run; 13 units.
+TINY = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=2, drop_path_rate=0.0)
+
+
+def tiny_net(method="featrecon", **options):
+    options.setdefault("image_size", 32)
+    return ll.build("swin_cifar", method=method, model_kwargs=dict(TINY), **options)
+
+
+def batch(n=4, size=32, classes=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+def test_swin_tiny_is_the_published_configuration():
+    net = create_model("swin_tiny", num_classes=10)
+    spec = net.spec
+    assert (spec.patch_size, spec.embed_dim, spec.window_size, spec.resolution) == (4, 96, 7, 224)
+    assert spec.depths == (2, 2, 6, 2) and spec.num_heads == (3, 6, 12, 24)
+    assert sum(p.numel() for p in net.parameters()) == 27_527_044  # "about 27.5 M"
+    assert net.num_units == 1 + 12 + 3 + 1  # patch embedding, blocks, mergings, classifier
+    shapes = net.unit_shapes(224)
+    assert shapes[0] == (96, 56, 56) and shapes[3] == (192, 28, 28)
+    assert shapes[6] == (384, 14, 14) and shapes[13] == (768, 7, 7) and shapes[-1] == (10,)
+    assert net.named_splits("stages") == {2: [(2, 1)], 4: [(1, 1), (2, 1), (3, 5)]}
+
+
+def test_unit_keys_name_embedding_blocks_mergings_and_classifier():
+    net = create_model("swin_cifar", **TINY)
+    assert net.unit_keys == [(0, 0), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2), (3, 0), (3, 1), (3, 2),
+                             (4, 0), (4, 1), (5, 0)]
+    shapes = net.unit_shapes(32)
+    assert shapes[0] == (8, 16, 16) and shapes[3] == (16, 8, 8) and shapes[9] == (64, 2, 2) and shapes[-1] == (10,)
+
+
+def test_small_input_variant_shrinks_the_last_window_to_its_grid():
+    net = create_model("swin_cifar", embed_dim=8, num_heads=(1, 1, 1, 1))  # patch 2, window 4: grids 16, 8, 4, 2
+    assert net.spec.grids() == [16, 8, 4, 2]
+    last_block = net.units[-2].block
+    assert last_block.window_size == 2 and last_block.shift_size == 0
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_inputs_are_resized_to_the_resolution():
+    net = create_model("swin_cifar", image_size=96, resolution=32, **TINY)  # STL-10 images on the 32×32 variant
+    assert net.image_size == 96 and net.unit_shapes()[0] == (8, 16, 16)
+    assert net(torch.randn(2, 3, 96, 96)).shape == (2, 10)
+
+
+# --- splits --------------------------------------------------------------------------------------------------
+def test_stage_splits_cut_after_a_stage_s_last_block():
+    assert tiny_net(num_modules=2, split="stages").cuts == [(2, 1)]
+    assert tiny_net(num_modules=4, split="stages").cuts == [(1, 1), (2, 1), (3, 1)]
+    assert tiny_net(num_modules=4, split="paper").cuts == [(1, 1), (2, 1), (3, 1)]  # the paper's natural cuts
+    with pytest.raises(ValueError, match=r"stages split of swin_cifar is defined for num_modules in \[2, 4\]"):
+        tiny_net(num_modules=3, split="stages")
+
+
+@pytest.mark.parametrize("split", ["balanced", "uniform", [[1, 0], [2, 2], [4, 0]]])
+def test_computed_and_explicit_splits(split):
+    net = tiny_net(num_modules=4, split=split)
+    assert net.num_modules == 4
+    if isinstance(split, list):
+        assert net.cuts == [tuple(c) for c in split]
+    x, y = batch()
+    stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+
+
+# --- K = 1 parity with plain transformers, and pretrained weights --------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+    """A tiny SwinForImageClassification (5 classes) written by save_pretrained, random position tables."""
+    from transformers import SwinConfig, SwinForImageClassification
+
+    torch.manual_seed(1)
+    config = SwinConfig(image_size=32, patch_size=2, num_labels=5, **{**TINY, "depths": [2, 2, 2, 2],
+                                                                      "num_heads": [1, 2, 2, 4]})
+    model = SwinForImageClassification(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.normal_()
+    path = tmp_path_factory.mktemp("swin") / "tiny"
+    model.save_pretrained(path)
+    return path
+
+
+def reference(path):
+    from transformers import SwinForImageClassification
+
+    return SwinForImageClassification.from_pretrained(path).train()
+
+
+def test_k1_training_step_matches_plain_transformers(checkpoint_dir):
+    ref = reference(checkpoint_dir)
+    net = ll.build("swin_cifar", method="e2e", num_classes=5, image_size=32,
+                   model_kwargs=dict(TINY, pretrained=str(checkpoint_dir)))
+    x, y = batch(classes=5)
+    stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.0))
+    loss = F.cross_entropy(ref(x).logits, y)
+    loss.backward()
+    assert stats["loss"] == pytest.approx(loss.item(), rel=1e-6)
+    ours, theirs = list(net.backbone.parameters()), list(ref.parameters())
+    assert len(ours) == len(theirs)  # same parameters, same order: units follow transformers' modules
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape and torch.allclose(a.grad, b.grad, atol=1e-6)
+    net.eval(), ref.eval()
+    with torch.no_grad():
+        assert torch.allclose(net(x), ref(x).logits, atol=1e-6)
+
+
+def test_pretrained_weights_load_and_the_classifier_is_replaced(checkpoint_dir):
+    ref = reference(checkpoint_dir)
+    net = create_model("swin_cifar", num_classes=10, pretrained=checkpoint_dir, **TINY)
+    assert net.units[-1].fc.out_features == 10
+    loaded = dict(net.named_parameters())
+    for name, p in ref.named_parameters():
+        if name.startswith("swin.embeddings."):
+            assert torch.equal(loaded["units.0.embeddings." + name.removeprefix("swin.embeddings.")], p), name
+    assert torch.equal(net.units[1].block.attention.q_proj.weight, ref.swin.encoder.layers[0].blocks[0].attention.q_proj.weight)
+
+
+def test_pretrained_table_is_cropped_where_the_window_shrinks(checkpoint_dir, tmp_path):
+    """A window-4 checkpoint on the 32×32 variant: stage 4 (grid 2) keeps the centre 3×3 of the 7×7 table."""
+    from transformers import SwinConfig, SwinForImageClassification
+
+    config = SwinConfig(image_size=32, patch_size=2, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                        window_size=4, num_labels=10)
+    model = SwinForImageClassification(config)
+    table = torch.arange(49.0).view(49, 1)
+    with torch.no_grad():
+        model.swin.encoder.layers[3].blocks[0].attention.relative_position_bias.relative_position_bias_table.copy_(table)
+    model.save_pretrained(tmp_path / "w4")
+    net = create_model("swin_cifar", pretrained=tmp_path / "w4", embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    cropped = net.units[-2].block.attention.relative_position_bias.relative_position_bias_table
+    assert cropped.flatten().tolist() == [16, 17, 18, 23, 24, 25, 30, 31, 32]  # offsets −1..1 of the 7×7 table
+    assert net(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_pretrained_checkpoint_of_another_architecture_is_refused(checkpoint_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"another Swin architecture than swin_cifar: embed_dim 8 \(wanted 16\)"):
+        create_model("swin_cifar", pretrained=checkpoint_dir, **{**TINY, "embed_dim": 16})
+    from transformers import ViTConfig
+
+    ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match=r"is a 'vit' checkpoint, not Swin"):
+        create_model("swin_cifar", pretrained=tmp_path / "vit", **TINY)
+    with pytest.raises(ValueError, match=r"pretrained: no such directory"):
+        create_model("swin_cifar", pretrained=str(tmp_path / "missing"), **TINY)
+
+
+# --- methods on Swin -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "method, options",
+    [
+        ("e2e", {}),
+        ("checkpoint", {}),
+        ("greedy", dict(num_modules=4, split="stages")),
+        ("infopro", dict(num_modules=2, split="stages", dataset="cifar10")),
+        ("contsup", dict(num_modules=4, split="stages", context="R1E")),
+        ("contsup", dict(num_modules=4, split="stages", context="R2")),
+        ("contsup", dict(num_modules=2, split="stages", context="E", feature_decoder="conv")),
+    ],
+)
+def test_every_method_trains_and_infers_on_swin(method, options):
+    net = tiny_net(method, **options)
+    x, y = batch()
+    stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    net.eval()
+    assert net(x).shape == (4, 10)
+
+
+def test_infopro_on_swin_uses_the_token_head():
+    net = tiny_net("infopro", num_modules=2, split="stages", dataset="cifar10")
+    assert net.config.aux_head == "token"
+    assert ll.build("resnet20", method="infopro", num_modules=2, split="uniform", dataset="cifar10").config.aux_head == "1c2f"
+
+
+def test_activation_checkpointing_matches_end_to_end_on_swin():
+    torch.manual_seed(2)
+    e2e, ckpt = tiny_net("e2e"), tiny_net("checkpoint")
+    ckpt.load_state_dict(e2e.state_dict())
+    x, y = batch()
+    for net in (e2e, ckpt):
+        ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.0))
+    for (name, a), b in zip(e2e.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(method="featrecon", num_modules=4, split="stages", feature_decoder="transformer"),
+        dict(method="featrecon", num_modules=3, split="balanced", context="R1E"),
+        dict(method="infopro", num_modules=4, split="stages", dataset="cifar10"),
+    ],
+)
+def test_each_module_loss_reaches_only_its_own_parts(options):
+    net = tiny_net(**options)
+    x, y = batch()
+    state, inp = net.begin(x), x
+    for k in range(net.num_modules):
+        net.zero_grad(set_to_none=True)
+        h = net.module_forward(k, inp, state)
+        loss, _ = net.local_loss(k, h, y, images=x, inputs=inp, state=state)
+        loss.backward()
+        own = {id(p) for p in net.module_parameters(k)}
+        for name, p in net.named_parameters():
+            if id(p) not in own:
+                assert p.grad is None, f"module {k}'s loss reached {name}"
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.module_parameters(k))
+        if k < net.num_modules - 1:
+            inp = net.handoff(k, h, state)
+
+
+def test_peak_saved_bytes_fall_with_k():
+    x, y = batch()
+    peaks = []
+    for K in (1, 2, 4):
+        net = tiny_net("e2e") if K == 1 else tiny_net(num_modules=K, split="stages")
+        with SavedTensorMeter(net.parameters()) as meter:
+            ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.0))
+        peaks.append(meter.peak_bytes)
+    assert peaks[0] > peaks[1] > peaks[2], peaks
+
+
+# --- bad input -----------------------------------------------------------------------------------------------
+def test_image_size_the_patches_and_windows_cannot_tile_is_refused():
+    with pytest.raises(ValueError, match=r"image size: 32 does not tile swin_tiny \(patch 4, window 7.*resolution': 224"):
+        ll.build("swin_tiny", method="featrecon", num_modules=2, dataset="cifar10")
+    with pytest.raises(ValueError, match=r"image size: 30 does not tile swin_cifar"):
+        create_model("swin_cifar", image_size=30)
+
+
+def test_more_modules_than_units_is_refused():
+    with pytest.raises(ValueError, match=r"num_modules=14 is larger than the backbone's 13 units"):
+        tiny_net(num_modules=14, split="uniform")
+
+
+def test_unknown_model_option_is_refused():
+    with pytest.raises(ValueError, match=r"unknown option 'depth' for swin_cifar; valid options are"):
+        create_model("swin_cifar", depth=4)
+
+
+# --- learning --------------------------------------------------------------------------------------------------
+def test_featrecon_on_the_small_swin_learns_the_bundled_digits():
+    """Two epochs of FeatRecon (K = 2, stage split) on the 32×32 variant, cut down, on the CPU."""
+    from locallearn.data import BatchLoader, get_spec, load_split
+
+    torch.manual_seed(0)
+    spec = get_spec("digits")
+    train, test = load_split("digits", None, train=True), load_split("digits", None, train=False)
+    small = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), patch_size=4, drop_path_rate=0.0)
+    net = ll.build("swin_cifar", method="featrecon", num_modules=2, split="stages", dataset="digits", model_kwargs=small)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.05)
+    loader = BatchLoader(*train, spec=spec, batch_size=64, train=True, seed=0, prefetch=0)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            ll.train_step(net, x, y, opt)
+    net.eval()
+    correct = 0
+    with torch.no_grad():
+        for x, y in BatchLoader(*test, spec=spec, batch_size=360, train=False, seed=0, prefetch=0):
+            correct += (net(x).argmax(dim=1) == y).sum().item()
+    assert correct / len(test[1]) > 0.6  # chance: 0.1

@@ -1,0 +1,51 @@
+"""The Swin presets under configs/swin/ (written by configs/generate.py): each loads into a TrainConfig with
+the FeatRecon / InfoPro-Transformer / end-to-end options its name says; one of each kind builds its network."""
+
+from pathlib import Path
+
+import pytest
+
+from locallearn.net import build_net
+from locallearn.training import load_config, presets
+
+NAMES = [n for n in presets() if n.startswith("swin/")]
+DATASETS = ("cifar10", "cifar100", "stl10", "svhn")
+
+
+def test_every_swin_experiment_has_its_preset():
+    expected = {f"swin/swin_tiny_{d}_e2e" for d in DATASETS}
+    expected |= {f"swin/swin_tiny_{d}_k{k}_featrecon_{dec}" for d in DATASETS for k in (2, 4)
+                 for dec in ("linear", "conv", "transformer")}
+    expected |= {f"swin/swin_tiny_{d}_k{k}_infopro" for d in DATASETS for k in (2, 4)}
+    expected.add("swin/swin_cifar_digits_k2_featrecon")
+    assert set(NAMES) == expected
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_swin_preset_loads(name):
+    cfg = load_config(name)
+    assert cfg.out == f"runs/{Path(name).name}"
+    stem = Path(name).name
+    if cfg.model == "swin_tiny":
+        assert cfg.model_kwargs == {"resolution": 224} and cfg.dataset in stem
+    if "featrecon" in stem:
+        assert (cfg.method, cfg.aux_head, cfg.local_loss, cfg.split) == ("featrecon", "token", "ce", "stages")
+        assert cfg.feature_decoder == (stem.rsplit("_", 1)[1] if cfg.model == "swin_tiny" else "linear")
+        assert not cfg.reconstruct and cfg.feature_weight == 1.0
+    elif "infopro" in stem:
+        assert (cfg.method, cfg.aux_head, cfg.reconstruct, cfg.feature_decoder) == ("infopro", "token", True, None)
+        assert cfg.lambdas == [1.0, 1.0, 1.0, 1.0]
+    else:
+        assert (cfg.method, cfg.num_modules) == ("e2e", 1)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["swin/swin_cifar_digits_k2_featrecon", "swin/swin_tiny_cifar10_k4_featrecon_transformer", "swin/swin_tiny_stl10_k2_infopro"],
+)
+def test_swin_preset_builds(name):
+    cfg = load_config(name)
+    net = build_net(cfg.net_config())
+    assert net.num_modules == cfg.num_modules
+    if cfg.model == "swin_tiny":
+        assert net.cuts == ([(1, 1), (2, 1), (3, 5)] if cfg.num_modules == 4 else [(2, 1)])
