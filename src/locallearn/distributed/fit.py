@@ -1,0 +1,464 @@
+"""``locallearn train --parallel pipeline``: a whole run, one process per rank, started by torchrun.
+
+The run directory is the single-process one (``training/rundir.py``) — config.yaml, metrics.jsonl,
+checkpoint.pt, summary.json, written by rank 0 in the same form, each metrics line and the summary with a
+``ranks`` list added (per-rank throughput, compute and waiting time, memory) — plus per-stage checkpoints:
+
+    RUN/pipeline/stage{s}-epoch{e}.pt   stage s's parameters, buffers and optimizer after epoch e
+                                        (written by the stage's first replica; the last two epochs kept)
+
+Each epoch: the first stage reads and augments the batches, the pipeline trains them, then evaluates
+the test set through the same stages; the ranks' statistics are gathered to rank 0, which appends the
+metrics line; every stage writes its checkpoint; rank 0 writes checkpoint.pt — the full model and the
+merged optimizer state, exactly what a single-process run writes, so ``locallearn eval`` works on a
+pipeline run and either kind of run can resume the other.
+
+Resume (``--resume``) continues from the latest epoch that *every* stage has checkpointed (a failure
+while saving leaves the stages at most one epoch apart, hence two kept), or from checkpoint.pt when that
+is later or the layout changed. The learning-rate schedule, data order and augmentation depend only on
+(seed, epoch), so the resumed run computes what the uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from locallearn.distributed.assign import (
+    assign_modules,
+    check_assign,
+    check_layout,
+    measure_module_costs,
+    parse_assign,
+)
+from locallearn.distributed.launch import DistEnv, env_from_environment, init_distributed, run_guarded, shutdown
+from locallearn.distributed.pipeline import (
+    Layout,
+    PhaseStats,
+    PipelineStage,
+    check_same,
+    make_groups,
+    peak_memory,
+    peak_rss_mb,
+    stage_parts,
+    stage_state_keys,
+)
+from locallearn.net import LocalNet, build_net
+
+Log = Callable[[str], None]
+STAGE_DIR = "pipeline"
+KEEP_EPOCHS = 2  # stage checkpoints kept: ranks that failed while saving are at most one epoch apart
+MEASURE_BATCH = 128  # the largest batch the "balanced" assignment times
+# Options that may differ between ranks: where each one reads data and which device it uses.
+PER_RANK_OPTIONS = ("data_dir", "device")
+
+
+def fit_pipeline(
+    config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    requested: dict[str, Any] | None = None,
+    log: Log = print,
+) -> dict[str, Any] | None:
+    """Train ``config`` (a ``training.TrainConfig`` with ``parallel="pipeline"``) as this rank of a torchrun
+    job. Returns the summary on rank 0, None elsewhere."""
+    info = env_from_environment()
+    stages = check_layout(config.num_modules, int(info["world_size"]), config.data_parallel)
+    check_assign(config.pipeline_assign, stages, config.num_modules)  # both refused before any connection
+    env = init_distributed(device=config.device, fault_timeout_s=config.fault_timeout)
+
+    def job():
+        summary = _fit(env, config, resume, overwrite, requested, log if env.is_main else _quiet)
+        shutdown(env)
+        return summary
+
+    return run_guarded(env, job)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _fit(env: DistEnv, config, resume: bool, overwrite: bool, requested, log: Log) -> dict[str, Any] | None:
+    from locallearn.training import loop
+    from locallearn.training.recipe import TrainConfig, dump_yaml, lr_schedule
+    from locallearn.training.rundir import CHECKPOINT_FORMAT, RunDir, rng_state, seed_everything
+
+    check_same({k: v for k, v in config.to_dict().items() if k not in PER_RANK_OPTIONS}, group=env.ctrl)
+
+    # The run directory: rank 0 checks it (refusing an existing run, matching a resumed one) and tells all.
+    opened: list[Any] = [None]
+    if env.is_main:
+        try:
+            run, resolved, merged = loop.open_run(config, resume=resume, overwrite=overwrite, requested=requested)
+            opened[0] = ("ok", resolved.to_dict(), None if merged is None else merged["epoch"])
+        except ValueError as err:
+            opened[0] = ("error", str(err), None)
+    dist.broadcast_object_list(opened, src=0, group=env.ctrl)
+    status, payload, merged_epoch = opened[0]
+    if status == "error":
+        raise ValueError(payload)
+    config = TrainConfig(**{**payload, **{k: getattr(config, k) for k in PER_RANK_OPTIONS}})
+    run = RunDir(Path(config.out))
+
+    seed_everything(config.seed)
+    net = build_net(config.net_config()).to(env.device)
+    schedule = lr_schedule(
+        lr=config.lr, epochs=config.epochs, warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr
+    )
+
+    # Where the run resumes from, and with which layout.
+    stage_dir = run.path / STAGE_DIR
+    found = _stage_checkpoints(stage_dir) if resume else {}
+    layout = _choose_layout(env, config, net, found)
+    stage = layout.stage_of(env.rank)
+    modules = layout.assignment[stage]
+    writer = layout.replica_of(env.rank) == 0  # one file per stage
+    if writer and not resume:
+        _remove_stage_files(stage_dir, stage)
+    links, dp_group, _ = make_groups(layout, backend=env.backend, device_type=env.device.type)
+    optimizer = loop.make_optimizer(nn.ModuleList(stage_parts(net, modules)), config)
+    start, history = _resume(env, run, net, optimizer, layout, found, merged_epoch, stage_dir)
+    if env.is_main:
+        if not run.file("config.yaml").is_file():
+            run.write_config(dump_yaml(config.to_dict(), header=loop._provenance()))
+        run.write_metrics(history)  # drops any epoch logged after the checkpoints were taken
+    finished = [start == config.epochs and run.finished]
+    dist.broadcast_object_list(finished, src=0, group=env.ctrl)  # rank 0's run directory decides
+    if finished[0]:
+        log(f"{run.path} is already finished ({start} epochs); nothing to resume.")
+        return run.read_summary() if env.is_main else None
+    if config.compile:
+        loop.compile_parts(net)
+
+    first = stage == 0
+    train_loader = loop.load_data(config, train=True, device=env.device) if first else None
+    test_loader = loop.load_data(config, train=False, device=env.device) if first else None
+    runner = PipelineStage(
+        net, layout, env.rank, optimizer, device=env.device, sync=config.pipeline_sync,
+        autocast_dtype=config.autocast_dtype, links=links, dp_group=dp_group, barrier_group=env.ctrl,
+    )
+    parameters = sum(p.numel() for p in net.parameters())
+    if env.is_main:
+        _log_start(log, config, net, run, layout, env, parameters, train_loader, test_loader, start)
+
+    for epoch in range(start + 1, config.epochs + 1):
+        lr = schedule[epoch - 1]
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        if first:
+            train_loader.set_epoch(epoch)
+        train = runner.train_phase(train_loader)
+        test = runner.eval_phase(test_loader)
+        reports: list[Any] = [None] * env.world_size
+        dist.all_gather_object(reports, _rank_report(env, layout, runner, train, test), group=env.ctrl)
+        record = _epoch_record(epoch, lr, reports, net.num_modules)
+        history.append(record)
+        if env.is_main:
+            run.append_metrics(record)  # metrics first: no checkpoint is ever ahead of metrics.jsonl
+        if writer:
+            _save_stage(stage_dir, stage, epoch, {
+                "format": CHECKPOINT_FORMAT, "epoch": epoch, "stage": stage, "layout": layout.to_dict(),
+                "model": {k: v for k, v in net.state_dict().items() if k in set(stage_state_keys(net, modules))},
+                "optimizer": optimizer.state_dict(), "lr_schedule": schedule, "rng": rng_state(),
+                "config": config.to_dict(), "history": history if first else [],
+            })
+        dist.barrier(group=env.ctrl)  # every stage holds epoch e: older files may go
+        if writer:
+            _prune_stage_files(stage_dir, stage, keep_from=epoch - KEEP_EPOCHS + 1)
+        _save_merged(env, run, net, optimizer, layout, {
+            "format": CHECKPOINT_FORMAT, "epoch": epoch, "lr_schedule": schedule, "rng": rng_state(),
+            "config": config.to_dict(), "history": history,
+        })
+        log(loop._epoch_line(record, config.epochs))
+
+    runner.close()
+    if not env.is_main:
+        return None
+    summary = loop.summarize(history, config=config, net=net, parameters=parameters)
+    summary["pipeline"] = _pipeline_summary(layout, config, history)
+    run.write_summary(summary)
+    loop._log_end(log, summary, run)
+    return summary
+
+
+# --- layout --------------------------------------------------------------------------------------------------
+def _choose_layout(env: DistEnv, config, net: LocalNet, found: dict[int, dict[int, Path]]) -> Layout:
+    """The stored layout when resuming from stage checkpoints of this world size; otherwise rank 0 assigns
+    (timing the modules for "balanced") and broadcasts, so every rank uses the same."""
+    stages = check_layout(net.num_modules, env.world_size, config.data_parallel)
+    chosen: list[Any] = [None]
+    if env.is_main:
+        stored = _stored_layout(found)
+        if stored is not None and stored["stages"] == stages and stored["data_parallel"] == config.data_parallel:
+            chosen[0] = [list(r) for r in stored["modules"]]
+        else:
+            how = parse_assign(config.pipeline_assign)
+            costs = None
+            if how == "balanced" and stages > 1:
+                costs = measure_module_costs(
+                    net, batch_size=min(config.batch_size, MEASURE_BATCH), image_size=net.config.image_size or 32,
+                    device=env.device,
+                )
+            chosen[0] = [[r.start, r.stop - 1] for r in assign_modules(net, stages, how, costs=costs)]
+    dist.broadcast_object_list(chosen, src=0, group=env.ctrl)
+    return Layout(stages, config.data_parallel, tuple(range(a, b + 1) for a, b in chosen[0]))
+
+
+def _stored_layout(found: dict[int, dict[int, Path]]) -> dict | None:
+    if 0 not in found or not found[0]:
+        return None
+    latest = found[0][max(found[0])]
+    return torch.load(latest, map_location="cpu", weights_only=True)["layout"]
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------------
+_STAGE_FILE = re.compile(r"^stage(\d+)-epoch(\d+)\.pt$")
+
+
+def _stage_file(stage_dir: Path, stage: int, epoch: int) -> Path:
+    return stage_dir / f"stage{stage}-epoch{epoch}.pt"
+
+
+def _stage_checkpoints(stage_dir: Path) -> dict[int, dict[int, Path]]:
+    """{stage: {epoch: path}} of the stage checkpoints present on this machine."""
+    found: dict[int, dict[int, Path]] = {}
+    if stage_dir.is_dir():
+        for path in stage_dir.iterdir():
+            m = _STAGE_FILE.match(path.name)
+            if m:
+                found.setdefault(int(m[1]), {})[int(m[2])] = path
+    return found
+
+
+def _save_stage(stage_dir: Path, stage: int, epoch: int, state: dict[str, Any]) -> None:
+    from locallearn.training.rundir import atomic_write
+
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(_stage_file(stage_dir, stage, epoch), lambda f: torch.save(state, f))
+
+
+def _prune_stage_files(stage_dir: Path, stage: int, *, keep_from: int) -> None:
+    for epoch, path in _stage_checkpoints(stage_dir).get(stage, {}).items():
+        if epoch < keep_from:
+            path.unlink(missing_ok=True)
+
+
+def _remove_stage_files(stage_dir: Path, stage: int) -> None:
+    _prune_stage_files(stage_dir, stage, keep_from=1 << 62)
+
+
+def _resume(
+    env: DistEnv,
+    run,
+    net: LocalNet,
+    optimizer: torch.optim.Optimizer,
+    layout: Layout,
+    found: dict[int, dict[int, Path]],
+    merged_epoch: int | None,
+    stage_dir: Path,
+) -> tuple[int, list[dict[str, Any]]]:
+    """Load this rank's state for the epoch all stages can resume from; returns (epoch, history)."""
+    stage = layout.stage_of(env.rank)
+    mine = found.get(stage, {})
+    same_layout = bool(mine) and _stored_layout({0: mine}) == layout.to_dict()
+    latest: list[Any] = [None] * env.world_size
+    dist.all_gather_object(latest, max(mine) if mine and same_layout else 0, group=env.ctrl)
+    from_stages = min(latest)
+    if from_stages == 0 and not merged_epoch:
+        return 0, []
+    if from_stages >= (merged_epoch or 0):
+        path = mine.get(from_stages)
+        if path is None:
+            raise ValueError(
+                f"--resume: stage {stage} has no checkpoint of epoch {from_stages} in {stage_dir}; the stage "
+                "checkpoints are incomplete, start the run over with --overwrite."
+            )
+        state = torch.load(path, map_location=env.device, weights_only=True)
+        _load_owned(net, state["model"], layout, stage)
+        optimizer.load_state_dict(state["optimizer"])
+        histories: list[Any] = [None]
+        if env.is_main:
+            histories[0] = state["history"]
+        dist.broadcast_object_list(histories, src=0, group=env.ctrl)
+        return from_stages, list(histories[0])
+    merged = run.load_checkpoint(map_location=env.device)  # checkpoint.pt: later, or another layout
+    modules = layout.assignment[stage]
+    _load_owned(net, merged["model"], layout, stage)
+    optimizer.load_state_dict(_split_optimizer_state(merged["optimizer"], net, modules, optimizer))
+    return merged["epoch"], list(merged["history"])
+
+
+def _load_owned(net: LocalNet, state: dict[str, torch.Tensor], layout: Layout, stage: int) -> None:
+    keys = stage_state_keys(net, layout.assignment[stage])
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"--resume: the checkpoint of stage {stage} lacks {missing[0]!r}; it belongs to another network.")
+    net.load_state_dict({k: state[k] for k in keys}, strict=False)
+
+
+def _global_indices(net: LocalNet, optimizer: torch.optim.Optimizer) -> list[int]:
+    """For each parameter of the stage's optimizer (in its order), its index in ``net.parameters()`` —
+    the index a single-process optimizer uses in its state_dict."""
+    index = {id(p): i for i, p in enumerate(net.parameters())}
+    return [index[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _merge_optimizer_states(parts: list[tuple[list[int], dict[str, Any]]], num_params: int) -> dict[str, Any]:
+    """One optimizer state_dict, as a single optimizer over ``net.parameters()`` would hold it."""
+    state: dict[int, Any] = {}
+    for indices, sd in parts:
+        for local, value in sd["state"].items():
+            state[indices[local]] = value
+    group = {k: v for k, v in parts[0][1]["param_groups"][0].items() if k != "params"}
+    return {"state": dict(sorted(state.items())), "param_groups": [{**group, "params": list(range(num_params))}]}
+
+
+def _split_optimizer_state(merged: dict[str, Any], net: LocalNet, modules: range, optimizer) -> dict[str, Any]:
+    indices = _global_indices(net, optimizer)
+    group = {k: v for k, v in merged["param_groups"][0].items() if k != "params"}
+    state = {local: merged["state"][g] for local, g in enumerate(indices) if g in merged["state"]}
+    return {"state": state, "param_groups": [{**group, "params": list(range(len(indices)))}]}
+
+
+def _save_merged(env: DistEnv, run, net: LocalNet, optimizer, layout: Layout, extra: dict[str, Any]) -> None:
+    """checkpoint.pt on rank 0: the full model and the merged optimizer state, gathered from the stages."""
+    stage = layout.stage_of(env.rank)
+    part = None
+    if layout.replica_of(env.rank) == 0:
+        keys = set(stage_state_keys(net, layout.assignment[stage]))
+        to_cpu = lambda v: v.detach().cpu() if torch.is_tensor(v) else v  # noqa: E731
+        opt_sd = optimizer.state_dict()
+        part = (
+            {k: v.detach().cpu() for k, v in net.state_dict().items() if k in keys},
+            _global_indices(net, optimizer),
+            {"state": {i: {k: to_cpu(v) for k, v in s.items()} for i, s in opt_sd["state"].items()},
+             "param_groups": opt_sd["param_groups"]},
+        )
+    parts: list[Any] = [None] * env.world_size if env.is_main else None
+    dist.gather_object(part, parts, dst=0, group=env.ctrl)
+    if not env.is_main:
+        return
+    parts = [p for p in parts if p is not None]
+    model: dict[str, torch.Tensor] = {}
+    for p in parts:
+        model.update(p[0])
+    full = net.state_dict()
+    model = {k: model[k] for k in full}  # the single-process key order; a missing key is a bug, and raises
+    optimizer_state = _merge_optimizer_states([(p[1], p[2]) for p in parts], sum(1 for _ in net.parameters()))
+    run.save_checkpoint({**extra, "model": model, "optimizer": optimizer_state})
+
+
+# --- statistics ------------------------------------------------------------------------------------------------
+def _rank_report(env: DistEnv, layout: Layout, runner: PipelineStage, train: PhaseStats, test: PhaseStats) -> dict:
+    memory, kind = peak_memory(env.device, train.saved_bytes)
+    return {
+        "rank": env.rank,
+        "stage": runner.stage,
+        "replica": runner.replica,
+        "modules": [runner.modules.start, runner.modules.stop - 1],
+        "train_images": train.images,
+        "train_sums": dict(train.sums),
+        "batch_losses": train.batch_losses,
+        "train_time_s": train.wall_s,
+        "images_per_s": train.images / train.wall_s if train.wall_s else 0.0,
+        "compute_s": train.compute_s,
+        "wait_in_s": train.wait_in_s,
+        "wait_out_s": train.wait_out_s,
+        "eval_time_s": test.wall_s,
+        "test_images": test.images,
+        "test_correct": test.correct if runner.last else None,
+        "test_loss_sum": test.loss_sum if runner.last else None,
+        "peak_memory_mb": memory,
+        "peak_memory_kind": kind,
+        "peak_rss_mb": peak_rss_mb(),
+        "device": str(env.device),
+    }
+
+
+def _epoch_record(epoch: int, lr: float, reports: list[dict], num_modules: int) -> dict[str, Any]:
+    """The metrics line of a single-process run (``training.loop._epoch_record``), from every rank's
+    report, plus ``ranks``: per-rank throughput, time and memory."""
+    from locallearn.training.loop import _epoch_record as single_process_record
+
+    by_stage: dict[int, list[dict]] = {}
+    for r in reports:
+        by_stage.setdefault(r["stage"], []).append(r)
+    images = sum(r["train_images"] for r in by_stage[0])
+    sums: dict[str, float] = {}
+    for r in reports:  # replicas of a stage add up; stages hold different keys
+        for key, value in r["train_sums"].items():
+            sums[key] = sums.get(key, 0.0) + value
+    means = {key: value / images for key, value in sums.items()}
+    # The keys and their order as training.loop.train_one_epoch writes them (a test compares the two), and
+    # the same arithmetic: the loss of a batch is the sum of its module losses, then weighted by images.
+    if all(len(group) == 1 for group in by_stage.values()):
+        per_stage = [by_stage[s][0]["batch_losses"] for s in sorted(by_stage)]
+        total = 0.0
+        for batch in zip(*per_stage):
+            total += sum(loss for _, losses in batch for loss in losses) * batch[0][0]
+        train_loss = total / images
+    else:  # data parallel: the replicas' batches differ, so the sum of the module means
+        train_loss = sum(means[f"loss/{k}"] for k in range(num_modules))
+    train: dict[str, Any] = {"train_loss": train_loss, "train_acc": None}
+    for key in sorted(means, key=lambda key: (int(key.rsplit("/", 1)[1]), key)):
+        train[f"train_{key}"] = means[key]
+    train["train_acc"] = means.get(f"acc/{num_modules - 1}")
+    train_time = max(r["train_time_s"] for r in reports)
+    train.update(
+        train_images=images,
+        train_time_s=train_time,
+        images_per_s=images / train_time if train_time else 0.0,
+        peak_memory_mb=max(r["peak_memory_mb"] for r in reports),
+        peak_memory_kind=reports[0]["peak_memory_kind"],
+    )
+    last = by_stage[max(by_stage)]
+    seen = sum(r["test_images"] for r in last)
+    test = {
+        "test_acc": sum(r["test_correct"] for r in last) / seen,
+        "test_loss": sum(r["test_loss_sum"] for r in last) / seen,
+    }
+    record = single_process_record(epoch, lr, train, test, max(r["eval_time_s"] for r in reports))
+    record["ranks"] = [
+        {key: r[key] for key in (
+            "rank", "stage", "replica", "modules", "images_per_s", "compute_s", "wait_in_s", "wait_out_s",
+            "peak_memory_mb", "peak_rss_mb", "device",
+        )}
+        for r in reports
+    ]
+    return record
+
+
+def _pipeline_summary(layout: Layout, config, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """summary.json's ``pipeline``: the layout, the schedule, and each rank's throughput and memory over
+    the epochs of this run."""
+    ranks = []
+    for i, first in enumerate(history[-1]["ranks"]):
+        rows = [h["ranks"][i] for h in history if "ranks" in h]
+        ranks.append({
+            **{k: first[k] for k in ("rank", "stage", "replica", "modules", "device")},
+            "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),
+            "busy": sum(r["compute_s"] for r in rows) / max(1e-9, sum(h["train_time_s"] for h in history)),
+            "peak_memory_mb": max(r["peak_memory_mb"] for r in rows),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
+        })
+    return {**layout.to_dict(), "schedule": "sync" if config.pipeline_sync else "overlapped", "ranks": ranks}
+
+
+def _log_start(log, config, net, run, layout: Layout, env: DistEnv, parameters, train_loader, test_loader, done):
+    from locallearn.training.loop import _log_start as single_process_start
+
+    single_process_start(
+        log, config, net, run, env.device, parameters, len(train_loader.images), len(test_loader.images), done
+    )
+    stages = ", ".join(f"stage {s}: modules {r.start}-{r.stop - 1}" for s, r in enumerate(layout.assignment))
+    log(
+        f"  pipeline: {env.world_size} ranks = {layout.stages} stages × {layout.replicas} data-parallel, {env.backend}, "
+        f"{'lock-step' if config.pipeline_sync else 'overlapped'} schedule ({stages})"
+    )

@@ -1,0 +1,341 @@
+"""Process-group start-up and tear-down, and the watchdog that turns a dead rank into a bounded exit.
+
+Ranks are started by ``torchrun`` (or anything that sets the same environment: RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT). The backend follows the device: NCCL on CUDA, gloo on CPU; a gloo
+*control* group always exists for Python objects and barriers.
+
+Failures. A pipeline stage blocks on its neighbours, so one dead rank would otherwise leave the others
+waiting until the collective timeout (minutes). The ``Watchdog`` bounds that:
+
+- every rank bumps a heartbeat counter in the rendezvous store each ``interval`` seconds, on a thread of
+  its own (so a long computation does not count as silence);
+- every rank watches its two ring neighbours; a counter that has not moved for ``timeout`` seconds
+  means that rank was killed (SIGKILL, the kernel's out-of-memory killer) or lost its machine;
+- a rank that raises (an exception, CUDA out of memory) publishes its error before it exits;
+- the first failure published wins; every rank polls for it and exits with status 1 and a message naming
+  the failed rank, within ``timeout + 4·interval + 0.5`` seconds of a death (``bound_s``; a few
+  intervals after an exception). ``interval`` is min(1 s, timeout / 4).
+
+Under torchrun the elastic agent also stops a node's workers when one of them fails; the watchdog covers
+what it does not: ranks on other nodes, and runs started without torchrun.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+EXIT_FAILED = 1  # the exit status of every rank when one failed
+_FAILURE = "failure"
+
+
+@dataclass
+class DistEnv:
+    """This process's place in the job."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str  # "nccl" or "gloo"
+    device: torch.device
+    ctrl: dist.ProcessGroup  # gloo: objects, barriers, the config check
+    watchdog: "Watchdog | None" = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_from_environment() -> dict[str, int | str]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT as torchrun sets them."""
+    missing = [name for name in ENV_VARS if name not in os.environ]
+    if missing:
+        raise ValueError(
+            f"parallel: --parallel pipeline runs one process per rank and needs {', '.join(missing)} in the "
+            f"environment; start it with torchrun, e.g. `torchrun --nproc-per-node 2 -m locallearn train "
+            f"--parallel pipeline ...`."
+        )
+    return {
+        "rank": int(os.environ["RANK"]),
+        "world_size": int(os.environ["WORLD_SIZE"]),
+        "local_rank": int(os.environ.get("LOCAL_RANK", os.environ["RANK"])),
+        "master_addr": os.environ["MASTER_ADDR"],
+        "master_port": int(os.environ["MASTER_PORT"]),
+    }
+
+
+def pick_device(device: str, local_rank: int) -> torch.device:
+    """``auto``: this rank's GPU (cuda:LOCAL_RANK) when there is one, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {device} is not available on this machine; use --device cpu.")
+        if resolved.index is None:
+            resolved = torch.device("cuda", local_rank % torch.cuda.device_count())
+    return resolved
+
+
+def init_distributed(
+    *, device: str = "auto", timeout_s: float = 1800.0, fault_timeout_s: float | None = 60.0
+) -> DistEnv:
+    """Join the job: the process group (NCCL for CUDA devices, gloo otherwise), a gloo control group,
+    and — unless ``fault_timeout_s`` is None — the watchdog. ``timeout_s`` bounds any single collective."""
+    info = env_from_environment()
+    torch_device = pick_device(device, int(info["local_rank"]))
+    backend = "nccl" if torch_device.type == "cuda" else "gloo"
+    if torch_device.type == "cuda":
+        torch.cuda.set_device(torch_device)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    kwargs = {"device_id": torch_device} if backend == "nccl" else {}
+    dist.init_process_group(backend, timeout=timeout, **kwargs)
+    ctrl = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
+    env = DistEnv(
+        rank=dist.get_rank(),
+        world_size=dist.get_world_size(),
+        local_rank=int(info["local_rank"]),
+        backend=backend,
+        device=torch_device,
+        ctrl=ctrl,
+    )
+    if fault_timeout_s is not None:
+        store = dist.TCPStore(
+            str(info["master_addr"]),
+            int(info["master_port"]),
+            is_master=False,
+            timeout=datetime.timedelta(seconds=max(5.0, fault_timeout_s / 2)),
+            wait_for_workers=False,
+        )
+        env.watchdog = Watchdog(
+            dist.PrefixStore("locallearn/watchdog", store),
+            env.rank,
+            env.world_size,
+            timeout_s=fault_timeout_s,
+            where=f"{info['master_addr']}:{info['master_port']}",
+        )
+        dist.barrier(group=ctrl)  # every rank has its store client before anyone starts watching
+        env.watchdog.start()
+    return env
+
+
+def shutdown(env: DistEnv) -> None:
+    """Leave the job cleanly: wait for every rank, stop the watchdog, destroy the process groups."""
+    dist.barrier(group=env.ctrl)
+    if env.watchdog is not None:
+        env.watchdog.stop()
+    dist.destroy_process_group()
+
+
+class Watchdog:
+    """Heartbeats and failure reports through the rendezvous store (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: dist.Store,
+        rank: int,
+        world_size: int,
+        *,
+        timeout_s: float = 60.0,
+        interval_s: float | None = None,
+        where: str = "",
+    ) -> None:
+        self.store, self.rank, self.world_size = store, rank, world_size
+        self.timeout_s = timeout_s
+        self.interval_s = interval_s or min(1.0, timeout_s / 4)
+        self.where = where
+        self.watched = sorted({(rank - 1) % world_size, (rank + 1) % world_size} - {rank})
+        self._stop = threading.Event()
+        self._reported = False  # this rank published its own failure: the main thread exits, not the thread
+        self._thread = threading.Thread(target=self._loop, name="locallearn-watchdog", daemon=True)
+
+    @property
+    def bound_s(self) -> float:
+        """How long after a rank's death every other rank has exited, at most: the silence, the polling
+        of the watcher and of the others, and rank 0's lingering (``linger``)."""
+        return self.timeout_s + 4 * self.interval_s + 0.5
+
+    def start(self) -> None:
+        self._beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * self.interval_s + 1)
+
+    # --- reporting ---------------------------------------------------------------------------------------
+    def report(self, message: str) -> str:
+        """Publish this rank's failure unless another was published first; returns the failure that won."""
+        self._reported = True
+        try:
+            return self.store.compare_set(_FAILURE, "", f"rank {self.rank}: {message}").decode()
+        except Exception:  # the store is gone too: our own message is all there is
+            return f"rank {self.rank}: {message}"
+
+    def failure(self) -> str | None:
+        """The published failure, if any."""
+        if self.store.check([_FAILURE]):
+            return self.store.get(_FAILURE).decode()
+        return None
+
+    def wait_for_failure(self, seconds: float) -> str | None:
+        """Wait up to ``seconds`` for a failure to be published (or detected by this watchdog)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                found = self.failure()
+            except Exception:
+                return self._store_lost()
+            if found:
+                return found
+            time.sleep(self.interval_s / 2)
+        return None
+
+    # --- the thread ----------------------------------------------------------------------------------------
+    def linger(self) -> None:
+        """Rank 0 hosts the store when started without torchrun: before it exits, give every other rank
+        time to read the failure there (two polling intervals)."""
+        if self.rank == 0:
+            time.sleep(2 * self.interval_s + 0.5)
+
+    def _beat(self) -> None:
+        self.store.add(f"beat/{self.rank}", 1)
+
+    def _loop(self) -> None:
+        last_seen = {r: (-1, time.monotonic()) for r in self.watched}
+        while not self._stop.wait(self.interval_s):
+            try:
+                self._beat()
+                found = self.failure()
+                if found is None:
+                    now = time.monotonic()
+                    for r in self.watched:
+                        count = self.store.add(f"beat/{r}", 0)
+                        if count != last_seen[r][0]:
+                            last_seen[r] = (count, now)
+                        elif now - last_seen[r][1] > self.timeout_s:
+                            found = self._publish_silence(r, now - last_seen[r][1])
+                            break
+            except Exception:
+                found = self._store_lost()
+            if found is not None and not self._stop.is_set() and not self._reported:
+                self.linger()
+                abort(found, self.rank)
+
+    def _publish_silence(self, r: int, silent_s: float) -> str:
+        message = (
+            f"stopped responding (no heartbeat for {silent_s:.0f} s: killed, out of memory, or its machine is down)"
+        )
+        try:
+            return self.store.compare_set(_FAILURE, "", f"rank {r}: {message}").decode()
+        except Exception:
+            return f"rank {r}: {message}"
+
+    def _store_lost(self) -> str:
+        return (
+            f"rank 0 or the launcher: the rendezvous store at {self.where} is unreachable (it lives in the "
+            f"launcher under torchrun, else in rank 0, which has died)"
+        )
+
+
+def abort(failure: str, rank: int) -> None:
+    """Exit this process at once because of ``failure`` ("rank R: what happened")."""
+    print(f"locallearn: error: {failure}; rank {rank} stops.", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_FAILED)
+
+
+def run_guarded(env: DistEnv, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on this rank, turning failures into the job-wide bounded exit.
+
+    An exception raised here is published (the other ranks exit naming this rank). A broken link or a
+    failed collective is usually a consequence, not a cause: then the watchdog names the rank that
+    actually died. ValueErrors (bad input) propagate for the CLI to print, after being published.
+    """
+    try:
+        return fn(*args, **kwargs)
+    except BaseException as err:
+        if env.watchdog is None:
+            raise
+        what = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        if is_comm_error(err):
+            found = env.watchdog.wait_for_failure(env.watchdog.bound_s) or env.watchdog.report(what)
+            env.watchdog.stop()
+            env.watchdog.linger()
+            abort(found, env.rank)
+        failure = env.watchdog.report(what)
+        env.watchdog.stop()
+        if not isinstance(err, ValueError):  # the CLI prints ValueErrors itself
+            print(f"locallearn: error: {failure}; rank {env.rank} stops.", file=sys.stderr, flush=True)
+        env.watchdog.linger()
+        raise
+
+
+_COMM_SIGNS = ("gloo", "nccl", "connection closed", "connection reset", "broken pipe", "socket")
+
+
+def is_comm_error(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) is a failed send, receive or collective: a peer's death seen
+    from here. gloo raises plain RuntimeErrors, hence the look at the message."""
+    from locallearn.distributed.comm import CommError
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, (CommError, dist.DistError)):
+            return True
+        if isinstance(err, RuntimeError) and any(sign in str(err).lower() for sign in _COMM_SIGNS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+# --- local launching (tests, benchmarks): what torchrun does on one machine, on the loopback interface --------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child(rank: int, world_size: int, port: int, threads: int, stderr_path: str | None, target, args) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )
+    if stderr_path is not None:  # this rank's messages, for a test to read
+        fd = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 2)
+        sys.stderr = os.fdopen(2, "w", buffering=1)
+    torch.set_num_threads(threads)
+    status = target(*args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if isinstance(status, int) and status:
+        sys.exit(status)  # e.g. the CLI's exit status
+
+
+def spawn_local(target, world_size: int, *args, threads: int = 1, stderr_dir: str | None = None) -> list:
+    """Start ``world_size`` processes running ``target(*args)`` as ranks 0..N−1 of a job on 127.0.0.1, each
+    with ``threads`` intra-op threads; returns the started ``multiprocessing.Process`` objects (join them).
+    ``stderr_dir``: each rank's standard error goes to ``stderr_dir/rank{r}.err``."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    port = free_port()
+    procs = []
+    for rank in range(world_size):
+        err = None if stderr_dir is None else os.path.join(stderr_dir, f"rank{rank}.err")
+        p = ctx.Process(target=_child, args=(rank, world_size, port, threads, err, target, args), daemon=False)
+        p.start()
+        procs.append(p)
+    return procs

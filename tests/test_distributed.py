@@ -1,0 +1,436 @@
+"""The module-parallel pipeline (locallearn.distributed): messages, module assignment, layout checks, and
+multi-process runs on CPU with gloo on 127.0.0.1 — equality with the single-process run (both schedules,
+ContSup context E, R1, R2 and R1E crossing ranks), data parallelism inside a stage, failure handling.
+
+The multi-process tests spawn 2-4 processes of one thread each on tiny networks (marked ``slow``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import locallearn as ll
+from locallearn.distributed import comm
+from locallearn.distributed.assign import assign_modules, check_layout, parse_assign, partition
+from locallearn.distributed.launch import init_distributed, run_guarded, shutdown, spawn_local
+from locallearn.distributed.pipeline import (
+    Layout,
+    PipelineStage,
+    check_same,
+    image_needed_from,
+    make_groups,
+    stage_parts,
+    stage_state_keys,
+)
+from locallearn.engine import train_step
+
+# --- messages -------------------------------------------------------------------------------------------------
+
+
+def test_message_round_trip_keeps_names_dtypes_shapes_and_values():
+    tensors = {
+        "h": torch.randn(3, 4, 5, 5),
+        "labels": torch.tensor([1, 7, 2]),
+        "image": torch.randn(3, 3, 8, 8).to(torch.bfloat16),
+        "hist/0": torch.randn(3, 2, 5, 5).half(),
+        "hist/12": torch.tensor([True, False, True]),
+    }
+    header, payload = comm.encode(comm.Message(comm.Kind.EVAL, 41, tensors))
+    assert header.shape == (comm.HEADER_LEN,) and header.dtype == torch.int64
+    out = comm.decode(header, payload)
+    assert (out.kind, out.index, list(out.tensors)) == (comm.Kind.EVAL, 41, list(tensors))
+    for name, t in tensors.items():
+        assert out.tensors[name].dtype == t.dtype and torch.equal(out.tensors[name], t)
+
+
+def test_message_without_tensors_and_bad_names():
+    header, payload = comm.encode(comm.Message(comm.Kind.END))
+    assert payload is None and comm.decode(header, None).kind == comm.Kind.END
+    with pytest.raises(ValueError, match="cannot send a tensor named 'grad'"):
+        comm.encode(comm.Message(comm.Kind.TRAIN, 0, {"grad": torch.zeros(1)}))
+
+
+def test_message_detaches_values():
+    h = torch.randn(2, 3, requires_grad=True) * 2
+    header, payload = comm.encode(comm.Message(comm.Kind.TRAIN, 0, {"h": h}))
+    out = comm.decode(header, payload).tensors["h"]
+    assert not out.requires_grad and torch.equal(out, h.detach())
+
+
+# --- assignment and layout ------------------------------------------------------------------------------------
+
+
+def _brute_force_best(costs, stages):
+    import itertools
+
+    n, best = len(costs), float("inf")
+    for cuts in itertools.combinations(range(1, n), stages - 1):
+        bounds = (0, *cuts, n)
+        best = min(best, max(sum(costs[a:b]) for a, b in zip(bounds[:-1], bounds[1:])))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_partition_minimises_the_slowest_stage(seed):
+    g = torch.Generator().manual_seed(seed)
+    costs = (torch.rand(7, generator=g) + 0.1).tolist()
+    for stages in (1, 2, 3, 7):
+        ranges = partition(costs, stages)
+        assert [r.start for r in ranges][0] == 0 and ranges[-1].stop == 7 and all(len(r) for r in ranges)
+        assert all(a.stop == b.start for a, b in zip(ranges[:-1], ranges[1:]))
+        assert max(sum(costs[i] for i in r) for r in ranges) == pytest.approx(_brute_force_best(costs, stages))
+
+
+def test_assignments_by_name_and_counts():
+    net = ll.build("resnet20", method="contsup", num_modules=4, split="uniform", dataset="cifar10")
+    assert assign_modules(net, 2, "even") == [range(0, 2), range(2, 4)]
+    assert assign_modules(net, 3, "even") == [range(0, 2), range(2, 3), range(3, 4)]
+    assert assign_modules(net, 2, "1,3") == [range(0, 1), range(1, 4)]
+    assert assign_modules(net, 2, "balanced", costs=[1, 1, 1, 5]) == [range(0, 3), range(3, 4)]
+    with pytest.raises(ValueError, match="add up to 4"):
+        assign_modules(net, 2, [1, 2])
+    with pytest.raises(ValueError, match="3 module counts given for 2 pipeline stages"):
+        assign_modules(net, 2, "1,1,2")
+    with pytest.raises(ValueError, match="pipeline_assign: expected balanced or even"):
+        parse_assign("fast")
+
+
+def test_world_sizes_that_do_not_fit_are_refused():
+    assert check_layout(4, 4, 1) == 4 and check_layout(4, 4, 2) == 2
+    with pytest.raises(ValueError, match="5 ranks at --data-parallel 1 make 5 pipeline stages but the network has only 4"):
+        check_layout(4, 5, 1)
+    with pytest.raises(ValueError, match="world size 3 is not a multiple of --data-parallel 2"):
+        check_layout(4, 3, 2)
+
+
+def test_fit_pipeline_refuses_a_world_size_before_connecting(monkeypatch, tmp_path):
+    from locallearn.distributed.fit import fit_pipeline
+    from locallearn.training import TrainConfig
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "5")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "1")  # nothing listens there: a connection attempt would fail differently
+    cfg = TrainConfig(model="resnet20", num_modules=4, split="uniform", parallel="pipeline", out=str(tmp_path / "r"))
+    with pytest.raises(ValueError, match="make 5 pipeline stages but the network has only 4 local modules"):
+        fit_pipeline(cfg)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = TrainConfig(model="resnet20", num_modules=4, split="uniform", parallel="pipeline", pipeline_assign="1,1,2")
+    with pytest.raises(ValueError, match="3 module counts given for 2 pipeline stages"):
+        fit_pipeline(cfg)
+
+
+def test_pipeline_needs_torchrun_environment(monkeypatch):
+    from locallearn.distributed.launch import env_from_environment
+
+    for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="start it with torchrun"):
+        env_from_environment()
+
+
+def test_train_config_parallel_options():
+    from locallearn.training import TrainConfig
+
+    with pytest.raises(ValueError, match="parallel: unknown mode 'ring'; valid modes are none, pipeline"):
+        TrainConfig(parallel="ring")
+    with pytest.raises(ValueError, match="--data-parallel applies to --parallel pipeline"):
+        TrainConfig(data_parallel=2)
+    with pytest.raises(ValueError, match="fault_timeout must be a positive number"):
+        TrainConfig(parallel="pipeline", fault_timeout=0)
+    assert TrainConfig(parallel="pipeline", pipeline_assign="1,3").pipeline_assign == "1,3"
+
+
+@pytest.mark.parametrize(
+    "method, options, start, expected",
+    [
+        ("contsup", dict(context="E"), 3, True),  # Enc_i(x) at every boundary
+        ("contsup", dict(context="R1"), 1, True),  # boundary 0 reads ĥ_{−1} = x
+        ("contsup", dict(context="R1"), 2, False),  # boundaries ≥ 1 read features only
+        ("contsup", dict(context="R2"), 2, True),  # boundary 1 reads ĥ_0 and ĥ_{−1}
+        ("contsup", dict(context="R2"), 3, False),
+        ("greedy", {}, 1, False),
+        ("infopro", {}, 3, False),  # the last module has no decoder
+        ("infopro", {}, 2, True),
+    ],
+)
+def test_which_stages_need_the_image(method, options, start, expected):
+    net = ll.build("resnet20", method=method, num_modules=4, split="uniform", dataset="cifar10", **options)
+    assert image_needed_from(net, start) is expected
+
+
+def test_stage_state_keys_partition_the_state_dict():
+    net = ll.build("resnet20", method="contsup", num_modules=4, context="R2E", split="uniform", dataset="cifar10")
+    groups = [stage_state_keys(net, r) for r in (range(0, 1), range(1, 3), range(3, 4))]
+    flat = [k for g in groups for k in g]
+    assert len(flat) == len(set(flat)) and set(flat) == set(net.state_dict())
+    params = [p for r in (range(0, 1), range(1, 3), range(3, 4)) for part in stage_parts(net, r) for p in part.parameters()]
+    assert len(params) == len({id(p) for p in params}) == len(list(net.parameters()))
+
+
+# --- multi-process runs: one job of 4 ranks serves several tests (process start-up dominates their time) -----
+NET = dict(model="resnet20", method="contsup", split="uniform", dataset="cifar10")
+JOBS = [  # (context, num_modules, sync) on 4 stages: one module per stage, or two on stage 0 for K=5
+    ("R1E", 4, True),
+    ("R1E", 4, False),
+    ("E", 5, False),
+    ("R1", 4, False),
+    ("R2", 4, False),
+]
+FAILING_RANK = 2
+FAULT_TIMEOUT = 3.0
+
+
+def _net(context, k):
+    torch.manual_seed(0)
+    return ll.build(num_modules=k, context=context, **NET)
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+def _batches(n, size=8):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(size, 3, 32, 32, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(n)]
+
+
+def _train_and_save(env, layout, net, path, *, sync=False, data=None):
+    links, dp_group, mesh = make_groups(layout, backend="gloo", device_type="cpu")
+    modules = layout.assignment[layout.stage_of(env.rank)]
+    optimizer = _sgd([p for part in stage_parts(net, modules) for p in part.parameters()])
+    stage = PipelineStage(
+        net, layout, env.rank, optimizer, device=env.device, sync=sync, links=links, dp_group=dp_group,
+        barrier_group=env.ctrl,
+    )
+    data = data or _batches(3)
+    train = stage.train_phase(data if stage.first else None)
+    test = stage.eval_phase(data[:2] if stage.first else None)
+    stage.close()
+    state = net.state_dict()
+    torch.save(
+        {"state": {key: state[key] for key in stage_state_keys(net, modules)}, "images": train.images,
+         "test_images": test.images, "correct": test.correct, "loss_sum": test.loss_sum, "last": stage.last,
+         "mesh": mesh.mesh.tolist(), "batch_losses": train.batch_losses},
+        path,
+    )
+
+
+def _four_ranks(out: str) -> None:
+    env = init_distributed(device="cpu", fault_timeout_s=FAULT_TIMEOUT)
+
+    def work():
+        try:  # ranks started with different options are refused, by every rank
+            check_same({"seed": 0, "lr": 0.1 if env.rank == 0 else 0.2}, group=env.ctrl)
+        except ValueError as err:
+            Path(out, f"refused{env.rank}.txt").write_text(str(err))
+        for i, (context, k, sync) in enumerate(JOBS):  # the pipeline against the single process
+            net = _net(context, k)
+            layout = Layout(4, 1, tuple(assign_modules(net, 4, [k - 3, 1, 1, 1])))
+            _train_and_save(env, layout, net, os.path.join(out, f"job{i}-rank{env.rank}.pt"), sync=sync)
+        net = _net("R1E", 4)  # the overlapped pipeline learns: 16 steps on one batch
+        layout = Layout(4, 1, tuple(assign_modules(net, 4, "even")))
+        _train_and_save(env, layout, net, os.path.join(out, f"learn-rank{env.rank}.pt"), data=_batches(1) * 16)
+        net = _net("R1E", 2)  # 2 stages × 2 data-parallel replicas
+        _train_and_save(env, Layout(2, 2, (range(0, 1), range(1, 2))), net, os.path.join(out, f"dp-rank{env.rank}.pt"))
+        torch.distributed.barrier(group=env.ctrl)
+        if env.rank == FAILING_RANK:  # a rank fails: the others are waiting for it in a barrier
+            Path(out, "failed_at").write_text(str(time.time()))
+            raise RuntimeError("out of memory while allocating 12 GiB (simulated)")
+        torch.distributed.barrier(group=env.ctrl)
+
+    run_guarded(env, work)
+    shutdown(env)
+
+
+def _join(procs, timeout):
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.1, deadline - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, f"ranks still running after {timeout} s"
+    return [p.exitcode for p in procs]
+
+
+def _run_four_ranks(out: Path) -> tuple[Path, list, float]:
+    procs = spawn_local(_four_ranks, 4, str(out), stderr_dir=str(out))
+    codes = _join(procs, 300)
+    return out, codes, time.time()
+
+
+@pytest.fixture(scope="session")
+def four_ranks(tmp_path_factory, worker_id):
+    """The 4-rank job, run once per session even under pytest-xdist (the workers share its results
+    through a lock-guarded directory, as the xdist documentation recommends)."""
+    if worker_id == "master":
+        return _run_four_ranks(tmp_path_factory.mktemp("four_ranks"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent
+    out = shared / "four_ranks"
+    with FileLock(str(shared / "four_ranks.lock")):
+        marker = out / "done.json"
+        if marker.is_file():
+            codes, ended = json.loads(marker.read_text())
+            return out, codes, ended
+        out.mkdir()
+        result = _run_four_ranks(out)
+        marker.write_text(json.dumps([result[1], result[2]]))
+        return result
+
+
+@pytest.mark.slow
+def test_pipeline_equals_single_process_in_both_schedules_and_context_modes(four_ranks):
+    out, _, _ = four_ranks
+    for i, (context, k, sync) in enumerate(JOBS):
+        net = _net(context, k)
+        optimizer = _sgd(net.parameters())
+        data = _batches(3)
+        for images, labels in data:
+            train_step(net, images, labels, optimizer)
+        reference = net.state_dict()
+        net.eval()
+        with torch.no_grad():
+            logits = torch.cat([net(x) for x, _ in data[:2]])
+        labels = torch.cat([y for _, y in data[:2]])
+        seen = set()
+        for rank in range(4):
+            result = torch.load(out / f"job{i}-rank{rank}.pt", weights_only=True)
+            for key, value in result["state"].items():  # same seed, same batches: the same weights, bit for bit
+                assert torch.equal(value, reference[key]), f"{context} sync={sync}: {key} differs on rank {rank}"
+            seen |= set(result["state"])
+            if result["last"]:
+                assert result["correct"] == int((logits.argmax(1) == labels).sum())
+                assert result["loss_sum"] == pytest.approx(
+                    float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum")), rel=1e-5
+                )
+        assert seen == set(reference)
+
+
+@pytest.mark.slow
+def test_overlapped_pipeline_learns(four_ranks):
+    out, _, _ = four_ranks
+    per_rank = [torch.load(out / f"learn-rank{r}.pt", weights_only=True)["batch_losses"] for r in range(4)]
+    loss = [sum(sum(rank[step][1]) for rank in per_rank) for step in range(16)]  # the sum of the 4 module losses
+    assert loss[-1] < 0.4 * loss[0], loss
+    last_module = [per_rank[3][step][1][0] for step in range(16)]  # the network's own cross-entropy
+    assert last_module[-1] < 0.2 * last_module[0], last_module
+
+
+@pytest.mark.slow
+def test_data_parallel_replicas_of_a_stage_stay_identical(four_ranks):
+    out, _, _ = four_ranks
+    results = [torch.load(out / f"dp-rank{r}.pt", weights_only=True) for r in range(4)]
+    assert results[0]["mesh"] == [[0, 1], [2, 3]]  # rank = stage · replicas + replica
+    initial = _net("R1E", 2).state_dict()
+    for a, b in ((0, 1), (2, 3)):  # DDP keeps a stage's replicas equal; BatchNorm statistics are shared too
+        assert results[a]["state"].keys() == results[b]["state"].keys()
+        for key, value in results[a]["state"].items():
+            assert torch.equal(value, results[b]["state"][key]), key
+        assert any(not torch.equal(v, initial[k]) for k, v in results[a]["state"].items() if v.is_floating_point())
+    assert [r["images"] for r in results] == [12, 12, 12, 12]  # each replica trains half of every batch of 8
+    assert sum(r["test_images"] for r in results[2:]) == 16
+
+
+@pytest.mark.slow
+def test_ranks_with_different_configs_are_refused(four_ranks):
+    out, _, _ = four_ranks
+    for rank in range(4):
+        message = (out / f"refused{rank}.txt").read_text()
+        assert "started with different configs: rank 1 has lr=0.2 (rank 0: 0.1)" in message
+
+
+@pytest.mark.slow
+def test_a_rank_that_raises_stops_every_rank_with_its_error(four_ranks):
+    out, codes, ended = four_ranks
+    assert all(code != 0 for code in codes)
+    for rank in set(range(4)) - {FAILING_RANK}:
+        err = (out / f"rank{rank}.err").read_text()
+        assert "rank 2: RuntimeError: out of memory while allocating 12 GiB (simulated)" in err, err
+    assert ended - float((out / "failed_at").read_text()) < FAULT_TIMEOUT + 10
+
+
+# --- the train command: learning, the run directory, a killed rank, resume ----------------------------------------
+TRAIN = [
+    "train", "--parallel", "pipeline", "--device", "cpu", "--model", "resnet20", "--num-modules", "4",
+    "--split", "uniform", "--epochs", "3", "--limit-train", "128", "--limit-test", "64", "--batch-size", "32",
+    "--fault-timeout", "2",
+]
+
+
+def _cli(argv):
+    from locallearn.cli import main
+
+    return main(argv)
+
+
+@pytest.mark.slow
+def test_train_command_killed_rank_then_resume_equals_single_process(tmp_path):
+    from locallearn.training import load_config
+    from locallearn.training.loop import fit
+
+    run = tmp_path / "pipe"
+    argv = TRAIN + ["--out", str(run), "--pipeline-assign", "1,3"]
+    procs = spawn_local(_cli, 2, argv, stderr_dir=str(tmp_path))
+    while not (run / "checkpoint.pt").exists():  # epoch 1 fully checkpointed (stage files first)
+        assert all(p.is_alive() for p in procs), "the run ended before epoch 1 was checkpointed"
+        time.sleep(0.05)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    killed = time.monotonic()
+    codes = _join(procs, 60)
+    assert codes[1] == -signal.SIGKILL and codes[0] == 1
+    assert time.monotonic() - killed < 2 + 1 + 10  # fault_timeout + 2 heartbeat intervals + slack
+    assert "rank 1: stopped responding" in (tmp_path / "rank0.err").read_text()
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert done >= 1 and sorted(os.listdir(run / "pipeline"))[0].startswith("stage0-epoch")
+
+    procs = spawn_local(_cli, 2, argv + ["--resume"], stderr_dir=str(tmp_path))
+    assert _join(procs, 180) == [0, 0], (tmp_path / "rank0.err").read_text()[-2000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+
+    torch.set_num_threads(1)
+    single = tmp_path / "single"
+    fit(load_config(**_flags(TRAIN + ["--out", str(single)])), log=lambda _: None)
+    a = torch.load(run / "checkpoint.pt", weights_only=True)
+    b = torch.load(single / "checkpoint.pt", weights_only=True)
+    assert list(a["model"]) == list(b["model"])
+    for key, value in b["model"].items():
+        assert torch.equal(a["model"][key], value), key
+    for i, state in b["optimizer"]["state"].items():
+        assert torch.equal(a["optimizer"]["state"][i]["momentum_buffer"], state["momentum_buffer"])
+    expected = [json.loads(line) for line in (single / "metrics.jsonl").read_text().splitlines()]
+    timing = {"epoch_time_s", "train_time_s", "images_per_s", "peak_memory_mb"}
+    for got, want in zip(records, expected):
+        assert list(got) == list(want) + ["ranks"]  # the same form, plus per-rank throughput and memory
+        assert {k: v for k, v in got.items() if k not in timing | {"ranks"}} == {
+            k: v for k, v in want.items() if k not in timing
+        }
+        assert [r["modules"] for r in got["ranks"]] == [[0, 0], [1, 3]]
+    summary = json.loads((run / "summary.json").read_text())
+    reference = json.loads((single / "summary.json").read_text())
+    assert set(summary) == set(reference) | {"pipeline"}
+    assert summary["test_acc"] == reference["test_acc"]
+    assert summary["pipeline"]["modules"] == [[0, 0], [1, 3]] and len(summary["pipeline"]["ranks"]) == 2
+
+
+def _flags(argv):
+    """TrainConfig keywords from `train` flags (the pipeline ones dropped: the single-process reference)."""
+    values, i = {}, 1
+    while i < len(argv):
+        name = argv[i][2:].replace("-", "_")
+        values[name] = argv[i + 1]
+        i += 2
+    for name in ("parallel", "fault_timeout"):
+        values.pop(name, None)
+    for name in ("num_modules", "epochs", "limit_train", "limit_test", "batch_size"):
+        values[name] = int(values[name])
+    return values
