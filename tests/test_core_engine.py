@@ -184,6 +184,17 @@ def test_reconstruction_weights_follow_the_lambda_table():
         (lambda: ll.build("resnet32", method="e2e", num_modules=4), "trains the network as one module"),
         (lambda: ll.build("resnet32", reconstruct=True), "needs a known image size"),
         (lambda: ll.build("resnet32", num_module=4), "unknown option 'num_module'; valid options"),
+        (lambda: ll.build("resnet32", reconstruct="False", dataset="cifar10"), "reconstruct must be true or false"),
+        (lambda: ll.build("resnet32", method="e2e", checkpoint="no"), "checkpoint must be true or false"),
+        (lambda: ll.build("resnet32", dataset="cifar10", image_size=48), "delivers 32×32 images"),
+        (lambda: ll.build("resnet32", dataset="cifar100", num_classes=10), "has 100 classes"),
+        (lambda: ll.build("resnet32", num_classes=1), "num_classes must be an integer >= 2"),
+        (lambda: ll.build("resnet32", dataset="cifar10", image_std=(0, 0, 0)), "image_std must be positive"),
+        (lambda: ll.build("resnet32", image_mean=(1, 2)), "image_mean: expected three finite numbers"),
+        (lambda: ll.build("resnet32", model_kwargs=[1]), "model_kwargs: expected a mapping"),
+        (lambda: ll.build("resnet32", temperature="0.1"), "temperature must be a positive number"),
+        (lambda: ll.build("swin_cifar", method="featrecon", feature_weight=-1), "feature_weight must be"),
+        (lambda: ll.build("resnet32", lambdas=(1, 1, float("nan"), 1)), "lambdas must be four numbers"),
     ],
 )
 def test_bad_input_is_one_sentence(call, message):

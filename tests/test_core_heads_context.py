@@ -137,7 +137,8 @@ def test_context_is_applied_at_test_time():
     [
         (dict(context="R3X"), "valid modes are R0, E, R1"),
         (dict(context="R0E"), "valid modes"),
-        (dict(context="R8", num_modules=4), "use R3 or fewer"),
+        (dict(context="R8", num_modules=4), "allows at most R4"),
+        (dict(context="R01"), "valid modes"),
         (dict(context="E", num_modules=1, method="greedy"), "needs num_modules ≥ 2"),
     ],
 )

@@ -67,6 +67,9 @@ def test_lambda_lookup_tables_and_fallback():
     assert lookup_lambdas("resnet110", "stl10", 4, balanced=False)[0] == (20, 0.2, 5, 2)
     assert lookup_lambdas("resnet110", "svhn", 4, balanced=False)[0] == (5, 0, 0.5, 1)
     assert lookup_lambdas("resnet32", "cifar10", 4, balanced=True)[0] == (5, 0, 0, 0.1)
+    # memory-balanced λ were published for CIFAR-10 only
+    assert lookup_lambdas("resnet110", "stl10", 4, balanced=True)[0] == (20, 0.2, 5, 2)
+    assert lookup_lambdas("resnet110", "stl10", 3, balanced=True)[1].startswith("default")
     lam, source = lookup_lambdas("resnet32", "svhn", 4, balanced=False)
     assert lam == LAMBDA_TABLES[("resnet32", "cifar10")][4] and source.startswith("default")
     lam, source = lookup_lambdas("resnet56", "cifar100", 3, balanced=False)

@@ -215,3 +215,19 @@ def test_loader_on_cuda_matches_cpu():
     gpu = BatchLoader(images, labels, spec=spec, batch_size=32, train=True, seed=0, device="cuda")
     for (x1, y1), (x2, y2) in zip(epoch_batches(cpu, 2), epoch_batches(gpu, 2), strict=True):
         assert x2.is_cuda and torch.allclose(x1, x2.cpu(), atol=1e-6) and torch.equal(y1, y2.cpu())
+
+
+def test_a_last_training_batch_of_one_image_is_dropped():
+    """BatchNorm cannot normalise one sample (DGL's BatchNorm1d heads fail on it): training drops such a
+    batch; evaluation keeps every image."""
+    from locallearn.data import BatchLoader, get_spec
+
+    spec = get_spec("digits")
+    images, labels = torch.zeros(65, 3, 32, 32, dtype=torch.uint8), torch.zeros(65, dtype=torch.int64)
+    train = BatchLoader(images, labels, spec=spec, batch_size=64, train=True, seed=0, prefetch=0)
+    assert len(train) == 1 and [len(y) for _, y in train] == [64]
+    test = BatchLoader(images, labels, spec=spec, batch_size=64, train=False, seed=0, prefetch=0)
+    assert [len(y) for _, y in test] == [64, 1]
+    images, labels = torch.zeros(66, 3, 32, 32, dtype=torch.uint8), torch.zeros(66, dtype=torch.int64)
+    two = BatchLoader(images, labels, spec=spec, batch_size=64, train=True, seed=0, prefetch=0)
+    assert [len(y) for _, y in two] == [64, 2]

@@ -72,7 +72,9 @@ def test_preset_loads_and_builds(name, shared_unit_shapes):
     net = build_net(cfg.net_config())
     assert net.num_modules == cfg.num_modules
     if cfg.reconstruct and cfg.num_modules > 1:
-        assert net.lambda_schedule and "table" in net.lambda_source
+        # Every preset's λ comes from a published table, but for STL-10 memory-balanced K = 3, which has none.
+        expected = "default" if (cfg.dataset, cfg.num_modules) == ("stl10", 3) else "table"
+        assert net.lambda_schedule and net.lambda_source.startswith(expected), net.lambda_source
 
 
 def _rows():

@@ -8,6 +8,7 @@ local_loss="ce")`` is InfoPro with a softmax head.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,8 +71,34 @@ class NetConfig:
         if spec is not None:
             self.image_mean = tuple(self.image_mean or spec.mean)
             self.image_std = tuple(self.image_std or spec.std)
-        if not isinstance(self.num_modules, int) or isinstance(self.num_modules, bool) or self.num_modules < 1:
-            raise ValueError(f"num_modules must be a positive integer, got {self.num_modules!r}.")
+        for name in ("reconstruct", "checkpoint"):  # a string "False" must not switch an option on
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        _check_int("num_classes", self.num_classes, 2)
+        if spec is not None and self.num_classes < spec.num_classes:
+            raise ValueError(
+                f"num_classes: dataset {spec.name} has {spec.num_classes} classes, got num_classes={self.num_classes}."
+            )
+        if self.image_size is not None:
+            _check_int("image_size", self.image_size, 1)
+            if spec is not None and self.image_size != spec.image_size:
+                raise ValueError(
+                    f"image_size: dataset {spec.name} delivers {spec.image_size}×{spec.image_size} images, got "
+                    f"image_size={self.image_size}; a backbone that runs at another resolution says so in "
+                    f"model_kwargs (Swin: resolution)."
+                )
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(_finite(v) for v in value):
+                raise ValueError(f"{name}: expected three finite numbers (one per channel), got {value!r}.")
+            setattr(self, name, tuple(float(v) for v in value))
+        if self.image_std is not None and min(self.image_std) <= 0:
+            raise ValueError(f"image_std must be positive in every channel, got {list(self.image_std)}.")
+        if not isinstance(self.model_kwargs, dict):
+            raise ValueError(f"model_kwargs: expected a mapping of backbone arguments, got {self.model_kwargs!r}.")
+        _check_int("num_modules", self.num_modules, 1)
         if self.method in ("e2e", "checkpoint") and self.num_modules != 1:
             raise ValueError(
                 f"num_modules: method {self.method!r} trains the network as one module (num_modules=1), got "
@@ -102,11 +129,15 @@ class NetConfig:
         if self.lambdas is not None:
             if len(self.lambdas) != 4:
                 raise ValueError(f"lambdas: expected (λxx_first, λxy_first, λxx_last, λxy_last), got {self.lambdas!r}.")
+            if not all(_finite(v) and v >= 0 for v in self.lambdas):
+                raise ValueError(f"lambdas must be four numbers >= 0, got {list(self.lambdas)!r}.")
             self.lambdas = tuple(float(v) for v in self.lambdas)
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}.")
-        if self.checkpoint_segments is not None and self.checkpoint_segments < 1:
-            raise ValueError(f"checkpoint_segments must be ≥ 1, got {self.checkpoint_segments}.")
+        if not _finite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"temperature must be a positive number, got {self.temperature!r}.")
+        if not _finite(self.feature_weight) or self.feature_weight < 0:
+            raise ValueError(f"feature_weight must be a number >= 0, got {self.feature_weight!r}.")
+        if self.checkpoint_segments is not None:
+            _check_int("checkpoint_segments", self.checkpoint_segments, 1)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -117,6 +148,15 @@ class NetConfig:
 
 
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(NetConfig))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 def make_config(model: str, method: str = "contsup", **overrides: Any) -> NetConfig:

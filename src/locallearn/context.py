@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MODE_NAMES = ("R0", "E", "R1", "R2", "R4", "R8", "R16", "R1E", "R2E", "R4E", "R8E", "R16E")
-_PATTERN = re.compile(r"^(?:R(?P<n>\d+)(?P<e>E?)|(?P<only_e>E))$")
+_PATTERN = re.compile(r"^(?:R(?P<n>0|[1-9]\d*)(?P<e>E?)|(?P<only_e>E))$")  # no leading zeros: one name per mode
 
 
 @dataclass(frozen=True)
@@ -48,13 +48,17 @@ class ContextMode:
         return self.image or self.depth > 0
 
     def check_modules(self, num_modules: int) -> None:
-        """A mode needs at least one boundary, and n of Rn may not exceed K (n ≥ K−1 reads every source)."""
+        """A mode needs at least one boundary, and n of Rn may not exceed K.
+
+        The deepest boundary (i = K−2) reads min(n, K−1) sources, so any n ≥ K−1 means "every earlier
+        tensor". (Our choice) n = K is accepted as an alias of n = K−1, so that the paper's R16 ablation
+        runs at K = 16; larger n is refused."""
         if self.uses_context and num_modules < 2:
             raise ValueError(f"context: mode {self.name} needs num_modules ≥ 2 (boundaries to supply), got 1.")
         if self.depth > num_modules:
             raise ValueError(
                 f"context: mode {self.name} reads {self.depth} earlier tensors but num_modules={num_modules} "
-                f"provides at most {num_modules - 1}; use R{num_modules - 1} or fewer, or more modules."
+                f"allows at most R{num_modules} (every earlier tensor); use fewer, or more modules."
             )
 
     def sources(self, boundary: int) -> list[int]:

@@ -57,7 +57,7 @@ class LocalLoss:
     gives_logits: bool  # head output are class logits (so accuracy can be reported)
 
 
-LOCAL_LOSSES: Registry[LocalLoss] = Registry("local loss")
+LOCAL_LOSSES: Registry[LocalLoss] = Registry("local loss", plural="local losses")
 LOCAL_LOSSES.register("ce", LocalLoss("ce", lambda classes: classes, cross_entropy, gives_logits=True))
 LOCAL_LOSSES.register(
     "contrast", LocalLoss("contrast", lambda classes: 128, supervised_contrastive, gives_logits=False)
@@ -83,10 +83,11 @@ BALANCED_LAMBDA_TABLES: dict[str, dict[int, Lambdas]] = {
 def lookup_lambdas(model: str, dataset: str | None, num_modules: int, *, balanced: bool) -> tuple[Lambdas, str]:
     """λ for a configuration, and where it came from (recorded in the run's config).
 
-    Where the tables have no entry (our choice): the same model's CIFAR-10 entry, else ResNet-32's
-    CIFAR-10 entry, at the nearest K of that table (ties to the smaller K).
+    ``balanced``: the run uses the papers' memory-balanced cuts; their λ were published for CIFAR-10 only,
+    so other datasets use their own table. Where the tables have no entry (our choice): the same model's
+    CIFAR-10 entry, else ResNet-32's CIFAR-10 entry, at the nearest K of that table (ties to the smaller K).
     """
-    if balanced and num_modules in BALANCED_LAMBDA_TABLES.get(model, {}):
+    if balanced and dataset == "cifar10" and num_modules in BALANCED_LAMBDA_TABLES.get(model, {}):
         return BALANCED_LAMBDA_TABLES[model][num_modules], f"table: {model} memory-balanced K={num_modules}"
     table = LAMBDA_TABLES.get((model, dataset or ""))
     if table and num_modules in table:

@@ -11,8 +11,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A dict of named entries whose lookup errors list the valid names."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, plural: str | None = None) -> None:
         self.kind = kind  # "model", "method", ... — used in error messages
+        self.plural = plural or f"{kind}s"
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
@@ -31,7 +32,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         except (KeyError, TypeError):
             raise ValueError(
-                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())}."
+                f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self.names())}."
             ) from None
 
     def names(self) -> list[str]:

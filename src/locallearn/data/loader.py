@@ -27,6 +27,8 @@ class BatchLoader:
     Call ``set_epoch(e)`` before iterating epoch e (as with DistributedSampler): without it every
     iteration repeats epoch 0. ``prefetch`` batches are prepared ahead in a background thread (0: none);
     ``device`` keeps the uint8 dataset there and augments on it (e.g. "cuda": 4× less host→device copying).
+    In training, a last batch of a single image is dropped (BatchNorm needs two samples); otherwise the
+    last partial batch is kept unless ``drop_last``.
     """
 
     def __init__(
@@ -83,7 +85,13 @@ class BatchLoader:
 
     def __len__(self) -> int:
         n = len(self.images)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        if self.drop_last:
+            return n // self.batch_size
+        if self.train and n > 1 and n % self.batch_size == 1:
+            # A last training batch of one image is dropped: BatchNorm (backbones, DGL's BatchNorm1d heads)
+            # cannot normalise a single sample. That image is still seen in other epochs (reshuffled).
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         plan = self._plan(self.epoch)

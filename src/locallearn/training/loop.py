@@ -4,6 +4,7 @@ resumes it after an interruption (see ``rundir.py`` for what is written when).""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -63,9 +64,11 @@ def load_data(config: TrainConfig, *, train: bool, device: torch.device) -> Batc
     limit = config.limit_train if train else config.limit_test
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
+    # The run's normalisation (the dataset's unless image_mean/image_std say otherwise): the same constants
+    # the network un-normalises with to get reconstruction targets.
+    spec = dataclasses.replace(get_spec(config.dataset), mean=tuple(config.image_mean), std=tuple(config.image_std))
     return BatchLoader(
-        images, labels, spec=get_spec(config.dataset), batch_size=config.batch_size, train=train,
-        seed=config.seed, device=device,
+        images, labels, spec=spec, batch_size=config.batch_size, train=train, seed=config.seed, device=device
     )
 
 
@@ -223,7 +226,7 @@ def fit(
         set_rng_state(checkpoint["rng"])
         history = list(checkpoint["history"])
     elif not run.file(CONFIG).is_file():
-        run.write_config(dump_yaml(config.to_dict(), header=_provenance()))
+        run.write_config(dump_yaml(config.to_dict(), header=_provenance() + _derived(net)))
     run.write_metrics(history)  # drops any epoch logged after the checkpoint was taken
     done = len(history)
     if done == config.epochs and run.finished:
@@ -348,6 +351,16 @@ def _provenance() -> list[str]:
     ]
 
 
+def _derived(net: LocalNet) -> list[str]:
+    """What the build derived from the config, for config.yaml's header and the start log: the cuts and,
+    with reconstruction, the λ schedule and where it came from (a table, or the documented default)."""
+    lines = [f"cuts: {[list(c) for c in net.cuts]}"]
+    if net.lambda_schedule:
+        lambdas = ", ".join(f"({xx:g}, {xy:g})" for xx, xy in net.lambda_schedule)
+        lines.append(f"λ (reconstruction, task) per local module: {lambdas}; {net.lambda_source}")
+    return lines
+
+
 def _log_start(
     log: Log, config: TrainConfig, net: LocalNet, run: RunDir, device: torch.device, parameters: int,
     n_train: int, n_test: int, done: int,
@@ -363,7 +376,7 @@ def _log_start(
     log(f"  recipe: {config.epochs} epochs, batch {config.batch_size}, SGD lr {config.lr} ({sgd}), "
         f"{warmup} warm-up epochs + cosine, seed {config.seed}, {device}"
         + (f", amp {config.amp}" if config.amp != "none" else "") + (", compiled" if config.compile else ""))
-    log(f"  network: {parameters:,} parameters, cuts {[list(c) for c in net.cuts]}")
+    log(f"  network: {parameters:,} parameters, " + "; ".join(_derived(net)))
     log(f"  run directory: {run.path} (resolved config in {CONFIG})"
         + (f"; resuming after epoch {done}" if done else ""))
 
