@@ -35,6 +35,7 @@ def test_bench_speed_runs(tmp_path):
         ("--models", "resnet20,vgg", "models: unknown value 'vgg'; valid values are"),
         ("--num-modules", "2,x", "--num-modules: expected comma-separated integers"),
         ("--contexts", "R0,Q1", "contexts: unknown mode 'Q1'"),
+        ("--feature-decoders", "linear,mlp", "feature_decoders: unknown value 'mlp'; valid values are"),
         ("--device", "tpu", "device: expected cpu, cuda or cuda:N"),
     ],
 )

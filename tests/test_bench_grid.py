@@ -161,3 +161,65 @@ def test_write_results(tmp_path):
     assert "| resnet20 | contsup | 2 | uniform | R0 |" in text and "### Targets" in text and "skipped: split" in text
     assert "Pending" in text  # no GPU rows
     assert paths["png"].stat().st_size > 1000
+
+
+# --- Swin: the feature-decoder axis, InfoPro-Transformer, FeatRecon's targets --------------------------------
+SWIN_TINY = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=2, drop_path_rate=0.0)
+
+
+def test_feature_decoders_multiply_featrecon_only():
+    spec = GridSpec(models=("swin_cifar",), methods=("e2e", "infopro", "featrecon"), num_modules=(2, 4),
+                    splits=("stages", "balanced"), feature_decoders=("linear", "conv", "transformer"), batch_sizes=(2,))
+    configs = spec.expand()
+    featrecon = [c for c in configs if c.method == "featrecon"]
+    assert len(featrecon) == 2 * 2 * 3 and {c.feature_decoder for c in featrecon} == {"linear", "conv", "transformer"}
+    assert all(c.feature_decoder is None for c in configs if c.method != "featrecon")
+    assert len([c for c in configs if c.method == "infopro"]) == 2 * 2
+    conv = next(c for c in featrecon if c.feature_decoder == "conv")
+    assert conv.build_options()["feature_decoder"] == "conv" and conv.label == "featrecon conv stages"
+    # InfoPro on a transformer is InfoPro-Transformer as configs/swin/ defines it; on a ResNet, the preset.
+    infopro = next(c for c in configs if c.method == "infopro").build_options()
+    assert infopro["local_loss"] == "ce" and infopro["lambdas"] == (1.0, 1.0, 1.0, 1.0)
+    resnet = GridSpec(methods=("infopro",), num_modules=(2,), **TINY).expand()[-1].build_options()
+    assert "local_loss" not in resnet and "lambdas" not in resnet
+    with pytest.raises(ValueError, match="feature_decoders: unknown value 'mlp'; valid values are .*linear"):
+        GridSpec(feature_decoders=("mlp",), **TINY)
+
+
+def test_swin_featrecon_and_infopro_transformer_run_in_a_grid(monkeypatch):
+    """The grid builds Swin through locallearn.build; a tiny Swin stands in for Swin-Tiny here."""
+    import locallearn
+
+    real = locallearn.build
+    monkeypatch.setattr(locallearn, "build",
+                        lambda model, method, **o: real(model, method, model_kwargs=SWIN_TINY, **o))
+    spec = GridSpec(models=("swin_cifar",), methods=("checkpoint", "infopro", "featrecon"), num_modules=(2,),
+                    splits=("stages", "balanced"), feature_decoders=("linear", "transformer"), batch_sizes=(2,))
+    rows = run_memory(spec, RunOptions(warmup=0))
+    assert all(r["status"] == "ok" for r in rows), [r["reason"] for r in rows]
+    by = {(r["method"], r["split"], r["feature_decoder"]): r for r in rows}
+    assert by[("featrecon", "stages", "linear")]["cuts"] == [[2, 1]]
+    assert by[("checkpoint", None, None)]["recompute_bytes"] > 0  # the checkpoint meter's recomputation
+    # the balanced split is computed, and no worse than the stage split under the same meter
+    for decoder in ("linear", "transformer"):
+        bal, stages = by[("featrecon", "balanced", decoder)], by[("featrecon", "stages", decoder)]
+        assert bal["peak_activation_bytes"] <= stages["peak_activation_bytes"]
+
+
+def test_swin_targets_and_featrecon_against_infopro_transformer():
+    def row(method, k, split, ratio, peak, decoder=None):
+        return _row(model="swin_tiny", method=method, num_modules=k, split=split, context="R0", batch_size=2,
+                    image_size=224, feature_decoder=decoder, activation_ratio=ratio, peak_activation_bytes=peak)
+
+    rows = [row("e2e", 1, None, 1.0, 100), row("infopro", 2, "stages", 1.05, 105),
+            row("featrecon", 2, "stages", 0.60, 60, "linear"), row("featrecon", 2, "stages", 0.70, 70, "conv"),
+            row("featrecon", 4, "balanced", 0.30, 30, "linear")]  # no InfoPro-Transformer partner
+    found = evaluate(rows, "memory")
+    stage2 = [t for t in found if t["target"].startswith("Swin-Tiny, K=2, stages split, FeatRecon")]
+    assert [(t["where"].split(", ")[-1], t["status"]) for t in stage2] == [("linear decoder", "met"),
+                                                                          ("conv decoder", "missed")]
+    pair = [t for t in found if t["target"].startswith("Swin-Tiny: FeatRecon at most")]
+    assert [round(t["measured"], 3) for t in pair] == [round(60 / 105, 3), round(70 / 105, 3)]
+    assert all(t["status"] == "met" and t["target"].endswith("K=2, stages split") for t in pair)
+    balanced4 = next(t for t in found if t["target"].startswith("Swin-Tiny, K=4, balanced split, FeatRecon"))
+    assert balanced4["status"] == "met" and balanced4["threshold"] == 0.35

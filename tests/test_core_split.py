@@ -3,10 +3,13 @@
 import itertools
 
 import pytest
+import torch
 
 import locallearn as ll
 from locallearn import split as sp
+from locallearn.bench.meters import StepMemoryMeter
 from locallearn.models import create_model
+from locallearn.split_cost import split_costs
 
 
 @pytest.mark.parametrize("model", ["resnet32", "resnet110"])
@@ -60,20 +63,82 @@ def test_balanced_ends_is_optimal_against_brute_force():
     assert largest(sp.balanced_ends(costs, ends_cost[:-1] + [0.0], K)) == best
 
 
-def test_auto_split_is_no_worse_than_the_papers_table():
-    """The measured objective of `auto` (largest module's activation bytes incl. its head) is at most the
-    hand-made table's under the same cost model."""
-    from locallearn.bench.meters import unit_activation_bytes
+def test_balanced_ends_with_start_costs_is_optimal_against_brute_force():
+    """The start cost of a boundary may depend on the previous boundary (ContSup's ResEnc reads it)."""
+    costs = [9.0, 1.0, 4.0, 4.0, 2.0, 7.0, 1.0, 3.0, 2.0]
+    ends_cost = [1.0, 0.5, 2.0, 0.0, 1.5, 0.5, 1.0, 0.0, 0.0]
+    n = len(costs)
 
-    backbone = create_model("resnet110", num_classes=10)
-    unit_bytes = unit_activation_bytes(backbone, 32)
-    table = ll.build("resnet110", method="contsup", context="R0", num_modules=4, split="balanced", dataset="cifar10")
-    auto = ll.build("resnet110", method="contsup", context="R0", num_modules=4, split="auto", dataset="cifar10")
+    def start(b, e, p):  # boundary b after unit e, the previous one after unit p (−1: none)
+        return 0.5 * e + (3.0 if p == -1 else 6.0 / (1 + e - p)) + b
 
-    def largest_units(net):
-        return max(sum(unit_bytes[a:b]) for a, b in net.bounds)
+    def largest(ends):
+        bounds = [0] + [e + 1 for e in ends] + [n]
+        out = []
+        for m, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            c = sum(costs[a:b]) + ends_cost[b - 1]
+            if m > 0:
+                c += start(m - 1, a - 1, bounds[m - 1] - 1)
+            out.append(c)
+        return max(out)
 
-    assert largest_units(auto) <= largest_units(table) * 1.02
+    for K in (2, 3, 4, 5):
+        best = min(largest(list(c)) for c in itertools.combinations(range(n - 1), K - 1))
+        assert largest(sp.balanced_ends(costs, ends_cost, K, start_bytes=start)) == pytest.approx(best)
+
+
+def _step_peaks(net, batch=2):
+    """StepMemoryMeter over one training step (after one warm-up step): (peak, module peaks), bytes."""
+    size = net.config.image_size or net.backbone.image_size
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    ll.train_step(net, x, y, opt)
+    opt.zero_grad(set_to_none=True)
+    with StepMemoryMeter(net, x) as meter:
+        ll.train_step(net, x, y, opt)
+    return meter.peak_bytes, meter.module_peaks
+
+
+@pytest.mark.parametrize(
+    "model, options",
+    [
+        ("resnet32", dict(method="contsup", context="R0")),
+        ("resnet32", dict(method="contsup", context="R1E")),
+        ("resnet110", dict(method="infopro", image_size=32)),
+    ],
+    ids=["resnet32-R0", "resnet32-R1E", "resnet110-infopro"],
+)
+def test_auto_split_holds_at_most_the_papers_table(model, options):
+    """What the benchmark measures (StepMemoryMeter's peak) is no larger for `auto` than for the papers'
+    memory-balanced table at K = 4."""
+    table = ll.build(model, num_modules=4, split="balanced", **options)
+    auto = ll.build(model, num_modules=4, split="auto", **options)
+    assert table.cuts == sp.BALANCED_SPLITS[(model, 32)][4]
+    assert _step_peaks(auto)[0] <= _step_peaks(table)[0]
+
+
+@pytest.mark.parametrize(
+    "model, options",
+    [
+        ("resnet32", dict(method="contsup", context="R1E", num_modules=8, split="auto")),
+        ("resnet32", dict(method="contsup", context="R1", num_modules=4, split="balanced")),
+        ("resnet32", dict(method="infopro", num_modules=3, split="uniform", image_size=32)),
+        ("swin_cifar", dict(method="featrecon", num_modules=3, split="auto", feature_decoder="conv",
+                            model_kwargs=dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
+                                              window_size=2, drop_path_rate=0.0))),
+    ],
+    ids=["resnet32-R1E-auto", "resnet32-R1-table", "resnet32-infopro", "swin-featrecon"],
+)
+def test_cost_model_predicts_the_measured_module_peaks(model, options):
+    """split_cost's module costs are StepMemoryMeter's module peaks, less the input image the step holds
+    throughout (a constant the model leaves out), to within BatchNorm statistics and loss scalars."""
+    net = ll.build(model, **options)
+    batch = 2
+    _, peaks = _step_peaks(net, batch)
+    size = net.config.image_size or net.backbone.image_size
+    measured = [p / batch - 3 * size * size * 4 for p in peaks]
+    predicted = split_costs(net.config, net.backbone).module_costs(net.bounds)
+    assert predicted == pytest.approx(measured, rel=0.01)
 
 
 def test_uniform_split():
@@ -99,7 +164,7 @@ def test_explicit_cuts():
         (dict(num_modules=18), "larger than the backbone's 17 units"),
         (dict(num_modules=5, split="paper"), "defined for num_modules in"),
         (dict(num_modules=4, split="halves"), "valid splits are"),
-        (dict(num_modules=0), "positive integer"),
+        (dict(num_modules=0), "num_modules must be an integer >= 1"),
     ],
 )
 def test_bad_splits_are_refused_with_one_sentence(kwargs, message):

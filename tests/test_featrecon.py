@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import locallearn as ll
 from locallearn.bench.meters import SavedTensorMeter
 from locallearn.decoders import FEATURE_DECODERS, feature_mse
-from locallearn.featrecon import PatchExpand, TokenHead, decoder_span_cost
+from locallearn.featrecon import PatchExpand, TokenHead, _unit_outputs, decoder_span_cost
 from locallearn.heads import create_head
 from locallearn.models import create_model
 from locallearn.models.swin import to_map
@@ -140,6 +140,12 @@ def test_balanced_split_charges_the_decoder_to_the_module_it_ends():
     cost = decoder_span_cost("transformer", backbone, 32)
     # A decoder back to the 16×16 grid (one Swin block there) costs more than one back to 8×8.
     assert cost(1, 2) > cost(4, 5) > 0
-    # A module opening with a patch merging pays for its target too (the merging does not keep its input).
+    # The target is the module's input, which the step holds (split_cost's start cost): not charged again,
+    # even where the module opens with a patch merging, which does not keep its input.
     linear = decoder_span_cost("linear", backbone, 32)
-    assert linear(1, 2) == 0 and linear(3, 5) == 8 * 16 * 16 * 4
+    assert linear(1, 2) == 0 and linear(3, 5) == 0
+    # Module 0's target, the patch embedding, is charged only where unit 1 does not keep it.
+    outputs, kept = _unit_outputs(backbone, 32)
+    assert kept[1] and linear(0, 2) == 0
+    unkept = decoder_span_cost("linear", backbone, 32, profile=(outputs, [kept[0], False, *kept[2:]]))
+    assert unkept(0, 2) == outputs[0].numel() * 4

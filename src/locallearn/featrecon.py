@@ -199,27 +199,37 @@ def swin_block(dim: int, grid: tuple[int, int], *, max_window: int = 7) -> nn.Mo
 
 
 # --- cost model for the balanced split -------------------------------------------------------------------
-def decoder_span_cost(name: str, backbone: nn.Module, image_size: int) -> Callable[[int, int], float]:
-    """``span_cost(i, j)``: per-sample bytes FeatRecon adds for backward to a local module spanning units
-    i..j — the decoder and its MSE, plus the target (the module's input) where the module's first unit
-    does not keep that input anyway (a patch merging does not; a Swin block does). Inputs as
-    ``LocalNet._module_input_shape``: the image, the patch embedding for module 0, else unit i−1's output.
-    The decoder runs on each unit's real output (its real memory layout), once per pair of shapes.
+def decoder_span_cost(
+    name: str,
+    backbone: nn.Module,
+    image_size: int,
+    *,
+    profile: tuple[list[torch.Tensor], list[bool]] | None = None,
+) -> Callable[[int, int], float]:
+    """``span_cost(i, j)``: bytes FeatRecon adds for backward to a local module spanning units i..j — the
+    decoder and its MSE — per sample. The target (the module's input) is charged only where nothing else
+    counts it: a module's input is held by the step (``split_cost``: the start cost), and module 0's target,
+    the patch embedding, is counted with unit 1 when that unit saves its input (a Swin block does); it is
+    added here when unit 1 does not (a patch merging). Inputs as ``LocalNet._module_input_shape``: the
+    image, the patch embedding for module 0, else unit i−1's output.
+
+    ``profile``: each unit's output (real memory layout) and whether the unit saves its input, from a
+    forward of a blank batch (``split_cost`` passes its own); by default one eval-mode forward at batch 1.
+    The decoder runs once per pair of shapes.
     """
     from locallearn.bench.meters import SavedTensorMeter
 
-    image = torch.zeros(1, backbone.in_channels, image_size, image_size)
     factory = FEATURE_DECODERS.get(name)
     cache: dict[tuple, float] = {}
-    probe: list = []  # [(outputs, kept)], filled on the first call: a split from a table never needs it
+    probe: list = [profile] if profile is not None else []  # filled on the first call: a table never needs it
 
     def decoder_bytes(h: torch.Tensor, target: torch.Tensor) -> float:
-        key = (tuple(h.shape), tuple(target.shape))
+        key = (tuple(h.shape), h.stride(), tuple(target.shape))
         if key not in cache:
-            decoder = factory(key[0][1:], key[1][1:])
+            decoder = factory(key[0][1:], key[2][1:])
             with SavedTensorMeter([*decoder.parameters(), h, target]) as meter:
                 feature_mse(decoder, h, target)
-            cache[key] = float(meter.peak_bytes)
+            cache[key] = float(meter.peak_bytes) / h.shape[0]
         return cache[key]
 
     def span_cost(i: int, j: int) -> float:
@@ -227,8 +237,12 @@ def decoder_span_cost(name: str, backbone: nn.Module, image_size: int) -> Callab
             probe.append(_unit_outputs(backbone, image_size))
         outputs, kept = probe[0]  # outputs[u]: unit u's output; kept[u]: whether unit u saves its input
         first = i if i > 0 or j == 0 else 1  # the unit whose input is the target
-        target = outputs[first - 1] if first > 0 else image
-        extra = 0.0 if kept[first] else target.numel() * target.element_size()
+        if first > 0:
+            target = outputs[first - 1]
+        else:
+            target = torch.zeros(outputs[0].shape[0], backbone.in_channels, image_size, image_size)
+        uncounted = i == 0 and first == 1 and not kept[1]  # module 0's embedding target, saved by nothing else
+        extra = target.untyped_storage().nbytes() / target.shape[0] if uncounted else 0.0
         return decoder_bytes(outputs[j], target) + extra
 
     return span_cost

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ from locallearn.decoders import FEATURE_DECODERS, ImageDecoder, feature_mse
 from locallearn.heads import create_head
 from locallearn.losses import LOCAL_LOSSES, lambda_schedule, lookup_lambdas, reconstruction_bce
 from locallearn.models import Backbone, create_model
+
+if TYPE_CHECKING:
+    from locallearn.split_cost import SplitCosts
 
 
 @dataclass
@@ -278,12 +281,12 @@ def _checkpointed(units: nn.ModuleList, x: torch.Tensor, segments: int) -> torch
 
 
 # --- construction --------------------------------------------------------------------------------------
-def resolve_ends(config: NetConfig, backbone: Backbone, aux_cost=None, span_cost=None) -> list[int]:
+def resolve_ends(config: NetConfig, backbone: Backbone, costs: Callable[[], SplitCosts] | None = None) -> list[int]:
     """Unit indices where modules end, from the config's split (METHODS.md 2.2).
 
-    For computed splits, ``aux_cost(out_shape)`` is the per-sample activation bytes of the objective a
-    local module ending with that output adds (head, image decoder), and ``span_cost(i, j)`` what depends
-    on both of its ends, units i..j (FeatRecon's decoder maps unit j's output back to the module's input)."""
+    Computed splits ("auto", or "balanced" without a published table) minimise the largest module's cost
+    as ``costs()`` models it (``split_cost.split_costs``; called only for a computed split). Without
+    ``costs`` they balance the units' own saved bytes alone."""
     K = config.num_modules
     splits.check_num_modules(K, backbone.num_units)
     keys = backbone.unit_keys
@@ -310,15 +313,12 @@ def resolve_ends(config: NetConfig, backbone: Backbone, aux_cost=None, span_cost
             )
     if config.split == "uniform":
         return splits.uniform_ends(backbone.num_units, K)
-    from locallearn.bench.meters import unit_activation_bytes  # "auto", or "balanced" without a table
+    if costs is not None:  # "auto", or "balanced" without a table
+        return costs().ends(K)
+    from locallearn.bench.meters import unit_activation_bytes
 
     unit_bytes = unit_activation_bytes(backbone, image_size)
-    cost_of: dict[tuple, float] = {}  # by output shape: many units share one
-    for shape in backbone.unit_shapes(image_size)[:-1]:
-        if shape not in cost_of:
-            cost_of[shape] = aux_cost(shape) if aux_cost else 0.0
-    end_bytes = [cost_of[s] for s in backbone.unit_shapes(image_size)[:-1]] + [0.0]  # last module: no head
-    return splits.balanced_ends(unit_bytes, end_bytes, K, span_bytes=span_cost)
+    return splits.balanced_ends(unit_bytes, [0.0] * len(unit_bytes), K)
 
 
 def build_net(config: NetConfig) -> LocalNet:
@@ -328,19 +328,10 @@ def build_net(config: NetConfig) -> LocalNet:
         kwargs.setdefault("image_size", config.image_size)
     backbone = create_model(config.model, **kwargs)
 
-    def aux_cost(shape):  # activation bytes of the objective attached after a unit of this output shape
-        from locallearn.bench.meters import module_activation_bytes
+    def costs() -> SplitCosts:  # the cost model of a computed split, measured only when one is asked for
+        from locallearn.split_cost import split_costs
 
-        parts = [create_head(config.aux_head, shape, LOCAL_LOSSES.get(config.local_loss).head_dim(config.num_classes))]
-        if config.reconstruct and len(shape) == 3:
-            parts.append(ImageDecoder(shape[0], config.image_size or backbone.image_size))
-        return sum(module_activation_bytes(p, shape) for p in parts)
+        return split_costs(config, backbone)
 
-    local = config.num_modules > 1
-    span_cost = None
-    if local and config.feature_decoder is not None and not isinstance(config.split, list):
-        from locallearn.featrecon import decoder_span_cost
-
-        span_cost = decoder_span_cost(config.feature_decoder, backbone, config.image_size or backbone.image_size)
-    ends = resolve_ends(config, backbone, aux_cost if local else None, span_cost)
+    ends = resolve_ends(config, backbone, costs)
     return LocalNet(config, backbone, ends)

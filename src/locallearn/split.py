@@ -5,7 +5,9 @@ last module holds the rest, classifier included. Splits are chosen by name:
 
 - ``paper``: the InfoPro / ContSup tables, for the K they define.
 - ``balanced``: the papers' memory-balanced tables where they exist, otherwise ``auto``.
-- ``auto`` (our choice): minimise the largest module's measured activation bytes (``balanced_ends``).
+- ``auto`` (our choice): minimise the largest module's peak activation bytes as ``split_cost`` models them
+  from measurements — units, the local objective, the held hand-off and ContSup's context encoders
+  (``balanced_ends``, exact over that model).
 - ``uniform``: the same number of units in every module.
 - ``stages``: the backbone's own stage boundaries (``Backbone.named_splits``; Swin: K = 2 after stage 2,
   K = 4 one module per stage, METHODS.md 6). A backbone may also define its ``paper`` split that way.
@@ -102,38 +104,58 @@ def balanced_ends(
     num_modules: int,
     *,
     span_bytes: Callable[[int, int], float] | None = None,
+    start_bytes: Callable[[int, int, int], float] | None = None,
 ) -> list[int]:
     """Contiguous partition minimising the largest module cost (exact, by dynamic programming).
 
-    The cost of a module spanning units i..j is sum(unit_bytes[i..j]) + end_bytes[j], where end_bytes[j]
-    is what the local objective attached after unit j costs (auxiliary head, decoder). The last module
-    has no auxiliary objective, so its end cost is 0 (pass end_bytes[-1] = 0). ``span_bytes(i, j)`` adds
-    what depends on both ends of a local module (FeatRecon's decoder maps unit j's output back to module
-    i's input); it is not charged to the last module.
+    The cost of module m spanning units i..j is sum(unit_bytes[i..j]) + end_bytes[j] + span_bytes(i, j)
+    + start_bytes(m−1, i−1, p), with p the unit module m−2 ends with (−1 when m = 1):
+
+    - ``end_bytes[j]``: what the local objective attached after unit j costs (auxiliary head, decoder). The
+      last module has no auxiliary objective, so its end cost is 0 (pass end_bytes[-1] = 0);
+    - ``span_bytes(i, j)``: what depends on both ends of a local module (FeatRecon's decoder maps unit j's
+      output back to module i's input); it is not charged to the last module;
+    - ``start_bytes(b, e, p)``: what boundary b, after unit e, costs the module it feeds (never the first):
+      its held input and ContSup's context encoders, which run at the start of that module and may read
+      the previous boundary's tensor, after unit p (ResEnc of Rn modes) — hence the third argument.
+
+    The dynamic programme runs over (modules, last end, previous end): O(K·n³) comparisons, vectorised
+    over the previous end. ``split_cost`` measures the terms; see it for the model.
     """
-    n = len(unit_bytes)
+    n, K = len(unit_bytes), num_modules
     prefix = np.concatenate([[0.0], np.cumsum(unit_bytes)])
 
-    def cost(i: int, j: int) -> float:  # units i..j inclusive
+    def own(i: int, j: int) -> float:  # units i..j inclusive, without the start cost
         extra = span_bytes(i, j) if span_bytes is not None and j < n - 1 else 0.0
         return prefix[j + 1] - prefix[i] + end_bytes[j] + extra
 
+    def starts(b: int, e: int) -> np.ndarray:  # start cost of boundary b after unit e, by p + 1 (p = −1..e−1)
+        out = np.zeros(e + 1)
+        if start_bytes is not None:
+            for p in range(max(b - 1, -1), e):  # b boundaries before: module b−1 ends at p ≥ b−1
+                out[p + 1] = start_bytes(b, e, p)
+        return out
+
     inf = float("inf")
-    # best[k][j]: minimal largest cost covering units 0..j with k modules, the k-th ending at j.
-    best = np.full((num_modules + 1, n), inf)
-    arg = np.zeros((num_modules + 1, n), dtype=int)
+    # best[k][j][p + 1]: minimal largest cost covering units 0..j with k modules, the k-th ending at j and
+    # the (k−1)-th at p (p = −1 for k = 1); arg: the end of module k−2 that achieves it.
+    best = np.full((K + 1, n, n + 1), inf)
+    arg = np.full((K + 1, n, n + 1), -1, dtype=int)
     for j in range(n):
-        best[1][j] = cost(0, j)
-    for k in range(2, num_modules + 1):
+        best[1][j][0] = own(0, j)
+    for k in range(2, K + 1):
+        b = k - 2  # the boundary before module k (1-based): after unit i
+        start_of = {i: starts(b, i) for i in range(k - 2, n - 1)}
         for j in range(k - 1, n):
-            for i in range(k - 2, j):  # previous module ends at i
-                c = max(best[k - 1][i], cost(i + 1, j))
-                if c < best[k][j]:
-                    best[k][j], arg[k][j] = c, i
-    ends, j = [], n - 1
-    for k in range(num_modules, 1, -1):
-        j = arg[k][j]
-        ends.append(int(j))
+            for i in range(k - 2, j):  # module k spans units i+1..j
+                c = np.maximum(best[k - 1][i][: i + 1], own(i + 1, j) + start_of[i])
+                q = int(np.argmin(c))
+                best[k][j][i + 1], arg[k][j][i + 1] = c[q], q - 1
+    ends, j, state = [], n - 1, int(np.argmin(best[K][n - 1]))
+    for k in range(K, 1, -1):
+        i = state - 1
+        ends.append(i)
+        state, j = arg[k][j][state] + 1, i
     return sorted(ends)
 
 

@@ -17,7 +17,7 @@ from locallearn.bench.runner import RunOptions, environment, run_memory, run_spe
 
 def grid_from_strings(
     *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
-    image_size: int | None = None,
+    image_size: int | None = None, feature_decoders: str = "linear",
 ) -> GridSpec:
     return GridSpec(
         models=parse_list(models, "--models"),
@@ -25,6 +25,7 @@ def grid_from_strings(
         num_modules=parse_list(num_modules, "--num-modules", int),
         splits=parse_list(splits, "--splits"),
         contexts=parse_list(contexts, "--contexts"),
+        feature_decoders=parse_list(feature_decoders, "--feature-decoders"),
         batch_sizes=parse_list(batch_sizes, "--batch-sizes", int),
         image_size=image_size,
     )
@@ -50,21 +51,21 @@ def _command() -> str:
 def bench_memory(
     *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
     image_size: int | None, device: str, warmup: int, threads: int | None, seed: int, out: Path,
-    quiet: bool = False, command: str | None = None,
+    feature_decoders: str = "linear", quiet: bool = False, command: str | None = None,
 ) -> int:
     """Peak activation bytes (meter a) and, on CUDA, peak allocated bytes (meter b) of one step each."""
     grid = dict(models=models, methods=methods, num_modules=num_modules, splits=splits, contexts=contexts,
-                batch_sizes=batch_sizes, image_size=image_size)
+                batch_sizes=batch_sizes, image_size=image_size, feature_decoders=feature_decoders)
     return _run("memory", out, command, grid, dict(device=device, warmup=warmup, threads=threads, seed=seed), quiet)
 
 
 def bench_speed(
     *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
     image_size: int | None, device: str, warmup: int, rounds: int, threads: int | None, seed: int, out: Path,
-    quiet: bool = False, command: str | None = None,
+    feature_decoders: str = "linear", quiet: bool = False, command: str | None = None,
 ) -> int:
     """Median step time and its ratio to e2e's, over interleaved rounds."""
     grid = dict(models=models, methods=methods, num_modules=num_modules, splits=splits, contexts=contexts,
-                batch_sizes=batch_sizes, image_size=image_size)
+                batch_sizes=batch_sizes, image_size=image_size, feature_decoders=feature_decoders)
     options = dict(device=device, warmup=warmup, rounds=rounds, threads=threads, seed=seed)
     return _run("speed", out, command, grid, options, quiet)

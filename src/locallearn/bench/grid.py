@@ -1,4 +1,5 @@
-"""Benchmark grids: models × methods × K × split × context mode × batch size, validated up front.
+"""Benchmark grids: models × methods × K × split × context mode × feature decoder × batch size, validated
+up front.
 
 A ``GridSpec`` names the values of each axis; ``expand()`` turns it into the configurations worth
 running (``BenchConfig``), by these rules:
@@ -7,7 +8,11 @@ running (``BenchConfig``), by these rules:
 - ``e2e`` and ``checkpoint`` train the network as one module: they run at K = 1 only, without split or
   context. Local methods run at every K ≥ 2 of the grid (at K = 1 they would be ``e2e``).
 - Context modes multiply only the methods that supply context (``contsup``); every other method runs
-  with its preset's mode.
+  with its preset's mode. Feature decoders multiply only the methods that reconstruct features
+  (``featrecon``); every other method has none.
+- On a transformer backbone (``aux_head="auto"`` is the token head: Swin), ``infopro`` is
+  InfoPro-Transformer as the presets of ``configs/swin/`` define it: token head, cross-entropy and
+  λ = (1, 1, 1, 1), i.e. BCE + cross-entropy in every local module (``TRANSFORMER_OPTIONS``).
 - A combination that cannot be built (a ``paper`` split at a K its table lacks, R8 at K = 4) is still
   listed: the runner reports it as skipped, with the builder's reason.
 
@@ -23,12 +28,16 @@ from dataclasses import dataclass
 
 from locallearn.config import METHODS
 from locallearn.context import MODE_NAMES, ContextMode
-from locallearn.models import MODELS, create_model
+from locallearn.decoders import FEATURE_DECODERS
+from locallearn.models import MODELS, create_model, default_aux_head
 from locallearn.split import SPLIT_NAMES
 
 SINGLE_MODULE_METHODS = ("e2e", "checkpoint")  # trained as one module: K = 1, no split, no context
 CONTEXT_METHODS = ("contsup",)  # the methods whose context mode is a grid axis
+DECODER_METHODS = ("featrecon",)  # the methods whose feature decoder is a grid axis
 REFERENCE = "e2e"
+# Options a method takes on a transformer backbone, as configs/swin/ does (InfoPro-Transformer).
+TRANSFORMER_OPTIONS = {"infopro": dict(local_loss="ce", lambdas=(1.0, 1.0, 1.0, 1.0))}
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class BenchConfig:
     context: str  # the mode the network runs with
     batch_size: int
     image_size: int
+    feature_decoder: str | None = None  # FeatRecon's decoder; None for every other method
 
     def build_options(self) -> dict:
         options: dict = dict(num_modules=self.num_modules, image_size=self.image_size)
@@ -49,6 +59,10 @@ class BenchConfig:
             options["split"] = self.split
         if self.method in CONTEXT_METHODS:
             options["context"] = self.context
+        if self.feature_decoder is not None:
+            options["feature_decoder"] = self.feature_decoder
+        if default_aux_head(self.model) == "token":
+            options.update(TRANSFORMER_OPTIONS.get(self.method, {}))
         return options
 
     @property
@@ -62,6 +76,8 @@ class BenchConfig:
         parts = [self.method]
         if self.method in CONTEXT_METHODS:
             parts.append(self.context)
+        if self.feature_decoder is not None:
+            parts.append(self.feature_decoder)
         if self.split is not None:
             parts.append(self.split)
         return " ".join(parts)
@@ -75,6 +91,7 @@ class BenchConfig:
             context=self.context,
             batch_size=self.batch_size,
             image_size=self.image_size,
+            feature_decoder=self.feature_decoder,
         )
 
 
@@ -89,11 +106,12 @@ class GridSpec:
     num_modules: tuple[int, ...] = (1, 2, 4, 8, 16)
     splits: tuple[str, ...] = ("paper",)
     contexts: tuple[str, ...] = ("R0", "R1E")
+    feature_decoders: tuple[str, ...] = ("linear",)  # FeatRecon only
     batch_sizes: tuple[int, ...] = (32,)
     image_size: int | None = None  # None: each model's own
 
     def __post_init__(self) -> None:
-        for name in ("models", "methods", "num_modules", "splits", "contexts", "batch_sizes"):
+        for name in ("models", "methods", "num_modules", "splits", "contexts", "feature_decoders", "batch_sizes"):
             values = _as_tuple(getattr(self, name))
             if not values:
                 raise ValueError(f"{name}: give at least one value.")
@@ -104,6 +122,8 @@ class GridSpec:
             _check_name("methods", method, METHODS.names())
         for split in self.splits:
             _check_name("splits", split, list(SPLIT_NAMES))
+        for decoder in self.feature_decoders:
+            _check_name("feature_decoders", decoder, FEATURE_DECODERS.names())
         for mode in self.contexts:
             try:
                 ContextMode.parse(mode)
@@ -129,12 +149,13 @@ class GridSpec:
                     configs.append(BenchConfig(method=method, num_modules=1, split=None, context="R0", **one))
                 for method in (m for m in self.methods if m not in SINGLE_MODULE_METHODS):
                     contexts = self.contexts if method in CONTEXT_METHODS else (METHODS.get(method)["context"],)
+                    decoders = self.feature_decoders if method in DECODER_METHODS else (None,)
                     for k in (k for k in self.num_modules if k > 1):
                         for split in self.splits:
                             for context in contexts:
-                                configs.append(
-                                    BenchConfig(method=method, num_modules=k, split=split, context=context, **one)
-                                )
+                                for decoder in decoders:
+                                    configs.append(BenchConfig(method=method, num_modules=k, split=split,
+                                                               context=context, feature_decoder=decoder, **one))
         return configs
 
 

@@ -281,12 +281,15 @@ class UnitSaves:
 def unit_recompute_bytes(backbone: nn.Module, images: torch.Tensor) -> list[UnitSaves]:
     """``UnitSaves`` of each unit at the shapes ``images`` lead to. Runs copies on blank inputs, so the
     real units and their BatchNorm statistics are untouched; the count does not depend on values."""
-    return unit_profile(backbone, images)[0]
+    return unit_profile(backbone, images, keep_outputs=False)[0]
 
 
-def unit_profile(backbone: nn.Module, images: torch.Tensor) -> tuple[list[UnitSaves], list[torch.Tensor]]:
-    """``UnitSaves`` of each unit (as ``unit_recompute_bytes``) and each unit's detached output, in the
-    memory layout the unit really produces (Swin's units hand on channels-last views of their tokens)."""
+def unit_profile(
+    backbone: nn.Module, images: torch.Tensor, *, keep_outputs: bool = True
+) -> tuple[list[UnitSaves], list[torch.Tensor]]:
+    """``UnitSaves`` of each unit (as ``unit_recompute_bytes``) and, with ``keep_outputs``, each unit's
+    detached output in the memory layout the unit really produces (Swin's units hand on channels-last
+    views of their tokens); without, only one output is alive at a time (large batches on a GPU)."""
     saves, outputs = [], []
     x = torch.zeros_like(images)
     with torch.enable_grad():
@@ -297,7 +300,8 @@ def unit_profile(backbone: nn.Module, images: torch.Tensor) -> tuple[list[UnitSa
             input_bytes = x.untyped_storage().nbytes() if meter.counts(x) else 0
             saves.append(UnitSaves(meter.peak_bytes - input_bytes, input_bytes, meter.counts(y)))
             x = y.detach()
-            outputs.append(x)
+            if keep_outputs:
+                outputs.append(x)
             del y, clone
     return saves, outputs
 

@@ -74,8 +74,14 @@ def _fmt(value, spec: str, none: str = "–") -> str:
     return none if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _method(row: dict) -> str:
+    """The method, with FeatRecon's feature decoder where the row has one: ``featrecon (conv)``."""
+    decoder = row.get("feature_decoder")
+    return row["method"] + (f" ({decoder})" if decoder else "")
+
+
 def _cells(row: dict) -> list[str]:
-    return [row["model"], row["method"], str(row["num_modules"]), row["split"] or "–",
+    return [row["model"], _method(row), str(row["num_modules"]), row["split"] or "–",
             row["context"] if row["method"] == "contsup" else "–", str(row["batch_size"])]
 
 
@@ -129,7 +135,8 @@ def targets_table(targets: list[dict], heading: str = "### Targets\n") -> str:
     for t in targets:
         required = f"{t['op']} {t['threshold']:g}" if t["op"] and t["threshold"] is not None else "–"
         status = f"**{t['status']}**" if t["status"] == "missed" else t["status"]
-        cells = [t["target"], t["where"] or "–", _fmt(t["measured"], ".2f"), required, status, t["note"]]
+        # three significant digits: a ratio of 0.641 must not read as a threshold of 0.64
+        cells = [t["target"], t["where"] or "–", _fmt(t["measured"], ".3g"), required, status, t["note"]]
         lines.append(_row_md(cells))
     return "\n".join(lines) + "\n"
 
@@ -193,7 +200,7 @@ def _plot_panel(ax, rows: list[dict], value) -> None:
     ok = [r for r in rows if r["status"] == "ok" and value(r) is not None]
     lines: dict[str, list[tuple[int, float]]] = {}
     for r in ok:
-        label = r["method"] + (f" {r['context']}" if r["method"] == "contsup" else "")
+        label = _method(r) + (f" {r['context']}" if r["method"] == "contsup" else "")
         label += f" ({r['split']})" if r["split"] else ""
         if len({x["batch_size"] for x in rows}) > 1:
             label += f" b{r['batch_size']}"

@@ -24,6 +24,19 @@ class Target:
 
 
 @dataclass(frozen=True)
+class PairTarget:
+    """A row's peak over its partner's — the row of the same setting with ``partner``'s fields — at most
+    ``threshold`` (FeatRecon against InfoPro-Transformer on the same backbone, K and split)."""
+
+    name: str
+    select: dict
+    partner: dict
+    threshold: float = 1.0
+    kind: str = "memory"
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class SplitTarget:
     """The automatic split (``auto``) must hold at most the peak of the papers' memory-balanced table."""
 
@@ -34,6 +47,16 @@ class SplitTarget:
 
 
 _R0 = dict(method="contsup", context="R0")
+_SWIN = dict(model="swin_tiny", method="featrecon")
+
+
+def _swin_target(k: int, split: str, percent: int) -> Target:
+    """FeatRecon on Swin-Tiny: peak activations at least ``percent`` % below e2e (every feature decoder)."""
+    return Target(f"Swin-Tiny, K={k}, {split} split, FeatRecon: ≥ {percent}% below e2e", "memory",
+                  dict(num_modules=k, split=split, **_SWIN), "activation_ratio", "<=", round(1 - percent / 100, 2),
+                  f"peak ÷ e2e's ≤ {1 - percent / 100:.2f}")
+
+
 TARGETS = (
     Target("ResNet-110, K=16, paper split, ContSup R0: ≥ 9× below e2e", "memory",
            dict(model="resnet110", num_modules=16, split="paper", **_R0), "activation_reduction", ">=", 9.0),
@@ -48,6 +71,15 @@ TARGETS = (
     Target("activation checkpointing: × below e2e", "memory", dict(method="checkpoint"), "activation_reduction", None,
            note="InfoPro reports 2.4× in total GPU memory (9.40 / 3.91 GB)"),
     SplitTarget("automatic split (auto) vs. the papers' memory-balanced table", {}),
+    _swin_target(2, "stages", 36),
+    _swin_target(4, "stages", 45),
+    _swin_target(2, "balanced", 45),
+    _swin_target(4, "balanced", 65),
+    PairTarget("Swin-Tiny: FeatRecon at most InfoPro-Transformer's memory", _SWIN,
+               dict(method="infopro", feature_decoder=None), note="peak(FeatRecon) ÷ peak(InfoPro-Transformer) ≤ 1"),
+    *(Target(f"Swin-Tiny, K={k}, {split} split, InfoPro-Transformer: peak ÷ e2e's", "memory",
+             dict(model="swin_tiny", method="infopro", num_modules=k, split=split), "activation_ratio", None,
+             note="reported beside FeatRecon's") for k in (2, 4) for split in ("stages", "balanced")),
     Target("ContSup R0, K=4: step time ≤ 1.10× e2e", "speed",
            dict(num_modules=4, split="paper", **_R0), "time_ratio", "<=", 1.10),
     Target("ContSup R1, K=4: step time ≤ 1.10× e2e", "speed",
@@ -75,7 +107,8 @@ def _matches(row: dict, select: dict) -> bool:
 
 def _where(row: dict) -> str:
     device = row.get("device", "cpu")
-    return f"{row['model']}, batch {row['batch_size']}" + (f", {device}" if device != "cpu" else "")
+    where = f"{row['model']}, batch {row['batch_size']}" + (f", {device}" if device != "cpu" else "")
+    return where + (f", {row['feature_decoder']} decoder" if row.get("feature_decoder") else "")
 
 
 def evaluate(rows: list[dict], kind: str) -> list[dict]:
@@ -84,7 +117,12 @@ def evaluate(rows: list[dict], kind: str) -> list[dict]:
     for target in TARGETS:
         if target.kind != kind:
             continue
-        found = _evaluate_split(target, rows) if isinstance(target, SplitTarget) else _evaluate(target, rows)
+        if isinstance(target, SplitTarget):
+            found = _evaluate_split(target, rows)
+        elif isinstance(target, PairTarget):
+            found = _evaluate_pair(target, rows)
+        else:
+            found = _evaluate(target, rows)
         results += found or [dict(target=target.name, where=None, measured=None, op=getattr(target, "op", "<="),
                                   threshold=getattr(target, "threshold", 1.0), status="not measured", note=target.note)]
     return results
@@ -108,15 +146,15 @@ def _evaluate(target: Target, rows: list[dict]) -> list[dict]:
 
 def _evaluate_split(target: SplitTarget, rows: list[dict]) -> list[dict]:
     """Pairs each ``balanced`` row whose K has a published table with the ``auto`` row of the same setting."""
-    key = ("model", "method", "num_modules", "context", "batch_size", "image_size", "device")
-    autos = {tuple(r[k] for k in key): r for r in rows if r["split"] == "auto" and _matches(r, target.select)}
+    key = ("model", "method", "num_modules", "context", "feature_decoder", "batch_size", "image_size", "device")
+    autos = {tuple(r.get(k) for k in key): r for r in rows if r["split"] == "auto" and _matches(r, target.select)}
     results = []
     for row in rows:
         if row["split"] != "balanced" or not _matches(row, target.select):
             continue
         if table_cuts("balanced", row["model"], row["num_modules"], row["image_size"]) is None:
             continue  # no table at this K: "balanced" is "auto" itself
-        auto = autos.get(tuple(row[k] for k in key))
+        auto = autos.get(tuple(row.get(k) for k in key))
         if auto is None:
             continue
         value = None
@@ -126,6 +164,26 @@ def _evaluate_split(target: SplitTarget, rows: list[dict]) -> list[dict]:
         label = row["method"] + (f" {row['context']}" if row["method"] == "contsup" else "")
         results.append(dict(target=f"{target.name}: {label}, K={row['num_modules']}", where=_where(row), measured=value,
                             op="<=", threshold=1.0, status=status, note=target.note))
+    return results
+
+
+_PAIR_KEY = ("model", "method", "num_modules", "split", "feature_decoder", "batch_size", "image_size", "device")
+
+
+def _evaluate_pair(target: PairTarget, rows: list[dict]) -> list[dict]:
+    """Each row matching ``select`` against its partner (same setting, ``partner``'s fields)."""
+    index = {tuple(r.get(k) for k in _PAIR_KEY): r for r in rows}
+    results = []
+    for row in (r for r in rows if _matches(r, target.select)):
+        partner = index.get(tuple({**row, **target.partner}.get(k) for k in _PAIR_KEY))
+        if partner is None:
+            continue
+        value = None
+        if row["status"] == "ok" and partner["status"] == "ok":
+            value = row["peak_activation_bytes"] / partner["peak_activation_bytes"]
+        status = "not measured" if value is None else ("met" if value <= target.threshold else "missed")
+        results.append(dict(target=f"{target.name}: K={row['num_modules']}, {row['split']} split", where=_where(row),
+                            measured=value, op="<=", threshold=target.threshold, status=status, note=target.note))
     return results
 
 
