@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from locallearn.config import make_config
 from locallearn.training.recipe import dump_yaml
 
 HERE = Path(__file__).resolve().parent
@@ -110,14 +111,17 @@ def presets() -> dict[str, tuple[list[str], dict]]:
                      "λ (reconstruction, task) from METHODS.md 4's table for this model, dataset and K."],
                     {**local("resnet110", "contsup", k, head="1c2f", loss=loss, context="R1E", reconstruct=True),
                      **recipe(dataset)})
-    # E* and InfoPro*: memory-balanced splits and λ (METHODS.md 2.2, 4), contrastive loss, reconstruction.
+    # E* and InfoPro*: memory-balanced splits and λ (METHODS.md 2.2, 4), contrastive loss, and reconstruction
+    # (METHODS.md 4: memory-balanced runs' λ tables weigh a reconstruction loss, λxx > 0).
     for (model, dataset), ks in BALANCED.items():
         for k in ks:
             for family, mode, name in (("contsup", "E", "Estar"), ("infopro", "R0", "balanced")):
                 title = "E*" if family == "contsup" else "InfoPro*"
+                lam = "balanced λ" if dataset == "cifar10" else "the usual λ (balanced λ: CIFAR-10 only)"
                 add(f"{family}/{model}_{dataset}_k{k}_{name}_contrast",
-                    [f"{title} (memory-balanced): {model}, {dataset}, K={k}: the balanced split and balanced λ,",
-                     "supervised contrastive local loss with reconstruction."],
+                    [f"{title} (memory-balanced): {model}, {dataset}, K={k}: the balanced split and {lam},",
+                     "supervised contrastive local loss with reconstruction (METHODS.md 4: memory-balanced runs'",
+                     "λ tables weigh a reconstruction loss)."],
                     {**local(model, "contsup" if family == "contsup" else "infopro", k, head="1c2f",
                              loss="contrast", context=mode, reconstruct=True, split="balanced"),
                      **recipe(dataset)})
@@ -162,6 +166,13 @@ SWIN_RECIPE = dict(epochs=160, batch_size=128, lr=0.1, momentum=0.9, nesterov=Tr
 SWIN_TINY_224 = dict(model="swin_tiny", model_kwargs={"resolution": 224})
 
 
+def method_options(model: str, method: str, dataset: str) -> dict:
+    """The network options a method's preset sets on this model (``config.method_defaults``: InfoPro on Swin
+    is InfoPro-Transformer), resolved (``aux_head="auto"`` → the model's head)."""
+    resolved = make_config(model, method, dataset=dataset).to_dict()
+    return {name: resolved[name] for name in ("aux_head", "local_loss", "reconstruct", "context", "lambdas")}
+
+
 def swin_presets(add) -> None:
     """swin/: FeatRecon (each decoder), InfoPro-Transformer and end-to-end Swin-Tiny; the CPU demo."""
     for dataset in SWIN_DATASETS:
@@ -179,8 +190,8 @@ def swin_presets(add) -> None:
             add(f"swin/swin_tiny_{dataset}_k{k}_infopro",
                 [f"InfoPro-Transformer: Swin-Tiny at 224, {dataset}, K={k} at stage boundaries: FeatRecon's modules",
                  "and token head with InfoPro's image decoder; λ = (1, 1, 1, 1), i.e. BCE + cross-entropy (our choice)."],
-                dict(**SWIN_TINY_224, method="infopro", num_modules=k, split="stages", aux_head="token",
-                     local_loss="ce", reconstruct=True, context="R0", lambdas=[1.0, 1.0, 1.0, 1.0], **data))
+                dict(**SWIN_TINY_224, method="infopro", num_modules=k, split="stages",
+                     **method_options("swin_tiny", "infopro", dataset), **data))
     add("swin/swin_cifar_digits_k2_featrecon",
         ["FeatRecon on the 32×32 Swin variant, cut down (width 16, one block per stage, patch 4) for a CPU:",
          "K=2 at stage boundaries, linear decoder, the bundled digits dataset; about a minute, ~90% test accuracy."],

@@ -12,6 +12,7 @@ from locallearn.bench.grid import GridSpec, parse_list
 from locallearn.bench.report import write_results
 from locallearn.bench.runner import RunOptions, run_memory, run_speed
 from locallearn.bench.targets import evaluate
+from locallearn.config import make_config
 
 TINY = dict(models=("resnet20",), batch_sizes=(2,))
 
@@ -177,11 +178,13 @@ def test_feature_decoders_multiply_featrecon_only():
     assert len([c for c in configs if c.method == "infopro"]) == 2 * 2
     conv = next(c for c in featrecon if c.feature_decoder == "conv")
     assert conv.build_options()["feature_decoder"] == "conv" and conv.label == "featrecon conv stages"
-    # InfoPro on a transformer is InfoPro-Transformer as configs/swin/ defines it; on a ResNet, the preset.
-    infopro = next(c for c in configs if c.method == "infopro").build_options()
-    assert infopro["local_loss"] == "ce" and infopro["lambdas"] == (1.0, 1.0, 1.0, 1.0)
-    resnet = GridSpec(methods=("infopro",), num_modules=(2,), **TINY).expand()[-1].build_options()
-    assert "local_loss" not in resnet and "lambdas" not in resnet
+    # InfoPro on a transformer is InfoPro-Transformer (config.FAMILY_PRESETS); on a ResNet, the preset.
+    infopro = next(c for c in configs if c.method == "infopro")
+    swin = make_config(infopro.model, infopro.method, **infopro.build_options())
+    assert (swin.aux_head, swin.local_loss, swin.lambdas) == ("token", "ce", (1.0, 1.0, 1.0, 1.0))
+    resnet = GridSpec(methods=("infopro",), num_modules=(2,), **TINY).expand()[-1]
+    resnet = make_config(resnet.model, resnet.method, **resnet.build_options())
+    assert (resnet.aux_head, resnet.local_loss, resnet.lambdas) == ("1c2f", "contrast", None)
     with pytest.raises(ValueError, match="feature_decoders: unknown value 'mlp'; valid values are .*linear"):
         GridSpec(feature_decoders=("mlp",), **TINY)
 

@@ -69,3 +69,29 @@ def test_registry_lists_models():
     assert {"resnet20", "resnet32", "resnet44", "resnet56", "resnet110"} <= set(MODELS.names())
     with pytest.raises(ValueError, match="valid models"):
         create_model("resnet33")
+
+
+@pytest.mark.parametrize(
+    "model, model_kwargs, bad",
+    [
+        ("resnet32", {"foo": 3}, "foo"),
+        ("resnet32", {"depth": 3}, "depth"),  # the depth is the model's name, not an option
+        ("resnet32", {"pretrained": "microsoft/swin-tiny-patch4-window7-224"}, "pretrained"),  # --pretrained
+        ("swin_cifar", {"depth": 4}, "depth"),
+    ],
+)
+def test_unknown_model_kwargs_are_refused_with_the_valid_ones(model, model_kwargs, bad):
+    import locallearn as ll
+
+    valid = "num_classes, image_size" if model.startswith("resnet") else "num_classes, image_size, resolution"
+    with pytest.raises(ValueError, match=rf"^model_kwargs: unknown option '{bad}' for {model}; valid options are {valid}"):
+        ll.build(model, model_kwargs=model_kwargs)
+    with pytest.raises(ValueError, match=rf"^model_kwargs: unknown option '{bad}' for {model}"):
+        create_model(model, **model_kwargs)
+
+
+def test_pretrained_on_a_resnet_is_a_config_error_not_a_traceback():
+    from locallearn.training.recipe import TrainConfig
+
+    with pytest.raises(ValueError, match="^model_kwargs: unknown option 'pretrained' for resnet32; valid options"):
+        TrainConfig(model="resnet32", pretrained="some/checkpoint")

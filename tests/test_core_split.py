@@ -11,6 +11,8 @@ from locallearn.bench.meters import StepMemoryMeter
 from locallearn.models import create_model
 from locallearn.split_cost import split_costs
 
+TINY_SWIN = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=2, drop_path_rate=0.1)
+
 
 @pytest.mark.parametrize("model", ["resnet32", "resnet110"])
 @pytest.mark.parametrize("K", [2, 4, 8, 16])
@@ -46,6 +48,41 @@ def test_balanced_falls_back_to_auto_without_table():
     net = ll.build("resnet56", method="greedy", num_modules=3, split="balanced", dataset="cifar10")
     auto = ll.build("resnet56", method="greedy", num_modules=3, split="auto", dataset="cifar10")
     assert net.cuts == auto.cuts
+
+
+def test_memory_balanced_lambdas_only_with_the_memory_balanced_cuts():
+    """ResNet-32 / CIFAR-10 has balanced λ at K = 3 but no balanced cuts: the computed split gets the usual λ."""
+    options = dict(method="infopro", split="balanced", dataset="cifar10")
+    tabled = ll.build("resnet32", num_modules=4, **options)
+    assert tabled.cuts == sp.BALANCED_SPLITS[("resnet32", 32)][4]
+    assert tabled.lambda_source == "table: resnet32 memory-balanced K=4"
+    computed = ll.build("resnet32", num_modules=3, **options)
+    assert computed.cuts == ll.build("resnet32", num_modules=3, **{**options, "split": "auto"}).cuts
+    assert "memory-balanced" not in computed.lambda_source and computed.lambda_source.startswith("default")
+
+
+@pytest.mark.parametrize(
+    "model, options",
+    [
+        ("resnet20", dict(method="infopro", dataset="cifar10", context="R0")),
+        ("resnet20", dict(method="contsup", context="R2E")),
+        ("swin_cifar", dict(method="featrecon", image_size=32, model_kwargs=TINY_SWIN)),
+    ],
+)
+@pytest.mark.parametrize("split", ["auto", "balanced"])
+def test_computed_split_initialises_as_the_same_cuts_given_explicitly(model, options, split):
+    """Measuring the cost model must not move the global RNG the heads, decoders and encoders draw from."""
+
+    def build(split):
+        torch.manual_seed(0)
+        return ll.build(model, num_modules=3, split=split, **options)
+
+    computed = build(split)
+    explicit = build([list(c) for c in computed.cuts])
+    a, b = computed.state_dict(), explicit.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
 
 
 def test_balanced_ends_is_optimal_against_brute_force():
@@ -163,6 +200,8 @@ def test_explicit_cuts():
         (dict(num_modules=3, split=["a", "b"]), "pair"),
         (dict(num_modules=18), "larger than the backbone's 17 units"),
         (dict(num_modules=5, split="paper"), "defined for num_modules in"),
+        (dict(num_modules=4, split="stages"), r"resnet32 defines no stages split; its splits are paper, balanced, "
+                                              r"auto, uniform or explicit cuts\.$"),
         (dict(num_modules=4, split="halves"), "valid splits are"),
         (dict(num_modules=0), "num_modules must be an integer >= 1"),
     ],

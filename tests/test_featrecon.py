@@ -8,10 +8,10 @@ import torch.nn.functional as F
 import locallearn as ll
 from locallearn.bench.meters import SavedTensorMeter
 from locallearn.decoders import FEATURE_DECODERS, feature_mse
-from locallearn.featrecon import PatchExpand, TokenHead, _unit_outputs, decoder_span_cost
+from locallearn.featrecon import PatchExpand, _unit_outputs, decoder_span_cost
 from locallearn.heads import create_head
 from locallearn.models import create_model
-from locallearn.models.swin import to_map
+from locallearn.models.swin import TokenClassifier, to_map
 
 TINY = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=2, drop_path_rate=0.0)
 
@@ -92,7 +92,7 @@ def test_fused_linear_loss_keeps_no_prediction_for_backward():
 
 def test_token_head_is_layernorm_token_mean_linear():
     head = create_head("token", (32, 4, 4), 10)
-    assert isinstance(head, TokenHead)
+    assert isinstance(head, TokenClassifier)  # the class of Swin's own classifier unit
     x = channels_last(3, 32, 4, 4)
     expected = head.fc(F.layer_norm(x.flatten(2).transpose(1, 2), (32,), head.norm.weight, head.norm.bias).mean(1))
     assert torch.allclose(head(x), expected, atol=1e-6)

@@ -190,6 +190,21 @@ def test_infopro_on_swin_uses_the_token_head():
     assert ll.build("resnet20", method="infopro", num_modules=2, split="uniform", dataset="cifar10").config.aux_head == "1c2f"
 
 
+def test_infopro_on_a_transformer_is_infopro_transformer():
+    """The method's defaults depend on the model family (config.FAMILY_PRESETS): cross-entropy and λ = (1, 1, 1, 1)
+    on Swin, the contrastive loss and METHODS.md 4's λ tables on ResNets; options still override them."""
+    from locallearn.config import make_config
+
+    for model in ("swin_tiny", "swin_cifar"):
+        cfg = make_config(model, "infopro", dataset="cifar10")
+        assert (cfg.aux_head, cfg.local_loss, cfg.reconstruct, cfg.lambdas) == ("token", "ce", True, (1.0, 1.0, 1.0, 1.0))
+    cfg = make_config("resnet32", "infopro", dataset="cifar10")
+    assert (cfg.aux_head, cfg.local_loss, cfg.lambdas) == ("1c2f", "contrast", None)
+    assert make_config("swin_tiny", "infopro", dataset="cifar10", local_loss="contrast").local_loss == "contrast"
+    net = tiny_net("infopro", num_modules=2, split="stages", dataset="cifar10")
+    assert net.lambda_source == "config" and net.lambda_schedule == [(1.0, 1.0)]
+
+
 def test_activation_checkpointing_matches_end_to_end_on_swin():
     torch.manual_seed(2)
     e2e, ckpt = tiny_net("e2e"), tiny_net("checkpoint")

@@ -2,7 +2,8 @@
 
 A *method* is only a named set of defaults over orthogonal options (head, loss, context mode,
 reconstruction, K), so every preset field can be overridden: ``build("resnet32", method="infopro",
-local_loss="ce")`` is InfoPro with a softmax head.
+local_loss="ce")`` is InfoPro with a softmax head. Where a method's defaults differ by model family
+(``cnn``, ``transformer``: ``models.model_family``), ``FAMILY_PRESETS`` says so, in this one place.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from locallearn.data.specs import DATASETS
 from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
 from locallearn.losses import LOCAL_LOSSES
-from locallearn.models import MODELS, default_aux_head
+from locallearn.models import MODELS, check_model_options, default_aux_head, model_family
 from locallearn.registry import Registry
 from locallearn.split import SPLIT_NAMES
 
@@ -31,6 +32,19 @@ METHODS.register("dgl", dict(aux_head="dgl", local_loss="ce", context="R0", reco
 # aux_head "auto": the backbone family's head (models.default_aux_head): 1c2f on CNNs, the token head on Swin.
 METHODS.register("infopro", dict(aux_head="auto", local_loss="contrast", context="R0", reconstruct=True))
 METHODS.register("contsup", dict(aux_head="auto", local_loss="ce", context="R1E", reconstruct=False))
+
+# (method, model family) → what the method's preset becomes on that family (``method_defaults``).
+# InfoPro on a transformer is InfoPro-Transformer, FeatRecon's baseline (METHODS.md 6): FeatRecon's modules
+# and token head with InfoPro's image decoder, trained with cross-entropy and λ = (1, 1, 1, 1), i.e.
+# BCE + cross-entropy in every local module (our choice: the λ tables of METHODS.md 4 are for ResNets).
+FAMILY_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("infopro", "transformer"): dict(local_loss="ce", lambdas=(1.0, 1.0, 1.0, 1.0)),
+}
+
+
+def method_defaults(method: str, model: str) -> dict[str, Any]:
+    """A method's preset on a model: ``METHODS[method]`` ← ``FAMILY_PRESETS`` for the model's family."""
+    return {**METHODS.get(method), **FAMILY_PRESETS.get((method, model_family(model)), {})}
 
 
 @dataclass
@@ -98,6 +112,7 @@ class NetConfig:
             raise ValueError(f"image_std must be positive in every channel, got {list(self.image_std)}.")
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"model_kwargs: expected a mapping of backbone arguments, got {self.model_kwargs!r}.")
+        check_model_options(self.model, self.model_kwargs)
         _check_int("num_modules", self.num_modules, 1)
         if self.method in ("e2e", "checkpoint") and self.num_modules != 1:
             raise ValueError(
@@ -160,10 +175,11 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 def make_config(model: str, method: str = "contsup", **overrides: Any) -> NetConfig:
-    """Defaults ← the method's preset ← ``overrides``. Unknown keys are refused by name."""
+    """Defaults ← the method's preset on this model (``method_defaults``) ← ``overrides``. Unknown keys are
+    refused by name."""
     unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
     if unknown:
         raise ValueError(f"unknown option {unknown[0]!r}; valid options are {', '.join(CONFIG_FIELDS)}.")
-    values: dict[str, Any] = dict(METHODS.get(method))
+    values: dict[str, Any] = method_defaults(method, model)
     values.update(overrides)
     return NetConfig(model=model, method=method, **values)

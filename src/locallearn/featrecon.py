@@ -32,27 +32,15 @@ from torch import nn
 from locallearn.config import METHODS
 from locallearn.decoders import FEATURE_DECODERS, feature_mse
 from locallearn.heads import HEADS
-from locallearn.models.swin import to_map, to_tokens
+from locallearn.models.swin import TokenClassifier, to_map, to_tokens
 
 METHODS.register(
     "featrecon", dict(aux_head="auto", local_loss="ce", context="R0", reconstruct=False, feature_decoder="linear")
 )
 
 
-# --- the classification head ------------------------------------------------------------------------------
-class TokenHead(nn.Module):
-    """FeatRecon's (and Swin's own) classifier: LayerNorm → mean over tokens → Linear."""
-
-    def __init__(self, channels: int, out_dim: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(channels)
-        self.fc = nn.Linear(channels, out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.norm(to_tokens(x)).mean(dim=1))  # (B, C, H, W) → (B, N, C) → (B, C) → (B, out)
-
-
-HEADS.register("token", lambda in_shape, out_dim: TokenHead(in_shape[0], out_dim))
+# --- the classification head: Swin's own classifier, fresh ------------------------------------------------
+HEADS.register("token", lambda in_shape, out_dim: TokenClassifier.create(in_shape[0], out_dim))
 
 
 # --- feature decoders -------------------------------------------------------------------------------------
@@ -278,4 +266,4 @@ FEATURE_DECODERS.register("linear", PatchExpand)
 FEATURE_DECODERS.register("conv", ConvDecoder)
 FEATURE_DECODERS.register("transformer", TransformerDecoder)
 
-__all__ = ["ConvDecoder", "PatchExpand", "TokenHead", "TransformerDecoder", "decoder_span_cost", "upscale_factor"]
+__all__ = ["ConvDecoder", "PatchExpand", "TransformerDecoder", "decoder_span_cost", "upscale_factor"]

@@ -67,9 +67,11 @@ class LocalNet(nn.Module):
             if config.lambdas is not None:
                 lambdas, self.lambda_source = config.lambdas, "config"
             else:
-                lambdas, self.lambda_source = lookup_lambdas(
-                    config.model, config.dataset, K, balanced=config.split == "balanced"
+                # the memory-balanced λ belong to the papers' memory-balanced cuts, not to a computed split
+                balanced = config.split == "balanced" and self.cuts == splits.table_cuts(
+                    "balanced", config.model, K, image_size
                 )
+                lambdas, self.lambda_source = lookup_lambdas(config.model, config.dataset, K, balanced=balanced)
             self.lambda_schedule = lambda_schedule(lambdas, K)
 
         self.feature_decoders = None
@@ -281,12 +283,11 @@ def _checkpointed(units: nn.ModuleList, x: torch.Tensor, segments: int) -> torch
 
 
 # --- construction --------------------------------------------------------------------------------------
-def resolve_ends(config: NetConfig, backbone: Backbone, costs: Callable[[], SplitCosts] | None = None) -> list[int]:
+def resolve_ends(config: NetConfig, backbone: Backbone, costs: Callable[[], SplitCosts]) -> list[int]:
     """Unit indices where modules end, from the config's split (METHODS.md 2.2).
 
     Computed splits ("auto", or "balanced" without a published table) minimise the largest module's cost
-    as ``costs()`` models it (``split_cost.split_costs``; called only for a computed split). Without
-    ``costs`` they balance the units' own saved bytes alone."""
+    as ``costs()`` models it (``split_cost.split_costs``; called only for a computed split)."""
     K = config.num_modules
     splits.check_num_modules(K, backbone.num_units)
     keys = backbone.unit_keys
@@ -307,18 +308,25 @@ def resolve_ends(config: NetConfig, backbone: Backbone, costs: Callable[[], Spli
             return splits.ends_from_cuts(cuts, keys)
         if config.split in ("paper", "stages"):
             known = sorted(own) if own else (splits.paper_ks(config.model) if config.split == "paper" else [])
+            if not known:
+                raise ValueError(
+                    f"split: {config.model} defines no {config.split} split; its splits are "
+                    f"{', '.join(_split_names(config.model, backbone))} or explicit cuts."
+                )
             raise ValueError(
                 f"split: the {config.split} split of {config.model} is defined for num_modules in "
-                f"{known or 'none'}, not {K}; use split='balanced', 'auto', 'uniform' or explicit cuts."
+                f"{known}, not {K}; use split='balanced', 'auto', 'uniform' or explicit cuts."
             )
     if config.split == "uniform":
         return splits.uniform_ends(backbone.num_units, K)
-    if costs is not None:  # "auto", or "balanced" without a table
-        return costs().ends(K)
-    from locallearn.bench.meters import unit_activation_bytes
+    return costs().ends(K)  # "auto", or "balanced" without a table
 
-    unit_bytes = unit_activation_bytes(backbone, image_size)
-    return splits.balanced_ends(unit_bytes, [0.0] * len(unit_bytes), K)
+
+def _split_names(model: str, backbone: Backbone) -> list[str]:
+    """The named splits that exist for a backbone: ``paper`` and ``stages`` only where tables define them."""
+    defined = {"paper": bool(splits.paper_ks(model) or backbone.named_splits("paper")),
+               "stages": bool(backbone.named_splits("stages"))}
+    return [name for name in splits.SPLIT_NAMES if defined.get(name, True)]
 
 
 def build_net(config: NetConfig) -> LocalNet:

@@ -29,11 +29,14 @@ boundary b = m − 1 after unit e = i − 1 (boundary b − 1 after unit p):
 
 Not modelled: the input image, which the step holds during every module (a constant, it moves no cut).
 Everything is measured on blank inputs at batch 2 (saved bytes are linear in the batch, up to
-BatchNorm's per-channel statistics), on copies of the units, and cached by shape.
+BatchNorm's per-channel statistics), on copies of the units, and cached by shape. Measuring leaves the
+global (CPU) RNG as it found it (``_keeps_rng``), so a computed split initialises the network exactly
+as the same cuts given explicitly.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -53,6 +56,19 @@ from locallearn.models import Backbone
 BATCH = 2  # blank-input batch of every measurement
 
 
+def _keeps_rng(fn: Callable) -> Callable:
+    """Run ``fn`` on a fork of the CPU RNG: the throwaway heads, decoders and encoders the measurements
+    build (and the units' random layers, e.g. Swin's drop path) must not move the global RNG that
+    ``LocalNet`` then initialises its own heads from."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @dataclass
 class SplitCosts:
     """The terms of the cost model (module docstring), in bytes per sample."""
@@ -62,11 +78,13 @@ class SplitCosts:
     start_bytes: Callable[[int, int, int], float] | None  # (boundary b, unit e it follows, previous boundary's unit p)
     span_bytes: Callable[[int, int], float] | None  # (i, j) → bytes, local modules only
 
+    @_keeps_rng  # start_bytes and span_bytes measure lazily
     def ends(self, num_modules: int) -> list[int]:
         return splits.balanced_ends(
             self.unit_bytes, self.end_bytes, num_modules, start_bytes=self.start_bytes, span_bytes=self.span_bytes
         )
 
+    @_keeps_rng
     def module_costs(self, bounds: list[tuple[int, int]]) -> list[float]:
         """The modelled cost of each module of a split given as unit ranges [a, b)."""
         n = len(self.unit_bytes)
@@ -82,6 +100,7 @@ class SplitCosts:
         return out
 
 
+@_keeps_rng
 def split_costs(config: NetConfig, backbone: Backbone) -> SplitCosts:
     """The cost model's terms for ``config``'s network on ``backbone``, in bytes per sample."""
     image_size = config.image_size or backbone.image_size

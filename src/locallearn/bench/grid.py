@@ -10,9 +10,8 @@ running (``BenchConfig``), by these rules:
 - Context modes multiply only the methods that supply context (``contsup``); every other method runs
   with its preset's mode. Feature decoders multiply only the methods that reconstruct features
   (``featrecon``); every other method has none.
-- On a transformer backbone (``aux_head="auto"`` is the token head: Swin), ``infopro`` is
-  InfoPro-Transformer as the presets of ``configs/swin/`` define it: token head, cross-entropy and
-  λ = (1, 1, 1, 1), i.e. BCE + cross-entropy in every local module (``TRANSFORMER_OPTIONS``).
+- Every method runs with its preset on the model (``config.method_defaults``): on a transformer backbone
+  (Swin) ``infopro`` is InfoPro-Transformer, as in ``configs/swin/``.
 - A combination that cannot be built (a ``paper`` split at a K its table lacks, R8 at K = 4) is still
   listed: the runner reports it as skipped, with the builder's reason.
 
@@ -26,18 +25,16 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from locallearn.config import METHODS
+from locallearn.config import METHODS, method_defaults
 from locallearn.context import MODE_NAMES, ContextMode
 from locallearn.decoders import FEATURE_DECODERS
-from locallearn.models import MODELS, create_model, default_aux_head
+from locallearn.models import MODELS, create_model
 from locallearn.split import SPLIT_NAMES
 
 SINGLE_MODULE_METHODS = ("e2e", "checkpoint")  # trained as one module: K = 1, no split, no context
 CONTEXT_METHODS = ("contsup",)  # the methods whose context mode is a grid axis
 DECODER_METHODS = ("featrecon",)  # the methods whose feature decoder is a grid axis
 REFERENCE = "e2e"
-# Options a method takes on a transformer backbone, as configs/swin/ does (InfoPro-Transformer).
-TRANSFORMER_OPTIONS = {"infopro": dict(local_loss="ce", lambdas=(1.0, 1.0, 1.0, 1.0))}
 
 
 @dataclass(frozen=True)
@@ -61,8 +58,6 @@ class BenchConfig:
             options["context"] = self.context
         if self.feature_decoder is not None:
             options["feature_decoder"] = self.feature_decoder
-        if default_aux_head(self.model) == "token":
-            options.update(TRANSFORMER_OPTIONS.get(self.method, {}))
         return options
 
     @property
@@ -148,7 +143,8 @@ class GridSpec:
                 for method in dict.fromkeys(single):
                     configs.append(BenchConfig(method=method, num_modules=1, split=None, context="R0", **one))
                 for method in (m for m in self.methods if m not in SINGLE_MODULE_METHODS):
-                    contexts = self.contexts if method in CONTEXT_METHODS else (METHODS.get(method)["context"],)
+                    own_context = method_defaults(method, model)["context"]
+                    contexts = self.contexts if method in CONTEXT_METHODS else (own_context,)
                     decoders = self.feature_decoders if method in DECODER_METHODS else (None,)
                     for k in (k for k in self.num_modules if k > 1):
                         for split in self.splits:

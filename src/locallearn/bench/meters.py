@@ -312,24 +312,3 @@ def recompute_increment(saves: list[UnitSaves], i: int, first: bool) -> int:
     new unless the previous unit saved it as its own output."""
     extra = 0 if first or saves[i - 1].saves_output else saves[i].input_bytes
     return saves[i].own_bytes + extra
-
-
-def module_activation_bytes(module: nn.Module, in_shape: tuple[int, ...], *, batch: int = 2) -> float:
-    """Saved-for-backward bytes of one training-mode forward of ``module`` on a blank input, per sample.
-
-    Runs on a copy, so BatchNorm statistics of the real module are untouched.
-    """
-    module = copy.deepcopy(module).train()
-    param = next(module.parameters(), None)
-    device = param.device if param is not None else "cpu"
-    x = torch.zeros(batch, *in_shape, device=device)
-    with SavedTensorMeter(module.parameters()) as meter:
-        out = module(x)
-        del out
-    return meter.peak_bytes / batch
-
-
-def unit_activation_bytes(backbone: nn.Module, image_size: int, *, batch: int = 2) -> list[float]:
-    """Per-sample saved-for-backward bytes of each unit of a backbone, in order."""
-    in_shapes = [(backbone.in_channels, image_size, image_size)] + backbone.unit_shapes(image_size)[:-1]
-    return [module_activation_bytes(u, s, batch=batch) for u, s in zip(backbone.units, in_shapes)]

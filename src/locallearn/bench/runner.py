@@ -23,10 +23,8 @@ import datetime as _dt
 import gc
 import os
 import platform
-import subprocess
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -36,6 +34,7 @@ import locallearn
 from locallearn.bench.grid import REFERENCE, BenchConfig, GridSpec
 from locallearn.bench.meters import CudaPeakMeter, StepMemoryMeter
 from locallearn.engine import train_step
+from locallearn.provenance import git_revision
 
 Log = Callable[[str], None]
 MEMORY_FIELDS = (
@@ -348,23 +347,10 @@ def environment(options: RunOptions, command: str | None = None) -> dict:
         python=platform.python_version(),
         torch=torch.__version__,
         locallearn=locallearn.__version__,
-        git_revision=_git_revision(),
+        git_revision=git_revision(),
         options=asdict(options),
         cuda_device=None,
     )
     if str(options.device).startswith("cuda"):
         info["cuda_device"] = torch.cuda.get_device_name(torch.device(options.device))
     return info
-
-
-def _git_revision() -> str | None:
-    root = Path(__file__).resolve().parents[3]
-    try:
-        git = dict(cwd=root, capture_output=True, text=True, timeout=10)
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], **git)
-        dirty = subprocess.run(["git", "status", "--porcelain"], **git)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if rev.returncode != 0:
-        return None
-    return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

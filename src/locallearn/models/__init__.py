@@ -1,8 +1,23 @@
 """Backbones as ordered units. One file per model family; each registers its factories on import."""
 
 from locallearn.models.base import Backbone
-from locallearn.models.registry import MODELS, create_model, default_aux_head, register_model
+from locallearn.models.registry import (
+    MODELS,
+    check_model_options,
+    create_model,
+    default_aux_head,
+    model_family,
+    register_model,
+)
 from locallearn.models import resnet_cifar  # noqa: F401  (registers resnet20..resnet110)
 from locallearn.models import swin  # noqa: F401  (registers swin_tiny, swin_cifar; imports transformers lazily)
 
-__all__ = ["MODELS", "Backbone", "create_model", "default_aux_head", "register_model"]
+__all__ = [
+    "MODELS",
+    "Backbone",
+    "check_model_options",
+    "create_model",
+    "default_aux_head",
+    "model_family",
+    "register_model",
+]

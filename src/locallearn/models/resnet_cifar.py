@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from locallearn.models.base import Backbone
-from locallearn.models.registry import register_model
+from locallearn.models.registry import register_model, signature_options
 
 WIDTHS = (16, 32, 64)
 
@@ -92,5 +92,6 @@ class CifarResNet(Backbone):
         # nn.Linear keeps PyTorch's default initialisation (METHODS.md 2.1).
 
 
+_OPTIONS = signature_options(CifarResNet, exclude=("depth",))  # the depth is the model's name
 for _depth in (20, 32, 44, 56, 110):
-    register_model(f"resnet{_depth}", lambda *, _d=_depth, **kw: CifarResNet(depth=_d, **kw))
+    register_model(f"resnet{_depth}", lambda *, _d=_depth, **kw: CifarResNet(depth=_d, **kw), options=_OPTIONS)

@@ -28,7 +28,8 @@ stage 2, K = 4 after stages 1, 2 and 3 (METHODS.md 6). ``balanced`` has no publi
 is computed from measured activation bytes (``auto``); ``uniform`` and explicit cuts work as for ResNets.
 
 **Methods.** Every method runs on Swin: ``e2e``, ``checkpoint``, ``greedy`` (pool → Linear head), ``dgl``,
-``featrecon``, ``infopro`` (InfoPro-Transformer: the token head and InfoPro's image decoder) and
+``featrecon``, ``infopro`` (InfoPro-Transformer: the token head and InfoPro's image decoder, with
+cross-entropy and λ = (1, 1, 1, 1), the method's ``transformer`` defaults in ``config.FAMILY_PRESETS``) and
 ``contsup`` — with every context mode, since every boundary between units is a (C, H, W) map, all that
 ContSup's encoders need. ``aux_head="auto"`` (the presets' default) is the token head here.
 """
@@ -36,6 +37,7 @@ ContSup's encoders need. ``aux_head="auto"`` (the presets' default) is the token
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locallearn.models.base import Backbone
-from locallearn.models.registry import register_model
+from locallearn.models.registry import register_model, signature_options
 
 Cut = tuple[int, int]
 
@@ -103,15 +105,20 @@ class MergeUnit(nn.Module):
         return to_map(self.merge(to_tokens(x), (h, w)), h // 2, w // 2)
 
 
-class ClassifierUnit(nn.Module):
-    """The network's own head: LayerNorm → mean over tokens → Linear, (B, C, H, W) → (B, classes)."""
+class TokenClassifier(nn.Module):
+    """LayerNorm → mean over tokens → Linear, (B, C, H, W) → (B, out): the network's own head (the last
+    unit, over transformers' modules) and, built fresh (``create``), FeatRecon's token head."""
 
     def __init__(self, norm: nn.LayerNorm, fc: nn.Linear) -> None:
         super().__init__()
         self.norm, self.fc = norm, fc
 
+    @classmethod
+    def create(cls, channels: int, out_dim: int) -> TokenClassifier:
+        return cls(nn.LayerNorm(channels), nn.Linear(channels, out_dim))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.norm(to_tokens(x)).mean(dim=1))  # (B, N, C) → (B, C) → (B, classes)
+        return self.fc(self.norm(to_tokens(x)).mean(dim=1))  # (B, N, C) → (B, C) → (B, out)
 
 
 # --- architecture -----------------------------------------------------------------------------------------
@@ -223,7 +230,7 @@ class SwinBackbone(Backbone):
             if stage.downsample is not None:
                 units.append(MergeUnit(stage.downsample))
                 keys.append((s, len(stage.blocks)))
-        units.append(ClassifierUnit(swin.layernorm, hf_model.classifier))
+        units.append(TokenClassifier(swin.layernorm, hf_model.classifier))
         keys.append((len(spec.depths) + 1, 0))
         self.units = nn.ModuleList(units)
         self.unit_keys = keys
@@ -327,14 +334,9 @@ def create_swin(
     pretrained: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> SwinBackbone:
-    """A Swin variant: ``defaults`` ← ``overrides`` (any of ``_SPEC_FIELDS``); see the module docstring for
-    ``image_size`` and ``resolution``; ``pretrained`` a hub name or a ``save_pretrained`` directory."""
-    unknown = sorted(set(overrides) - set(_SPEC_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"model_kwargs: unknown option {unknown[0]!r} for {name}; valid options are image_size, resolution, "
-            f"pretrained, {', '.join(_SPEC_FIELDS)}."
-        )
+    """A Swin variant: ``defaults`` ← ``overrides`` (any of ``_SPEC_FIELDS``; ``create_model`` refuses
+    others by name); see the module docstring for ``image_size`` and ``resolution``; ``pretrained`` a hub
+    name or a ``save_pretrained`` directory."""
     fields = {**defaults, **overrides}
     fields["resolution"] = resolution or image_size or defaults["resolution"]
     spec = SwinSpec(name=name, **fields)
@@ -342,5 +344,6 @@ def create_swin(
     return SwinBackbone(spec, num_classes=num_classes, image_size=image_size, hf_model=hf_model)
 
 
-register_model("swin_tiny", lambda **kw: create_swin("swin_tiny", SWIN_TINY, **kw), aux_head="token")
-register_model("swin_cifar", lambda **kw: create_swin("swin_cifar", SWIN_CIFAR, **kw), aux_head="token")
+_OPTIONS = (*signature_options(create_swin, exclude=("name", "defaults")), *_SPEC_FIELDS)
+for _name, _defaults in (("swin_tiny", SWIN_TINY), ("swin_cifar", SWIN_CIFAR)):
+    register_model(_name, functools.partial(create_swin, _name, _defaults), family="transformer", options=_OPTIONS)

@@ -21,6 +21,7 @@ from locallearn.bench.meters import SavedTensorMeter
 from locallearn.data import BatchLoader, get_spec, load_split
 from locallearn.engine import train_step
 from locallearn.net import LocalNet, build_net
+from locallearn.provenance import git_revision
 from locallearn.training.recipe import (
     TrainConfig,
     dump_yaml,
@@ -327,20 +328,7 @@ def summarize(history: list[dict[str, Any]], *, config: TrainConfig, net: LocalN
 
 # --- what is printed ----------------------------------------------------------------------------------------
 def _versions() -> dict[str, str]:
-    return {"locallearn": locallearn.__version__, "torch": torch.__version__, "git": _git_revision()}
-
-
-def _git_revision() -> str:
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+    return {"locallearn": locallearn.__version__, "torch": torch.__version__, "git": git_revision() or "unknown"}
 
 
 def _provenance() -> list[str]:
