@@ -120,6 +120,7 @@ def _fit(env: DistEnv, config, resume: bool, overwrite: bool, requested, log: Lo
     stage = layout.stage_of(env.rank)
     modules = layout.assignment[stage]
     writer = layout.replica_of(env.rank) == 0  # one file per stage
+    owned = set(stage_state_keys(net, modules))
     if writer and not resume:
         _remove_stage_files(stage_dir, stage)
     links, dp_group, _ = make_groups(layout, backend=env.backend, device_type=env.device.type)
@@ -127,7 +128,7 @@ def _fit(env: DistEnv, config, resume: bool, overwrite: bool, requested, log: Lo
     start, history = _resume(env, run, net, optimizer, layout, found, merged_epoch, stage_dir)
     if env.is_main:
         if not run.file("config.yaml").is_file():
-            run.write_config(dump_yaml(config.to_dict(), header=loop._provenance()))
+            run.write_config(dump_yaml(config.to_dict(), header=loop._provenance() + loop._derived(net)))
         run.write_metrics(history)  # drops any epoch logged after the checkpoints were taken
     finished = [start == config.epochs and run.finished]
     dist.broadcast_object_list(finished, src=0, group=env.ctrl)  # rank 0's run directory decides
@@ -165,7 +166,7 @@ def _fit(env: DistEnv, config, resume: bool, overwrite: bool, requested, log: Lo
         if writer:
             _save_stage(stage_dir, stage, epoch, {
                 "format": CHECKPOINT_FORMAT, "epoch": epoch, "stage": stage, "layout": layout.to_dict(),
-                "model": {k: v for k, v in net.state_dict().items() if k in set(stage_state_keys(net, modules))},
+                "model": {k: v for k, v in net.state_dict().items() if k in owned},
                 "optimizer": optimizer.state_dict(), "lr_schedule": schedule, "rng": rng_state(),
                 "config": config.to_dict(), "history": history if first else [],
             })
@@ -439,12 +440,13 @@ def _pipeline_summary(layout: Layout, config, history: list[dict[str, Any]]) -> 
     """summary.json's ``pipeline``: the layout, the schedule, and each rank's throughput and memory over
     the epochs of this run."""
     ranks = []
+    piped = [h for h in history if len(h.get("ranks", ())) == len(history[-1]["ranks"])]  # epochs of this layout
     for i, first in enumerate(history[-1]["ranks"]):
-        rows = [h["ranks"][i] for h in history if "ranks" in h]
+        rows = [h["ranks"][i] for h in piped]
         ranks.append({
             **{k: first[k] for k in ("rank", "stage", "replica", "modules", "device")},
             "images_per_s": sum(r["images_per_s"] for r in rows) / len(rows),
-            "busy": sum(r["compute_s"] for r in rows) / max(1e-9, sum(h["train_time_s"] for h in history)),
+            "busy": sum(r["compute_s"] for r in rows) / max(1e-9, sum(h["train_time_s"] for h in piped)),
             "peak_memory_mb": max(r["peak_memory_mb"] for r in rows),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
         })

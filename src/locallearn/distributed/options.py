@@ -26,3 +26,16 @@ def check_parallel_options(config: Any) -> None:
     if config.parallel == "none" and (dp != 1 or config.pipeline_sync):
         flag = "--data-parallel" if dp != 1 else "--pipeline-sync"
         raise ValueError(f"{flag} applies to --parallel pipeline; add --parallel pipeline (under torchrun) or drop it.")
+
+
+def check_single_process_launch(config: Any) -> None:
+    """Refuse a single-process run started as several ranks (torchrun without ``--parallel pipeline``):
+    every rank would train the whole network into the same run directory."""
+    import os
+
+    world = os.environ.get("WORLD_SIZE")
+    if config.parallel == "none" and world is not None and world.isdigit() and int(world) > 1:
+        raise ValueError(
+            f"parallel: this process is one of {world} ranks (torchrun) but --parallel is none, so every rank "
+            "would train the whole network into the same run directory; add --parallel pipeline, or start one process."
+        )

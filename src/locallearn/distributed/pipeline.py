@@ -133,6 +133,7 @@ class PhaseStats:
     loss_sum: float = 0.0
     saved_bytes: int = 0  # bytes autograd saved in the phase's first step (CPU)
     batch_losses: list[tuple[int, list[float]]] = field(default_factory=list)  # (images, this stage's loss/k)
+    done_s: list[float] = field(default_factory=list)  # when each batch was done, from the phase's start
 
     def add(self, metrics: dict[str, float], n: int, modules: range) -> None:
         for key, value in metrics.items():
@@ -175,6 +176,7 @@ class PipelineStage:
         links: dict[tuple[int, int], Any] | None = None,
         dp_group: Any = None,
         barrier_group: Any = None,
+        meter_memory: bool = True,
     ) -> None:
         self.net, self.layout, self.rank, self.optimizer = net, layout, rank, optimizer
         self.device, self.sync, self.autocast_dtype = device, sync, autocast_dtype
@@ -184,6 +186,7 @@ class PipelineStage:
         self.first = self.stage == 0
         self.last = self.stage == layout.stages - 1
         self.barrier_group = barrier_group
+        self.meter_memory = meter_memory  # count autograd's saved bytes in each phase's first step (CPU)
         links = links or {}
         depth = 0 if sync else depth
         self.inbox = self.outbox = None
@@ -258,6 +261,7 @@ class PipelineStage:
             if self.sync:
                 dist.barrier(group=self.barrier_group)  # lock step: nobody starts batch t+1 before all finish t
             stats.wall_s = time.perf_counter() - start
+            stats.done_s.append(stats.wall_s)
         if self.outbox is not None:
             self.outbox.put(Message(Kind.END))
         stats.wait_in_s = self.inbox.wait_s if self.inbox is not None else 0.0
@@ -290,7 +294,8 @@ class PipelineStage:
             yield message.index, t["h"], ForwardState(image=t.get("image"), history=history), t["labels"]
 
     def _train_batch(self, stats: PhaseStats, inputs, state: ForwardState, labels) -> torch.Tensor:
-        meter = SavedTensorMeter(self.net.parameters()) if stats.batches == 0 and self.device.type != "cuda" else None
+        first_step = stats.batches == 0 and self.meter_memory and self.device.type != "cuda"
+        meter = SavedTensorMeter(self.net.parameters()) if first_step else None
         begin = time.perf_counter()
         with meter or contextlib.nullcontext():
             metrics, h = train_modules(

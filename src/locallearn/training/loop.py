@@ -19,6 +19,7 @@ from tqdm import tqdm
 import locallearn
 from locallearn.bench.meters import SavedTensorMeter
 from locallearn.data import BatchLoader, get_spec, load_split
+from locallearn.distributed.options import check_single_process_launch
 from locallearn.engine import train_step
 from locallearn.net import LocalNet, build_net
 from locallearn.provenance import git_revision
@@ -207,6 +208,7 @@ def fit(
         from locallearn.distributed.fit import fit_pipeline
 
         return fit_pipeline(config, resume=resume, overwrite=overwrite, requested=requested, log=log)
+    check_single_process_launch(config)
     run, config, checkpoint = open_run(config, resume=resume, overwrite=overwrite, requested=requested)
     device = resolve_device(config.device)
     # The data first: a missing dataset must fail before the run directory is written.
