@@ -128,7 +128,7 @@ def _fit(env: DistEnv, config, resume: bool, overwrite: bool, requested, log: Lo
     start, history = _resume(env, run, net, optimizer, layout, found, merged_epoch, stage_dir)
     if env.is_main:
         if not run.file("config.yaml").is_file():
-            run.write_config(dump_yaml(config.to_dict(), header=loop._provenance() + loop._derived(net)))
+            run.write_config(dump_yaml(config.to_dict(), header=loop.provenance() + loop.derived(net)))
         run.write_metrics(history)  # drops any epoch logged after the checkpoints were taken
     finished = [start == config.epochs and run.finished]
     dist.broadcast_object_list(finished, src=0, group=env.ctrl)  # rank 0's run directory decides
@@ -147,7 +147,7 @@ def _fit(env: DistEnv, config, resume: bool, overwrite: bool, requested, log: Lo
     )
     parameters = sum(p.numel() for p in net.parameters())
     if env.is_main:
-        _log_start(log, config, net, run, layout, env, parameters, train_loader, test_loader, start)
+        _log_pipeline_start(log, config, net, run, layout, env, parameters, train_loader, test_loader, start)
 
     for epoch in range(start + 1, config.epochs + 1):
         lr = schedule[epoch - 1]
@@ -159,7 +159,7 @@ def _fit(env: DistEnv, config, resume: bool, overwrite: bool, requested, log: Lo
         test = runner.eval_phase(test_loader)
         reports: list[Any] = [None] * env.world_size
         dist.all_gather_object(reports, _rank_report(env, layout, runner, train, test), group=env.ctrl)
-        record = _epoch_record(epoch, lr, reports, net.num_modules)
+        record = _merged_record(epoch, lr, reports, net.num_modules)
         history.append(record)
         if env.is_main:
             run.append_metrics(record)  # metrics first: no checkpoint is ever ahead of metrics.jsonl
@@ -177,7 +177,7 @@ def _fit(env: DistEnv, config, resume: bool, overwrite: bool, requested, log: Lo
             "format": CHECKPOINT_FORMAT, "epoch": epoch, "lr_schedule": schedule, "rng": rng_state(),
             "config": config.to_dict(), "history": history,
         })
-        log(loop._epoch_line(record, config.epochs))
+        log(loop.epoch_line(record, config.epochs))
 
     runner.close()
     if not env.is_main:
@@ -185,7 +185,7 @@ def _fit(env: DistEnv, config, resume: bool, overwrite: bool, requested, log: Lo
     summary = loop.summarize(history, config=config, net=net, parameters=parameters)
     summary["pipeline"] = _pipeline_summary(layout, config, history)
     run.write_summary(summary)
-    loop._log_end(log, summary, run)
+    loop.log_end(log, summary, run)
     return summary
 
 
@@ -383,10 +383,10 @@ def _rank_report(env: DistEnv, layout: Layout, runner: PipelineStage, train: Pha
     }
 
 
-def _epoch_record(epoch: int, lr: float, reports: list[dict], num_modules: int) -> dict[str, Any]:
-    """The metrics line of a single-process run (``training.loop._epoch_record``), from every rank's
+def _merged_record(epoch: int, lr: float, reports: list[dict], num_modules: int) -> dict[str, Any]:
+    """The metrics line of a single-process run (``training.loop.epoch_record``), from every rank's
     report, plus ``ranks``: per-rank throughput, time and memory."""
-    from locallearn.training.loop import _epoch_record as single_process_record
+    from locallearn.training.loop import epoch_record as single_process_record
 
     by_stage: dict[int, list[dict]] = {}
     for r in reports:
@@ -453,8 +453,8 @@ def _pipeline_summary(layout: Layout, config, history: list[dict[str, Any]]) -> 
     return {**layout.to_dict(), "schedule": "sync" if config.pipeline_sync else "overlapped", "ranks": ranks}
 
 
-def _log_start(log, config, net, run, layout: Layout, env: DistEnv, parameters, train_loader, test_loader, done):
-    from locallearn.training.loop import _log_start as single_process_start
+def _log_pipeline_start(log, config, net, run, layout: Layout, env: DistEnv, parameters, train_loader, test_loader, done):
+    from locallearn.training.loop import log_start as single_process_start
 
     single_process_start(
         log, config, net, run, env.device, parameters, len(train_loader.images), len(test_loader.images), done

@@ -229,7 +229,7 @@ def fit(
         set_rng_state(checkpoint["rng"])
         history = list(checkpoint["history"])
     elif not run.file(CONFIG).is_file():
-        run.write_config(dump_yaml(config.to_dict(), header=_provenance() + _derived(net)))
+        run.write_config(dump_yaml(config.to_dict(), header=provenance() + derived(net)))
     run.write_metrics(history)  # drops any epoch logged after the checkpoint was taken
     done = len(history)
     if done == config.epochs and run.finished:
@@ -239,7 +239,7 @@ def fit(
         compile_parts(net)
 
     parameters = sum(p.numel() for p in net.parameters())
-    _log_start(log, config, net, run, device, parameters, len(train_loader.images), len(test_loader.images), done)
+    log_start(log, config, net, run, device, parameters, len(train_loader.images), len(test_loader.images), done)
 
     for epoch in range(done + 1, config.epochs + 1):
         lr = schedule[epoch - 1]
@@ -258,7 +258,7 @@ def fit(
         eval_start = time.perf_counter()
         test = evaluate(net, test_loader, autocast_dtype=config.autocast_dtype)
         eval_time = time.perf_counter() - eval_start
-        record = _epoch_record(epoch, lr, train, test, eval_time)
+        record = epoch_record(epoch, lr, train, test, eval_time)
         history.append(record)
         run.append_metrics(record)  # metrics first: the checkpoint is never ahead of metrics.jsonl
         run.save_checkpoint(
@@ -273,15 +273,15 @@ def fit(
                 "history": history,
             }
         )
-        log(_epoch_line(record, config.epochs))
+        log(epoch_line(record, config.epochs))
 
     summary = summarize(history, config=config, net=net, parameters=parameters)
     run.write_summary(summary)
-    _log_end(log, summary, run)
+    log_end(log, summary, run)
     return summary
 
 
-def _epoch_record(epoch: int, lr: float, train: dict[str, Any], test: dict[str, float], eval_time: float) -> dict:
+def epoch_record(epoch: int, lr: float, train: dict[str, Any], test: dict[str, float], eval_time: float) -> dict:
     """One line of metrics.jsonl. Deterministic fields first; *_time_s, images_per_s are wall-clock."""
     timing = {"train_time_s", "images_per_s", "peak_memory_mb", "peak_memory_kind", "train_images"}
     per_step = {k: v for k, v in train.items() if k not in timing}
@@ -333,7 +333,7 @@ def _versions() -> dict[str, str]:
     return {"locallearn": locallearn.__version__, "torch": torch.__version__, "git": git_revision() or "unknown"}
 
 
-def _provenance() -> list[str]:
+def provenance() -> list[str]:
     v = _versions()
     return [
         "Resolved config of this run: every option of `locallearn train`, defaults included.",
@@ -341,7 +341,7 @@ def _provenance() -> list[str]:
     ]
 
 
-def _derived(net: LocalNet) -> list[str]:
+def derived(net: LocalNet) -> list[str]:
     """What the build derived from the config, for config.yaml's header and the start log: the cuts and,
     with reconstruction, the λ schedule and where it came from (a table, or the documented default)."""
     lines = [f"cuts: {[list(c) for c in net.cuts]}"]
@@ -351,7 +351,7 @@ def _derived(net: LocalNet) -> list[str]:
     return lines
 
 
-def _log_start(
+def log_start(
     log: Log, config: TrainConfig, net: LocalNet, run: RunDir, device: torch.device, parameters: int,
     n_train: int, n_test: int, done: int,
 ) -> None:
@@ -366,12 +366,12 @@ def _log_start(
     log(f"  recipe: {config.epochs} epochs, batch {config.batch_size}, SGD lr {config.lr} ({sgd}), "
         f"{warmup} warm-up epochs + cosine, seed {config.seed}, {device}"
         + (f", amp {config.amp}" if config.amp != "none" else "") + (", compiled" if config.compile else ""))
-    log(f"  network: {parameters:,} parameters, " + "; ".join(_derived(net)))
+    log(f"  network: {parameters:,} parameters, " + "; ".join(derived(net)))
     log(f"  run directory: {run.path} (resolved config in {CONFIG})"
         + (f"; resuming after epoch {done}" if done else ""))
 
 
-def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
     train_acc = record.get("train_acc")
     acc = f"  train acc {100 * train_acc:5.1f}%" if train_acc is not None else ""
     return (
@@ -385,7 +385,7 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _log_end(log: Log, summary: dict[str, Any], run: RunDir) -> None:
+def log_end(log: Log, summary: dict[str, Any], run: RunDir) -> None:
     minutes, seconds = divmod(round(summary["total_time_s"]), 60)
     log(
         f"done: test accuracy {100 * summary['test_acc']:.2f}% after {_plural(summary['epochs'], 'epoch')} "
