@@ -119,7 +119,11 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("locallearn: error: ") and err.count("\n") == 1 and words in err, err
-    for argv, words in ((["train", "--epochs", "many"], "invalid int value"), (["train", "--bogus"], "unrecognized")):
+    for argv, words in (
+        (["train", "--epochs", "many"], "invalid int value"),
+        (["train", "--bogus"], "unrecognized"),
+        (["train", "--epoch", "3"], "unrecognized arguments: --epoch"),  # no abbreviations
+    ):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2

@@ -122,7 +122,13 @@ SUBCOMMANDS = [_add_train, _add_eval, _add_list, _add_report, _add_data, _add_be
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors (unknown flag, bad value) in one line, as every other error, instead of the usage block."""
+    """Usage errors (unknown flag, bad value) in one line, as every other error, instead of the usage block.
+    Flags must be spelled out: an abbreviation (``--epoch`` for ``--epochs``) is an unknown flag, so a typo
+    never silently lands on a neighbouring option."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
