@@ -198,7 +198,7 @@ def decoder_span_cost(
     decoder and its MSE — per sample. The target (the module's input) is charged only where nothing else
     counts it: a module's input is held by the step (``split_cost``: the start cost), and module 0's target,
     the patch embedding, is counted with unit 1 when that unit saves its input (a Swin block does); it is
-    added here when unit 1 does not (a patch merging). Inputs as ``LocalNet._module_input_shape``: the
+    added here when unit 1 does not (a patch merging). Inputs as in ``LocalNet.__init__``: the
     image, the patch embedding for module 0, else unit i−1's output.
 
     ``profile``: each unit's output (real memory layout) and whether the unit saves its input, from a

@@ -55,12 +55,20 @@ class LocalLoss:
     head_dim: Callable[[int], int]  # number of classes → head output size
     fn: Callable[..., torch.Tensor]
     gives_logits: bool  # head output are class logits (so accuracy can be reported)
+    uses_temperature: bool = False  # fn takes the contrastive temperature τ
+
+    def score(self, head_output: torch.Tensor, labels: torch.Tensor, *, temperature: float) -> torch.Tensor:
+        """The loss of a head's output; ``temperature`` reaches only the losses that have one."""
+        if self.uses_temperature:
+            return self.fn(head_output, labels, temperature=temperature)
+        return self.fn(head_output, labels)
 
 
 LOCAL_LOSSES: Registry[LocalLoss] = Registry("local loss", plural="local losses")
 LOCAL_LOSSES.register("ce", LocalLoss("ce", lambda classes: classes, cross_entropy, gives_logits=True))
 LOCAL_LOSSES.register(
-    "contrast", LocalLoss("contrast", lambda classes: 128, supervised_contrastive, gives_logits=False)
+    "contrast",
+    LocalLoss("contrast", lambda classes: 128, supervised_contrastive, gives_logits=False, uses_temperature=True),
 )
 
 # ---------------------------------------------------------------------------------------------------

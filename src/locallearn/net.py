@@ -76,12 +76,14 @@ class LocalNet(nn.Module):
 
         self.feature_decoders = None
         if config.feature_decoder is not None and K > 1:
-            in_shapes = [(backbone.in_channels, image_size, image_size)] + self.boundary_shapes
+            image_shape = (backbone.in_channels, image_size, image_size)
+            first_input = shapes[0] if self._first_target_is_embedding() else image_shape
+            in_shapes = [first_input] + self.boundary_shapes
             # module k reconstructs its own input: the previous module's output, or for k = 0 the output
             # of the first unit (the patch embedding), which is why FeatRecon's first module starts after it.
             factory = FEATURE_DECODERS.get(config.feature_decoder)
             self.feature_decoders = nn.ModuleList(
-                [factory(self.boundary_shapes[k], self._module_input_shape(k, shapes, in_shapes)) for k in range(K - 1)]
+                [factory(self.boundary_shapes[k], in_shapes[k]) for k in range(K - 1)]
             )
 
         mode = ContextMode.parse(config.context)
@@ -101,12 +103,12 @@ class LocalNet(nn.Module):
             n = max(b - a for a, b in self.bounds)
             self.checkpoint_segments = min(n, config.checkpoint_segments or max(1, round(math.sqrt(n))))
 
-    def _module_input_shape(self, k, unit_shapes, in_shapes):
-        return in_shapes[k] if k > 0 else (unit_shapes[0] if self.bounds[0][1] > 1 else in_shapes[0])
+    def _first_target_is_embedding(self) -> bool:
+        """Whether module 0's feature target is its first unit's output (it has more units than that one)."""
+        return self.bounds[0][1] > 1
 
     def _reconstructs_embedding(self) -> bool:
-        """Whether module 0's feature target is its first unit's output (it has more units than that one)."""
-        return self.feature_decoders is not None and self.bounds[0][1] > 1
+        return self.feature_decoders is not None and self._first_target_is_embedding()
 
     @property
     def num_modules(self) -> int:
@@ -166,10 +168,7 @@ class LocalNet(nn.Module):
             loss = F.cross_entropy(h, labels)
             return loss, {"loss": loss.detach(), "acc": _accuracy(h, labels)}
         z = self.aux_heads[k](h)
-        if self.loss.name == "contrast":
-            task = self.loss.fn(z, labels, temperature=self.config.temperature)
-        else:
-            task = self.loss.fn(z, labels)
+        task = self.loss.score(z, labels, temperature=self.config.temperature)
         metrics = {"task": task.detach()}
         if self.loss.gives_logits:
             metrics["acc"] = _accuracy(z, labels)

@@ -156,8 +156,7 @@ def objective_cost(config: NetConfig, image_size: int) -> Callable[[torch.Tensor
             params = itertools.chain.from_iterable(itertools.chain(p.parameters(), p.buffers()) for p in parts)
             with SavedTensorMeter(params) as meter:
                 z = parts[0].train()(h)
-                extra = dict(temperature=config.temperature) if loss.name == "contrast" else {}
-                total = loss.fn(z, labels, **extra)
+                total = loss.score(z, labels, temperature=config.temperature)
                 if len(parts) > 1:
                     # the un-normalised image, which LocalNet.denormalize computes anew for every module
                     target = torch.zeros(h.shape[0], 3, image_size, image_size)
