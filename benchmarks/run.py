@@ -22,7 +22,7 @@ import torch
 from locallearn.bench.grid import GridSpec
 from locallearn.bench.report import markdown, plot, targets_table, write_results
 from locallearn.bench.runner import RunOptions, environment, run_memory, run_speed
-from locallearn.bench.targets import evaluate
+from targets import evaluate, gpu_section  # this directory's: the project's own thresholds
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only:
         results = {kind: _load(args.out / f"{kind}.json") for kind in ("memory", "speed")}
         for kind, (rows, meta) in results.items():
-            write_results(args.out, kind, rows, meta)
+            write(args.out, kind, rows, meta)
         _summarize(args.out, results, readme=args.out.resolve() == (HERE / "results").resolve())
         return 0
     command = " ".join(["python benchmarks/run.py", *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
@@ -133,11 +133,20 @@ def main(argv: list[str] | None = None) -> int:
 
     for kind, (rows, meta) in results.items():
         # the GPU run keeps its own name, so the committed CPU results stay beside it
-        paths = write_results(args.out, "memory" if kind == "gpu_memory" else kind, rows, meta, name=kind)
+        paths = write(args.out, "memory" if kind == "gpu_memory" else kind, rows, meta, name=kind)
         _log(f"wrote {', '.join(str(p) for p in paths.values())}")
     if "memory" in results and "speed" in results:
         _summarize(args.out, results, readme=not args.quick and args.out.resolve() == (HERE / "results").resolve())
     return 0
+
+
+def _sections(kind: str, rows: list[dict]) -> tuple[str, ...]:
+    return (gpu_section(rows),) if kind == "memory" else ()
+
+
+def write(out: Path, kind: str, rows: list[dict], meta: dict, *, name: str | None = None) -> dict[str, Path]:
+    """The results of one benchmark, with the project's targets checked and InfoPro's GPU figures beside."""
+    return write_results(out, kind, rows, meta, name=name, targets=evaluate(rows, kind), sections=_sections(kind, rows))
 
 
 def _load(path: Path) -> tuple[list[dict], dict]:
@@ -164,7 +173,7 @@ def update_readme(results: dict) -> None:
     parts = [targets_table(targets, "### Targets\n"), "![memory and time against K](results/summary.png)\n\n"]
     for kind in ("memory", "speed"):
         rows, meta = results[kind]
-        body = markdown(kind, rows, meta, targets=[]).replace("## ", "### ", 1)
+        body = markdown(kind, rows, meta, targets=[], sections=_sections(kind, rows)).replace("## ", "### ", 1)
         parts.append(body)
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)

@@ -1,9 +1,9 @@
-"""Write the paper presets: one YAML file per experiment row of METHODS.md 7-8.
+"""Write the paper presets: one YAML file per experiment row of docs/methods.md §7-8.
 
     python configs/generate.py          # rewrites configs/{contsup,infopro,baselines,quickstart}/*.yaml
 
 The YAML files are committed; tests/test_presets.py checks they equal what this script writes, loads
-every one and builds its network. Each file is a set of ``locallearn train`` options (TrainConfig fields):
+every one and builds its network. Each file is a set of ``locallearn train`` options (flat, as the flags):
 ``locallearn train --config contsup/resnet32_cifar10_k16_R1E_ce`` runs it, into runs/<file name>.
 """
 
@@ -12,23 +12,23 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from locallearn.config import make_config
-from locallearn.training.recipe import dump_yaml
+from locallearn.config import resolve_net
+from locallearn.training.config import dump_yaml
 
 HERE = Path(__file__).resolve().parent
 FAMILIES = ("baselines", "contsup", "infopro", "quickstart", "swin")
 
-# METHODS.md 7: SGD (momentum 0.9, Nesterov, weight decay 1e-4), 160 epochs, 10 warm-up epochs from 0.01
+# docs/methods.md §7: SGD (momentum 0.9, Nesterov, weight decay 1e-4), 160 epochs, 10 warm-up epochs from 0.01
 # then cosine; batch and lr by dataset. Augmentation comes with the dataset (locallearn.data.specs).
 RECIPE = dict(epochs=160, momentum=0.9, nesterov=True, weight_decay=1e-4, warmup_epochs=10, warmup_lr=0.01, seed=0)
 BATCH_LR = {"cifar10": (1024, 0.8), "svhn": (1024, 0.8), "stl10": (128, 0.1)}
 KS = (2, 4, 8, 16)
-# (model, dataset) settings of METHODS.md 8's baseline table.
+# (model, dataset) settings of docs/methods.md §8's baseline table.
 SETTINGS = (("resnet32", "cifar10"), ("resnet110", "cifar10"), ("resnet110", "svhn"), ("resnet110", "stl10"))
-# METHODS.md 2.2 / 4: the memory-balanced runs (E*, InfoPro*), by (model, dataset) → K.
+# docs/methods.md §2.2 / §4: the memory-balanced runs (E*, InfoPro*), by (model, dataset) → K.
 BALANCED = {("resnet110", "cifar10"): (2, 3, 4), ("resnet110", "stl10"): (2, 3, 4), ("resnet32", "cifar10"): (2, 4, 8)}
 
-# METHODS.md 8, published test error (%) by (model, dataset) → method → K (1 for E2E).
+# docs/methods.md §8, published test error (%) by (model, dataset) → method → K (1 for E2E).
 PUBLISHED = {
     ("resnet32", "cifar10"): {
         "e2e": {1: 7.37},
@@ -145,8 +145,8 @@ def presets() -> dict[str, tuple[list[str], dict]]:
             dict(model=model, method="e2e", num_modules=1, **recipe(dataset)))
     for dataset in ("cifar10", "stl10"):  # the memory comparison of METHODS.md 8
         add(f"baselines/resnet110_{dataset}_checkpoint",
-            [f"End-to-end with activation checkpointing: ResNet-110, {dataset} (METHODS.md 8, memory)."],
-            dict(model="resnet110", method="checkpoint", num_modules=1, checkpoint=True, **recipe(dataset)))
+            [f"End-to-end with activation checkpointing: ResNet-110, {dataset} (docs/methods.md §8, memory)."],
+            dict(model="resnet110", method="checkpoint", num_modules=1, activation_checkpointing=True, **recipe(dataset)))
     add("quickstart/resnet32_digits_k4_R1E",
         ["The default of `locallearn train`: ResNet-32, ContSup R1E, K=4, on the bundled digits dataset;",
          "a few minutes on a laptop CPU. No warm-up (8 epochs <= 10), cosine from lr 0.1."],
@@ -157,8 +157,8 @@ def presets() -> dict[str, tuple[list[str], dict]]:
     return out
 
 
-# FeatRecon (METHODS.md 6): Swin-Tiny at 224 (the datasets' images resized inside the network), stage splits.
-# Recipe (our choice; the paper gives none, and TrainConfig offers SGD only): METHODS.md 7's schedule at
+# FeatRecon (docs/methods.md §6): Swin-Tiny at 224 (the datasets' images resized inside the network), stage splits.
+# Recipe (our choice; the paper gives none, and TrainConfig offers SGD only): docs/methods.md §7's schedule at
 # STL-10's batch 128 and lr 0.1 on every dataset — Swin-Tiny at 224 keeps ~100 MiB of activations per image.
 SWIN_DATASETS = ("cifar10", "cifar100", "stl10", "svhn")
 SWIN_RECIPE = dict(epochs=160, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4,
@@ -167,10 +167,14 @@ SWIN_TINY_224 = dict(model="swin_tiny", model_kwargs={"resolution": 224})
 
 
 def method_options(model: str, method: str, dataset: str) -> dict:
-    """The network options a method's preset sets on this model (``config.method_defaults``: InfoPro on Swin
-    is InfoPro-Transformer), resolved (``aux_head="auto"`` → the model's head)."""
-    resolved = make_config(model, method, dataset=dataset).to_dict()
-    return {name: resolved[name] for name in ("aux_head", "local_loss", "reconstruct", "context", "lambdas")}
+    """The network options a method's preset sets on this model (``Method.preset``: InfoPro on Swin is
+    InfoPro-Transformer), resolved (``aux_head="auto"`` → the model's head); λ only where the preset sets them
+    (elsewhere the run resolves them from the tables, and records that source)."""
+    resolved = resolve_net(model, method, dataset=dataset)
+    options = {name: getattr(resolved, name) for name in ("aux_head", "local_loss", "reconstruct", "context")}
+    if resolved.lambda_source == "config":
+        options["lambdas"] = list(resolved.lambdas)
+    return options
 
 
 def swin_presets(add) -> None:

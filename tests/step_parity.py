@@ -73,17 +73,35 @@ def run_case(name: str) -> dict:
     labels = torch.arange(batch) % 3  # repeated classes: every anchor of the contrastive loss has positives
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
     stats = ll.train_step(net, images, labels, optimizer)
+    buffers = {n for n, _ in net.named_buffers()}  # the persistent ones are in the state_dict
     return {
         "cuts": [list(c) for c in net.cuts],
         "metrics": {k: float(v) for k, v in sorted(stats.items())},
         "grads": {n: fingerprint(p.grad) for n, p in net.named_parameters() if p.grad is not None},
         "params": {n: fingerprint(p) for n, p in net.named_parameters()},
-        "buffers": {n: fingerprint(b) for n, b in net.named_buffers() if b.is_floating_point()},
+        "buffers": {n: fingerprint(b) for n, b in net.state_dict().items() if n in buffers and b.is_floating_point()},
     }
+
+
+# Names the reference was pinned under, before local objectives became modules: aux_heads.k.* is now
+# objectives.k.head.*, and likewise for the image and feature decoders.
+_RENAMED = {"aux_heads": "head", "image_decoders": "image_decoder", "feature_decoders": "feature_decoder"}
+
+
+_CONSTANTS = ("image_mean", "image_std")  # non-persistent buffers the reference recorded; not training state
+
+
+def current_name(name: str) -> str:
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] in _RENAMED:
+        return f"objectives.{parts[1]}.{_RENAMED[parts[0]]}.{parts[2]}"
+    return name
 
 
 def differences(name: str, got: dict, want: dict, *, rtol: float = 1e-6) -> list[str]:
     """Human-readable differences between a case's fingerprints (empty: equal within ``rtol``)."""
+    want = {section: {current_name(k): v for k, v in value.items() if k not in _CONSTANTS}
+            if isinstance(value, dict) else value for section, value in want.items()}
     out = []
     if got["cuts"] != want["cuts"]:
         out.append(f"{name}: cuts {got['cuts']} != {want['cuts']}")

@@ -43,8 +43,9 @@ def test_one_epoch_run_writes_every_file(run):
     assert "done: test accuracy" in stdout and "summary.json" in stdout
 
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert (config["model"], config["num_modules"], config["epochs"], config["context"]) == ("resnet20", 2, 1, "R1E")
-    assert config["local_loss"] == "ce" and config["aux_head"] == "1c2f" and config["out"] == str(out)
+    net = config["net"]
+    assert (net["model"], net["num_modules"], config["optim"]["epochs"], net["context"]) == ("resnet20", 2, 1, "R1E")
+    assert net["local_loss"] == "ce" and net["aux_head"] == "1c2f" and config["run"]["out"] == str(out)
 
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1
@@ -67,7 +68,7 @@ def test_one_epoch_run_writes_every_file(run):
 
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == 1 and checkpoint["config"] == config and len(checkpoint["history"]) == 1
-    assert {"model", "optimizer", "rng", "lr_schedule"} <= set(checkpoint)
+    assert {"model", "optimizer", "rng"} <= set(checkpoint) and "lr_schedule" not in checkpoint  # computed, not stored
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"]
 
 
@@ -101,7 +102,7 @@ def test_overwrite_replaces_a_run(tmp_path, capsys):
     assert main(args) == 0
     (out / "notes.txt").write_text("mine")
     assert main([*args, "--overwrite", "--seed", "1"]) == 0
-    assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 1
+    assert yaml.safe_load((out / "config.yaml").read_text())["run"]["seed"] == 1
     assert (out / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
 
 

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import locallearn as ll
-from locallearn.bench.meters import SavedTensorMeter
-from locallearn.models import create_model
+from locallearn.memory import SavedTensorMeter
 
 
 def batch(n=4, size=32, seed=0):
@@ -34,12 +33,12 @@ def grads_of(params):
 def test_each_module_loss_reaches_only_its_own_parts(options):
     net = ll.build("resnet32", dataset="cifar10", **options)
     x, y = batch()
-    state = net.begin(x)
+    state = net.begin(x, y)
     inp = x
     for k in range(net.num_modules):
         net.zero_grad(set_to_none=True)
-        h = net.module_forward(k, inp)
-        loss, _ = net.local_loss(k, h, y, images=x, inputs=inp)
+        h = net.module_forward(k, inp, state)
+        loss, _ = net.local_loss(k, h, inp, state)
         loss.backward()
         own = {id(p) for p in net.module_parameters(k)}
         for name, p in net.named_parameters():
@@ -79,7 +78,7 @@ def test_activation_checkpointing_matches_end_to_end():
     e2e = ll.build("resnet20", method="e2e", dataset="cifar10")
     ckpt = ll.build("resnet20", method="checkpoint", dataset="cifar10")
     ckpt.load_state_dict(e2e.state_dict())
-    assert ckpt.checkpoint_segments == 3  # ≈ √11 units
+    assert ckpt.activation_segments == 3  # ≈ √11 units
     x, y = batch(8)
     for net in (e2e, ckpt):
         ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.0))
@@ -122,7 +121,7 @@ def test_meter_counts_storages_once_and_frees_them():
 def test_inference_runs_neither_heads_nor_decoders():
     net = ll.build("resnet32", method="infopro", num_modules=4, dataset="cifar10").eval()
     called = []
-    for module in list(net.aux_heads) + list(net.image_decoders):
+    for module in [part for o in net.objectives[:-1] for part in (o.head, o.image_decoder)]:
         module.register_forward_hook(lambda *a: called.append(1))
     logits = net(batch()[0])
     assert logits.shape == (4, 10) and not called
@@ -134,7 +133,7 @@ def test_loss_on_inference_output_reaches_only_the_last_module():
     F.cross_entropy(net(x), y).backward()
     last = {id(p) for p in net.module_parameters(3)}
     for name, p in net.named_parameters():
-        assert (p.grad is not None) == (id(p) in last and not name.startswith("aux_heads")), name
+        assert (p.grad is not None) == (id(p) in last and not name.startswith("objectives")), name
 
 
 def test_inference_equals_the_training_path():
@@ -182,10 +181,9 @@ def test_reconstruction_weights_follow_the_lambda_table():
         (lambda: ll.build("resnet32", local_loss="mse"), "unknown local loss 'mse'; valid"),
         (lambda: ll.build("resnet32", dataset="imagenet"), "unknown dataset 'imagenet'; valid"),
         (lambda: ll.build("resnet32", method="e2e", num_modules=4), "trains the network as one module"),
-        (lambda: ll.build("resnet32", reconstruct=True), "needs a known image size"),
         (lambda: ll.build("resnet32", num_module=4), "unknown option 'num_module'; valid options"),
         (lambda: ll.build("resnet32", reconstruct="False", dataset="cifar10"), "reconstruct must be true or false"),
-        (lambda: ll.build("resnet32", method="e2e", checkpoint="no"), "checkpoint must be true or false"),
+        (lambda: ll.build("resnet32", method="e2e", activation_checkpointing="no"), "activation_checkpointing must be true or false"),
         (lambda: ll.build("resnet32", dataset="cifar10", image_size=48), "delivers 32×32 images"),
         (lambda: ll.build("resnet32", dataset="cifar100", num_classes=10), "has 100 classes"),
         (lambda: ll.build("resnet32", num_classes=1), "num_classes must be an integer >= 2"),
@@ -203,6 +201,13 @@ def test_bad_input_is_one_sentence(call, message):
     assert "\n" not in str(err.value)
 
 
+def test_reconstruct_takes_the_image_size_from_the_backbone():
+    """Without a dataset or an image size, the backbone's own size is the reconstruction target's (the
+    README's example)."""
+    net = ll.build("resnet32", method="infopro", local_loss="ce")
+    assert net.objectives[0].image_decoder.image_size == 32
+
+
 def test_reconstruct_with_explicit_image_size():
     net = ll.build("resnet20", method="infopro", num_modules=2, split="uniform", image_size=32)
-    assert net.image_decoders is not None
+    assert net.objectives[0].image_decoder is not None

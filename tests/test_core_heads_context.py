@@ -44,7 +44,7 @@ def test_linear_and_dgl_heads():
 
 def test_contrast_heads_are_128_wide():
     net = ll.build("resnet32", method="infopro", num_modules=4, dataset="cifar10")
-    assert all(h[-1].out_features == 128 for h in net.aux_heads)
+    assert all(o.head[-1].out_features == 128 for o in net.objectives[:-1])
 
 
 def test_image_decoder_shape_and_size():

@@ -91,7 +91,7 @@ def test_unknown_model_kwargs_are_refused_with_the_valid_ones(model, model_kwarg
 
 
 def test_pretrained_on_a_resnet_is_a_config_error_not_a_traceback():
-    from locallearn.training.recipe import TrainConfig
+    from locallearn.training import resolve
 
     with pytest.raises(ValueError, match="^model_kwargs: unknown option 'pretrained' for resnet32; valid options"):
-        TrainConfig(model="resnet32", pretrained="some/checkpoint")
+        resolve(model="resnet32", pretrained="some/checkpoint")

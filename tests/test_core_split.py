@@ -7,9 +7,8 @@ import torch
 
 import locallearn as ll
 from locallearn import split as sp
-from locallearn.bench.meters import StepMemoryMeter
-from locallearn.models import create_model
-from locallearn.split_cost import split_costs
+from locallearn.memory import StepMemoryMeter
+from locallearn.split.auto import balanced_ends, split_costs
 
 TINY_SWIN = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=2, drop_path_rate=0.1)
 
@@ -97,7 +96,7 @@ def test_balanced_ends_is_optimal_against_brute_force():
         )
 
     best = min(largest(list(c)) for c in itertools.combinations(range(n - 1), K - 1))
-    assert largest(sp.balanced_ends(costs, ends_cost[:-1] + [0.0], K)) == best
+    assert largest(balanced_ends(costs, ends_cost[:-1] + [0.0], K)) == best
 
 
 def test_balanced_ends_with_start_costs_is_optimal_against_brute_force():
@@ -121,7 +120,7 @@ def test_balanced_ends_with_start_costs_is_optimal_against_brute_force():
 
     for K in (2, 3, 4, 5):
         best = min(largest(list(c)) for c in itertools.combinations(range(n - 1), K - 1))
-        assert largest(sp.balanced_ends(costs, ends_cost, K, start_bytes=start)) == pytest.approx(best)
+        assert largest(balanced_ends(costs, ends_cost, K, start_bytes=start)) == pytest.approx(best)
 
 
 def _step_peaks(net, batch=2):

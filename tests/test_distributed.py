@@ -110,29 +110,28 @@ def test_world_sizes_that_do_not_fit_are_refused():
 
 
 def test_fit_pipeline_refuses_a_world_size_before_connecting(monkeypatch, tmp_path):
-    from locallearn.distributed.fit import fit_pipeline
-    from locallearn.training import TrainConfig
+    from locallearn.distributed import fit_pipeline
+    from locallearn.training import resolve
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "5")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", "1")  # nothing listens there: a connection attempt would fail differently
-    cfg = TrainConfig(model="resnet20", num_modules=4, split="uniform", parallel="pipeline", out=str(tmp_path / "r"))
+    cfg = resolve(model="resnet20", num_modules=4, split="uniform", parallel="pipeline", out=str(tmp_path / "r"))
     with pytest.raises(ValueError, match="make 5 pipeline stages but the network has only 4 local modules"):
         fit_pipeline(cfg)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    cfg = TrainConfig(model="resnet20", num_modules=4, split="uniform", parallel="pipeline", pipeline_assign="1,1,2")
+    cfg = resolve(model="resnet20", num_modules=4, split="uniform", parallel="pipeline", pipeline_assign="1,1,2")
     with pytest.raises(ValueError, match="3 module counts given for 2 pipeline stages"):
         fit_pipeline(cfg)
 
 
 def test_several_ranks_without_parallel_are_refused(monkeypatch, tmp_path):
-    from locallearn.training import TrainConfig
-    from locallearn.training.loop import fit
+    from locallearn.training import fit, resolve
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ValueError, match="one of 2 ranks .torchrun. but --parallel is none"):
-        fit(TrainConfig(out=str(tmp_path / "r")))
+        fit(resolve(out=str(tmp_path / "r")))
 
 
 def test_pipeline_needs_torchrun_environment(monkeypatch):
@@ -145,15 +144,15 @@ def test_pipeline_needs_torchrun_environment(monkeypatch):
 
 
 def test_train_config_parallel_options():
-    from locallearn.training import TrainConfig
+    from locallearn.training import resolve
 
     with pytest.raises(ValueError, match="parallel: unknown mode 'ring'; valid modes are none, pipeline"):
-        TrainConfig(parallel="ring")
+        resolve(parallel="ring")
     with pytest.raises(ValueError, match="--data-parallel applies to --parallel pipeline"):
-        TrainConfig(data_parallel=2)
+        resolve(data_parallel=2)
     with pytest.raises(ValueError, match="fault_timeout must be a positive number"):
-        TrainConfig(parallel="pipeline", fault_timeout=0)
-    assert TrainConfig(parallel="pipeline", pipeline_assign="1,3").pipeline_assign == "1,3"
+        resolve(parallel="pipeline", fault_timeout=0)
+    assert resolve(parallel="pipeline", pipeline_assign="1,3").parallel.pipeline_assign == "1,3"
 
 
 @pytest.mark.parametrize(
@@ -383,8 +382,7 @@ def _cli(argv):
 
 @pytest.mark.slow
 def test_train_command_killed_rank_then_resume_equals_single_process(tmp_path):
-    from locallearn.training import load_config
-    from locallearn.training.loop import fit
+    from locallearn.training import fit, load_config
 
     run = tmp_path / "pipe"
     argv = TRAIN + ["--out", str(run), "--pipeline-assign", "1,3"]
@@ -434,7 +432,7 @@ def test_train_command_killed_rank_then_resume_equals_single_process(tmp_path):
 
 
 def _flags(argv):
-    """TrainConfig keywords from `train` flags (the pipeline ones dropped: the single-process reference)."""
+    """Options from `train` flags (the pipeline ones dropped: the single-process reference)."""
     values, i = {}, 1
     while i < len(argv):
         name = argv[i][2:].replace("-", "_")

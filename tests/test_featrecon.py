@@ -1,4 +1,4 @@
-"""FeatRecon (METHODS.md 6): the token head, the three feature decoders against their targets, the fused
+"""FeatRecon (docs/methods.md §6): the token head, the three feature decoders against their targets, the fused
 linear-decoder loss against the plain one, module 0's patch-embedding target, and the method preset."""
 
 import pytest
@@ -6,9 +6,11 @@ import torch
 import torch.nn.functional as F
 
 import locallearn as ll
-from locallearn.bench.meters import SavedTensorMeter
-from locallearn.decoders import FEATURE_DECODERS, feature_mse
-from locallearn.featrecon import PatchExpand, _unit_outputs, decoder_span_cost
+from locallearn.memory import SavedTensorMeter
+from locallearn.config import resolve_net
+from locallearn.decoders import FEATURE_DECODERS, PatchExpand, feature_mse
+from locallearn.memory import unit_profile
+from locallearn.split.auto import BATCH, objective_cost
 from locallearn.heads import create_head
 from locallearn.models import create_model
 from locallearn.models.swin import TokenClassifier, to_map
@@ -113,15 +115,16 @@ def test_featrecon_preset_picks_the_head_of_the_backbone_family():
 def test_module_0_reconstructs_the_patch_embedding_of_its_own_forward():
     net = ll.build("swin_cifar", method="featrecon", num_modules=2, split="stages", image_size=32, model_kwargs=TINY)
     x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
-    state = net.begin(x)
+    state = net.begin(x, y)
     h = net.module_forward(0, x, state)
     with torch.no_grad():
         embedding = net.backbone.units[0](x)
-    assert torch.equal(state.embedding, embedding) and not state.embedding.requires_grad
-    with_state, _ = net.local_loss(0, h, y, images=x, inputs=x, state=state)
-    recomputed, _ = net.local_loss(0, h, y, images=x, inputs=x)  # a caller without the state
-    assert with_state.item() == pytest.approx(recomputed.item(), rel=1e-6)
-    assert net.feature_decoders[0](h).shape == embedding.shape
+    assert torch.equal(state.taps[0], embedding) and not state.taps[0].requires_grad
+    _, metrics = net.local_loss(0, h, x, state)
+    assert 0 not in state.taps  # consumed: not kept alive past module 0
+    decoder = net.objectives[0].feature_decoder
+    assert metrics["feat"].item() == pytest.approx(feature_mse(decoder, h, embedding).item(), rel=1e-6)
+    assert decoder(h).shape == embedding.shape
 
 
 def test_feature_weight_scales_the_reconstruction_term():
@@ -137,15 +140,28 @@ def test_feature_weight_scales_the_reconstruction_term():
 
 def test_balanced_split_charges_the_decoder_to_the_module_it_ends():
     backbone = create_model("swin_cifar", **TINY)
-    cost = decoder_span_cost("transformer", backbone, 32)
+    image = torch.zeros(BATCH, 3, 32, 32)
+    saves, outputs = unit_profile(backbone, image)
+    kept = [s.input_bytes > 0 for s in saves]
+
+    def decoder_cost(name, keeps_input=kept):
+        """What the feature decoder adds to the objective's cost (the token head alone subtracted)."""
+        costs = [
+            objective_cost(resolve_net("swin_cifar", "featrecon", num_modules=2, image_size=32, model_kwargs=TINY,
+                                       feature_decoder=decoder), image, outputs,
+                           saves_output=[s.saves_output for s in saves], keeps_input=keeps_input)
+            for decoder in (name, None)
+        ]
+        return lambda i, j: costs[0](i, j) - costs[1](i, j)
+
+    cost = decoder_cost("transformer")
     # A decoder back to the 16×16 grid (one Swin block there) costs more than one back to 8×8.
     assert cost(1, 2) > cost(4, 5) > 0
-    # The target is the module's input, which the step holds (split_cost's start cost): not charged again,
-    # even where the module opens with a patch merging, which does not keep its input.
-    linear = decoder_span_cost("linear", backbone, 32)
+    # The target is the module's input, which the step holds (the cost model's start cost): not charged
+    # again, even where the module opens with a patch merging, which does not keep its input.
+    linear = decoder_cost("linear")
     assert linear(1, 2) == 0 and linear(3, 5) == 0
     # Module 0's target, the patch embedding, is charged only where unit 1 does not keep it.
-    outputs, kept = _unit_outputs(backbone, 32)
     assert kept[1] and linear(0, 2) == 0
-    unkept = decoder_span_cost("linear", backbone, 32, profile=(outputs, [kept[0], False, *kept[2:]]))
-    assert unkept(0, 2) == outputs[0].numel() * 4
+    unkept = decoder_cost("linear", [kept[0], False, *kept[2:]])
+    assert unkept(0, 2) == outputs[0].numel() * 4 / BATCH

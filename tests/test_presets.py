@@ -1,5 +1,5 @@
-"""Every paper preset under configs/ loads into a TrainConfig and builds its network, the files are what
-configs/generate.py writes, and every experiment row of METHODS.md 7-8 has its preset."""
+"""Every paper preset under configs/ loads into a run config and builds its network, the files are what
+configs/generate.py writes, and every experiment row of docs/methods.md §7-8 has its preset."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from locallearn.models import Backbone
 from locallearn.net import build_net
 from locallearn.training import load_config, presets
-from locallearn.training.recipe import PRESET_DIR
+from locallearn.training.config import PRESET_DIR
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -64,21 +64,22 @@ def shared_unit_shapes():
 @pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("swin/")])  # swin/: test_swin_presets.py
 def test_preset_loads_and_builds(name, shared_unit_shapes):
     cfg = load_config(name)
-    assert cfg.out == f"runs/{Path(name).name}"
-    if cfg.dataset != "digits":  # METHODS.md 7
-        assert (cfg.epochs, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.warmup_epochs, cfg.warmup_lr) == (
+    o = cfg.options()
+    assert o["out"] == f"runs/{Path(name).name}"
+    if o["dataset"] != "digits":  # docs/methods.md §7
+        assert (o["epochs"], o["momentum"], o["nesterov"], o["weight_decay"], o["warmup_epochs"], o["warmup_lr"]) == (
             160, 0.9, True, 1e-4, 10, 0.01)
-        assert (cfg.batch_size, cfg.lr) == ((128, 0.1) if cfg.dataset == "stl10" else (1024, 0.8))
-    net = build_net(cfg.net_config())
-    assert net.num_modules == cfg.num_modules
-    if cfg.reconstruct and cfg.num_modules > 1:
+        assert (o["batch_size"], o["lr"]) == ((128, 0.1) if o["dataset"] == "stl10" else (1024, 0.8))
+    net = build_net(cfg.net)
+    assert net.num_modules == o["num_modules"]
+    if o["reconstruct"] and o["num_modules"] > 1:
         # Every preset's λ comes from a published table, but for STL-10 memory-balanced K = 3, which has none.
-        expected = "default" if (cfg.dataset, cfg.num_modules) == ("stl10", 3) else "table"
+        expected = "default" if (o["dataset"], o["num_modules"]) == ("stl10", 3) else "table"
         assert net.lambda_schedule and net.lambda_source.startswith(expected), net.lambda_source
 
 
 def _rows():
-    """(name, expected options) for every experiment row of METHODS.md 7-8 that the issue lists."""
+    """(name, expected options) for every experiment row of docs/methods.md §7-8 that the issue lists."""
     rows = []
     for model in ("resnet32", "resnet110"):
         for mode in ("R0", "E", "R1", "R1E", "R2", "R4", "R8", "R16"):  # modes at K=16 and the Rn ablation
@@ -113,14 +114,17 @@ def _rows():
 def test_every_paper_row_has_its_preset(name, expected):
     assert name in NAMES
     cfg = load_config(name)
+    o = cfg.options()
     for key, value in expected.items():
-        assert getattr(cfg, key) == value, key
+        assert o[key] == value, key
 
 
 def test_training_schedule_of_a_paper_preset_ends_above_zero():
     from locallearn.training import lr_schedule
 
     cfg = load_config("contsup/resnet32_cifar10_k16_R1E_ce")
-    schedule = lr_schedule(lr=cfg.lr, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr)
+
+    o = cfg.options()
+    schedule = lr_schedule(lr=o["lr"], epochs=o["epochs"], warmup_epochs=o["warmup_epochs"], warmup_lr=o["warmup_lr"])
     assert len(schedule) == 160 and schedule[0] == 0.01 and 0 < schedule[-1] < 1e-3
     assert schedule[10] == pytest.approx(0.4 * (1 + math.cos(math.pi * 10 / 160)))

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 from locallearn.cli import main
-from locallearn.training import RunDir, TrainConfig, write_report
-from locallearn.training.recipe import dump_yaml
+from locallearn.training import RunDir, resolve, write_report
+from locallearn.training.config import dump_yaml
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def fake_run(path, *, accs, finished=True, **options):
     """A run directory as `locallearn train` leaves it, with the given test accuracy per epoch."""
-    cfg = TrainConfig(model="resnet32", dataset="cifar10", epochs=len(accs) if finished else len(accs) + 2,
-                      out=str(path), **options)
+    cfg = resolve(model="resnet32", dataset="cifar10", epochs=len(accs) if finished else len(accs) + 2,
+                  out=str(path), **options)
     run = RunDir(path)
     run.write_config(dump_yaml(cfg.to_dict()))
     history = [
         {"epoch": e, "lr": 0.1, "train_loss": 1.0, "test_acc": acc, "test_loss": 0.5, "epoch_time_s": 11.0,
-         "train_time_s": 10.0, "images_per_s": 500.0, "peak_memory_mb": 100.0 * cfg.num_modules ** -0.5,
+         "train_time_s": 10.0, "images_per_s": 500.0, "peak_memory_mb": 100.0 * cfg.net.num_modules ** -0.5,
          "peak_memory_kind": "saved_tensors"}
         for e, acc in enumerate(accs, start=1)
     ]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import locallearn as ll
-from locallearn.bench.meters import SavedTensorMeter
+from locallearn.memory import SavedTensorMeter
 from locallearn.models import create_model
 
 # A tiny Swin on 32×32 inputs (patch 2): grids 16, 8, 4, 2 with window 2, two blocks per stage, so both
@@ -191,16 +191,18 @@ def test_infopro_on_swin_uses_the_token_head():
 
 
 def test_infopro_on_a_transformer_is_infopro_transformer():
-    """The method's defaults depend on the model family (config.FAMILY_PRESETS): cross-entropy and λ = (1, 1, 1, 1)
-    on Swin, the contrastive loss and METHODS.md 4's λ tables on ResNets; options still override them."""
-    from locallearn.config import make_config
+    """The method's defaults depend on the model family (``Method.family_defaults``): cross-entropy and
+    λ = (1, 1, 1, 1) on Swin, the contrastive loss and docs/methods.md §4's λ tables on ResNets (resolved in the
+    config); options still override them."""
+    from locallearn.config import resolve_net
 
     for model in ("swin_tiny", "swin_cifar"):
-        cfg = make_config(model, "infopro", dataset="cifar10")
+        cfg = resolve_net(model, "infopro", dataset="cifar10")
         assert (cfg.aux_head, cfg.local_loss, cfg.reconstruct, cfg.lambdas) == ("token", "ce", True, (1.0, 1.0, 1.0, 1.0))
-    cfg = make_config("resnet32", "infopro", dataset="cifar10")
-    assert (cfg.aux_head, cfg.local_loss, cfg.lambdas) == ("1c2f", "contrast", None)
-    assert make_config("swin_tiny", "infopro", dataset="cifar10", local_loss="contrast").local_loss == "contrast"
+    cfg = resolve_net("resnet32", "infopro", dataset="cifar10")
+    assert (cfg.aux_head, cfg.local_loss, cfg.lambdas) == ("1c2f", "contrast", (6.0, 0.0, 1.0, 2.0))  # K = 4's table
+    assert cfg.lambda_source == "table: resnet32 / cifar10 K=4"
+    assert resolve_net("swin_tiny", "infopro", dataset="cifar10", local_loss="contrast").local_loss == "contrast"
     net = tiny_net("infopro", num_modules=2, split="stages", dataset="cifar10")
     assert net.lambda_source == "config" and net.lambda_schedule == [(1.0, 1.0)]
 
@@ -227,11 +229,11 @@ def test_activation_checkpointing_matches_end_to_end_on_swin():
 def test_each_module_loss_reaches_only_its_own_parts(options):
     net = tiny_net(**options)
     x, y = batch()
-    state, inp = net.begin(x), x
+    state, inp = net.begin(x, y), x
     for k in range(net.num_modules):
         net.zero_grad(set_to_none=True)
         h = net.module_forward(k, inp, state)
-        loss, _ = net.local_loss(k, h, y, images=x, inputs=inp, state=state)
+        loss, _ = net.local_loss(k, h, inp, state)
         loss.backward()
         own = {id(p) for p in net.module_parameters(k)}
         for name, p in net.named_parameters():

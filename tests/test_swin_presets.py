@@ -1,4 +1,4 @@
-"""The Swin presets under configs/swin/ (written by configs/generate.py): each loads into a TrainConfig with
+"""The Swin presets under configs/swin/ (written by configs/generate.py): each loads into a run config with
 the FeatRecon / InfoPro-Transformer / end-to-end options its name says; one of each kind builds its network."""
 
 from pathlib import Path
@@ -24,19 +24,20 @@ def test_every_swin_experiment_has_its_preset():
 @pytest.mark.parametrize("name", NAMES)
 def test_swin_preset_loads(name):
     cfg = load_config(name)
-    assert cfg.out == f"runs/{Path(name).name}"
+    o = cfg.options()
+    assert o["out"] == f"runs/{Path(name).name}"
     stem = Path(name).name
-    if cfg.model == "swin_tiny":
-        assert cfg.model_kwargs == {"resolution": 224} and cfg.dataset in stem
+    if o["model"] == "swin_tiny":
+        assert o["model_kwargs"] == {"resolution": 224} and o["dataset"] in stem
     if "featrecon" in stem:
-        assert (cfg.method, cfg.aux_head, cfg.local_loss, cfg.split) == ("featrecon", "token", "ce", "stages")
-        assert cfg.feature_decoder == (stem.rsplit("_", 1)[1] if cfg.model == "swin_tiny" else "linear")
-        assert not cfg.reconstruct and cfg.feature_weight == 1.0
+        assert (o["method"], o["aux_head"], o["local_loss"], o["split"]) == ("featrecon", "token", "ce", "stages")
+        assert o["feature_decoder"] == (stem.rsplit("_", 1)[1] if o["model"] == "swin_tiny" else "linear")
+        assert not o["reconstruct"] and o["feature_weight"] == 1.0
     elif "infopro" in stem:
-        assert (cfg.method, cfg.aux_head, cfg.reconstruct, cfg.feature_decoder) == ("infopro", "token", True, None)
-        assert cfg.lambdas == [1.0, 1.0, 1.0, 1.0]
+        assert (o["method"], o["aux_head"], o["reconstruct"], o["feature_decoder"]) == ("infopro", "token", True, None)
+        assert o["lambdas"] == [1.0, 1.0, 1.0, 1.0]
     else:
-        assert (cfg.method, cfg.num_modules) == ("e2e", 1)
+        assert (o["method"], o["num_modules"]) == ("e2e", 1)
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,8 @@ def test_swin_preset_loads(name):
 )
 def test_swin_preset_builds(name):
     cfg = load_config(name)
-    net = build_net(cfg.net_config())
-    assert net.num_modules == cfg.num_modules
-    if cfg.model == "swin_tiny":
-        assert net.cuts == ([(1, 1), (2, 1), (3, 5)] if cfg.num_modules == 4 else [(2, 1)])
+    o = cfg.options()
+    net = build_net(cfg.net)
+    assert net.num_modules == o["num_modules"]
+    if o["model"] == "swin_tiny":
+        assert net.cuts == ([(1, 1), (2, 1), (3, 5)] if o["num_modules"] == 4 else [(2, 1)])

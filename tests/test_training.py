@@ -1,5 +1,5 @@
-"""TrainConfig validation and precedence, the learning-rate schedule against METHODS.md 7, checkpoints that
-load with weights_only, RNG state round trips, and the stop on a non-finite loss."""
+"""The run config's validation and precedence, the learning-rate schedule against docs/methods.md §7,
+checkpoints that load with weights_only, RNG state round trips, and the stop on a non-finite loss."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from locallearn.config import CONFIG_FIELDS
-from locallearn.training import NonFiniteLossError, RunDir, TrainConfig, fit, load_config, lr_schedule
-from locallearn.training import loop
-from locallearn.training.recipe import TRAIN_FIELDS, dump_yaml, read_yaml, resumed_config
+from locallearn.config import NET_FIELDS
+from locallearn.training import NonFiniteLossError, RunDir, fit, load_config, lr_schedule, resolve
+from locallearn.training import runner
+from locallearn.training.config import OPTIONS, dump_yaml, flatten, read_options, resumed_config
 from locallearn.training.rundir import rng_state, set_rng_state
 
 TINY = dict(model="resnet20", num_modules=2, split="uniform", epochs=2, limit_train=64, limit_test=32, batch_size=32)
@@ -22,7 +22,7 @@ TINY = dict(model="resnet20", num_modules=2, split="uniform", epochs=2, limit_tr
 
 # --- the learning-rate schedule --------------------------------------------------------------------------
 def methods_formula(e: int, E: int, lr: float) -> float:
-    """METHODS.md 7, literally: c(e) = ½·lr·(1 + cos(π·e/E)); warm-up for e ≤ 10."""
+    """docs/methods.md §7, literally: c(e) = ½·lr·(1 + cos(π·e/E)); warm-up for e ≤ 10."""
     c = 0.5 * lr * (1 + math.cos(math.pi * e / E))
     return c * (e - 1) / 10 + 0.01 * (11 - e) / 10 if e <= 10 else c
 
@@ -38,7 +38,7 @@ def test_schedule_is_methods_formula_evaluated_at_the_epoch_start(E, lr):
     # After the warm-up it is the literal formula one epoch later, so the last epoch is not at lr 0 ...
     for e in range(12, E + 1):
         assert schedule[e - 1] == pytest.approx(methods_formula(e - 1, E, lr), rel=1e-12)
-    assert methods_formula(E, E, lr) == pytest.approx(0.0, abs=1e-12)  # the reference defect (METHODS.md 9)
+    assert methods_formula(E, E, lr) == pytest.approx(0.0, abs=1e-12)  # the reference defect (docs/methods.md §9)
     assert schedule[-1] == pytest.approx(0.5 * lr * (1 - math.cos(math.pi / E))) and schedule[-1] > 0
     # ... and the warm-up starts at 0.01 and (in the papers' long runs) rises towards the cosine.
     assert schedule[0] == pytest.approx(0.01)
@@ -58,32 +58,34 @@ def test_schedule_without_room_for_a_warmup_is_pure_cosine():
 
 # --- the config -------------------------------------------------------------------------------------------
 def test_train_config_has_every_network_option():
-    assert set(CONFIG_FIELDS) <= set(TRAIN_FIELDS)
+    assert set(NET_FIELDS) <= set(OPTIONS)
 
 
 def test_method_defaults_are_resolved_and_flags_win():
-    cfg = TrainConfig(method="infopro", num_modules=4, dataset="digits")
-    assert (cfg.local_loss, cfg.reconstruct, cfg.context, cfg.aux_head) == ("contrast", True, "R0", "1c2f")
-    assert cfg.num_classes == 10 and cfg.image_size == 32 and len(cfg.image_mean) == 3
-    assert TrainConfig(method="infopro", local_loss="ce").local_loss == "ce"
-    assert TrainConfig(**cfg.to_dict()) == cfg  # resolving is idempotent: config.yaml reloads to itself
+    cfg = resolve(method="infopro", num_modules=4, dataset="digits")
+    net = cfg.net
+    assert (net.local_loss, net.reconstruct, net.context, net.aux_head) == ("contrast", True, "R0", "1c2f")
+    assert net.num_classes == 10 and net.image_size == 32 and len(net.image_mean) == 3
+    assert resolve(method="infopro", local_loss="ce").net.local_loss == "ce"
+    assert resolve(cfg.options()) == cfg  # resolving is idempotent: config.yaml reloads to itself
+    assert resolve(flatten(cfg.to_dict(), "config.yaml")) == cfg
 
 
 def test_default_run_is_resnet32_contsup_on_digits_and_matches_its_preset():
     cfg = load_config()
-    assert (cfg.model, cfg.method, cfg.dataset) == ("resnet32", "contsup", "digits")
-    assert (cfg.num_modules, cfg.context) == (4, "R1E")
-    assert cfg.out == "runs/resnet32_contsup_k4_R1E_digits"
+    assert (cfg.net.model, cfg.net.method, cfg.data.dataset) == ("resnet32", "contsup", "digits")
+    assert (cfg.net.num_modules, cfg.net.context) == (4, "R1E")
+    assert cfg.run.out == "runs/resnet32_contsup_k4_R1E_digits"
     preset = load_config("quickstart/resnet32_digits_k4_R1E")
-    assert dataclasses.replace(preset, out=cfg.out) == cfg
+    assert dataclasses.replace(preset, run=dataclasses.replace(preset.run, out=cfg.run.out)) == cfg
 
 
 def test_file_then_flags(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: resnet20\nsplit: uniform\nnum_modules: 2\nlr: 0.3\nepochs: 3\n")
     cfg = load_config(str(path), lr=0.05)
-    assert (cfg.model, cfg.num_modules, cfg.epochs, cfg.lr) == ("resnet20", 2, 3, 0.05)
-    assert cfg.out == "runs/c"
+    assert (cfg.net.model, cfg.net.num_modules, cfg.optim.epochs, cfg.optim.lr) == ("resnet20", 2, 3, 0.05)
+    assert cfg.run.out == "runs/c"
 
 
 @pytest.mark.parametrize(
@@ -103,38 +105,38 @@ def test_file_then_flags(tmp_path):
 )
 def test_bad_options_name_the_option(options, words):
     with pytest.raises(ValueError, match=words):
-        TrainConfig(**options)
+        resolve(**options)
 
 
 def test_unknown_yaml_key_lists_valid_keys(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model: resnet32\nlrate: 0.1\n")
     with pytest.raises(ValueError, match=r"unknown key 'lrate'; valid keys are model, method, .*, out\b"):
-        read_yaml(path)
+        read_options(path)
     with pytest.raises(ValueError, match="no file or preset"):
         load_config("does/not/exist")
 
 
 def test_resume_refuses_other_options_but_not_another_place():
-    stored = TrainConfig(**TINY, out="a").to_dict()
-    assert resumed_config(stored, {}, out="b").out == "b"
-    assert resumed_config(stored, {"epochs": 2, "device": "cpu", "data_dir": "x"}, out="a").epochs == 2
+    stored = resolve(**TINY, out="a").options()
+    assert resumed_config(stored, {}, out="b").run.out == "b"
+    assert resumed_config(stored, {"epochs": 2, "device": "cpu", "data_dir": "x"}, out="a").optim.epochs == 2
     with pytest.raises(ValueError, match=r"options: epochs \(2 → 3\), lr \(0.1 → 0.5\); resume it"):
         resumed_config(stored, {"lr": 0.5, "epochs": 3}, out="a")
 
 
 def test_yaml_round_trip():
-    cfg = TrainConfig(**{**TINY, "split": [[2, 1]]}, lambdas=[5, 1, 0, 0], model_kwargs={}, out="x")
+    cfg = resolve(**{**TINY, "split": [[2, 1]]}, lambdas=[5, 1, 0, 0], model_kwargs={}, out="x")
     import yaml
 
-    assert TrainConfig(**yaml.safe_load(dump_yaml(cfg.to_dict(), header=["a comment"]))) == cfg
+    assert resolve(flatten(yaml.safe_load(dump_yaml(cfg.to_dict(), header=["a comment"])), "x")) == cfg
 
 
 # --- checkpoints and RNG -----------------------------------------------------------------------------------
 def test_rng_state_round_trip_through_weights_only_checkpoint(tmp_path):
     random.seed(3), np.random.seed(3), torch.manual_seed(3)
     run = RunDir(tmp_path)
-    run.save_checkpoint({"format": 1, "rng": rng_state()})
+    run.save_checkpoint({"format": 2, "rng": rng_state()})
     expected = (random.random(), np.random.rand(), torch.rand(1).item())
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     set_rng_state(run.load_checkpoint()["rng"])  # load_checkpoint uses weights_only=True
@@ -144,15 +146,15 @@ def test_rng_state_round_trip_through_weights_only_checkpoint(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = []
-    real_step = loop.train_step
+    real_step = runner.train_step
 
     def step(*args, **kwargs):  # two batches per epoch: epoch 2 produces a NaN
         stats = real_step(*args, **kwargs)
         calls.append(1)
         return {**stats, "loss": float("nan")} if len(calls) > 2 else stats
 
-    monkeypatch.setattr(loop, "train_step", step)
-    cfg = TrainConfig(**TINY, device="cpu", out=str(tmp_path / "run"))
+    monkeypatch.setattr(runner, "train_step", step)
+    cfg = resolve(**TINY, device="cpu", out=str(tmp_path / "run"))
     message = r"epoch 2: non-finite loss \(nan\) in batch 1 of 2.*\(epoch 1\) is kept"
     with pytest.raises(NonFiniteLossError, match=message):
         fit(cfg, log=lambda line: None)
@@ -164,7 +166,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 def test_crash_between_metrics_and_checkpoint_resumes_without_a_duplicate_epoch(tmp_path, monkeypatch):
     """Epoch 2's metrics line is written, its checkpoint is not: resuming redoes epoch 2 exactly once."""
     quiet = dict(log=lambda line: None)
-    fit(TrainConfig(**TINY, device="cpu", out=str(tmp_path / "reference")), **quiet)
+    fit(resolve(**TINY, device="cpu", out=str(tmp_path / "reference")), **quiet)
     real_save = RunDir.save_checkpoint
 
     def crash_at_epoch_two(self, state):
@@ -173,7 +175,7 @@ def test_crash_between_metrics_and_checkpoint_resumes_without_a_duplicate_epoch(
         real_save(self, state)
 
     monkeypatch.setattr(RunDir, "save_checkpoint", crash_at_epoch_two)
-    cfg = TrainConfig(**TINY, device="cpu", out=str(tmp_path / "crashed"))
+    cfg = resolve(**TINY, device="cpu", out=str(tmp_path / "crashed"))
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, **quiet)
     crashed = RunDir(tmp_path / "crashed")
@@ -187,14 +189,14 @@ def test_crash_between_metrics_and_checkpoint_resumes_without_a_duplicate_epoch(
 
 
 def test_resume_without_a_run_starts_one(tmp_path):
-    summary = fit(TrainConfig(**{**TINY, "epochs": 1}, device="cpu", out=str(tmp_path / "new")), resume=True,
+    summary = fit(resolve(**{**TINY, "epochs": 1}, device="cpu", out=str(tmp_path / "new")), resume=True,
                   log=lambda line: None)
     assert summary["epochs"] == 1 and RunDir(tmp_path / "new").finished
 
 
 def test_bf16_mixed_precision_is_opt_in(tmp_path):
-    assert TrainConfig().amp == "none" and TrainConfig().autocast_dtype is None
-    cfg = TrainConfig(**{**TINY, "epochs": 1, "limit_train": 32}, amp="bf16", device="cpu", out=str(tmp_path / "r"))
+    assert resolve().run.amp == "none" and resolve().autocast_dtype is None
+    cfg = resolve(**{**TINY, "epochs": 1, "limit_train": 32}, amp="bf16", device="cpu", out=str(tmp_path / "r"))
     assert cfg.autocast_dtype == torch.bfloat16
     summary = fit(cfg, log=lambda line: None)
     assert math.isfinite(RunDir(tmp_path / "r").read_metrics()[0]["train_loss"]) and 0 <= summary["test_acc"] <= 1

@@ -8,39 +8,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any as _Any
 
-from locallearn.config import METHODS, NetConfig, make_config
-from locallearn.context import MODE_NAMES
-from locallearn.data.specs import DATASETS
+from locallearn.config import NetConfig, resolve_net
+from locallearn.context import MODE_NAMES as _MODE_NAMES
+from locallearn.data.specs import DATASETS as _DATASETS
+from locallearn.decoders import FEATURE_DECODERS as _FEATURE_DECODERS
 from locallearn.engine import train_step
-from locallearn import featrecon  # noqa: F401  (registers the featrecon method, token head, feature decoders)
-from locallearn.decoders import FEATURE_DECODERS
-from locallearn.heads import HEADS
-from locallearn.losses import LOCAL_LOSSES
-from locallearn.models import MODELS
+from locallearn.heads import HEADS as _HEADS
+from locallearn.losses import LOCAL_LOSSES as _LOCAL_LOSSES
+from locallearn.methods import METHODS as _METHODS
+from locallearn.models import MODELS as _MODELS
 from locallearn.net import LocalNet, build_net
+from locallearn.split import SPLITS as _SPLITS
+from locallearn.version import __version__
 
-__version__ = "0.1.0"
 
-
-def build(model: str, method: str = "contsup", **options: Any) -> LocalNet:
-    """Build a local network: ``model`` from the model registry, ``method`` a preset, ``options`` any
-    field of ``NetConfig`` (num_modules, split, aux_head, local_loss, context, reconstruct, dataset, ...)."""
-    return build_net(make_config(model, method, **options))
+def build(model: str, method: str = "contsup", **options: _Any) -> LocalNet:
+    """Build a local network: ``model`` from the model registry, ``method`` from the method registry,
+    ``options`` any field of ``NetConfig`` (num_modules, split, aux_head, local_loss, context, reconstruct,
+    ...) and ``dataset`` (which picks classes, channels, image size, normalisation and the λ tables)."""
+    return build_net(resolve_net(model, method, **options))
 
 
 def registries() -> dict[str, list[str]]:
     """Every name a user can choose, by kind (``locallearn list``)."""
     return {
-        "models": MODELS.names(),
-        "methods": METHODS.names(),
-        "aux_heads": HEADS.names(),
-        "local_losses": LOCAL_LOSSES.names(),
-        "feature_decoders": FEATURE_DECODERS.names(),
-        "context_modes": list(MODE_NAMES) + ["RnE / Rn (any n >= 1)"],
-        "datasets": DATASETS.names(),
+        "models": _MODELS.names(),
+        "methods": _METHODS.names(),
+        "splits": _SPLITS.names(),
+        "aux_heads": _HEADS.names(),
+        "local_losses": _LOCAL_LOSSES.names(),
+        "feature_decoders": _FEATURE_DECODERS.names(),
+        "context_modes": list(_MODE_NAMES) + ["RnE / Rn (any n >= 1)"],
+        "datasets": _DATASETS.names(),
     }
 
 
-__all__ = ["LocalNet", "NetConfig", "build", "make_config", "registries", "train_step"]
+__all__ = ["LocalNet", "NetConfig", "__version__", "build", "registries", "resolve_net", "train_step"]

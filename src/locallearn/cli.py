@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 PROG = "locallearn"
 
@@ -35,8 +35,47 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
         parser.set_defaults(_run=run)
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace("[", "").replace("]", "").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _yaml_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"not a YAML value: {text!r}") from None
+
+
+FLAG_TYPES: dict[str, dict[str, Any]] = {
+    "str": {"type": str},
+    "int": {"type": int},
+    "float": {"type": float},
+    "floats": {"type": _floats},
+    "yaml": {"type": _yaml_value},
+    "bool": {"action": argparse.BooleanOptionalAction},
+}
+
+
+def train_flags() -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(--flag-name, add_argument kwargs)`` for every option of a run (``training.config.FLAGS``). Flags
+    that are not given stay out of the parsed options (``SUPPRESS``), so a ``--config`` file's values
+    survive them; each help text says where the default comes from."""
+    from locallearn.training.config import FLAGS
+
+    for name, (kind, help_text) in FLAGS.items():
+        kwargs = dict(FLAG_TYPES[kind])
+        if "type" in kwargs:
+            kwargs["metavar"] = name.upper()
+        yield f"--{name.replace('_', '-')}", dict(kwargs, dest=name, default=argparse.SUPPRESS, help=help_text)
+
+
 def _add_train(commands: argparse._SubParsersAction) -> None:
-    from locallearn.training.commands import train, train_flags
+    from locallearn.commands import train
 
     about = (
         "train a network with local learning into a run directory; with no arguments, ResNet-32 with ContSup "
@@ -56,7 +95,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:
-    from locallearn.training.commands import eval_command
+    from locallearn.commands import eval_command
 
     about = "test accuracy of a saved run"
     parser = commands.add_parser("eval", help=about, description=about)
@@ -67,7 +106,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_list(commands: argparse._SubParsersAction) -> None:
-    from locallearn.training.commands import list_command
+    from locallearn.commands import list_command
 
     about = "models, methods, heads, losses, context modes, datasets and presets"
     parser = commands.add_parser("list", help=about, description=about)
@@ -75,7 +114,7 @@ def _add_list(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_report(commands: argparse._SubParsersAction) -> None:
-    from locallearn.training.commands import report_command
+    from locallearn.commands import report_command
 
     about = "markdown table (method × K: test error, memory, time) and a plot of error against K"
     parser = commands.add_parser("report", help=about, description=about)

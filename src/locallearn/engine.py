@@ -1,16 +1,24 @@
-"""The training step: the one place in the library that calls ``backward()`` and ``optimizer.step()``."""
+"""The training step: the one place in the library that calls ``backward()`` and ``optimizer.step()``.
+
+Metrics leave the engine as detached 0-d tensors on the device: converting them to Python numbers would
+make the host wait for the device, once per metric of every module of every step. Whoever logs converts
+them, when it logs (``training.runner``).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import statistics
+import time
 from typing import Callable
 
 import torch
 
-from locallearn.net import ForwardState, LocalNet
+from locallearn.methods import ForwardState
+from locallearn.net import LocalNet
 
-# (k, inputs, state, labels) -> (loss, metrics, h): module k's training computation (see module_objective)
-Objective = Callable[[int, torch.Tensor, ForwardState, torch.Tensor], tuple]
+# (k, inputs, state) -> (loss, metrics, h): module k's training computation (see module_objective)
+Objective = Callable[[int, torch.Tensor, ForwardState], tuple]
 
 
 def train_step(
@@ -20,25 +28,34 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     *,
     autocast_dtype: torch.dtype | None = None,
-) -> dict[str, float]:
-    """One optimizer step of greedy local learning (METHODS.md 1).
+) -> dict[str, torch.Tensor]:
+    """One optimizer step of greedy local learning (docs/methods.md §1).
 
     For each module in order: forward from the detached (context-augmented) input, local loss, and
     ``backward()`` at once, so the module's graph is freed before the next module runs and peak
     activation memory is one module's, not the network's. Then one optimizer step for all modules.
 
-    Returns floats: ``loss`` (sum of the module losses), and per module k ``loss/k``, ``acc/k`` (where
-    the head gives logits), ``task/k``, ``rec/k``, ``feat/k`` (where used).
+    Returns detached 0-d tensors: ``loss`` (the sum of the module losses, in float64), and per module k
+    ``loss/k``, ``acc/k`` (where the head gives logits), ``task/k``, ``rec/k``, ``feat/k`` (where used).
     """
-    stats, _ = train_modules(
-        net, range(net.num_modules), images, net.begin(images), labels, optimizer, autocast_dtype=autocast_dtype
+    metrics, _ = train_modules(
+        net, range(net.num_modules), images, net.begin(images, labels), optimizer, autocast_dtype=autocast_dtype
     )
-    stats["loss"] = sum(stats[f"loss/{k}"] for k in range(net.num_modules))
-    return stats
+    metrics["loss"] = total_loss(metrics, range(net.num_modules))
+    return metrics
+
+
+def total_loss(metrics: dict[str, torch.Tensor], modules: range) -> torch.Tensor:
+    """The sum of the module losses, in float64 and in module order (the same value whichever process or
+    device adds them)."""
+    total = torch.zeros((), dtype=torch.float64, device=metrics[f"loss/{modules.start}"].device)
+    for k in modules:
+        total = total + metrics[f"loss/{k}"].double()
+    return total
 
 
 def module_objective(
-    net: LocalNet, k: int, inputs: torch.Tensor, state: ForwardState, labels: torch.Tensor
+    net: LocalNet, k: int, inputs: torch.Tensor, state: ForwardState
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Module k's training computation: (loss, metrics, output h).
 
@@ -47,7 +64,7 @@ def module_objective(
     """
     x = net.handoff(k - 1, inputs, state) if k > 0 else inputs
     h = net.module_forward(k, x, state)
-    loss, metrics = net.local_loss(k, h, labels, images=state.image, inputs=x, state=state)
+    loss, metrics = net.local_loss(k, h, x, state)
     return loss, metrics, h
 
 
@@ -56,33 +73,68 @@ def train_modules(
     modules: range,
     inputs: torch.Tensor,
     state: ForwardState,
-    labels: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     *,
     autocast_dtype: torch.dtype | None = None,
     objective: Objective | None = None,
-) -> tuple[dict[str, float], torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One optimizer step of the consecutive ``modules`` (all of them in ``train_step``; a pipeline
     stage's own in ``locallearn.distributed``): each module's forward, local loss and backward in turn,
     then ``optimizer.step()``. ``optimizer`` must hold exactly the parameters these modules train.
 
     ``inputs``: the image if ``modules`` starts at 0, else the output of module ``modules.start − 1``.
-    ``state`` carries the image and the context history ĥ_j across the hand-offs. ``objective`` replaces
-    ``module_objective`` (a data-parallel stage passes its DDP-wrapped modules).
-    Returns the per-module metrics as floats and the last module's detached output.
+    ``state`` carries the image, the labels and the context history ĥ_j across the hand-offs. ``objective``
+    replaces ``module_objective`` (a data-parallel stage passes its DDP-wrapped modules).
+    Returns the per-module metrics (detached tensors) and the last module's detached output.
     """
     net.train()
     optimizer.zero_grad(set_to_none=True)
-    objective = objective or (lambda k, x, s, y: module_objective(net, k, x, s, y))
+    objective = objective or (lambda k, x, s: module_objective(net, k, x, s))
     device = inputs.device.type
     amp = torch.autocast(device_type=device, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     metrics: dict[str, torch.Tensor] = {}
     h = inputs
     for k in modules:
         with amp:
-            loss, parts, h = objective(k, h, state, labels)
+            loss, parts, h = objective(k, h, state)
         loss.backward()
         metrics.update({f"{name}/{k}": value for name, value in parts.items()})
         del loss
     optimizer.step()
-    return {name: float(value) for name, value in metrics.items()}, h.detach()
+    return metrics, h.detach()
+
+
+def time_modules(
+    net: LocalNet, images: torch.Tensor, labels: torch.Tensor, *, repeats: int = 2
+) -> list[float]:
+    """Median seconds of each module's training computation (hand-off, forward, local loss, backward) on
+    ``images``, after one warm-up pass; what the pipeline balances its stages on. Gradients are cleared
+    afterwards; parameters, BatchNorm running statistics and the random generator are restored, so
+    measuring changes nothing a run computes."""
+    saved_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    was_training = net.training
+    net.train()
+    cuda = images.device.type == "cuda"
+    times: list[list[float]] = [[] for _ in range(net.num_modules)]
+    try:
+        for rep in range(repeats + 1):
+            state = net.begin(images, labels)
+            inputs = images
+            for k in range(net.num_modules):
+                if cuda:
+                    torch.cuda.synchronize(images.device)
+                start = time.perf_counter()
+                loss, _, h = module_objective(net, k, inputs, state)
+                loss.backward()
+                if cuda:
+                    torch.cuda.synchronize(images.device)
+                if rep:  # the first pass is a warm-up
+                    times[k].append(time.perf_counter() - start)
+                inputs = h.detach()
+    finally:
+        net.zero_grad(set_to_none=True)
+        net.load_state_dict(saved_state)
+        torch.random.set_rng_state(rng)
+        net.train(was_training)
+    return [statistics.median(t) for t in times]

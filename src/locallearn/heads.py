@@ -1,4 +1,4 @@
-"""Auxiliary networks that turn a local module's output into a local prediction (METHODS.md 3).
+"""Auxiliary networks that turn a local module's output into a local prediction (docs/methods.md §3).
 
 Each factory takes the module's output shape ``(C, H, W)`` and the output size (number of classes for
 cross-entropy, 128 for the contrastive loss) and returns an ``nn.Module``. Heads are training-only: the
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from locallearn.models.swin import TokenClassifier
 from locallearn.registry import Registry
 
 HeadFactory = Callable[[tuple[int, ...], int], nn.Module]
@@ -91,3 +92,7 @@ class DGLHead(nn.Module):
 
 
 HEADS.register("dgl", lambda in_shape, out_dim: DGLHead(in_shape, out_dim))
+
+# FeatRecon's classification head (docs/methods.md §6): Swin's own classifier (LayerNorm → token mean → Linear),
+# built fresh; the head ``aux_head="auto"`` picks on transformers.
+HEADS.register("token", lambda in_shape, out_dim: TokenClassifier.create(in_shape[0], out_dim))

@@ -1,132 +1,112 @@
-"""The local network: a backbone cut into K modules, with the auxiliary heads, decoders and context
-encoders its configuration uses — and nothing else, so ``net.parameters()`` is the true model size.
-
-``LocalNet`` computes; it never steps. The training step (``engine.train_step``) drives it module by
-module: ``module_forward`` → ``local_loss`` → backward → ``handoff``. The inference forward (``net(x)``)
-runs the same modules and hand-offs without heads or decoders.
-"""
+"""The local network: a backbone cut into K modules, each with its local objective, and the context
+encoders its configuration uses — nothing else, so ``net.parameters()`` is the true model size."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint as recompute_in_backward
 
-from locallearn import split as splits
 from locallearn.config import NetConfig
 from locallearn.context import ContextMode, ContextSupply
-from locallearn.decoders import FEATURE_DECODERS, ImageDecoder, feature_mse
-from locallearn.heads import create_head
-from locallearn.losses import LOCAL_LOSSES, lambda_schedule, lookup_lambdas, reconstruction_bce
+from locallearn.losses import lambda_schedule
+from locallearn.methods import METHODS, Boundary, ForwardState, NetworkLoss
 from locallearn.models import Backbone, create_model
-
-if TYPE_CHECKING:
-    from locallearn.split_cost import SplitCosts
-
-
-@dataclass
-class ForwardState:
-    """What the hand-offs of one forward pass share: the input image and the context history ĥ_j."""
-
-    image: torch.Tensor
-    history: dict[int, torch.Tensor] = field(default_factory=dict)
-    # FeatRecon's target for module 0: the first unit's output (the patch embedding), detached, as computed
-    # by module 0's own forward (``module_forward(0, x, state)``), so it need not be recomputed.
-    embedding: torch.Tensor | None = None
+from locallearn.split import cuts_from_ends, resolve_ends
 
 
 class LocalNet(nn.Module):
+    """A backbone cut into K gradient-isolated modules (docs/methods.md §1).
+
+    Module k runs units ``bounds[k] = [a, b)`` of the backbone. Modules k < K−1 end in their method's local
+    objective (``objectives[k]``: auxiliary head, task loss, decoders); the last module's objective is the
+    network's own cross-entropy. Between module k and k+1, ``handoff`` detaches module k's output and adds
+    ContSup's context (``context``, when the mode supplies any).
+
+    ``LocalNet`` computes; it never steps. The training step (``engine.train_step``) drives it module by
+    module — ``handoff`` → ``module_forward`` → ``local_loss`` → backward — so only one module's graph is
+    alive at a time. The inference forward (``net(x)``) runs the same modules and hand-offs without the
+    objectives.
+
+    Attributes: ``config`` (the resolved ``NetConfig``), ``backbone``, ``ends`` (the unit each module but
+    the last ends with), ``bounds``, ``cuts`` (``(stage, block)`` keys of ``ends``), ``boundary_shapes``
+    (output shape of modules 0..K−2), ``objectives``, ``context`` (a ``ContextSupply`` or None),
+    ``activation_segments`` (recomputed segments per module under activation checkpointing, else 0).
+    """
+
     def __init__(self, config: NetConfig, backbone: Backbone, ends: list[int]) -> None:
         super().__init__()
         self.config = config
         self.backbone = backbone
-        self.ends = list(ends)  # module k ends with unit ends[k] (k < K−1)
+        self.ends = list(ends)
         K = config.num_modules
         bounds = [0] + [e + 1 for e in self.ends] + [backbone.num_units]
         self.bounds = list(zip(bounds[:-1], bounds[1:]))  # units [a, b) of each module
-        self.cuts = splits.cuts_from_ends(self.ends, backbone.unit_keys)
+        self.cuts = cuts_from_ends(self.ends, backbone.unit_keys)
 
         image_size = config.image_size or backbone.image_size
-        shapes = backbone.unit_shapes(image_size)
-        self.boundary_shapes = [shapes[e] for e in self.ends]  # output shape of modules 0..K−2
-        self.loss = LOCAL_LOSSES.get(config.local_loss)
-        head_dim = self.loss.head_dim(config.num_classes)
-        self.aux_heads = nn.ModuleList([create_head(config.aux_head, s, head_dim) for s in self.boundary_shapes])
-
-        self.image_decoders = None
-        self.lambda_schedule: list[tuple[float, float]] = []
-        self.lambda_source = ""
-        if config.reconstruct and K > 1:
-            self.image_decoders = nn.ModuleList([ImageDecoder(s[0], image_size) for s in self.boundary_shapes])
-            if config.lambdas is not None:
-                lambdas, self.lambda_source = config.lambdas, "config"
-            else:
-                # the memory-balanced λ belong to the papers' memory-balanced cuts, not to a computed split
-                balanced = config.split == "balanced" and self.cuts == splits.table_cuts(
-                    "balanced", config.model, K, image_size
-                )
-                lambdas, self.lambda_source = lookup_lambdas(config.model, config.dataset, K, balanced=balanced)
-            self.lambda_schedule = lambda_schedule(lambdas, K)
-
-        self.feature_decoders = None
-        if config.feature_decoder is not None and K > 1:
-            image_shape = (backbone.in_channels, image_size, image_size)
-            first_input = shapes[0] if self._first_target_is_embedding() else image_shape
-            in_shapes = [first_input] + self.boundary_shapes
-            # module k reconstructs its own input: the previous module's output, or for k = 0 the output
-            # of the first unit (the patch embedding), which is why FeatRecon's first module starts after it.
-            factory = FEATURE_DECODERS.get(config.feature_decoder)
-            self.feature_decoders = nn.ModuleList(
-                [factory(self.boundary_shapes[k], in_shapes[k]) for k in range(K - 1)]
-            )
+        image_shape = (backbone.in_channels, image_size, image_size)
+        shapes = tuple(backbone.unit_shapes(image_size))
+        self.boundary_shapes = [shapes[e] for e in self.ends]
+        weights = lambda_schedule(config.lambdas, K) if config.reconstruct and K > 1 else [(1.0, 1.0)] * (K - 1)
+        boundaries = [
+            Boundary(index=k, units=(a, b - 1), out_shape=shapes[b - 1],
+                     in_shape=image_shape if k == 0 else shapes[a - 1], image_shape=image_shape,
+                     unit_shapes=shapes, lambdas=weights[k])
+            for k, (a, b) in enumerate(self.bounds[:-1])
+        ]
+        local = METHODS.get(config.method).build_objectives(config, boundaries) if K > 1 else []
+        self.objectives: nn.ModuleList = nn.ModuleList([*local, NetworkLoss()])
+        # unit index → whether an objective reads its output (recorded by module_forward into state.taps)
+        self._taps = frozenset(u for objective in self.objectives for u in objective.taps)
 
         mode = ContextMode.parse(config.context)
-        self.context = None
-        if mode.uses_context:
-            self.context = ContextSupply(
-                mode, image_shape=(backbone.in_channels, image_size, image_size), boundary_shapes=self.boundary_shapes
-            )
+        self.context = ContextSupply(mode, image_shape=image_shape, boundary_shapes=self.boundary_shapes) if mode.uses_context else None
 
-        mean = torch.tensor(config.image_mean or (0.0,) * 3).view(1, -1, 1, 1)
-        std = torch.tensor(config.image_std or (1.0,) * 3).view(1, -1, 1, 1)
-        self.register_buffer("image_mean", mean, persistent=False)
-        self.register_buffer("image_std", std, persistent=False)
-
-        self.checkpoint_segments = 0
-        if config.checkpoint:
+        self.activation_segments = 0
+        if config.activation_checkpointing:
             n = max(b - a for a, b in self.bounds)
-            self.checkpoint_segments = min(n, config.checkpoint_segments or max(1, round(math.sqrt(n))))
-
-    def _first_target_is_embedding(self) -> bool:
-        """Whether module 0's feature target is its first unit's output (it has more units than that one)."""
-        return self.bounds[0][1] > 1
-
-    def _reconstructs_embedding(self) -> bool:
-        return self.feature_decoders is not None and self._first_target_is_embedding()
+            self.activation_segments = min(n, config.activation_segments or max(1, round(math.sqrt(n))))
+        self.register_load_state_dict_pre_hook(_migrate_state_dict)
 
     @property
     def num_modules(self) -> int:
         return len(self.bounds)
 
+    @property
+    def lambda_schedule(self) -> list[tuple[float, float]]:
+        """(λ_xx, λ_xy) of each local module with image reconstruction, else []."""
+        if not self.config.reconstruct or self.num_modules < 2:
+            return []
+        return lambda_schedule(self.config.lambdas, self.num_modules)
+
+    @property
+    def lambda_source(self) -> str:
+        """Where the λ of image reconstruction came from (a table, the documented default, "config"), or ''."""
+        if not self.lambda_schedule:
+            return ""
+        return self.config.lambda_source or ""
+
     # --- the pieces the engine drives -------------------------------------------------------------
-    def begin(self, images: torch.Tensor) -> ForwardState:
-        return ForwardState(image=images)
+    def begin(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> ForwardState:
+        return ForwardState(image=images, labels=labels)
 
     def module_forward(self, k: int, x: torch.Tensor, state: ForwardState | None = None) -> torch.Tensor:
+        """Module k's units on its input ``x``; the outputs of tapped units are recorded in ``state.taps``."""
         a, b = self.bounds[k]
-        units = self.backbone.units[a:b]
-        if k == 0 and state is not None and self._reconstructs_embedding():
-            x = units[0](x)
-            state.embedding = x.detach()  # module 0's feature target; shares storage with x, costs nothing
-            units = units[1:]
-        if self.checkpoint_segments and self.training and torch.is_grad_enabled():
-            return _checkpointed(units, x, self.checkpoint_segments)
+        units = list(self.backbone.units[a:b])
+        if state is not None and self._taps:
+            while units and any(u in self._taps for u in range(a, b)):  # run up to the last tapped unit plainly
+                x = units.pop(0)(x)
+                if a in self._taps:
+                    state.taps[a] = x.detach()  # shares storage with x: costs nothing
+                a += 1
+        if units and self.activation_segments and self.training and torch.is_grad_enabled():
+            return _recomputed(units, x, self.activation_segments)
         for unit in units:
             x = unit(x)
         return x
@@ -149,72 +129,30 @@ class LocalNet(nn.Module):
         return out
 
     def local_loss(
-        self,
-        k: int,
-        h: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        images: torch.Tensor,
-        inputs: torch.Tensor,
-        state: ForwardState | None = None,
+        self, k: int, h: torch.Tensor, inputs: torch.Tensor, state: ForwardState
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Module k's loss from its output h, and its metrics (detached tensors) keyed without the index.
+        """Module k's loss from its output h (``inputs``: the module's input), and its metrics as detached
+        tensors keyed without the index; the method's objective computes both."""
+        return self.objectives[k](h, inputs, state)
 
-        The last module uses the network's own classifier and cross-entropy; modules k < K−1 their
-        auxiliary head's task loss, plus the image (InfoPro) or feature (FeatRecon) reconstruction.
-        ``state``: the forward's state, whose ``embedding`` is module 0's FeatRecon target.
-        """
-        if k == self.num_modules - 1:
-            loss = F.cross_entropy(h, labels)
-            return loss, {"loss": loss.detach(), "acc": _accuracy(h, labels)}
-        z = self.aux_heads[k](h)
-        task = self.loss.score(z, labels, temperature=self.config.temperature)
-        metrics = {"task": task.detach()}
-        if self.loss.gives_logits:
-            metrics["acc"] = _accuracy(z, labels)
-        loss = task
-        if self.image_decoders is not None:
-            rec = reconstruction_bce(self.image_decoders[k](h), self.denormalize(images))
-            lam_xx, lam_xy = self.lambda_schedule[k]
-            loss = lam_xx * rec + lam_xy * task
-            metrics["rec"] = rec.detach()
-        if self.feature_decoders is not None:
-            target = inputs.detach()
-            if k == 0 and self._reconstructs_embedding():  # the patch embedding, see __init__
-                if state is not None and state.embedding is not None:
-                    target, state.embedding = state.embedding, None  # consumed: not kept alive past module 0
-                else:  # a caller that drove module_forward without the state: recompute it, untracked
-                    with torch.no_grad():
-                        target = self.backbone.units[0](inputs)
-            feat = feature_mse(self.feature_decoders[k], h, target)
-            loss = loss + self.config.feature_weight * feat
-            metrics["feat"] = feat.detach()
-        metrics["loss"] = loss.detach()
-        return loss, metrics
-
-    def denormalize(self, images: torch.Tensor) -> torch.Tensor:
-        """The un-normalised [0, 1] image, the target of image reconstruction."""
-        return (images * self.image_std + self.image_mean).clamp(0.0, 1.0)
+    def forward_modules(self, modules: range, x: torch.Tensor, state: ForwardState) -> torch.Tensor:
+        """Inference through ``modules`` (consecutive), from the output of module ``modules.start − 1`` (the
+        image for module 0): hand-offs and units, no objectives. A pipeline stage runs its own range."""
+        for k in modules:
+            if k > 0:
+                x = self.handoff(k - 1, x, state)
+            x = self.module_forward(k, x)
+        return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Inference: logits through backbone and context path; auxiliary heads and decoders are not run."""
-        state = self.begin(images)
-        x = images
-        for k in range(self.num_modules):
-            h = self.module_forward(k, x)
-            x = self.handoff(k, h, state) if k < self.num_modules - 1 else h
-        return x
+        return self.forward_modules(range(self.num_modules), images, self.begin(images))
 
     # --- structure ---------------------------------------------------------------------------------
     def module_parts(self, k: int) -> list[nn.Module]:
-        """Everything module k's loss trains: its units, its head and decoders, the encoders feeding it."""
+        """Everything module k's loss trains: its units, its objective, the context encoders feeding it."""
         a, b = self.bounds[k]
-        parts: list[nn.Module] = list(self.backbone.units[a:b])
-        if k < self.num_modules - 1:
-            parts.append(self.aux_heads[k])
-            for decoders in (self.image_decoders, self.feature_decoders):
-                if decoders is not None:
-                    parts.append(decoders[k])
+        parts: list[nn.Module] = [*self.backbone.units[a:b], self.objectives[k]]
         if k > 0 and self.context is not None:
             parts += self.context.encoders_at(k - 1)
         return parts
@@ -231,12 +169,8 @@ class LocalNet(nn.Module):
             "parameters": sum(p.numel() for p in self.parameters()),
             "lambda_source": self.lambda_source or None,
             "lambda_schedule": [list(x) for x in self.lambda_schedule] or None,
-            "checkpoint_segments": self.checkpoint_segments or None,
+            "activation_segments": self.activation_segments or None,
         }
-
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return (logits.detach().argmax(dim=1) == labels).float().mean()
 
 
 # --- activation checkpointing --------------------------------------------------------------------------
@@ -256,10 +190,10 @@ def _frozen_batchnorm_stats(modules: list[nn.Module]):
                 m.num_batches_tracked.copy_(tracked)
 
 
-def _checkpointed(units: nn.ModuleList, x: torch.Tensor, segments: int) -> torch.Tensor:
-    """Run ``units`` in ``segments`` checkpointed chunks (non-reentrant); the last chunk is not checkpointed,
-    since its activations are needed at once by the backward pass (as torch's checkpoint_sequential)."""
-    units = list(units)
+def _recomputed(units: list[nn.Module], x: torch.Tensor, segments: int) -> torch.Tensor:
+    """Run ``units`` in ``segments`` chunks whose activations are recomputed in backward instead of kept
+    (non-reentrant ``torch.utils.checkpoint``); the last chunk is not, since its activations are needed at
+    once by the backward pass (as torch's checkpoint_sequential)."""
     size = math.ceil(len(units) / segments)
     chunks = [units[i : i + size] for i in range(0, len(units), size)]
 
@@ -272,7 +206,7 @@ def _checkpointed(units: nn.ModuleList, x: torch.Tensor, segments: int) -> torch
         return fn
 
     for chunk in chunks[:-1]:
-        x = checkpoint(
+        x = recompute_in_backward(
             run(chunk),
             x,
             use_reentrant=False,
@@ -281,64 +215,42 @@ def _checkpointed(units: nn.ModuleList, x: torch.Tensor, segments: int) -> torch
     return run(chunks[-1])(x)
 
 
+# --- checkpoints of earlier releases ---------------------------------------------------------------------
+_OLD_PARTS = {"aux_heads": "head", "image_decoders": "image_decoder", "feature_decoders": "feature_decoder"}
+
+
+def _migrate_state_dict(module, state_dict, prefix, *args) -> None:
+    """Weights saved before local objectives were modules (``aux_heads.k.*``, ``image_decoders.k.*``,
+    ``feature_decoders.k.*``) load into ``objectives.k.{head, image_decoder, feature_decoder}.*``."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        parts = key[len(prefix):].split(".", 2)
+        if len(parts) == 3 and parts[0] in _OLD_PARTS:
+            state_dict[f"{prefix}objectives.{parts[1]}.{_OLD_PARTS[parts[0]]}.{parts[2]}"] = state_dict.pop(key)
+
+
+def old_parameter_order(net: LocalNet) -> list[int]:
+    """For each parameter as an earlier release ordered ``net.parameters()`` (backbone, every head, every
+    image decoder, every feature decoder, context), its index in today's order: how an optimizer state
+    saved then maps onto today's parameters."""
+    names = [name for name, _ in net.named_parameters()]
+    rank = {"head": 1, "image_decoder": 2, "feature_decoder": 3}
+
+    def key(i: int):
+        parts = names[i].split(".")
+        if parts[0] == "objectives":
+            return (rank[parts[2]], int(parts[1]), i)
+        return (0 if parts[0] == "backbone" else 4, 0, i)
+
+    return sorted(range(len(names)), key=key)
+
+
 # --- construction --------------------------------------------------------------------------------------
-def resolve_ends(config: NetConfig, backbone: Backbone, costs: Callable[[], SplitCosts]) -> list[int]:
-    """Unit indices where modules end, from the config's split (METHODS.md 2.2).
-
-    Computed splits ("auto", or "balanced" without a published table) minimise the largest module's cost
-    as ``costs()`` models it (``split_cost.split_costs``; called only for a computed split)."""
-    K = config.num_modules
-    splits.check_num_modules(K, backbone.num_units)
-    keys = backbone.unit_keys
-    if isinstance(config.split, list):
-        ends = splits.ends_from_cuts(config.split, keys)
-        if len(ends) != K - 1:
-            raise ValueError(
-                f"split: {len(ends)} cuts make {len(ends) + 1} modules but num_modules={K}; give {K - 1} cuts."
-            )
-        return ends
-    if K == 1:
-        return []
-    image_size = config.image_size or backbone.image_size
-    if config.split in ("paper", "balanced", "stages"):
-        own = backbone.named_splits(config.split)  # a backbone's own table (Swin's stages) comes first
-        cuts = own.get(K) if own else splits.table_cuts(config.split, config.model, K, image_size)
-        if cuts is not None:
-            return splits.ends_from_cuts(cuts, keys)
-        if config.split in ("paper", "stages"):
-            known = sorted(own) if own else (splits.paper_ks(config.model) if config.split == "paper" else [])
-            if not known:
-                raise ValueError(
-                    f"split: {config.model} defines no {config.split} split; its splits are "
-                    f"{', '.join(_split_names(config.model, backbone))} or explicit cuts."
-                )
-            raise ValueError(
-                f"split: the {config.split} split of {config.model} is defined for num_modules in "
-                f"{known}, not {K}; use split='balanced', 'auto', 'uniform' or explicit cuts."
-            )
-    if config.split == "uniform":
-        return splits.uniform_ends(backbone.num_units, K)
-    return costs().ends(K)  # "auto", or "balanced" without a table
-
-
-def _split_names(model: str, backbone: Backbone) -> list[str]:
-    """The named splits that exist for a backbone: ``paper`` and ``stages`` only where tables define them."""
-    defined = {"paper": bool(splits.paper_ks(model) or backbone.named_splits("paper")),
-               "stages": bool(backbone.named_splits("stages"))}
-    return [name for name in splits.SPLIT_NAMES if defined.get(name, True)]
-
-
-def build_net(config: NetConfig) -> LocalNet:
-    kwargs = dict(config.model_kwargs)
-    kwargs.setdefault("num_classes", config.num_classes)
-    if config.image_size is not None:
-        kwargs.setdefault("image_size", config.image_size)
-    backbone = create_model(config.model, **kwargs)
-
-    def costs() -> SplitCosts:  # the cost model of a computed split, measured only when one is asked for
-        from locallearn.split_cost import split_costs
-
-        return split_costs(config, backbone)
-
-    ends = resolve_ends(config, backbone, costs)
-    return LocalNet(config, backbone, ends)
+def build_net(config: NetConfig, backbone: Backbone | None = None) -> LocalNet:
+    """The network of ``config``; the backbone from the model registry unless one is given."""
+    if backbone is None:
+        kwargs = dict(config.model_kwargs)
+        kwargs.setdefault("num_classes", config.num_classes)
+        if config.image_size is not None:
+            kwargs.setdefault("image_size", config.image_size)
+        backbone = create_model(config.model, **kwargs)
+    return LocalNet(config, backbone, resolve_ends(config, backbone))

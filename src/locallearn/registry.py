@@ -11,9 +11,10 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A dict of named entries whose lookup errors list the valid names."""
 
-    def __init__(self, kind: str, *, plural: str | None = None) -> None:
+    def __init__(self, kind: str, *, plural: str | None = None, ordered: bool = False) -> None:
         self.kind = kind  # "model", "method", ... — used in error messages
         self.plural = plural or f"{kind}s"
+        self.ordered = ordered  # names() in registration order (e.g. splits, most used first), else sorted
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
@@ -36,7 +37,7 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return list(self._entries) if self.ordered else sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

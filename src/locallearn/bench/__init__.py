@@ -1,16 +1,7 @@
-"""Memory meters and benchmark grids: ``locallearn bench memory|speed`` and ``benchmarks/run.py``."""
+"""Benchmark grids over the library: ``locallearn bench memory|speed`` and ``benchmarks/run.py``. The meters
+they read are the core's (``locallearn.memory``); the project's own thresholds are ``benchmarks/targets.py``."""
 
 from locallearn.bench.grid import BenchConfig, GridSpec
-from locallearn.bench.meters import CudaPeakMeter, SavedTensorMeter, StepMemoryMeter
 from locallearn.bench.runner import RunOptions, run_memory, run_speed
 
-__all__ = [
-    "BenchConfig",
-    "CudaPeakMeter",
-    "GridSpec",
-    "RunOptions",
-    "SavedTensorMeter",
-    "StepMemoryMeter",
-    "run_memory",
-    "run_speed",
-]
+__all__ = ["BenchConfig", "GridSpec", "RunOptions", "run_memory", "run_speed"]

@@ -10,8 +10,10 @@ running (``BenchConfig``), by these rules:
 - Context modes multiply only the methods that supply context (``contsup``); every other method runs
   with its preset's mode. Feature decoders multiply only the methods that reconstruct features
   (``featrecon``); every other method has none.
-- Every method runs with its preset on the model (``config.method_defaults``): on a transformer backbone
-  (Swin) ``infopro`` is InfoPro-Transformer, as in ``configs/swin/``.
+- Every method runs with its preset on the model (``Method.preset``): on a transformer backbone (Swin)
+  ``infopro`` is InfoPro-Transformer, as in ``configs/swin/``.
+- Which rule applies to a method comes from the method object (``single_module``, ``varies_context``,
+  ``varies_feature_decoder``), so a new method needs no edit here.
 - A combination that cannot be built (a ``paper`` split at a K its table lacks, R8 at K = 4) is still
   listed: the runner reports it as skipped, with the builder's reason.
 
@@ -25,15 +27,12 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from locallearn.config import METHODS, method_defaults
 from locallearn.context import MODE_NAMES, ContextMode
 from locallearn.decoders import FEATURE_DECODERS
-from locallearn.models import MODELS, create_model
-from locallearn.split import SPLIT_NAMES
+from locallearn.methods import METHODS
+from locallearn.models import MODELS, create_model, model_family
+from locallearn.split import SPLITS
 
-SINGLE_MODULE_METHODS = ("e2e", "checkpoint")  # trained as one module: K = 1, no split, no context
-CONTEXT_METHODS = ("contsup",)  # the methods whose context mode is a grid axis
-DECODER_METHODS = ("featrecon",)  # the methods whose feature decoder is a grid axis
 REFERENCE = "e2e"
 
 
@@ -54,7 +53,7 @@ class BenchConfig:
         options: dict = dict(num_modules=self.num_modules, image_size=self.image_size)
         if self.split is not None:
             options["split"] = self.split
-        if self.method in CONTEXT_METHODS:
+        if METHODS.get(self.method).varies_context:
             options["context"] = self.context
         if self.feature_decoder is not None:
             options["feature_decoder"] = self.feature_decoder
@@ -69,7 +68,7 @@ class BenchConfig:
     def label(self) -> str:
         """A short name for tables and plots: method, context (if an axis) and split."""
         parts = [self.method]
-        if self.method in CONTEXT_METHODS:
+        if METHODS.get(self.method).varies_context:
             parts.append(self.context)
         if self.feature_decoder is not None:
             parts.append(self.feature_decoder)
@@ -116,7 +115,7 @@ class GridSpec:
         for method in self.methods:
             _check_name("methods", method, METHODS.names())
         for split in self.splits:
-            _check_name("splits", split, list(SPLIT_NAMES))
+            _check_name("splits", split, SPLITS.names())
         for decoder in self.feature_decoders:
             _check_name("feature_decoders", decoder, FEATURE_DECODERS.names())
         for mode in self.contexts:
@@ -139,18 +138,19 @@ class GridSpec:
             size = self.image_size or model_image_size(model)
             for batch in self.batch_sizes:
                 one = dict(model=model, batch_size=batch, image_size=size)
-                single = [m for m in (REFERENCE, *self.methods) if m in SINGLE_MODULE_METHODS]
+                single = [m for m in (REFERENCE, *self.methods) if METHODS.get(m).single_module]
                 for method in dict.fromkeys(single):
                     configs.append(BenchConfig(method=method, num_modules=1, split=None, context="R0", **one))
-                for method in (m for m in self.methods if m not in SINGLE_MODULE_METHODS):
-                    own_context = method_defaults(method, model)["context"]
-                    contexts = self.contexts if method in CONTEXT_METHODS else (own_context,)
-                    decoders = self.feature_decoders if method in DECODER_METHODS else (None,)
+                for name in (m for m in self.methods if not METHODS.get(m).single_module):
+                    method = METHODS.get(name)
+                    own_context = method.preset(model_family(model))["context"]
+                    contexts = self.contexts if method.varies_context else (own_context,)
+                    decoders = self.feature_decoders if method.varies_feature_decoder else (None,)
                     for k in (k for k in self.num_modules if k > 1):
                         for split in self.splits:
                             for context in contexts:
                                 for decoder in decoders:
-                                    configs.append(BenchConfig(method=method, num_modules=k, split=split,
+                                    configs.append(BenchConfig(method=name, num_modules=k, split=split,
                                                                context=context, feature_decoder=decoder, **one))
         return configs
 

@@ -8,23 +8,29 @@ import json
 import math
 from pathlib import Path
 
-from locallearn.bench.targets import evaluate, published_gpu
-
 MIB = 2**20
 
 
 def write_results(
-    out_dir: Path | str, kind: str, rows: list[dict], meta: dict, *, name: str | None = None
+    out_dir: Path | str,
+    kind: str,
+    rows: list[dict],
+    meta: dict,
+    *,
+    name: str | None = None,
+    targets: list[dict] | None = None,
+    sections: tuple[str, ...] = (),
 ) -> dict[str, Path]:
     """``{name}.json``, ``.csv``, ``.md`` and ``.png`` in ``out_dir`` (``name`` defaults to ``kind``,
-    "memory" or "speed"); returns the paths."""
+    "memory" or "speed"); returns the paths. ``targets``: what a caller checked the rows against (rows of
+    ``targets_table``; the project's own are in ``benchmarks/targets.py``), ``sections``: more markdown."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    targets = evaluate(rows, kind)
     paths = {ext: out / f"{name or kind}.{ext}" for ext in ("json", "csv", "md", "png")}
-    paths["json"].write_text(json.dumps(dict(kind=kind, meta=meta, targets=targets, rows=rows), indent=1) + "\n")
+    record = dict(kind=kind, meta=meta, **({"targets": targets} if targets is not None else {}), rows=rows)
+    paths["json"].write_text(json.dumps(record, indent=1) + "\n")
     write_csv(paths["csv"], rows)
-    paths["md"].write_text(markdown(kind, rows, meta, targets))
+    paths["md"].write_text(markdown(kind, rows, meta, targets, sections))
     plot(paths["png"], **{kind: rows})
     return paths
 
@@ -45,13 +51,13 @@ def _csv_value(value):
 
 
 # --- markdown ----------------------------------------------------------------------------------------
-def markdown(kind: str, rows: list[dict], meta: dict, targets: list[dict] | None = None) -> str:
-    targets = evaluate(rows, kind) if targets is None else targets
+def markdown(
+    kind: str, rows: list[dict], meta: dict, targets: list[dict] | None = None, sections: tuple[str, ...] = ()
+) -> str:
     title = "Peak activation memory" if kind == "memory" else "Step time"
     parts = [f"## {title}\n", _meta_lines(meta), _memory_table(rows) if kind == "memory" else _speed_table(rows)]
-    parts.append(targets_table(targets))
-    if kind == "memory":
-        parts.append(_gpu_section(rows))
+    parts.append(targets_table(targets or []))
+    parts += list(sections)
     return "\n".join(p for p in parts if p) + "\n"
 
 
@@ -70,7 +76,7 @@ def _meta_lines(meta: dict) -> str:
     return "\n".join(line for line in lines if line) + "\n"
 
 
-def _fmt(value, spec: str, none: str = "–") -> str:
+def fmt(value, spec: str, none: str = "–") -> str:
     return none if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
@@ -94,26 +100,26 @@ def _memory_table(rows: list[dict]) -> str:
     head = ["model", "method", "K", "split", "context", "batch", "peak activations MiB", "per sample MiB",
             "× below e2e", "peak module"]
     head += (["GPU peak GB", "GPU ÷ e2e"] if gpu else []) + ["status"]
-    lines = [_row_md(head), _row_md(["---"] * len(head))]
+    lines = [row_md(head), row_md(["---"] * len(head))]
     for row in rows:
         ok = row["status"] == "ok"
         cells = _cells(row) + [
-            _fmt(row["peak_activation_bytes"] / MIB if ok else None, ".2f"),
-            _fmt(row["peak_activation_bytes_per_sample"] / MIB if ok else None, ".3f"),
-            _fmt(row["activation_reduction"], ".2f"),
-            _fmt(row["peak_module"], "d"),
+            fmt(row["peak_activation_bytes"] / MIB if ok else None, ".2f"),
+            fmt(row["peak_activation_bytes_per_sample"] / MIB if ok else None, ".3f"),
+            fmt(row["activation_reduction"], ".2f"),
+            fmt(row["peak_module"], "d"),
         ]
         if gpu:
-            cells += [_fmt(row["peak_allocated_bytes"] / 1e9 if row.get("peak_allocated_bytes") else None, ".2f"),
-                      _fmt(row["allocated_ratio"], ".2f")]
-        lines.append(_row_md(cells + [_status(row)]))
+            cells += [fmt(row["peak_allocated_bytes"] / 1e9 if row.get("peak_allocated_bytes") else None, ".2f"),
+                      fmt(row["allocated_ratio"], ".2f")]
+        lines.append(row_md(cells + [_status(row)]))
     return "\n".join(lines) + "\n"
 
 
 def _speed_table(rows: list[dict]) -> str:
     head = ["model", "method", "K", "split", "context", "batch", "median step s", "× e2e",
             "paired ratio: median [IQR]", "paired min–max", "status"]
-    lines = [_row_md(head), _row_md(["---"] * len(head))]
+    lines = [row_md(head), row_md(["---"] * len(head))]
     for row in rows:
         paired = "–"
         if row["time_ratio_paired"] is not None:
@@ -121,43 +127,27 @@ def _speed_table(rows: list[dict]) -> str:
         span = "–"
         if row["time_ratio_min"] is not None:
             span = f"{row['time_ratio_min']:.2f}–{row['time_ratio_max']:.2f}"
-        cells = _cells(row) + [_fmt(row["step_time_s"], ".3f"), _fmt(row["time_ratio"], ".2f"), paired, span]
+        cells = _cells(row) + [fmt(row["step_time_s"], ".3f"), fmt(row["time_ratio"], ".2f"), paired, span]
         cells.append(_status(row))
-        lines.append(_row_md(cells))
+        lines.append(row_md(cells))
     return "\n".join(lines) + "\n"
 
 
 def targets_table(targets: list[dict], heading: str = "### Targets\n") -> str:
     if not targets:
         return ""
-    lines = [heading, _row_md(["target", "where", "measured", "required", "status", "note"]),
-             _row_md(["---"] * 6)]
+    lines = [heading, row_md(["target", "where", "measured", "required", "status", "note"]),
+             row_md(["---"] * 6)]
     for t in targets:
         required = f"{t['op']} {t['threshold']:g}" if t["op"] and t["threshold"] is not None else "–"
         status = f"**{t['status']}**" if t["status"] == "missed" else t["status"]
         # three significant digits: a ratio of 0.641 must not read as a threshold of 0.64
-        cells = [t["target"], t["where"] or "–", _fmt(t["measured"], ".3g"), required, status, t["note"]]
-        lines.append(_row_md(cells))
+        cells = [t["target"], t["where"] or "–", fmt(t["measured"], ".3g"), required, status, t["note"]]
+        lines.append(row_md(cells))
     return "\n".join(lines) + "\n"
 
 
-def _gpu_section(rows: list[dict]) -> str:
-    found = published_gpu(rows)
-    lines = ["### GPU memory against InfoPro's published figures (ResNet-110)\n"]
-    if not found:
-        lines.append(
-            "Pending: no CUDA rows at a published setting (ResNet-110, 32×32 at batch 1024 or 96×96 at batch 128) "
-            "in this run. Meter (b), `torch.cuda.max_memory_allocated`, fills this table on a GPU.\n"
-        )
-        return "\n".join(lines)
-    lines += [_row_md(["method", "K", "split", "batch", "published GB", "ours GB", "status"]), _row_md(["---"] * 7)]
-    for r in found:
-        lines.append(_row_md([r["method"], str(r["num_modules"]), r["split"] or "–", str(r["batch_size"]),
-                              f"{r['published_gb']:.2f}", _fmt(r["measured_gb"], ".2f"), r["status"]]))
-    return "\n".join(lines) + "\n"
-
-
-def _row_md(cells: list[str]) -> str:
+def row_md(cells: list[str]) -> str:
     return "| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |"
 
 

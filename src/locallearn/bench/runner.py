@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 import locallearn
+from locallearn.version import __version__
 from locallearn.bench.grid import REFERENCE, BenchConfig, GridSpec
-from locallearn.bench.meters import CudaPeakMeter, StepMemoryMeter
+from locallearn.memory import CudaPeakMeter, StepMemoryMeter
 from locallearn.engine import train_step
 from locallearn.provenance import git_revision
 
@@ -346,7 +347,7 @@ def environment(options: RunOptions, command: str | None = None) -> dict:
         torch_threads=torch.get_num_threads(),
         python=platform.python_version(),
         torch=torch.__version__,
-        locallearn=locallearn.__version__,
+        locallearn=__version__,
         git_revision=git_revision(),
         options=asdict(options),
         cuda_device=None,

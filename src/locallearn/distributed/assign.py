@@ -9,15 +9,13 @@ stage's total. "even" gives every stage the same number of modules (±1); a list
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Sequence
 
 import torch
 
+from locallearn.engine import time_modules
 from locallearn.net import LocalNet
-
-ASSIGN_NAMES = ("balanced", "even")
+from locallearn.training.config import parse_assign
 
 
 def check_layout(num_modules: int, world_size: int, data_parallel: int) -> int:
@@ -37,24 +35,6 @@ def check_layout(num_modules: int, world_size: int, data_parallel: int) -> int:
             f"more modules (--num-modules), or a larger --data-parallel."
         )
     return stages
-
-
-def parse_assign(value: str | Sequence[int]) -> str | list[int]:
-    """"balanced", "even", or module counts per stage ("1,3" or [1, 3])."""
-    if isinstance(value, str):
-        if value in ASSIGN_NAMES:
-            return value
-        try:
-            value = [int(v) for v in value.split(",")]
-        except ValueError:
-            raise ValueError(
-                f"pipeline_assign: expected {' or '.join(ASSIGN_NAMES)} or module counts per stage such as "
-                f"'2,2', got {value!r}."
-            ) from None
-    counts = list(value)
-    if not counts or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in counts):
-        raise ValueError(f"pipeline_assign: module counts must be positive integers, got {counts!r}.")
-    return counts
 
 
 def check_assign(how: str | Sequence[int], stages: int, num_modules: int) -> None:
@@ -126,47 +106,12 @@ def assign_modules(
 
 
 def measure_module_costs(
-    net: LocalNet,
-    *,
-    batch_size: int,
-    image_size: int,
-    device: torch.device | str = "cpu",
-    repeats: int = 2,
+    net: LocalNet, *, batch_size: int, device: torch.device | str = "cpu", repeats: int = 2
 ) -> list[float]:
-    """Median seconds of each module's training computation (hand-off, forward, local loss, backward)
-    on a random batch, after one warm-up. Gradients are cleared afterwards; BatchNorm running statistics
-    and the random generator are restored, so measuring changes nothing a run computes."""
-    from locallearn.engine import module_objective  # the same computation the training step runs
-
-    saved_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    rng = torch.random.get_rng_state()
-    was_training = net.training
-    net.train()
+    """Median seconds of each module's training computation on a random batch of the network's input shape
+    (``engine.time_modules``: hand-off, forward, local loss, backward; measuring changes nothing a run computes)."""
+    size = net.config.image_size or net.backbone.image_size
     generator = torch.Generator().manual_seed(0)
-    images = torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(device)
+    images = torch.randn(batch_size, net.backbone.in_channels, size, size, generator=generator).to(device)
     labels = torch.randint(0, net.config.num_classes, (batch_size,), generator=generator).to(device)
-    times: list[list[float]] = [[] for _ in range(net.num_modules)]
-    try:
-        for rep in range(repeats + 1):
-            state = net.begin(images)
-            inputs = images
-            for k in range(net.num_modules):
-                _sync(device)
-                start = time.perf_counter()
-                loss, _, h = module_objective(net, k, inputs, state, labels)
-                loss.backward()
-                _sync(device)
-                if rep:  # the first pass is a warm-up
-                    times[k].append(time.perf_counter() - start)
-                inputs = h.detach()
-    finally:
-        net.zero_grad(set_to_none=True)
-        net.load_state_dict(saved_state)
-        torch.random.set_rng_state(rng)
-        net.train(was_training)
-    return [statistics.median(t) for t in times]
-
-
-def _sync(device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+    return time_modules(net, images, labels, repeats=repeats)

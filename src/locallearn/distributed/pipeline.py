@@ -22,11 +22,9 @@ weight decay is elementwise, so per-stage optimizers over disjoint parameters eq
 from __future__ import annotations
 
 import contextlib
-import math
 import resource
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -35,10 +33,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from locallearn.bench.meters import SavedTensorMeter
 from locallearn.distributed.comm import Inbox, Kind, Message, Outbox
-from locallearn.engine import module_objective, train_modules
-from locallearn.net import ForwardState, LocalNet
+from locallearn.engine import module_objective, total_loss, train_modules
+from locallearn.memory import SavedTensorMeter
+from locallearn.methods import ForwardState
+from locallearn.net import LocalNet
+from locallearn.training.runner import CHECK_EVERY, check_finite
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -94,7 +94,7 @@ def image_needed_from(net: LocalNet, k0: int) -> bool:
     """Whether modules k0.. read the image: a context encoder of theirs (E modes, or Rn reaching ĥ_{−1}),
     or InfoPro's image reconstruction in a module that has a decoder."""
     K = net.num_modules
-    if net.image_decoders is not None and k0 < K - 1:
+    if net.config.reconstruct and k0 < K - 1:
         return True
     if net.context is None:
         return False
@@ -113,8 +113,8 @@ class ModuleStep(nn.Module):
         object.__setattr__(self, "net", net)  # not a submodule: the rest of the net belongs to other modules
         self.k = k
 
-    def forward(self, inputs: torch.Tensor, state: ForwardState, labels: torch.Tensor):
-        return module_objective(self.net, self.k, inputs, state, labels)
+    def forward(self, inputs: torch.Tensor, state: ForwardState):
+        return module_objective(self.net, self.k, inputs, state)
 
 
 # --- statistics ---------------------------------------------------------------------------------------------
@@ -128,16 +128,17 @@ class PhaseStats:
     compute_s: float = 0.0  # inside the training step / inference forward
     wait_in_s: float = 0.0  # blocked waiting for the previous stage
     wait_out_s: float = 0.0  # blocked because the next stage had not taken earlier messages
-    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # metric · images
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # metric · images, float64 on the device
     correct: int = 0  # evaluation, last stage
     loss_sum: float = 0.0
     saved_bytes: int = 0  # bytes autograd saved in the phase's first step (CPU)
-    batch_losses: list[tuple[int, list[float]]] = field(default_factory=list)  # (images, this stage's loss/k)
+    batch_losses: list[tuple[int, list[torch.Tensor]]] = field(default_factory=list)  # (images, this stage's loss/k)
     done_s: list[float] = field(default_factory=list)  # when each batch was done, from the phase's start
 
-    def add(self, metrics: dict[str, float], n: int, modules: range) -> None:
+    def add(self, metrics: dict[str, torch.Tensor], n: int, modules: range) -> None:
         for key, value in metrics.items():
-            self.sums[key] += value * n
+            value = value.double() * n
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
         self.batch_losses.append((n, [metrics[f"loss/{k}"] for k in modules]))
 
     def means(self) -> dict[str, float]:
@@ -198,12 +199,13 @@ class PipelineStage:
             self.outbox = Outbox(dst, group=links.get((rank, dst)), device=device, depth=depth)
         self.send_image = not self.last and image_needed_from(net, self.modules.stop)
         self.objective = None
+        self._pending: list[torch.Tensor] = []  # this stage's batch losses since the last finiteness check
         self.dp_group = dp_group
         if layout.replicas > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             steps = {k: DDP(ModuleStep(net, k), process_group=dp_group) for k in self.modules}
-            self.objective = lambda k, x, s, y: steps[k](x, s, y)
+            self.objective = lambda k, x, s: steps[k](x, s)
 
     # --- phases ------------------------------------------------------------------------------------------
     def train_phase(self, batches: Iterable[Batch] | None = None) -> PhaseStats:
@@ -262,6 +264,8 @@ class PipelineStage:
                 dist.barrier(group=self.barrier_group)  # lock step: nobody starts batch t+1 before all finish t
             stats.wall_s = time.perf_counter() - start
             stats.done_s.append(stats.wall_s)
+        if self._pending:
+            self._check_finite(stats.batches)
         if self.outbox is not None:
             self.outbox.put(Message(Kind.END))
         stats.wait_in_s = self.inbox.wait_s if self.inbox is not None else 0.0
@@ -278,7 +282,7 @@ class PipelineStage:
                     continue  # a last batch too small to give every replica an image: skipped by all alike
                 images = torch.tensor_split(images, self.layout.replicas)[self.replica].to(self.device)
                 labels = torch.tensor_split(labels, self.layout.replicas)[self.replica].to(self.device)
-                yield index, images, self.net.begin(images), labels
+                yield index, images, self.net.begin(images, labels), labels
             return
         while True:
             message = self.inbox.get()
@@ -291,7 +295,7 @@ class PipelineStage:
                 )
             t = message.tensors
             history = {int(name[5:]): v for name, v in t.items() if name.startswith("hist/")}
-            yield message.index, t["h"], ForwardState(image=t.get("image"), history=history), t["labels"]
+            yield message.index, t["h"], ForwardState(image=t.get("image"), labels=t["labels"], history=history), t["labels"]
 
     def _train_batch(self, stats: PhaseStats, inputs, state: ForwardState, labels) -> torch.Tensor:
         first_step = stats.batches == 0 and self.meter_memory and self.device.type != "cuda"
@@ -299,21 +303,28 @@ class PipelineStage:
         begin = time.perf_counter()
         with meter or contextlib.nullcontext():
             metrics, h = train_modules(
-                self.net, self.modules, inputs, state, labels, self.optimizer,
+                self.net, self.modules, inputs, state, self.optimizer,
                 autocast_dtype=self.autocast_dtype, objective=self.objective,
             )
         stats.compute_s += time.perf_counter() - begin
         if meter is not None:
             stats.saved_bytes = meter.peak_bytes
-        for k in self.modules:
-            loss = metrics[f"loss/{k}"]
-            if not math.isfinite(loss):
-                raise NonFiniteStageLoss(f"non-finite loss ({loss}) of module {k} in batch {stats.batches + 1}")
+        self._pending.append(total_loss(metrics, self.modules))
+        if len(self._pending) == CHECK_EVERY:
+            self._check_finite(stats.batches + 1)
         n = len(labels)
         stats.add(metrics, n, self.modules)
         stats.images += n
         stats.batches += 1
         return h
+
+    def _check_finite(self, batches: int) -> None:
+        """Stop on a non-finite loss of this stage's modules among the batches since the last check."""
+        pending, self._pending = self._pending, []
+        try:
+            check_finite(pending, first=batches - len(pending) + 1)
+        except ValueError as err:
+            raise NonFiniteStageLoss(f"stage {self.stage} (modules {self.modules.start}-{self.modules.stop - 1}): {err}") from None
 
     def _eval_batch(self, stats: PhaseStats, inputs, state: ForwardState, labels) -> torch.Tensor:
         begin = time.perf_counter()
@@ -322,12 +333,8 @@ class PipelineStage:
             if self.autocast_dtype
             else contextlib.nullcontext()
         )
-        x = inputs
-        with amp:  # the inference forward of LocalNet.forward, restricted to this stage's modules
-            for k in self.modules:
-                if k > 0:
-                    x = self.net.handoff(k - 1, x, state)
-                x = self.net.module_forward(k, x)
+        with amp:  # the network's inference forward, restricted to this stage's modules
+            x = self.net.forward_modules(self.modules, inputs, state)
         if self.last:
             stats.loss_sum += float(F.cross_entropy(x.float(), labels, reduction="sum"))
             stats.correct += int((x.argmax(dim=1) == labels).sum())

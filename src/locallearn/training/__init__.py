@@ -1,26 +1,31 @@
-"""Training runs: a recipe (``TrainConfig``, YAML presets, the learning-rate schedule), the epoch loop,
-run directories with atomic checkpoints and exact resume, and reports over several runs.
+"""Training runs: the run's config (``config.py``: sections, presets, YAML), the learning-rate schedule,
+``fit`` (epochs, the run directory, resume, logging), the runner protocol and the single-process runner,
+run directories with atomic checkpoints, and reports over several runs.
 
     cfg = load_config("contsup/resnet32_cifar10_k16_R1E_ce", epochs=2, out="runs/try")
     summary = fit(cfg)                       # runs/try/{config.yaml, metrics.jsonl, checkpoint.pt, summary.json}
     summary = fit(cfg, resume=True)          # after an interruption
 """
 
-from locallearn.training.loop import NonFiniteLossError, evaluate, fit, make_optimizer, train_one_epoch
-from locallearn.training.recipe import TrainConfig, load_config, lr_schedule, presets
+from locallearn.training.config import Config, load_config, presets, resolve
+from locallearn.training.fit import fit
 from locallearn.training.report import write_report
 from locallearn.training.rundir import RunDir
+from locallearn.training.runner import NonFiniteLossError, evaluate, make_optimizer, train_one_epoch
+from locallearn.training.schedule import epoch_lr, lr_schedule
 
 __all__ = [
+    "Config",
     "NonFiniteLossError",
     "RunDir",
-    "TrainConfig",
+    "epoch_lr",
     "evaluate",
     "fit",
     "load_config",
     "lr_schedule",
     "make_optimizer",
     "presets",
+    "resolve",
     "train_one_epoch",
     "write_report",
 ]

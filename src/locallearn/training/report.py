@@ -1,7 +1,7 @@
 """``locallearn report``: several run directories → a markdown table (method × K: final test error, with
 memory and time per run) and a PNG plot of test error against K, one line per method.
 
-The result of a run is its **final-epoch** test error (METHODS.md 7); the best epoch, selected on the
+The result of a run is its **final-epoch** test error (docs/methods.md §7); the best epoch, selected on the
 test set, appears only in a labelled column. An unfinished run is reported at its last finished epoch and
 marked.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from locallearn.training.config import read_options
 from locallearn.training.rundir import CONFIG, RunDir
-from locallearn.training.recipe import read_yaml
 
 
 @dataclass
@@ -59,7 +59,7 @@ def load_run(path: Path) -> RunResult:
     history = run.read_metrics()
     if not history:
         raise ValueError(f"report: {run.path} has no finished epoch yet (metrics.jsonl is empty).")
-    config = read_yaml(run.file(CONFIG))
+    config = read_options(run.file(CONFIG))
     last = history[-1]
     best = max(r["test_acc"] for r in history)
     train_time = sum(r["train_time_s"] for r in history)

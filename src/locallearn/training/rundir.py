@@ -29,12 +29,15 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 SUMMARY = "summary.json"
 RUN_FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY)
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 1: before local objectives were modules (``net.py`` migrates its weights)
 
 
 @dataclass(frozen=True)
 class RunDir:
     path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
 
     def file(self, name: str) -> Path:
         return self.path / name

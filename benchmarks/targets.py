@@ -1,8 +1,10 @@
-"""The project's memory and speed targets, checked against benchmark rows, and the papers' GPU figures.
+"""The project's own memory and speed targets, checked against benchmark rows, and the papers' GPU figures.
 
+These are acceptance thresholds of this project's benchmarks (``benchmarks/run.py``), not part of the
+library: ``locallearn bench`` reports what it measures, and this file says what the project expected.
 Each target selects rows by their grid fields and compares one measured figure with a threshold;
 its status is "met", "missed", "reported" (no threshold: shown beside a published figure) or
-"not measured" (no matching row ran). The benchmark reports them; the tests never time anything.
+"not measured" (no matching row ran). The tests never time anything.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from locallearn.split import table_cuts
+from locallearn.bench.report import row_md, fmt
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ TARGETS = (
            note="InfoPro measured 1.134 (+13.4%)"),
 )
 
-# METHODS.md 8: InfoPro's GPU memory (GB) for ResNet-110 on one Titan Xp, by (image size, batch):
+# docs/methods.md §8: InfoPro's GPU memory (GB) for ResNet-110 on one Titan Xp, by (image size, batch):
 # CIFAR-10 at batch 1024 and STL-10 at batch 128. Keys: (method, K, split) as benchmark rows name them.
 PUBLISHED_GPU_GB = {
     (32, 1024): {("e2e", 1, None): 9.40, ("checkpoint", 1, None): 3.91, ("infopro", 2, "balanced"): 5.38,
@@ -202,3 +205,19 @@ def published_gpu(rows: list[dict]) -> list[dict]:
                         batch_size=row["batch_size"], image_size=row["image_size"], published_gb=published,
                         measured_gb=ours, status=row["status"]))
     return out
+
+
+def gpu_section(rows: list[dict]) -> str:
+    found = published_gpu(rows)
+    lines = ["### GPU memory against InfoPro's published figures (ResNet-110)\n"]
+    if not found:
+        lines.append(
+            "Pending: no CUDA rows at a published setting (ResNet-110, 32×32 at batch 1024 or 96×96 at batch 128) "
+            "in this run. Meter (b), `torch.cuda.max_memory_allocated`, fills this table on a GPU.\n"
+        )
+        return "\n".join(lines)
+    lines += [row_md(["method", "K", "split", "batch", "published GB", "ours GB", "status"]), row_md(["---"] * 7)]
+    for r in found:
+        lines.append(row_md([r["method"], str(r["num_modules"]), r["split"] or "–", str(r["batch_size"]),
+                              f"{r['published_gb']:.2f}", fmt(r["measured_gb"], ".2f"), r["status"]]))
+    return "\n".join(lines) + "\n"

@@ -1,5 +1,8 @@
 """Memory meters: what one training step holds for backward (meter a) and what a GPU allocates (meter b).
 
+A core utility: training logs meter (a) on a CPU, the computed split (``split.auto``) is built on it, and the
+benchmarks report both.
+
 **Meter (a), ``SavedTensorMeter``** counts the bytes autograd holds for backward, through
 ``torch.autograd.graph.saved_tensors_hooks``: every tensor saved for backward is counted once per
 storage (two views of one buffer cost one buffer) from the moment it is saved until the graph that
@@ -21,7 +24,8 @@ figure the benchmarks report, ``peak_activation_bytes``: the largest, over the s
 Not counted, for every method alike: parameters, gradients, optimizer state, and the transient
 outputs of an operation that nothing keeps (the allocator's figure, meter b, sees those).
 
-**Activation checkpointing** (non-reentrant ``torch.utils.checkpoint``, as ``LocalNet`` uses it).
+**Activation checkpointing** (non-reentrant ``torch.utils.checkpoint``, as ``LocalNet`` uses it for the
+``activation_checkpointing`` option).
 PyTorch's saved-tensor hooks form a stack of which only the innermost applies. Inside a checkpointed
 segment checkpoint pushes its own hook, which stores a placeholder instead of the tensor, so meter (a)
 sees nothing of the segment's activations in the forward pass — correctly, since nothing is kept. What
@@ -45,7 +49,7 @@ saved-for-backward bytes: the recomputation saves exactly the tensors the origin
   a unit that does not follow the previously recomputed one; the previous segment's activations are all
   freed by then, since a segment's backward ends before the one before it begins.
 
-``tests/test_bench_meters.py`` checks the result against an independent computation (each segment run
+``tests/test_memory.py`` checks the result against an independent computation (each segment run
 un-checkpointed under its own meter, combined by the formula).
 
 **Meter (b), ``CudaPeakMeter``**: ``torch.cuda.max_memory_allocated`` over the step, everything the
@@ -180,7 +184,7 @@ class StepMemoryMeter:
         self.net = net
         self._units = list(net.backbone.units)
         self._starts = {a: k for k, (a, b) in enumerate(net.bounds)}  # first unit → module index
-        self._recompute = unit_recompute_bytes(net.backbone, images) if net.checkpoint_segments else None
+        self._recompute = unit_recompute_bytes(net.backbone, images) if net.activation_segments else None
         self.module_peaks = [0] * net.num_modules
         self.recompute_bytes = 0
         self.seen_peak_bytes = 0
@@ -196,8 +200,8 @@ class StepMemoryMeter:
         self._last_recomputed, self._run_bytes = -2, 0
         begin = self.net.begin
 
-        def capture(images: torch.Tensor):  # the step's ForwardState: the image and the context history
-            self._state = begin(images)
+        def capture(*args, **kwargs):  # the step's ForwardState: the image and the context history
+            self._state = begin(*args, **kwargs)
             return self._state
 
         self.net.begin = capture  # an instance attribute shadows the method for this step only

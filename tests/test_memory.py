@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import locallearn as ll
-from locallearn.bench.meters import CudaPeakMeter, SavedTensorMeter, StepMemoryMeter, unit_recompute_bytes
+from locallearn.memory import CudaPeakMeter, SavedTensorMeter, StepMemoryMeter, unit_recompute_bytes
 
 B = 2
 
@@ -82,13 +82,14 @@ def test_local_step_counts_the_held_input_batch():
 
     exclude = list(itertools.chain(net.parameters(), net.buffers()))
     net.zero_grad(set_to_none=True)
+    state = net.begin(images, labels)
     with SavedTensorMeter(exclude):
-        h = net.module_forward(0, images)
-        net.local_loss(0, h, labels, images=images, inputs=images)[0].backward()
+        h = net.module_forward(0, images, state)
+        net.local_loss(0, h, images, state)[0].backward()
     x = h.detach()
     with SavedTensorMeter(exclude) as bare:
-        h1 = net.module_forward(1, x)
-        net.local_loss(1, h1, labels, images=images, inputs=x)[0].backward()
+        h1 = net.module_forward(1, x, state)
+        net.local_loss(1, h1, x, state)[0].backward()
     assert meter.module_peaks[1] == bare.peak_bytes + _nbytes(images)
     assert meter.peak_bytes == max(meter.module_peaks) and meter.recompute_bytes == 0
 
@@ -109,7 +110,7 @@ def _independent_checkpoint_peak(net, images, labels):
     inputs of segments 0..j plus segment j's activations, recomputed — measured here by running each
     segment un-checkpointed under its own meter. Segments as ``LocalNet`` cuts them (√n units)."""
     units = list(net.backbone.units)
-    size = math.ceil(len(units) / net.checkpoint_segments)
+    size = math.ceil(len(units) / net.activation_segments)
     chunks = [units[i : i + size] for i in range(0, len(units), size)]
 
     def saved_bytes(chunk, x, loss_labels=None):
@@ -141,7 +142,7 @@ def test_checkpoint_peak_counts_recomputation_and_matches_independent_computatio
     images, labels = _batch()
     e2e = _measure(ll.build(model, "e2e"), images, labels).peak_bytes
     net = ll.build(model, "checkpoint")
-    assert net.checkpoint_segments > 1
+    assert net.activation_segments > 1
     meter = _measure(net, images, labels)
     expected, largest_segment = _independent_checkpoint_peak(net, images, labels)
     assert meter.peak_bytes == expected
@@ -153,7 +154,7 @@ def test_checkpoint_inside_local_modules_is_accounted():
     images, labels = _batch()
     options = dict(num_modules=2, split="uniform", context="R0")
     plain = _measure(ll.build("resnet20", "contsup", **options), images, labels)
-    ckpt = _measure(ll.build("resnet20", "contsup", checkpoint=True, **options), images, labels)
+    ckpt = _measure(ll.build("resnet20", "contsup", activation_checkpointing=True, **options), images, labels)
     assert ckpt.recompute_bytes > 0
     assert ckpt.seen_peak_bytes < ckpt.peak_bytes < plain.peak_bytes
 

@@ -1,8 +1,10 @@
-"""``locallearn train --parallel pipeline``: a whole run, one process per rank, started by torchrun.
+"""``locallearn train --parallel pipeline``: the pipeline's launcher and runner for ``training.fit``.
 
-The run directory is the single-process one (``training/rundir.py``) — config.yaml, metrics.jsonl,
-checkpoint.pt, summary.json, written by rank 0 in the same form, each metrics line and the summary with a
-``ranks`` list added (per-rank throughput, compute and waiting time, memory) — plus per-stage checkpoints:
+``fit_pipeline`` joins the torchrun job and calls the same ``training.fit`` a single process runs, with a
+launcher whose ``share`` broadcasts rank 0's decisions and whose runner is this rank's pipeline stage. The
+run directory is the single-process one — config.yaml, metrics.jsonl, checkpoint.pt, summary.json, written by
+rank 0 in the same form, each metrics line and the summary with a ``ranks`` list added (per-rank throughput,
+compute and waiting time, memory) — plus per-stage checkpoints:
 
     RUN/pipeline/stage{s}-epoch{e}.pt   stage s's parameters, buffers and optimizer after epoch e
                                         (written by the stage's first replica; the last two epochs kept)
@@ -29,13 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from locallearn.distributed.assign import (
-    assign_modules,
-    check_assign,
-    check_layout,
-    measure_module_costs,
-    parse_assign,
-)
+from locallearn.distributed.assign import assign_modules, check_assign, check_layout, measure_module_costs
 from locallearn.distributed.launch import DistEnv, env_from_environment, init_distributed, run_guarded, shutdown
 from locallearn.distributed.pipeline import (
     Layout,
@@ -49,6 +45,10 @@ from locallearn.distributed.pipeline import (
     stage_state_keys,
 )
 from locallearn.net import LocalNet, build_net
+from locallearn.training.config import Config, parse_assign
+from locallearn.training.fit import fit
+from locallearn.training.rundir import RunDir, atomic_write, seed_everything
+from locallearn.training.runner import epoch_metrics, load_data, make_optimizer, compile_parts
 
 Log = Callable[[str], None]
 STAGE_DIR = "pipeline"
@@ -59,157 +59,163 @@ PER_RANK_OPTIONS = ("data_dir", "device")
 
 
 def fit_pipeline(
-    config,
+    config: Config,
     *,
     resume: bool = False,
     overwrite: bool = False,
     requested: dict[str, Any] | None = None,
     log: Log = print,
 ) -> dict[str, Any] | None:
-    """Train ``config`` (a ``training.TrainConfig`` with ``parallel="pipeline"``) as this rank of a torchrun
-    job. Returns the summary on rank 0, None elsewhere."""
+    """Train ``config`` (``parallel: pipeline``) as this rank of a torchrun job. Returns the summary on rank 0,
+    None elsewhere."""
     info = env_from_environment()
-    stages = check_layout(config.num_modules, int(info["world_size"]), config.data_parallel)
-    check_assign(config.pipeline_assign, stages, config.num_modules)  # both refused before any connection
-    env = init_distributed(device=config.device, fault_timeout_s=config.fault_timeout)
+    stages = check_layout(config.net.num_modules, int(info["world_size"]), config.parallel.data_parallel)
+    check_assign(config.parallel.pipeline_assign, stages, config.net.num_modules)  # refused before any connection
+    env = init_distributed(device=config.run.device, fault_timeout_s=config.parallel.fault_timeout)
 
     def job():
-        summary = _fit(env, config, resume, overwrite, requested, log if env.is_main else _quiet)
+        options = config.options()
+        check_same({k: v for k, v in options.items() if k not in PER_RANK_OPTIONS}, group=env.ctrl)
+        launcher = PipelineLauncher(env, {k: options[k] for k in PER_RANK_OPTIONS})
+        summary = fit(config, resume=resume, overwrite=overwrite, requested=requested, log=log, launcher=launcher)
         shutdown(env)
         return summary
 
     return run_guarded(env, job)
 
 
-def _quiet(_: str) -> None:
-    pass
+class PipelineLauncher:
+    """One rank of the job: rank 0 decides (``share`` broadcasts its value), each rank runs its stage."""
+
+    def __init__(self, env: DistEnv, per_rank: dict[str, Any]) -> None:
+        self.env = env
+        self.is_main = env.is_main
+        self.per_rank = per_rank  # this rank's own data_dir and device, kept over rank 0's decisions
+
+    def share(self, value: Any) -> Any:
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.env.ctrl)
+        return box[0]
+
+    def runner(self, config: Config, *, run: RunDir, resume: bool, log: Log) -> PipelineRunner:
+        from locallearn.training.config import resolve
+
+        config = resolve({**config.options(), **self.per_rank})
+        return PipelineRunner(self.env, config, run=run, resume=resume, launcher=self)
 
 
-def _fit(env: DistEnv, config, resume: bool, overwrite: bool, requested, log: Log) -> dict[str, Any] | None:
-    from locallearn.training import loop
-    from locallearn.training.recipe import TrainConfig, dump_yaml, lr_schedule
-    from locallearn.training.rundir import CHECKPOINT_FORMAT, RunDir, rng_state, seed_everything
+class PipelineRunner:
+    """This rank's pipeline stage, as ``training.fit`` drives it (``training.runner.Runner``)."""
 
-    check_same({k: v for k, v in config.to_dict().items() if k not in PER_RANK_OPTIONS}, group=env.ctrl)
+    def __init__(self, env: DistEnv, config: Config, *, run: RunDir, resume: bool, launcher: PipelineLauncher) -> None:
+        self.env, self.config, self.launcher = env, config, launcher
+        seed_everything(config.run.seed)
+        self.net = net = build_net(config.net).to(env.device)
+        self.stage_dir = run.path / STAGE_DIR
+        self.found = _stage_checkpoints(self.stage_dir) if resume else {}
+        self.layout = layout = _choose_layout(env, config, net, self.found)
+        self.stage = layout.stage_of(env.rank)
+        self.modules = layout.assignment[self.stage]
+        self.writer = layout.replica_of(env.rank) == 0  # one file per stage
+        self.owned = set(stage_state_keys(net, self.modules))
+        links, dp_group, _ = make_groups(layout, backend=env.backend, device_type=env.device.type)
+        self.optimizer = make_optimizer(nn.ModuleList(stage_parts(net, self.modules)), config.optim)
+        if config.run.compile:
+            compile_parts(net)
+        self.first = self.stage == 0
+        self.train_loader = load_data(config, train=True, device=env.device) if self.first else None
+        self.test_loader = load_data(config, train=False, device=env.device) if self.first else None
+        self.stage_runner = PipelineStage(
+            net, layout, env.rank, self.optimizer, device=env.device, sync=config.parallel.pipeline_sync,
+            autocast_dtype=config.autocast_dtype, links=links, dp_group=dp_group, barrier_group=env.ctrl,
+        )
+        self._train_reports: list[dict] = []
+        if self.writer and not resume:  # a new run: no stage file of an earlier one may be taken for this one's
+            _remove_stage_files(self.stage_dir, self.stage)
 
-    # The run directory: rank 0 checks it (refusing an existing run, matching a resumed one) and tells all.
-    opened: list[Any] = [None]
-    if env.is_main:
-        try:
-            run, resolved, merged = loop.open_run(config, resume=resume, overwrite=overwrite, requested=requested)
-            opened[0] = ("ok", resolved.to_dict(), None if merged is None else merged["epoch"])
-        except ValueError as err:
-            opened[0] = ("error", str(err), None)
-    dist.broadcast_object_list(opened, src=0, group=env.ctrl)
-    status, payload, merged_epoch = opened[0]
-    if status == "error":
-        raise ValueError(payload)
-    config = TrainConfig(**{**payload, **{k: getattr(config, k) for k in PER_RANK_OPTIONS}})
-    run = RunDir(Path(config.out))
-
-    seed_everything(config.seed)
-    net = build_net(config.net_config()).to(env.device)
-    schedule = lr_schedule(
-        lr=config.lr, epochs=config.epochs, warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr
-    )
-
-    # Where the run resumes from, and with which layout.
-    stage_dir = run.path / STAGE_DIR
-    found = _stage_checkpoints(stage_dir) if resume else {}
-    layout = _choose_layout(env, config, net, found)
-    stage = layout.stage_of(env.rank)
-    modules = layout.assignment[stage]
-    writer = layout.replica_of(env.rank) == 0  # one file per stage
-    owned = set(stage_state_keys(net, modules))
-    if writer and not resume:
-        _remove_stage_files(stage_dir, stage)
-    links, dp_group, _ = make_groups(layout, backend=env.backend, device_type=env.device.type)
-    optimizer = loop.make_optimizer(nn.ModuleList(stage_parts(net, modules)), config)
-    start, history = _resume(env, run, net, optimizer, layout, found, merged_epoch, stage_dir)
-    if env.is_main:
-        if not run.file("config.yaml").is_file():
-            run.write_config(dump_yaml(config.to_dict(), header=loop.provenance() + loop.derived(net)))
-        run.write_metrics(history)  # drops any epoch logged after the checkpoints were taken
-    finished = [start == config.epochs and run.finished]
-    dist.broadcast_object_list(finished, src=0, group=env.ctrl)  # rank 0's run directory decides
-    if finished[0]:
-        log(f"{run.path} is already finished ({start} epochs); nothing to resume.")
-        return run.read_summary() if env.is_main else None
-    if config.compile:
-        loop.compile_parts(net)
-
-    first = stage == 0
-    train_loader = loop.load_data(config, train=True, device=env.device) if first else None
-    test_loader = loop.load_data(config, train=False, device=env.device) if first else None
-    runner = PipelineStage(
-        net, layout, env.rank, optimizer, device=env.device, sync=config.pipeline_sync,
-        autocast_dtype=config.autocast_dtype, links=links, dp_group=dp_group, barrier_group=env.ctrl,
-    )
-    parameters = sum(p.numel() for p in net.parameters())
-    if env.is_main:
-        _log_pipeline_start(log, config, net, run, layout, env, parameters, train_loader, test_loader, start)
-
-    for epoch in range(start + 1, config.epochs + 1):
-        lr = schedule[epoch - 1]
-        for group in optimizer.param_groups:
+    # --- the epoch ----------------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int, lr: float) -> dict[str, Any]:
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if first:
-            train_loader.set_epoch(epoch)
-        train = runner.train_phase(train_loader)
-        test = runner.eval_phase(test_loader)
-        reports: list[Any] = [None] * env.world_size
-        dist.all_gather_object(reports, _rank_report(env, layout, runner, train, test), group=env.ctrl)
-        record = _merged_record(epoch, lr, reports, net.num_modules)
-        history.append(record)
-        if env.is_main:
-            run.append_metrics(record)  # metrics first: no checkpoint is ever ahead of metrics.jsonl
-        if writer:
-            _save_stage(stage_dir, stage, epoch, {
-                "format": CHECKPOINT_FORMAT, "epoch": epoch, "stage": stage, "layout": layout.to_dict(),
-                "model": {k: v for k, v in net.state_dict().items() if k in owned},
-                "optimizer": optimizer.state_dict(), "lr_schedule": schedule, "rng": rng_state(),
-                "config": config.to_dict(), "history": history if first else [],
+        if self.first:
+            self.train_loader.set_epoch(epoch)
+        train = self.stage_runner.train_phase(self.train_loader)
+        reports: list[Any] = [None] * self.env.world_size
+        dist.all_gather_object(reports, _train_report(self.env, self.stage_runner, train), group=self.env.ctrl)
+        self._train_reports = reports
+        return _merged_train(reports, self.net.num_modules)
+
+    def evaluate(self) -> dict[str, Any]:
+        test = self.stage_runner.eval_phase(self.test_loader)
+        reports: list[Any] = [None] * self.env.world_size
+        dist.all_gather_object(reports, _test_report(self.stage_runner, test), group=self.env.ctrl)
+        last = [r for r in reports if r["last"]]
+        seen = sum(r["test_images"] for r in last)
+        ranks = [{**train, "peak_rss_mb": test["peak_rss_mb"]} for train, test in zip(self._train_reports, reports)]
+        return {
+            "test_acc": sum(r["test_correct"] for r in last) / seen,
+            "test_loss": sum(r["test_loss_sum"] for r in last) / seen,
+            "eval_time_s": max(r["eval_time_s"] for r in reports),
+            "ranks": [{key: r[key] for key in RANK_FIELDS} for r in ranks],
+        }
+
+    # --- checkpoints --------------------------------------------------------------------------------------
+    def save(self, run: RunDir, state: dict[str, Any]) -> None:
+        epoch, env = state["epoch"], self.env
+        if self.writer:
+            _save_stage(self.stage_dir, self.stage, epoch, {
+                **state, "stage": self.stage, "layout": self.layout.to_dict(),
+                "model": {k: v for k, v in self.net.state_dict().items() if k in self.owned},
+                "optimizer": self.optimizer.state_dict(), "history": state["history"] if self.first else [],
             })
         dist.barrier(group=env.ctrl)  # every stage holds epoch e: older files may go
-        if writer:
-            _prune_stage_files(stage_dir, stage, keep_from=epoch - KEEP_EPOCHS + 1)
-        _save_merged(env, run, net, optimizer, layout, {
-            "format": CHECKPOINT_FORMAT, "epoch": epoch, "lr_schedule": schedule, "rng": rng_state(),
-            "config": config.to_dict(), "history": history,
-        })
-        log(loop.epoch_line(record, config.epochs))
+        if self.writer:
+            _prune_stage_files(self.stage_dir, self.stage, keep_from=epoch - KEEP_EPOCHS + 1)
+        _save_merged(env, run, self.net, self.optimizer, self.layout, state)
 
-    runner.close()
-    if not env.is_main:
-        return None
-    summary = loop.summarize(history, config=config, net=net, parameters=parameters)
-    summary["pipeline"] = _pipeline_summary(layout, config, history)
-    run.write_summary(summary)
-    loop.log_end(log, summary, run)
-    return summary
+    def restore(self, run: RunDir) -> dict[str, Any] | None:
+        merged = self.launcher.share(_checkpoint_epoch(run) if self.env.is_main else None)
+        start, history = _resume(self.env, run, self.net, self.optimizer, self.layout, self.found, merged, self.stage_dir)
+        return {"epoch": start, "history": history} if start else None
+
+    # --- reporting ----------------------------------------------------------------------------------------
+    def describe(self) -> list[str]:
+        layout, env = self.layout, self.env
+        stages = ", ".join(f"stage {s}: modules {r.start}-{r.stop - 1}" for s, r in enumerate(layout.assignment))
+        data = []
+        if self.first:
+            data = [f"  data: {len(self.train_loader.images)} train, {len(self.test_loader.images)} test images; {env.device}"]
+        return data + [
+            f"  pipeline: {env.world_size} ranks = {layout.stages} stages × {layout.replicas} data-parallel, {env.backend}, "
+            f"{'lock-step' if self.config.parallel.pipeline_sync else 'overlapped'} schedule ({stages})"
+        ]
+
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"pipeline": _pipeline_summary(self.layout, self.config, history)}
+
+    def close(self) -> None:
+        self.stage_runner.close()
 
 
 # --- layout --------------------------------------------------------------------------------------------------
-def _choose_layout(env: DistEnv, config, net: LocalNet, found: dict[int, dict[int, Path]]) -> Layout:
+def _choose_layout(env: DistEnv, config: Config, net: LocalNet, found: dict[int, dict[int, Path]]) -> Layout:
     """The stored layout when resuming from stage checkpoints of this world size; otherwise rank 0 assigns
     (timing the modules for "balanced") and broadcasts, so every rank uses the same."""
-    stages = check_layout(net.num_modules, env.world_size, config.data_parallel)
+    replicas = config.parallel.data_parallel
+    stages = check_layout(net.num_modules, env.world_size, replicas)
     chosen: list[Any] = [None]
     if env.is_main:
         stored = _stored_layout(found)
-        if stored is not None and stored["stages"] == stages and stored["data_parallel"] == config.data_parallel:
+        if stored is not None and stored["stages"] == stages and stored["data_parallel"] == replicas:
             chosen[0] = [list(r) for r in stored["modules"]]
         else:
-            how = parse_assign(config.pipeline_assign)
+            how = parse_assign(config.parallel.pipeline_assign)
             costs = None
             if how == "balanced" and stages > 1:
-                costs = measure_module_costs(
-                    net, batch_size=min(config.batch_size, MEASURE_BATCH), image_size=net.config.image_size or 32,
-                    device=env.device,
-                )
+                costs = measure_module_costs(net, batch_size=min(config.optim.batch_size, MEASURE_BATCH), device=env.device)
             chosen[0] = [[r.start, r.stop - 1] for r in assign_modules(net, stages, how, costs=costs)]
     dist.broadcast_object_list(chosen, src=0, group=env.ctrl)
-    return Layout(stages, config.data_parallel, tuple(range(a, b + 1) for a, b in chosen[0]))
+    return Layout(stages, replicas, tuple(range(a, b + 1) for a, b in chosen[0]))
 
 
 def _stored_layout(found: dict[int, dict[int, Path]]) -> dict | None:
@@ -239,8 +245,6 @@ def _stage_checkpoints(stage_dir: Path) -> dict[int, dict[int, Path]]:
 
 
 def _save_stage(stage_dir: Path, stage: int, epoch: int, state: dict[str, Any]) -> None:
-    from locallearn.training.rundir import atomic_write
-
     stage_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(_stage_file(stage_dir, stage, epoch), lambda f: torch.save(state, f))
 
@@ -294,6 +298,12 @@ def _resume(
     _load_owned(net, merged["model"], layout, stage)
     optimizer.load_state_dict(_split_optimizer_state(merged["optimizer"], net, modules, optimizer))
     return merged["epoch"], list(merged["history"])
+
+
+def _checkpoint_epoch(run: RunDir) -> int | None:
+    """The epoch of the run's checkpoint.pt (the merged one), or None without one."""
+    state = run.load_checkpoint()
+    return None if state is None else state["epoch"]
 
 
 def _load_owned(net: LocalNet, state: dict[str, torch.Tensor], layout: Layout, stage: int) -> None:
@@ -357,37 +367,45 @@ def _save_merged(env: DistEnv, run, net: LocalNet, optimizer, layout: Layout, ex
 
 
 # --- statistics ------------------------------------------------------------------------------------------------
-def _rank_report(env: DistEnv, layout: Layout, runner: PipelineStage, train: PhaseStats, test: PhaseStats) -> dict:
+RANK_FIELDS = ("rank", "stage", "replica", "modules", "images_per_s", "compute_s", "wait_in_s", "wait_out_s",
+               "peak_memory_mb", "peak_rss_mb", "device")
+
+
+def _train_report(env: DistEnv, stage: PipelineStage, train: PhaseStats) -> dict:
     memory, kind = peak_memory(env.device, train.saved_bytes)
     return {
         "rank": env.rank,
-        "stage": runner.stage,
-        "replica": runner.replica,
-        "modules": [runner.modules.start, runner.modules.stop - 1],
+        "stage": stage.stage,
+        "replica": stage.replica,
+        "modules": [stage.modules.start, stage.modules.stop - 1],
         "train_images": train.images,
-        "train_sums": dict(train.sums),
-        "batch_losses": train.batch_losses,
+        "train_sums": {key: float(value) for key, value in train.sums.items()},
+        "batch_losses": [(n, [float(v) for v in losses]) for n, losses in train.batch_losses],
         "train_time_s": train.wall_s,
         "images_per_s": train.images / train.wall_s if train.wall_s else 0.0,
         "compute_s": train.compute_s,
         "wait_in_s": train.wait_in_s,
         "wait_out_s": train.wait_out_s,
-        "eval_time_s": test.wall_s,
-        "test_images": test.images,
-        "test_correct": test.correct if runner.last else None,
-        "test_loss_sum": test.loss_sum if runner.last else None,
         "peak_memory_mb": memory,
         "peak_memory_kind": kind,
-        "peak_rss_mb": peak_rss_mb(),
         "device": str(env.device),
     }
 
 
-def _merged_record(epoch: int, lr: float, reports: list[dict], num_modules: int) -> dict[str, Any]:
-    """The metrics line of a single-process run (``training.loop.epoch_record``), from every rank's
-    report, plus ``ranks``: per-rank throughput, time and memory."""
-    from locallearn.training.loop import epoch_record as single_process_record
+def _test_report(stage: PipelineStage, test: PhaseStats) -> dict:
+    return {
+        "last": stage.last,
+        "eval_time_s": test.wall_s,
+        "test_images": test.images,
+        "test_correct": test.correct if stage.last else None,
+        "test_loss_sum": test.loss_sum if stage.last else None,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
+
+def _merged_train(reports: list[dict], num_modules: int) -> dict[str, Any]:
+    """The train metrics of a single-process epoch (``training.runner.epoch_metrics``), from every rank's
+    report: the same keys in the same order, and the same arithmetic."""
     by_stage: dict[int, list[dict]] = {}
     for r in reports:
         by_stage.setdefault(r["stage"], []).append(r)
@@ -397,46 +415,23 @@ def _merged_record(epoch: int, lr: float, reports: list[dict], num_modules: int)
         for key, value in r["train_sums"].items():
             sums[key] = sums.get(key, 0.0) + value
     means = {key: value / images for key, value in sums.items()}
-    # The keys and their order as training.loop.train_one_epoch writes them (a test compares the two), and
-    # the same arithmetic: the loss of a batch is the sum of its module losses, then weighted by images.
+    # the loss of a batch is the sum of its module losses (in module order), then weighted by images
     if all(len(group) == 1 for group in by_stage.values()):
         per_stage = [by_stage[s][0]["batch_losses"] for s in sorted(by_stage)]
         total = 0.0
         for batch in zip(*per_stage):
             total += sum(loss for _, losses in batch for loss in losses) * batch[0][0]
-        train_loss = total / images
+        means["loss"] = total / images
     else:  # data parallel: the replicas' batches differ, so the sum of the module means
-        train_loss = sum(means[f"loss/{k}"] for k in range(num_modules))
-    train: dict[str, Any] = {"train_loss": train_loss, "train_acc": None}
-    for key in sorted(means, key=lambda key: (int(key.rsplit("/", 1)[1]), key)):
-        train[f"train_{key}"] = means[key]
-    train["train_acc"] = means.get(f"acc/{num_modules - 1}")
+        means["loss"] = sum(means[f"loss/{k}"] for k in range(num_modules))
     train_time = max(r["train_time_s"] for r in reports)
-    train.update(
-        train_images=images,
-        train_time_s=train_time,
-        images_per_s=images / train_time if train_time else 0.0,
-        peak_memory_mb=max(r["peak_memory_mb"] for r in reports),
-        peak_memory_kind=reports[0]["peak_memory_kind"],
+    return epoch_metrics(
+        means, num_modules, seen=images, elapsed=train_time,
+        peak_bytes=max(r["peak_memory_mb"] for r in reports) * 2**20, peak_kind=reports[0]["peak_memory_kind"],
     )
-    last = by_stage[max(by_stage)]
-    seen = sum(r["test_images"] for r in last)
-    test = {
-        "test_acc": sum(r["test_correct"] for r in last) / seen,
-        "test_loss": sum(r["test_loss_sum"] for r in last) / seen,
-    }
-    record = single_process_record(epoch, lr, train, test, max(r["eval_time_s"] for r in reports))
-    record["ranks"] = [
-        {key: r[key] for key in (
-            "rank", "stage", "replica", "modules", "images_per_s", "compute_s", "wait_in_s", "wait_out_s",
-            "peak_memory_mb", "peak_rss_mb", "device",
-        )}
-        for r in reports
-    ]
-    return record
 
 
-def _pipeline_summary(layout: Layout, config, history: list[dict[str, Any]]) -> dict[str, Any]:
+def _pipeline_summary(layout: Layout, config: Config, history: list[dict[str, Any]]) -> dict[str, Any]:
     """summary.json's ``pipeline``: the layout, the schedule, and each rank's throughput and memory over
     the epochs of this run."""
     ranks = []
@@ -450,17 +445,5 @@ def _pipeline_summary(layout: Layout, config, history: list[dict[str, Any]]) -> 
             "peak_memory_mb": max(r["peak_memory_mb"] for r in rows),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
         })
-    return {**layout.to_dict(), "schedule": "sync" if config.pipeline_sync else "overlapped", "ranks": ranks}
-
-
-def _log_pipeline_start(log, config, net, run, layout: Layout, env: DistEnv, parameters, train_loader, test_loader, done):
-    from locallearn.training.loop import log_start as single_process_start
-
-    single_process_start(
-        log, config, net, run, env.device, parameters, len(train_loader.images), len(test_loader.images), done
-    )
-    stages = ", ".join(f"stage {s}: modules {r.start}-{r.stop - 1}" for s, r in enumerate(layout.assignment))
-    log(
-        f"  pipeline: {env.world_size} ranks = {layout.stages} stages × {layout.replicas} data-parallel, {env.backend}, "
-        f"{'lock-step' if config.pipeline_sync else 'overlapped'} schedule ({stages})"
-    )
+    schedule = "sync" if config.parallel.pipeline_sync else "overlapped"
+    return {**layout.to_dict(), "schedule": schedule, "ranks": ranks}

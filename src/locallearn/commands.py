@@ -1,0 +1,77 @@
+"""The subcommands of ``locallearn`` as plain functions (``cli.py`` only declares their arguments): ``train``
+(one process, or one pipeline rank under torchrun), ``eval``, ``list`` and ``report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import locallearn
+from locallearn.net import build_net
+from locallearn.training.config import presets, read_options, requested_options, resolve
+from locallearn.training.fit import fit
+from locallearn.training.report import write_report
+from locallearn.training.rundir import CONFIG, RunDir
+from locallearn.training.runner import evaluate, load_data, resolve_device
+
+
+def train(*, config: str | None = None, resume: bool = False, overwrite: bool = False, **flags: Any) -> int:
+    """``locallearn train``: defaults ← ``--config`` ← flags, trained into the run directory."""
+    values, preset = requested_options(config, flags)
+    resolved = resolve(values, name=preset)
+    if resolved.parallel.parallel == "pipeline":  # one process per pipeline rank, under torchrun
+        from locallearn.distributed import fit_pipeline
+
+        fit_pipeline(resolved, resume=resume, overwrite=overwrite, requested=values)
+    else:
+        fit(resolved, resume=resume, overwrite=overwrite, requested=values)
+    return 0
+
+
+def evaluate_run(run_dir: Path, *, device: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
+    """Test accuracy of a saved run: the net rebuilt from its config.yaml, weights from checkpoint.pt."""
+    run = RunDir(Path(run_dir))
+    if not run.file(CONFIG).is_file():
+        raise ValueError(f"{run.path} holds no run (no {CONFIG}); give a directory written by `locallearn train`.")
+    options = read_options(run.file(CONFIG))
+    config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
+    checkpoint = run.load_checkpoint()
+    if checkpoint is None:
+        raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
+    torch_device = resolve_device(config.run.device)
+    net = build_net(config.net)
+    net.load_state_dict(checkpoint["model"])
+    net.to(torch_device)
+    result = evaluate(net, load_data(config, train=False, device=torch_device), autocast_dtype=config.autocast_dtype)
+    return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs}
+
+
+def eval_command(run_dir: Path, device: str = "auto", data_dir: str | None = None) -> int:
+    """``locallearn eval RUN_DIR``."""
+    result = evaluate_run(run_dir, device=device, data_dir=data_dir)
+    print(
+        f"{run_dir}: test accuracy {100 * result['test_acc']:.2f}% (test loss {result['test_loss']:.4g}), "
+        f"checkpoint after epoch {result['epoch']}/{result['epochs']}"
+    )
+    return 0
+
+
+def list_command() -> int:
+    """``locallearn list``: every name a user can choose, and the shipped presets."""
+    for kind, names in locallearn.registries().items():
+        print(f"{kind.replace('_', ' ')}: {', '.join(names)}")
+    names = presets()
+    print(f"presets ({len(names)}; `locallearn train --config NAME`):")
+    for name in names:
+        print(f"  {name}")
+    return 0
+
+
+def report_command(run_dirs: list[Path], out: Path | None = None) -> int:
+    """``locallearn report RUN_DIR...``: markdown to stdout (or OUT/report.md) and a PNG of error vs K."""
+    markdown, md_path, png_path = write_report(run_dirs, out=out)
+    if md_path is None:
+        print(markdown, end="")
+    else:
+        print(f"report: {md_path} and {png_path}")
+    return 0

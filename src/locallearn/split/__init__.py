@@ -1,0 +1,159 @@
+"""Where to cut a backbone into K local modules (docs/methods.md §2.2).
+
+A split is a list of K−1 unit indices ``ends``: module k holds units ``ends[k-1]+1 .. ends[k]`` and the
+last module holds the rest, classifier included. Splits are chosen by name from ``SPLITS``, or given as an
+explicit list of cuts ``[(stage, block), ...]``, each naming the unit a module ends with:
+
+- ``paper``: the InfoPro / ContSup tables (``tables.py``), for the K they define; a backbone may define its
+  own (``Backbone.named_splits``: Swin's stage boundaries).
+- ``balanced``: the papers' memory-balanced tables where they exist, otherwise ``auto``.
+- ``auto`` (our choice): minimise the largest module's peak activation bytes as ``auto.py`` models them from
+  measurements — units, the local objective, the held hand-off and ContSup's context encoders.
+- ``uniform``: the same number of units in every module.
+- ``stages``: the backbone's own stage boundaries (Swin: K = 2 after stage 2, K = 4 one module per stage).
+
+A new named split is a function ``(config, backbone) -> ends`` registered with ``SPLITS.register``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from locallearn.registry import Registry
+from locallearn.split.tables import BALANCED_SPLITS, PAPER_SPLITS, Cut, paper_ks, table_cuts
+
+if TYPE_CHECKING:
+    from locallearn.config import NetConfig
+    from locallearn.models import Backbone
+
+SplitRule = Callable[["NetConfig", "Backbone"], list[int]]  # (config, backbone) → ends, for K ≥ 2
+SPLITS: Registry[SplitRule] = Registry("split", ordered=True)
+
+
+def resolve_ends(config: NetConfig, backbone: Backbone) -> list[int]:
+    """Unit indices where modules end, from the config's split."""
+    K = config.num_modules
+    check_num_modules(K, backbone.num_units)
+    if not isinstance(config.split, str):
+        ends = ends_from_cuts(config.split, backbone.unit_keys)
+        if len(ends) != K - 1:
+            raise ValueError(
+                f"split: {len(ends)} cuts make {len(ends) + 1} modules but num_modules={K}; give {K - 1} cuts."
+            )
+        return ends
+    if K == 1:
+        return []
+    return SPLITS.get(config.split)(config, backbone)
+
+
+def _named(name: str, *, fallback: SplitRule | None = None) -> SplitRule:
+    """A split read from a table: the backbone's own (``named_splits``) first, else ``tables.py``. Where
+    neither has this K: ``fallback``, or an error naming the K that exist."""
+
+    def rule(config: NetConfig, backbone: Backbone) -> list[int]:
+        K = config.num_modules
+        own = backbone.named_splits(name)
+        cuts = own.get(K) if own else table_cuts(name, config.model, K, config.image_size or backbone.image_size)
+        if cuts is not None:
+            return ends_from_cuts(cuts, backbone.unit_keys)
+        if fallback is not None:
+            return fallback(config, backbone)
+        known = sorted(own) if own else (paper_ks(config.model) if name == "paper" else [])
+        if not known:
+            raise ValueError(
+                f"split: {config.model} defines no {name} split; its splits are "
+                f"{', '.join(defined_splits(config.model, backbone))} or explicit cuts."
+            )
+        raise ValueError(
+            f"split: the {name} split of {config.model} is defined for num_modules in {known}, not {K}; use "
+            f"split='balanced', 'auto', 'uniform' or explicit cuts."
+        )
+
+    return rule
+
+
+def _auto(config: NetConfig, backbone: Backbone) -> list[int]:
+    from locallearn.split.auto import split_costs  # measures: imported only when a computed split is asked for
+
+    return split_costs(config, backbone).ends(config.num_modules)
+
+
+def _uniform(config: NetConfig, backbone: Backbone) -> list[int]:
+    return uniform_ends(backbone.num_units, config.num_modules)
+
+
+SPLITS.register("paper", _named("paper"))
+SPLITS.register("balanced", _named("balanced", fallback=_auto))
+SPLITS.register("auto", _auto)
+SPLITS.register("uniform", _uniform)
+SPLITS.register("stages", _named("stages"))
+
+
+def defined_splits(model: str, backbone: Backbone) -> list[str]:
+    """The named splits that exist for a backbone: ``paper`` and ``stages`` only where tables define them."""
+    defined = {"paper": bool(paper_ks(model) or backbone.named_splits("paper")),
+               "stages": bool(backbone.named_splits("stages"))}
+    return [name for name in SPLITS.names() if defined.get(name, True)]
+
+
+def ends_from_cuts(cuts: Sequence[Sequence[int]], keys: Sequence[Cut]) -> list[int]:
+    """Validate explicit cuts against a backbone's unit keys and turn them into unit indices."""
+    cuttable = [tuple(k) for k in keys[:-1]]  # no cut after the classifier: the last module needs it
+    ends = []
+    for cut in cuts:
+        if not (isinstance(cut, (list, tuple)) and len(cut) == 2 and all(isinstance(c, int) for c in cut)):
+            raise ValueError(f"split: each cut is a pair [stage, block] of integers, got {cut!r}.")
+        if tuple(cut) not in cuttable:
+            raise ValueError(
+                f"split: cut {list(cut)} is out of range; valid cuts are the units "
+                f"{_span(cuttable)} (the classifier cannot be cut after)."
+            )
+        ends.append(cuttable.index(tuple(cut)))
+    if any(b <= a for a, b in zip(ends, ends[1:])):
+        raise ValueError(f"split: cuts must be strictly increasing and distinct, got {[list(c) for c in cuts]}.")
+    return ends
+
+
+def cuts_from_ends(ends: Sequence[int], keys: Sequence[Cut]) -> list[Cut]:
+    return [tuple(keys[e]) for e in ends]
+
+
+def uniform_ends(num_units: int, num_modules: int) -> list[int]:
+    """Units spread as evenly as possible; earlier modules get the extra unit."""
+    sizes = [len(a) for a in np.array_split(np.arange(num_units), num_modules)]
+    return list(np.cumsum(sizes)[:-1] - 1)
+
+
+def check_num_modules(num_modules: int, num_units: int) -> None:
+    if not isinstance(num_modules, int) or num_modules < 1:
+        raise ValueError(f"num_modules must be a positive integer, got {num_modules!r}.")
+    if num_modules > num_units:
+        raise ValueError(
+            f"num_modules={num_modules} is larger than the backbone's {num_units} units; "
+            f"choose num_modules between 1 and {num_units}."
+        )
+
+
+def _span(keys: Sequence[Cut]) -> str:
+    by_stage: dict[int, list[int]] = {}
+    for s, b in keys:
+        by_stage.setdefault(s, []).append(b)
+    return ", ".join(f"[{s}, {v[0]}]" if len(v) == 1 else f"[{s}, {v[0]}..{v[-1]}]" for s, v in by_stage.items())
+
+
+__all__ = [
+    "BALANCED_SPLITS",
+    "PAPER_SPLITS",
+    "SPLITS",
+    "Cut",
+    "check_num_modules",
+    "cuts_from_ends",
+    "defined_splits",
+    "ends_from_cuts",
+    "paper_ks",
+    "resolve_ends",
+    "table_cuts",
+    "uniform_ends",
+]

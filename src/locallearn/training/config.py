@@ -1,0 +1,431 @@
+"""What a training run is: one nested, frozen config, resolved in one function from flat *options*.
+
+    Config
+      net       NetConfig        the network (``locallearn.config``): model, method, K, split, heads, λ, ...
+      data      DataConfig       dataset, where its files are, subsets
+      optim     OptimConfig      optimizer and learning-rate schedule (docs/methods.md §7)
+      run       RunConfig        run directory, seed, device, precision, compilation
+      parallel  ParallelConfig   processes: one, or the module pipeline (``locallearn.distributed``)
+
+Users speak in *options*: flat names, each unique across the sections, which are at once the flags of
+``locallearn train`` (``num_modules`` ↔ ``--num-modules``), the keys of a YAML preset under ``configs/``
+and the keywords of ``resolve``. ``resolve(options)`` is the one place a config is made:
+
+    defaults ← the preset file (``--config``) ← options (flags), and for the network:
+    the method's preset ← the model family ← the dataset ← the options (``config.resolve_net``)
+
+Every value it returns is explicit, so the run's ``config.yaml`` (``Config.to_dict``, nested by section)
+names everything, including the λ of reconstruction and the auxiliary head; reading it back gives the same
+config (``resolve(flatten(config.to_dict())) == config``). A file may be written flat (presets) or nested
+(``config.yaml``); files of earlier releases (flat, with since-renamed options) load through ``RENAMED``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import yaml
+
+from locallearn.config import NET_FIELDS, RENAMED, NetConfig, resolve_net
+from locallearn.data.specs import DATASETS
+from locallearn.validate import Bool, Choice, Float, Int, Optional, Text, check, check_fields
+
+AMP_MODES = ("none", "bf16")
+OPTIMIZERS = ("sgd",)
+PARALLEL_MODES = ("none", "pipeline")
+ASSIGN_NAMES = ("balanced", "even")
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"  # the repository's configs/, shipped in the package
+# Bounds on the inputs that scale time and memory, far beyond any real run, so a typo cannot exhaust a machine.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20
+
+
+def _device(name: str, value: Any) -> str:
+    if value == "auto":
+        return value
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: unknown device {value!r}; use cpu, cuda, cuda:N or auto.") from None
+    return value
+
+
+def _assign(name: str, value: Any) -> str | list[int]:
+    """"balanced", "even", or module counts per stage ("1,3" or [1, 3]); stored as given."""
+    counts = value
+    if isinstance(value, str):
+        if value in ASSIGN_NAMES:
+            return value
+        try:
+            counts = [int(v) for v in value.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"pipeline_assign: expected {' or '.join(ASSIGN_NAMES)} or module counts per stage such as "
+                f"'2,2', got {value!r}."
+            ) from None
+    if not isinstance(counts, list) or not counts or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in counts):
+        raise ValueError(f"pipeline_assign: module counts must be positive integers, got {counts!r}.")
+    return value
+
+
+def parse_assign(value: str | list[int]) -> str | list[int]:
+    """``pipeline_assign`` as a name or a list of module counts per stage."""
+    _assign("pipeline_assign", value)
+    if isinstance(value, str):
+        return value if value in ASSIGN_NAMES else [int(v) for v in value.split(",")]
+    return list(value)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"
+    data_dir: str = field(default="data", metadata=check(Text()))
+    limit_train: int | None = field(default=None, metadata=check(Optional(Int(1))))
+    limit_test: int | None = field(default=None, metadata=check(Optional(Int(1))))
+
+    def __post_init__(self) -> None:
+        DATASETS.get(self.dataset)
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = field(default="sgd", metadata=check(Choice(OPTIMIZERS, "optimizer")))
+    epochs: int = field(default=8, metadata=check(Int(1, MAX_EPOCHS)))
+    batch_size: int = field(default=64, metadata=check(Int(1, MAX_BATCH)))
+    lr: float = field(default=0.1, metadata=check(Float(above=0.0)))
+    momentum: float = field(default=0.9, metadata=check(Float(minimum=0.0, below=1.0)))
+    nesterov: bool = field(default=True, metadata=check(Bool()))
+    weight_decay: float = field(default=1e-4, metadata=check(Float(minimum=0.0)))
+    warmup_epochs: int = field(default=10, metadata=check(Int(0, MAX_EPOCHS)))
+    warmup_lr: float = field(default=0.01, metadata=check(Float(minimum=0.0)))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov: Nesterov momentum needs momentum > 0; pass --no-nesterov or a momentum.")
+
+    @property
+    def warmup_used(self) -> int:
+        """Warm-up epochs actually run: none when the run is not longer than the warm-up (``schedule``)."""
+        return self.warmup_epochs if self.epochs > self.warmup_epochs else 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = field(default="runs/run", metadata=check(Text()))
+    seed: int = field(default=0, metadata=check(Int(0, 2**63 - 1)))
+    device: str = field(default="auto", metadata=check(_device))
+    amp: str = field(default="none", metadata=check(Choice(AMP_MODES, "mode")))
+    compile: bool = field(default=False, metadata=check(Bool()))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    parallel: str = field(default="none", metadata=check(Choice(PARALLEL_MODES, "mode")))
+    pipeline_sync: bool = field(default=False, metadata=check(Bool()))
+    pipeline_assign: str | list = field(default="balanced", metadata=check(_assign))
+    data_parallel: int = field(default=1, metadata=check(Int(1)))
+    fault_timeout: float = field(default=60.0, metadata=check(Float(above=0.0, maximum=7 * 24 * 3600.0)))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.parallel == "none" and (self.data_parallel != 1 or self.pipeline_sync):
+            flag = "--data-parallel" if self.data_parallel != 1 else "--pipeline-sync"
+            raise ValueError(f"{flag} applies to --parallel pipeline; add --parallel pipeline (under torchrun) or drop it.")
+
+
+SECTIONS = {"net": NetConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig, "parallel": ParallelConfig}
+
+
+@dataclass(frozen=True)
+class Config:
+    """A training run (module docstring). Make it with ``resolve``."""
+
+    net: NetConfig
+    data: DataConfig
+    optim: OptimConfig
+    run: RunConfig
+    parallel: ParallelConfig
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The nested form of ``config.yaml``: plain values, section by section."""
+        return {name: _plain(getattr(self, name)) for name in SECTIONS}
+
+    def options(self) -> dict[str, Any]:
+        """The flat options that resolve to this config."""
+        return {key: value for section in self.to_dict().values() for key, value in section.items()}
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.run.amp == "bf16" else None
+
+
+def _plain(section: Any) -> dict[str, Any]:
+    if isinstance(section, NetConfig):
+        return section.to_dict()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(section).items()}
+
+
+# Option name → (section, how its flag parses, help). The net section's options are NetConfig's fields.
+_NET_HELP = {
+    "model": ("str", "backbone from the model registry (locallearn list)"),
+    "method": ("str", "e2e, checkpoint, greedy, dgl, infopro, contsup or featrecon: a set of defaults"),
+    "num_modules": ("int", "K, the number of local modules (default: the method's)"),
+    "split": ("yaml", "paper, balanced, auto, uniform, stages or cuts as YAML, e.g. '[[1,2],[2,1]]' (default: paper)"),
+    "aux_head": ("str", "auxiliary head of the local modules: linear, 1c2f, dgl, token, auto (default: the method's)"),
+    "local_loss": ("str", "ce (softmax) or contrast (supervised contrastive) (default: the method's)"),
+    "reconstruct": ("bool", "InfoPro's image reconstruction in every local module (default: the method's)"),
+    "context": ("str", "ContSup context mode: R0, E, R1, R1E, Rn, RnE (default: the method's)"),
+    "num_classes": ("int", "classifier outputs (default: the dataset's)"),
+    "image_size": ("int", "input size S (default: the dataset's)"),
+    "in_channels": ("int", "channels of the input image (default: the dataset's)"),
+    "image_mean": ("floats", "per-channel mean of the [0, 1] image, e.g. 0.5,0.5,0.5 (default: the dataset's)"),
+    "image_std": ("floats", "per-channel std of the [0, 1] image (default: the dataset's)"),
+    "lambdas": ("floats", "λxx_first,λxy_first,λxx_last,λxy_last of reconstruction (default: docs/methods.md §4's tables)"),
+    "lambda_source": ("str", "where the λ came from (recorded by the run; not usually set)"),
+    "temperature": ("float", "temperature of the contrastive loss (default: 0.07)"),
+    "activation_checkpointing": ("bool", "recompute activations in backward inside each module (default: the method's)"),
+    "activation_segments": ("int", "recomputed segments per module under --activation-checkpointing (default: ≈√units)"),
+    "feature_decoder": ("str", "FeatRecon feature decoder: linear, conv, transformer (default: the method's)"),
+    "feature_weight": ("float", "FeatRecon's λ on the feature reconstruction loss (default: 1.0)"),
+    "model_kwargs": ("yaml", "extra backbone arguments as a YAML mapping"),
+}
+_OTHER_HELP = {
+    "dataset": ("str", "digits (bundled), cifar10, cifar100, svhn, stl10, ..."),
+    "data_dir": ("str", "where the dataset files are (locallearn data download NAME)"),
+    "limit_train": ("int", "use only the first N training images (smoke runs)"),
+    "limit_test": ("int", "use only the first N test images (smoke runs)"),
+    "optimizer": ("str", "sgd"),
+    "epochs": ("int", "number of epochs E"),
+    "batch_size": ("int", "training batch size (also used for evaluation)"),
+    "lr": ("float", "peak learning rate of the cosine schedule"),
+    "momentum": ("float", "SGD momentum"),
+    "nesterov": ("bool", "Nesterov momentum"),
+    "weight_decay": ("float", "weight decay on all parameters"),
+    "warmup_epochs": ("int", "linear warm-up epochs W (none when epochs <= W: the run is then pure cosine)"),
+    "warmup_lr": ("float", "learning rate of the first warm-up epoch"),
+    "out": ("str", "run directory (default: runs/<preset or model_method_kK_context_dataset>)"),
+    "seed": ("int", "seed of initialisation and data order"),
+    "device": ("str", "cpu, cuda, cuda:N, or auto (cuda when available)"),
+    "amp": ("str", "mixed precision: none or bf16"),
+    "compile": ("bool", "torch.compile every unit, head and encoder"),
+    "parallel": ("str", "none, or pipeline: one process per stage of local modules, under torchrun"),
+    "pipeline_sync": ("bool", "pipeline in lock step: the same values, no overlap"),
+    "pipeline_assign": ("str", "modules per stage: balanced (timed), even, or counts such as 2,2"),
+    "data_parallel": ("int", "data-parallel replicas of each pipeline stage (DDP); ranks = stages x this"),
+    "fault_timeout": ("float", "seconds of silence after which a pipeline rank counts as dead"),
+}
+# Options that are not fields: ``pretrained`` is the backbone argument of the same name (net.model_kwargs).
+ALIASES = {"pretrained": ("str", "Hugging Face checkpoint (hub name or save_pretrained directory) to start from")}
+SECTION_OF = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+OPTIONS = tuple(SECTION_OF) + tuple(ALIASES)
+FLAGS: dict[str, tuple[str, str]] = {**_NET_HELP, **_OTHER_HELP, **ALIASES}  # option → (flag kind, help)
+
+
+def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None, **more: Any) -> Config:
+    """The config of flat ``options`` (and ``more``), every value explicit (module docstring).
+
+    ``out`` defaults to ``runs/<name>``, ``name`` the preset's, else ``model_method_kK[_context]_dataset``."""
+    values = {RENAMED.get(k, k): v for k, v in {**(options or {}), **more}.items()}
+    check_keys(values, "options")
+    net_options = {k: v for k, v in values.items() if SECTION_OF.get(k) == "net" and k not in ("model", "method")}
+    if values.get("pretrained") is not None:  # a backbone argument with its own flag (models: ``pretrained``)
+        net_options["model_kwargs"] = {**(net_options.get("model_kwargs") or {}), "pretrained": str(values["pretrained"])}
+    sections = {}
+    for section, cls in SECTIONS.items():
+        if cls is not NetConfig:
+            given = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in values.items() if SECTION_OF.get(k) == section}
+            if section == "run" and given.get("out") is None:
+                given.pop("out", None)
+            sections[section] = cls(**given)
+    data = sections["data"]
+    net = resolve_net(values.get("model", "resnet32"), values.get("method", "contsup"), dataset=data.dataset, **net_options)
+    config = Config(net=net, **sections)
+    if "out" not in values or values["out"] is None:
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(Path("runs") / (name or default_name(config)))))
+    return config
+
+
+def default_name(config: Config) -> str:
+    """The run directory's name when ``out`` is not given, e.g. ``resnet32_contsup_k4_R1E_digits``."""
+    net = config.net
+    parts = [net.model, net.method, f"k{net.num_modules}"]
+    if net.num_modules > 1 and net.context != "R0":
+        parts.append(net.context)
+    return "_".join(parts + [config.data.dataset])
+
+
+def check_keys(values: Iterable[str], source: str) -> None:
+    """Refuse option names that do not exist, naming the valid ones."""
+    unknown = sorted(set(values) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"{source}: unknown key {unknown[0]!r}; valid keys are {', '.join(OPTIONS)}.")
+
+
+def flatten(mapping: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Flat options from a file's mapping: flat (presets, files of earlier releases) or nested by section
+    (``config.yaml``); renamed options of earlier releases take their new names."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ValueError(f"{source}: section {key!r} must be a mapping of options, got {value!r}.")
+            flat.update(value)
+        else:
+            flat[key] = value
+    flat = {RENAMED.get(k, k): v for k, v in flat.items()}
+    check_keys(flat, source)
+    return flat
+
+
+# --- YAML ----------------------------------------------------------------------------------------------
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (instead of keeping the last silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        raise ValueError(f"{source}: not valid YAML ({' '.join(str(err).split())}).") from None
+
+
+def read_options(path: Path | str) -> dict[str, Any]:
+    """The flat options of a config file (empty file: none); keys checked."""
+    path = Path(path)
+    values = load_yaml(path.read_text(), str(path))
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of keys to values, got {type(values).__name__}.")
+    return flatten(values, str(path))
+
+
+def dump_yaml(values: Mapping[str, Any], *, header: Iterable[str] = ()) -> str:
+    """YAML text of a config (flat or nested), keys in order, with optional ``# comment`` lines first."""
+    comments = "".join(f"# {line}\n" for line in header)
+    lines = []
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, dict):
+            lines.append(f"{key}:\n" + "".join("  " + _yaml_line(k, v) for k, v in value.items()))
+        else:
+            lines.append(_yaml_line(key, value))
+    return comments + "".join(lines)
+
+
+def _yaml_line(key: str, value: Any) -> str:
+    """``key: value`` on one line; lists and mappings inline in JSON form (valid YAML flow style)."""
+    if isinstance(value, (list, tuple, dict)):
+        return f"{key}: {json.dumps(value, ensure_ascii=False)}\n"
+    return yaml.safe_dump({key: value}, default_flow_style=False, allow_unicode=True, width=1000)
+
+
+# --- presets ------------------------------------------------------------------------------------------------
+def presets() -> list[str]:
+    """Names of the shipped presets, e.g. ``contsup/resnet32_cifar10_k16_R1E_ce``."""
+    return sorted(str(p.relative_to(PRESET_DIR).with_suffix("")) for p in PRESET_DIR.rglob("*.yaml"))
+
+
+def find_config(name_or_path: str) -> Path:
+    """A config file by path, or a shipped preset by name (with or without ``.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / (name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml")
+    if preset.is_file():
+        return preset
+    raise ValueError(
+        f"config: no file or preset named {name_or_path!r}; `locallearn list` shows the presets "
+        f"(e.g. {presets()[0] if presets() else 'none shipped'})."
+    )
+
+
+def requested_options(config: str | None, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The options a user set (the file's, then ``overrides`` over them) and the preset's name, if any."""
+    check_keys(overrides, "train")
+    values: dict[str, Any] = {}
+    name = None
+    if config is not None:
+        path = find_config(config)
+        values = read_options(path)
+        name = path.stem
+    values.update(overrides)
+    return values, name
+
+
+def load_config(config: str | None = None, **overrides: Any) -> Config:
+    """Defaults ← the config file or preset ← ``overrides`` (flags)."""
+    values, name = requested_options(config, overrides)
+    return resolve(values, name=name)
+
+
+# Options that may change when a run is resumed: where it lives and runs, not what it computes.
+RESUMABLE_CHANGES = ("out", "data_dir", "device", "compile", "parallel", "pipeline_sync", "pipeline_assign", "fault_timeout")
+
+
+def resumed_config(stored: Mapping[str, Any], requested: Mapping[str, Any], *, out: str) -> Config:
+    """The config of a run being resumed: the stored options, with the options asked for now laid over them —
+    which must not change anything (except ``RESUMABLE_CHANGES``). ``locallearn train --out RUN --resume``
+    therefore needs no other flag, and repeating the original command works too."""
+    before = resolve(stored)
+    after = resolve({**stored, **requested, "out": out})
+    changed = differing_options(before, after, ignore=RESUMABLE_CHANGES)
+    if changed:
+        raise ValueError(
+            f"--resume: the run in {out} was started with other options: {', '.join(changed)}; resume it with "
+            f"its own options, or start a new run with another --out."
+        )
+    return after
+
+
+def differing_options(a: Config, b: Config, *, ignore: Iterable[str] = ()) -> list[str]:
+    """``name (a → b)`` for every option whose value differs."""
+    x, y = a.options(), b.options()
+    return [f"{k} ({x[k]!r} → {y[k]!r})" for k in x if k not in ignore and x[k] != y.get(k)]
+
+
+__all__ = [
+    "FLAGS",
+    "NET_FIELDS",
+    "OPTIONS",
+    "SECTIONS",
+    "Config",
+    "DataConfig",
+    "OptimConfig",
+    "ParallelConfig",
+    "RunConfig",
+    "dump_yaml",
+    "find_config",
+    "flatten",
+    "load_config",
+    "presets",
+    "read_options",
+    "requested_options",
+    "resolve",
+    "resumed_config",
+]

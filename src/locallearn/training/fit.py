@@ -1,0 +1,278 @@
+"""A whole run: ``fit`` trains a config into its run directory, epoch by epoch, and resumes it after an
+interruption. It owns the epochs, the run directory (``rundir.py``: what is written when), resume and
+logging; the work of each epoch is a runner's (``runner.py``): in this process, or one per pipeline rank
+(``locallearn.distributed.fit_pipeline``, which calls this same function)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any, Callable
+
+import torch
+
+from locallearn.net import LocalNet
+from locallearn.provenance import git_revision
+from locallearn.training.config import Config, dump_yaml, read_options, resolve, resumed_config
+from locallearn.training.rundir import CHECKPOINT_FORMAT, CONFIG, RunDir, rng_state, set_rng_state
+from locallearn.training.runner import Launcher, NonFiniteLossError, SingleProcess
+from locallearn.training.schedule import epoch_lr
+from locallearn.version import __version__
+
+Log = Callable[[str], None]
+BEST_NOTE = "selected on the test set: for reference only; report test_acc (docs/methods.md §7)"
+
+
+def fit(
+    config: Config,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    requested: dict[str, Any] | None = None,
+    log: Log = print,
+    launcher: Launcher | None = None,
+) -> dict[str, Any] | None:
+    """Train ``config`` into its run directory (``config.run.out``) and return the summary (None on a
+    process that is not the main one).
+
+    ``resume`` continues the run found there (or starts it, if there is none: a job can always pass it);
+    the options asked for (``requested``, by default the whole config) must match the stored ones. Without
+    ``resume`` an existing run is refused unless ``overwrite``. ``launcher``: how processes are arranged
+    (default: this one process).
+    """
+    if launcher is None:
+        check_single_process(config)
+        launcher = SingleProcess()
+    log = log if launcher.is_main else _quiet
+    opened = launcher.share(_opened(config, resume, overwrite, requested) if launcher.is_main else None)
+    if opened[0] == "error":
+        raise ValueError(opened[1])
+    _, options, clear = opened
+    config = resolve(options)
+    run = RunDir(config.run.out)
+    runner = launcher.runner(config, run=run, resume=resume, log=log)  # data and network: checked first
+    if clear and launcher.is_main:
+        run.clear()  # only now that the new run's inputs are known to be good
+
+    state = runner.restore(run) if resume else None
+    history: list[dict[str, Any]] = list(state["history"]) if state else []
+    if state is not None and "rng" in state:
+        set_rng_state(state["rng"])
+    if launcher.is_main:
+        if not run.file(CONFIG).is_file():
+            run.write_config(dump_yaml(config.to_dict(), header=provenance() + derived(runner.net)))
+        run.write_metrics(history)  # drops any epoch logged after the checkpoint was taken
+    done = len(history)
+    if launcher.share(done == config.optim.epochs and run.finished if launcher.is_main else None):
+        log(f"{run.path} is already finished ({_plural(done, 'epoch')}); nothing to resume.")
+        runner.close()
+        return run.read_summary() if launcher.is_main else None
+
+    parameters = sum(p.numel() for p in runner.net.parameters())
+    log_start(log, config, runner, run, parameters, done)
+    for epoch in range(done + 1, config.optim.epochs + 1):
+        optim = config.optim
+        lr = epoch_lr(epoch, lr=optim.lr, epochs=optim.epochs, warmup_epochs=optim.warmup_epochs, warmup_lr=optim.warmup_lr)
+        try:
+            train = runner.train_epoch(epoch, lr)
+        except NonFiniteLossError as err:
+            kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {run.path}"
+            kept = kept if epoch > 1 else "no checkpoint was written"
+            raise NonFiniteLossError(f"epoch {epoch}: {err}; training stopped and {kept}. Try a lower --lr.") from None
+        test = runner.evaluate()
+        record = epoch_record(epoch, lr, train, test)
+        history.append(record)
+        if launcher.is_main:
+            run.append_metrics(record)  # metrics first: the checkpoint is never ahead of metrics.jsonl
+        runner.save(run, {"format": CHECKPOINT_FORMAT, "epoch": epoch, "rng": rng_state(),
+                          "config": config.to_dict(), "history": history})
+        log(epoch_line(record, config.optim.epochs))
+    runner.close()
+    if not launcher.is_main:
+        return None
+    summary = {**summarize(history, config=config, net=runner.net, parameters=parameters), **runner.summary(history)}
+    run.write_summary(summary)
+    log_end(log, summary, run)
+    return summary
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _opened(config: Config, resume: bool, overwrite: bool, requested: dict[str, Any] | None) -> tuple:
+    """("ok", the options to train with, whether to clear the directory first) or ("error", message), so that
+    a refusal reaches every process of a job."""
+    try:
+        config, clear = open_run(config, resume=resume, overwrite=overwrite, requested=requested)
+    except ValueError as err:
+        return ("error", str(err))
+    return ("ok", config.options(), clear)
+
+
+def open_run(
+    config: Config, *, resume: bool, overwrite: bool, requested: dict[str, Any] | None = None
+) -> tuple[Config, bool]:
+    """Check the run directory against what was asked; returns the config to train with and whether the
+    directory's run files must be cleared before training (they are not cleared here: the new run's inputs
+    are checked first)."""
+    run = RunDir(config.run.out)
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it over.")
+    if resume and run.file(CONFIG).is_file():
+        stored = read_options(run.file(CONFIG))
+        wanted = config.options() if requested is None else requested
+        return resumed_config(stored, wanted, out=config.run.out), False
+    if resume:  # killed before its config was written, or never started: there is nothing to lose
+        return config, True
+    if run.started:
+        if not overwrite:
+            what = "a finished run" if run.finished else "an unfinished run (--resume continues it)"
+            raise ValueError(
+                f"{run.path} already holds {what}; pass --overwrite to replace it, or choose another --out."
+            )
+        return config, True
+    return config, False
+
+
+def check_single_process(config: Config) -> None:
+    """Refuse what one process cannot run: the pipeline, or a single-process run started as several ranks
+    (torchrun without ``--parallel pipeline``: every rank would train the whole network into the same run
+    directory)."""
+    if config.parallel.parallel != "none":
+        raise ValueError(
+            f"parallel: --parallel {config.parallel.parallel} runs one process per rank: start it with torchrun "
+            f"(`torchrun --nproc-per-node 2 -m locallearn train --parallel pipeline ...`), or from Python with "
+            f"locallearn.distributed.fit_pipeline."
+        )
+    world = os.environ.get("WORLD_SIZE")
+    if world is not None and world.isdigit() and int(world) > 1:
+        raise ValueError(
+            f"parallel: this process is one of {world} ranks (torchrun) but --parallel is none, so every rank "
+            "would train the whole network into the same run directory; add --parallel pipeline, or start one process."
+        )
+
+
+# --- records ------------------------------------------------------------------------------------------------
+_TEST = ("test_acc", "test_loss", "eval_time_s")
+_TIMING = ("train_time_s", "images_per_s", "peak_memory_mb", "peak_memory_kind", "train_images")
+
+
+def epoch_record(epoch: int, lr: float, train: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
+    """One line of metrics.jsonl. Deterministic fields first; *_time_s, images_per_s are wall-clock; what a
+    runner adds to its test results beyond accuracy and loss (the pipeline's per-rank figures) comes last."""
+    per_step = {k: v for k, v in train.items() if k not in _TIMING}
+    return {
+        "epoch": epoch,
+        "lr": lr,
+        **per_step,
+        "test_acc": test["test_acc"],
+        "test_loss": test["test_loss"],
+        "epoch_time_s": train["train_time_s"] + test["eval_time_s"],
+        "train_time_s": train["train_time_s"],
+        "images_per_s": train["images_per_s"],
+        "peak_memory_mb": train["peak_memory_mb"],
+        "peak_memory_kind": train["peak_memory_kind"],
+        **{k: v for k, v in test.items() if k not in _TEST},
+    }
+
+
+def summarize(history: list[dict[str, Any]], *, config: Config, net: LocalNet, parameters: int) -> dict:
+    """summary.json: the final-epoch test accuracy is the result; the best epoch is labelled as such."""
+    last = history[-1]
+    best = max(history, key=lambda r: (r["test_acc"], -r["epoch"]))
+    train_time = sum(r["train_time_s"] for r in history)
+    images = sum(r["images_per_s"] * r["train_time_s"] for r in history)
+    return {
+        "test_acc": last["test_acc"],
+        "test_loss": last["test_loss"],
+        "epochs": last["epoch"],
+        "best_test_acc": best["test_acc"],
+        "best_epoch": best["epoch"],
+        "best_note": BEST_NOTE,
+        "parameters": parameters,
+        "train_time_s": train_time,
+        "total_time_s": sum(r["epoch_time_s"] for r in history),
+        "images_per_s": images / train_time if train_time else 0.0,
+        "peak_memory_mb": max(r["peak_memory_mb"] for r in history),
+        "peak_memory_kind": last["peak_memory_kind"],
+        "model": config.net.model,
+        "method": config.net.method,
+        "num_modules": config.net.num_modules,
+        "context": config.net.context,
+        "local_loss": config.net.local_loss,
+        "dataset": config.data.dataset,
+        "net": net.describe(),
+        "versions": versions(),
+    }
+
+
+# --- what is printed ----------------------------------------------------------------------------------------
+def versions() -> dict[str, str]:
+    return {"locallearn": __version__, "torch": torch.__version__, "git": git_revision() or "unknown"}
+
+
+def provenance() -> list[str]:
+    v = versions()
+    return [
+        "Resolved config of this run: every option of `locallearn train`, defaults included.",
+        f"locallearn {v['locallearn']}, git {v['git']}, torch {v['torch']}, Python {platform.python_version()}, "
+        f"{torch.get_num_threads()} torch threads, {time.strftime('%Y-%m-%d %H:%M:%S')}",
+    ]
+
+
+def derived(net: LocalNet) -> list[str]:
+    """What the build derived from the config, for config.yaml's header and the start log: the cuts and,
+    with reconstruction, the λ schedule and where it came from (a table, or the documented default)."""
+    lines = [f"cuts: {[list(c) for c in net.cuts]}"]
+    if net.lambda_schedule:
+        lambdas = ", ".join(f"({xx:g}, {xy:g})" for xx, xy in net.lambda_schedule)
+        lines.append(f"λ (reconstruction, task) per local module: {lambdas}; {net.lambda_source}")
+    return lines
+
+
+def log_start(log: Log, config: Config, runner, run: RunDir, parameters: int, done: int) -> None:
+    net, optim = config.net, config.optim
+    head = f"K={net.num_modules}"
+    if net.num_modules > 1:
+        head += f", {net.aux_head} heads, {net.local_loss} loss, context {net.context}"
+        head += ", reconstruction" if net.reconstruct else ""
+    sgd = f"momentum {optim.momentum}{', nesterov' if optim.nesterov else ''}, weight decay {optim.weight_decay}"
+    warmup = f"{optim.warmup_used} warm-up epochs + cosine"
+    if optim.warmup_epochs and not optim.warmup_used:
+        warmup = f"cosine (no warm-up: {optim.epochs} epochs leave no room for {optim.warmup_epochs})"
+    log(f"locallearn train: {net.model} / {net.method} ({head}) on {config.data.dataset}")
+    log(f"  recipe: {_plural(optim.epochs, 'epoch')}, batch {optim.batch_size}, SGD lr {optim.lr} ({sgd}), "
+        f"{warmup}, seed {config.run.seed}"
+        + (f", amp {config.run.amp}" if config.run.amp != "none" else "") + (", compiled" if config.run.compile else ""))
+    log(f"  network: {parameters:,} parameters, " + "; ".join(derived(runner.net)))
+    for line in runner.describe():
+        log(line)
+    log(f"  run directory: {run.path} (resolved config in {CONFIG})"
+        + (f"; resuming after epoch {done}" if done else ""))
+
+
+def epoch_line(record: dict[str, Any], epochs: int) -> str:
+    train_acc = record.get("train_acc")
+    acc = f"  train acc {100 * train_acc:5.1f}%" if train_acc is not None else ""
+    return (
+        f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  lr {record['lr']:.4g}  loss {record['train_loss']:.3f}"
+        f"{acc}  test acc {100 * record['test_acc']:5.1f}%  {record['epoch_time_s']:.1f} s  "
+        f"{record['images_per_s']:.0f} img/s"
+    )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def log_end(log: Log, summary: dict[str, Any], run: RunDir) -> None:
+    minutes, seconds = divmod(round(summary["total_time_s"]), 60)
+    log(
+        f"done: test accuracy {100 * summary['test_acc']:.2f}% after {_plural(summary['epochs'], 'epoch')} "
+        f"(best {100 * summary['best_test_acc']:.2f}% at epoch {summary['best_epoch']}, selected on the test set), "
+        f"{minutes} min {seconds} s, {summary['images_per_s']:.0f} img/s"
+    )
+    log(f"results: {run.path}/ (summary.json, metrics.jsonl, config.yaml, checkpoint.pt); "
+        f"`locallearn eval {run.path}` re-evaluates it")

@@ -1,0 +1,275 @@
+"""How epochs are run: the protocol ``fit`` drives, and the one-process implementation of it.
+
+``fit`` (``training.fit``) owns the run — epochs, the run directory, resume, logging — and asks a *runner*
+to do the work of each epoch. A ``Launcher`` says how processes are arranged (one here; one per pipeline
+rank in ``locallearn.distributed``) and builds the runner once the run's config is settled:
+
+    Launcher:  is_main (writes the run directory and logs), share(value) (the main process's value on every
+               process), runner(config, run=..., resume=...) → Runner
+    Runner:    train_epoch(epoch, lr) → train metrics     evaluate() → test metrics
+               save(run, state)   restore(run) → state or None     describe() → log lines
+               summary(history) → extra summary fields      close()
+
+The pieces of a single-process epoch live here too: ``train_one_epoch`` and ``evaluate`` (the network's
+own inference forward, also what each pipeline stage runs for its modules), ``make_optimizer``,
+``load_data`` and ``compile_parts``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import nn
+
+from locallearn.data import BatchLoader, get_spec, load_split
+from locallearn.engine import train_step
+from locallearn.memory import SavedTensorMeter
+from locallearn.net import LocalNet, build_net
+from locallearn.training.config import Config, OptimConfig
+from locallearn.training.progress import Progress
+from locallearn.training.rundir import RunDir, seed_everything
+
+Log = Callable[[str], None]
+CHECK_EVERY = 32  # training steps between checks for a non-finite loss (each check waits for the device)
+
+
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or infinite; training stops without writing a checkpoint."""
+
+
+class Runner(Protocol):
+    net: LocalNet
+
+    def train_epoch(self, epoch: int, lr: float) -> dict[str, Any]: ...
+    def evaluate(self) -> dict[str, Any]: ...
+    def save(self, run: RunDir, state: dict[str, Any]) -> None: ...
+    def restore(self, run: RunDir) -> dict[str, Any] | None: ...
+    def describe(self) -> list[str]: ...
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
+class Launcher(Protocol):
+    is_main: bool
+
+    def share(self, value: Any) -> Any: ...
+    def runner(self, config: Config, *, run: RunDir, resume: bool, log: Log) -> Runner: ...
+
+
+class SingleProcess:
+    """The launcher of a run in this process."""
+
+    is_main = True
+
+    def share(self, value: Any) -> Any:
+        return value
+
+    def runner(self, config: Config, *, run: RunDir, resume: bool, log: Log) -> LocalRunner:
+        return LocalRunner(config, log=log)
+
+
+class LocalRunner:
+    """Every module in this process, on one device: the data, the network, one optimizer."""
+
+    def __init__(self, config: Config, *, log: Log = print) -> None:
+        self.config, self.log = config, log
+        self.device = resolve_device(config.run.device)
+        # The data first: a missing dataset fails before anything else is built or written.
+        self.train_loader = load_data(config, train=True, device=self.device)
+        self.test_loader = load_data(config, train=False, device=self.device)
+        seed_everything(config.run.seed)
+        self.net = build_net(config.net).to(self.device)
+        self.optimizer = make_optimizer(self.net, config.optim)
+        if config.run.compile:
+            compile_parts(self.net)
+
+    def train_epoch(self, epoch: int, lr: float) -> dict[str, Any]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.train_loader.set_epoch(epoch)
+        return train_one_epoch(
+            self.net, self.train_loader, self.optimizer, autocast_dtype=self.config.autocast_dtype,
+            description=f"epoch {epoch}/{self.config.optim.epochs}", log=self.log,
+        )
+
+    def evaluate(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        result = evaluate(self.net, self.test_loader, autocast_dtype=self.config.autocast_dtype, log=self.log)
+        return {**result, "eval_time_s": time.perf_counter() - start}
+
+    def save(self, run: RunDir, state: dict[str, Any]) -> None:
+        run.save_checkpoint({**state, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict()})
+
+    def restore(self, run: RunDir) -> dict[str, Any] | None:
+        state = run.load_checkpoint()
+        if state is not None:
+            self.net.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        return state
+
+    def describe(self) -> list[str]:
+        return [f"  data: {len(self.train_loader.images)} train, {len(self.test_loader.images)} test images; {self.device}"]
+
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+# --- pieces --------------------------------------------------------------------------------------------------
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when there is one; an explicit device must exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device} is not available on this machine; use --device cpu.")
+    return resolved
+
+
+def make_optimizer(net: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    """One SGD over every parameter — backbone, heads, decoders and context encoders (docs/methods.md §7)."""
+    return torch.optim.SGD(
+        net.parameters(), lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay
+    )
+
+
+def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoader:
+    """The train or test split as a BatchLoader; ``limit_train`` / ``limit_test`` keep the first N images."""
+    data = config.data
+    images, labels = load_split(data.dataset, data.data_dir, train=train)
+    limit = data.limit_train if train else data.limit_test
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    # The run's normalisation (the dataset's unless image_mean/image_std say otherwise): the same constants
+    # the network un-normalises with to get reconstruction targets.
+    spec = dataclasses.replace(get_spec(data.dataset), mean=tuple(config.net.image_mean), std=tuple(config.net.image_std))
+    return BatchLoader(
+        images, labels, spec=spec, batch_size=config.optim.batch_size, train=train, seed=config.run.seed, device=device
+    )
+
+
+def compile_parts(net: LocalNet) -> None:
+    """``torch.compile`` each unit, objective and context encoder in place (state_dict keys unchanged).
+
+    The parts, not the whole net: training runs them one module at a time (``engine.train_step``).
+    """
+    parts = [*net.backbone.units, *net.objectives]
+    if net.context is not None:
+        parts += [m for container in net.context.children() for m in container.children()]
+    for part in parts:
+        part.compile()
+
+
+def train_one_epoch(
+    net: LocalNet,
+    loader: BatchLoader,
+    optimizer: torch.optim.Optimizer,
+    *,
+    autocast_dtype: torch.dtype | None = None,
+    description: str = "",
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """One pass over ``loader``; the step's metrics averaged over the epoch (weighted by batch size) as
+    ``train_<key>``, plus throughput and peak memory.
+
+    Metrics stay on the device and are summed there (float64), so the host waits for the device only every
+    ``CHECK_EVERY`` steps, to stop on a non-finite loss (naming its batch) and to show progress.
+
+    Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU (``peak_memory_kind: cuda_allocated``);
+    on a CPU, the bytes autograd saves for backward during the epoch's first step, counted by
+    ``SavedTensorMeter`` (``saved_tensors``; exact and deterministic, parameters excluded).
+    """
+    device = next(net.parameters()).device
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    totals: dict[str, torch.Tensor] = {}
+    pending: list[torch.Tensor] = []  # losses of the steps since the last check
+    seen, peak_bytes = 0, 0
+    start = time.perf_counter()
+    with Progress(len(loader), description, log=log) as progress:
+        for i, (images, labels) in enumerate(loader):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            meter = SavedTensorMeter(net.parameters()) if i == 0 and not on_cuda else contextlib.nullcontext()
+            with meter:
+                stats = train_step(net, images, labels, optimizer, autocast_dtype=autocast_dtype)
+            if i == 0 and not on_cuda:
+                peak_bytes = meter.peak_bytes
+            n = len(labels)
+            seen += n
+            for key, value in stats.items():
+                value = torch.as_tensor(value, dtype=torch.float64)
+                totals[key] = totals[key] + value * n if key in totals else value * n
+            pending.append(torch.as_tensor(stats["loss"]))
+            if len(pending) == CHECK_EVERY or i == len(loader) - 1:
+                check_finite(pending, first=i + 2 - len(pending), batches=len(loader))
+                progress.update(len(pending), loss=f"{float(stats['loss']):.3f}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                pending = []
+    if on_cuda:
+        torch.cuda.synchronize(device)
+        peak_bytes = torch.cuda.max_memory_allocated(device)
+    elapsed = time.perf_counter() - start
+    means = {key: float(value) / seen for key, value in totals.items()}
+    return epoch_metrics(means, net.num_modules, seen=seen, elapsed=elapsed, peak_bytes=peak_bytes,
+                         peak_kind="cuda_allocated" if on_cuda else "saved_tensors")
+
+
+def epoch_metrics(
+    means: dict[str, float], num_modules: int, *, seen: int, elapsed: float, peak_bytes: float, peak_kind: str
+) -> dict[str, Any]:
+    """The train part of a metrics line, from the epoch's means of the step's metrics: ``train_loss`` (the
+    sum of the module losses), ``train_acc`` (the network's own, last module's accuracy), then every
+    per-module metric (``loss/k``, ``acc/k``, ``task/k``, ``rec/k``, ...) module by module; throughput and memory."""
+    out: dict[str, Any] = {"train_loss": means.pop("loss"), "train_acc": None}
+    for key in sorted(means, key=lambda key: (int(key.rsplit("/", 1)[1]), key)):
+        out[f"train_{key}"] = means[key]
+    out["train_acc"] = out.get(f"train_acc/{num_modules - 1}")
+    out.update(
+        train_images=seen,
+        train_time_s=elapsed,
+        images_per_s=seen / elapsed if elapsed else 0.0,
+        peak_memory_mb=peak_bytes / 2**20,
+        peak_memory_kind=peak_kind,
+    )
+    return out
+
+
+def check_finite(losses: list[torch.Tensor], *, first: int, batches: int | None = None) -> None:
+    """Raise ``NonFiniteLossError`` naming the first non-finite loss among ``losses`` (batches ``first``…,
+    1-based, of ``batches``)."""
+    values = torch.stack([t.detach().reshape(()).double().cpu() for t in losses])
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        of = f" of {batches}" if batches is not None else ""
+        raise NonFiniteLossError(f"non-finite loss ({float(values[i]):.4g}) in batch {first + i}{of}")
+
+
+@torch.no_grad()
+def evaluate(
+    net: nn.Module, loader: BatchLoader, *, autocast_dtype: torch.dtype | None = None, log: Log | None = None
+) -> dict[str, float]:
+    """Test accuracy (fraction) and cross-entropy of the inference forward (auxiliary heads unused)."""
+    net.eval()
+    device = next(net.parameters()).device
+    amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    seen = 0
+    with Progress(len(loader), "evaluation", log=log) as progress:
+        for images, labels in loader:
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with amp:
+                logits = net(images)
+            loss += torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum").double()
+            correct += (logits.argmax(dim=1) == labels).sum()
+            seen += len(labels)
+            progress.update(1)
+    return {"test_acc": int(correct) / seen, "test_loss": float(loss) / seen}

@@ -1,0 +1,84 @@
+"""The project's own benchmark targets (benchmarks/targets.py): met, missed and not measured; the automatic
+split against the papers' tables; FeatRecon against InfoPro-Transformer; what benchmarks/run.py writes."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from locallearn.bench.grid import GridSpec
+from locallearn.bench.runner import RunOptions, run_memory
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # benchmarks/run.py imports its neighbour targets.py, as a script does
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+targets = _load("targets")
+evaluate = targets.evaluate
+TINY = dict(models=("resnet20",), batch_sizes=(2,))
+
+
+def _row(**fields):
+    row = dict(model="resnet110", method="contsup", num_modules=16, split="paper", context="R0", batch_size=32,
+               image_size=32, device="cpu", status="ok", reason=None, peak_activation_bytes=100,
+               activation_reduction=9.5)
+    row.update(fields)
+    return row
+
+
+def test_targets_met_missed_and_not_measured():
+    rows = [
+        _row(),
+        _row(context="R1E", activation_reduction=5.0),
+        _row(num_modules=4, split="balanced", peak_activation_bytes=100, activation_reduction=3.6),
+        _row(num_modules=4, split="auto", peak_activation_bytes=90, activation_reduction=4.0),
+        _row(num_modules=16, split="balanced", peak_activation_bytes=10),  # no table at K=16: not compared
+        _row(num_modules=16, split="auto", peak_activation_bytes=20),
+    ]
+    found = {t["target"]: t for t in evaluate(rows, "memory")}
+    assert found["ResNet-110, K=16, paper split, ContSup R0: ≥ 9× below e2e"]["status"] == "met"
+    assert found["ResNet-110, K=16, paper split, ContSup R1E: ≥ 6× below e2e"]["status"] == "missed"
+    assert found["ResNet-32, K=16, paper split, ContSup R0: ≥ 6× below e2e"]["status"] == "not measured"
+    split = [t for name, t in found.items() if name.startswith("automatic split")]
+    assert len(split) == 1 and split[0]["status"] == "met" and split[0]["measured"] == pytest.approx(0.9)
+    assert split[0]["target"].endswith("contsup R0, K=4")
+
+
+def test_swin_targets_and_featrecon_against_infopro_transformer():
+    def row(method, k, split, ratio, peak, decoder=None):
+        return _row(model="swin_tiny", method=method, num_modules=k, split=split, context="R0", batch_size=2,
+                    image_size=224, feature_decoder=decoder, activation_ratio=ratio, peak_activation_bytes=peak)
+
+    rows = [row("e2e", 1, None, 1.0, 100), row("infopro", 2, "stages", 1.05, 105),
+            row("featrecon", 2, "stages", 0.60, 60, "linear"), row("featrecon", 2, "stages", 0.70, 70, "conv"),
+            row("featrecon", 4, "balanced", 0.30, 30, "linear")]  # no InfoPro-Transformer partner
+    found = evaluate(rows, "memory")
+    stage2 = [t for t in found if t["target"].startswith("Swin-Tiny, K=2, stages split, FeatRecon")]
+    assert [(t["where"].split(", ")[-1], t["status"]) for t in stage2] == [("linear decoder", "met"),
+                                                                          ("conv decoder", "missed")]
+    pair = [t for t in found if t["target"].startswith("Swin-Tiny: FeatRecon at most")]
+    assert [round(t["measured"], 3) for t in pair] == [round(60 / 105, 3), round(70 / 105, 3)]
+    assert all(t["status"] == "met" and t["target"].endswith("K=2, stages split") for t in pair)
+    balanced4 = next(t for t in found if t["target"].startswith("Swin-Tiny, K=4, balanced split, FeatRecon"))
+    assert balanced4["status"] == "met" and balanced4["threshold"] == 0.35
+
+
+def test_benchmark_script_writes_targets_and_the_gpu_section(tmp_path):
+    spec = GridSpec(methods=("e2e", "contsup"), num_modules=(2,), splits=("uniform", "paper"), contexts=("R0",), **TINY)
+    rows = run_memory(spec, RunOptions(warmup=0))
+    paths = _load("run").write(tmp_path, "memory", rows, {"command": "test", "torch": torch.__version__})
+    data = json.loads(paths["json"].read_text())
+    assert data["targets"] and {t["status"] for t in data["targets"]} >= {"not measured"}
+    text = paths["md"].read_text()
+    assert "### Targets" in text and "Pending" in text  # no GPU rows
