@@ -44,7 +44,7 @@ def test_unknown_dataset(tmp_path, capsys):
     assert main(["data", "check", "imagenet", "--root", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
         "locallearn: error: unknown dataset 'imagenet'; "
-        "valid datasets: cifar10, cifar100, digits, stl10, svhn.\n"
+        "valid datasets: cifar10, cifar100, digits, fashion_mnist, imagefolder, stl10, svhn.\n"
     )
 
 
