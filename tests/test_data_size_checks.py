@@ -59,7 +59,7 @@ def test_stl10_sparse_label_file(tmp_path, monkeypatch):
         return real_fromfile(path, *args, **kwargs)
 
     monkeypatch.setattr(np, "fromfile", images_only)
-    with pytest.raises(DatasetError, match="1073741824 labels, more than the official 8000"):
+    with pytest.raises(DatasetError, match=r"1073741824 labels \(one byte each\), more than the official 8000"):
         load_split("stl10", tmp_path, train=False, strict=False)
 
 

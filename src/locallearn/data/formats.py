@@ -192,7 +192,7 @@ def read_stl_labels(path: Path, *, max_count: int) -> Part:
     """train_y.bin or test_y.bin: labels 1..10 become 0..9."""
     size = path.stat().st_size
     if size > max_count:
-        raise CorruptFileError(path, f"{size} bytes is {size} labels, more than the official {max_count}")
+        raise CorruptFileError(path, f"{size} labels (one byte each), more than the official {max_count}")
     raw = np.fromfile(path, dtype=np.uint8)
     if raw.size == 0:
         raise CorruptFileError(path, "empty label file")
@@ -253,7 +253,8 @@ def _read_idx(path: Path, *, magic: int, item_shape: tuple[int, ...], max_count:
             if stream.read(1):  # for gzip this also reaches the end of the stream, where the CRC is checked
                 raise CorruptFileError(path, f"trailing data after the {count} {kind} it declares")
         except (OSError, EOFError, zlib.error) as err:  # gzip: bad header, CRC, or stream cut short
-            raise CorruptFileError(path, f"not a readable gzip stream ({type(err).__name__}: {err})") from None
+            what = "gzip stream" if gzipped else "file"
+            raise CorruptFileError(path, f"not a readable {what} ({type(err).__name__}: {err})") from None
     return data
 
 
