@@ -29,3 +29,17 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist, installed in /usr/share/datasets/fashion-mnist, where
+# locallearn looks when --data-dir does not hold it (apt-get update only if the install fails on stale lists;
+# sudo only when not root). Without apt-get: say how to download the official files instead.
+.PHONY: fashion-mnist
+fashion-mnist:
+	@if command -v apt-get >/dev/null 2>&1; then \
+		sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$sudo apt-get install -y dataset-fashion-mnist \
+			|| { $$sudo apt-get update && $$sudo apt-get install -y dataset-fashion-mnist; }; \
+	else \
+		echo "make fashion-mnist: no apt-get on this system; run \`locallearn data download fashion_mnist --root data\` instead."; \
+		exit 1; \
+	fi

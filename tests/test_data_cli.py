@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from locallearn.cli import main
 from locallearn.data.fixtures import write_fake_dataset
@@ -44,7 +48,7 @@ def test_unknown_dataset(tmp_path, capsys):
     assert main(["data", "check", "imagenet", "--root", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
         "locallearn: error: unknown dataset 'imagenet'; "
-        "valid datasets: cifar10, cifar100, digits, stl10, svhn.\n"
+        "valid datasets: cifar10, cifar100, digits, fashion_mnist, imagefolder, stl10, svhn.\n"
     )
 
 
@@ -55,3 +59,18 @@ def test_python_dash_m(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "bundled with scikit-learn" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_fashion_mnist_without_apt_get(tmp_path):
+    """Where there is no apt-get, the Makefile target says in one line how to get the files instead."""
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [shutil.which("make"), "-s", "--no-print-directory", "fashion-mnist"],
+        cwd=repo, env={"PATH": str(tmp_path)}, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert result.stdout == (
+        "make fashion-mnist: no apt-get on this system; "
+        "run `locallearn data download fashion_mnist --root data` instead.\n"
+    )

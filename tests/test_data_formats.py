@@ -242,7 +242,7 @@ def test_stl_bad_sizes_and_labels(tmp_path):
 
 
 def test_unknown_dataset_lists_valid_names(tmp_path):
-    with pytest.raises(ValueError, match="valid datasets: cifar10, cifar100, digits, stl10, svhn"):
+    with pytest.raises(ValueError, match="valid datasets: cifar10, cifar100, digits, fashion_mnist, imagefolder, stl10, svhn"):
         load_split("mnist", tmp_path, train=True)
 
 

@@ -58,8 +58,8 @@ def test_pad_images_reflect_matches_torch():
 
 def data(spec: DatasetSpec, n: int = 100, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    s = spec.image_size
-    images = torch.randint(0, 256, (n, 3, s, s), dtype=torch.uint8, generator=g)
+    c, s = spec.channels, spec.image_size
+    images = torch.randint(0, 256, (n, c, s, s), dtype=torch.uint8, generator=g)
     return images, torch.randint(0, 10, (n,), generator=g)
 
 
@@ -74,7 +74,7 @@ def same(a, b) -> bool:
     return all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("name", ["cifar10", "svhn", "stl10", "digits"])
+@pytest.mark.parametrize("name", ["cifar10", "svhn", "stl10", "digits", "fashion_mnist"])
 def test_training_batches_shapes_and_normalisation(name):
     spec = get_spec(name)
     images, labels = data(spec, 50)
@@ -82,7 +82,7 @@ def test_training_batches_shapes_and_normalisation(name):
     batches = epoch_batches(loader, 0)
     assert len(loader) == len(batches) == 4 and [len(y) for _, y in batches] == [16, 16, 16, 2]
     for x, y in batches:
-        assert x.dtype == torch.float32 and x.shape[1:] == (3, spec.image_size, spec.image_size)
+        assert x.dtype == torch.float32 and x.shape[1:] == (spec.channels, spec.image_size, spec.image_size)
         assert y.dtype == torch.int64
         x01 = spec.denormalize(x)
         assert x01.min() >= -1e-5 and x01.max() <= 1 + 1e-5
@@ -101,6 +101,25 @@ def test_denormalized_batch_is_the_augmented_image():
     assert torch.allclose(spec.denormalize(x), expected, atol=1e-6)
     assert torch.allclose(x, spec.normalize(expected), atol=1e-5)
     assert torch.equal(y, labels[order])
+
+
+def test_one_channel_batches_are_cropped_then_normalised():
+    """Fashion-MNIST's single grey channel: the same crop and flip as for RGB (zero padding of 2), then
+    (x - 0.2860) / 0.3530."""
+    spec = get_spec("fashion_mnist")
+    images, labels = data(spec, 48)
+    assert images.shape == (48, 1, 28, 28)
+    loader = BatchLoader(images, labels, spec=spec, batch_size=48, train=True, seed=1, prefetch=0)
+    (x, y), = epoch_batches(loader, 2)
+    order, top, left, flip = loader._plan(2)
+    assert flip.any() and not flip.all() and (top != 2).any()  # some images flipped, some shifted
+    reference = naive_crop_flip(images[order], top, left, flip, pad=2, pad_mode="zeros")
+    assert torch.allclose(x, (reference.float() / 255 - 0.2860) / 0.3530, atol=1e-5)
+    assert torch.allclose(spec.denormalize(x), reference.float() / 255, atol=1e-6)
+    assert torch.equal(y, labels[order])
+    test = BatchLoader(images, labels, spec=spec, batch_size=48, train=False, seed=1, prefetch=0)
+    (xt, _), = epoch_batches(test, 0)
+    assert torch.allclose(xt, spec.normalize(images.float() / 255), atol=1e-5)
 
 
 def test_labels_follow_their_images():
@@ -184,12 +203,15 @@ U8, LONG = torch.uint8, torch.long
         (torch.zeros(4, 3, 32, 32, dtype=U8), torch.zeros(4, dtype=torch.int32), {}, "labels must be int64"),
         (torch.zeros(4, 3, 32, 32, dtype=U8), torch.zeros(4, dtype=LONG), {"batch_size": 0}, "batch_size"),
         (torch.zeros(4, 3, 32, 32, dtype=U8), torch.zeros(4, dtype=LONG), {"drop_last": True}, "no batch"),
+        (torch.zeros(4, 3, 28, 28, dtype=U8), torch.zeros(4, dtype=LONG), {"spec": "fashion_mnist"}, r"\(N, 1, 28, 28\)"),
+        (torch.zeros(4, 1, 32, 32, dtype=U8), torch.zeros(4, dtype=LONG), {}, r"\(N, 3, 32, 32\)"),
     ],
 )
 def test_bad_loader_arguments(images, labels, kwargs, message):
-    options = {"batch_size": 8, "train": True, "seed": 0, **kwargs}
+    options = {"batch_size": 8, "train": True, "seed": 0, "spec": "cifar10", **kwargs}
+    options["spec"] = get_spec(options["spec"])
     with pytest.raises(ValueError, match=message):
-        BatchLoader(images, labels, spec=get_spec("cifar10"), **options)
+        BatchLoader(images, labels, **options)
 
 
 def test_spec_validation_and_round_trip():
@@ -203,6 +225,21 @@ def test_spec_validation_and_round_trip():
         DatasetSpec("bad", 10, 4, (0.5,) * 3, (0.5,) * 3, pad=4, pad_mode="reflect", flip=True)
     with pytest.raises(ValueError, match="std must be positive"):
         DatasetSpec("bad", 10, 32, (0.5,) * 3, (0.5, 0.0, 0.5), pad=4, pad_mode="zeros", flip=True)
+
+
+def test_spec_channels():
+    grey = get_spec("fashion_mnist")
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    assert torch.allclose(grey.normalize(x), (x - 0.2860) / 0.3530)
+    assert torch.allclose(grey.denormalize(grey.normalize(x)), x)
+    assert all(get_spec(n).channels == 3 for n in ("cifar10", "cifar100", "svhn", "stl10", "digits"))
+    with pytest.raises(ValueError, match=r"one value per channel \(1\), got 3 and 3"):
+        DatasetSpec("bad", 10, 28, (0.5,) * 3, (0.5,) * 3, pad=2, pad_mode="zeros", flip=True, channels=1)
+    with pytest.raises(ValueError, match="channels must be >= 1"):
+        DatasetSpec("bad", 10, 28, (), (), pad=2, pad_mode="zeros", flip=True, channels=0)
+    with pytest.raises(ValueError, match="2 class names for 10 classes"):
+        DatasetSpec("bad", 10, 28, (0.5,), (0.5,), pad=2, pad_mode="zeros", flip=True, channels=1,
+                    class_names=("a", "b"))
 
 
 @pytest.mark.gpu

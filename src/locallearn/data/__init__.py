@@ -1,7 +1,9 @@
-"""Datasets: specs (classes, size, normalisation), official-format loaders, augmentation, download/check.
+"""Datasets: specs (classes, channels, size, normalisation), official-format loaders, the user's own image
+folders, augmentation, download/check.
 
-    images, labels = load_split("cifar10", root, train=True)          # uint8 (N, 3, 32, 32), int64 (N,)
-    loader = BatchLoader(images, labels, spec=get_spec("cifar10"), batch_size=1024, train=True, seed=0)
+    spec = describe_dataset("cifar10", root)                          # or "imagefolder", image_size=...
+    images, labels = load_split("cifar10", root, train=True)          # uint8 (N, C, S, S), int64 (N,)
+    loader = BatchLoader(images, labels, spec=spec, batch_size=1024, train=True, seed=0)
     loader.set_epoch(epoch); for x, y in loader: ...                  # normalised float32, augmented
 """
 
@@ -9,8 +11,8 @@ from locallearn.data.augment import crop_flip, random_crop_params
 from locallearn.data.errors import CorruptFileError, DatasetError
 from locallearn.data.fetch import CheckReport, FileStatus, check, download, safe_extract
 from locallearn.data.loader import BatchLoader
-from locallearn.data.sources import SOURCES, load_split
-from locallearn.data.specs import DATASETS, DatasetSpec, get_spec
+from locallearn.data.sources import SOURCES, describe_dataset, load_split
+from locallearn.data.specs import DATASETS, DatasetSpec, dataset_names, get_spec
 
 DEFAULT_ROOT = "data"  # where `locallearn data ...` and training look for files unless told otherwise
 
@@ -26,6 +28,8 @@ __all__ = [
     "FileStatus",
     "check",
     "crop_flip",
+    "dataset_names",
+    "describe_dataset",
     "download",
     "get_spec",
     "load_split",

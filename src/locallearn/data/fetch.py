@@ -1,5 +1,8 @@
 """Getting the official files onto disk and checking them: `download` (fetch, verify the published MD5,
-unpack safely) and `check` (per file: present, missing or corrupt)."""
+unpack safely) and `check` (per file: present, missing or corrupt).
+
+An archive's MD5 is of the file itself or of its gzip-decompressed data (`Archive.md5_of`); `Digest`
+computes either from the same stream of chunks, for a download as it arrives and for a file on disk."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from locallearn.data.errors import CorruptFileError, DatasetError, one_line
-from locallearn.data.sources import BUNDLED, Archive, download_hint, get_source, read_file
+from locallearn.data.sources import BUNDLED, Archive, download_hint, get_source, locate, read_file
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
@@ -66,22 +69,27 @@ def check(name: str, root: Path | str, *, strict: bool = True) -> CheckReport:
     source = get_source(name)
     report = CheckReport(name, root)
     for file in source.files:
-        if not (root / file.path).is_file():
+        path = locate(source, file, root)
+        if path is None:
             report.files.append(FileStatus(file.path, "missing"))
             continue
+        # Relative to the root when found there, else where it was found (e.g. Debian's folder).
+        shown = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
         try:
             part = read_file(source, file, root, strict=strict)
         except CorruptFileError as err:
-            report.files.append(FileStatus(file.path, "corrupt", err.reason))
+            report.files.append(FileStatus(shown, "corrupt", err.reason))
         else:
-            report.files.append(FileStatus(file.path, "present", f"{len(part)} {part.kind}"))
+            report.files.append(FileStatus(shown, "present", f"{len(part)} {part.kind}"))
     return report
 
 
 def download(name: str, root: Path | str, *, progress: bool = True) -> CheckReport:
     """Fetch, verify and unpack dataset ``name`` into ``root``; a no-op when `check` already passes.
 
-    Raises `DatasetError` (one line) on a network failure, a checksum mismatch or an unsafe archive.
+    Raises `DatasetError` (one line) on a network failure, a checksum mismatch or an unsafe archive. An
+    archive already in ``root`` is used only if its checksum matches; otherwise it is reported, not replaced
+    (it may be the user's own copy).
     """
     root = Path(root)
     report = check(name, root)
@@ -91,7 +99,9 @@ def download(name: str, root: Path | str, *, progress: bool = True) -> CheckRepo
     root.mkdir(parents=True, exist_ok=True)
     for archive in source.archives:
         path = root / archive.filename
-        if not (path.is_file() and md5sum(path) == archive.md5):
+        if path.is_file():
+            verify(archive, path)
+        else:
             fetch(archive, root, progress=progress)
         if archive.extract:
             safe_extract(path, root, members=archive.members)
@@ -103,20 +113,88 @@ def download(name: str, root: Path | str, *, progress: bool = True) -> CheckRepo
     return report
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+class Digest:
+    """The MD5 of a byte stream fed in chunks: of the bytes themselves (``of="file"``), or of the data
+    inside their gzip wrapper (``of="gunzipped"``), decompressed piece by piece so that memory stays at a
+    chunk whatever the ratio. A stream that is not valid gzip gets a ``problem`` instead of a usable MD5."""
+
+    def __init__(self, of: str = "file") -> None:
+        if of not in ("file", "gunzipped"):
+            raise ValueError(f"unknown checksum target {of!r}; valid: file, gunzipped.")
+        self.of = of
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._gunzip = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS) if of == "gunzipped" else None
+        self._error = ""  # why the gzip stream could not be decompressed, once it could not
+
+    def update(self, chunk: bytes) -> None:
+        if self._gunzip is None:
+            self._md5.update(chunk)
+            return
+        if self._error:
+            return
+        try:
+            data = chunk
+            while True:  # at most _CHUNK bytes of output per call
+                out = self._gunzip.decompress(data, _CHUNK)
+                self._md5.update(out)
+                data = self._gunzip.unconsumed_tail
+                if not data and len(out) < _CHUNK:
+                    break
+        except zlib.error as err:
+            self._error = f"not a valid gzip stream: {one_line(err)}"
+            return
+        if self._gunzip.unused_data:
+            self._error = "data after the end of the gzip stream"
+
+    @property
+    def problem(self) -> str:
+        """Why the data fed so far are not one complete gzip stream ("" when they are, or for of="file")."""
+        if self._gunzip is not None and not self._error and not self._gunzip.eof:
+            return "the gzip stream is cut short"
+        return self._error
+
+    def hexdigest(self) -> str:
+        return self._md5.hexdigest()
+
+    def matches(self, archive: Archive) -> bool:
+        return self.hexdigest() == archive.md5 and not self.problem
+
+    def mismatch(self, archive: Archive) -> str:
+        """``MD5 <found> does not match the published <md5>``, naming what was hashed and any gzip problem."""
+        what = "MD5" if self.of == "file" else "MD5 of the decompressed data"
+        problem = f" ({self.problem})" if self.problem else ""
+        return f"{what} {self.hexdigest()}{problem} does not match the published {archive.md5}"
+
+
+def md5sum(path: Path, *, of: str = "file") -> str:
+    """The MD5 of the file at ``path`` (``of="file"``) or of its gzip-decompressed data (``"gunzipped"``)."""
+    return _digest_file(path, of).hexdigest()
+
+
+def _digest_file(path: Path, of: str) -> Digest:
+    digest = Digest(of)
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest
+
+
+def verify(archive: Archive, path: Path) -> None:
+    """Raise a one-line `DatasetError` naming ``path`` unless it has ``archive``'s checksum."""
+    digest = _digest_file(path, archive.md5_of)
+    if not digest.matches(archive):
+        raise DatasetError(
+            f"{path}: {digest.mismatch(archive)}; it is not the official {archive.filename} or it is corrupt: "
+            "delete it and run the command again."
+        )
 
 
 def fetch(archive: Archive, root: Path, *, progress: bool = True) -> Path:
-    """Download ``archive`` to ``root/archive.filename``: into a temporary file first, MD5 checked while it
-    streams, renamed into place only when the checksum matches, so an interrupted or corrupted download
-    never leaves a file that looks complete."""
+    """Download ``archive`` to ``root/archive.filename``: into a temporary file first, checksum computed while
+    it streams, renamed into place only when it matches, so an interrupted or corrupted download never leaves
+    a file that looks complete."""
     target = root / archive.filename
-    digest = hashlib.md5(usedforsecurity=False)
+    digest = Digest(archive.md5_of)
     fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{archive.filename}.", suffix=".part")
     tmp = Path(tmp_name)
     try:
@@ -130,9 +208,9 @@ def fetch(archive: Archive, root: Path, *, progress: bool = True) -> Path:
                         out.write(chunk)
                         digest.update(chunk)
                         bar.update(len(chunk))
-        if digest.hexdigest() != archive.md5:
+        if not digest.matches(archive):
             raise DatasetError(
-                f"{archive.url}: MD5 {digest.hexdigest()} does not match the published {archive.md5}; "
+                f"{archive.url}: {digest.mismatch(archive)}; "
                 "the download is corrupt or the file changed upstream; try again."
             )
         os.replace(tmp, target)

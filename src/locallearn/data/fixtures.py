@@ -5,6 +5,7 @@ Load such a root with ``load_split(..., strict=False)``: the files hold fewer im
 
 from __future__ import annotations
 
+import gzip
 import pickle
 from pathlib import Path
 
@@ -47,6 +48,27 @@ def write_stl(directory: Path, split: str, images: np.ndarray, labels: np.ndarra
     (np.asarray(labels) + 1).astype(np.uint8).tofile(directory / f"{split}_y.bin")
 
 
+def write_idx(path: Path, data: np.ndarray, *, gzipped: bool = True) -> None:
+    """An IDX file of uint8 ``data`` of any shape (N, ...): magic 0x0000080D (D dimensions), the dimensions
+    as big-endian uint32, then the bytes in C order; gzipped (mtime 0, so the bytes are reproducible) or not."""
+    data = np.ascontiguousarray(data, dtype=np.uint8)
+    header = (0x0800 | data.ndim).to_bytes(4, "big") + np.array(data.shape, dtype=">u4").tobytes()
+    raw = header + data.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw, mtime=0) if gzipped else raw)
+
+
+def write_fashion_mnist(
+    directory: Path, split: str, images: np.ndarray, labels: np.ndarray, *, gzipped: bool = True
+) -> None:
+    """Fashion-MNIST's {split}-images-idx3-ubyte and {split}-labels-idx1-ubyte (split: train or t10k), with
+    ".gz" when ``gzipped``; images uint8 (N, 1, 28, 28), labels 0..9."""
+    suffix = ".gz" if gzipped else ""
+    x = np.asarray(images).reshape(len(images), *np.shape(images)[-2:])  # (N, 1, H, W) → (N, H, W)
+    write_idx(directory / f"{split}-images-idx3-ubyte{suffix}", x, gzipped=gzipped)
+    write_idx(directory / f"{split}-labels-idx1-ubyte{suffix}", np.asarray(labels), gzipped=gzipped)
+
+
 def write_fake_dataset(name: str, root: Path, n_train: int, n_test: int, *, seed: int = 0) -> None:
     """Random images and labels in ``name``'s official layout under ``root`` (every train file of CIFAR-10
     gets ``n_train`` images)."""
@@ -55,8 +77,8 @@ def write_fake_dataset(name: str, root: Path, n_train: int, n_test: int, *, seed
     root = Path(root)
 
     def fake(n: int) -> tuple[np.ndarray, np.ndarray]:
-        size = spec.image_size
-        return rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8), rng.integers(0, spec.num_classes, n)
+        c, size = spec.channels, spec.image_size
+        return rng.integers(0, 256, (n, c, size, size), dtype=np.uint8), rng.integers(0, spec.num_classes, n)
 
     if name in ("cifar10", "cifar100"):
         key = b"labels" if name == "cifar10" else b"fine_labels"
@@ -71,5 +93,8 @@ def write_fake_dataset(name: str, root: Path, n_train: int, n_test: int, *, seed
         directory = root / Path(source.train[0].path).parent
         write_stl(directory, "train", *fake(n_train))
         write_stl(directory, "test", *fake(n_test))
+    elif name == "fashion_mnist":
+        write_fashion_mnist(root, "train", *fake(n_train))
+        write_fashion_mnist(root, "t10k", *fake(n_test))
     else:
         raise ValueError(f"no fixture writer for dataset {name!r}.")

@@ -18,7 +18,7 @@ import torch
 from locallearn.data.augment import crop_flip, random_crop_params
 from locallearn.data.specs import DatasetSpec
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # normalised float32 (B, 3, S, S), int64 labels (B,)
+Batch = tuple[torch.Tensor, torch.Tensor]  # normalised float32 (B, C, S, S), int64 labels (B,)
 
 
 class BatchLoader:
@@ -44,10 +44,10 @@ class BatchLoader:
         prefetch: int = 2,
         device: torch.device | str | None = None,
     ) -> None:
-        s = spec.image_size
-        if images_uint8.dtype != torch.uint8 or images_uint8.shape[1:] != (3, s, s):
+        c, s = spec.channels, spec.image_size
+        if images_uint8.dtype != torch.uint8 or images_uint8.shape[1:] != (c, s, s):
             raise ValueError(
-                f"BatchLoader: images must be uint8 (N, 3, {s}, {s}) for {spec.name}, got "
+                f"BatchLoader: images must be uint8 (N, {c}, {s}, {s}) for {spec.name}, got "
                 f"{images_uint8.dtype} {tuple(images_uint8.shape)}."
             )
         if labels.dtype != torch.int64 or labels.shape != (len(images_uint8),):
@@ -75,8 +75,8 @@ class BatchLoader:
         self.prefetch = prefetch
         self.epoch = 0
         # (x/255 - mean)/std = x·scale + shift, one fused op on the uint8 → float conversion.
-        std = torch.tensor(spec.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)  # (1, C, 1, 1)
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
 
@@ -111,7 +111,7 @@ class BatchLoader:
     def _batch(self, plan: tuple[torch.Tensor, ...], i: int) -> Batch:
         window = slice(i * self.batch_size, (i + 1) * self.batch_size)
         index = plan[0][window].to(self.device)
-        x = self.images.index_select(0, index)  # (B, 3, S, S) uint8
+        x = self.images.index_select(0, index)  # (B, C, S, S) uint8
         if self.train:
             top, left, flip = (p[window] for p in plan[1:])
             x = crop_flip(x, top, left, flip, pad=self.spec.pad, pad_mode=self.spec.pad_mode)

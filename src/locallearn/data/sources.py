@@ -1,9 +1,13 @@
-"""Where each dataset comes from and which files make up its splits, and `load_split`, the one entry point
-the training loop uses to get images into memory.
+"""Where each dataset comes from and which files make up its splits, and the two entry points the training
+loop uses: `describe_dataset` (the spec, including imagefolder's, which its folder decides) and `load_split`
+(images into memory).
 
 On-disk layout under ``root`` is exactly the official distribution:
     cifar-10-batches-py/{data_batch_1..5, test_batch}     cifar-100-python/{train, test}
     train_32x32.mat, test_32x32.mat (SVHN)                  stl10_binary/{train,test}_{X,y}.bin
+    {train,t10k}-{images-idx3,labels-idx1}-ubyte.gz (Fashion-MNIST; gzipped or not, also in root/fashion-mnist/
+    or where Debian's dataset-fashion-mnist installs them)
+    train/<class>/*, test/<class>/* (imagefolder, see data/imagefolder.py)
 """
 
 from __future__ import annotations
@@ -12,17 +16,35 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from locallearn.data.digits import load_digits_split
 from locallearn.data.errors import CorruptFileError, DatasetError
-from locallearn.data.formats import Part, read_cifar, read_stl_images, read_stl_labels, read_svhn
-from locallearn.data.specs import get_spec
+from locallearn.data.formats import (
+    Part,
+    read_cifar,
+    read_idx_images,
+    read_idx_labels,
+    read_stl_images,
+    read_stl_labels,
+    read_svhn,
+)
+from locallearn.data.imagefolder import (
+    DEFAULT_IMAGE_SIZE,
+    IMAGEFOLDER,
+    image_folder_spec,
+    load_image_folder_split,
+    scan_image_folder,
+)
+from locallearn.data.specs import FOLDER_DATASETS, DatasetSpec, get_spec
 from locallearn.registry import Registry
 
 BUNDLED = ("digits",)  # datasets that ship with a dependency and need no files
+# Where Debian's dataset-* packages install their files (/usr/share/datasets/<folder>): looked in after root.
+DEBIAN_DATASETS = Path("/usr/share/datasets")
 
 
 @dataclass(frozen=True)
@@ -34,15 +56,21 @@ class Archive:
     md5: str
     extract: bool  # a tarball to unpack; otherwise the file is used as downloaded
     members: tuple[str, ...] | None = None  # extract only these members (None: all)
+    # What the MD5 is of: the file as downloaded, or the data inside its gzip wrapper. The second survives
+    # recompression: distributors (Debian) repack .gz files, so the wrapper's MD5 differs between copies of
+    # the same official data.
+    md5_of: Literal["file", "gunzipped"] = "file"
 
 
 @dataclass(frozen=True)
 class DataFile:
-    """One file of a split, relative to the root, with its reader and its official image count."""
+    """One file of a split, relative to the root, with its reader and its official image count (readers
+    refuse a file that declares more before decoding it)."""
 
     path: str
-    read: Callable[[Path], Part]
+    read: Callable[..., Part]  # read(path, max_count=count)
     count: int
+    also: tuple[str, ...] = ()  # other accepted names of the same file, e.g. uncompressed
 
 
 @dataclass(frozen=True)
@@ -51,10 +79,21 @@ class Source:
     archives: tuple[Archive, ...]
     train: tuple[DataFile, ...]
     test: tuple[DataFile, ...]
+    folder: str | None = None  # the files may also sit in root/<folder> and DEBIAN_DATASETS/<folder>
+    debian: str | None = None  # the Debian package that installs them there
 
     @property
     def files(self) -> tuple[DataFile, ...]:
         return self.train + self.test
+
+    def places(self, root: Path) -> list[Path]:
+        """Where the files are looked for, in order: root, root/<folder>, Debian's folder."""
+        places = [root]
+        if self.folder is not None:
+            places.append(root / self.folder)
+            if self.debian is not None:
+                places.append(DEBIAN_DATASETS / self.folder)  # read here, not at import: tests move it
+        return places
 
 
 SOURCES: Registry[Source] = Registry("downloadable dataset")
@@ -137,27 +176,82 @@ _register(Source(
 ))
 
 
+# Fashion-MNIST (Xiao, Rasul and Vollgraf 2017): the four IDX files of its README. The MD5s are of the
+# decompressed IDX data (md5_of="gunzipped"), computed from Debian's dataset-fashion-mnist, which packages the
+# official files; the README's MD5s are of its own .gz wrappers, which Debian's recompressed copies do not
+# match. A file is accepted gzipped or uncompressed.
+_FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com"
+_FASHION = {  # name → (MD5 of the decompressed file, reader, official count)
+    "train-images-idx3-ubyte": ("f4a8712d7a061bf5bd6d2ca38dc4d50a", read_idx_images, 60_000),
+    "train-labels-idx1-ubyte": ("9018921c3c673c538a1fc5bad174d6f9", read_idx_labels, 60_000),
+    "t10k-images-idx3-ubyte": ("8181f5470baa50b63fa0f6fddb340f0a", read_idx_images, 10_000),
+    "t10k-labels-idx1-ubyte": ("15d484375f8d13e6eb1aabb0c3f46965", read_idx_labels, 10_000),
+}
+_fashion_files = {
+    name: DataFile(f"{name}.gz", read, count, also=(name,)) for name, (_, read, count) in _FASHION.items()
+}
+_register(Source(
+    name="fashion_mnist",
+    archives=tuple(
+        Archive(f"{_FASHION_URL}/{name}.gz", f"{name}.gz", md5, extract=False, md5_of="gunzipped")
+        for name, (md5, _, _) in _FASHION.items()
+    ),
+    train=(_fashion_files["train-images-idx3-ubyte"], _fashion_files["train-labels-idx1-ubyte"]),
+    test=(_fashion_files["t10k-images-idx3-ubyte"], _fashion_files["t10k-labels-idx1-ubyte"]),
+    folder="fashion-mnist",
+    debian="dataset-fashion-mnist",
+))
+
+
 def get_source(name: str) -> Source:
     if name in BUNDLED:
         raise DatasetError(f"{name} is bundled with scikit-learn and has no files to download or check.")
+    if name in FOLDER_DATASETS:
+        raise DatasetError(
+            f"{name} is your own images under --data-dir DIR (DIR/train/<class>/, DIR/test/<class>/): "
+            "there is nothing to download or check; training checks every image before it starts."
+        )
     get_spec(name)  # an unknown name lists every dataset, not only the downloadable ones
     return SOURCES.get(name)
 
 
 def download_hint(name: str, root: Path | str) -> str:
-    return f"get it with `locallearn data download {name} --root {root}`"
+    download = f"`locallearn data download {name} --root {root}`"
+    source = SOURCES.get(name) if name in SOURCES else None
+    if source is None or source.debian is None:
+        return f"get it with {download}"
+    # The Makefile's target for a Debian-packaged dataset is named after its folder (`make fashion-mnist`).
+    return f"get it with `apt-get install {source.debian}` (or `make {source.folder}`), or {download}"
+
+
+def data_dir(source: Source, root: Path | str) -> Path:
+    """The one place ``source``'s files are read from: the first of `Source.places` that holds any of them
+    (a split is never assembled from two places), else root."""
+    places = source.places(Path(root))
+    return next((place for place in places if any(_find(place, f) for f in source.files)), places[0])
+
+
+def locate(source: Source, file: DataFile, root: Path | str) -> Path | None:
+    """The path of ``file`` under `data_dir`, under whichever of its names is there; None when missing."""
+    return _find(data_dir(source, root), file)
+
+
+def _find(directory: Path, file: DataFile) -> Path | None:
+    return next((directory / n for n in (file.path, *file.also) if (directory / n).is_file()), None)
 
 
 def read_file(source: Source, file: DataFile, root: Path, *, strict: bool = True) -> Part:
     """Read one file of ``source``; ``strict`` also requires the official image count."""
-    path = Path(root) / file.path
-    if not path.is_file():
-        expected = ", ".join(f.path for f in source.files)
+    path = locate(source, file, root)
+    if path is None:
+        expected = ", ".join(" or ".join((f.path, *f.also)) for f in source.files)
+        elsewhere = ", ".join(map(str, source.places(Path(root))[1:]))
         raise DatasetError(
-            f"{source.name}: missing {path} (expected under {root}: {expected}); "
-            f"{download_hint(source.name, root)}."
+            f"{source.name}: missing {Path(root) / file.path} (expected under {root}: {expected}"
+            + (f"; also looked in {elsewhere}" if elsewhere else "")
+            + f"); {download_hint(source.name, root)}."
         )
-    part = file.read(path)
+    part = file.read(path, max_count=file.count)
     if strict and len(part) != file.count:
         raise CorruptFileError(
             path, f"expected {file.count} {part.kind}, found {len(part)}: truncated or not the official file"
@@ -165,18 +259,49 @@ def read_file(source: Source, file: DataFile, root: Path, *, strict: bool = True
     return part
 
 
+def describe_dataset(name: str, root: Path | str | None, *, image_size: int | None = None) -> DatasetSpec:
+    """The spec of dataset ``name``: the registered one, or for imagefolder the one its folder under ``root``
+    implies (classes and class names from the folder, ``image_size`` default DEFAULT_IMAGE_SIZE). Decodes
+    no image; a folder training could not use is refused here, in one line.
+
+    ``image_size`` is an option of imagefolder only (its images are resized); for a fixed dataset it must be
+    None or the dataset's own size.
+    """
+    if name in FOLDER_DATASETS:
+        return image_folder_spec(scan_image_folder(root), _folder_image_size(image_size))
+    spec = get_spec(name)
+    if image_size is not None and image_size != spec.image_size:
+        s = spec.image_size
+        raise ValueError(
+            f"image_size: dataset {name} delivers {s}×{s} images, got image_size={image_size}; only "
+            f"{IMAGEFOLDER} resizes its images."
+        )
+    return spec
+
+
+def _folder_image_size(image_size: int | None) -> int:
+    if image_size is None:
+        return DEFAULT_IMAGE_SIZE
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size: {IMAGEFOLDER} needs a positive integer, got {image_size!r}.")
+    return image_size
+
+
 def load_split(
-    name: str, root: Path | str, train: bool, *, strict: bool = True
+    name: str, root: Path | str | None, train: bool, *, strict: bool = True, image_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images uint8 (N, 3, S, S) and labels int64 (N,) of the train or test split of dataset ``name``.
+    """Images uint8 (N, C, S, S) and labels int64 (N,) of the train or test split of dataset ``name``; C and
+    S are those of ``describe_dataset(name, root, image_size=image_size)``.
 
     Every file is validated; a missing or corrupt one raises `DatasetError` naming it and the fix.
     ``strict`` requires the official number of images per file (turn it off only for test fixtures).
-    ``root`` is ignored for the bundled digits.
+    ``root`` is ignored for the bundled digits; ``image_size`` applies to imagefolder only.
     """
-    spec = get_spec(name)
+    spec = describe_dataset(name, root, image_size=image_size)
     if name in BUNDLED:
         return load_digits_split(train)
+    if name in FOLDER_DATASETS:
+        return load_image_folder_split(scan_image_folder(root), train, spec.image_size)
     source = get_source(name)
     root = Path(root)
     files = source.train if train else source.test
@@ -193,13 +318,13 @@ def load_split(
             labels.append(part.labels)
     x = np.concatenate(images) if len(images) > 1 else images[0]
     y = np.concatenate(labels) if len(labels) > 1 else labels[0]
-    if len(x) != len(y):  # STL-10 keeps images and labels in separate files
-        paths = ", ".join(str(root / f.path) for f in files)
+    if len(x) != len(y):  # STL-10 and Fashion-MNIST keep images and labels in separate files
+        paths = ", ".join(str(locate(source, f, root)) for f in files)
         raise DatasetError(
             f"{source.name}: {len(x)} images but {len(y)} labels in {paths}; "
             f"one of them is truncated: delete them and {download_hint(name, root)}."
         )
-    if x.shape[1:] != (3, spec.image_size, spec.image_size):
-        s = spec.image_size
-        raise DatasetError(f"{source.name}: images are {x.shape[1:]}, expected (3, {s}, {s}).")
+    if x.shape[1:] != (spec.channels, spec.image_size, spec.image_size):
+        c, s = spec.channels, spec.image_size
+        raise DatasetError(f"{source.name}: images are {x.shape[1:]}, expected ({c}, {s}, {s}).")
     return torch.from_numpy(x), torch.from_numpy(y)

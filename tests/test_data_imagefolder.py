@@ -1,0 +1,218 @@
+"""imagefolder: the user's images in DIR/{train,test}/<class>/, written here with Pillow in several formats;
+the spec its folder implies, decoding to RGB at ``image_size``, and every unusable folder refused in one
+line before any training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from locallearn.cli import main
+from locallearn.data import BatchLoader, DatasetError, check, describe_dataset, download, load_split
+from locallearn.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
+
+COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "emu": (30, 30, 200)}  # one flat colour per class
+
+
+def solid(colour, size=(40, 30), mode="RGB") -> Image.Image:
+    return Image.new("RGB", size, colour).convert(mode)
+
+
+def make_folder(root: Path, splits=("train", "test"), per_class: int = 2) -> Path:
+    """Each class in each split: PNG, JPEG, ... (one format per image), of varying non-square sizes."""
+    formats = [".png", ".jpg", ".bmp", ".gif", ".webp", ".tiff"]
+    for split in splits:
+        for c, (name, colour) in enumerate(COLOURS.items()):
+            directory = root / split / name
+            directory.mkdir(parents=True)
+            for i in range(per_class):
+                ext = formats[(c * per_class + i) % len(formats)]
+                solid(colour, (40 + 9 * i, 30 + 5 * c)).save(directory / f"img{i}{ext}")
+    return root
+
+
+def one_line(err: pytest.ExceptionInfo, *needles: str) -> str:
+    message = str(err.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+# --- what a good folder gives ----------------------------------------------------------------------------
+
+
+def test_spec_from_the_folder(tmp_path):
+    make_folder(tmp_path)
+    spec = describe_dataset("imagefolder", tmp_path)
+    assert spec.class_names == ("cat", "dog", "emu") and spec.num_classes == 3
+    assert (spec.channels, spec.image_size) == (3, 32)
+    assert spec.mean == IMAGENET_MEAN == (0.485, 0.456, 0.406) and spec.std == IMAGENET_STD
+    assert (spec.pad, spec.pad_mode, spec.flip) == (4, "reflect", True)
+    bigger = describe_dataset("imagefolder", tmp_path, image_size=64)
+    assert (bigger.image_size, bigger.pad) == (64, 8)
+
+
+def test_splits_decode_every_format_to_rgb_at_the_size_asked(tmp_path):
+    make_folder(tmp_path)
+    x, y = load_split("imagefolder", tmp_path, train=True, image_size=20)
+    assert x.shape == (6, 3, 20, 20) and x.dtype == torch.uint8
+    assert y.dtype == torch.int64 and y.tolist() == [0, 0, 1, 1, 2, 2]  # classes sorted, then files sorted
+    for image, label in zip(x, y.tolist(), strict=True):
+        colour = torch.tensor(list(COLOURS.values())[label], dtype=torch.float32).view(3, 1, 1)
+        assert (image.float() - colour).abs().max() <= 3  # lossy JPEG / WebP / GIF palettes: nearly exact
+    xt, yt = load_split("imagefolder", tmp_path, train=False)
+    assert xt.shape == (6, 3, 32, 32) and yt.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_grey_palette_and_alpha_images_become_rgb(tmp_path):
+    make_folder(tmp_path)
+    cat = tmp_path / "train" / "cat"
+    solid((90, 90, 90), mode="L").save(cat / "z_grey.png")
+    palette = Image.new("P", (30, 30), 0)
+    palette.putpalette([10, 120, 250] + [0] * 765)
+    palette.save(cat / "z_palette.gif")
+    Image.new("RGBA", (30, 30), (250, 120, 10, 40)).save(cat / "z_alpha.png")
+    Image.new("I;16", (30, 30), 0).save(cat / "z_16bit.png")
+    x, y = load_split("imagefolder", tmp_path, train=True)
+    assert x.shape == (10, 3, 32, 32) and y.tolist()[:6] == [0] * 6
+    by_name = dict(zip(sorted(p.name for p in cat.iterdir()), x[:6], strict=True))
+    assert (by_name["z_grey.png"] == 90).all()
+    assert by_name["z_palette.gif"][:, 5, 5].tolist() == [10, 120, 250]
+    assert by_name["z_alpha.png"][:, 5, 5].tolist() == [250, 120, 10]  # alpha dropped, colour kept
+
+
+def test_aspect_ratio_is_kept_by_a_centre_crop(tmp_path):
+    """A 64×32 image of four vertical bands (green | red | blue | green): the shorter side becomes 16 and
+    the centre 16×16 is kept, so red and blue fill it and the outer green bands are cut off (a plain resize
+    would squeeze all four bands in)."""
+    make_folder(tmp_path)
+    bands = np.zeros((32, 64, 3), np.uint8)
+    bands[:, :16] = bands[:, 48:] = (0, 255, 0)
+    bands[:, 16:32], bands[:, 32:48] = (255, 0, 0), (0, 0, 255)
+    Image.fromarray(bands).save(tmp_path / "train" / "cat" / "z_bands.png")
+    x, _ = load_split("imagefolder", tmp_path, train=True, image_size=16)
+    image = x[2].int()  # cat's third file in sorted order
+    assert image[0, :, 1:6].min() > 200 and image[2, :, 10:15].min() > 200  # red left, blue right
+    assert image[1, :, 2:14].max() < 40  # no green band inside
+
+
+def test_val_is_the_test_split_when_there_is_no_test(tmp_path):
+    make_folder(tmp_path, splits=("train", "val"))
+    x, y = load_split("imagefolder", tmp_path, train=False)
+    assert len(x) == 6 and y.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_nested_files_are_read_and_other_files_ignored(tmp_path):
+    make_folder(tmp_path)
+    cat = tmp_path / "train" / "cat"
+    (cat / "more").mkdir()
+    solid(COLOURS["cat"]).save(cat / "more" / "deep.PNG")  # extensions in any case
+    (cat / "notes.txt").write_text("not an image")
+    (cat / ".hidden.png").write_bytes(b"editor swap file, not an image")
+    (cat / ".ipynb_checkpoints").mkdir()
+    (cat / ".ipynb_checkpoints" / "img0-checkpoint.png").write_bytes(b"junk")
+    (tmp_path / "train" / ".cache").mkdir()  # a hidden folder is not a class
+    (tmp_path / "train" / "README.md").write_text("files beside the class folders are ignored")
+    spec = describe_dataset("imagefolder", tmp_path)
+    x, y = load_split("imagefolder", tmp_path, train=True)
+    assert spec.class_names == ("cat", "dog", "emu") and len(x) == 7 and y.tolist()[:3] == [0, 0, 0]
+
+
+def test_batches_are_normalised_with_imagenet_statistics(tmp_path):
+    make_folder(tmp_path)
+    spec = describe_dataset("imagefolder", tmp_path, image_size=16)
+    images, labels = load_split("imagefolder", tmp_path, train=False, image_size=16)
+    loader = BatchLoader(images, labels, spec=spec, batch_size=6, train=False, seed=0, prefetch=0)
+    (x, _), = list(loader)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.allclose(x, (images.float() / 255 - mean) / std, atol=1e-5)
+
+
+# --- refused before training, one line each ----------------------------------------------------------------
+
+
+def refused(root, *needles: str, train: bool = True) -> str:
+    with pytest.raises(DatasetError) as err:
+        load_split("imagefolder", root, train=train)
+    return one_line(err, *needles)
+
+
+def test_no_classes(tmp_path):
+    refused(tmp_path / "absent", "no classes", str(tmp_path / "absent" / "train"))
+    (tmp_path / "train").mkdir()
+    (tmp_path / "test").mkdir()
+    refused(tmp_path, "no classes", f"{tmp_path / 'train'} has no class folders")
+    (tmp_path / "train" / "only").mkdir()
+    refused(tmp_path, "has one class folder (only)", "at least two")
+    with pytest.raises(DatasetError, match="pass --data-dir DIR"):
+        describe_dataset("imagefolder", None)
+
+
+def test_a_class_folder_without_images(tmp_path):
+    make_folder(tmp_path)
+    empty = tmp_path / "test" / "dog"
+    for path in empty.iterdir():
+        path.unlink()
+    (empty / "readme.txt").write_text("no images here")
+    # describe_dataset checks the test split too: the run is refused before its first epoch.
+    with pytest.raises(DatasetError) as err:
+        describe_dataset("imagefolder", tmp_path)
+    one_line(err, f"class folder {empty} holds no images", ".png", ".jpg")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_an_unreadable_image_is_named(tmp_path, damage):
+    make_folder(tmp_path)
+    good = (tmp_path / "train" / "cat" / "img0.png").read_bytes()
+    path = tmp_path / "train" / "dog" / "z_broken.png"
+    path.write_bytes({"garbage": b"\x89PNG not really", "truncated": good[: len(good) // 2], "empty": b""}[damage])
+    message = refused(tmp_path, f"{path} is corrupt: not a readable image", "replace or remove it")
+    assert "Traceback" not in message
+
+
+def test_a_truncated_jpeg_is_named(tmp_path):
+    make_folder(tmp_path)
+    path = tmp_path / "test" / "emu" / "photo.jpg"
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=95)
+    path.write_bytes(path.read_bytes()[:3000])
+    refused(tmp_path, f"{path} is corrupt: not a readable image", train=False)
+
+
+def test_train_and_test_classes_differ(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "test" / "emu").rename(tmp_path / "test" / "emus")
+    message = refused(tmp_path, "have different classes", "only in train/: emu", "only in test/: emus")
+    assert str(tmp_path / "train") in message and str(tmp_path / "test") in message
+    (tmp_path / "test" / "emus").rename(tmp_path / "test" / "emu")
+    (tmp_path / "test" / "emu").rename(tmp_path / "val_emu_elsewhere")
+    refused(tmp_path, "only in train/: emu")
+
+
+def test_a_missing_test_split(tmp_path):
+    make_folder(tmp_path, splits=("train",))
+    refused(tmp_path, f"{tmp_path} has no test/ or val/ folder")
+
+
+def test_image_size_is_an_option_of_imagefolder_only(tmp_path):
+    make_folder(tmp_path)
+    for bad in (0, -3, 2.5, "32", True):
+        with pytest.raises(ValueError, match="image_size: imagefolder needs a positive integer"):
+            describe_dataset("imagefolder", tmp_path, image_size=bad)
+    with pytest.raises(ValueError, match="cifar10 delivers 32×32 images, got image_size=64"):
+        describe_dataset("cifar10", tmp_path, image_size=64)
+    assert describe_dataset("cifar10", tmp_path, image_size=32).name == "cifar10"
+
+
+def test_nothing_to_download_or_check(tmp_path, capsys):
+    with pytest.raises(DatasetError, match="your own images under --data-dir"):
+        download("imagefolder", tmp_path)
+    with pytest.raises(DatasetError, match="nothing to download or check"):
+        check("imagefolder", tmp_path)
+    assert main(["data", "check", "imagefolder", "--root", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
