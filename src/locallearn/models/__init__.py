@@ -11,6 +11,9 @@ from locallearn.models.registry import (
 )
 from locallearn.models import resnet_cifar  # noqa: F401  (registers resnet20..resnet110)
 from locallearn.models import swin  # noqa: F401  (registers swin_tiny, swin_cifar; imports transformers lazily)
+from locallearn.models import hf_resnet  # noqa: F401  (registers resnet18, resnet50; imports transformers lazily)
+from locallearn.models import vit  # noqa: F401  (registers vit_tiny, vit_small, vit_base; imports transformers lazily)
+from locallearn.models import convnext  # noqa: F401  (registers convnext_tiny; imports transformers lazily)
 
 __all__ = [
     "MODELS",

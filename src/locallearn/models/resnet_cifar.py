@@ -1,7 +1,7 @@
 """CIFAR ResNets of He et al. 2016 (ResNet-20/32/44/56/110), exactly as METHODS.md 2.1.
 
 Units: the stem, each BasicBlock, the classifier. Keys: (0, 0) for the stem, (s, b) for block b of stage
-s = 1..3, (4, 0) for the classifier.
+s = 1..3, (4, 0) for the classifier. ``in_channels`` (default 3) is the stem's input channels, 1 for grayscale.
 """
 
 from __future__ import annotations
@@ -59,13 +59,15 @@ class PoolClassifier(nn.Module):
 
 
 class CifarResNet(Backbone):
-    def __init__(self, *, depth: int, num_classes: int = 10, image_size: int = 32) -> None:
+    def __init__(self, *, depth: int, num_classes: int = 10, image_size: int = 32, in_channels: int = 3) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}.")
+        if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive integer (3 for RGB, 1 for grayscale), got {in_channels!r}.")
         n = (depth - 2) // 6
-        self.depth, self.blocks_per_stage, self.image_size = depth, n, image_size
-        units: list[nn.Module] = [Stem(3, WIDTHS[0])]
+        self.depth, self.blocks_per_stage, self.image_size, self.in_channels = depth, n, image_size, in_channels
+        units: list[nn.Module] = [Stem(in_channels, WIDTHS[0])]
         keys = [(0, 0)]
         c_in = WIDTHS[0]
         for stage, width in enumerate(WIDTHS, start=1):

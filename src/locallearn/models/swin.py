@@ -135,11 +135,12 @@ class SwinSpec:
     window_size: int
     mlp_ratio: float = 4.0
     drop_path_rate: float = 0.1
+    in_channels: int = 3  # SwinConfig's num_channels
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "depths", tuple(self.depths))
         object.__setattr__(self, "num_heads", tuple(self.num_heads))
-        for field_name in ("resolution", "patch_size", "embed_dim", "window_size"):
+        for field_name in ("resolution", "patch_size", "embed_dim", "window_size", "in_channels"):
             value = getattr(self, field_name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{self.name}: {field_name} must be a positive integer, got {value!r}.")
@@ -195,6 +196,7 @@ class SwinSpec:
             window_size=self.window_size,
             mlp_ratio=self.mlp_ratio,
             drop_path_rate=self.drop_path_rate,
+            num_channels=self.in_channels,
             num_labels=num_classes,
         )
 
@@ -215,6 +217,7 @@ class SwinBackbone(Backbone):
         super().__init__()
         self.spec = spec
         self.image_size = image_size or spec.resolution
+        self.in_channels = spec.in_channels
         if hf_model is None:
             from transformers import SwinForImageClassification
 
@@ -295,9 +298,10 @@ def load_pretrained(name_or_path: str | os.PathLike, spec: SwinSpec, num_classes
             f"pretrained: {source!r} is a {config.model_type!r} checkpoint, not Swin; give a Swin checkpoint "
             f"with {spec.name}'s architecture (e.g. microsoft/swin-tiny-patch4-window7-224 for swin_tiny)."
         )
-    wanted = {f: getattr(spec, f) for f in _ARCH_FIELDS}
+    wanted = {f: getattr(spec, f) for f in _ARCH_FIELDS} | {"in_channels": spec.in_channels}
     found = {f: tuple(v) if isinstance(v, list) else v for f, v in ((f, getattr(config, f)) for f in _ARCH_FIELDS)}
-    differ = [f"{f} {found[f]} (wanted {wanted[f]})" for f in _ARCH_FIELDS if found[f] != wanted[f]]
+    found["in_channels"] = config.num_channels
+    differ = [f"{f} {found[f]} (wanted {wanted[f]})" for f in wanted if found[f] != wanted[f]]
     if differ:
         raise ValueError(
             f"pretrained: {source!r} is another Swin architecture than {spec.name}: {', '.join(differ)}; pass "
