@@ -219,11 +219,11 @@ def test_k1_training_step_is_plain_training(model):
 def test_local_methods_train_and_each_module_loss_reaches_only_its_own_parts(model, method, options):
     net = tiny_net(model, method, dataset="cifar10", **options)
     x, y = batch()
-    state, inp = net.begin(x), x
+    state, inp = net.begin(x, y), x
     for k in range(net.num_modules):
         net.zero_grad(set_to_none=True)
         h = net.module_forward(k, inp, state)
-        loss, _ = net.local_loss(k, h, y, images=x, inputs=inp, state=state)
+        loss, _ = net.local_loss(k, h, inp, state)
         loss.backward()
         own = {id(p) for p in net.module_parameters(k)}
         for name, p in net.named_parameters():
