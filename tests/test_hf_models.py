@@ -242,7 +242,7 @@ def test_local_methods_train_and_each_module_loss_reaches_only_its_own_parts(mod
 # --- 1-channel inputs ---------------------------------------------------------------------------------------
 def test_one_channel_cifar_resnet_with_context():
     net = ll.build("resnet32", method="contsup", num_modules=4, context="R1E", image_size=32,
-                   model_kwargs=dict(in_channels=1))
+                   in_channels=1)
     assert net.backbone.in_channels == 1 and net.backbone.units[0][0].weight.shape == (16, 1, 3, 3)
     assert net.context.image_encoders["0"].net[0].in_channels == 1
     x, y = batch(channels=1)
@@ -256,7 +256,7 @@ def test_one_channel_cifar_resnet_with_context():
 def test_one_channel_hf_models_at_k1(model):
     swin = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), drop_path_rate=0.0)
     kwargs = swin if model == "swin_cifar" else dict(TINY[model])
-    net = ll.build(model, method="e2e", image_size=32, model_kwargs=dict(kwargs, in_channels=1))
+    net = ll.build(model, method="e2e", image_size=32, in_channels=1, model_kwargs=kwargs)
     assert net.backbone.in_channels == 1
     x, y = batch(channels=1)
     stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from locallearn.context import ContextMode
-from locallearn.data.specs import DATASETS
+from locallearn.data import DatasetSpec, describe_dataset
 from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
 from locallearn.losses import LOCAL_LOSSES, lookup_lambdas
@@ -67,6 +67,11 @@ class NetConfig:
         MODELS.get(self.model)
         method = METHODS.get(self.method)
         check_fields(self)
+        if "in_channels" in self.model_kwargs:
+            raise ValueError(
+                "model_kwargs: in_channels is an option of its own (in_channels=..., or the dataset's), not a "
+                "backbone argument; pass it as in_channels."
+            )
         check_model_options(self.model, self.model_kwargs)
         if method.single_module and self.num_modules != 1:
             raise ValueError(
@@ -100,9 +105,12 @@ def local_methods() -> list[str]:
     return [name for name in METHODS.names() if not METHODS.get(name).single_module]
 
 
-def resolve_net(model: str, method: str = "contsup", *, dataset: str | None = None, **options: Any) -> NetConfig:
+def resolve_net(
+    model: str, method: str = "contsup", *, dataset: str | DatasetSpec | None = None, **options: Any
+) -> NetConfig:
     """The network's config: defaults ← method preset ← model family ← dataset ← ``options`` (module
-    docstring). Unknown option names are refused by name."""
+    docstring). ``dataset``: a registered name, or the spec of a dataset described from its files (a user's
+    image folder: ``data.describe_dataset``). Unknown option names are refused by name."""
     options = {RENAMED.get(k, k): v for k, v in options.items()}
     unknown = sorted(set(options) - set(NET_FIELDS) - {"model", "method"})
     if unknown:
@@ -110,35 +118,33 @@ def resolve_net(model: str, method: str = "contsup", *, dataset: str | None = No
     MODELS.get(model)
     values: dict[str, Any] = {**_DEFAULTS, "model_kwargs": {}}
     values.update(METHODS.get(method).preset(model_family(model)))
-    values.update(dataset_defaults(dataset, options))
+    spec = dataset if isinstance(dataset, DatasetSpec) or dataset is None else describe_dataset(
+        dataset, None, image_size=options.get("image_size"))
+    values.update(dataset_defaults(spec, options))
     values.update(options)
     values.update(model=model, method=method)
     if values["aux_head"] == "auto":  # resolved here, so the run's config names the head
         values["aux_head"] = default_aux_head(model)
-    values["lambdas"], values["lambda_source"] = _lambdas(values, dataset)
+    values["lambdas"], values["lambda_source"] = _lambdas(values, spec.name if spec is not None else None)
     return NetConfig(**values)
 
 
-def dataset_defaults(dataset: str | None, options: dict[str, Any]) -> dict[str, Any]:
+def dataset_defaults(spec: DatasetSpec | None, options: dict[str, Any]) -> dict[str, Any]:
     """What a dataset implies for the network (classes, channels, image size, normalisation), checked against
-    the options that set the same things."""
-    if dataset is None:
+    the options that set the same things (the image size: ``data.describe_dataset``)."""
+    if spec is None:
         return {}
-    spec = DATASETS.get(dataset)
     classes = options.get("num_classes", spec.num_classes)
     if is_number(classes) and classes < spec.num_classes:
         raise ValueError(
             f"num_classes: dataset {spec.name} has {spec.num_classes} classes, got num_classes={classes}."
         )
-    size = options.get("image_size")
-    if size is not None and size != spec.image_size:
+    channels = options.get("in_channels", spec.channels)
+    if channels != spec.channels:
         raise ValueError(
-            f"image_size: dataset {spec.name} delivers {spec.image_size}×{spec.image_size} images, got "
-            f"image_size={size}; a backbone that runs at another resolution says so in model_kwargs (Swin: "
-            f"resolution)."
+            f"in_channels: dataset {spec.name} has {spec.channels}-channel images, got in_channels={channels}."
         )
-    channels = getattr(spec, "channels", len(spec.mean))
-    return dict(num_classes=spec.num_classes, image_size=spec.image_size, in_channels=channels,
+    return dict(num_classes=spec.num_classes, image_size=spec.image_size, in_channels=spec.channels,
                 image_mean=tuple(spec.mean), image_std=tuple(spec.std))
 
 

@@ -15,7 +15,7 @@ from locallearn.config import NetConfig
 from locallearn.context import ContextMode, ContextSupply
 from locallearn.losses import lambda_schedule
 from locallearn.methods import METHODS, Boundary, ForwardState, NetworkLoss
-from locallearn.models import Backbone, create_model
+from locallearn.models import Backbone, create_model, model_accepts
 from locallearn.split import cuts_from_ends, resolve_ends
 
 
@@ -252,5 +252,12 @@ def build_net(config: NetConfig, backbone: Backbone | None = None) -> LocalNet:
         kwargs.setdefault("num_classes", config.num_classes)
         if config.image_size is not None:
             kwargs.setdefault("image_size", config.image_size)
+        if config.in_channels != 3 or model_accepts(config.model, "in_channels"):
+            kwargs.setdefault("in_channels", config.in_channels)  # a factory without the option is refused by name
         backbone = create_model(config.model, **kwargs)
+    if backbone.in_channels != config.in_channels:
+        raise ValueError(
+            f"in_channels: the backbone takes {backbone.in_channels}-channel images but the config says "
+            f"{config.in_channels}; make them agree (model_kwargs or the dataset)."
+        )
     return LocalNet(config, backbone, resolve_ends(config, backbone))

@@ -12,7 +12,7 @@ from locallearn.registry import Registry
 MODELS: Registry[Callable[..., Backbone]] = Registry("model")
 # family → the auxiliary head ``aux_head="auto"`` picks: InfoPro's 1c2f for CNNs, FeatRecon's token head
 # (LayerNorm → token mean → Linear) for transformers. Method presets may also differ by family
-# (``config.FAMILY_PRESETS``).
+# (``Method.family_defaults``).
 FAMILY_HEADS = {"cnn": "1c2f", "transformer": "token"}
 _FAMILIES: dict[str, str] = {}
 _OPTIONS: dict[str, tuple[str, ...] | None] = {}
@@ -66,6 +66,13 @@ def check_model_options(name: str, options: Iterable[str]) -> None:
         raise ValueError(
             f"model_kwargs: unknown option {unknown[0]!r} for {name}; valid options are {', '.join(valid)}."
         )
+
+
+def model_accepts(name: str, option: str) -> bool:
+    """Whether the factory of model ``name`` takes keyword ``option`` (a factory with ``**kwargs`` takes any)."""
+    MODELS.get(name)
+    valid = _OPTIONS[name]
+    return valid is None or option in valid
 
 
 def create_model(name: str, **kwargs) -> Backbone:

@@ -33,7 +33,7 @@ import torch
 import yaml
 
 from locallearn.config import NET_FIELDS, RENAMED, NetConfig, resolve_net
-from locallearn.data.specs import DATASETS
+from locallearn.data import describe_dataset, dataset_names
 from locallearn.validate import Bool, Choice, Float, Int, Optional, Text, check, check_fields
 
 AMP_MODES = ("none", "bf16")
@@ -90,7 +90,8 @@ class DataConfig:
     limit_test: int | None = field(default=None, metadata=check(Optional(Int(1))))
 
     def __post_init__(self) -> None:
-        DATASETS.get(self.dataset)
+        if self.dataset not in dataset_names():
+            raise ValueError(f"dataset: unknown dataset {self.dataset!r}; valid datasets: {', '.join(dataset_names())}.")
         check_fields(self)
 
 
@@ -187,7 +188,7 @@ _NET_HELP = {
     "reconstruct": ("bool", "InfoPro's image reconstruction in every local module (default: the method's)"),
     "context": ("str", "ContSup context mode: R0, E, R1, R1E, Rn, RnE (default: the method's)"),
     "num_classes": ("int", "classifier outputs (default: the dataset's)"),
-    "image_size": ("int", "input size S (default: the dataset's)"),
+    "image_size": ("int", "input size S (default: the dataset's; imagefolder resizes its images to it, default 32)"),
     "in_channels": ("int", "channels of the input image (default: the dataset's)"),
     "image_mean": ("floats", "per-channel mean of the [0, 1] image, e.g. 0.5,0.5,0.5 (default: the dataset's)"),
     "image_std": ("floats", "per-channel std of the [0, 1] image (default: the dataset's)"),
@@ -201,7 +202,8 @@ _NET_HELP = {
     "model_kwargs": ("yaml", "extra backbone arguments as a YAML mapping"),
 }
 _OTHER_HELP = {
-    "dataset": ("str", "digits (bundled), cifar10, cifar100, svhn, stl10, ..."),
+    "dataset": ("str", "digits (bundled), fashion_mnist, cifar10, cifar100, svhn, stl10, or imagefolder (--data-dir "
+                "DIR with train/<class>/ and test/<class>/ images)"),
     "data_dir": ("str", "where the dataset files are (locallearn data download NAME)"),
     "limit_train": ("int", "use only the first N training images (smoke runs)"),
     "limit_test": ("int", "use only the first N test images (smoke runs)"),
@@ -249,7 +251,9 @@ def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None
                 given.pop("out", None)
             sections[section] = cls(**given)
     data = sections["data"]
-    net = resolve_net(values.get("model", "resnet32"), values.get("method", "contsup"), dataset=data.dataset, **net_options)
+    # the dataset's spec (a user's image folder is described from its files: classes, and the size asked for)
+    spec = describe_dataset(data.dataset, data.data_dir, image_size=values.get("image_size"))
+    net = resolve_net(values.get("model", "resnet32"), values.get("method", "contsup"), dataset=spec, **net_options)
     config = Config(net=net, **sections)
     if "out" not in values or values["out"] is None:
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(Path("runs") / (name or default_name(config)))))

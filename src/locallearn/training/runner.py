@@ -25,7 +25,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from locallearn.data import BatchLoader, get_spec, load_split
+from locallearn.data import BatchLoader, describe_dataset, load_split
 from locallearn.engine import train_step
 from locallearn.memory import SavedTensorMeter
 from locallearn.net import LocalNet, build_net
@@ -141,14 +141,15 @@ def make_optimizer(net: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
 
 def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoader:
     """The train or test split as a BatchLoader; ``limit_train`` / ``limit_test`` keep the first N images."""
-    data = config.data
-    images, labels = load_split(data.dataset, data.data_dir, train=train)
+    data, size = config.data, config.net.image_size
+    images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size)
     limit = data.limit_train if train else data.limit_test
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     # The run's normalisation (the dataset's unless image_mean/image_std say otherwise): the same constants
     # the network un-normalises with to get reconstruction targets.
-    spec = dataclasses.replace(get_spec(data.dataset), mean=tuple(config.net.image_mean), std=tuple(config.net.image_std))
+    spec = describe_dataset(data.dataset, data.data_dir, image_size=size)
+    spec = dataclasses.replace(spec, mean=tuple(config.net.image_mean), std=tuple(config.net.image_std))
     return BatchLoader(
         images, labels, spec=spec, batch_size=config.optim.batch_size, train=train, seed=config.run.seed, device=device
     )

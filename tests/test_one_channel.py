@@ -1,0 +1,66 @@
+"""Grayscale inputs (Fashion-MNIST's 1×28×28) through every method: the channel count comes from the data,
+so the stem, ContSup's encoders and InfoPro's reconstruction take one channel — nothing is broadcast to
+three. One training step each, and gradient isolation module by module."""
+
+import pytest
+import torch
+
+import locallearn as ll
+
+METHODS = [
+    ("e2e", {}),
+    ("checkpoint", {}),
+    ("greedy", dict(num_modules=4)),
+    ("dgl", dict(num_modules=4)),
+    ("infopro", dict(num_modules=4)),
+    ("contsup", dict(num_modules=4, context="R1E")),
+    ("contsup", dict(num_modules=8, context="R2E", reconstruct=True)),
+    ("featrecon", dict(num_modules=3, split="uniform")),
+]
+
+
+def batch(n=4):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, 1, 28, 28, generator=g), torch.arange(n) % 3
+
+
+@pytest.mark.parametrize("method, options", METHODS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(METHODS)])
+def test_every_method_trains_on_one_channel_images(method, options):
+    net = ll.build("resnet20", method=method, dataset="fashion_mnist", split=options.pop("split", "uniform"), **options)
+    assert net.config.in_channels == 1 and net.backbone.in_channels == 1
+    assert net.backbone.units[0][0].weight.shape[1] == 1  # the stem reads one channel
+    for objective in net.objectives[:-1]:
+        if objective.image_decoder is not None:  # reconstructs the grayscale image itself
+            assert objective.image_decoder.net[3].out_channels == 1 and objective.image_mean.shape == (1, 1, 1, 1)
+    if net.context is not None:
+        for encoder in net.context.image_encoders.values():
+            assert encoder.net[0].in_channels == 1
+    x, y = batch()
+    stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
+    assert all(torch.isfinite(v) for v in stats.values())
+
+
+@pytest.mark.parametrize("method, options", METHODS[2:], ids=[f"{m}-{i}" for i, (m, _) in enumerate(METHODS[2:])])
+def test_each_module_loss_reaches_only_its_own_parts_on_one_channel(method, options):
+    net = ll.build("resnet20", method=method, dataset="fashion_mnist", split=options.pop("split", "uniform"), **options)
+    x, y = batch()
+    state, inp = net.begin(x, y), x
+    for k in range(net.num_modules):
+        net.zero_grad(set_to_none=True)
+        h = net.module_forward(k, inp, state)
+        loss, _ = net.local_loss(k, h, inp, state)
+        loss.backward()
+        own = {id(p) for p in net.module_parameters(k)}
+        for name, p in net.named_parameters():
+            assert (p.grad is None) or id(p) in own, f"module {k}'s loss reached {name}"
+        if k < net.num_modules - 1:
+            inp = net.handoff(k, h, state)
+
+
+def test_channels_must_agree_with_the_data():
+    with pytest.raises(ValueError, match="in_channels: dataset fashion_mnist has 1-channel images, got in_channels=3"):
+        ll.build("resnet20", method="e2e", dataset="fashion_mnist", in_channels=3)
+    with pytest.raises(ValueError, match="in_channels is an option of its own"):
+        ll.build("resnet20", method="e2e", model_kwargs={"in_channels": 1})
+    with pytest.raises(ValueError, match="image_mean: expected one finite number"):
+        ll.build("resnet20", method="e2e", in_channels=1, image_mean=(0.5, 0.5, 0.5))
