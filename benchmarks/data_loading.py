@@ -1,5 +1,5 @@
 """Is data loading a bottleneck? Times BatchLoader (training augmentation: crop, flip, normalise) against a
-ResNet-32 forward+backward pass at the papers' batch sizes (METHODS.md 7), on synthetic uint8 images.
+ResNet-32 forward+backward pass at the papers' batch sizes (docs/methods.md §7), on synthetic uint8 images.
 
     python benchmarks/data_loading.py [--threads N] [--out results.json]
 

@@ -77,7 +77,7 @@ def speed_grids(quick: bool) -> list[GridSpec]:
 
 
 def gpu_memory_grids() -> list[GridSpec]:
-    """InfoPro's GPU table (METHODS.md 8): ResNet-110, CIFAR size at batch 1024; ContSup R0 beside it."""
+    """InfoPro's GPU table (docs/methods.md §8): ResNet-110, CIFAR size at batch 1024; ContSup R0 beside it."""
     return [
         GridSpec(models=("resnet110",), methods=("e2e", "checkpoint", "infopro", "contsup"), num_modules=(2, 3, 4),
                  splits=("balanced",), contexts=("R0",), batch_sizes=(1024,)),

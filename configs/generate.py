@@ -76,7 +76,7 @@ def local(model: str, method: str, k: int, *, head: str, loss: str, context: str
 
 def published(model: str, dataset: str, key: str, k: int) -> list[str]:
     error = PUBLISHED.get((model, dataset), {}).get(key, {}).get(k)
-    return [f"Published test error (METHODS.md 8): {error:.2f}%"] if error is not None else []
+    return [f"Published test error (docs/methods.md §8): {error:.2f}%"] if error is not None else []
 
 
 def presets() -> dict[str, tuple[list[str], dict]]:
@@ -102,17 +102,17 @@ def presets() -> dict[str, tuple[list[str], dict]]:
                         [f"ContSup, {mode} against K: {model}, CIFAR-10, K={k}, {LOSS_NAME[loss]} local loss."],
                         {**local(model, "contsup", k, head="1c2f", loss=loss, context=mode, reconstruct=False),
                          **recipe("cifar10")})
-    # ContSup: ResNet-110, R1E with InfoPro's reconstruction (λ from METHODS.md 4's table).
+    # ContSup: ResNet-110, R1E with InfoPro's reconstruction (λ from docs/methods.md §4's table).
     for dataset in ("cifar10", "svhn", "stl10"):
         for loss in ("ce", "contrast"):
             for k in KS:
                 add(f"contsup/resnet110_{dataset}_k{k}_R1E_recon_{loss}",
                     [f"ContSup, R1E with reconstruction: ResNet-110, {dataset}, K={k}, {LOSS_NAME[loss]} local loss;",
-                     "λ (reconstruction, task) from METHODS.md 4's table for this model, dataset and K."],
+                     "λ (reconstruction, task) from docs/methods.md §4's table for this model, dataset and K."],
                     {**local("resnet110", "contsup", k, head="1c2f", loss=loss, context="R1E", reconstruct=True),
                      **recipe(dataset)})
-    # E* and InfoPro*: memory-balanced splits and λ (METHODS.md 2.2, 4), contrastive loss, and reconstruction
-    # (METHODS.md 4: memory-balanced runs' λ tables weigh a reconstruction loss, λxx > 0).
+    # E* and InfoPro*: memory-balanced splits and λ (docs/methods.md §2.2, §4), contrastive loss, and reconstruction
+    # (docs/methods.md §4: memory-balanced runs' λ tables weigh a reconstruction loss, λxx > 0).
     for (model, dataset), ks in BALANCED.items():
         for k in ks:
             for family, mode, name in (("contsup", "E", "Estar"), ("infopro", "R0", "balanced")):
@@ -120,7 +120,7 @@ def presets() -> dict[str, tuple[list[str], dict]]:
                 lam = "balanced λ" if dataset == "cifar10" else "the usual λ (balanced λ: CIFAR-10 only)"
                 add(f"{family}/{model}_{dataset}_k{k}_{name}_contrast",
                     [f"{title} (memory-balanced): {model}, {dataset}, K={k}: the balanced split and {lam},",
-                     "supervised contrastive local loss with reconstruction (METHODS.md 4: memory-balanced runs'",
+                     "supervised contrastive local loss with reconstruction (docs/methods.md §4: memory-balanced runs'",
                      "λ tables weigh a reconstruction loss)."],
                     {**local(model, "contsup" if family == "contsup" else "infopro", k, head="1c2f",
                              loss="contrast", context=mode, reconstruct=True, split="balanced"),
@@ -143,7 +143,7 @@ def presets() -> dict[str, tuple[list[str], dict]]:
         add(f"baselines/{model}_{dataset}_e2e",
             [f"End-to-end: {model}, {dataset}."] + published(model, dataset, "e2e", 1),
             dict(model=model, method="e2e", num_modules=1, **recipe(dataset)))
-    for dataset in ("cifar10", "stl10"):  # the memory comparison of METHODS.md 8
+    for dataset in ("cifar10", "stl10"):  # the memory comparison of docs/methods.md §8
         add(f"baselines/resnet110_{dataset}_checkpoint",
             [f"End-to-end with activation checkpointing: ResNet-110, {dataset} (docs/methods.md §8, memory)."],
             dict(model="resnet110", method="checkpoint", num_modules=1, activation_checkpointing=True, **recipe(dataset)))

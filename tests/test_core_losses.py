@@ -1,4 +1,4 @@
-"""Local losses and λ schedules (METHODS.md 4) against naive reference formulas."""
+"""Local losses and λ schedules (docs/methods.md §4) against naive reference formulas."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Backbones against METHODS.md 2.1: parameter counts, unit layout, feature-map shapes."""
+"""Backbones against docs/methods.md §2.1: parameter counts, unit layout, feature-map shapes."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Splits (METHODS.md 2.2): paper and balanced tables, uniform, auto, explicit cuts and their errors."""
+"""Splits (docs/methods.md §2.2): paper and balanced tables, uniform, auto, explicit cuts and their errors."""
 
 import itertools
 

@@ -202,7 +202,7 @@ def test_a_missing_test_split(tmp_path):
 def test_image_size_is_an_option_of_imagefolder_only(tmp_path):
     make_folder(tmp_path)
     for bad in (0, -3, 2.5, "32", True):
-        with pytest.raises(ValueError, match="image_size: imagefolder needs a positive integer"):
+        with pytest.raises(ValueError, match="image_size of imagefolder must be an integer >= 1"):
             describe_dataset("imagefolder", tmp_path, image_size=bad)
     with pytest.raises(ValueError, match="cifar10 delivers 32×32 images, got image_size=64"):
         describe_dataset("cifar10", tmp_path, image_size=64)

@@ -248,7 +248,7 @@ def test_one_channel_cifar_resnet_with_context():
     x, y = batch(channels=1)
     stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
-    three = create_model("resnet32")  # the default is unchanged: METHODS.md 2.1's count
+    three = create_model("resnet32")  # the default is unchanged: docs/methods.md §2.1's count
     assert three.in_channels == 3 and sum(p.numel() for p in three.parameters()) == 466_906
 
 
@@ -349,7 +349,7 @@ def test_pretrained_fails_fast_and_clearly_without_the_hub(tmp_path, monkeypatch
                                      r"image_size, pretrained, embedding_size, hidden_sizes, depths, in_channels\.$"),
         ("resnet18", dict(depths=(2, 2)), r"^resnet18: depths and hidden_sizes need one entry per stage"),
         ("resnet50", dict(hidden_sizes=(8, 16, 16, 18)), r"^resnet50: bottleneck blocks reduce the width by 4"),
-        ("resnet18", dict(in_channels=0), r"^resnet18: in_channels must be a positive integer, got 0\.$"),
+        ("resnet18", dict(in_channels=0), r"^resnet18: in_channels must be an integer >= 1, got 0\.$"),
         ("vit_tiny", dict(hidden_size=16, num_attention_heads=3), r"^vit_tiny: num_attention_heads = 3 must divide"),
         ("vit_tiny", dict(image_size=30, patch_size=4), r"^image size: 30 is not a multiple of vit_tiny's patch size"),
         ("vit_base", dict(layer_norm_eps=1e-6), r"^model_kwargs: unknown option 'layer_norm_eps' for vit_base"),
@@ -357,8 +357,8 @@ def test_pretrained_fails_fast_and_clearly_without_the_hub(tmp_path, monkeypatch
                                                r"downsamplings need at least 32\.$"),
         ("convnext_tiny", dict(drop_path_rate=1.0), r"^convnext_tiny: drop_path_rate must be in \[0, 1\)"),
         ("convnext_tiny", dict(depths="3339"), r"^convnext_tiny: depths must be a list of positive integers"),
-        ("resnet32", dict(in_channels=True), r"^in_channels must be a positive integer"),
-        ("swin_cifar", dict(in_channels=0), r"^swin_cifar: in_channels must be a positive integer"),
+        ("resnet32", dict(in_channels=True), r"^in_channels must be an integer >= 1"),
+        ("swin_cifar", dict(in_channels=0), r"^swin_cifar: in_channels must be an integer >= 1"),
     ],
 )
 def test_bad_model_options_are_refused_in_one_line(model, kwargs, message):

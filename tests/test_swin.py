@@ -1,4 +1,4 @@
-"""Swin as units over transformers' modules (METHODS.md 2.3): the published configuration, unit layout,
+"""Swin as units over transformers' modules (docs/methods.md §2.3): the published configuration, unit layout,
 splits, K = 1 parity with plain `transformers`, pretrained loading, every method on Swin, bad input."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Local losses and the λ schedules that weigh them (METHODS.md 4).
+"""Local losses and the λ schedules that weigh them (docs/methods.md §4).
 
 Losses are pure functions. A module k < K with image reconstruction is trained on
 ``λ_xx(k)·L_rec + λ_xy(k)·L_task``; without reconstruction on ``L_task`` alone, and then no λ table is
@@ -72,7 +72,7 @@ LOCAL_LOSSES.register(
 )
 
 # ---------------------------------------------------------------------------------------------------
-# λ tables, METHODS.md 4: (model, dataset) → K → (λxx_first, λxy_first, λxx_last, λxy_last).
+# λ tables, docs/methods.md §4: (model, dataset) → K → (λxx_first, λxy_first, λxx_last, λxy_last).
 Lambdas = tuple[float, float, float, float]
 
 LAMBDA_TABLES: dict[tuple[str, str], dict[int, Lambdas]] = {
@@ -81,7 +81,7 @@ LAMBDA_TABLES: dict[tuple[str, str], dict[int, Lambdas]] = {
     ("resnet110", "stl10"): {2: (10, 1, 0, 0), 4: (20, 0.2, 5, 2), 8: (20, 0.2, 5, 1), 16: (20, 0.5, 10, 0.1)},
     ("resnet110", "svhn"): {2: (1, 0.1, 0, 0), 4: (5, 0, 0.5, 1), 8: (5, 0, 0.5, 2), 16: (5, 0.2, 0.5, 1)},
 }
-# Memory-balanced runs (METHODS.md 4): model → K → λ.
+# Memory-balanced runs (docs/methods.md §4): model → K → λ.
 BALANCED_LAMBDA_TABLES: dict[str, dict[int, Lambdas]] = {
     "resnet32": {2: (5, 0.1, 0, 0), 3: (5, 0, 5, 0.1), 4: (5, 0, 0, 0.1), 8: (5, 0, 0, 2)},
     "resnet110": {2: (5, 0.1, 0, 0), 3: (5, 0, 5, 0.1), 4: (5, 0, 0, 0.1)},
@@ -110,7 +110,7 @@ def lookup_lambdas(model: str, dataset: str | None, num_modules: int, *, balance
 
 
 def lambda_schedule(lambdas: Lambdas, num_modules: int) -> list[tuple[float, float]]:
-    """(λ_xx, λ_xy) for each local module m = 0..K−2, linear from first to last (METHODS.md 4).
+    """(λ_xx, λ_xy) for each local module m = 0..K−2, linear from first to last (docs/methods.md §4).
 
     r = m / (K − 2) (r = 0 when K = 2); λ = λ_first·(1 − r) + λ_last·r.
     """

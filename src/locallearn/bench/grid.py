@@ -32,6 +32,7 @@ from locallearn.decoders import FEATURE_DECODERS
 from locallearn.methods import METHODS
 from locallearn.models import MODELS, create_model, model_family
 from locallearn.split import SPLITS
+from locallearn.validate import Int
 
 REFERENCE = "e2e"
 
@@ -162,8 +163,7 @@ def _check_name(option: str, value, valid: list[str]) -> None:
 
 def _check_positive(option: str, values) -> None:
     for v in values:
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{option}: expected positive integers, got {v!r}.")
+        Int(1)(option, v)
 
 
 @functools.lru_cache(maxsize=None)

@@ -36,6 +36,7 @@ from locallearn.bench.grid import REFERENCE, BenchConfig, GridSpec
 from locallearn.memory import CudaPeakMeter, StepMemoryMeter
 from locallearn.engine import train_step
 from locallearn.provenance import git_revision
+from locallearn.validate import Int, Optional
 
 Log = Callable[[str], None]
 MEMORY_FIELDS = (
@@ -81,12 +82,9 @@ class RunOptions:
             raise ValueError(f"device: expected cpu, cuda or cuda:N, got {device!r}.")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device: {device} was asked for but CUDA is not available here; use --device cpu.")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup: expected a non-negative integer, got {self.warmup!r}.")
-        if not isinstance(self.rounds, int) or self.rounds < 1:
-            raise ValueError(f"rounds: expected a positive integer, got {self.rounds!r}.")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads: expected a positive integer, got {self.threads!r}.")
+        Int(0)("warmup", self.warmup)
+        Int(1)("rounds", self.rounds)
+        Optional(Int(1))("threads", self.threads)
 
     def apply(self) -> None:
         if self.threads is not None:

@@ -1,4 +1,4 @@
-"""The papers' training augmentation on tensors, vectorised over the batch (METHODS.md 7): pad by ``pad``
+"""The papers' training augmentation on tensors, vectorised over the batch (docs/methods.md §7): pad by ``pad``
 pixels (reflected for CIFAR, zeros for SVHN and STL-10), take a random S×S crop, optionally flip it
 horizontally. It works on whole batches of any dtype, so the loader runs it on uint8 (4× less memory
 traffic than float) before normalising; padding uint8 zeros is padding the [0, 1] image with 0.

@@ -41,6 +41,7 @@ from locallearn.data.imagefolder import (
 )
 from locallearn.data.specs import FOLDER_DATASETS, DatasetSpec, get_spec
 from locallearn.registry import Registry
+from locallearn.validate import Int
 
 BUNDLED = ("digits",)  # datasets that ship with a dependency and need no files
 # Where Debian's dataset-* packages install their files (/usr/share/datasets/<folder>): looked in after root.
@@ -150,7 +151,7 @@ _register(Source(
             extract=False,
         ),
     ),
-    # "train" only, as in the papers (METHODS.md 7): the 531k-image "extra" split is not used.
+    # "train" only, as in the papers (docs/methods.md §7): the 531k-image "extra" split is not used.
     train=(DataFile("train_32x32.mat", read_svhn, 73_257),),
     test=(DataFile("test_32x32.mat", read_svhn, 26_032),),
 ))
@@ -282,9 +283,7 @@ def describe_dataset(name: str, root: Path | str | None, *, image_size: int | No
 def _folder_image_size(image_size: int | None) -> int:
     if image_size is None:
         return DEFAULT_IMAGE_SIZE
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise ValueError(f"image_size: {IMAGEFOLDER} needs a positive integer, got {image_size!r}.")
-    return image_size
+    return Int(1)(f"image_size of {IMAGEFOLDER}", image_size)
 
 
 def load_split(

@@ -1,5 +1,5 @@
 """What a dataset is, independent of where its files are: classes, channels, image size, normalisation and
-the paper's augmentation (METHODS.md 7). `ll.build(dataset=...)` and the CLI read everything from here.
+the paper's augmentation (docs/methods.md §7). `ll.build(dataset=...)` and the CLI read everything from here.
 
 The datasets registered here are fixed. ``imagefolder`` (the user's own images) is not: its classes come from
 the folder it is read from, so its spec is made by `describe_dataset` (data/sources.py), which also returns

@@ -16,12 +16,12 @@ import torch
 from locallearn.engine import time_modules
 from locallearn.net import LocalNet
 from locallearn.training.config import parse_assign
+from locallearn.validate import Int
 
 
 def check_layout(num_modules: int, world_size: int, data_parallel: int) -> int:
     """The number of pipeline stages for ``world_size`` ranks, or a ValueError naming the option."""
-    if data_parallel < 1:
-        raise ValueError(f"data_parallel must be a positive integer, got {data_parallel}.")
+    Int(1)("data_parallel", data_parallel)
     if world_size % data_parallel:
         raise ValueError(
             f"data_parallel: the world size {world_size} is not a multiple of --data-parallel {data_parallel}; "

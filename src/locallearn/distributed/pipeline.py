@@ -1,8 +1,8 @@
 """The pipeline stage: one rank's contiguous group of local modules, its optimizer, and its links.
 
 Why a pipeline of local modules needs no backward pass across ranks: module k's loss trains only module
-k (the hand-off detaches its input, METHODS.md 1), so the only thing that flows between stages is the
-forward hand-off — h, the labels, and the ContSup context later boundaries read (METHODS.md 5). Stage s
+k (the hand-off detaches its input, docs/methods.md §1), so the only thing that flows between stages is the
+forward hand-off — h, the labels, and the ContSup context later boundaries read (docs/methods.md §5). Stage s
 trains batch t+1 while stage s+1 trains batch t.
 
 Staleness — there is none. The output of module k on batch t depends on the weights of modules ≤ k after

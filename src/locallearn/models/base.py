@@ -3,7 +3,7 @@
 Running the units in order is the network's forward pass. Local learning cuts this list into K
 consecutive modules (see `split.py` and `net.py`), so a backbone never needs to know it is trained
 locally. Each unit has a key — ``(stage, block)`` with 0-based blocks, stage 0 the stem — which is how
-METHODS.md 2.2 names cut points. The last unit is the classifier (features → logits).
+docs/methods.md §2.2 names cut points. The last unit is the classifier (features → logits).
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 from torch import nn
 
+from locallearn.validate import Int
+
 Cut = tuple[int, int]
 
 HUB_TIMEOUT_S = 3.0
@@ -35,8 +37,7 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 def check_positive_ints(model: str, **values: Any) -> None:
     """Each value a positive integer (not a bool), else a one-line ``ValueError`` naming the field."""
     for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{model}: {name} must be a positive integer, got {value!r}.")
+        Int(1)(f"{model}: {name}", value)
 
 
 def int_tuple(model: str, name: str, value: Any) -> tuple[int, ...]:

@@ -1,7 +1,7 @@
 """ResNet-18 and ResNet-50 (He et al., CVPR 2016), the ImageNet ResNets, as ordered units built from Hugging Face
 ``transformers`` (``ResNetConfig`` / ``ResNetForImageClassification``). Nothing of ResNet is written here: HF's
 stem and residual layers take and return (B, C, H, W) feature maps, so they are the units themselves. (The
-CIFAR ResNets of METHODS.md 2.1, ``resnet20`` .. ``resnet110``, are ``resnet_cifar.py``.)
+CIFAR ResNets of docs/methods.md §2.1, ``resnet20`` .. ``resnet110``, are ``resnet_cifar.py``.)
 
 Units and their keys ``(stage, block)``:
 

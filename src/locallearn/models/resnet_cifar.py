@@ -1,4 +1,4 @@
-"""CIFAR ResNets of He et al. 2016 (ResNet-20/32/44/56/110), exactly as METHODS.md 2.1.
+"""CIFAR ResNets of He et al. 2016 (ResNet-20/32/44/56/110), exactly as docs/methods.md §2.1.
 
 Units: the stem, each BasicBlock, the classifier. Keys: (0, 0) for the stem, (s, b) for block b of stage
 s = 1..3, (4, 0) for the classifier. ``in_channels`` (default 3) is the stem's input channels, 1 for grayscale.
@@ -13,6 +13,7 @@ from torch import nn
 
 from locallearn.models.base import Backbone
 from locallearn.models.registry import register_model, signature_options
+from locallearn.validate import Int
 
 WIDTHS = (16, 32, 64)
 
@@ -63,8 +64,7 @@ class CifarResNet(Backbone):
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110), got {depth}.")
-        if not isinstance(in_channels, int) or isinstance(in_channels, bool) or in_channels < 1:
-            raise ValueError(f"in_channels must be a positive integer (3 for RGB, 1 for grayscale), got {in_channels!r}.")
+        Int(1)("in_channels", in_channels)  # 3 for RGB, 1 for grayscale
         n = (depth - 2) // 6
         self.depth, self.blocks_per_stage, self.image_size, self.in_channels = depth, n, image_size, in_channels
         units: list[nn.Module] = [Stem(in_channels, WIDTHS[0])]
@@ -91,7 +91,7 @@ class CifarResNet(Backbone):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        # nn.Linear keeps PyTorch's default initialisation (METHODS.md 2.1).
+        # nn.Linear keeps PyTorch's default initialisation (docs/methods.md §2.1).
 
 
 _OPTIONS = signature_options(CifarResNet, exclude=("depth",))  # the depth is the model's name

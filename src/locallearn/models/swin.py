@@ -1,5 +1,5 @@
 """Swin Transformer (Liu et al., ICCV 2021) as ordered units, built from Hugging Face ``transformers``
-modules (METHODS.md 2.3): FeatRecon's backbone. Nothing of Swin is written here; the units only adapt the
+modules (docs/methods.md §2.3): FeatRecon's backbone. Nothing of Swin is written here; the units only adapt the
 calling convention of ``SwinEmbeddings``, ``SwinLayer`` and ``SwinPatchMerging``.
 
 Units and their keys ``(stage, block)``:
@@ -24,7 +24,7 @@ pipeline, InfoPro's reconstruction target and ContSup's image encoder all keep t
 **Stages** (``split="stages"``, also this backbone's ``"paper"`` split): Swin's paper (Fig. 3) opens
 stages 2-4 with their patch merging (HF's ``SwinStage`` closes stages with it instead). Cuts follow the
 paper: a module ends after a stage's last block, the merging opens the next module. K = 2 cuts after
-stage 2, K = 4 after stages 1, 2 and 3 (METHODS.md 6). ``balanced`` has no published table for Swin and
+stage 2, K = 4 after stages 1, 2 and 3 (docs/methods.md §6). ``balanced`` has no published table for Swin and
 is computed from measured activation bytes (``auto``); ``uniform`` and explicit cuts work as for ResNets.
 
 **Methods.** Every method runs on Swin: ``e2e``, ``checkpoint``, ``greedy`` (pool → Linear head), ``dgl``,
@@ -48,6 +48,7 @@ from torch import nn
 
 from locallearn.models.base import Backbone
 from locallearn.models.registry import register_model, signature_options
+from locallearn.validate import Int
 
 Cut = tuple[int, int]
 
@@ -142,8 +143,7 @@ class SwinSpec:
         object.__setattr__(self, "num_heads", tuple(self.num_heads))
         for field_name in ("resolution", "patch_size", "embed_dim", "window_size", "in_channels"):
             value = getattr(self, field_name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{self.name}: {field_name} must be a positive integer, got {value!r}.")
+            Int(1)(f"{self.name}: {field_name}", value)
         if not self.depths or len(self.depths) != len(self.num_heads) or min(self.depths) < 1:
             raise ValueError(
                 f"{self.name}: depths and num_heads need one positive entry per stage, got depths {self.depths} "
@@ -205,7 +205,7 @@ class SwinSpec:
 _ARCH_FIELDS = ("patch_size", "embed_dim", "depths", "num_heads", "window_size")
 
 SWIN_TINY = dict(resolution=224, patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)
-# Our choice (METHODS.md 2.3): Swin-Tiny's widths and depths on 32×32 inputs, patch 2 and window 4, so the
+# Our choice (docs/methods.md §2.3): Swin-Tiny's widths and depths on 32×32 inputs, patch 2 and window 4, so the
 # token grids are 16, 8, 4, 2 (stage 4's window shrinks to its 2×2 grid, as in the original Swin).
 SWIN_CIFAR = dict(resolution=32, patch_size=2, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=4)
 
@@ -239,7 +239,7 @@ class SwinBackbone(Backbone):
         self.unit_keys = keys
 
     def named_splits(self, name: str) -> dict[int, list[Cut]]:
-        """``stages`` (and ``paper``): K = 2 after stage 2, K = 4 after stages 1-3 (METHODS.md 6)."""
+        """``stages`` (and ``paper``): K = 2 after stage 2, K = 4 after stages 1-3 (docs/methods.md §6)."""
         if name not in ("stages", "paper"):
             return {}
         last_block = [(s, d - 1) for s, d in enumerate(self.spec.depths, start=1)]  # a stage's last block

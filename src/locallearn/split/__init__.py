@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from locallearn.registry import Registry
+from locallearn.validate import Int
 from locallearn.split.tables import BALANCED_SPLITS, PAPER_SPLITS, Cut, paper_ks, table_cuts
 
 if TYPE_CHECKING:
@@ -127,8 +128,7 @@ def uniform_ends(num_units: int, num_modules: int) -> list[int]:
 
 
 def check_num_modules(num_modules: int, num_units: int) -> None:
-    if not isinstance(num_modules, int) or num_modules < 1:
-        raise ValueError(f"num_modules must be a positive integer, got {num_modules!r}.")
+    Int(1)("num_modules", num_modules)
     if num_modules > num_units:
         raise ValueError(
             f"num_modules={num_modules} is larger than the backbone's {num_units} units; "
