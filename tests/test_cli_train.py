@@ -67,7 +67,9 @@ def test_one_epoch_run_writes_every_file(run):
     assert summary["parameters"] > 0 and summary["images_per_s"] > 0
 
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    run_record = {key: config.pop(key) for key in ("run_id", "torch_threads")}
     assert checkpoint["epoch"] == 1 and checkpoint["config"] == config and len(checkpoint["history"]) == 1
+    assert checkpoint["run_id"] == run_record["run_id"] and run_record["torch_threads"] >= 1
     assert {"model", "optimizer", "rng"} <= set(checkpoint) and "lr_schedule" not in checkpoint  # computed, not stored
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"]
 

@@ -382,7 +382,7 @@ def _cli(argv):
 
 @pytest.mark.slow
 def test_train_command_killed_rank_then_resume_equals_single_process(tmp_path):
-    from locallearn.training import fit, load_config
+    from locallearn.training import RunDir, fit, load_config
 
     run = tmp_path / "pipe"
     argv = TRAIN + ["--out", str(run), "--pipeline-assign", "1,3"]
@@ -401,7 +401,7 @@ def test_train_command_killed_rank_then_resume_equals_single_process(tmp_path):
 
     procs = spawn_local(_cli, 2, argv + ["--resume"], stderr_dir=str(tmp_path))
     assert _join(procs, 180) == [0, 0], (tmp_path / "rank0.err").read_text()[-2000:]
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records = RunDir(run).read_metrics()  # checksums verified and removed
     assert [r["epoch"] for r in records] == [1, 2, 3]
 
     torch.set_num_threads(1)
@@ -414,7 +414,7 @@ def test_train_command_killed_rank_then_resume_equals_single_process(tmp_path):
         assert torch.equal(a["model"][key], value), key
     for i, state in b["optimizer"]["state"].items():
         assert torch.equal(a["optimizer"]["state"][i]["momentum_buffer"], state["momentum_buffer"])
-    expected = [json.loads(line) for line in (single / "metrics.jsonl").read_text().splitlines()]
+    expected = RunDir(single).read_metrics()
     timing = {"epoch_time_s", "train_time_s", "images_per_s", "peak_memory_mb"}
     for got, want in zip(records, expected):
         assert list(got) == list(want) + ["ranks"]  # the same form, plus per-rank throughput and memory

@@ -6,8 +6,6 @@
     net.eval(); logits = net(images)
 """
 
-from __future__ import annotations
-
 from typing import Any as _Any
 
 from locallearn.config import NetConfig, resolve_net

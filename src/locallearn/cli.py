@@ -183,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _other_rank() -> bool:
+    """Whether this process is a rank other than 0 of a torchrun job (whose rank 0 reports the errors)."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    return rank.isdigit() and world.isdigit() and int(world) > 1 and int(rank) > 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = vars(build_parser().parse_args(argv))
     run = args.pop("_run")
@@ -193,9 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 0
     except (ValueError, OSError) as err:
-        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        if not _other_rank():  # under torchrun every rank fails alike: rank 0 says it (a rank's own failure
+            print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)  # reaches rank 0 too)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"{PROG}: {err or 'interrupted'}", file=sys.stderr)
         return 130
     return int(status or 0)

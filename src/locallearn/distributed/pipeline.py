@@ -38,6 +38,7 @@ from locallearn.engine import module_objective, total_loss, train_modules
 from locallearn.memory import SavedTensorMeter
 from locallearn.methods import ForwardState
 from locallearn.net import LocalNet
+from locallearn.training import interrupt
 from locallearn.training.runner import CHECK_EVERY, check_finite
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -264,6 +265,7 @@ class PipelineStage:
                 dist.barrier(group=self.barrier_group)  # lock step: nobody starts batch t+1 before all finish t
             stats.wall_s = time.perf_counter() - start
             stats.done_s.append(stats.wall_s)
+            interrupt.check()
         if self._pending:
             self._check_finite(stats.batches)
         if self.outbox is not None:

@@ -45,9 +45,9 @@ from locallearn.distributed.pipeline import (
     stage_state_keys,
 )
 from locallearn.net import LocalNet, build_net
-from locallearn.training.config import Config, parse_assign
+from locallearn.training.config import Config, parse_assign, read_mapping, resolve
 from locallearn.training.fit import fit
-from locallearn.training.rundir import RunDir, atomic_write, seed_everything
+from locallearn.training.rundir import CONFIG, RunDir, load_state, save_state, seed_everything
 from locallearn.training.runner import epoch_metrics, load_data, make_optimizer, compile_parts
 
 Log = Callable[[str], None]
@@ -98,21 +98,24 @@ class PipelineLauncher:
         return box[0]
 
     def runner(self, config: Config, *, run: RunDir, resume: bool, log: Log) -> PipelineRunner:
-        from locallearn.training.config import resolve
-
         config = resolve({**config.options(), **self.per_rank})
-        return PipelineRunner(self.env, config, run=run, resume=resume, launcher=self)
+        return PipelineRunner(self.env, config, run=run, resume=resume, launcher=self, log=log)
 
 
 class PipelineRunner:
     """This rank's pipeline stage, as ``training.fit`` drives it (``training.runner.Runner``)."""
 
-    def __init__(self, env: DistEnv, config: Config, *, run: RunDir, resume: bool, launcher: PipelineLauncher) -> None:
+    def __init__(
+        self, env: DistEnv, config: Config, *, run: RunDir, resume: bool, launcher: PipelineLauncher, log: Log
+    ) -> None:
         self.env, self.config, self.launcher = env, config, launcher
         seed_everything(config.run.seed)
         self.net = net = build_net(config.net).to(env.device)
         self.stage_dir = run.path / STAGE_DIR
-        self.found = _stage_checkpoints(self.stage_dir) if resume else {}
+        self.log = log
+        # this run's id (config.yaml, on rank 0's file system): stage files of another run are never taken
+        self.run_id = launcher.share(_run_id(run) if env.is_main else None) if resume else None
+        self.found = _sound_stage_files(_stage_checkpoints(self.stage_dir), self.run_id, log) if resume else {}
         self.layout = layout = _choose_layout(env, config, net, self.found)
         self.stage = layout.stage_of(env.rank)
         self.modules = layout.assignment[self.stage]
@@ -174,9 +177,8 @@ class PipelineRunner:
         _save_merged(env, run, self.net, self.optimizer, self.layout, state)
 
     def restore(self, run: RunDir) -> dict[str, Any] | None:
-        merged = self.launcher.share(_checkpoint_epoch(run) if self.env.is_main else None)
-        start, history = _resume(self.env, run, self.net, self.optimizer, self.layout, self.found, merged, self.stage_dir)
-        return {"epoch": start, "history": history} if start else None
+        merged = self.launcher.share(_checkpoint_epoch(run, self.log) if self.env.is_main else None)
+        return _resume(self.env, run, self.net, self.optimizer, self.layout, self.found, merged, self.stage_dir, self.log)
 
     # --- reporting ----------------------------------------------------------------------------------------
     def describe(self) -> list[str]:
@@ -221,8 +223,7 @@ def _choose_layout(env: DistEnv, config: Config, net: LocalNet, found: dict[int,
 def _stored_layout(found: dict[int, dict[int, Path]]) -> dict | None:
     if 0 not in found or not found[0]:
         return None
-    latest = found[0][max(found[0])]
-    return torch.load(latest, map_location="cpu", weights_only=True)["layout"]
+    return load_state(found[0][max(found[0])])["layout"]
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
@@ -244,9 +245,31 @@ def _stage_checkpoints(stage_dir: Path) -> dict[int, dict[int, Path]]:
     return found
 
 
+def _sound_stage_files(found: dict[int, dict[int, Path]], run_id: str | None, log: Log) -> dict[int, dict[int, Path]]:
+    """The stage files that can be resumed from: readable, matching their digest, and of this run. A damaged
+    one is named and left out, so its stage falls back to its older kept epoch."""
+    sound: dict[int, dict[int, Path]] = {}
+    for stage, epochs in found.items():
+        for epoch, path in epochs.items():
+            try:
+                state = load_state(path)
+            except ValueError as err:
+                log(f"warning: {err}; its stage resumes from an older epoch.")
+                continue
+            if run_id and state.get("run_id") != run_id:
+                log(f"warning: {path} was left by another run in this directory; it is not resumed from.")
+                continue
+            sound.setdefault(stage, {})[epoch] = path
+    return sound
+
+
+def _run_id(run: RunDir) -> str | None:
+    return read_mapping(run.file(CONFIG)).get("run_id") if run.file(CONFIG).is_file() else None
+
+
 def _save_stage(stage_dir: Path, stage: int, epoch: int, state: dict[str, Any]) -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(_stage_file(stage_dir, stage, epoch), lambda f: torch.save(state, f))
+    save_state(_stage_file(stage_dir, stage, epoch), state)
 
 
 def _prune_stage_files(stage_dir: Path, stage: int, *, keep_from: int) -> None:
@@ -261,15 +284,17 @@ def _remove_stage_files(stage_dir: Path, stage: int) -> None:
 
 def _resume(
     env: DistEnv,
-    run,
+    run: RunDir,
     net: LocalNet,
     optimizer: torch.optim.Optimizer,
     layout: Layout,
     found: dict[int, dict[int, Path]],
     merged_epoch: int | None,
     stage_dir: Path,
-) -> tuple[int, list[dict[str, Any]]]:
-    """Load this rank's state for the epoch all stages can resume from; returns (epoch, history)."""
+    log: Log,
+) -> dict[str, Any] | None:
+    """Load this rank's state for the epoch all stages can resume from; returns what ``training.fit`` needs
+    of it (epoch, history, the run's id and config), or None to start at epoch 1."""
     stage = layout.stage_of(env.rank)
     mine = found.get(stage, {})
     same_layout = bool(mine) and _stored_layout({0: mine}) == layout.to_dict()
@@ -277,32 +302,35 @@ def _resume(
     dist.all_gather_object(latest, max(mine) if mine and same_layout else 0, group=env.ctrl)
     from_stages = min(latest)
     if from_stages == 0 and not merged_epoch:
-        return 0, []
+        return None
     if from_stages >= (merged_epoch or 0):
         path = mine.get(from_stages)
         if path is None:
             raise ValueError(
-                f"--resume: stage {stage} has no checkpoint of epoch {from_stages} in {stage_dir}; the stage "
+                f"--resume: stage {stage} has no sound checkpoint of epoch {from_stages} in {stage_dir}; the stage "
                 "checkpoints are incomplete, start the run over with --overwrite."
             )
-        state = torch.load(path, map_location=env.device, weights_only=True)
+        state = load_state(path, env.device)
         _load_owned(net, state["model"], layout, stage)
         optimizer.load_state_dict(state["optimizer"])
-        histories: list[Any] = [None]
-        if env.is_main:
-            histories[0] = state["history"]
+        histories: list[Any] = [state["history"] if env.is_main else None]
         dist.broadcast_object_list(histories, src=0, group=env.ctrl)
-        return from_stages, list(histories[0])
-    merged = run.load_checkpoint(map_location=env.device)  # checkpoint.pt: later, or another layout
+        return {**_identity(state), "epoch": from_stages, "history": list(histories[0])}
+    merged = run.load_checkpoint(map_location=env.device, fallback=True, log=log)  # later, or another layout
     modules = layout.assignment[stage]
     _load_owned(net, merged["model"], layout, stage)
     optimizer.load_state_dict(_split_optimizer_state(merged["optimizer"], net, modules, optimizer))
-    return merged["epoch"], list(merged["history"])
+    return {**_identity(merged), "epoch": merged["epoch"], "history": list(merged["history"])}
 
 
-def _checkpoint_epoch(run: RunDir) -> int | None:
-    """The epoch of the run's checkpoint.pt (the merged one), or None without one."""
-    state = run.load_checkpoint()
+def _identity(state: dict[str, Any]) -> dict[str, Any]:
+    """What says which run a state belongs to: its format, run id and config."""
+    return {k: state[k] for k in ("format", "run_id", "config") if k in state}
+
+
+def _checkpoint_epoch(run: RunDir, log: Log) -> int | None:
+    """The epoch of the run's checkpoint.pt (the merged one; checkpoint.prev.pt if it is damaged), or None."""
+    state = run.load_checkpoint(fallback=True, log=log)
     return None if state is None else state["epoch"]
 
 

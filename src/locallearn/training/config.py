@@ -276,11 +276,18 @@ def check_keys(values: Iterable[str], source: str) -> None:
         raise ValueError(f"{source}: unknown key {unknown[0]!r}; valid keys are {', '.join(OPTIONS)}.")
 
 
+# What a run's config.yaml records about the run besides its options (written by ``training.fit``).
+RUN_RECORD = ("run_id", "torch_threads")
+
+
 def flatten(mapping: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Flat options from a file's mapping: flat (presets, files of earlier releases) or nested by section
-    (``config.yaml``); renamed options of earlier releases take their new names."""
+    (``config.yaml``); renamed options of earlier releases take their new names. The run record
+    (``RUN_RECORD``) is not an option and is left out."""
     flat: dict[str, Any] = {}
     for key, value in mapping.items():
+        if key in RUN_RECORD:
+            continue
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise ValueError(f"{source}: section {key!r} must be a mapping of options, got {value!r}.")
@@ -321,13 +328,18 @@ def load_yaml(text: str, source: str) -> Any:
 
 def read_options(path: Path | str) -> dict[str, Any]:
     """The flat options of a config file (empty file: none); keys checked."""
+    return flatten(read_mapping(path), str(path))
+
+
+def read_mapping(path: Path | str) -> dict[str, Any]:
+    """The mapping in a YAML config file (empty file: {}), duplicate keys refused."""
     path = Path(path)
     values = load_yaml(path.read_text(), str(path))
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config file must be a mapping of keys to values, got {type(values).__name__}.")
-    return flatten(values, str(path))
+    return values
 
 
 def dump_yaml(values: Mapping[str, Any], *, header: Iterable[str] = ()) -> str:

@@ -5,17 +5,30 @@ logging; the work of each epoch is a runner's (``runner.py``): in this process, 
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import platform
 import time
+import uuid
 from typing import Any, Callable
 
 import torch
 
 from locallearn.net import LocalNet
 from locallearn.provenance import git_revision
-from locallearn.training.config import Config, dump_yaml, read_options, resolve, resumed_config
-from locallearn.training.rundir import CHECKPOINT_FORMAT, CONFIG, RunDir, rng_state, set_rng_state
+from locallearn.training import interrupt
+from locallearn.training.config import (
+    RESUMABLE_CHANGES,
+    Config,
+    differing_options,
+    dump_yaml,
+    flatten,
+    read_mapping,
+    resolve,
+    resumed_config,
+)
+from locallearn.training.rundir import CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, RunDir, rng_state, set_rng_state
 from locallearn.training.runner import Launcher, NonFiniteLossError, SingleProcess
 from locallearn.training.schedule import epoch_lr
 from locallearn.version import __version__
@@ -38,30 +51,40 @@ def fit(
 
     ``resume`` continues the run found there (or starts it, if there is none: a job can always pass it);
     the options asked for (``requested``, by default the whole config) must match the stored ones. Without
-    ``resume`` an existing run is refused unless ``overwrite``. ``launcher``: how processes are arranged
-    (default: this one process).
+    ``resume`` an existing run is refused unless ``overwrite``; an existing run is cleared only once the new
+    run's data and network have been built. ``launcher``: how processes are arranged (default: this one
+    process). The main process holds the run directory's lock throughout.
     """
     if launcher is None:
         check_single_process(config)
         launcher = SingleProcess()
     log = log if launcher.is_main else _quiet
+    run = RunDir(config.run.out)
+    with run.lock() if launcher.is_main else contextlib.nullcontext(), interrupt.stop_between_batches():
+        return _fit(config, run, launcher, resume=resume, overwrite=overwrite, requested=requested, log=log)
+
+
+def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overwrite: bool,
+         requested: dict[str, Any] | None, log: Log) -> dict[str, Any] | None:
     opened = launcher.share(_opened(config, resume, overwrite, requested) if launcher.is_main else None)
     if opened[0] == "error":
         raise ValueError(opened[1])
-    _, options, clear = opened
+    _, options, clear, run_id = opened
     config = resolve(options)
-    run = RunDir(config.run.out)
     runner = launcher.runner(config, run=run, resume=resume, log=log)  # data and network: checked first
     if clear and launcher.is_main:
         run.clear()  # only now that the new run's inputs are known to be good
 
     state = runner.restore(run) if resume else None
+    if state is not None:
+        check_same_run(config, run_id, state, run)
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     if state is not None and "rng" in state:
         set_rng_state(state["rng"])
     if launcher.is_main:
         if not run.file(CONFIG).is_file():
-            run.write_config(dump_yaml(config.to_dict(), header=provenance() + derived(runner.net)))
+            record = {"run_id": run_id, "torch_threads": torch.get_num_threads()}
+            run.write_config(dump_yaml({**record, **config.to_dict()}, header=provenance() + derived(runner.net, config)))
         run.write_metrics(history)  # drops any epoch logged after the checkpoint was taken
     done = len(history)
     if launcher.share(done == config.optim.epochs and run.finished if launcher.is_main else None):
@@ -72,20 +95,27 @@ def fit(
     parameters = sum(p.numel() for p in runner.net.parameters())
     log_start(log, config, runner, run, parameters, done)
     for epoch in range(done + 1, config.optim.epochs + 1):
+        kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {run.path}" if epoch > 1 else "no checkpoint was written"
         optim = config.optim
         lr = epoch_lr(epoch, lr=optim.lr, epochs=optim.epochs, warmup_epochs=optim.warmup_epochs, warmup_lr=optim.warmup_lr)
         try:
             train = runner.train_epoch(epoch, lr)
+            test = runner.evaluate()
         except NonFiniteLossError as err:
-            kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {run.path}"
-            kept = kept if epoch > 1 else "no checkpoint was written"
             raise NonFiniteLossError(f"epoch {epoch}: {err}; training stopped and {kept}. Try a lower --lr.") from None
-        test = runner.evaluate()
+        except interrupt.Interrupted:
+            resume_hint = f"; `locallearn train --out {run.path} --resume` continues it" if epoch > 1 else ""
+            raise interrupt.Interrupted(f"interrupted in epoch {epoch}: {kept}{resume_hint}.") from None
+        if not math.isfinite(test["test_loss"]):  # a diverged network is never kept as a good state
+            raise NonFiniteLossError(
+                f"epoch {epoch}: the test loss is not finite ({test['test_loss']:.4g}); training stopped and {kept}. "
+                f"Try a lower --lr."
+            )
         record = epoch_record(epoch, lr, train, test)
         history.append(record)
         if launcher.is_main:
             run.append_metrics(record)  # metrics first: the checkpoint is never ahead of metrics.jsonl
-        runner.save(run, {"format": CHECKPOINT_FORMAT, "epoch": epoch, "rng": rng_state(),
+        runner.save(run, {"format": CHECKPOINT_FORMAT, "run_id": run_id, "epoch": epoch, "rng": rng_state(),
                           "config": config.to_dict(), "history": history})
         log(epoch_line(record, config.optim.epochs))
     runner.close()
@@ -102,38 +132,67 @@ def _quiet(_: str) -> None:
 
 
 def _opened(config: Config, resume: bool, overwrite: bool, requested: dict[str, Any] | None) -> tuple:
-    """("ok", the options to train with, whether to clear the directory first) or ("error", message), so that
-    a refusal reaches every process of a job."""
+    """("ok", the options to train with, whether to clear the directory first, the run's id) or ("error",
+    message), so that a refusal reaches every process of a job."""
     try:
-        config, clear = open_run(config, resume=resume, overwrite=overwrite, requested=requested)
+        config, clear, run_id = open_run(config, resume=resume, overwrite=overwrite, requested=requested)
     except ValueError as err:
         return ("error", str(err))
-    return ("ok", config.options(), clear)
+    return ("ok", config.options(), clear, run_id)
 
 
 def open_run(
     config: Config, *, resume: bool, overwrite: bool, requested: dict[str, Any] | None = None
-) -> tuple[Config, bool]:
-    """Check the run directory against what was asked; returns the config to train with and whether the
+) -> tuple[Config, bool, str]:
+    """Check the run directory against what was asked; returns the config to train with, whether the
     directory's run files must be cleared before training (they are not cleared here: the new run's inputs
-    are checked first)."""
+    are checked first) and the run's id (the stored one when resuming, else a new one)."""
     run = RunDir(config.run.out)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it over.")
     if resume and run.file(CONFIG).is_file():
-        stored = read_options(run.file(CONFIG))
+        mapping = read_mapping(run.file(CONFIG))
+        stored = flatten(mapping, str(run.file(CONFIG)))
         wanted = config.options() if requested is None else requested
-        return resumed_config(stored, wanted, out=config.run.out), False
-    if resume:  # killed before its config was written, or never started: there is nothing to lose
-        return config, True
+        return resumed_config(stored, wanted, out=config.run.out), False, str(mapping.get("run_id") or "")
+    if resume and run.started:
+        raise ValueError(
+            f"--resume: {run.path} holds {', '.join(run.present())} but no {CONFIG}, so which run they belong to "
+            f"is unknown; put its {CONFIG} back, or start over with --overwrite."
+        )
+    if resume:  # never started, or killed before anything was written: start it
+        return config, False, new_run_id()
     if run.started:
         if not overwrite:
             what = "a finished run" if run.finished else "an unfinished run (--resume continues it)"
             raise ValueError(
                 f"{run.path} already holds {what}; pass --overwrite to replace it, or choose another --out."
             )
-        return config, True
-    return config, False
+        return config, True, new_run_id()
+    return config, False, new_run_id()
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_same_run(config: Config, run_id: str, state: dict[str, Any], run: RunDir) -> None:
+    """A checkpoint resumed from must be this run's: the same id as config.yaml (where it has one) and the
+    same options as config.yaml (but where the run lives and runs), else a one-line refusal naming them."""
+    where = run.file(CHECKPOINT)
+    if run_id and state.get("run_id") not in (None, run_id):
+        raise ValueError(
+            f"--resume: {where} belongs to another run than {run.file(CONFIG)} (run id {state['run_id'][:8]}… against "
+            f"{run_id[:8]}…); start over with --overwrite."
+        )
+    if state.get("format", CHECKPOINT_FORMAT) < CHECKPOINT_FORMAT or "config" not in state:
+        return  # written by an earlier release, whose config form differs
+    differing = differing_options(resolve(flatten(state["config"], str(where))), config, ignore=RESUMABLE_CHANGES)
+    if differing:
+        raise ValueError(
+            f"--resume: {where} was written with other options than {run.file(CONFIG)} says: {', '.join(differing)}; "
+            f"restore the run's own {CONFIG}, or start over with --overwrite."
+        )
 
 
 def check_single_process(config: Config) -> None:
@@ -222,13 +281,18 @@ def provenance() -> list[str]:
     ]
 
 
-def derived(net: LocalNet) -> list[str]:
-    """What the build derived from the config, for config.yaml's header and the start log: the cuts and,
-    with reconstruction, the λ schedule and where it came from (a table, or the documented default)."""
+def derived(net: LocalNet, config: Config | None = None) -> list[str]:
+    """What the build derived from the config, for config.yaml's header and the start log: the cuts, with
+    reconstruction the λ schedule and where it came from (a table, or the documented default), and a warm-up
+    the run has no room for."""
     lines = [f"cuts: {[list(c) for c in net.cuts]}"]
     if net.lambda_schedule:
         lambdas = ", ".join(f"({xx:g}, {xy:g})" for xx, xy in net.lambda_schedule)
         lines.append(f"λ (reconstruction, task) per local module: {lambdas}; {net.lambda_source}")
+    if config is not None and config.optim.warmup_epochs and not config.optim.warmup_used:
+        optim = config.optim
+        lines.append(f"warm-up: none — {_plural(optim.epochs, 'epoch')} leave no room for {optim.warmup_epochs} "
+                     f"warm-up epochs, so the learning rate is a cosine from its peak")
     return lines
 
 
@@ -239,14 +303,12 @@ def log_start(log: Log, config: Config, runner, run: RunDir, parameters: int, do
         head += f", {net.aux_head} heads, {net.local_loss} loss, context {net.context}"
         head += ", reconstruction" if net.reconstruct else ""
     sgd = f"momentum {optim.momentum}{', nesterov' if optim.nesterov else ''}, weight decay {optim.weight_decay}"
-    warmup = f"{optim.warmup_used} warm-up epochs + cosine"
-    if optim.warmup_epochs and not optim.warmup_used:
-        warmup = f"cosine (no warm-up: {optim.epochs} epochs leave no room for {optim.warmup_epochs})"
+    warmup = f"{optim.warmup_used} warm-up epochs + cosine" if optim.warmup_used else "cosine, no warm-up"
     log(f"locallearn train: {net.model} / {net.method} ({head}) on {config.data.dataset}")
     log(f"  recipe: {_plural(optim.epochs, 'epoch')}, batch {optim.batch_size}, SGD lr {optim.lr} ({sgd}), "
         f"{warmup}, seed {config.run.seed}"
         + (f", amp {config.run.amp}" if config.run.amp != "none" else "") + (", compiled" if config.run.compile else ""))
-    log(f"  network: {parameters:,} parameters, " + "; ".join(derived(runner.net)))
+    log(f"  network: {parameters:,} parameters, " + "; ".join(derived(runner.net, config)))
     for line in runner.describe():
         log(line)
     log(f"  run directory: {run.path} (resolved config in {CONFIG})"

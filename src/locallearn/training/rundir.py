@@ -1,25 +1,38 @@
-"""The run directory and its checkpoints.
+"""The run directory: what a run owns, written so that a crash, a second writer or a damaged file never
+loses or mixes results.
 
-    RUN/config.yaml      the resolved TrainConfig (written once, at the start)
-    RUN/metrics.jsonl    one JSON object per finished epoch
-    RUN/checkpoint.pt    the state after the last finished epoch, replaced atomically every epoch
-    RUN/summary.json     written when the run finishes; its presence is what "finished" means
+    RUN/config.yaml         the resolved config, with the run's id and thread count (written once, at the start)
+    RUN/metrics.jsonl       one JSON object per finished epoch, each with the checksum of its own content
+    RUN/checkpoint.pt       the state after the last finished epoch, with a digest of its content
+    RUN/checkpoint.prev.pt  the one before it (a resume falls back to it if checkpoint.pt is damaged)
+    RUN/summary.json        written when the run finishes; its presence is what "finished" means
+    RUN/pipeline/           per-stage checkpoints of a module-parallel run (``locallearn.distributed``)
+    RUN/.lock               held (an OS file lock) by the one process that writes the run
 
 Every epoch appends its metrics line *before* replacing the checkpoint, and the checkpoint carries the
 metrics history itself. A kill at any moment therefore leaves a checkpoint that is never ahead of
 metrics.jsonl, and resuming rewrites metrics.jsonl from the checkpoint's history: no duplicate, missing or
-half-written epoch survives. Checkpoints hold only tensors and plain Python values, so they load with
-``torch.load(weights_only=True)``.
+half-written epoch survives. Files are written to a temporary file of a unique name, created exclusively
+(never through a planted link), then renamed into place. Every checkpoint and stage file carries the
+run's id, so a resume can tell a file of this run from one an earlier run left behind. Checkpoints hold
+only tensors and plain Python values, so they load with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
+import math
 import os
 import random
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,9 +40,17 @@ import torch
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
 SUMMARY = "summary.json"
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, SUMMARY)
-CHECKPOINT_FORMAT = 2  # 1: before local objectives were modules (``net.py`` migrates its weights)
+STAGES = "pipeline"
+LOCK = ".lock"
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, SUMMARY)
+CHECKPOINT_FORMAT = 2  # 1: before local objectives were modules and checkpoints had digests (``net.py`` migrates)
+_TMP_SUFFIX = ".tmp"
+
+
+class RunLockedError(ValueError):
+    """Another process writes this run directory."""
 
 
 @dataclass(frozen=True)
@@ -48,14 +69,60 @@ class RunDir:
 
     @property
     def started(self) -> bool:
-        return any(self.file(name).exists() for name in RUN_FILES)
+        return any(self.file(name).exists() for name in RUN_FILES) or self.file(STAGES).exists()
+
+    def present(self) -> list[str]:
+        """The run's own files (and the stage directory) that exist here."""
+        return [name for name in (*RUN_FILES, STAGES) if self.file(name).exists()]
 
     def clear(self) -> None:
-        """Remove this run's files (and nothing else: the directory may hold a user's own files)."""
+        """Remove everything this run owns — its files, their temporaries, the stage checkpoints — and nothing
+        else: the directory may hold a user's own files."""
         for name in RUN_FILES:
-            for path in (self.file(name), _tmp_path(self.file(name))):
-                if path.exists():
-                    path.unlink()
+            self.file(name).unlink(missing_ok=True)
+        if self.path.is_dir():
+            for leftover in self.path.glob(f".*{_TMP_SUFFIX}"):
+                if any(leftover.name.startswith(f".{name}.") for name in RUN_FILES):
+                    leftover.unlink(missing_ok=True)
+        if self.file(STAGES).is_dir() and not self.file(STAGES).is_symlink():
+            shutil.rmtree(self.file(STAGES))
+        else:
+            self.file(STAGES).unlink(missing_ok=True)
+
+    # --- the lock -----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's OS file lock (``RUN/.lock``, released when the process exits, even on a crash);
+        a second writer is refused in one line naming the holder's pid. A directory created only to hold the
+        lock is removed again if nothing else was written into it."""
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.file(LOCK)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = _read_pid(fd)
+                os.close(fd)
+                if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise RunLockedError(
+                        f"{self.path} is being written by another locallearn process (pid {holder}); wait for it to "
+                        f"end, or choose another --out."
+                    ) from None
+                raise
+            if _same_file(fd, path):  # not a lock file another process unlinked while we waited
+                break
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # while still held: a waiting process re-checks the inode
+            os.close(fd)
+            if created and self.path.is_dir() and not any(self.path.iterdir()):
+                self.path.rmdir()
 
     # --- text files ---------------------------------------------------------------------------------------
     def write_config(self, text: str) -> None:
@@ -64,23 +131,28 @@ class RunDir:
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl by ``records`` (used when resuming)."""
-        text = "".join(json.dumps(r) + "\n" for r in records)
+        text = "".join(metrics_line(r) for r in records)
         atomic_write(self.file(METRICS), lambda f: f.write(text.encode()))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.file(METRICS), "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(metrics_line(record))
             f.flush()
             os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl, each checked against its checksum; a damaged line is named."""
         path = self.file(METRICS)
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip():
+                records.append(parse_metrics_line(line, f"{path}, line {number}"))
+        return records
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        text = json.dumps(summary, indent=2, default=_plain) + "\n"
+        text = json.dumps(finite(summary), indent=2, default=_plain, allow_nan=False) + "\n"
         atomic_write(self.file(SUMMARY), lambda f: f.write(text.encode()))
 
     def read_summary(self) -> dict[str, Any] | None:
@@ -89,19 +161,79 @@ class RunDir:
 
     # --- checkpoints --------------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        atomic_write(self.file(CHECKPOINT), lambda f: torch.save(state, f))
+        """Write checkpoint.pt; the one it replaces becomes checkpoint.prev.pt."""
+        save_state(self.file(CHECKPOINT), state, previous=self.file(PREVIOUS))
 
-    def load_checkpoint(self, map_location: torch.device | str = "cpu") -> dict[str, Any] | None:
+    def load_checkpoint(self, map_location: torch.device | str = "cpu", *, fallback: bool = False,
+                        log: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+        """The state of checkpoint.pt (None if there is none), its digest verified. A damaged one is refused in
+        one line — or, with ``fallback`` (a resume), replaced by checkpoint.prev.pt if that one is sound."""
         path = self.file(CHECKPOINT)
-        if not path.is_file():
+        if not path.is_file() and not (fallback and self.file(PREVIOUS).is_file()):
             return None
         try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as err:  # unpickling errors have many types; all mean the same to the user
-            raise ValueError(f"{path} cannot be read ({' '.join(str(err).split())[:200]}).") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a locallearn checkpoint (format {CHECKPOINT_FORMAT}).")
-        return state
+            if not path.is_file():
+                raise ValueError(f"{path} is missing (a write was interrupted)")
+            return load_state(path, map_location)
+        except ValueError as err:
+            previous = self.file(PREVIOUS)
+            if not fallback or not previous.is_file():
+                hint = f"; {previous.name} holds the epoch before it" if previous.is_file() else ""
+                raise ValueError(f"{err}{hint}.") from None
+            state = load_state(previous, map_location)
+            if log is not None:
+                log(f"warning: {err}; resuming from {previous.name} (epoch {state['epoch']}) instead.")
+            return state
+
+
+def _read_pid(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
+    except FileNotFoundError:
+        return False
+
+
+# --- metrics lines -----------------------------------------------------------------------------------------
+def metrics_line(record: dict[str, Any]) -> str:
+    """One line of metrics.jsonl: strict JSON (a non-finite number is written as null) with ``checksum``,
+    the SHA-256 of the line's own content, last."""
+    body = json.dumps(finite(record), allow_nan=False)
+    checksum = hashlib.sha256(body.encode()).hexdigest()
+    return body[:-1] + f', "checksum": "{checksum}"}}\n' if body != "{}" else f'{{"checksum": "{checksum}"}}\n'
+
+
+def parse_metrics_line(line: str, where: str) -> dict[str, Any]:
+    """A metrics record from its line, its checksum verified and removed (lines of earlier releases have none)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        raise ValueError(f"{where} is damaged (not valid JSON); the checkpoint's history can rebuild it: "
+                         f"resume the run.") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where} is damaged (not a JSON object).")
+    checksum = record.pop("checksum", None)
+    if checksum is not None and hashlib.sha256(json.dumps(record, allow_nan=False).encode()).hexdigest() != checksum:
+        raise ValueError(f"{where} is damaged (its checksum does not match); the checkpoint's history can rebuild "
+                         f"it: resume the run.")
+    return record
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN or Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:
@@ -111,19 +243,83 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
+# --- states on disk -------------------------------------------------------------------------------------------
+def save_state(path: Path, state: dict[str, Any], *, previous: Path | None = None) -> None:
+    """``torch.save`` of ``state`` with its digest (``state_digest``), through a temporary file renamed into
+    place; with ``previous``, the file it replaces is kept there."""
+    state = {**state, "digest": state_digest({k: v for k, v in state.items() if k != "digest"})}
+
+    def move_aside() -> None:
+        if previous is not None and path.exists():
+            os.replace(path, previous)
+
+    atomic_write(path, lambda f: torch.save(state, f), before_rename=move_aside)
 
 
-def atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    """Write through a temporary file, fsync it, then rename over ``path``: readers (and a resumed run)
-    see the old file or the new one, never a torn one."""
-    tmp = _tmp_path(path)
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def load_state(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """A state written by ``save_state``, its digest verified; ValueError in one line naming the file when it
+    cannot be read, is not locallearn's, or does not match its digest."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # unpickling and zip errors have many types; all mean the same to the user
+        raise ValueError(f"{path} cannot be read, it is damaged ({' '.join(str(err).split())[:160]})") from None
+    if not isinstance(state, dict) or state.get("format") not in (1, CHECKPOINT_FORMAT):
+        raise ValueError(f"{path} is not a locallearn checkpoint (format {CHECKPOINT_FORMAT})")
+    if state["format"] == CHECKPOINT_FORMAT:
+        stored = state.pop("digest", None)
+        if stored != state_digest(state):
+            raise ValueError(f"{path} is damaged (its content does not match the digest written with it)")
+    return state
+
+
+def state_digest(obj: Any) -> str:
+    """SHA-256 of a state's content: every tensor's dtype, shape and bytes, every plain value, in a fixed order."""
+    digest = hashlib.sha256()
+    _feed(digest, obj)
+    return digest.hexdigest()
+
+
+def _feed(digest, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        digest.update(b"{")
+        for key in sorted(obj, key=repr):
+            digest.update(repr(key).encode())
+            _feed(digest, obj[key])
+        digest.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        digest.update(b"[")
+        for item in obj:
+            _feed(digest, item)
+        digest.update(b"]")
+    else:
+        digest.update(f"{type(obj).__name__}:{obj!r}".encode())
+
+
+def atomic_write(path: Path, write: Callable[[Any], Any], *, before_rename: Callable[[], None] | None = None) -> None:
+    """Write through a temporary file of a unique name, created exclusively beside ``path`` (a planted link
+    is never followed), fsync it, then rename it over ``path``: readers (and a resumed run) see the old file or
+    the new one, never a torn one. A failed write (a full disk) removes the temporary and raises OSError."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = " ".join(str(err).split())[:160]
+        raise OSError(f"cannot write {path} (the disk may be full or read-only: {reason})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable

@@ -28,10 +28,11 @@ from torch import nn
 from locallearn.data import BatchLoader, describe_dataset, load_split
 from locallearn.engine import train_step
 from locallearn.memory import SavedTensorMeter
-from locallearn.net import LocalNet, build_net
+from locallearn.net import LocalNet, build_net, old_parameter_order
+from locallearn.training import interrupt
 from locallearn.training.config import Config, OptimConfig
 from locallearn.training.progress import Progress
-from locallearn.training.rundir import RunDir, seed_everything
+from locallearn.training.rundir import CHECKPOINT, RunDir, seed_everything
 
 Log = Callable[[str], None]
 CHECK_EVERY = 32  # training steps between checks for a non-finite loss (each check waits for the device)
@@ -105,10 +106,13 @@ class LocalRunner:
         run.save_checkpoint({**state, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict()})
 
     def restore(self, run: RunDir) -> dict[str, Any] | None:
-        state = run.load_checkpoint()
+        state = run.load_checkpoint(fallback=True, log=self.log)
         if state is not None:
-            self.net.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            load_weights(self.net, state["model"], run.file(CHECKPOINT))
+            optimizer_state = state["optimizer"]
+            if state["format"] == 1:  # parameters were ordered otherwise then (net.old_parameter_order)
+                optimizer_state = reorder_optimizer_state(optimizer_state, old_parameter_order(self.net))
+            self.optimizer.load_state_dict(optimizer_state)
         return state
 
     def describe(self) -> list[str]:
@@ -122,6 +126,25 @@ class LocalRunner:
 
 
 # --- pieces --------------------------------------------------------------------------------------------------
+def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: Any) -> None:
+    """``net.load_state_dict(state)``, a checkpoint of another network refused in one line naming ``source``
+    and what differs (missing or unexpected keys, a wrong shape)."""
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        raise ValueError(f"{source} holds the weights of another network ({'; '.join(details)[:300]}); resume "
+                         f"it with the options it was trained with, or start over with --overwrite.") from None
+
+
+def reorder_optimizer_state(state: dict[str, Any], order: list[int]) -> dict[str, Any]:
+    """An optimizer state_dict saved under another parameter order: ``order[i]`` is today's index of the
+    parameter that was i-th then."""
+    moved = {order[int(i)]: value for i, value in state["state"].items()}
+    return {**state, "state": dict(sorted(moved.items()))}
+
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA when there is one; an explicit device must exist."""
     if device == "auto":
@@ -208,6 +231,7 @@ def train_one_epoch(
                 value = torch.as_tensor(value, dtype=torch.float64)
                 totals[key] = totals[key] + value * n if key in totals else value * n
             pending.append(torch.as_tensor(stats["loss"]))
+            interrupt.check()
             if len(pending) == CHECK_EVERY or i == len(loader) - 1:
                 check_finite(pending, first=i + 2 - len(pending), batches=len(loader))
                 progress.update(len(pending), loss=f"{float(stats['loss']):.3f}",
@@ -273,4 +297,5 @@ def evaluate(
             correct += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
             progress.update(1)
+            interrupt.check()
     return {"test_acc": int(correct) / seen, "test_loss": float(loss) / seen}
