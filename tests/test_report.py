@@ -113,8 +113,8 @@ def test_labels_name_only_the_difference(tmp_path):
     table = group_runs([load_run(p) for p in (runs[1], other)])
     assert list(table.rows) == ["resnet32 cifar10: contsup R1E ce", "resnet32 cifar100: contsup R1E ce"]
     assert table.warnings == [
-        "report: contsup R1E ce runs differ in dataset (cifar10 vs cifar100) beside their method and K; "
-        "shown as separate rows"
+        "report: contsup R1E ce runs differ in dataset (cifar10 vs cifar100) beside their method and K; shown as "
+        + "separate rows"
     ]
     assert table.setting == "resnet32, cifar10 + cifar100"
 

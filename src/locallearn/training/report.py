@@ -230,11 +230,15 @@ def markdown_report(table: Table, *, plot: str | None = None) -> str:
             )
     lines += [
         "",
-        "Cells: mean ± sample standard deviation (n − 1) over the runs of one configuration, which differ only "
-        f"in their seed (and {', '.join(RESUMABLE_CHANGES)}); n=1: a single run, no deviation.  ",
+        (
+            "Cells: mean ± sample standard deviation (n − 1) over the runs of one configuration, which differ "
+            f"only in their seed (and {', '.join(RESUMABLE_CHANGES)}); n=1: a single run, no deviation.  "
+        ),
         "¹ best epoch selected on the test set: for reference only; the result is the final-epoch error.  ",
-        "² `cuda_allocated`: torch.cuda.max_memory_allocated; `saved_tensors`: bytes autograd saved for "
-        "backward in one training step (CPU).  ",
+        (
+            "² `cuda_allocated`: torch.cuda.max_memory_allocated; `saved_tensors`: bytes autograd saved for "
+            "backward in one training step (CPU).  "
+        ),
         "\\* unfinished run: reported at its last finished epoch.",
     ]
     if table.warnings:
