@@ -1,18 +1,24 @@
-"""`locallearn report`: run directories → a markdown table (method × K) and a PNG of error against K."""
+"""`locallearn report`: run directories → a markdown table (method × K, mean ± std over seeds of one
+configuration) and a PNG of error against K, written under runs/report/ unless told otherwise."""
 
 from __future__ import annotations
+
+import statistics
+
+from matplotlib.container import ErrorbarContainer
 
 from locallearn.cli import main
 from locallearn.training import RunDir, resolve, write_report
 from locallearn.training.config import dump_yaml
+from locallearn.training.report import error_figure, group_runs, load_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def fake_run(path, *, accs, finished=True, **options):
     """A run directory as `locallearn train` leaves it, with the given test accuracy per epoch."""
-    cfg = resolve(model="resnet32", dataset="cifar10", epochs=len(accs) if finished else len(accs) + 2,
-                  out=str(path), **options)
+    options = {"model": "resnet32", "dataset": "cifar10", "epochs": len(accs) if finished else len(accs) + 2, **options}
+    cfg = resolve(out=str(path), **options)
     run = RunDir(path)
     run.write_config(dump_yaml(cfg.to_dict()))
     history = [
@@ -38,27 +44,129 @@ def make_runs(root):
     ]
 
 
+def table_rows(markdown):
+    """The rows of the first (method × K) table."""
+    lines = markdown.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("| method | K=")))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line)
+    return rows
+
+
 def test_report_table_and_plot(tmp_path):
-    markdown, md_path, png = write_report(make_runs(tmp_path), out=tmp_path / "report")
-    assert md_path.read_text() == markdown and png.read_bytes().startswith(PNG_MAGIC)
+    report = write_report(make_runs(tmp_path), out=tmp_path / "report")
+    markdown = report.markdown
+    assert report.markdown_path.read_text() == markdown and report.plot_path.read_bytes().startswith(PNG_MAGIC)
+    assert report.warnings == []
     lines = markdown.splitlines()
     assert "## Test error (%) at the final epoch — resnet32, cifar10" in lines
     assert "| method | K=1 | K=2 | K=4 | K=8 |" in lines
-    assert "| contsup R1E ce |  | 8.00 | 10.00 (n=2) |  |" in lines  # final epoch, mean of two seeds
-    assert "| e2e | 7.00 |  |  |  |" in lines
-    assert "| infopro contrast rec |  |  | 17.00 | 30.00* |" in lines  # final (not best) epoch; * unfinished
+    # the two seeds of one configuration: final-epoch errors 9 and 11 → 10.00 ± 1.41 (sample std)
+    assert "| contsup R1E ce |  | 8.00 (n=1) | 10.00 ± 1.41 (n=2) |  |" in lines
+    assert "| e2e | 7.00 (n=1) |  |  |  |" in lines
+    assert "| infopro contrast rec |  |  | 17.00 (n=1) | 30.00 (n=1)* |" in lines  # final (not best) epoch; * unfinished
     run_row = next(line for line in lines if line.startswith(f"| {tmp_path / 'k4i'} |"))
-    assert "| 3/3 | 17.00 | 16.00 | 50.0 (saved_tensors) | 30 s | 500 |" in run_row  # best epoch, labelled column
+    assert "| 4 | 0 | 3/3 | 17.00 | 16.00 | 50.0 (saved_tensors) | 30 s | 500 |" in run_row  # best epoch, labelled column
+    assert sum(line.startswith(f"| {tmp_path}") for line in lines) == 6  # every run in the Runs table
     assert any("best epoch selected on the test set" in line for line in lines)
     assert "![test error against K](report.png)" in lines
 
 
-def test_report_command_prints_markdown(tmp_path, capsys, monkeypatch):
-    runs = make_runs(tmp_path)
+def test_runs_of_other_epochs_are_not_averaged(tmp_path, capsys):
+    runs = [
+        fake_run(tmp_path / "e8", accs=[0.5] * 7 + [0.60], method="contsup", num_modules=4, context="R1E"),
+        fake_run(tmp_path / "e1", accs=[0.30], method="contsup", num_modules=4, context="R1E"),
+    ]
+    report = write_report(runs, out=tmp_path / "report")
+    assert table_rows(report.markdown) == [
+        "| contsup R1E ce, epochs=1 | 70.00 (n=1) |",
+        "| contsup R1E ce, epochs=8 | 40.00 (n=1) |",
+    ]
+    assert report.warnings == [
+        "report: contsup R1E ce runs differ in epochs (8 vs 1) beside their method and K; shown as separate rows"
+    ]
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "cli")]) == 0
+    err = capsys.readouterr().err
+    assert "report: contsup R1E ce runs differ in epochs (8 vs 1)" in err
+    assert "(n=2)" not in report.markdown
+
+
+def test_labels_name_only_the_difference(tmp_path):
+    """Another dataset is named once, without the classes and statistics it implies; groups at other K
+    take the same label, so each row stays one line across K."""
+    runs = [
+        fake_run(tmp_path / "a", accs=[0.8], method="contsup", num_modules=4, context="R1E", lr=0.05),
+        fake_run(tmp_path / "b", accs=[0.7], method="contsup", num_modules=4, context="R1E"),
+        fake_run(tmp_path / "c", accs=[0.6], method="contsup", num_modules=2, context="R1E"),
+        fake_run(tmp_path / "d", accs=[0.9], method="e2e"),
+    ]
+    table = group_runs([load_run(p) for p in runs])
+    assert list(table.rows) == ["contsup R1E ce, lr=0.05", "contsup R1E ce, lr=0.1", "e2e"]
+    assert sorted(table.rows["contsup R1E ce, lr=0.1"]) == [2, 4]
+    assert table.warnings == [
+        "report: contsup R1E ce runs differ in lr (0.05 vs 0.1) beside their method and K; shown as separate rows"
+    ]
+    other = fake_run(tmp_path / "e", accs=[0.5], method="contsup", num_modules=4, context="R1E", dataset="cifar100")
+    table = group_runs([load_run(p) for p in (runs[1], other)])
+    assert list(table.rows) == ["resnet32 cifar10: contsup R1E ce", "resnet32 cifar100: contsup R1E ce"]
+    assert table.warnings == [
+        "report: contsup R1E ce runs differ in dataset (cifar10 vs cifar100) beside their method and K; shown as "
+        + "separate rows"
+    ]
+    assert table.setting == "resnet32, cifar10 + cifar100"
+
+
+def test_seeds_are_averaged_with_sample_std(tmp_path):
+    accs = [0.80, 0.83, 0.87]
+    runs = [fake_run(tmp_path / f"s{seed}", accs=[acc], method="contsup", num_modules=2, context="R1E", seed=seed,
+                     device="cpu" if seed else "auto", data_dir=f"data{seed}")  # where it ran: still one group
+            for seed, acc in enumerate(accs)]
+    table = group_runs([load_run(p) for p in runs])
+    (group,) = table.groups
+    errors = [100 * (1 - a) for a in accs]
+    assert group.n == 3
+    assert abs(group.mean - statistics.mean(errors)) < 1e-9 and abs(group.std - statistics.stdev(errors)) < 1e-9
+    assert group.cell() == f"{statistics.mean(errors):.2f} ± {statistics.stdev(errors):.2f} (n=3)" == "16.67 ± 3.51 (n=3)"
+    assert table.warnings == []
+
+
+def test_plot_error_bars_and_e2e_reference(tmp_path):
+    runs = make_runs(tmp_path) + [fake_run(tmp_path / "e2e_b", accs=[0.90, 0.95], method="e2e", seed=1)]
+    table = group_runs([load_run(p) for p in runs])
+    fig = error_figure(table)
+    (ax,) = fig.axes
+    assert "resnet32" in ax.get_title() and "cifar10" in ax.get_title()
+    assert ax.get_xlabel() and ax.get_ylabel()
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 1  # contsup at K=4 has two seeds; every other point is a single run
+    (segments,) = bars[0].lines[2]
+    ((x0, y0), (x1, y1)) = segments.get_segments()[0]
+    assert x0 == x1 == 4 and abs((y1 - y0) / 2 - statistics.stdev([9.0, 11.0])) < 1e-9
+    # e2e (K = 1 only): a horizontal line at its mean, and a ± std band (errors 7 and 5 → 6 ± 1.41)
+    e2e = next(line for line in ax.get_lines() if line.get_label().startswith("e2e"))
+    assert list(e2e.get_ydata()) == [6.0, 6.0]
+    assert len(ax.patches) == 1
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["contsup R1E ce", "e2e (K=1, n=2)", "infopro contrast rec"]
+    report = write_report(runs, out=tmp_path / "report")
+    assert report.plot_path.read_bytes().startswith(PNG_MAGIC)
+    assert "| e2e | 6.00 ± 1.41 (n=2) |  |  |  |" in report.markdown.splitlines()
+
+
+def test_report_command_writes_under_runs(tmp_path, capsys, monkeypatch):
+    runs = make_runs(tmp_path / "runs")
     monkeypatch.chdir(tmp_path)
     assert main(["report", *map(str, runs)]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("## Test error (%)") and "![test error against K](report.png)" in out
-    assert (tmp_path / "report.png").read_bytes().startswith(PNG_MAGIC)
+    captured = capsys.readouterr()
+    assert captured.out.startswith("## Test error (%)") and "![test error against K](report.png)" in captured.out
+    assert (tmp_path / "runs" / "report" / "report.md").read_text() == captured.out
+    assert (tmp_path / "runs" / "report" / "report.png").read_bytes().startswith(PNG_MAGIC)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]  # nothing in the current directory
+    # `locallearn report runs/*` again: the report's own folder is not a run, and is skipped
+    assert main(["report", *map(str, sorted((tmp_path / "runs").iterdir()))]) == 0
+    assert capsys.readouterr().out == captured.out
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "holds no run" in capsys.readouterr().err

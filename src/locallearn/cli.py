@@ -116,12 +116,13 @@ def _add_list(commands: argparse._SubParsersAction) -> None:
 def _add_report(commands: argparse._SubParsersAction) -> None:
     from locallearn.commands import report_command
 
-    about = "markdown table (method × K: test error, memory, time) and a plot of error against K"
+    about = ("markdown table (method × K: test error mean ± std over seeds, memory, time) and a plot of error "
+             "against K; runs are averaged only when their options differ in nothing but the seed")
     parser = commands.add_parser("report", help=about, description=about)
     parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path, help="run directories")
     parser.add_argument(
         "--out", type=Path, default=None,
-        help="write report.md and report.png here (default: markdown to stdout, plot to ./report.png)",
+        help="write report.md and report.png here (default: runs/report/); the markdown is also printed",
     )
     parser.set_defaults(_run=report_command)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,11 @@ def list_command() -> int:
 
 
 def report_command(run_dirs: list[Path], out: Path | None = None) -> int:
-    """``locallearn report RUN_DIR...``: markdown to stdout (or OUT/report.md) and a PNG of error vs K."""
-    markdown, md_path, png_path = write_report(run_dirs, out=out)
-    if md_path is None:
-        print(markdown, end="")
-    else:
-        print(f"report: {md_path} and {png_path}")
+    """``locallearn report RUN_DIR...``: OUT/report.md (default runs/report/, also printed) and OUT/report.png;
+    what could not be grouped, and where the files are, on stderr."""
+    report = write_report(run_dirs) if out is None else write_report(run_dirs, out=out)
+    for warning in report.warnings:
+        print(warning, file=sys.stderr)
+    print(report.markdown, end="")
+    print(f"report: wrote {report.markdown_path} and {report.plot_path}", file=sys.stderr)
     return 0

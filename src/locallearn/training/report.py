@@ -1,27 +1,52 @@
-"""``locallearn report``: several run directories → a markdown table (method × K: final test error, with
-memory and time per run) and a PNG plot of test error against K, one line per method.
+"""``locallearn report``: several run directories → a markdown table (method × K: final test error,
+mean ± std over seeds, with memory and time per run) and a PNG plot of test error against K.
 
 The result of a run is its **final-epoch** test error (docs/methods.md §7); the best epoch, selected on the
 test set, appears only in a labelled column. An unfinished run is reported at its last finished epoch and
 marked.
+
+Runs are averaged only when they are the same experiment: their options (the flat options of config.yaml)
+are equal except ``seed`` and the options that do not change what is computed (``RESUMABLE_CHANGES``:
+where a run lives and runs). Each such *group* is one cell of the table, rows by method and columns by K as
+in the papers' tables. Groups that would share a cell but differ in something else (epochs, lr, dataset,
+...) get rows of their own, labelled with the difference, and a warning names it.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from locallearn.training.config import read_options
+from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, read_options
 from locallearn.training.rundir import CONFIG, RunDir
+
+DEFAULT_OUT = Path("runs") / "report"  # runs/ is ignored by git: a report never dirties a checkout
+# Options that may differ inside a group: the seed, and what does not change the computation.
+NOT_COMPARED = ("seed", *RESUMABLE_CHANGES)
+# Options another option sets (the dataset's classes and normalisation, the model's head and λ table): named
+# in a label or warning only when their source is not, so "dataset=cifar100" is not followed by its statistics.
+IMPLIED_BY = {
+    "num_classes": ("dataset",),
+    "in_channels": ("dataset",),
+    "image_mean": ("dataset",),
+    "image_std": ("dataset",),
+    "image_size": ("dataset", "model"),
+    "aux_head": ("model",),
+    "activation_segments": ("model",),
+    "lambdas": ("model", "dataset"),
+    "lambda_source": ("model", "dataset", "lambdas"),
+}
 
 
 @dataclass
 class RunResult:
     path: Path
-    config: dict[str, Any]
+    config: dict[str, Any]  # the flat options of config.yaml
     test_error: float  # % at the last finished epoch
     best_error: float  # % at the best epoch (selected on the test set)
     epochs_done: int
@@ -35,8 +60,8 @@ class RunResult:
     def num_modules(self) -> int:
         return self.config["num_modules"]
 
-    def method_label(self, *, with_setting: bool) -> str:
-        """e.g. ``contsup R1E ce``, ``infopro contrast rec balanced``, ``e2e``."""
+    def method_label(self) -> str:
+        """e.g. ``contsup R1E ce``, ``infopro contrast rec balanced``, ``featrecon ce conv``, ``e2e``."""
         c = self.config
         parts = [c["method"]]
         if c["num_modules"] > 1:
@@ -45,10 +70,80 @@ class RunResult:
             parts.append(c["local_loss"])
             if c["reconstruct"]:
                 parts.append("rec")
-        if c["split"] != "paper" and c["num_modules"] > 1:
-            parts.append(c["split"] if isinstance(c["split"], str) else "custom split")
-        label = " ".join(parts)
-        return f"{c['model']} {c['dataset']}: {label}" if with_setting else label
+            if c.get("feature_decoder"):
+                parts.append(c["feature_decoder"])
+            if c["split"] != "paper":
+                parts.append(c["split"] if isinstance(c["split"], str) else "custom split")
+        return " ".join(parts)
+
+
+@dataclass
+class Group:
+    """Runs of one configuration that differ at most in their seed (and where they ran)."""
+
+    runs: list[RunResult]
+    label: str = ""  # its row in the table: the method, and what tells it apart from its neighbours
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.runs[0].config
+
+    @property
+    def num_modules(self) -> int:
+        return self.runs[0].num_modules
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(r.test_error for r in self.runs)
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (n − 1) over seeds; None for a single run."""
+        return statistics.stdev(r.test_error for r in self.runs) if self.n > 1 else None
+
+    @property
+    def finished(self) -> bool:
+        return all(r.finished for r in self.runs)
+
+    def cell(self) -> str:
+        """``10.00 ± 1.41 (n=2)``; ``17.00 (n=1)`` for one run; ``*`` when a run is unfinished."""
+        text = f"{self.mean:.2f}" + (f" ± {self.std:.2f}" if self.std is not None else "") + f" (n={self.n})"
+        return text + ("" if self.finished else "*")
+
+
+@dataclass
+class Table:
+    """The grouped runs of a report, with their rows, and the warnings about what was kept apart."""
+
+    groups: list[Group]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def runs(self) -> list[RunResult]:
+        return [r for g in self.groups for r in g.runs]
+
+    @property
+    def ks(self) -> list[int]:
+        return sorted({g.num_modules for g in self.groups})
+
+    @property
+    def rows(self) -> dict[str, dict[int, Group]]:
+        """Row label → K → group, rows sorted by label."""
+        rows: dict[str, dict[int, Group]] = defaultdict(dict)
+        for g in self.groups:
+            rows[g.label][g.num_modules] = g
+        return {label: rows[label] for label in sorted(rows, key=_natural)}
+
+    @property
+    def setting(self) -> str:
+        """The model(s) and dataset(s), e.g. ``resnet32, cifar10``."""
+        models = list(dict.fromkeys(r.config["model"] for r in self.runs))
+        datasets = list(dict.fromkeys(r.config["dataset"] for r in self.runs))
+        return f"{' + '.join(models)}, {' + '.join(datasets)}"
 
 
 def load_run(path: Path) -> RunResult:
@@ -77,97 +172,178 @@ def load_run(path: Path) -> RunResult:
     )
 
 
-def markdown_report(runs: list[RunResult], *, plot: str | None = None) -> str:
-    with_setting = len({(r.config["model"], r.config["dataset"]) for r in runs}) > 1
-    by_label: dict[str, dict[int, list[RunResult]]] = defaultdict(lambda: defaultdict(list))
+def group_runs(runs: list[RunResult]) -> Table:
+    """Runs → groups of one configuration (all options equal but ``NOT_COMPARED``), each with its row label.
+
+    A group's row is its method label (``RunResult.method_label``), prefixed by model and dataset when the
+    report holds several. Groups of one method label that would share a K cell yet differ in other options
+    are kept apart: every such option is named in the labels of that method (``contsup R1E ce, epochs=1``;
+    model and dataset in the prefix) and one warning per method label names the options and their values."""
+    by_key: dict[str, list[RunResult]] = {}
     for r in runs:
-        by_label[r.method_label(with_setting=with_setting)][r.num_modules].append(r)
-    ks = sorted({r.num_modules for r in runs})
-    setting = "" if with_setting else f" — {runs[0].config['model']}, {runs[0].config['dataset']}"
-    lines = [f"## Test error (%) at the final epoch{setting}", ""]
+        by_key.setdefault(_compared(r.config), []).append(r)
+    groups = [Group(members) for members in by_key.values()]
+    with_setting = len({(g.config["model"], g.config["dataset"]) for g in groups}) > 1
+    by_method: dict[str, list[Group]] = defaultdict(list)
+    for g in groups:
+        by_method[g.runs[0].method_label()].append(g)
+    warnings = []
+    for method, members in by_method.items():
+        cells: dict[int, list[Group]] = defaultdict(list)
+        for g in members:
+            cells[g.num_modules].append(g)
+        differing = [o for o in _option_order(members) if any(_differ(c, o) for c in cells.values() if len(c) > 1)]
+        shown = [o for o in differing if not set(IMPLIED_BY.get(o, ())) & set(differing)]
+        if _collide(members, shown):  # a hidden option told two groups apart: name every option
+            shown = differing
+        for g in members:
+            prefix = f"{g.config['model']} {g.config['dataset']}: " if with_setting else ""
+            suffix = [f"{o}={_show(g.config.get(o))}" for o in shown if o not in ("model", "dataset")]
+            g.label = prefix + ", ".join([method, *suffix])
+        if shown:
+            values = ", ".join(
+                f"{o} ({' vs '.join(dict.fromkeys(_show(g.config.get(o)) for g in members))})" for o in shown
+            )
+            warnings.append(f"report: {method} runs differ in {values} beside their method and K; shown as separate rows")
+    return Table(groups, warnings)
+
+
+def markdown_report(table: Table, *, plot: str | None = None) -> str:
+    ks = table.ks
+    lines = [f"## Test error (%) at the final epoch — {table.setting}", ""]
     lines.append("| method | " + " | ".join(f"K={k}" for k in ks) + " |")
     lines.append("|---|" + "---:|" * len(ks))
-    for label in sorted(by_label):
-        cells = []
-        for k in ks:
-            group = by_label[label].get(k, [])
-            if not group:
-                cells.append("")
-                continue
-            cell = f"{statistics.mean(r.test_error for r in group):.2f}"
-            cell += f" (n={len(group)})" if len(group) > 1 else ""
-            cell += "*" if not all(r.finished for r in group) else ""
-            cells.append(cell)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for label, cells in table.rows.items():
+        lines.append(f"| {label} | " + " | ".join(cells[k].cell() if k in cells else "" for k in ks) + " |")
     lines += ["", "## Runs", ""]
     lines.append(
-        "| run | method | K | epochs | test error % | best test error %¹ | peak memory MB² | train time | images/s |"
+        "| run | method | K | seed | epochs | test error % | best test error %¹ | peak memory MB² | train time | images/s |"
     )
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in sorted(runs, key=lambda r: (r.method_label(with_setting=with_setting), r.num_modules, str(r.path))):
-        epochs = f"{r.epochs_done}/{r.config['epochs']}" + ("" if r.finished else "*")
-        lines.append(
-            f"| {r.path} | {r.method_label(with_setting=with_setting)} | {r.num_modules} | {epochs} | "
-            f"{r.test_error:.2f} | {r.best_error:.2f} | {r.peak_memory_mb:.1f} ({r.peak_memory_kind}) | "
-            f"{_duration(r.train_time_s)} | {r.images_per_s:.0f} |"
-        )
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for g in sorted(table.groups, key=lambda g: (_natural(g.label), g.num_modules)):
+        for r in sorted(g.runs, key=lambda r: (r.config["seed"], str(r.path))):
+            epochs = f"{r.epochs_done}/{r.config['epochs']}" + ("" if r.finished else "*")
+            lines.append(
+                f"| {r.path} | {g.label} | {r.num_modules} | {r.config['seed']} | {epochs} | "
+                f"{r.test_error:.2f} | {r.best_error:.2f} | {r.peak_memory_mb:.1f} ({r.peak_memory_kind}) | "
+                f"{_duration(r.train_time_s)} | {r.images_per_s:.0f} |"
+            )
     lines += [
         "",
+        (
+            "Cells: mean ± sample standard deviation (n − 1) over the runs of one configuration, which differ "
+            f"only in their seed (and {', '.join(RESUMABLE_CHANGES)}); n=1: a single run, no deviation.  "
+        ),
         "¹ best epoch selected on the test set: for reference only; the result is the final-epoch error.  ",
-        "² `cuda_allocated`: torch.cuda.max_memory_allocated; `saved_tensors`: bytes autograd saved for "
-        "backward in one training step (CPU).  ",
+        (
+            "² `cuda_allocated`: torch.cuda.max_memory_allocated; `saved_tensors`: bytes autograd saved for "
+            "backward in one training step (CPU).  "
+        ),
         "\\* unfinished run: reported at its last finished epoch.",
     ]
+    if table.warnings:
+        lines += ["", *(f"> {w}" for w in table.warnings)]
     if plot:
         lines += ["", f"![test error against K]({plot})"]
     return "\n".join(lines) + "\n"
 
 
-def plot_error_vs_k(runs: list[RunResult], path: Path) -> None:
-    """Test error against K (log₂ axis), one line per method; methods with K = 1 only (e2e) are drawn
-    as horizontal reference lines."""
+def error_figure(table: Table):
+    """Test error against K (log₂ axis), one line per row with ± std error bars where n > 1; rows with
+    K = 1 only (e2e) are drawn as horizontal reference lines with a ± std band."""
     from matplotlib.figure import Figure  # the object API renders with Agg: no display, no global state
 
-    with_setting = len({(r.config["model"], r.config["dataset"]) for r in runs}) > 1
-    points: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in runs:
-        points[r.method_label(with_setting=with_setting)][r.num_modules].append(r.test_error)
-    ks = sorted({r.num_modules for r in runs})
+    ks = table.ks
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for label in sorted(points):
-        xs = sorted(points[label])
-        ys = [statistics.mean(points[label][k]) for k in xs]
-        if xs == [1] and len(ks) > 1:
-            ax.axhline(ys[0], linestyle="--", linewidth=1, color="0.4", label=f"{label} (K=1)")
-        else:
-            ax.plot(xs, ys, marker="o", label=label)
+    for i, (label, cells) in enumerate(table.rows.items()):
+        color = f"C{i % 10}"  # one colour per row, reference lines included
+        groups = [cells[k] for k in sorted(cells)]
+        if list(cells) == [1] and len(ks) > 1:
+            g = groups[0]
+            ax.axhline(g.mean, color=color, linestyle="--", linewidth=1, label=f"{label} (K=1, n={g.n})")
+            if g.std is not None:
+                ax.axhspan(g.mean - g.std, g.mean + g.std, color=color, alpha=0.15, linewidth=0)
+            continue
+        ax.plot([g.num_modules for g in groups], [g.mean for g in groups], color=color, marker="o", label=label)
+        spread = [g for g in groups if g.std is not None]
+        if spread:
+            ax.errorbar([g.num_modules for g in spread], [g.mean for g in spread], yerr=[g.std for g in spread],
+                        fmt="none", ecolor=color, capsize=3)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.minorticks_off()
+    ax.set_title(f"Test error against K — {table.setting}")
     ax.set_xlabel("K (local modules)")
-    ax.set_ylabel("test error (%), final epoch")
+    ax.set_ylabel("test error (%), final epoch (mean ± std over seeds)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
-    fig.savefig(path, dpi=120)
+    return fig
 
 
-def write_report(run_dirs: list[Path], *, out: Path | None = None) -> tuple[str, Path | None, Path]:
-    """Markdown (returned, and written to ``out/report.md`` when ``out`` is given) and ``report.png``
-    (in ``out``, else the current directory)."""
+@dataclass
+class Report:
+    markdown: str
+    markdown_path: Path
+    plot_path: Path
+    warnings: list[str]
+
+
+def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Report:
+    """``out/report.md`` (also returned) and ``out/report.png`` (default ``runs/report/``, which git ignores).
+    The folder ``out`` itself is skipped when it is among ``run_dirs`` (``locallearn report runs/*``)."""
+    folder = Path(out)
+    run_dirs = [Path(p) for p in run_dirs if not _is_report_folder(Path(p), folder)]
     if not run_dirs:
         raise ValueError("report: give at least one run directory.")
-    runs = [load_run(Path(p)) for p in run_dirs]
-    folder = Path(out) if out is not None else Path(".")
+    table = group_runs([load_run(p) for p in run_dirs])
     folder.mkdir(parents=True, exist_ok=True)
     png = folder / "report.png"
-    plot_error_vs_k(runs, png)
-    markdown = markdown_report(runs, plot=png.name if out is not None else str(png))
-    md_path = None
-    if out is not None:
-        md_path = folder / "report.md"
-        md_path.write_text(markdown)
-    return markdown, md_path, png
+    error_figure(table).savefig(png, dpi=120)
+    markdown = markdown_report(table, plot=png.name)
+    md_path = folder / "report.md"
+    md_path.write_text(markdown)
+    return Report(markdown, md_path, png, table.warnings)
+
+
+def _is_report_folder(path: Path, folder: Path) -> bool:
+    return path.is_dir() and folder.is_dir() and path.samefile(folder) and not (path / CONFIG).is_file()
+
+
+def _compared(config: dict[str, Any]) -> str:
+    """A hashable key of the options that decide what a run computes."""
+    return json.dumps({k: v for k, v in config.items() if k not in NOT_COMPARED}, sort_keys=True, default=str)
+
+
+def _option_order(groups: list[Group]) -> list[str]:
+    """Every compared option of ``groups``, in the order of ``locallearn train --help`` (then any other)."""
+    names = dict.fromkeys(k for g in groups for k in g.config)
+    known = [o for o in OPTIONS if o in names]
+    return [o for o in known + sorted(set(names) - set(known)) if o not in NOT_COMPARED]
+
+
+def _differ(groups: list[Group], option: str) -> bool:
+    return len({_show(g.config.get(option)) for g in groups}) > 1
+
+
+def _collide(groups: list[Group], shown: list[str]) -> bool:
+    """Whether two groups of one K would still get the same label from ``shown``."""
+    seen = set()
+    for g in groups:
+        key = (g.num_modules, *(_show(g.config.get(o)) for o in shown))
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else str(value)
+
+
+def _natural(label: str) -> tuple:
+    """Sort key that orders numbers by value: ``epochs=2`` before ``epochs=10``."""
+    return tuple((0, float(p), "") if re.fullmatch(r"\d+(\.\d+)?", p) else (1, 0.0, p) for p in re.split(r"(\d+(?:\.\d+)?)", label))
 
 
 def _duration(seconds: float) -> str:
