@@ -10,7 +10,7 @@ from typing import Any as _Any
 
 from locallearn.config import NetConfig, resolve_net
 from locallearn.context import MODE_NAMES as _MODE_NAMES
-from locallearn.data.specs import DATASETS as _DATASETS
+from locallearn.data import dataset_names as _dataset_names
 from locallearn.decoders import FEATURE_DECODERS as _FEATURE_DECODERS
 from locallearn.engine import train_step
 from locallearn.heads import HEADS as _HEADS
@@ -39,7 +39,7 @@ def registries() -> dict[str, list[str]]:
         "local_losses": _LOCAL_LOSSES.names(),
         "feature_decoders": _FEATURE_DECODERS.names(),
         "context_modes": list(_MODE_NAMES) + ["RnE / Rn (any n >= 1)"],
-        "datasets": _DATASETS.names(),
+        "datasets": _dataset_names(),
     }
 
 

@@ -152,7 +152,8 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
             parser.add_argument("--rounds", type=int, default=7, help="timed steps per configuration (default: 7)")
         parser.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output directory")
+        parser.add_argument("--out", type=Path, default=Path("runs") / "bench",
+                            help="output directory (default: runs/bench, ignored by git)")
         parser.add_argument("--quiet", action="store_true", help="no progress lines")
         parser.set_defaults(_run=run)
 

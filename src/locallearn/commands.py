@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import locallearn
+from locallearn.config import NetConfig
+from locallearn.methods import METHODS
 from locallearn.net import build_net
 from locallearn.training.config import presets, read_options, requested_options, resolve
 from locallearn.training.fit import fit
 from locallearn.training.report import write_report
-from locallearn.training.rundir import CONFIG, RunDir
-from locallearn.training.runner import evaluate, load_data, resolve_device
+from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
+from locallearn.training.runner import evaluate, load_data, load_weights, resolve_device
 
 
 def train(*, config: str | None = None, resume: bool = False, overwrite: bool = False, **flags: Any) -> int:
@@ -41,7 +43,7 @@ def evaluate_run(run_dir: Path, *, device: str = "auto", data_dir: str | None = 
         raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
     torch_device = resolve_device(config.run.device)
     net = build_net(config.net)
-    net.load_state_dict(checkpoint["model"])
+    load_weights(net, checkpoint["model"], run.file(CHECKPOINT))
     net.to(torch_device)
     result = evaluate(net, load_data(config, train=False, device=torch_device), autocast_dtype=config.autocast_dtype)
     return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs}
@@ -61,6 +63,12 @@ def list_command() -> int:
     """``locallearn list``: every name a user can choose, and the shipped presets."""
     for kind, names in locallearn.registries().items():
         print(f"{kind.replace('_', ' ')}: {', '.join(names)}")
+    print("method defaults (any option overrides them):")
+    for name in METHODS.names():
+        method = METHODS.get(name)
+        k = method.defaults.get("num_modules", NetConfig.num_modules)
+        options = ", ".join(f"{key}={value}" for key, value in method.defaults.items() if key != "num_modules")
+        print(f"  {name}: {method.description}; K={k}; {options}")
     names = presets()
     print(f"presets ({len(names)}; `locallearn train --config NAME`):")
     for name in names:

@@ -180,7 +180,8 @@ def _plain(section: Any) -> dict[str, Any]:
 # Option name → (section, how its flag parses, help). The net section's options are NetConfig's fields.
 _NET_HELP = {
     "model": ("str", "backbone from the model registry (locallearn list)"),
-    "method": ("str", "e2e, checkpoint, greedy, dgl, infopro, contsup or featrecon: a set of defaults"),
+    "method": ("str", "a set of defaults (locallearn list): e2e and checkpoint train one module (K=1); greedy, dgl, "
+                      "infopro, contsup and featrecon default to K=4"),
     "num_modules": ("int", "K, the number of local modules (default: the method's)"),
     "split": ("yaml", "paper, balanced, auto, uniform, stages or cuts as YAML, e.g. '[[1,2],[2,1]]' (default: paper)"),
     "aux_head": ("str", "auxiliary head of the local modules: linear, 1c2f, dgl, token, auto (default: the method's)"),

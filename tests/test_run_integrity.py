@@ -1,0 +1,335 @@
+"""Run directories that never lose or mix results, and the rough edges a new user meets — one test per case
+of the integrity issue (numbers in the test names). Cases with a kill, a signal or two writers use real
+processes (marked ``slow``); the data-size checks (9) are in test_data_size_checks.py, the report's grouping
+(14) in test_report.py, --compile (16) in test_compile.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import locallearn
+from locallearn.cli import main
+from locallearn.training import RunDir, fit, resolve
+from locallearn.training.rundir import load_state, save_state
+
+TINY = ["--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--limit-train", "64",
+        "--limit-test", "32", "--batch-size", "32", "--device", "cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def train(out, *extra) -> int:
+    return main(["train", *TINY, "--epochs", "2", "--out", str(out), *extra])
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("locallearn: error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-epoch run (copied by the tests that damage it)."""
+    out = tmp_path_factory.mktemp("runs") / "done"
+    assert train(out) == 0
+    return out
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+# --- results lost or mixed -----------------------------------------------------------------------------------
+def test_01_overwrite_clears_stage_files_and_stale_stage_files_are_not_resumed(tmp_path, finished, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    stages = run / "pipeline"
+    stages.mkdir()
+    (stages / "stage0-epoch3.pt").write_bytes(b"from an earlier pipeline run")
+    assert train(run, "--overwrite") == 0
+    assert not stages.exists()  # everything the run owns is cleared
+    # a stage file of another run (its id differs) is left out of a resume, with a warning naming it
+    from locallearn.distributed.runner import _sound_stage_files
+
+    other = tmp_path / "other.pt"
+    save_state(other, {"format": 2, "run_id": "elsewhere", "epoch": 3})
+    mine = tmp_path / "mine.pt"
+    save_state(mine, {"format": 2, "run_id": "this", "epoch": 2})
+    warnings = []
+    sound = _sound_stage_files({0: {3: other, 2: mine}}, "this", warnings.append)
+    assert sound == {0: {2: mine}} and "other.pt was left by another run" in warnings[0]
+
+
+def test_02_resume_without_config_refuses_and_keeps_everything(tmp_path, finished, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    (run / "config.yaml").unlink()
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    err = one_line(capsys)
+    assert "checkpoint.pt" in err and "but no config.yaml" in err
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_03_overwrite_checks_the_new_inputs_before_clearing(tmp_path, finished, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert train(run, "--overwrite", "--dataset", "cifar10", "--data-dir", str(tmp_path / "nothing")) == 2
+    assert "cifar10" in one_line(capsys)
+    assert train(run, "--overwrite", "--model", "swin_cifar", "--pretrained", str(tmp_path / "no_such_dir"),
+                 "--image-size", "32") == 2
+    assert "pretrained" in one_line(capsys)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # the old run is untouched
+
+
+def _start(out: Path, *extra: str, epochs: int = 30) -> subprocess.Popen:
+    args = [sys.executable, "-m", "locallearn", "train", *TINY, "--limit-train", "256", "--epochs", str(epochs),
+            "--out", str(out), *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_04_a_second_writer_is_refused_naming_the_holder_and_a_crash_releases_the_lock(tmp_path):
+    out = tmp_path / "run"
+    first = _start(out)
+    _wait_for(out / "checkpoint.pt", first)
+    second = subprocess.run([sys.executable, "-m", "locallearn", "train", "--out", str(out), "--resume"],
+                            capture_output=True, text=True, env=ENV, timeout=120)
+    assert second.returncode == 2 and f"another locallearn process (pid {first.pid})" in second.stderr
+    assert second.stderr.count("\n") == 1
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    records = RunDir(out).read_metrics()
+    assert [r["epoch"] for r in records] == list(range(1, len(records) + 1))  # one writer: in order, no repeats
+    third = _start(out, "--resume", epochs=30)  # the kill released the lock
+    _wait_for(out / "checkpoint.prev.pt", third)
+    third.send_signal(signal.SIGKILL)
+    third.wait()
+
+
+def test_05_resume_refuses_a_checkpoint_of_other_options(tmp_path, finished, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["optim"]["lr"], config["optim"]["epochs"] = 0.5, 3  # edited by hand: no longer what was trained
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    err = one_line(capsys)
+    assert "was written with other options" in err and "lr (0.1 → 0.5)" in err and "epochs (2 → 3)" in err
+
+
+def test_06_a_planted_link_is_not_written_through(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for name in ("checkpoint.pt.tmp", ".checkpoint.pt.tmp", "metrics.jsonl.tmp", "config.yaml.tmp"):
+        (run / name).symlink_to(victim)
+    assert train(run, "--overwrite") == 0
+    assert victim.read_text() == "precious"
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 2
+
+
+def _flip_a_byte_in_the_weights(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    offset = data.find(b"data/0") + 200  # inside the first stored tensor's bytes
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_07_a_damaged_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, finished, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    _flip_a_byte_in_the_weights(run / "checkpoint.pt")
+    assert main(["eval", str(run), "--device", "cpu"]) == 2
+    err = one_line(capsys)
+    assert "checkpoint.pt is damaged" in err and "checkpoint.prev.pt holds the epoch before it" in err
+    (run / "summary.json").unlink()  # as if killed before the end: the resume retrains epoch 2 from epoch 1
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from checkpoint.prev.pt (epoch 1)" in out
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2]
+    # a damaged metrics line is named, not read
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[0] = lines[0].replace('"epoch": 1', '"epoch": 7')
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 1 is damaged \(its checksum does not match\)"):
+        RunDir(run).read_metrics()
+
+
+def test_08_a_non_finite_test_loss_is_never_kept_and_metrics_are_strict_json(tmp_path, monkeypatch):
+    from locallearn.training import runner
+
+    real = runner.evaluate
+    calls = []
+
+    def diverged(*args, **kwargs):
+        calls.append(1)
+        result = real(*args, **kwargs)
+        return {**result, "test_loss": float("nan")} if len(calls) == 2 else result
+
+    monkeypatch.setattr(runner, "evaluate", diverged)
+    cfg = resolve(model="resnet20", num_modules=2, split="uniform", epochs=2, limit_train=64, limit_test=32,
+                  batch_size=32, device="cpu", out=str(tmp_path / "run"))
+    with pytest.raises(ValueError, match=r"epoch 2: the test loss is not finite \(nan\).*\(epoch 1\) is kept"):
+        fit(cfg, log=lambda line: None)
+    run = RunDir(tmp_path / "run")
+    assert run.load_checkpoint()["epoch"] == 1 and not run.finished
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in metrics.jsonl"))
+
+
+def test_10_inputs_that_scale_memory_are_bounded_and_the_schedule_is_not_stored(tmp_path, finished, capsys):
+    assert main(["train", "--epochs", "30000000", "--out", str(tmp_path / "a")]) == 2
+    assert "epochs must be an integer from 1 to 100000" in one_line(capsys)
+    assert main(["train", "--batch-size", "100000000", "--out", str(tmp_path / "a")]) == 2
+    assert "batch_size" in one_line(capsys)
+    checkpoint = torch.load(finished / "checkpoint.pt", weights_only=True)
+    assert "lr_schedule" not in checkpoint and os.path.getsize(finished / "checkpoint.pt") < 5e6
+
+
+@pytest.mark.slow
+def test_11_ctrl_c_always_stops_and_says_what_is_kept(tmp_path):
+    for trial, delay in enumerate((0.0, 0.3, 0.9)):  # at various moments of epoch 2 (meter, step, evaluation)
+        out = tmp_path / f"run{trial}"
+        proc = _start(out)
+        _wait_for(out / "checkpoint.pt", proc)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"Ctrl-C did not stop the run (trial {trial})")
+        assert proc.returncode == 130, stderr
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("locallearn: interrupted in epoch ") and "is kept in" in last
+        assert f"locallearn train --out {out} --resume" in last
+        assert "Exception ignored" not in stderr and "Traceback" not in stderr
+
+
+# --- tracebacks turned into one line -------------------------------------------------------------------------
+def test_12_another_network_missing_keys_and_wrong_shapes_are_one_line(tmp_path, finished, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state.pop("digest")
+    key = next(iter(state["model"]))
+    for name, change in (("missing", lambda m: m.pop(key)), ("shape", lambda m: m.__setitem__(key, torch.zeros(3)))):
+        model = dict(state["model"])
+        change(model)
+        save_state(run / "checkpoint.pt", {**state, "model": model})
+        assert main(["eval", str(run), "--device", "cpu"]) == 2, name
+        assert "holds the weights of another network" in one_line(capsys)
+
+
+def test_12_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 512 vs 448\nfile write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=r"^cannot write .*checkpoint.pt \(the disk may be full or read-only: \[enforce"):
+        save_state(tmp_path / "checkpoint.pt", {"format": 2})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_12_a_truncated_stage_file_is_named_and_an_older_epoch_is_used(tmp_path):
+    from locallearn.distributed.runner import _sound_stage_files
+
+    old, new = tmp_path / "stage0-epoch1.pt", tmp_path / "stage0-epoch2.pt"
+    save_state(old, {"format": 2, "run_id": "r", "epoch": 1})
+    save_state(new, {"format": 2, "run_id": "r", "epoch": 2})
+    new.write_bytes(new.read_bytes()[:100])
+    warnings = []
+    assert _sound_stage_files({0: {1: old, 2: new}}, "r", warnings.append) == {0: {1: old}}
+    assert "stage0-epoch2.pt cannot be read" in warnings[0] and "older epoch" in warnings[0]
+    with pytest.raises(ValueError, match="stage0-epoch2.pt cannot be read"):
+        load_state(new)
+
+
+def test_12_bad_options_are_one_line(tmp_path, capsys):
+    cases = [
+        (["train", "--out", ""], "out must be a non-empty string"),
+        (["train", "--parallel", "pipeline", "--fault-timeout", "inf", "--out", str(tmp_path / "a")], "fault_timeout"),
+    ]
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("lr: 0.1\nepochs: 2\nlr: 0.5\n")
+    cases.append((["train", "--config", str(dup)], "duplicate key 'lr'"))
+    for argv, words in cases:
+        assert main(argv) == 2, argv
+        assert words in one_line(capsys)
+    assert not (Path.cwd() / "config.yaml").exists()
+
+
+# --- what a new user trips over ------------------------------------------------------------------------------
+def test_13_the_readme_example_builds():
+    net = locallearn.build("resnet32", method="infopro", local_loss="ce")
+    assert net.num_modules == 4 and net.objectives[0].image_decoder.image_size == 32
+
+
+def test_15_the_thread_count_is_recorded(finished):
+    config = yaml.safe_load((finished / "config.yaml").read_text())
+    assert config["torch_threads"] == torch.get_num_threads() and len(config["run_id"]) == 32
+
+
+def test_18_help_has_one_default_per_option_and_the_warm_up_used_is_recorded(finished, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: None)" not in text and text.count("  --num-classes") == 1
+    assert "default to K=4" in text and "(K=1)" in text
+    header = (finished / "config.yaml").read_text()
+    assert "warm-up: none — 2 epochs leave no room for 10 warm-up epochs" in header
+
+
+def test_19_defaults_write_under_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "memory", "--models", "resnet20", "--methods", "e2e", "--num-modules", "1",
+                 "--batch-sizes", "2", "--warmup", "0", "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "runs" / "bench").iterdir())[0] == "memory.csv"
+    assert {p.name for p in tmp_path.iterdir()} == {"runs"}
+
+
+def test_20_noise(tmp_path, finished, capsys, monkeypatch):
+    # a diverged loss is printed short; "1 epoch", not "1 epochs"
+    from locallearn.training.fit import log_end
+
+    lines = []
+    log_end(lines.append, {"total_time_s": 3.0, "test_acc": 0.5, "epochs": 1, "best_test_acc": 0.5,
+                           "best_epoch": 1, "images_per_s": 10.0}, RunDir(tmp_path))
+    assert "after 1 epoch (" in lines[0]
+    # errors are printed by rank 0 only under torchrun
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", "--method", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main(["train", "--method", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    # progress lines in a log (stdout not a terminal)
+    from locallearn.training.progress import Progress
+
+    logged = []
+    with Progress(3, "epoch 1/1", log=logged.append, every_s=0.0) as progress:
+        progress.update(1, loss="1.0")
+        progress.update(1)
+        progress.update(1)
+    assert logged and logged[0].startswith("  epoch 1/1: 1/3, loss 1.0")
+    # no stray names in the package
+    assert not {"Any", "annotations"} & set(dir(locallearn))
