@@ -152,7 +152,7 @@ def test_train_config_parallel_options():
         resolve(data_parallel=2)
     with pytest.raises(ValueError, match="fault_timeout must be a positive number"):
         resolve(parallel="pipeline", fault_timeout=0)
-    assert resolve(parallel="pipeline", pipeline_assign="1,3").parallel.pipeline_assign == "1,3"
+    assert resolve(parallel="pipeline", pipeline_assign="1,3").processes.pipeline_assign == "1,3"
 
 
 @pytest.mark.parametrize(

@@ -333,3 +333,51 @@ def test_20_noise(tmp_path, finished, capsys, monkeypatch):
     assert logged and logged[0].startswith("  epoch 1/1: 1/3, loss 1.0")
     # no stray names in the package
     assert not {"Any", "annotations"} & set(dir(locallearn))
+
+
+def test_runs_written_by_the_first_release_still_load_and_resume(tmp_path, capsys):
+    """Format 1 (flat config.yaml with ``checkpoint``, weights under aux_heads.k / image_decoders.k, the
+    optimizer ordered heads-then-decoders): eval and resume work. Checked once against the first release's own
+    code (a 1-epoch run resumed here equals its 2-epoch run bit for bit); here the old form is written by hand."""
+    from locallearn.net import old_parameter_order
+
+    run = tmp_path / "old"
+    assert main(["train", *TINY, "--method", "infopro", "--epochs", "1", "--out", str(run)]) == 0
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    parts = {"head": "aux_heads", "image_decoder": "image_decoders", "feature_decoder": "feature_decoders"}
+
+    def old_name(key):
+        p = key.split(".")
+        return f"{parts[p[2]]}.{p[1]}.{'.'.join(p[3:])}" if p[0] == "objectives" else key
+
+    net = locallearn.build("resnet20", method="infopro", num_modules=2, split="uniform", dataset="digits")
+    order = old_parameter_order(net)  # order[i]: today's index of the i-th parameter of the old order
+    inverse = {today: old for old, today in enumerate(order)}
+    optimizer = state["optimizer"]
+    old_state = {
+        "format": 1, "epoch": 1, "rng": state["rng"], "history": state["history"], "lr_schedule": [0.1, 0.05],
+        "config": {"model": "resnet20"}, "model": {old_name(k): v for k, v in state["model"].items()},
+        "optimizer": {**optimizer, "state": {inverse[int(i)]: v for i, v in optimizer["state"].items()}},
+    }
+    (run / "checkpoint.pt").unlink()
+    torch.save(old_state, run / "checkpoint.pt")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    flat = {k: v for section in ("net", "data", "optim", "run", "processes") for k, v in config[section].items()}
+    flat["checkpoint"] = flat.pop("activation_checkpointing")  # the option's old name
+    flat["epochs"] = 2
+    (run / "config.yaml").write_text(yaml.safe_dump(flat))
+    (run / "summary.json").unlink()
+    from locallearn.training.config import read_options
+    from locallearn.training.runner import LocalRunner
+
+    runner = LocalRunner(resolve(read_options(run / "config.yaml")), log=lambda line: None)
+    runner.restore(RunDir(run))
+    restored = runner.optimizer.state_dict()["state"]
+    assert restored.keys() == optimizer["state"].keys()
+    assert all(torch.equal(restored[i]["momentum_buffer"], v["momentum_buffer"]) for i, v in optimizer["state"].items())
+    assert all(torch.equal(a, b) for a, b in zip(runner.net.state_dict().values(), state["model"].values()))
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    assert "checkpoint after epoch 1/2" in capsys.readouterr().out
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    resumed = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert resumed["epoch"] == 2 and resumed["format"] == 2

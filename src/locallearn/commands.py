@@ -22,7 +22,7 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
     """``locallearn train``: defaults ← ``--config`` ← flags, trained into the run directory."""
     values, preset = requested_options(config, flags)
     resolved = resolve(values, name=preset)
-    if resolved.parallel.parallel == "pipeline":  # one process per pipeline rank, under torchrun
+    if resolved.processes.parallel == "pipeline":  # one process per pipeline rank, under torchrun
         from locallearn.distributed import fit_pipeline
 
         fit_pipeline(resolved, resume=resume, overwrite=overwrite, requested=values)

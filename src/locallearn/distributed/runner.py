@@ -69,9 +69,9 @@ def fit_pipeline(
     """Train ``config`` (``parallel: pipeline``) as this rank of a torchrun job. Returns the summary on rank 0,
     None elsewhere."""
     info = env_from_environment()
-    stages = check_layout(config.net.num_modules, int(info["world_size"]), config.parallel.data_parallel)
-    check_assign(config.parallel.pipeline_assign, stages, config.net.num_modules)  # refused before any connection
-    env = init_distributed(device=config.run.device, fault_timeout_s=config.parallel.fault_timeout)
+    stages = check_layout(config.net.num_modules, int(info["world_size"]), config.processes.data_parallel)
+    check_assign(config.processes.pipeline_assign, stages, config.net.num_modules)  # refused before any connection
+    env = init_distributed(device=config.run.device, fault_timeout_s=config.processes.fault_timeout)
 
     def job():
         options = config.options()
@@ -129,7 +129,7 @@ class PipelineRunner:
         self.train_loader = load_data(config, train=True, device=env.device) if self.first else None
         self.test_loader = load_data(config, train=False, device=env.device) if self.first else None
         self.stage_runner = PipelineStage(
-            net, layout, env.rank, self.optimizer, device=env.device, sync=config.parallel.pipeline_sync,
+            net, layout, env.rank, self.optimizer, device=env.device, sync=config.processes.pipeline_sync,
             autocast_dtype=config.autocast_dtype, links=links, dp_group=dp_group, barrier_group=env.ctrl,
         )
         self._train_reports: list[dict] = []
@@ -189,7 +189,7 @@ class PipelineRunner:
             data = [f"  data: {len(self.train_loader.images)} train, {len(self.test_loader.images)} test images; {env.device}"]
         return data + [
             f"  pipeline: {env.world_size} ranks = {layout.stages} stages × {layout.replicas} data-parallel, {env.backend}, "
-            f"{'lock-step' if self.config.parallel.pipeline_sync else 'overlapped'} schedule ({stages})"
+            f"{'lock-step' if self.config.processes.pipeline_sync else 'overlapped'} schedule ({stages})"
         ]
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -203,7 +203,7 @@ class PipelineRunner:
 def _choose_layout(env: DistEnv, config: Config, net: LocalNet, found: dict[int, dict[int, Path]]) -> Layout:
     """The stored layout when resuming from stage checkpoints of this world size; otherwise rank 0 assigns
     (timing the modules for "balanced") and broadcasts, so every rank uses the same."""
-    replicas = config.parallel.data_parallel
+    replicas = config.processes.data_parallel
     stages = check_layout(net.num_modules, env.world_size, replicas)
     chosen: list[Any] = [None]
     if env.is_main:
@@ -211,7 +211,7 @@ def _choose_layout(env: DistEnv, config: Config, net: LocalNet, found: dict[int,
         if stored is not None and stored["stages"] == stages and stored["data_parallel"] == replicas:
             chosen[0] = [list(r) for r in stored["modules"]]
         else:
-            how = parse_assign(config.parallel.pipeline_assign)
+            how = parse_assign(config.processes.pipeline_assign)
             costs = None
             if how == "balanced" and stages > 1:
                 costs = measure_module_costs(net, batch_size=min(config.optim.batch_size, MEASURE_BATCH), device=env.device)
@@ -473,5 +473,5 @@ def _pipeline_summary(layout: Layout, config: Config, history: list[dict[str, An
             "peak_memory_mb": max(r["peak_memory_mb"] for r in rows),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rows),
         })
-    schedule = "sync" if config.parallel.pipeline_sync else "overlapped"
+    schedule = "sync" if config.processes.pipeline_sync else "overlapped"
     return {**layout.to_dict(), "schedule": schedule, "ranks": ranks}

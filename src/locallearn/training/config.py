@@ -5,7 +5,7 @@
       data      DataConfig       dataset, where its files are, subsets
       optim     OptimConfig      optimizer and learning-rate schedule (docs/methods.md §7)
       run       RunConfig        run directory, seed, device, precision, compilation
-      parallel  ParallelConfig   processes: one, or the module pipeline (``locallearn.distributed``)
+      processes ProcessesConfig  one process, or the module pipeline (``locallearn.distributed``)
 
 Users speak in *options*: flat names, each unique across the sections, which are at once the flags of
 ``locallearn train`` (``num_modules`` ↔ ``--num-modules``), the keys of a YAML preset under ``configs/``
@@ -131,7 +131,7 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class ParallelConfig:
+class ProcessesConfig:
     parallel: str = field(default="none", metadata=check(Choice(PARALLEL_MODES, "mode")))
     pipeline_sync: bool = field(default=False, metadata=check(Bool()))
     pipeline_assign: str | list = field(default="balanced", metadata=check(_assign))
@@ -145,7 +145,7 @@ class ParallelConfig:
             raise ValueError(f"{flag} applies to --parallel pipeline; add --parallel pipeline (under torchrun) or drop it.")
 
 
-SECTIONS = {"net": NetConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig, "parallel": ParallelConfig}
+SECTIONS = {"net": NetConfig, "data": DataConfig, "optim": OptimConfig, "run": RunConfig, "processes": ProcessesConfig}
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,7 @@ class Config:
     data: DataConfig
     optim: OptimConfig
     run: RunConfig
-    parallel: ParallelConfig
+    processes: ProcessesConfig
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The nested form of ``config.yaml``: plain values, section by section."""
@@ -434,7 +434,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "OptimConfig",
-    "ParallelConfig",
+    "ProcessesConfig",
     "RunConfig",
     "dump_yaml",
     "find_config",

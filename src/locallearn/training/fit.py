@@ -199,9 +199,9 @@ def check_single_process(config: Config) -> None:
     """Refuse what one process cannot run: the pipeline, or a single-process run started as several ranks
     (torchrun without ``--parallel pipeline``: every rank would train the whole network into the same run
     directory)."""
-    if config.parallel.parallel != "none":
+    if config.processes.parallel != "none":
         raise ValueError(
-            f"parallel: --parallel {config.parallel.parallel} runs one process per rank: start it with torchrun "
+            f"parallel: --parallel {config.processes.parallel} runs one process per rank: start it with torchrun "
             f"(`torchrun --nproc-per-node 2 -m locallearn train --parallel pipeline ...`), or from Python with "
             f"locallearn.distributed.fit_pipeline."
         )
