@@ -66,6 +66,8 @@ class LocalNet(nn.Module):
 
         mode = ContextMode.parse(config.context)
         self.context = ContextSupply(mode, image_shape=image_shape, boundary_shapes=self.boundary_shapes) if mode.uses_context else None
+        for part in [*local, *([self.context] if self.context is not None else [])]:
+            backbone.init_auxiliary(part)  # the reference initialises what local learning adds like the backbone
 
         self.activation_segments = 0
         if config.activation_checkpointing:

@@ -29,6 +29,11 @@ class Backbone(nn.Module):
     def num_units(self) -> int:
         return len(self.units)
 
+    def init_auxiliary(self, module: nn.Module) -> None:
+        """Initialise a part local learning adds to this backbone's network — an auxiliary head, a decoder, a
+        context encoder — as this family initialises its own layers. The default keeps PyTorch's (and the
+        transformers library's) initialisation; the CIFAR ResNets apply the reference code's rule."""
+
     def named_splits(self, name: str) -> dict[int, list[tuple[int, int]]]:
         """Cuts by K that this backbone defines itself for a split name (Swin's ``stages``); {} for none,
         in which case ``split.py``'s tables or a computed split apply."""

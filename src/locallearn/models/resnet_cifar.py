@@ -83,15 +83,24 @@ class CifarResNet(Backbone):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                # N(0, 2 / (k·k·C_out)), He et al.'s CIFAR initialisation.
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        # nn.Linear keeps PyTorch's default initialisation (docs/methods.md §2.1).
+        he_fan_out(self)
+
+    def init_auxiliary(self, module: nn.Module) -> None:
+        """The reference code initialises every Conv2d of the model the same way — backbone, auxiliary heads,
+        image decoders and context encoders (its loop over ``self.modules()``; docs/methods.md §2.4)."""
+        he_fan_out(module)
+
+
+def he_fan_out(module: nn.Module) -> None:
+    """Every Conv2d of ``module`` ~ N(0, 2 / (k·k·C_out)) (He et al.'s CIFAR initialisation, fan-out), every
+    BatchNorm weight 1 and bias 0; conv biases and nn.Linear keep PyTorch's default (docs/methods.md §2.4)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 _OPTIONS = signature_options(CifarResNet, exclude=("depth",))  # the depth is the model's name
