@@ -130,7 +130,7 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
 def _add_bench(commands: argparse._SubParsersAction) -> None:
     from locallearn.bench.commands import bench_memory, bench_speed
 
-    bench = commands.add_parser("bench", help="memory and speed of every method against e2e and checkpointing")
+    bench = commands.add_parser("bench", help="memory, speed and accuracy of every method against e2e")
     kinds = bench.add_subparsers(dest="_kind", required=True, metavar="KIND")
     for kind, run, help_text in (
         ("memory", bench_memory, "peak activation bytes of one step per configuration (and GPU peak on cuda)"),
@@ -156,6 +156,36 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
                             help="output directory (default: runs/bench, ignored by git)")
         parser.add_argument("--quiet", action="store_true", help="no progress lines")
         parser.set_defaults(_run=run)
+    _add_accuracy(kinds)
+
+
+def _add_accuracy(kinds: argparse._SubParsersAction) -> None:
+    from locallearn.bench.commands import bench_accuracy
+
+    about = ("test error of every method against K: a grid of real training runs (model × method × K × context × "
+             "local loss × seed), one recipe for all, each cell a run directory (an interrupted grid resumes)")
+    parser = kinds.add_parser("accuracy", help="test error against K, trained for real", description=about)
+    parser.add_argument("--models", default="resnet32", help="models (default: resnet32)")
+    parser.add_argument("--methods", default="e2e,greedy,dgl,infopro,contsup", help="methods; e2e is always added")
+    parser.add_argument("--num-modules", default="4,16", help="K of the local methods (default: 4,16)")
+    parser.add_argument("--contexts", default=None, help="context modes of the context methods (default: their own)")
+    parser.add_argument("--local-losses", default=None, help="local losses of every local method (default: their own)")
+    parser.add_argument("--seeds", default="0,1", help="seeds (default: 0,1)")
+    parser.add_argument("--config", metavar="FILE_OR_PRESET", default=None, help="the recipe as a config file")
+    for flag, kind, help_text in (
+        ("--dataset", str, "dataset (default: digits)"), ("--data-dir", str, "where its files are"),
+        ("--epochs", int, "epochs of every cell"), ("--batch-size", int, "batch size"), ("--lr", float, "peak lr"),
+        ("--warmup-epochs", int, "warm-up epochs"), ("--limit-train", int, "first N training images"),
+        ("--limit-test", int, "first N test images"), ("--split", str, "split of the local methods (default: paper)"),
+        ("--device", str, "cpu, cuda or auto"),
+    ):
+        parser.add_argument(flag, type=kind, default=None, help=help_text)
+    parser.add_argument("--option", action="append", metavar="KEY=VALUE",
+                        help="any other option of `locallearn train`, for every cell (repeatable)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "bench" / "accuracy", help="output directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.set_defaults(_run=bench_accuracy)
 
 
 # Subcommand adders, in the order `locallearn --help` lists them.

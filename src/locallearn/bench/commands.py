@@ -1,4 +1,4 @@
-"""``locallearn bench memory`` and ``locallearn bench speed``: parse the grid, run it, write the outputs.
+"""``locallearn bench memory``, ``speed`` and ``accuracy``: parse the grid, run it, write the outputs.
 
 Grid values arrive as comma-separated strings (``--num-modules 1,2,4``) and are all validated — names,
 numbers, the device — before any network is built.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+
+import torch
 
 from locallearn.bench.grid import GridSpec, parse_list
 from locallearn.bench.report import write_results
@@ -69,3 +71,45 @@ def bench_speed(
                 batch_sizes=batch_sizes, image_size=image_size, feature_decoders=feature_decoders)
     options = dict(device=device, warmup=warmup, rounds=rounds, threads=threads, seed=seed)
     return _run("speed", out, command, grid, options, quiet)
+
+
+def bench_accuracy(
+    *, models: str, methods: str, num_modules: str, contexts: str | None, local_losses: str | None, seeds: str,
+    config: str | None, option: list[str] | None, threads: int | None, out: Path, quiet: bool = False,
+    command: str | None = None, **recipe,
+) -> int:
+    """Test error of every method against K: a grid of real training runs (``bench.accuracy``)."""
+    from locallearn.bench.accuracy import AccuracyGrid, run_accuracy
+    from locallearn.training.config import requested_options
+
+    options, _ = requested_options(config, {k: v for k, v in recipe.items() if v is not None})
+    for item in option or []:  # --option KEY=VALUE: any option of `locallearn train`, for every cell
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--option: expected KEY=VALUE, got {item!r}.")
+        options[key.strip().replace("-", "_")] = _yaml(value)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    grid = AccuracyGrid(
+        models=parse_list(models, "--models"),
+        methods=parse_list(methods, "--methods"),
+        num_modules=parse_list(num_modules, "--num-modules", int),
+        contexts=parse_list(contexts, "--contexts") if contexts else None,
+        local_losses=parse_list(local_losses, "--local-losses") if local_losses else None,
+        seeds=parse_list(seeds, "--seeds", int),
+        recipe=options,
+    )
+    result = run_accuracy(grid, out, log=None if quiet else (lambda line: print(line, flush=True)),
+                          command=command or _command())
+    failed = sum(r["status"] != "ok" for r in result["rows"])
+    print(f"wrote {out}/accuracy.{{json,csv,md,png}}" + (f"; {failed} cell(s) failed" if failed else ""))
+    return 0
+
+
+def _yaml(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ValueError(f"--option: not a YAML value: {text!r}.") from None

@@ -55,13 +55,13 @@ def markdown(
     kind: str, rows: list[dict], meta: dict, targets: list[dict] | None = None, sections: tuple[str, ...] = ()
 ) -> str:
     title = "Peak activation memory" if kind == "memory" else "Step time"
-    parts = [f"## {title}\n", _meta_lines(meta), _memory_table(rows) if kind == "memory" else _speed_table(rows)]
+    parts = [f"## {title}\n", meta_lines(meta), _memory_table(rows) if kind == "memory" else _speed_table(rows)]
     parts.append(targets_table(targets or []))
     parts += list(sections)
     return "\n".join(p for p in parts if p) + "\n"
 
 
-def _meta_lines(meta: dict) -> str:
+def meta_lines(meta: dict) -> str:
     if not meta:
         return ""
     cpu = f"CPU ({meta.get('cpu_count')} cores, {meta.get('torch_threads')} torch threads)"

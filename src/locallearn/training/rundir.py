@@ -6,6 +6,7 @@ loses or mixes results.
     RUN/checkpoint.pt       the state after the last finished epoch, with a digest of its content
     RUN/checkpoint.prev.pt  the one before it (a resume falls back to it if checkpoint.pt is damaged)
     RUN/summary.json        written when the run finishes; its presence is what "finished" means
+    RUN/train.log           the run's log, where it is not printed (cells of ``locallearn bench accuracy``)
     RUN/pipeline/           per-stage checkpoints of a module-parallel run (``locallearn.distributed``)
     RUN/.lock               held (an OS file lock) by the one process that writes the run
 
@@ -42,9 +43,10 @@ METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS = "checkpoint.prev.pt"
 SUMMARY = "summary.json"
+LOG = "train.log"  # a run's log, where its lines are not printed (``locallearn bench accuracy`` cells)
 STAGES = "pipeline"
 LOCK = ".lock"
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, SUMMARY)
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, SUMMARY, LOG)
 CHECKPOINT_FORMAT = 2  # 1: before local objectives were modules and checkpoints had digests (``net.py`` migrates)
 _TMP_SUFFIX = ".tmp"
 
