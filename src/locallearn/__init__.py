@@ -8,6 +8,8 @@
 
 from typing import Any as _Any
 
+from torch import nn as _nn
+
 from locallearn.config import NetConfig, resolve_net
 from locallearn.context import MODE_NAMES as _MODE_NAMES
 from locallearn.data import dataset_names as _dataset_names
@@ -17,16 +19,20 @@ from locallearn.heads import HEADS as _HEADS
 from locallearn.losses import LOCAL_LOSSES as _LOCAL_LOSSES
 from locallearn.methods import METHODS as _METHODS
 from locallearn.models import MODELS as _MODELS
+from locallearn.models import units
 from locallearn.net import LocalNet, build_net
 from locallearn.split import SPLITS as _SPLITS
 from locallearn.version import __version__
 
 
-def build(model: str, method: str = "contsup", **options: _Any) -> LocalNet:
-    """Build a local network: ``model`` from the model registry, ``method`` from the method registry,
-    ``options`` any field of ``NetConfig`` (num_modules, split, aux_head, local_loss, context, reconstruct,
-    ...) and ``dataset`` (which picks classes, channels, image size, normalisation and the λ tables)."""
-    return build_net(resolve_net(model, method, **options))
+def build(model: str | _nn.Module, method: str = "contsup", **options: _Any) -> LocalNet:
+    """Build a local network: ``model`` a name from the model registry, a factory's import path
+    (``package.module:factory``), or your own module — a ``Backbone``, an ``nn.Sequential`` whose children are
+    the units, or ``units(model, names)`` of a nested one; ``method`` from the method registry; ``options`` any
+    field of ``NetConfig`` (num_modules, split, aux_head, local_loss, context, reconstruct, in_channels,
+    image_size, ...) and ``dataset`` (which picks classes, channels, image size, normalisation and the λ tables)."""
+    config = resolve_net(model, method, **options)
+    return build_net(config, model if isinstance(model, _nn.Module) else None)
 
 
 def registries() -> dict[str, list[str]]:
@@ -43,4 +49,4 @@ def registries() -> dict[str, list[str]]:
     }
 
 
-__all__ = ["LocalNet", "NetConfig", "__version__", "build", "registries", "resolve_net", "train_step"]
+__all__ = ["LocalNet", "NetConfig", "__version__", "build", "build_net", "registries", "resolve_net", "train_step", "units"]

@@ -27,8 +27,11 @@ from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
 from locallearn.losses import LOCAL_LOSSES, lookup_lambdas
 from locallearn.methods import METHODS
-from locallearn.models import MODELS, check_model_options, default_aux_head, model_family
-from locallearn.split import SPLITS, table_cuts
+from torch import nn
+
+from locallearn.models import OBJECT, Backbone, check_model, check_model_options, model_family, own_splits
+from locallearn.models.registry import FAMILY_HEADS
+from locallearn.split import SPLITS, paper_ks, table_cuts
 from locallearn.validate import Bool, Float, Int, Mapping, Numbers, Optional, check, check_fields, count_word, is_number
 
 # Option names of earlier releases → today's (config.yaml files written before keep loading).
@@ -64,7 +67,7 @@ class NetConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict, metadata=check(Mapping("a mapping of backbone arguments")))
 
     def __post_init__(self) -> None:
-        MODELS.get(self.model)
+        check_model(self.model)
         method = METHODS.get(self.method)
         check_fields(self)
         if "in_channels" in self.model_kwargs:
@@ -106,25 +109,38 @@ def local_methods() -> list[str]:
 
 
 def resolve_net(
-    model: str, method: str = "contsup", *, dataset: str | DatasetSpec | None = None, **options: Any
+    model: str | nn.Module, method: str = "contsup", *, dataset: str | DatasetSpec | None = None, **options: Any
 ) -> NetConfig:
     """The network's config: defaults ← method preset ← model family ← dataset ← ``options`` (module
-    docstring). ``dataset``: a registered name, or the spec of a dataset described from its files (a user's
-    image folder: ``data.describe_dataset``). Unknown option names are refused by name."""
+    docstring). ``model``: a registered name, a factory's import path (``package.module:factory``), or a model
+    object (a ``Backbone`` or an ``nn.Sequential``: ``models.custom``). ``dataset``: a registered name, or the
+    spec of a dataset described from its files (a user's image folder: ``data.describe_dataset``). Unknown
+    option names are refused by name.
+
+    The split, when not given, is the published one (``paper``) where the model has one, else the computed
+    memory-balanced one (``auto``)."""
     options = {RENAMED.get(k, k): v for k, v in options.items()}
     unknown = sorted(set(options) - set(NET_FIELDS) - {"model", "method"})
     if unknown:
         raise ValueError(f"unknown option {unknown[0]!r}; valid options are {', '.join((*NET_FIELDS, 'dataset'))}.")
-    MODELS.get(model)
-    values: dict[str, Any] = {**_DEFAULTS, "model_kwargs": {}}
-    values.update(METHODS.get(method).preset(model_family(model)))
+    if isinstance(model, nn.Module):
+        family, name = getattr(model, "family", "cnn"), OBJECT + type(model).__name__
+        has_paper = isinstance(model, Backbone) and bool(model.named_splits("paper"))
+    else:
+        check_model(model)
+        family, name = model_family(model), model
+        has_paper = bool(paper_ks(model)) or "paper" in own_splits(model)
+    if family not in FAMILY_HEADS:
+        raise ValueError(f"family: {name} says family {family!r}; valid families are {', '.join(FAMILY_HEADS)}.")
+    values: dict[str, Any] = {**_DEFAULTS, "model_kwargs": {}, "split": "paper" if has_paper else "auto"}
+    values.update(METHODS.get(method).preset(family))
     spec = dataset if isinstance(dataset, DatasetSpec) or dataset is None else describe_dataset(
         dataset, None, image_size=options.get("image_size"))
     values.update(dataset_defaults(spec, options))
     values.update(options)
-    values.update(model=model, method=method)
+    values.update(model=name, method=method)
     if values["aux_head"] == "auto":  # resolved here, so the run's config names the head
-        values["aux_head"] = default_aux_head(model)
+        values["aux_head"] = FAMILY_HEADS[family]
     values["lambdas"], values["lambda_source"] = _lambdas(values, spec.name if spec is not None else None)
     return NetConfig(**values)
 

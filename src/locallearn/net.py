@@ -15,7 +15,7 @@ from locallearn.config import NetConfig
 from locallearn.context import ContextMode, ContextSupply
 from locallearn.losses import lambda_schedule
 from locallearn.methods import METHODS, Boundary, ForwardState, NetworkLoss
-from locallearn.models import Backbone, create_model, model_accepts
+from locallearn.models import Backbone, as_backbone, create_model, model_accepts
 from locallearn.split import cuts_from_ends, resolve_ends
 
 
@@ -247,16 +247,20 @@ def old_parameter_order(net: LocalNet) -> list[int]:
 
 
 # --- construction --------------------------------------------------------------------------------------
-def build_net(config: NetConfig, backbone: Backbone | None = None) -> LocalNet:
-    """The network of ``config``; the backbone from the model registry unless one is given."""
-    if backbone is None:
+def build_net(config: NetConfig, model: nn.Module | None = None) -> LocalNet:
+    """The network of ``config``. ``model``: a model object to cut (a ``Backbone`` or an ``nn.Sequential``);
+    by default the model ``config.model`` names, built from its factory with ``model_kwargs`` and whichever of
+    ``num_classes``, ``image_size`` and ``in_channels`` the factory takes."""
+    if model is None:
         kwargs = dict(config.model_kwargs)
-        kwargs.setdefault("num_classes", config.num_classes)
-        if config.image_size is not None:
-            kwargs.setdefault("image_size", config.image_size)
-        if config.in_channels != 3 or model_accepts(config.model, "in_channels"):
-            kwargs.setdefault("in_channels", config.in_channels)  # a factory without the option is refused by name
-        backbone = create_model(config.model, **kwargs)
+        wanted = {"num_classes": config.num_classes, "image_size": config.image_size, "in_channels": config.in_channels}
+        for option, value in wanted.items():
+            if value is not None and model_accepts(config.model, option):
+                kwargs.setdefault(option, value)
+        if not model_accepts(config.model, "in_channels") and config.in_channels != 3:
+            kwargs.setdefault("in_channels", config.in_channels)  # refused by name: the factory cannot take it
+        model = create_model(config.model, **kwargs)
+    backbone = as_backbone(model, image_size=config.image_size, in_channels=config.in_channels)
     if backbone.in_channels != config.in_channels:
         raise ValueError(
             f"in_channels: the backbone takes {backbone.in_channels}-channel images but the config says "

@@ -1,13 +1,19 @@
-"""Backbones as ordered units. One file per model family; each registers its factories on import."""
+"""Backbones as ordered units. One file per model family; each registers its factories on import. A user's
+own network becomes units through ``custom.py`` (an ``nn.Sequential``, or named submodules via ``units``)."""
 
 from locallearn.models.base import Backbone
+from locallearn.models.custom import ModuleBackbone, as_backbone, units
 from locallearn.models.registry import (
     MODELS,
+    OBJECT,
+    check_model,
     check_model_options,
     create_model,
-    model_accepts,
     default_aux_head,
+    is_import_path,
+    model_accepts,
     model_family,
+    own_splits,
     register_model,
 )
 from locallearn.models import resnet_cifar  # noqa: F401  (registers resnet20..resnet110)
@@ -18,11 +24,18 @@ from locallearn.models import convnext  # noqa: F401  (registers convnext_tiny; 
 
 __all__ = [
     "MODELS",
+    "OBJECT",
     "Backbone",
+    "ModuleBackbone",
+    "as_backbone",
+    "check_model",
     "check_model_options",
     "create_model",
-    "model_accepts",
     "default_aux_head",
+    "is_import_path",
+    "model_accepts",
     "model_family",
+    "own_splits",
     "register_model",
+    "units",
 ]

@@ -1,10 +1,21 @@
 """The model registry: ``create_model(name, num_classes=..., image_size=...)``, and what it knows of each
-model besides its factory — its family (``cnn`` or ``transformer``) and the keyword arguments it takes."""
+model besides its factory — its family (``cnn`` or ``transformer``), the keyword arguments it takes and the
+named splits its backbone defines itself.
+
+A model name is a registered name, or the import path of a factory of the user's, ``package.module:factory``
+(``--model`` on the command line), which returns an ``nn.Module`` (a ``Backbone`` or an ``nn.Sequential``,
+``models.custom``); a factory may carry a ``family`` attribute. The current directory is importable, as
+for ``python -m``. A model given as a Python object has the name ``object:<class>`` (it cannot be rebuilt
+from its name).
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
-from typing import Callable, Iterable
+import os
+import sys
+from typing import Any, Callable, Iterable
 
 from locallearn.models.base import Backbone
 from locallearn.registry import Registry
@@ -16,14 +27,22 @@ MODELS: Registry[Callable[..., Backbone]] = Registry("model")
 FAMILY_HEADS = {"cnn": "1c2f", "transformer": "token"}
 _FAMILIES: dict[str, str] = {}
 _OPTIONS: dict[str, tuple[str, ...] | None] = {}
+_OWN_SPLITS: dict[str, tuple[str, ...]] = {}
+OBJECT = "object:"  # the name of a model given as a Python object
 
 
 def register_model(
-    name: str, factory: Callable[..., Backbone], *, family: str = "cnn", options: Iterable[str] | None = None
+    name: str,
+    factory: Callable[..., Backbone],
+    *,
+    family: str = "cnn",
+    options: Iterable[str] | None = None,
+    own_splits: Iterable[str] = (),
 ) -> Callable[..., Backbone]:
     """``family``: a key of ``FAMILY_HEADS``. ``options``: the keyword arguments ``factory`` accepts
     (``model_kwargs`` plus ``num_classes`` and ``image_size``); by default read from its signature, and
-    unchecked when that has ``**kwargs``."""
+    unchecked when that has ``**kwargs``. ``own_splits``: the named splits the backbone defines itself
+    (``Backbone.named_splits``), e.g. Swin's ``paper`` and ``stages``."""
     if family not in FAMILY_HEADS:
         raise ValueError(f"family: unknown model family {family!r}; valid families are {', '.join(FAMILY_HEADS)}.")
     if options is None and not _takes_var_keywords(factory):
@@ -31,7 +50,49 @@ def register_model(
     registered = MODELS.register(name, factory)
     _FAMILIES[name] = family
     _OPTIONS[name] = tuple(options) if options is not None else None
+    _OWN_SPLITS[name] = tuple(own_splits)
     return registered
+
+
+def is_import_path(name: str) -> bool:
+    return isinstance(name, str) and ":" in name and not name.startswith(OBJECT)
+
+
+def import_factory(path: str) -> Callable[..., Any]:
+    """The factory ``package.module:attribute`` names, imported (the current directory importable)."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"model: {path!r} is not an import path; write it package.module:factory.")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: a factory in the current directory is found
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(
+            f"model: cannot import {module_name!r} ({err}); the module of {path} must be importable from the "
+            f"current directory or an installed package."
+        ) from None
+    factory = module
+    for part in attribute.split("."):
+        if not hasattr(factory, part):
+            raise ValueError(f"model: module {module_name!r} has no attribute {attribute!r} (from {path}).")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise ValueError(f"model: {path} is a {type(factory).__name__}, not a factory (a function or class).")
+    return factory
+
+
+def check_model(name: str) -> None:
+    """Refuse a model name that is neither registered, nor an importable factory, nor a Python object's."""
+    if is_import_path(name):
+        import_factory(name)
+    elif not (isinstance(name, str) and name.startswith(OBJECT)):
+        MODELS.get(name)
+
+
+def own_splits(name: str) -> tuple[str, ...]:
+    """The named splits a registered model's backbone defines itself; () for a user's model."""
+    return _OWN_SPLITS.get(name, ())
 
 
 def signature_options(fn: Callable, *, exclude: Iterable[str] = ()) -> tuple[str, ...]:
@@ -46,7 +107,12 @@ def _takes_var_keywords(fn: Callable) -> bool:
 
 
 def model_family(name: str) -> str:
-    """``cnn`` or ``transformer``: what per-family defaults (aux head, method presets) a model gets."""
+    """``cnn`` or ``transformer``: what per-family defaults (aux head, method presets) a model gets. A factory
+    of the user's may say with a ``family`` attribute; "cnn" otherwise."""
+    if is_import_path(name):
+        return getattr(import_factory(name), "family", "cnn")
+    if isinstance(name, str) and name.startswith(OBJECT):
+        return "cnn"
     MODELS.get(name)
     return _FAMILIES[name]
 
@@ -56,25 +122,42 @@ def default_aux_head(name: str) -> str:
     return FAMILY_HEADS[model_family(name)]
 
 
+def _options(name: str) -> tuple[str, ...] | None:
+    """The keyword arguments model ``name``'s factory takes (None: any)."""
+    if is_import_path(name):
+        factory = import_factory(name)
+        return None if _takes_var_keywords(factory) else signature_options(factory)
+    if isinstance(name, str) and name.startswith(OBJECT):
+        return ()
+    MODELS.get(name)
+    return _OPTIONS[name]
+
+
 def check_model_options(name: str, options: Iterable[str]) -> None:
     """Refuse a keyword argument the factory of model ``name`` does not take, naming the valid ones (what
     ``NetConfig.model_kwargs`` may hold)."""
-    MODELS.get(name)
-    valid = _OPTIONS[name]
+    valid = _options(name)
     unknown = sorted(set(options) - set(valid)) if valid is not None else []
     if unknown:
         raise ValueError(
-            f"model_kwargs: unknown option {unknown[0]!r} for {name}; valid options are {', '.join(valid)}."
+            f"model_kwargs: unknown option {unknown[0]!r} for {name}; valid options are {', '.join(valid) or 'none'}."
         )
 
 
 def model_accepts(name: str, option: str) -> bool:
     """Whether the factory of model ``name`` takes keyword ``option`` (a factory with ``**kwargs`` takes any)."""
-    MODELS.get(name)
-    valid = _OPTIONS[name]
+    valid = _options(name)
     return valid is None or option in valid
 
 
-def create_model(name: str, **kwargs) -> Backbone:
+def create_model(name: str, **kwargs) -> Any:
+    """The model ``name`` (a registered ``Backbone``; for an import path, whatever ``nn.Module`` the user's
+    factory returns: ``models.custom.as_backbone`` cuts it into units)."""
+    if isinstance(name, str) and name.startswith(OBJECT):
+        raise ValueError(
+            f"model: {name} was given as a Python object and cannot be rebuilt from its name; build it again in "
+            f"Python (locallearn.build(your_model, ...)), or give a factory as package.module:factory."
+        )
     check_model_options(name, kwargs)
-    return MODELS.get(name)(**kwargs)
+    factory = import_factory(name) if is_import_path(name) else MODELS.get(name)
+    return factory(**kwargs)

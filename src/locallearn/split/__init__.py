@@ -99,26 +99,37 @@ def defined_splits(model: str, backbone: Backbone) -> list[str]:
     return [name for name in SPLITS.names() if defined.get(name, True)]
 
 
-def ends_from_cuts(cuts: Sequence[Sequence[int]], keys: Sequence[Cut]) -> list[int]:
-    """Validate explicit cuts against a backbone's unit keys and turn them into unit indices."""
-    cuttable = [tuple(k) for k in keys[:-1]]  # no cut after the classifier: the last module needs it
+def ends_from_cuts(cuts: Sequence, keys: Sequence) -> list[int]:
+    """Validate explicit cuts against a backbone's unit keys and turn them into unit indices. A cut names the
+    unit a module ends with by its key: a [stage, block] pair for the built-in backbones, the unit's index
+    or name for a model of your own (``models.custom``)."""
+    pairs = all(isinstance(k, tuple) for k in keys)
+    cuttable = [_key(k) for k in keys[:-1]]  # no cut after the classifier: the last module needs it
     ends = []
     for cut in cuts:
-        if not (isinstance(cut, (list, tuple)) and len(cut) == 2 and all(isinstance(c, int) for c in cut)):
+        if pairs and not (isinstance(cut, (list, tuple)) and len(cut) == 2 and all(isinstance(c, int) for c in cut)):
             raise ValueError(f"split: each cut is a pair [stage, block] of integers, got {cut!r}.")
-        if tuple(cut) not in cuttable:
+        if _key(cut) not in cuttable:
             raise ValueError(
-                f"split: cut {list(cut)} is out of range; valid cuts are the units "
-                f"{_span(cuttable)} (the classifier cannot be cut after)."
+                f"split: cut {cut!r} is out of range; valid cuts are the units {_span(cuttable)} (the classifier "
+                f"cannot be cut after)."
             )
-        ends.append(cuttable.index(tuple(cut)))
+        ends.append(cuttable.index(_key(cut)))
     if any(b <= a for a, b in zip(ends, ends[1:])):
-        raise ValueError(f"split: cuts must be strictly increasing and distinct, got {[list(c) for c in cuts]}.")
+        raise ValueError(f"split: cuts must be strictly increasing and distinct, got {[_show(c) for c in cuts]}.")
     return ends
 
 
-def cuts_from_ends(ends: Sequence[int], keys: Sequence[Cut]) -> list[Cut]:
-    return [tuple(keys[e]) for e in ends]
+def _key(cut):
+    return tuple(cut) if isinstance(cut, (list, tuple)) else cut
+
+
+def _show(cut):
+    return list(cut) if isinstance(cut, (list, tuple)) else cut
+
+
+def cuts_from_ends(ends: Sequence[int], keys: Sequence) -> list:
+    return [keys[e] for e in ends]
 
 
 def uniform_ends(num_units: int, num_modules: int) -> list[int]:
@@ -136,24 +147,11 @@ def check_num_modules(num_modules: int, num_units: int) -> None:
         )
 
 
-def _span(keys: Sequence[Cut]) -> str:
+def _span(keys: Sequence) -> str:
+    if not all(isinstance(k, tuple) and len(k) == 2 for k in keys):  # a model of your own: indices or names
+        shown = [str(k) for k in keys]
+        return ", ".join(shown) if len(shown) <= 12 else f"{', '.join(shown[:6])}, ..., {', '.join(shown[-3:])}"
     by_stage: dict[int, list[int]] = {}
     for s, b in keys:
         by_stage.setdefault(s, []).append(b)
     return ", ".join(f"[{s}, {v[0]}]" if len(v) == 1 else f"[{s}, {v[0]}..{v[-1]}]" for s, v in by_stage.items())
-
-
-__all__ = [
-    "BALANCED_SPLITS",
-    "PAPER_SPLITS",
-    "SPLITS",
-    "Cut",
-    "check_num_modules",
-    "cuts_from_ends",
-    "defined_splits",
-    "ends_from_cuts",
-    "paper_ks",
-    "resolve_ends",
-    "table_cuts",
-    "uniform_ends",
-]

@@ -1,0 +1,119 @@
+"""A user's own network as units: any ``nn.Sequential`` (its children are the units) or the named
+submodules of a nested model (``units(model, [...])``), checked by one dry run.
+
+    net = ll.build(nn.Sequential(stem, block1, block2, head), method="contsup", num_modules=3, image_size=32)
+    net = ll.build(ll.units(resnet, ["stem", "layer1", "layer2", "layer3", "layer4", "head"]), method="infopro",
+                   dataset="cifar10")
+
+The last unit maps features to logits (the network's classifier). Unit keys are the units' names — their
+indices in a ``Sequential``, the names given to ``units`` — so explicit cuts name them (``split=[1, 3]`` or
+``split=["layer2"]``). The input's channels and size come from the data (``dataset=``) or the options
+(``in_channels=``, ``image_size=``); every unit's output shape comes from one forward of a blank batch, which
+also checks that the units chain (unit i+1 takes unit i's output), naming the two units and the shape when
+they do not. Such a model has no published split: the default is the computed one (``auto``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from locallearn.models.base import Backbone
+
+
+class ModuleBackbone(Backbone):
+    """Units taken from a user's module (module docstring)."""
+
+    def __init__(self, units: "OrderedDict[str, nn.Module]", *, image_size: int, in_channels: int, family: str = "cnn"):
+        super().__init__()
+        if len(units) < 2:
+            raise ValueError(
+                f"model: a network cut into local modules needs at least 2 units (features, then a classifier), got "
+                f"{len(units)}; give an nn.Sequential of its blocks, or cut a nested model with locallearn.units."
+            )
+        self.units = nn.ModuleList(units.values())
+        self.unit_keys = [int(k) if k.isdigit() else k for k in units]
+        self.image_size, self.in_channels, self.family = image_size, in_channels, family
+        check_chain(self, [str(k) for k in units])
+
+
+def check_chain(backbone: Backbone, names: list[str]) -> None:
+    """One eval-mode forward of a blank batch of 2 through the units, refusing a pair that does not chain."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        param = next(backbone.parameters(), None)
+        kwargs = {"device": param.device, "dtype": param.dtype} if param is not None else {}
+        x = torch.zeros(2, backbone.in_channels, backbone.image_size, backbone.image_size, **kwargs)
+        with torch.no_grad():
+            for i, unit in enumerate(backbone.units):
+                try:
+                    x = unit(x)
+                except Exception as err:  # any shape error the unit's own code raises
+                    what = (f"unit {names[i]} ({type(unit).__name__}) cannot take the output of unit {names[i - 1]} "
+                            f"({type(backbone.units[i - 1]).__name__})" if i else
+                            f"unit {names[0]} ({type(unit).__name__}) cannot take the input image")
+                    raise ValueError(
+                        f"model: {what}, of shape {tuple(x.shape[1:])} ({' '.join(str(err).split())[:160]}); the "
+                        f"units must chain, the last mapping features to logits."
+                    ) from None
+                if not isinstance(x, torch.Tensor):
+                    raise ValueError(
+                        f"model: unit {names[i]} ({type(unit).__name__}) returns {type(x).__name__}, not a tensor; "
+                        f"every unit must map a tensor to a tensor."
+                    )
+    finally:
+        backbone.train(was_training)
+    if x.dim() != 2:
+        raise ValueError(
+            f"model: the last unit ({names[-1]}, {type(backbone.units[-1]).__name__}) returns shape {tuple(x.shape[1:])}; "
+            f"it must map features to logits (batch, classes), e.g. a pooling, flatten and Linear."
+        )
+
+
+def units(model: nn.Module, names: Iterable[str | tuple[str, nn.Module]]) -> nn.Sequential:
+    """The units of a nested model, cut at its named submodules (dotted names reach deeper ones), as an
+    ``nn.Sequential`` whose children are those modules themselves (not copies) under their names.
+
+    A ``(name, module)`` pair adds a module of your own, e.g. the classifier of a model whose forward flattens
+    before its ``fc``: ``("head", nn.Sequential(model.avgpool, nn.Flatten(), model.fc))``. Every parameter of
+    ``model`` should belong to one unit; one that does not is not trained, and is refused."""
+    chosen: "OrderedDict[str, nn.Module]" = OrderedDict()
+    submodules = dict(model.named_modules())
+    for item in names:
+        name, module = item if isinstance(item, tuple) else (item, submodules.get(item))
+        if module is None:
+            top = [n for n, _ in model.named_children()]
+            raise ValueError(f"units: {type(model).__name__} has no submodule {name!r}; its children are {', '.join(top)}.")
+        if name in chosen:
+            raise ValueError(f"units: {name!r} is named twice.")
+        chosen[name.replace(".", "_")] = module
+    taken = {id(p) for m in chosen.values() for p in m.parameters()}
+    left = [n for n, p in model.named_parameters() if id(p) not in taken]
+    if left:
+        raise ValueError(
+            f"units: {len(left)} parameter(s) of {type(model).__name__} belong to no unit (first: {left[0]}); add the "
+            f"submodule that holds them, or they would never be trained."
+        )
+    return nn.Sequential(chosen)
+
+
+def as_backbone(model: nn.Module, *, image_size: int | None, in_channels: int) -> Backbone:
+    """A registered or user-made ``Backbone`` as it is; an ``nn.Sequential`` cut into its children."""
+    if isinstance(model, Backbone):
+        return model
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(
+            f"model: {type(model).__name__} is neither a Backbone nor an nn.Sequential; give the blocks in order as an "
+            f"nn.Sequential, or cut it at its submodules with locallearn.units(model, [names...])."
+        )
+    if image_size is None:
+        raise ValueError(
+            "image_size: a model of your own needs the input size for its dry run; pass image_size=... (and "
+            "in_channels=...), or dataset=..."
+        )
+    return ModuleBackbone(OrderedDict(model.named_children()), image_size=image_size, in_channels=in_channels,
+                          family=getattr(model, "family", "cnn"))
