@@ -1,6 +1,8 @@
 """Swin as units over transformers' modules (docs/methods.md §2.3): the published configuration, unit layout,
 splits, K = 1 parity with plain `transformers`, pretrained loading, every method on Swin, bad input."""
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -160,6 +162,33 @@ def test_pretrained_checkpoint_of_another_architecture_is_refused(checkpoint_dir
         create_model("swin_cifar", pretrained=tmp_path / "vit", **TINY)
     with pytest.raises(ValueError, match=r"pretrained: no such directory"):
         create_model("swin_cifar", pretrained=str(tmp_path / "missing"), **TINY)
+
+
+def test_pretrained_fails_fast_in_one_line_without_the_hub(tmp_path, monkeypatch):
+    """A hub name missing from the cache: one line at once, offline or unreachable, no download retries."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"^pretrained: cannot load .*empty': the directory is not a usable"):
+        create_model("swin_cifar", pretrained=tmp_path / "empty", **TINY)
+    name = "locallearn-tests/no-such-swin"  # never in any cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"^pretrained: cannot load 'locallearn-tests/no-such-swin': not a local "
+                                         r"directory, not in the Hugging Face cache, and HF_HUB_OFFLINE is set") as err:
+        create_model("swin_tiny", pretrained=name)
+    assert "\n" not in str(err.value)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    for var in ("TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+
+    def no_network(*args, **kwargs):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr("socket.create_connection", no_network)  # the hub's endpoint does not answer
+    with pytest.raises(ValueError, match=r"not in the Hugging Face cache, and \S+ cannot be reached \(no route") as err:
+        create_model("swin_cifar", pretrained=name, **TINY)
+    assert "\n" not in str(err.value)
+    assert time.monotonic() - start < 10
 
 
 # --- methods on Swin -----------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""What the backbones built on Hugging Face ``transformers`` share (``hf_resnet``, ``vit``, ``convnext``): the
-validation of their architecture fields, their stage splits, and pretrained checkpoints.
+"""What the backbones built on Hugging Face ``transformers`` share (``swin``, ``hf_resnet``, ``vit``,
+``convnext``): the validation of their architecture fields, their stage splits, and pretrained checkpoints.
 
 **Pretrained checkpoints.** ``pretrained`` is a ``save_pretrained`` directory or a hub name, of the family's
 ``*ForImageClassification`` class or of its bare ``*Model`` (whose classifier is then new). The checkpoint's

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locallearn.models.base import Backbone
+from locallearn.models.hf_common import load_pretrained, stage_splits
 from locallearn.models.registry import register_model, signature_options
 from locallearn.validate import Int
 
@@ -200,9 +201,11 @@ class SwinSpec:
             num_labels=num_classes,
         )
 
+    def arch_fields(self) -> dict[str, tuple[str, Any]]:
+        """What a pretrained checkpoint must share with this variant: option → (config field, value)."""
+        fields = ("patch_size", "embed_dim", "depths", "num_heads", "window_size")
+        return {f: (f, getattr(self, f)) for f in fields} | {"in_channels": ("num_channels", self.in_channels)}
 
-# The fields a pretrained checkpoint must share with the requested architecture.
-_ARCH_FIELDS = ("patch_size", "embed_dim", "depths", "num_heads", "window_size")
 
 SWIN_TINY = dict(resolution=224, patch_size=4, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7)
 # Our choice (docs/methods.md §2.3): Swin-Tiny's widths and depths on 32×32 inputs, patch 2 and window 4, so the
@@ -239,14 +242,9 @@ class SwinBackbone(Backbone):
         self.unit_keys = keys
 
     def named_splits(self, name: str) -> dict[int, list[Cut]]:
-        """``stages`` (and ``paper``): K = 2 after stage 2, K = 4 after stages 1-3 (docs/methods.md §6)."""
-        if name not in ("stages", "paper"):
-            return {}
-        last_block = [(s, d - 1) for s, d in enumerate(self.spec.depths, start=1)]  # a stage's last block
-        table = {len(self.spec.depths): last_block[:-1]}
-        if len(self.spec.depths) >= 3:
-            table[2] = [last_block[len(self.spec.depths) // 2 - 1]]
-        return table
+        """``stages`` (and ``paper``): K = 2 after stage 2, K = 4 after stages 1-3 (docs/methods.md §6;
+        ``hf_common.stage_splits``)."""
+        return stage_splits(self.spec.depths) if name in ("stages", "paper") else {}
 
 
 def _fit_window(block: nn.Module, grid: int) -> None:
@@ -274,56 +272,6 @@ def _fit_window(block: nn.Module, grid: int) -> None:
     block.window_size, block.shift_size = grid, 0
 
 
-# --- pretrained weights -------------------------------------------------------------------------------------
-def load_pretrained(name_or_path: str | os.PathLike, spec: SwinSpec, num_classes: int):
-    """``SwinForImageClassification`` from a hub name or a ``save_pretrained`` directory, checked against
-    ``spec``, with a fresh classifier when the checkpoint's number of classes differs."""
-    from transformers import AutoConfig, SwinForImageClassification
-
-    source = str(name_or_path)
-    if not os.path.isdir(source) and (source.startswith((os.sep, ".", "~")) or source.count("/") > 1):
-        raise ValueError(f"pretrained: no such directory {source!r}; give a save_pretrained directory or a hub name.")
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        where = (
-            f"the directory has no usable config.json ({_first_line(err)})"
-            if os.path.isdir(source)
-            else "not a local directory, and the Hugging Face hub could not provide it (offline? a download "
-            "needs network access; HF_HUB_OFFLINE=1 reads the local cache only)"
-        )
-        raise ValueError(f"pretrained: cannot load {source!r}: {where}.") from None
-    if config.model_type != "swin":
-        raise ValueError(
-            f"pretrained: {source!r} is a {config.model_type!r} checkpoint, not Swin; give a Swin checkpoint "
-            f"with {spec.name}'s architecture (e.g. microsoft/swin-tiny-patch4-window7-224 for swin_tiny)."
-        )
-    wanted = {f: getattr(spec, f) for f in _ARCH_FIELDS} | {"in_channels": spec.in_channels}
-    found = {f: tuple(v) if isinstance(v, list) else v for f, v in ((f, getattr(config, f)) for f in _ARCH_FIELDS)}
-    found["in_channels"] = config.num_channels
-    differ = [f"{f} {found[f]} (wanted {wanted[f]})" for f in wanted if found[f] != wanted[f]]
-    if differ:
-        raise ValueError(
-            f"pretrained: {source!r} is another Swin architecture than {spec.name}: {', '.join(differ)}; pass "
-            f"matching model_kwargs or a matching checkpoint."
-        )
-    model = SwinForImageClassification.from_pretrained(
-        source, image_size=spec.resolution, drop_path_rate=spec.drop_path_rate, mlp_ratio=spec.mlp_ratio
-    )
-    if model.classifier.out_features != num_classes:
-        # The checkpoint's classes are not the dataset's: a new classifier, initialised as transformers does.
-        fc = nn.Linear(model.classifier.in_features, num_classes)
-        nn.init.normal_(fc.weight, std=config.initializer_range)
-        nn.init.zeros_(fc.bias)
-        model.classifier = fc
-    return model
-
-
-def _first_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:200] + ("…" if len(text) > 200 else "")
-
-
 # --- factories ----------------------------------------------------------------------------------------------
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(SwinSpec) if f.name not in ("name", "resolution"))
 
@@ -344,7 +292,17 @@ def create_swin(
     fields = {**defaults, **overrides}
     fields["resolution"] = resolution or image_size or defaults["resolution"]
     spec = SwinSpec(name=name, **fields)
-    hf_model = load_pretrained(pretrained, spec, num_classes) if pretrained else None
+    hf_model = None
+    if pretrained:
+        from transformers import SwinForImageClassification
+
+        # the resolution, drop path rate and MLP ratio asked for replace the checkpoint's own
+        hf_model = load_pretrained(
+            pretrained, SwinForImageClassification, model=name, family="Swin",
+            example="microsoft/swin-tiny-patch4-window7-224 for swin_tiny", wanted=spec.arch_fields(),
+            num_classes=num_classes, width=spec.stage_dim(len(spec.depths) - 1),
+            image_size=spec.resolution, drop_path_rate=spec.drop_path_rate, mlp_ratio=spec.mlp_ratio,
+        )
     return SwinBackbone(spec, num_classes=num_classes, image_size=image_size, hf_model=hf_model)
 
 
