@@ -166,7 +166,7 @@ class LocalNet(nn.Module):
     def describe(self) -> dict:
         """A summary for logs and run directories."""
         return {
-            "cuts": [list(c) for c in self.cuts],
+            "cuts": [list(c) if isinstance(c, tuple) else c for c in self.cuts],  # JSON: pairs as lists
             "units_per_module": [b - a for a, b in self.bounds],
             "parameters": sum(p.numel() for p in self.parameters()),
             "lambda_source": self.lambda_source or None,

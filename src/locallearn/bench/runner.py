@@ -117,7 +117,7 @@ def build_case(config: BenchConfig, options: RunOptions, row: dict) -> _Case:
     device = torch.device(options.device)
     torch.manual_seed(options.seed)
     net = locallearn.build(config.model, config.method, **config.build_options()).to(device)
-    row["cuts"] = [list(c) for c in net.cuts]
+    row["cuts"] = net.describe()["cuts"]
     row["parameters"] = sum(p.numel() for p in net.parameters())
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(options.seed)

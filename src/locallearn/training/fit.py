@@ -285,7 +285,7 @@ def derived(net: LocalNet, config: Config | None = None) -> list[str]:
     """What the build derived from the config, for config.yaml's header and the start log: the cuts, with
     reconstruction the λ schedule and where it came from (a table, or the documented default), and a warm-up
     the run has no room for."""
-    lines = [f"cuts: {[list(c) for c in net.cuts]}"]
+    lines = [f"cuts: {net.describe()['cuts']}"]
     if net.lambda_schedule:
         lambdas = ", ".join(f"({xx:g}, {xy:g})" for xx, xy in net.lambda_schedule)
         lines.append(f"λ (reconstruction, task) per local module: {lambdas}; {net.lambda_source}")

@@ -1,0 +1,182 @@
+"""Your own network and data: an nn.Sequential cut at its children (1 and 3 channels), a nested model cut at
+named submodules with ``ll.units``, a factory's import path on the command line (train, eval, resume), and
+the refusals: units that do not chain, a module or attribute that does not exist, a factory that returns no
+nn.Module."""
+
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import locallearn as ll
+from locallearn.cli import main
+
+
+def sequential_cnn(in_channels=3, classes=10):
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU()),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes)),
+    )
+
+
+def batch(channels, size=16, n=4):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, channels, size, size, generator=g), torch.arange(n) % 3
+
+
+def check_isolation(net, x, y):
+    state, inp = net.begin(x, y), x
+    for k in range(net.num_modules):
+        net.zero_grad(set_to_none=True)
+        h = net.module_forward(k, inp, state)
+        loss, _ = net.local_loss(k, h, inp, state)
+        loss.backward()
+        own = {id(p) for p in net.module_parameters(k)}
+        assert all(p.grad is None or id(p) in own for p in net.parameters()), f"module {k} reached another"
+        assert any(p.grad is not None for p in net.module_parameters(k))
+        if k < net.num_modules - 1:
+            inp = net.handoff(k, h, state)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("method, options", [
+    ("contsup", dict(context="R1E")), ("infopro", {}), ("greedy", {}), ("dgl", {}), ("featrecon", {}),
+    ("contsup", dict(context="R2", reconstruct=True, local_loss="contrast")),
+])
+def test_a_sequential_cnn_trains_with_every_method(channels, method, options):
+    torch.manual_seed(0)
+    net = ll.build(sequential_cnn(channels), method=method, num_modules=3, image_size=16, in_channels=channels,
+                   **options)
+    assert net.config.split == "auto" and net.backbone.unit_keys == [0, 1, 2, 3, 4]  # no table: computed
+    if net.config.reconstruct:
+        assert net.objectives[0].image_decoder.net[3].out_channels == channels  # the model's own channels
+    x, y = batch(channels)
+    stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
+    assert all(torch.isfinite(v) for v in stats.values())
+    check_isolation(net, x, y)
+
+
+def test_cuts_name_units_by_index_and_k1_equals_plain_training():
+    seq = sequential_cnn()
+    net = ll.build(seq, method="greedy", num_modules=3, split=[1, 2], image_size=16)
+    assert net.cuts == [1, 2] and [b - a for a, b in net.bounds] == [2, 1, 2]
+    with pytest.raises(ValueError, match=r"cut 4 is out of range; valid cuts are the units 0, 1, 2, 3"):
+        ll.build(sequential_cnn(), method="greedy", num_modules=2, split=[4], image_size=16)
+    torch.manual_seed(1)
+    plain = sequential_cnn()
+    e2e = ll.build(sequential_cnn(), method="e2e", image_size=16)
+    e2e.backbone.load_state_dict({k.split(".", 1)[1]: v for k, v in ll.build(plain, method="e2e", image_size=16).state_dict().items()})
+    x, y = batch(3)
+    stats = ll.train_step(e2e, x, y, torch.optim.SGD(e2e.parameters(), lr=0.1))
+    opt = torch.optim.SGD(plain.parameters(), lr=0.1)
+    loss = nn.functional.cross_entropy(plain(x), y)
+    loss.backward()
+    opt.step()
+    assert float(stats["loss"]) == pytest.approx(loss.item(), rel=1e-6)
+    for a, b in zip(e2e.backbone.units.parameters(), plain.parameters()):
+        assert torch.allclose(a, b, atol=1e-7)
+
+
+class Nested(nn.Module):
+    """A model whose forward is not a plain sequence of its children (it flattens before the classifier)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.body = nn.ModuleDict({"a": nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+                                   "b": nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())})
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.body["b"](self.body["a"](self.stem(x)))).flatten(1))
+
+
+def test_a_nested_model_is_cut_at_named_submodules():
+    model = Nested()
+    seq = ll.units(model, ["stem", "body.a", "body.b", ("head", nn.Sequential(model.pool, nn.Flatten(), model.fc))])
+    net = ll.build(seq, method="contsup", context="R0", num_modules=2, split=["body_a"], image_size=16)
+    assert net.cuts == ["body_a"] and net.backbone.units[0] is model.stem  # the model's own modules, not copies
+    x, y = batch(3)
+    ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
+    check_isolation(net, x, y)
+    net.eval()
+    model.eval()
+    assert torch.allclose(net(x), model(x), atol=1e-6)  # with R0 context the inference forward is the model's
+    with pytest.raises(ValueError, match=r"units: Nested has no submodule 'neck'; its children are stem, body"):
+        ll.units(model, ["stem", "neck"])
+    with pytest.raises(ValueError, match=r"2 parameter\(s\) of Nested belong to no unit \(first: fc.weight\)"):
+        ll.units(model, ["stem", "body.a", "body.b"])
+
+
+def test_units_that_do_not_chain_are_refused_naming_both():
+    seq = sequential_cnn()
+    seq[2] = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1))  # expects 16 channels, gets 32
+    with pytest.raises(ValueError, match=r"^model: unit 2 \(Sequential\) cannot take the output of unit 1 "
+                                         r"\(Sequential\), of shape \(32, 8, 8\)"):
+        ll.build(seq, method="greedy", num_modules=2, image_size=16)
+    with pytest.raises(ValueError, match="needs the input size"):
+        ll.build(sequential_cnn(), method="greedy", num_modules=2)
+    with pytest.raises(ValueError, match="must map features to logits"):
+        ll.build(nn.Sequential(*list(sequential_cnn())[:3]), method="greedy", num_modules=2, image_size=16)
+
+
+FACTORIES = '''
+from torch import nn
+
+
+def tiny_cnn(num_classes=10, in_channels=3, width=8):
+    return nn.Sequential(
+        nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.BatchNorm2d(2 * width), nn.ReLU()),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes)),
+    )
+
+
+def not_a_module():
+    return [1, 2]
+
+
+LAYERS = 3
+'''
+
+
+@pytest.fixture
+def user_package(tmp_path, monkeypatch):
+    (tmp_path / "my_models.py").write_text(textwrap.dedent(FACTORIES))
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    sys.modules.pop("my_models", None)
+
+
+def test_a_factory_of_your_own_trains_evaluates_and_resumes_from_the_command_line(user_package, capsys):
+    args = ["train", "--model", "my_models:tiny_cnn", "--model-kwargs", "{width: 4}", "--method", "contsup",
+            "--num-modules", "2", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--device", "cpu"]
+    out = user_package / "runs" / "mine"
+    assert main([*args, "--epochs", "1", "--out", str(out)]) == 0
+    config = (out / "config.yaml").read_text()
+    assert "model: my_models:tiny_cnn" in config and "split: auto" in config
+    assert main(["eval", str(out), "--device", "cpu"]) == 0
+    assert "checkpoint after epoch 1/1" in capsys.readouterr().out
+    # a longer run, killed after epoch 1 (its summary removed): --resume continues it from the factory's name
+    assert main([*args, "--epochs", "2", "--out", str(user_package / "runs" / "two")]) == 0
+    (user_package / "runs" / "two" / "summary.json").unlink()
+    assert main(["train", "--out", str(user_package / "runs" / "two"), "--resume"]) == 0
+    assert main(["report", str(out), str(user_package / "runs" / "two")]) == 0
+
+
+@pytest.mark.parametrize("model, words", [
+    ("no_such_module:f", "cannot import 'no_such_module'"),
+    ("my_models:missing", "module 'my_models' has no attribute 'missing'"),
+    ("my_models:LAYERS", "my_models:LAYERS is a int, not a factory"),
+    ("my_models:not_a_module", "neither a Backbone nor an nn.Sequential"),
+])
+def test_bad_factories_are_one_line(user_package, capsys, model, words):
+    assert main(["train", "--model", model, "--num-modules", "2", "--image-size", "32", "--out", "runs/x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err, err
