@@ -26,7 +26,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -39,7 +39,7 @@ from locallearn.memory import SavedTensorMeter
 from locallearn.methods import ForwardState
 from locallearn.net import LocalNet
 from locallearn.training import interrupt
-from locallearn.training.runner import CHECK_EVERY, check_finite
+from locallearn.training.runner import CHECK_EVERY, check_finite, set_lr
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -201,6 +201,7 @@ class PipelineStage:
         self.send_image = not self.last and image_needed_from(net, self.modules.stop)
         self.objective = None
         self._pending: list[torch.Tensor] = []  # this stage's batch losses since the last finiteness check
+        self._lr_at: Callable[[int], float] | None = None
         self.dp_group = dp_group
         if layout.replicas > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -209,9 +210,10 @@ class PipelineStage:
             self.objective = lambda k, x, s: steps[k](x, s)
 
     # --- phases ------------------------------------------------------------------------------------------
-    def train_phase(self, batches: Iterable[Batch] | None = None) -> PhaseStats:
+    def train_phase(self, batches: Iterable[Batch] | None = None, lr_at: Callable[[int], float] | None = None) -> PhaseStats:
         """One epoch of training; ``batches`` only on the first stage (the full batches: each replica
-        takes its share). Returns this rank's statistics."""
+        takes its share); ``lr_at``: the learning rate of each step (0-based). Returns this rank's statistics."""
+        self._lr_at = lr_at
         stats = self._phase(Kind.TRAIN, batches)
         if self.layout.replicas > 1:
             self._share_buffers()
@@ -256,6 +258,8 @@ class PipelineStage:
         start = time.perf_counter()
         for index, inputs, state, labels in self._incoming(kind, batches):
             if kind == Kind.TRAIN:
+                if self._lr_at is not None:
+                    set_lr(self.optimizer, self._lr_at(index))
                 h = self._train_batch(stats, inputs, state, labels)
             else:
                 h = self._eval_batch(stats, inputs, state, labels)

@@ -123,11 +123,13 @@ class PipelineRunner:
         self.owned = set(stage_state_keys(net, self.modules))
         links, dp_group, _ = make_groups(layout, backend=env.backend, device_type=env.device.type)
         self.optimizer = make_optimizer(nn.ModuleList(stage_parts(net, self.modules)), config.optim)
+        self.groups = full_groups(net, config.optim)  # a single-process optimizer's, for the merged checkpoint
         if config.run.compile:
             compile_parts(net)
         self.first = self.stage == 0
         self.train_loader = load_data(config, train=True, device=env.device) if self.first else None
         self.test_loader = load_data(config, train=False, device=env.device) if self.first else None
+        self.steps_per_epoch = launcher.share(len(self.train_loader) if env.is_main else None)
         self.stage_runner = PipelineStage(
             net, layout, env.rank, self.optimizer, device=env.device, sync=config.processes.pipeline_sync,
             autocast_dtype=config.autocast_dtype, links=links, dp_group=dp_group, barrier_group=env.ctrl,
@@ -137,12 +139,10 @@ class PipelineRunner:
             _remove_stage_files(self.stage_dir, self.stage)
 
     # --- the epoch ----------------------------------------------------------------------------------------
-    def train_epoch(self, epoch: int, lr: float) -> dict[str, Any]:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def train_epoch(self, epoch: int, lr_at: Callable[[int], float]) -> dict[str, Any]:
         if self.first:
             self.train_loader.set_epoch(epoch)
-        train = self.stage_runner.train_phase(self.train_loader)
+        train = self.stage_runner.train_phase(self.train_loader, lr_at=lr_at)
         reports: list[Any] = [None] * self.env.world_size
         dist.all_gather_object(reports, _train_report(self.env, self.stage_runner, train), group=self.env.ctrl)
         self._train_reports = reports
@@ -174,11 +174,12 @@ class PipelineRunner:
         dist.barrier(group=env.ctrl)  # every stage holds epoch e: older files may go
         if self.writer:
             _prune_stage_files(self.stage_dir, self.stage, keep_from=epoch - KEEP_EPOCHS + 1)
-        _save_merged(env, run, self.net, self.optimizer, self.layout, state)
+        _save_merged(env, run, self.net, self.optimizer, self.layout, self.groups, state)
 
     def restore(self, run: RunDir) -> dict[str, Any] | None:
         merged = self.launcher.share(_checkpoint_epoch(run, self.log) if self.env.is_main else None)
-        return _resume(self.env, run, self.net, self.optimizer, self.layout, self.found, merged, self.stage_dir, self.log)
+        return _resume(self.env, run, self.net, self.optimizer, self.groups, self.layout, self.found, merged,
+                       self.stage_dir, self.log)
 
     # --- reporting ----------------------------------------------------------------------------------------
     def describe(self) -> list[str]:
@@ -287,6 +288,7 @@ def _resume(
     run: RunDir,
     net: LocalNet,
     optimizer: torch.optim.Optimizer,
+    groups: list[list[torch.nn.Parameter]],
     layout: Layout,
     found: dict[int, dict[int, Path]],
     merged_epoch: int | None,
@@ -317,9 +319,8 @@ def _resume(
         dist.broadcast_object_list(histories, src=0, group=env.ctrl)
         return {**_identity(state), "epoch": from_stages, "history": list(histories[0])}
     merged = run.load_checkpoint(map_location=env.device, fallback=True, log=log)  # later, or another layout
-    modules = layout.assignment[stage]
     _load_owned(net, merged["model"], layout, stage)
-    optimizer.load_state_dict(_split_optimizer_state(merged["optimizer"], net, modules, optimizer))
+    optimizer.load_state_dict(_split_optimizer_state(merged["optimizer"], groups, optimizer))
     return {**_identity(merged), "epoch": merged["epoch"], "history": list(merged["history"])}
 
 
@@ -342,31 +343,47 @@ def _load_owned(net: LocalNet, state: dict[str, torch.Tensor], layout: Layout, s
     net.load_state_dict({k: state[k] for k in keys}, strict=False)
 
 
-def _global_indices(net: LocalNet, optimizer: torch.optim.Optimizer) -> list[int]:
-    """For each parameter of the stage's optimizer (in its order), its index in ``net.parameters()`` —
-    the index a single-process optimizer uses in its state_dict."""
-    index = {id(p): i for i, p in enumerate(net.parameters())}
+def full_groups(net: LocalNet, optim) -> list[list[torch.nn.Parameter]]:
+    """The parameter groups of a single-process optimizer over the whole network (``make_optimizer``)."""
+    return [list(group["params"]) for group in make_optimizer(net, optim).param_groups]
+
+
+def _global_indices(groups: list[list[torch.nn.Parameter]], optimizer: torch.optim.Optimizer) -> list[int]:
+    """For each parameter of the stage's optimizer (in its order), the index a single-process optimizer over
+    the whole network gives it in its state_dict (its position in the flattened ``groups``)."""
+    index = {id(p): i for i, p in enumerate(p for group in groups for p in group)}
     return [index[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
 
-def _merge_optimizer_states(parts: list[tuple[list[int], dict[str, Any]]], num_params: int) -> dict[str, Any]:
-    """One optimizer state_dict, as a single optimizer over ``net.parameters()`` would hold it."""
+def _merge_optimizer_states(parts: list[tuple[list[int], dict[str, Any]]], groups: list[list]) -> dict[str, Any]:
+    """One optimizer state_dict, as a single optimizer over the whole network would hold it: its state under
+    the global indices, its groups those of ``groups`` with the stages' hyperparameters."""
     state: dict[int, Any] = {}
     for indices, sd in parts:
         for local, value in sd["state"].items():
             state[indices[local]] = value
-    group = {k: v for k, v in parts[0][1]["param_groups"][0].items() if k != "params"}
-    return {"state": dict(sorted(state.items())), "param_groups": [{**group, "params": list(range(num_params))}]}
+    param_groups, start = [], 0
+    for g, group in enumerate(groups):
+        settings = {k: v for k, v in parts[0][1]["param_groups"][g].items() if k != "params"}
+        param_groups.append({**settings, "params": list(range(start, start + len(group)))})
+        start += len(group)
+    return {"state": dict(sorted(state.items())), "param_groups": param_groups}
 
 
-def _split_optimizer_state(merged: dict[str, Any], net: LocalNet, modules: range, optimizer) -> dict[str, Any]:
-    indices = _global_indices(net, optimizer)
-    group = {k: v for k, v in merged["param_groups"][0].items() if k != "params"}
+def _split_optimizer_state(merged: dict[str, Any], groups: list[list], optimizer) -> dict[str, Any]:
+    """The stage's part of a merged optimizer state (``_merge_optimizer_states`` undone)."""
+    indices = _global_indices(groups, optimizer)
     state = {local: merged["state"][g] for local, g in enumerate(indices) if g in merged["state"]}
-    return {"state": state, "param_groups": [{**group, "params": list(range(len(indices)))}]}
+    param_groups, start = [], 0
+    for g, group in enumerate(optimizer.param_groups):
+        settings = {k: v for k, v in merged["param_groups"][g].items() if k != "params"}
+        param_groups.append({**settings, "params": list(range(start, start + len(group["params"])))})
+        start += len(group["params"])
+    return {"state": state, "param_groups": param_groups}
 
 
-def _save_merged(env: DistEnv, run, net: LocalNet, optimizer, layout: Layout, extra: dict[str, Any]) -> None:
+def _save_merged(env: DistEnv, run, net: LocalNet, optimizer, layout: Layout, groups: list[list],
+                 extra: dict[str, Any]) -> None:
     """checkpoint.pt on rank 0: the full model and the merged optimizer state, gathered from the stages."""
     stage = layout.stage_of(env.rank)
     part = None
@@ -376,7 +393,7 @@ def _save_merged(env: DistEnv, run, net: LocalNet, optimizer, layout: Layout, ex
         opt_sd = optimizer.state_dict()
         part = (
             {k: v.detach().cpu() for k, v in net.state_dict().items() if k in keys},
-            _global_indices(net, optimizer),
+            _global_indices(groups, optimizer),
             {"state": {i: {k: to_cpu(v) for k, v in s.items()} for i, s in opt_sd["state"].items()},
              "param_groups": opt_sd["param_groups"]},
         )
@@ -390,7 +407,7 @@ def _save_merged(env: DistEnv, run, net: LocalNet, optimizer, layout: Layout, ex
         model.update(p[0])
     full = net.state_dict()
     model = {k: model[k] for k in full}  # the single-process key order; a missing key is a bug, and raises
-    optimizer_state = _merge_optimizer_states([(p[1], p[2]) for p in parts], sum(1 for _ in net.parameters()))
+    optimizer_state = _merge_optimizer_states([(p[1], p[2]) for p in parts], groups)
     run.save_checkpoint({**extra, "model": model, "optimizer": optimizer_state})
 
 

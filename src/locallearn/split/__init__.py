@@ -155,3 +155,19 @@ def _span(keys: Sequence) -> str:
     for s, b in keys:
         by_stage.setdefault(s, []).append(b)
     return ", ".join(f"[{s}, {v[0]}]" if len(v) == 1 else f"[{s}, {v[0]}..{v[-1]}]" for s, v in by_stage.items())
+
+
+__all__ = [
+    "BALANCED_SPLITS",
+    "PAPER_SPLITS",
+    "SPLITS",
+    "Cut",
+    "check_num_modules",
+    "cuts_from_ends",
+    "defined_splits",
+    "ends_from_cuts",
+    "paper_ks",
+    "resolve_ends",
+    "table_cuts",
+    "uniform_ends",
+]

@@ -37,7 +37,14 @@ from locallearn.data import describe_dataset, dataset_names
 from locallearn.validate import Bool, Choice, Float, Int, Optional, Text, check, check_fields
 
 AMP_MODES = ("none", "bf16")
-OPTIMIZERS = ("sgd",)
+# Each optimizer's defaults for the options that depend on it: SGD as the papers' recipe (docs/methods.md §7);
+# AdamW as the usual transformer recipe (weight decay 0.05, not on biases, norms and position tables).
+OPTIMIZER_DEFAULTS = {
+    "sgd": dict(momentum=0.9, nesterov=True, weight_decay=1e-4),
+    "adamw": dict(momentum=None, nesterov=None, weight_decay=0.05),
+}
+OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
+SCHEDULES = ("epoch", "step")
 PARALLEL_MODES = ("none", "pipeline")
 ASSIGN_NAMES = ("balanced", "even")
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"  # the repository's configs/, shipped in the package
@@ -101,14 +108,19 @@ class OptimConfig:
     epochs: int = field(default=8, metadata=check(Int(1, MAX_EPOCHS)))
     batch_size: int = field(default=64, metadata=check(Int(1, MAX_BATCH)))
     lr: float = field(default=0.1, metadata=check(Float(above=0.0)))
-    momentum: float = field(default=0.9, metadata=check(Float(minimum=0.0, below=1.0)))
-    nesterov: bool = field(default=True, metadata=check(Bool()))
+    momentum: float | None = field(default=0.9, metadata=check(Optional(Float(minimum=0.0, below=1.0))))  # SGD
+    nesterov: bool | None = field(default=True, metadata=check(Optional(Bool())))  # SGD
     weight_decay: float = field(default=1e-4, metadata=check(Float(minimum=0.0)))
     warmup_epochs: int = field(default=10, metadata=check(Int(0, MAX_EPOCHS)))
     warmup_lr: float = field(default=0.01, metadata=check(Float(minimum=0.0)))
+    schedule: str = field(default="epoch", metadata=check(Choice(SCHEDULES, "schedule")))
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.optimizer == "sgd" and (self.momentum is None or self.nesterov is None):
+            raise ValueError("momentum and nesterov: SGD needs both (e.g. --momentum 0.9 --nesterov).")
+        if self.optimizer != "sgd" and (self.momentum is not None or self.nesterov is not None):
+            raise ValueError(f"momentum and nesterov apply to --optimizer sgd, not {self.optimizer}; drop them.")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov: Nesterov momentum needs momentum > 0; pass --no-nesterov or a momentum.")
 
@@ -208,13 +220,15 @@ _OTHER_HELP = {
     "data_dir": ("str", "where the dataset files are (locallearn data download NAME)"),
     "limit_train": ("int", "use only the first N training images (smoke runs)"),
     "limit_test": ("int", "use only the first N test images (smoke runs)"),
-    "optimizer": ("str", "sgd"),
+    "optimizer": ("str", "sgd (momentum, Nesterov: the papers' recipe) or adamw (no weight decay on biases, norms "
+                         "and position tables: the usual transformer recipe) (default: sgd)"),
+    "schedule": ("str", "epoch: the rate changes once per epoch (the papers'); step: at every step (default: epoch)"),
     "epochs": ("int", "number of epochs E"),
     "batch_size": ("int", "training batch size (also used for evaluation)"),
     "lr": ("float", "peak learning rate of the cosine schedule"),
-    "momentum": ("float", "SGD momentum"),
-    "nesterov": ("bool", "Nesterov momentum"),
-    "weight_decay": ("float", "weight decay on all parameters"),
+    "momentum": ("float", "SGD momentum (default: 0.9)"),
+    "nesterov": ("bool", "SGD's Nesterov momentum (default: on)"),
+    "weight_decay": ("float", "weight decay (default: 1e-4 with sgd, on every parameter; 0.05 with adamw)"),
     "warmup_epochs": ("int", "linear warm-up epochs W (none when epochs <= W: the run is then pure cosine)"),
     "warmup_lr": ("float", "learning rate of the first warm-up epoch"),
     "out": ("str", "run directory (default: runs/<preset or model_method_kK_context_dataset>)"),
@@ -250,6 +264,8 @@ def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None
             given = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in values.items() if SECTION_OF.get(k) == section}
             if section == "run" and given.get("out") is None:
                 given.pop("out", None)
+            if section == "optim":  # the options that depend on the optimizer take its defaults
+                given = {**OPTIMIZER_DEFAULTS.get(given.get("optimizer", "sgd"), {}), **given}
             sections[section] = cls(**given)
     data = sections["data"]
     # the dataset's spec (a user's image folder is described from its files: classes, and the size asked for)

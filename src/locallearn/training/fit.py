@@ -30,7 +30,7 @@ from locallearn.training.config import (
 )
 from locallearn.training.rundir import CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, RunDir, rng_state, set_rng_state
 from locallearn.training.runner import Launcher, NonFiniteLossError, SingleProcess
-from locallearn.training.schedule import epoch_lr
+from locallearn.training.schedule import Schedule
 from locallearn.version import __version__
 
 Log = Callable[[str], None]
@@ -94,12 +94,14 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
 
     parameters = sum(p.numel() for p in runner.net.parameters())
     log_start(log, config, runner, run, parameters, done)
+    optim = config.optim
+    schedule = Schedule(lr=optim.lr, epochs=optim.epochs, warmup_epochs=optim.warmup_epochs, warmup_lr=optim.warmup_lr,
+                        per_step=optim.schedule == "step", steps_per_epoch=runner.steps_per_epoch)
     for epoch in range(done + 1, config.optim.epochs + 1):
         kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {run.path}" if epoch > 1 else "no checkpoint was written"
-        optim = config.optim
-        lr = epoch_lr(epoch, lr=optim.lr, epochs=optim.epochs, warmup_epochs=optim.warmup_epochs, warmup_lr=optim.warmup_lr)
+        lr = schedule.epoch(epoch)
         try:
-            train = runner.train_epoch(epoch, lr)
+            train = runner.train_epoch(epoch, lambda step, e=epoch: schedule.at(e, step))
             test = runner.evaluate()
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"epoch {epoch}: {err}; training stopped and {kept}. Try a lower --lr.") from None
@@ -302,10 +304,14 @@ def log_start(log: Log, config: Config, runner, run: RunDir, parameters: int, do
     if net.num_modules > 1:
         head += f", {net.aux_head} heads, {net.local_loss} loss, context {net.context}"
         head += ", reconstruction" if net.reconstruct else ""
-    sgd = f"momentum {optim.momentum}{', nesterov' if optim.nesterov else ''}, weight decay {optim.weight_decay}"
+    if optim.optimizer == "sgd":
+        settings = f"SGD lr {optim.lr} (momentum {optim.momentum}{', nesterov' if optim.nesterov else ''}, weight decay {optim.weight_decay})"
+    else:
+        settings = f"AdamW lr {optim.lr} (weight decay {optim.weight_decay}, none on biases and norms)"
     warmup = f"{optim.warmup_used} warm-up epochs + cosine" if optim.warmup_used else "cosine, no warm-up"
+    warmup += ", per step" if optim.schedule == "step" else ""
     log(f"locallearn train: {net.model} / {net.method} ({head}) on {config.data.dataset}")
-    log(f"  recipe: {_plural(optim.epochs, 'epoch')}, batch {optim.batch_size}, SGD lr {optim.lr} ({sgd}), "
+    log(f"  recipe: {_plural(optim.epochs, 'epoch')}, batch {optim.batch_size}, {settings}, "
         f"{warmup}, seed {config.run.seed}"
         + (f", amp {config.run.amp}" if config.run.amp != "none" else "") + (", compiled" if config.run.compile else ""))
     log(f"  network: {parameters:,} parameters, " + "; ".join(derived(runner.net, config)))

@@ -6,7 +6,7 @@ rank in ``locallearn.distributed``) and builds the runner once the run's config 
 
     Launcher:  is_main (writes the run directory and logs), share(value) (the main process's value on every
                process), runner(config, run=..., resume=...) → Runner
-    Runner:    train_epoch(epoch, lr) → train metrics     evaluate() → test metrics
+    Runner:    steps_per_epoch     train_epoch(epoch, lr_at) → train metrics     evaluate() → test metrics
                save(run, state)   restore(run) → state or None     describe() → log lines
                summary(history) → extra summary fields      close()
 
@@ -44,8 +44,9 @@ class NonFiniteLossError(ValueError):
 
 class Runner(Protocol):
     net: LocalNet
+    steps_per_epoch: int
 
-    def train_epoch(self, epoch: int, lr: float) -> dict[str, Any]: ...
+    def train_epoch(self, epoch: int, lr_at: Callable[[int], float]) -> dict[str, Any]: ...
     def evaluate(self) -> dict[str, Any]: ...
     def save(self, run: RunDir, state: dict[str, Any]) -> None: ...
     def restore(self, run: RunDir) -> dict[str, Any] | None: ...
@@ -85,16 +86,15 @@ class LocalRunner:
         seed_everything(config.run.seed)
         self.net = build_net(config.net).to(self.device)
         self.optimizer = make_optimizer(self.net, config.optim)
+        self.steps_per_epoch = len(self.train_loader)
         if config.run.compile:
             compile_parts(self.net)
 
-    def train_epoch(self, epoch: int, lr: float) -> dict[str, Any]:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def train_epoch(self, epoch: int, lr_at: Callable[[int], float]) -> dict[str, Any]:
         self.train_loader.set_epoch(epoch)
         return train_one_epoch(
             self.net, self.train_loader, self.optimizer, autocast_dtype=self.config.autocast_dtype,
-            description=f"epoch {epoch}/{self.config.optim.epochs}", log=self.log,
+            description=f"epoch {epoch}/{self.config.optim.epochs}", log=self.log, lr_at=lr_at,
         )
 
     def evaluate(self) -> dict[str, Any]:
@@ -155,11 +155,29 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+# Parameters AdamW does not decay besides biases and norms (one-dimensional): position tables and tokens.
+NO_DECAY = ("position_embeddings", "relative_position_bias_table", "cls_token", "mask_token")
+
+
 def make_optimizer(net: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    """One SGD over every parameter — backbone, heads, decoders and context encoders (docs/methods.md §7)."""
-    return torch.optim.SGD(
-        net.parameters(), lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov, weight_decay=optim.weight_decay
-    )
+    """One optimizer over every parameter — backbone, heads, decoders and context encoders.
+
+    ``sgd``: one group, weight decay on every parameter (docs/methods.md §7). ``adamw``: two groups, the
+    second — biases, norms, position tables — without weight decay (``param_groups``)."""
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(
+            net.parameters(), lr=optim.lr, momentum=optim.momentum, nesterov=optim.nesterov,
+            weight_decay=optim.weight_decay,
+        )
+    return torch.optim.AdamW(param_groups(net, optim.weight_decay), lr=optim.lr)
+
+
+def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's groups: decayed weights, then what is not decayed (biases, norms: one-dimensional; ``NO_DECAY``)."""
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(NO_DECAY) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoader:
@@ -198,12 +216,14 @@ def train_one_epoch(
     autocast_dtype: torch.dtype | None = None,
     description: str = "",
     log: Log | None = None,
+    lr_at: Callable[[int], float] | None = None,
 ) -> dict[str, Any]:
     """One pass over ``loader``; the step's metrics averaged over the epoch (weighted by batch size) as
     ``train_<key>``, plus throughput and peak memory.
 
     Metrics stay on the device and are summed there (float64), so the host waits for the device only every
-    ``CHECK_EVERY`` steps, to stop on a non-finite loss (naming its batch) and to show progress.
+    ``CHECK_EVERY`` steps, to stop on a non-finite loss (naming its batch) and to show progress. ``lr_at``:
+    the learning rate of each step of the epoch (0-based); without it the optimizer's rate is left alone.
 
     Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU (``peak_memory_kind: cuda_allocated``);
     on a CPU, the bytes autograd saves for backward during the epoch's first step, counted by
@@ -220,6 +240,8 @@ def train_one_epoch(
     with Progress(len(loader), description, log=log) as progress:
         for i, (images, labels) in enumerate(loader):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if lr_at is not None:
+                set_lr(optimizer, lr_at(i))
             meter = SavedTensorMeter(net.parameters()) if i == 0 and not on_cuda else contextlib.nullcontext()
             with meter:
                 stats = train_step(net, images, labels, optimizer, autocast_dtype=autocast_dtype)
@@ -244,6 +266,11 @@ def train_one_epoch(
     means = {key: float(value) / seen for key, value in totals.items()}
     return epoch_metrics(means, net.num_modules, seen=seen, elapsed=elapsed, peak_bytes=peak_bytes,
                          peak_kind="cuda_allocated" if on_cuda else "saved_tensors")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def epoch_metrics(
