@@ -180,3 +180,53 @@ def test_bad_factories_are_one_line(user_package, capsys, model, words):
     assert main(["train", "--model", model, "--num-modules", "2", "--image-size", "32", "--out", "runs/x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
+
+
+def test_training_from_python_on_a_dataloader_writes_the_same_run_directory(tmp_path, capsys):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from locallearn.training import RunDir, load_net, train
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 16, 16, generator=g), torch.randint(0, 4, (64,), generator=g)
+    train_data = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(1))
+    test_data = DataLoader(TensorDataset(x[:32], y[:32]), batch_size=16)
+    model = sequential_cnn(in_channels=1, classes=4)
+    out = tmp_path / "mine"
+    summary = train(model, train_data, test_data, out=out, num_classes=4, method="contsup", num_modules=3, epochs=2,
+                    device="cpu", log=lambda line: None)
+    assert summary["epochs"] == 2 and 0 <= summary["test_acc"] <= 1
+    run = RunDir(out)
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2] and run.finished
+    config = (out / "config.yaml").read_text()
+    assert "dataset: iterable" in config and "model: object:Sequential" in config and "in_channels: 1" in config
+    net = load_net(out, model=model)
+    assert net(x[:2]).shape == (2, 4)
+    # the command line says how to evaluate such a run, in one line
+    assert main(["eval", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "given as a Python object" in err
+    with pytest.raises(ValueError, match="num_classes: batches given from Python need num_classes"):
+        train(model, train_data, test_data, out=tmp_path / "x")
+
+
+def test_an_image_folder_trains_and_records_its_classes(tmp_path):
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for split, count in (("train", 8), ("test", 4)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / "data" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = (torch.rand(20, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.{'png' if i % 2 else 'jpg'}")
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "16",
+                 "--model", "resnet20", "--num-modules", "2", "--batch-size", "8", "--epochs", "1", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    assert summary["class_names"] == ["cat", "dog"] and summary["dataset"] == "imagefolder"
+    config = (out / "config.yaml").read_text()
+    assert "num_classes: 2" in config and "image_size: 16" in config and "split: auto" in config  # no table
+    assert main(["eval", str(out), "--device", "cpu"]) == 0

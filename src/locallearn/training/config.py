@@ -48,6 +48,7 @@ SCHEDULES = ("epoch", "step")
 PARALLEL_MODES = ("none", "pipeline")
 ASSIGN_NAMES = ("balanced", "even")
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"  # the repository's configs/, shipped in the package
+PYTHON_DATA = "iterable"  # the dataset of a run whose batches are given from Python (``training.train``)
 # Bounds on the inputs that scale time and memory, far beyond any real run, so a typo cannot exhaust a machine.
 MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20
@@ -97,7 +98,7 @@ class DataConfig:
     limit_test: int | None = field(default=None, metadata=check(Optional(Int(1))))
 
     def __post_init__(self) -> None:
-        if self.dataset not in dataset_names():
+        if self.dataset not in dataset_names() and self.dataset != PYTHON_DATA:
             raise ValueError(f"dataset: unknown dataset {self.dataset!r}; valid datasets: {', '.join(dataset_names())}.")
         check_fields(self)
 
@@ -269,7 +270,7 @@ def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None
             sections[section] = cls(**given)
     data = sections["data"]
     # the dataset's spec (a user's image folder is described from its files: classes, and the size asked for)
-    spec = describe_dataset(data.dataset, data.data_dir, image_size=values.get("image_size"))
+    spec = None if data.dataset == PYTHON_DATA else describe_dataset(data.dataset, data.data_dir, image_size=values.get("image_size"))
     net = resolve_net(values.get("model", "resnet32"), values.get("method", "contsup"), dataset=spec, **net_options)
     config = Config(net=net, **sections)
     if "out" not in values or values["out"] is None:

@@ -16,7 +16,7 @@ class Progress:
     """``with Progress(total, what, log) as p: ... p.update(n, loss=...)``; ``what`` names the work
     ("epoch 3/8", "evaluation"). The postfix values are shown on the bar or in the log line."""
 
-    def __init__(self, total: int, what: str, *, log: Log | None = None, unit: str = "batch", every_s: float = 30.0):
+    def __init__(self, total: int | None, what: str, *, log: Log | None = None, unit: str = "batch", every_s: float = 30.0):
         self.total, self.what, self.log, self.unit, self.every_s = total, what, log, unit, every_s
         self.done = 0
         self.start = self.last_line = time.perf_counter()
@@ -38,10 +38,10 @@ class Progress:
                 self.bar.set_postfix(postfix, refresh=False)
             return
         now = time.perf_counter()
-        if self.log is not None and now - self.last_line >= self.every_s and self.done < self.total:
+        if self.log is not None and now - self.last_line >= self.every_s and self.done < (self.total or self.done + 1):
             self.last_line = now
             extra = "".join(f", {k} {v}" for k, v in postfix.items())
-            self.log(f"  {self.what}: {self.done}/{self.total}{extra}, {now - self.start:.0f} s")
+            self.log(f"  {self.what}: {self.done}/{self.total or '?'}{extra}, {now - self.start:.0f} s")
 
     def close(self) -> None:
         if self.bar is not None:

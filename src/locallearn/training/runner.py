@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ from locallearn.engine import train_step
 from locallearn.memory import SavedTensorMeter
 from locallearn.net import LocalNet, build_net, old_parameter_order
 from locallearn.training import interrupt
-from locallearn.training.config import Config, OptimConfig
+from locallearn.training.config import PYTHON_DATA, Config, OptimConfig
 from locallearn.training.progress import Progress
 from locallearn.training.rundir import CHECKPOINT, RunDir, seed_everything
 
@@ -63,35 +63,50 @@ class Launcher(Protocol):
 
 
 class SingleProcess:
-    """The launcher of a run in this process."""
+    """The launcher of a run in this process. ``data``: (train, test) iterables of (images, labels) batches to
+    use instead of the config's dataset (``training.train``); ``model``: a model object to cut instead of the
+    one the config names (a ``Backbone`` or an ``nn.Sequential``)."""
 
     is_main = True
+
+    def __init__(self, *, data: tuple[Iterable, Iterable] | None = None, model: nn.Module | None = None) -> None:
+        self.data, self.model = data, model
 
     def share(self, value: Any) -> Any:
         return value
 
     def runner(self, config: Config, *, run: RunDir, resume: bool, log: Log) -> LocalRunner:
-        return LocalRunner(config, log=log)
+        return LocalRunner(config, log=log, data=self.data, model=self.model)
 
 
 class LocalRunner:
     """Every module in this process, on one device: the data, the network, one optimizer."""
 
-    def __init__(self, config: Config, *, log: Log = print) -> None:
+    def __init__(
+        self, config: Config, *, log: Log = print, data: tuple[Iterable, Iterable] | None = None,
+        model: nn.Module | None = None,
+    ) -> None:
         self.config, self.log = config, log
         self.device = resolve_device(config.run.device)
         # The data first: a missing dataset fails before anything else is built or written.
-        self.train_loader = load_data(config, train=True, device=self.device)
-        self.test_loader = load_data(config, train=False, device=self.device)
+        if data is None:
+            self.train_loader = load_data(config, train=True, device=self.device)
+            self.test_loader = load_data(config, train=False, device=self.device)
+        else:
+            self.train_loader, self.test_loader = data
         seed_everything(config.run.seed)
-        self.net = build_net(config.net).to(self.device)
+        self.net = build_net(config.net, model).to(self.device)
         self.optimizer = make_optimizer(self.net, config.optim)
-        self.steps_per_epoch = len(self.train_loader)
+        self.steps_per_epoch = _length(self.train_loader)
+        if config.optim.schedule == "step" and self.steps_per_epoch is None:
+            raise ValueError("schedule: a per-step schedule needs the number of batches per epoch; give training data "
+                             "with a len() (a DataLoader, a list), or schedule='epoch'.")
         if config.run.compile:
             compile_parts(self.net)
 
     def train_epoch(self, epoch: int, lr_at: Callable[[int], float]) -> dict[str, Any]:
-        self.train_loader.set_epoch(epoch)
+        if hasattr(self.train_loader, "set_epoch"):  # BatchLoader; a DataLoader reshuffles by itself
+            self.train_loader.set_epoch(epoch)
         return train_one_epoch(
             self.net, self.train_loader, self.optimizer, autocast_dtype=self.config.autocast_dtype,
             description=f"epoch {epoch}/{self.config.optim.epochs}", log=self.log, lr_at=lr_at,
@@ -116,16 +131,28 @@ class LocalRunner:
         return state
 
     def describe(self) -> list[str]:
-        return [f"  data: {len(self.train_loader.images)} train, {len(self.test_loader.images)} test images; {self.device}"]
+        sizes = [getattr(loader, "images", None) for loader in (self.train_loader, self.test_loader)]
+        if all(s is not None for s in sizes):
+            return [f"  data: {len(sizes[0])} train, {len(sizes[1])} test images; {self.device}"]
+        return [f"  data: batches given from Python ({self.steps_per_epoch or 'unknown number of'} per epoch); {self.device}"]
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
-        return {}
+        names = getattr(getattr(self.train_loader, "spec", None), "class_names", None)
+        return {"class_names": list(names)} if names else {}
 
     def close(self) -> None:
         pass
 
 
 # --- pieces --------------------------------------------------------------------------------------------------
+def _length(loader: Iterable) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+
 def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: Any) -> None:
     """``net.load_state_dict(state)``, a checkpoint of another network refused in one line naming ``source``
     and what differs (missing or unexpected keys, a wrong shape)."""
@@ -183,6 +210,11 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoader:
     """The train or test split as a BatchLoader; ``limit_train`` / ``limit_test`` keep the first N images."""
     data, size = config.data, config.net.image_size
+    if data.dataset == PYTHON_DATA:
+        raise ValueError(
+            f"dataset: this run trained on batches given from Python ({PYTHON_DATA}); pass them again "
+            f"(locallearn.training.train(..., resume=True)), or evaluate from Python (locallearn.training.load_net)."
+        )
     images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size)
     limit = data.limit_train if train else data.limit_test
     if limit is not None:
@@ -237,7 +269,8 @@ def train_one_epoch(
     pending: list[torch.Tensor] = []  # losses of the steps since the last check
     seen, peak_bytes = 0, 0
     start = time.perf_counter()
-    with Progress(len(loader), description, log=log) as progress:
+    total = _length(loader)
+    with Progress(total, description, log=log) as progress:
         for i, (images, labels) in enumerate(loader):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if lr_at is not None:
@@ -254,11 +287,15 @@ def train_one_epoch(
                 totals[key] = totals[key] + value * n if key in totals else value * n
             pending.append(torch.as_tensor(stats["loss"]))
             interrupt.check()
-            if len(pending) == CHECK_EVERY or i == len(loader) - 1:
-                check_finite(pending, first=i + 2 - len(pending), batches=len(loader))
+            if len(pending) == CHECK_EVERY or i == (total or 0) - 1:
+                check_finite(pending, first=i + 2 - len(pending), batches=total)
                 progress.update(len(pending), loss=f"{float(stats['loss']):.3f}",
                                 img_s=f"{seen / (time.perf_counter() - start):.0f}")
                 pending = []
+    if pending:  # data without a len(): the last steps are checked here
+        check_finite(pending, first=i + 2 - len(pending), batches=i + 1)
+    if not seen:
+        raise ValueError("training data: the epoch had no batch; give an iterable of (images, labels) batches.")
     if on_cuda:
         torch.cuda.synchronize(device)
         peak_bytes = torch.cuda.max_memory_allocated(device)
@@ -315,7 +352,7 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     loss = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
-    with Progress(len(loader), "evaluation", log=log) as progress:
+    with Progress(_length(loader), "evaluation", log=log) as progress:
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with amp:

@@ -1,0 +1,74 @@
+"""Training from Python on your own data: ``train`` takes any iterables of ``(images, labels)`` batches — a
+``torch.utils.data.DataLoader``, a list — and writes the same run directory as ``locallearn train``;
+``load_net`` rebuilds a run's network with its weights.
+
+    from locallearn.training import train, load_net
+    summary = train(my_model, train_loader, test_loader, out="runs/mine", method="contsup", num_modules=4,
+                    num_classes=10, epochs=30, lr=0.1)
+    net = load_net("runs/mine", model=my_model)
+
+The batches are used as they come: normalise and augment them in your loader (the run records the dataset
+as ``iterable``). They must be iterable more than once (an epoch each); their first batch gives the input's
+channels and size unless ``in_channels`` / ``image_size`` are given; ``num_classes`` is required. Resume with
+the same data and ``resume=True``; the order of a DataLoader's batches is its own (seed its generator for
+repeatable runs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from locallearn.net import LocalNet, build_net
+from locallearn.training.config import PYTHON_DATA, read_options, resolve
+from locallearn.training.fit import fit
+from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
+from locallearn.training.runner import SingleProcess, load_weights
+
+
+def train(
+    model: str | nn.Module,
+    train_data: Iterable,
+    test_data: Iterable,
+    *,
+    out: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+    **options: Any,
+) -> dict[str, Any]:
+    """Train ``model`` (a registered name, a factory's import path, or your own ``Backbone`` /
+    ``nn.Sequential``) on batches from Python into the run directory ``out``; returns the summary.
+    ``options``: any option of ``locallearn train`` (method, num_modules, epochs, lr, optimizer, ...)."""
+    if "num_classes" not in options:
+        raise ValueError("num_classes: batches given from Python need num_classes=... (it is not read from the labels).")
+    try:
+        images, _ = next(iter(train_data))
+    except (StopIteration, TypeError, ValueError):
+        raise ValueError("training data: expected an iterable of (images, labels) batches, e.g. a DataLoader.") from None
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"training data: images must be a (batch, channels, size, size) tensor, got "
+                         f"{getattr(images, 'shape', type(images).__name__)}.")
+    options.setdefault("in_channels", int(images.shape[1]))
+    options.setdefault("image_size", int(images.shape[-1]))
+    config = resolve({**options, "model": model, "dataset": PYTHON_DATA, "out": str(out)})
+    launcher = SingleProcess(data=(train_data, test_data), model=model if isinstance(model, nn.Module) else None)
+    return fit(config, resume=resume, overwrite=overwrite, log=log, launcher=launcher)
+
+
+def load_net(run_dir: str | Path, *, model: nn.Module | None = None, map_location: str = "cpu") -> LocalNet:
+    """The network of a run with the weights of its checkpoint.pt, in eval mode. ``model``: the model object
+    the run was trained with, when it was given as a Python object (its name cannot rebuild it)."""
+    run = RunDir(Path(run_dir))
+    if not run.file(CONFIG).is_file():
+        raise ValueError(f"{run.path} holds no run (no {CONFIG}).")
+    config = resolve(read_options(run.file(CONFIG)))
+    checkpoint = run.load_checkpoint(map_location)
+    if checkpoint is None:
+        raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
+    net = build_net(config.net, model)
+    load_weights(net, checkpoint["model"], run.file(CHECKPOINT))
+    return net.eval()
