@@ -180,3 +180,17 @@ def test_write_results(tmp_path):
     text = paths["md"].read_text()
     assert "| resnet20 | contsup | 2 | uniform | R0 |" in text and "skipped: split" in text and "Targets" not in text
     assert paths["png"].stat().st_size > 1000
+
+
+def test_speed_rows_carry_the_arithmetic_beside_the_time():
+    """Multiply-adds of the inference forward: ResNet-32 at 32×32 is 69.1 M; ContSup's R1 adds 4.2 M and E
+    61.6 M at K = 16 (the reference code's counts); the training step's FLOPs are counted too."""
+    spec = GridSpec(models=("resnet32",), methods=("e2e", "contsup"), num_modules=(16,), contexts=("R1", "E"),
+                    batch_sizes=(2,))
+    rows = {r["method"] + r["context"]: r for r in run_speed(spec, RunOptions(warmup=0, rounds=1))}
+    e2e, r1, e = rows["e2eR0"], rows["contsupR1"], rows["contsupE"]
+    assert e2e["inference_macs"] == pytest.approx(69.12e6, rel=1e-3)
+    assert r1["inference_macs"] - e2e["inference_macs"] == pytest.approx(4.24e6, rel=1e-2)
+    assert e["inference_macs"] - e2e["inference_macs"] == pytest.approx(61.6e6, rel=1e-2)
+    assert e["macs_ratio"] == pytest.approx(e["inference_macs"] / e2e["inference_macs"])
+    assert e2e["train_flops"] > 2 * 2 * e2e["inference_macs"]  # forward and backward

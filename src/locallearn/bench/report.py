@@ -117,8 +117,8 @@ def _memory_table(rows: list[dict]) -> str:
 
 
 def _speed_table(rows: list[dict]) -> str:
-    head = ["model", "method", "K", "split", "context", "batch", "median step s", "× e2e",
-            "paired ratio: median [IQR]", "paired min–max", "status"]
+    head = ["model", "method", "K", "split", "context", "batch", "MACs/image (inference)", "MACs × e2e",
+            "median step s", "× e2e", "paired ratio: median [IQR]", "paired min–max", "status"]
     lines = [row_md(head), row_md(["---"] * len(head))]
     for row in rows:
         paired = "–"
@@ -127,7 +127,10 @@ def _speed_table(rows: list[dict]) -> str:
         span = "–"
         if row["time_ratio_min"] is not None:
             span = f"{row['time_ratio_min']:.2f}–{row['time_ratio_max']:.2f}"
-        cells = _cells(row) + [fmt(row["step_time_s"], ".3f"), fmt(row["time_ratio"], ".2f"), paired, span]
+        macs = row.get("inference_macs")
+        cells = _cells(row) + [fmt(macs / 1e6 if macs else None, ".1f", "–") + (" M" if macs else ""),
+                               fmt(row.get("macs_ratio"), ".2f"),
+                               fmt(row["step_time_s"], ".3f"), fmt(row["time_ratio"], ".2f"), paired, span]
         cells.append(_status(row))
         lines.append(row_md(cells))
     return "\n".join(lines) + "\n"

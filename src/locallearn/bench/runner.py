@@ -63,6 +63,9 @@ SPEED_FIELDS = (
     "time_ratio_min",
     "time_ratio_max",
     "rounds",
+    "inference_macs",
+    "train_flops",
+    "macs_ratio",
 )
 
 
@@ -263,6 +266,8 @@ def _speed_group(configs: list[BenchConfig], options: RunOptions, log: Log | Non
     cases: dict[int, _Case] = {}
     for i, (config, row) in enumerate(zip(configs, rows)):
         case = _build_or_skip(config, options, row)
+        if case is not None:
+            row.update(_unless_oom(row, lambda: count_arithmetic(case)) or {})
         if case is not None and _unless_oom(row, lambda: [case.step() for _ in range(options.warmup)]) is not None:
             cases[i] = case
         del case
@@ -295,6 +300,7 @@ def _speed_group(configs: list[BenchConfig], options: RunOptions, log: Log | Non
         if ref is not None:
             paired = np.asarray(t) / np.asarray(times[ref])  # per round: this step ÷ e2e's step of that round
             row.update(
+                macs_ratio=row["inference_macs"] / rows[ref]["inference_macs"] if rows[ref]["inference_macs"] else None,
                 time_ratio=float(np.median(t) / np.median(times[ref])),
                 time_ratio_paired=float(np.median(paired)),
                 time_ratio_q25=float(np.percentile(paired, 25)),
@@ -306,6 +312,27 @@ def _speed_group(configs: list[BenchConfig], options: RunOptions, log: Log | Non
         for config, row in zip(configs, rows):
             log(f"{_describe(config)}: {_speed_summary(row)}")
     return rows
+
+
+def count_arithmetic(case: _Case) -> dict:
+    """Multiply-adds per image of the inference forward (backbone and context encoders: what the network
+    costs to run) and floating-point operations per image of one training step (forward and backward of
+    every module, its objective and its encoders), counted by ``torch.utils.flop_counter`` on the case's
+    batch; the step's parameters are restored afterwards (it is a counted step, not a trained one)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = case.images.shape[0]
+    state = {k: v.clone() for k, v in case.net.state_dict().items()}
+    optimizer_state = case.optimizer.state_dict()
+    case.net.eval()
+    with FlopCounterMode(display=False) as inference, torch.no_grad():
+        case.net(case.images)
+    with FlopCounterMode(display=False) as training:
+        case.step()
+    case.net.load_state_dict(state)
+    case.optimizer.load_state_dict(optimizer_state)
+    case.optimizer.zero_grad(set_to_none=True)
+    return {"inference_macs": inference.get_total_flops() / 2 / batch, "train_flops": training.get_total_flops() / batch}
 
 
 # --- shared ------------------------------------------------------------------------------------------
