@@ -130,7 +130,9 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
 def _add_bench(commands: argparse._SubParsersAction) -> None:
     from locallearn.bench.commands import bench_memory, bench_speed
 
-    bench = commands.add_parser("bench", help="memory, speed and accuracy of every method against e2e")
+    bench = commands.add_parser(
+        "bench", help="memory, speed and accuracy of every method against e2e; the pipeline's speed-up"
+    )
     kinds = bench.add_subparsers(dest="_kind", required=True, metavar="KIND")
     for kind, run, help_text in (
         ("memory", bench_memory, "peak activation bytes of one step per configuration (and GPU peak on cuda)"),
@@ -157,6 +159,41 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--quiet", action="store_true", help="no progress lines")
         parser.set_defaults(_run=run)
     _add_accuracy(kinds)
+    _add_pipeline(kinds)
+
+
+def _add_pipeline(kinds: argparse._SubParsersAction) -> None:
+    from locallearn.bench.commands import bench_pipeline
+    from locallearn.bench.pipeline import VARIANTS
+
+    about = ("images/s of the module-parallel pipeline on N ranks against the other uses of the same N cores — one "
+             "process with N threads and DDP over N ranks — and one process with one thread, in interleaved rounds "
+             "of fresh processes; the verdict compares the pipeline with the best of them")
+    parser = kinds.add_parser("pipeline", help="the pipeline's speed-up at equal cores", description=about)
+    parser.add_argument("--ranks", type=int, default=2, help="N: processes of the pipeline and of ddp, threads of "
+                        "single_Nt (default: 2)")
+    parser.add_argument("--model", default="resnet32", help="model (default: resnet32)")
+    parser.add_argument("--method", default="contsup", help="method (default: contsup)")
+    parser.add_argument("--num-modules", type=int, default=4, help="K, local modules (default: 4)")
+    parser.add_argument("--context", default="R1E", help="context mode of methods that supply context (default: R1E)")
+    parser.add_argument("--split", default="paper", help="split (default: paper)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch, every variant (default: 64)")
+    parser.add_argument("--batches", type=int, default=24, help="measured batches per run (default: 24)")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured batches first (default: 2)")
+    parser.add_argument("--repeats", type=int, default=5, help="clean runs wanted per variant (default: 5)")
+    parser.add_argument("--max-rounds", type=int, default=25, help="rounds of runs at most (default: 25)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"variants (default: {','.join(VARIANTS)})")
+    parser.add_argument("--idle", type=float, default=0.1,
+                        help="before each run wait (up to 30 s) until the machine is at most this busy; 1: never wait "
+                             "(default: 0.1)")
+    parser.add_argument("--clean", type=float, default=0.05,
+                        help="a run counts when other processes used at most this share of the CPU (default: 0.05)")
+    parser.add_argument("--run-timeout", type=float, default=900.0,
+                        help="seconds before a run's processes are killed and the run counted as failed (default: 900)")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "bench" / "pipeline",
+                        help="writes pipeline.json and pipeline.md here (default: runs/bench/pipeline)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.set_defaults(_run=bench_pipeline)
 
 
 def _add_accuracy(kinds: argparse._SubParsersAction) -> None:

@@ -1,4 +1,4 @@
-"""``locallearn bench memory``, ``speed`` and ``accuracy``: parse the grid, run it, write the outputs.
+"""``locallearn bench memory``, ``speed``, ``accuracy`` and ``pipeline``: parse the options, run, write the outputs.
 
 Grid values arrive as comma-separated strings (``--num-modules 1,2,4``) and are all validated — names,
 numbers, the device — before any network is built.
@@ -104,6 +104,30 @@ def bench_accuracy(
     failed = sum(r["status"] != "ok" for r in result["rows"])
     print(f"wrote {out}/accuracy.{{json,csv,md,png}}" + (f"; {failed} cell(s) failed" if failed else ""))
     return 0
+
+
+def bench_pipeline(
+    *, model: str, method: str, num_modules: int, context: str, split: str, ranks: int, batch_size: int,
+    batches: int, warmup: int, repeats: int, max_rounds: int, variants: str, idle: float, clean: float,
+    run_timeout: float, out: Path, quiet: bool = False, command: str | None = None,
+) -> int:
+    """The module-parallel pipeline against one process (one thread, N threads) and DDP over the same N ranks,
+    in interleaved rounds (``bench.pipeline``). Exit status 1 when a variant failed in every run."""
+    from locallearn.bench.pipeline import PipelineBench, run_pipeline_bench
+
+    bench = PipelineBench(
+        model=model, method=method, num_modules=num_modules, context=context, split=split, ranks=ranks,
+        batch_size=batch_size, batches=batches, warmup=warmup, repeats=repeats, max_rounds=max_rounds,
+        variants=parse_list(variants, "--variants"), idle=idle, clean=clean, run_timeout=run_timeout,
+    )
+    report = run_pipeline_bench(bench, out, command=command or _command(),
+                                log=None if quiet else (lambda line: print(line, flush=True)))
+    medians = {name: v["median_steady_images_per_s"] for name, v in report["variants"].items()}
+    print("steady-state images/s (medians): " + ", ".join(
+        f"{name} {'failed' if x is None else format(x, '.1f')}" for name, x in medians.items()))
+    print(f"verdict: {report['comparison']['verdict']}")
+    print(f"wrote {Path(out) / 'pipeline.json'}, {Path(out) / 'pipeline.md'}")
+    return 1 if report["comparison"]["failed"] else 0
 
 
 def _yaml(text: str):
