@@ -76,11 +76,16 @@ def average_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     x: (N, C, H, W) → (N, C, h, w) with (h, w) = size. Adaptive pooling averages, for output (i, j), the
     input rows ⌊i·H/h⌋ .. ⌈(i+1)·H/h⌉−1 and the columns alike. Where (h, w) == (H, W) each window is the one
     element (i, j), and the average of one element is that element: the pool is the identity, in value and
-    in gradient, so x is returned as it is (exact: no arithmetic is skipped that could round). PyTorch's
-    CPU kernel does not take that shortcut and spends as long on it as on a real reduction (≈10 ms forward
-    and 9 ms backward for a (64, 16, 32, 32) map on one thread), which made the pool the largest single
-    cost of the context path: most boundaries of a split sit inside a stage, where the source grid and
-    the target grid are equal. Every other size goes to ``F.adaptive_avg_pool2d``.
+    in gradient, so x is returned as it is (exact: the skipped arithmetic is a sum of one term divided by
+    1). PyTorch's CPU kernel does not take that shortcut and spends longer on it than on a real reduction
+    (7–10 ms forward and as much backward for a (64, 16, 32, 32) map on one thread), which made the pool
+    the largest single cost of the context path: most boundaries of a split sit inside a stage, where the
+    source grid and the target grid are equal.
+
+    Every other size goes to ``F.adaptive_avg_pool2d``, integer ratios (H = r·h) included: there neither
+    ``F.avg_pool2d`` nor a reshape-and-mean was faster (measured), and both round differently from it
+    (avg_pool2d divides by r·r where the adaptive kernel divides by r twice; the mean sums in another
+    order), which would move the pinned training-step numbers.
     """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
