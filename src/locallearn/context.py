@@ -69,6 +69,29 @@ class ContextMode:
         return js
 
 
+def average_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The encoders' "adaptive average pool to H_i×W_i": ``F.adaptive_avg_pool2d(x, size)``, skipped where
+    it does nothing.
+
+    x: (N, C, H, W) → (N, C, h, w) with (h, w) = size. Adaptive pooling averages, for output (i, j), the
+    input rows ⌊i·H/h⌋ .. ⌈(i+1)·H/h⌉−1 and the columns alike. Where (h, w) == (H, W) each window is the one
+    element (i, j), and the average of one element is that element: the pool is the identity, in value and
+    in gradient, so x is returned as it is (exact: the skipped arithmetic is a sum of one term divided by
+    1). PyTorch's CPU kernel does not take that shortcut and spends longer on it than on a real reduction
+    (7–10 ms forward and as much backward for a (64, 16, 32, 32) map on one thread), which made the pool
+    the largest single cost of the context path: most boundaries of a split sit inside a stage, where the
+    source grid and the target grid are equal.
+
+    Every other size goes to ``F.adaptive_avg_pool2d``, integer ratios (H = r·h) included: there neither
+    ``F.avg_pool2d`` nor a reshape-and-mean was faster (measured), and both round differently from it
+    (avg_pool2d divides by r·r where the adaptive kernel divides by r twice; the mean sums in another
+    order), which would move the pinned training-step numbers.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.adaptive_avg_pool2d(x, size)
+
+
 class ImageEncoder(nn.Module):
     """Enc_i: conv3x3(3 → 12) → BN → ReLU → conv3x3(12 → C_i) → BN → ReLU → adaptive avg pool to H_i×W_i."""
 
@@ -86,7 +109,7 @@ class ImageEncoder(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(self.net(x), self.size)
+        return average_pool(self.net(x), self.size)
 
 
 class ResEncoder(nn.Module):
@@ -99,7 +122,7 @@ class ResEncoder(nn.Module):
         self.net = nn.Sequential(nn.Conv2d(in_channels, c, kernel_size=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(self.net(x), self.size)
+        return average_pool(self.net(x), self.size)
 
 
 class ContextSupply(nn.Module):
