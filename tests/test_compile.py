@@ -120,6 +120,23 @@ def test_compiled_parts_keep_gradient_isolation(dynamo):
     assert all(p.grad is not None for p in net.module_parameters(0))
 
 
+def test_a_copy_of_a_compiled_net_computes_with_its_own_weights(dynamo):
+    net = tiny_net("R0")
+    compile_parts(net)
+    clone = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in clone.parameters():
+            p.mul_(0.5)
+    reference = tiny_net("R0")  # eager, with the clone's weights
+    reference.load_state_dict(clone.state_dict())
+    images = next(iter(loader(8, batch_size=8, train=False)))[0]
+    for model in (net, clone, reference):
+        model.eval()
+    with torch.no_grad():
+        assert torch.allclose(clone(images), reference(images), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(net(images), clone(images), rtol=1e-2)
+
+
 def _sgd(net: torch.nn.Module) -> torch.optim.SGD:
     return torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
 

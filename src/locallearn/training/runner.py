@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import time
 from typing import Any, Callable, Protocol
@@ -177,9 +178,10 @@ def compile_parts(net: LocalNet) -> None:
     parts = compiled_parts(net)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, graphs_per_code(parts))
     for part in parts:
-        # forward, not Module.compile's _call_impl: Dynamo does not begin tracing in torch's own code, so an
-        # nn.Sequential part (the ResNet stem) would stay eager; hooks on a part stay outside its graph
-        part.forward = torch.compile(part.forward, dynamic=False)
+        # The class's forward, not Module.compile's _call_impl: Dynamo does not begin tracing in torch's own
+        # code, so an nn.Sequential part (the ResNet stem) would stay eager; hooks on a part stay outside
+        # its graph. Bound through a partial, so that a deep copy of the part calls the copy.
+        part.forward = functools.partial(torch.compile(type(part).forward, dynamic=False), part)
 
 
 def compiled_parts(net: LocalNet) -> list[nn.Module]:
