@@ -85,6 +85,11 @@ class SavedTensorMeter:
     ``unseen_bytes``: bytes the caller knows are held for backward out of the hooks' sight (``set_unseen``).
     ``peak_bytes``: the largest ``live_bytes + unseen_bytes`` since entry or the last ``reset_peak``;
     ``seen_peak_bytes``: the largest ``live_bytes`` since entry (what the hooks alone saw).
+
+    Inside the meter, ``torch.compile``d code runs eagerly (stance ``force_eager``): the meter counts what
+    eager autograd saves, the figure it documents, whereas a compiled graph saves what its partitioner
+    chooses; and Dynamo would trace the hooks themselves — Python called for every saved tensor — and
+    recompile them for each tensor type and rank (``training.runner.compile_parts``).
     """
 
     def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
@@ -155,11 +160,13 @@ class SavedTensorMeter:
         return _storage_key(tensor) in self._refs
 
     def __enter__(self) -> "SavedTensorMeter":
+        self._eager = torch.compiler.set_stance("force_eager")  # takes effect here; __exit__ restores
         self._hooks.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
+        self._eager.__exit__(*exc)
 
 
 def _storage_key(tensor: torch.Tensor) -> int:

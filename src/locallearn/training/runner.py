@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import itertools
 import time
 from typing import Any, Callable, Iterable, Protocol
 
@@ -229,15 +231,66 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
 
 
 def compile_parts(net: LocalNet) -> None:
-    """``torch.compile`` each unit, objective and context encoder in place (state_dict keys unchanged).
+    """``torch.compile`` the forward of each unit, objective and context encoder in place (state_dict keys
+    unchanged), at static shapes.
 
-    The parts, not the whole net: training runs them one module at a time (``engine.train_step``).
+    The parts, not the whole net nor a module's step: training runs them one module at a time
+    (``engine.train_step``), and the hand-off between modules stays eager, so its ``detach()`` isolates
+    the modules exactly as without compilation. Parts of one type and one shape share a compiled graph
+    (parameters are graph inputs), so ResNet-110 compiles no more graphs than ResNet-32.
+
+    Dynamo keys its cache on the code object — every ``BasicBlock`` of the net shares
+    ``BasicBlock.forward`` — and keeps one graph per variant: per architecture of the part (widths,
+    stride), and per call situation: training with an input that needs grad or not (a module's first unit
+    gets the detached hand-off), and evaluation. Its default limit of 8 graphs per code object is below
+    that for a CIFAR ResNet (5 block architectures × 3), and past the limit Dynamo falls back to eager;
+    ``recompile_limit`` is raised to the count (``graphs_per_code``), never lowered. ``dynamic=False``:
+    one static graph per shape, as the count assumes; batches of another size run eagerly
+    (``train_one_epoch``, ``evaluate``) rather than compile a second set of graphs.
     """
+    parts = compiled_parts(net)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, graphs_per_code(parts))
+    for part in parts:
+        # The class's forward, not Module.compile's _call_impl: Dynamo does not begin tracing in torch's own
+        # code, so an nn.Sequential part (the ResNet stem) would stay eager; hooks on a part stay outside
+        # its graph. Bound through a partial, so that a deep copy of the part calls the copy.
+        part.forward = functools.partial(torch.compile(type(part).forward, dynamic=False), part)
+
+
+def compiled_parts(net: LocalNet) -> list[nn.Module]:
+    """What ``compile_parts`` compiles: the backbone's units, the objectives, the context encoders."""
     parts = [*net.backbone.units, *net.objectives]
     if net.context is not None:
         parts += [m for container in net.context.children() for m in container.children()]
+    return parts
+
+
+# Call situations of one part architecture, each its own graph: training with an input that needs grad,
+# training with one that does not, evaluation (no grad, eval-mode BatchNorm).
+CALL_SITUATIONS = 3
+
+
+def graphs_per_code(parts: list[nn.Module]) -> int:
+    """The most graphs Dynamo can keep for one code object when ``parts`` are compiled: for the ``forward``
+    most shared, its distinct part architectures (the module tree as printed, with parameter and buffer
+    shapes) times ``CALL_SITUATIONS``."""
+    architectures: dict[object, set] = {}
     for part in parts:
-        part.compile()
+        tensors = itertools.chain(part.named_parameters(), part.named_buffers())
+        shapes = tuple((name, tuple(t.shape)) for name, t in tensors)
+        architectures.setdefault(type(part).forward.__code__, set()).add((repr(part), shapes))
+    return CALL_SITUATIONS * max((len(a) for a in architectures.values()), default=0)
+
+
+@contextlib.contextmanager
+def eager_unless(compiled_shape: bool):
+    """Compiled parts run eagerly inside unless ``compiled_shape``: a batch of another size than the ones
+    compiled for (an epoch's smaller last batch) would compile a second set of graphs for one batch."""
+    if compiled_shape:
+        yield
+    else:
+        with torch.compiler.set_stance("force_eager"):
+            yield
 
 
 def train_one_epoch(
@@ -267,7 +320,7 @@ def train_one_epoch(
         torch.cuda.reset_peak_memory_stats(device)
     totals: dict[str, torch.Tensor] = {}
     pending: list[torch.Tensor] = []  # losses of the steps since the last check
-    seen, peak_bytes = 0, 0
+    seen, peak_bytes, full = 0, 0, None
     start = time.perf_counter()
     total = _length(loader)
     with Progress(total, description, log=log) as progress:
@@ -275,8 +328,10 @@ def train_one_epoch(
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if lr_at is not None:
                 set_lr(optimizer, lr_at(i))
+            full = full or len(labels)  # the first batch is a full one
+            # the meter runs the step eagerly (compiled or not), so a compiled net compiles on step 2
             meter = SavedTensorMeter(net.parameters()) if i == 0 and not on_cuda else contextlib.nullcontext()
-            with meter:
+            with meter, eager_unless(len(labels) == full):
                 stats = train_step(net, images, labels, optimizer, autocast_dtype=autocast_dtype)
             if i == 0 and not on_cuda:
                 peak_bytes = meter.peak_bytes
@@ -351,11 +406,12 @@ def evaluate(
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     loss = torch.zeros((), dtype=torch.float64, device=device)
-    seen = 0
+    seen, full = 0, None
     with Progress(_length(loader), "evaluation", log=log) as progress:
         for images, labels in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with amp:
+            full = full or len(labels)
+            with amp, eager_unless(len(labels) == full):
                 logits = net(images)
             loss += torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum").double()
             correct += (logits.argmax(dim=1) == labels).sum()
