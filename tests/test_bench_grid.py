@@ -194,3 +194,13 @@ def test_speed_rows_carry_the_arithmetic_beside_the_time():
     assert e["inference_macs"] - e2e["inference_macs"] == pytest.approx(61.6e6, rel=1e-2)
     assert e["macs_ratio"] == pytest.approx(e["inference_macs"] / e2e["inference_macs"])
     assert e2e["train_flops"] > 2 * 2 * e2e["inference_macs"]  # forward and backward
+
+
+def test_compiled_copies_come_after_the_eager_grid_and_are_labelled():
+    spec = GridSpec(methods=("e2e", "contsup"), num_modules=(2,), splits=("uniform",), contexts=("R0",),
+                    compiled=(False, True), **TINY)
+    configs = spec.expand()
+    assert [c.compiled for c in configs] == [False, False, True, True]
+    assert configs[2].label == "e2e compiled" and configs[3].fields()["compiled"] is True
+    with pytest.raises(ValueError, match="compiled: expected true or false"):
+        GridSpec(compiled=("yes",), **TINY)

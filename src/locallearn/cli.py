@@ -152,6 +152,8 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps first (default: 1)")
         if kind == "speed":
             parser.add_argument("--rounds", type=int, default=7, help="timed steps per configuration (default: 7)")
+            parser.add_argument("--compile", action="store_true",
+                                help="torch.compile every network (compiled on the untimed warm-up steps)")
         parser.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--out", type=Path, default=Path("runs") / "bench",

@@ -19,7 +19,7 @@ from locallearn.bench.runner import RunOptions, environment, run_memory, run_spe
 
 def grid_from_strings(
     *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
-    image_size: int | None = None, feature_decoders: str = "linear",
+    image_size: int | None = None, feature_decoders: str = "linear", compile: bool = False,
 ) -> GridSpec:
     return GridSpec(
         models=parse_list(models, "--models"),
@@ -30,6 +30,7 @@ def grid_from_strings(
         feature_decoders=parse_list(feature_decoders, "--feature-decoders"),
         batch_sizes=parse_list(batch_sizes, "--batch-sizes", int),
         image_size=image_size,
+        compiled=(False, True) if compile else (False,),
     )
 
 
@@ -64,11 +65,12 @@ def bench_memory(
 def bench_speed(
     *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
     image_size: int | None, device: str, warmup: int, rounds: int, threads: int | None, seed: int, out: Path,
-    feature_decoders: str = "linear", quiet: bool = False, command: str | None = None,
+    feature_decoders: str = "linear", compile: bool = False, quiet: bool = False, command: str | None = None,
 ) -> int:
-    """Median step time and its ratio to e2e's, over interleaved rounds."""
+    """Median step time and its ratio to e2e's, over interleaved rounds (every network compiled, with
+    ``compile``), beside the multiply-adds of each configuration."""
     grid = dict(models=models, methods=methods, num_modules=num_modules, splits=splits, contexts=contexts,
-                batch_sizes=batch_sizes, image_size=image_size, feature_decoders=feature_decoders)
+                batch_sizes=batch_sizes, image_size=image_size, feature_decoders=feature_decoders, compile=compile)
     options = dict(device=device, warmup=warmup, rounds=rounds, threads=threads, seed=seed)
     return _run("speed", out, command, grid, options, quiet)
 

@@ -24,6 +24,7 @@ works unchanged).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ class BenchConfig:
     batch_size: int
     image_size: int
     feature_decoder: str | None = None  # FeatRecon's decoder; None for every other method
+    compiled: bool = False  # speed: every part torch.compile'd (training.runner.compile_parts)
 
     def build_options(self) -> dict:
         options: dict = dict(num_modules=self.num_modules, image_size=self.image_size)
@@ -75,6 +77,8 @@ class BenchConfig:
             parts.append(self.feature_decoder)
         if self.split is not None:
             parts.append(self.split)
+        if self.compiled:
+            parts.append("compiled")
         return " ".join(parts)
 
     def fields(self) -> dict:
@@ -87,6 +91,7 @@ class BenchConfig:
             batch_size=self.batch_size,
             image_size=self.image_size,
             feature_decoder=self.feature_decoder,
+            compiled=self.compiled,
         )
 
 
@@ -104,9 +109,11 @@ class GridSpec:
     feature_decoders: tuple[str, ...] = ("linear",)  # FeatRecon only
     batch_sizes: tuple[int, ...] = (32,)
     image_size: int | None = None  # None: each model's own
+    compiled: tuple[bool, ...] = (False,)  # (False, True): every configuration also compiled (speed)
 
     def __post_init__(self) -> None:
-        for name in ("models", "methods", "num_modules", "splits", "contexts", "feature_decoders", "batch_sizes"):
+        for name in ("models", "methods", "num_modules", "splits", "contexts", "feature_decoders", "batch_sizes",
+                     "compiled"):
             values = _as_tuple(getattr(self, name))
             if not values:
                 raise ValueError(f"{name}: give at least one value.")
@@ -127,13 +134,23 @@ class GridSpec:
                     f"contexts: unknown mode {mode!r}; valid modes are {', '.join(MODE_NAMES)} "
                     f"(any Rn or RnE, n ≥ 1)."
                 ) from None
+        if not all(isinstance(c, bool) for c in self.compiled):
+            raise ValueError(f"compiled: expected true or false, got {self.compiled!r}.")
         _check_positive("num_modules", self.num_modules)
         _check_positive("batch_sizes", self.batch_sizes)
         if self.image_size is not None:
             _check_positive("image_size", (self.image_size,))
 
     def expand(self) -> list[BenchConfig]:
-        """The configurations to run, e2e first in every (model, batch size) group."""
+        """The configurations to run, e2e first in every (model, batch size) group; compiled copies after
+        the eager ones (their ratios are to the eager e2e)."""
+        eager = self._expand_eager()
+        configs = eager if False in self.compiled else []
+        if True in self.compiled:
+            configs = configs + [dataclasses.replace(c, compiled=True) for c in eager]
+        return configs
+
+    def _expand_eager(self) -> list[BenchConfig]:
         configs = []
         for model in self.models:
             size = self.image_size or model_image_size(model)

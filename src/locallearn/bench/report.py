@@ -81,9 +81,10 @@ def fmt(value, spec: str, none: str = "–") -> str:
 
 
 def _method(row: dict) -> str:
-    """The method, with FeatRecon's feature decoder where the row has one: ``featrecon (conv)``."""
+    """The method, with FeatRecon's feature decoder where the row has one (``featrecon (conv)``), and
+    ``compiled`` for a compiled network."""
     decoder = row.get("feature_decoder")
-    return row["method"] + (f" ({decoder})" if decoder else "")
+    return row["method"] + (f" ({decoder})" if decoder else "") + (" compiled" if row.get("compiled") else "")
 
 
 def _cells(row: dict) -> list[str]:
