@@ -2,10 +2,10 @@
 
     python benchmarks/run.py                 # the committed CPU run (about 9 minutes on 2 cores)
     python benchmarks/run.py --quick --out /tmp/bench   # the same code on tiny settings (a minute)
-    python benchmarks/run.py --device cuda --gpu-only   # InfoPro's GPU settings: ResNet-110, batch 1024
+    python benchmarks/run.py --device cuda --gpu-only   # InfoPro's GPU setting: ResNet-110, batch 1024
 
 Writes ``memory.*`` and ``speed.*`` (JSON, CSV, markdown, PNG) and ``summary.png`` into ``--out``
-(default ``benchmarks/results``); ``gpu_memory.*`` with ``--device cuda``. A full run (not ``--quick``)
+(default ``benchmarks/results``); ``gpu_memory.*`` and ``gpu_speed.*`` (eager and compiled) with ``--device cuda``. A full run (not ``--quick``)
 into the default directory also rewrites the generated part of ``benchmarks/README.md``.
 """
 
@@ -69,20 +69,27 @@ def speed_grids(quick: bool) -> list[GridSpec]:
         return [GridSpec(models=("resnet32",), methods=("e2e", "checkpoint", "contsup"), num_modules=(4,),
                          splits=("paper",), contexts=("R0", "R1"), batch_sizes=(2,))]
     return [
-        GridSpec(models=("resnet110",), methods=("e2e", "checkpoint", "greedy", "contsup"), num_modules=(4, 16),
-                 splits=("paper",), contexts=("R0", "R1", "R1E"), batch_sizes=(SPEED_BATCH,)),
+        # every context mode at K = 4 and 16 on both ResNets, with the baselines beside them
+        GridSpec(models=("resnet32", "resnet110"), methods=("e2e", "checkpoint", "greedy", "contsup"), num_modules=(4, 16),
+                 splits=("paper",), contexts=("R0", "E", "R1", "R1E"), batch_sizes=(SPEED_BATCH,)),
         GridSpec(models=("resnet110",), methods=("infopro",), num_modules=(4,), splits=("balanced",),
                  batch_sizes=(SPEED_BATCH,)),
+        # the same ContSup rows compiled (torch.compile of every part), in the same interleaved rounds
+        GridSpec(models=("resnet32", "resnet110"), methods=("e2e", "contsup"), num_modules=(4, 16), splits=("paper",),
+                 contexts=("R0", "E", "R1", "R1E"), batch_sizes=(SPEED_BATCH,), compiled=(True,)),
     ]
 
 
-def gpu_memory_grids() -> list[GridSpec]:
-    """InfoPro's GPU table (docs/methods.md §8): ResNet-110, CIFAR size at batch 1024; ContSup R0 beside it."""
+def gpu_grids(compiled: bool = False) -> list[GridSpec]:
+    """InfoPro's GPU setting (docs/methods.md §8): ResNet-110, CIFAR size, batch 1024 — e2e, checkpointing and
+    InfoPro* at K = 2/3/4 (the memory-balanced splits), with ContSup R0 and R1E at K = 4 and 16 beside them;
+    with ``compiled``, every configuration also compiled (speed)."""
+    flags = (False, True) if compiled else (False,)
     return [
-        GridSpec(models=("resnet110",), methods=("e2e", "checkpoint", "infopro", "contsup"), num_modules=(2, 3, 4),
-                 splits=("balanced",), contexts=("R0",), batch_sizes=(1024,)),
-        GridSpec(models=("resnet110",), methods=("contsup",), num_modules=(16,), splits=("paper",),
-                 contexts=("R0", "R1E"), batch_sizes=(1024,)),
+        GridSpec(models=("resnet110",), methods=("e2e", "checkpoint", "infopro"), num_modules=(2, 3, 4),
+                 splits=("balanced",), batch_sizes=(1024,), compiled=flags),
+        GridSpec(models=("resnet110",), methods=("contsup",), num_modules=(4, 16), splits=("paper",),
+                 contexts=("R0", "R1E"), batch_sizes=(1024,), compiled=flags),
     ]
 
 
@@ -128,12 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         results["speed"] = (rows, environment(speed_options, command))
     if str(args.device).startswith("cuda"):
         options = RunOptions(device=args.device, warmup=1, threads=args.threads)
-        rows = run_memory(_expand(gpu_memory_grids()), options, log=_log)
+        rows = run_memory(_expand(gpu_grids()), options, log=_log)
         results["gpu_memory"] = (rows, environment(options, command))
+        speed_options = RunOptions(device=args.device, warmup=3, rounds=args.rounds, threads=args.threads)
+        rows = run_speed(_expand(gpu_grids(compiled=True)), speed_options, log=_log)
+        results["gpu_speed"] = (rows, environment(speed_options, command))
 
     for kind, (rows, meta) in results.items():
         # the GPU run keeps its own name, so the committed CPU results stay beside it
-        paths = write(args.out, "memory" if kind == "gpu_memory" else kind, rows, meta, name=kind)
+        paths = write(args.out, kind.removeprefix("gpu_"), rows, meta, name=kind)
         _log(f"wrote {', '.join(str(p) for p in paths.values())}")
     if "memory" in results and "speed" in results:
         _summarize(args.out, results, readme=not args.quick and args.out.resolve() == (HERE / "results").resolve())
