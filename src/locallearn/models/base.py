@@ -1,7 +1,7 @@
 """The one contract every backbone meets: an ordered list of units.
 
 Running the units in order is the network's forward pass. Local learning cuts this list into K
-consecutive modules (see `split.py` and `net.py`), so a backbone never needs to know it is trained
+consecutive modules (see the `split` package and `net.py`), so a backbone never needs to know it is trained
 locally. Each unit has a key — ``(stage, block)`` with 0-based blocks, stage 0 the stem — which is how
 docs/methods.md §2.2 names cut points. The last unit is the classifier (features → logits).
 """
@@ -36,7 +36,7 @@ class Backbone(nn.Module):
 
     def named_splits(self, name: str) -> dict[int, list[tuple[int, int]]]:
         """Cuts by K that this backbone defines itself for a split name (Swin's ``stages``); {} for none,
-        in which case ``split.py``'s tables or a computed split apply."""
+        in which case ``split.tables`` or a computed split apply."""
         return {}
 
     @torch.no_grad()

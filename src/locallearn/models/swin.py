@@ -29,7 +29,7 @@ is computed from measured activation bytes (``auto``); ``uniform`` and explicit 
 
 **Methods.** Every method runs on Swin: ``e2e``, ``checkpoint``, ``greedy`` (pool → Linear head), ``dgl``,
 ``featrecon``, ``infopro`` (InfoPro-Transformer: the token head and InfoPro's image decoder, with
-cross-entropy and λ = (1, 1, 1, 1), the method's ``transformer`` defaults in ``config.FAMILY_PRESETS``) and
+cross-entropy and λ = (1, 1, 1, 1), the method's ``transformer`` defaults, ``family_defaults`` in ``methods/infopro.py``) and
 ``contsup`` — with every context mode, since every boundary between units is a (C, H, W) map, all that
 ContSup's encoders need. ``aux_head="auto"`` (the presets' default) is the token head here.
 """

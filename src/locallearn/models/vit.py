@@ -37,7 +37,7 @@ with 10 classes 5,525,962 / 21,668,746 / 85,804,810. ``model_kwargs`` may change
 **Stages** (``split="stages"``): ViT is isotropic, so a "stage" is an equal group of encoder layers: K modules
 of L/K layers each for every K ≥ 2 that divides L (2, 3, 4, 6, 12 for 12 layers); the patch embedding goes
 with the first group, the classifier with the last. Family ``transformer``: ``aux_head="auto"`` is the token
-head, InfoPro is InfoPro-Transformer (``config.FAMILY_PRESETS``).
+head, InfoPro is InfoPro-Transformer (``family_defaults`` of the ``infopro`` method, ``methods/infopro.py``).
 """
 
 from __future__ import annotations
