@@ -217,7 +217,7 @@ def run_memory(grid: GridSpec | list[BenchConfig], options: RunOptions, *, log: 
         rows.append(row)
         case = _build_or_skip(config, options, row)
         if case is not None:
-            measured = _unless_oom(row, lambda: measure_memory(case, options))
+            measured = _unless_oom(row, lambda c=case: measure_memory(c, options))
             row.update(measured or {})
         del case
         _free(options.device)
@@ -268,10 +268,10 @@ def _speed_group(configs: list[BenchConfig], options: RunOptions, log: Log | Non
     for i, (config, row) in enumerate(zip(configs, rows)):
         case = _build_or_skip(config, options, row)
         if case is not None:
-            row.update(_unless_oom(row, lambda: count_arithmetic(case)) or {})
+            row.update(_unless_oom(row, lambda c=case: count_arithmetic(c)) or {})
             if config.compiled:
                 compile_parts(case.net)  # compiled on the warm-up steps, which are not timed
-        if case is not None and _unless_oom(row, lambda: [case.step() for _ in range(options.warmup)]) is not None:
+        if case is not None and _unless_oom(row, lambda c=case: [c.step() for _ in range(options.warmup)]) is not None:
             cases[i] = case
         del case
         _free(options.device)

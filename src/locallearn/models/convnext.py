@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from locallearn.models.base import Backbone
-from locallearn.models.hf_common import Cut, check_positive_ints, int_tuple, load_pretrained, stage_splits
+from locallearn.models.hf_common import Cut, check_positive_ints, load_pretrained, stage_lists, stage_splits
 from locallearn.models.registry import register_model, signature_options
 
 
@@ -69,13 +69,7 @@ class ConvNextSpec:
 
     def __post_init__(self) -> None:
         check_positive_ints(self.name, patch_size=self.patch_size, in_channels=self.in_channels)
-        object.__setattr__(self, "hidden_sizes", int_tuple(self.name, "hidden_sizes", self.hidden_sizes))
-        object.__setattr__(self, "depths", int_tuple(self.name, "depths", self.depths))
-        if len(self.hidden_sizes) != len(self.depths):
-            raise ValueError(
-                f"{self.name}: depths and hidden_sizes need one entry per stage, got depths {self.depths} and "
-                f"hidden_sizes {self.hidden_sizes}."
-            )
+        stage_lists(self)
         rate = self.drop_path_rate
         if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0.0 <= rate < 1.0:
             raise ValueError(f"{self.name}: drop_path_rate must be in [0, 1), got {rate!r}.")

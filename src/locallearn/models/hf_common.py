@@ -50,6 +50,18 @@ def int_tuple(model: str, name: str, value: Any) -> tuple[int, ...]:
     return tuple(value)
 
 
+def stage_lists(spec: Any) -> None:
+    """Normalise ``spec.hidden_sizes`` and ``spec.depths`` (a frozen dataclass's) to tuples of positive
+    integers, one entry per stage each."""
+    object.__setattr__(spec, "hidden_sizes", int_tuple(spec.name, "hidden_sizes", spec.hidden_sizes))
+    object.__setattr__(spec, "depths", int_tuple(spec.name, "depths", spec.depths))
+    if len(spec.hidden_sizes) != len(spec.depths):
+        raise ValueError(
+            f"{spec.name}: depths and hidden_sizes need one entry per stage, got depths {spec.depths} and "
+            f"hidden_sizes {spec.hidden_sizes}."
+        )
+
+
 # --- splits -------------------------------------------------------------------------------------------------
 def stage_splits(depths: Iterable[int]) -> dict[int, list[Cut]]:
     """``stages`` cuts of a staged backbone whose block b of stage s = 1.. is unit (s, b): a module ends after

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from locallearn.models.base import Backbone
-from locallearn.models.hf_common import Cut, check_positive_ints, int_tuple, load_pretrained, stage_splits
+from locallearn.models.hf_common import Cut, check_positive_ints, load_pretrained, stage_lists, stage_splits
 from locallearn.models.registry import register_model, signature_options
 
 
@@ -70,13 +70,7 @@ class ResNetSpec:
 
     def __post_init__(self) -> None:
         check_positive_ints(self.name, embedding_size=self.embedding_size, in_channels=self.in_channels)
-        object.__setattr__(self, "hidden_sizes", int_tuple(self.name, "hidden_sizes", self.hidden_sizes))
-        object.__setattr__(self, "depths", int_tuple(self.name, "depths", self.depths))
-        if len(self.hidden_sizes) != len(self.depths):
-            raise ValueError(
-                f"{self.name}: depths and hidden_sizes need one entry per stage, got depths {self.depths} and "
-                f"hidden_sizes {self.hidden_sizes}."
-            )
+        stage_lists(self)
         if self.layer_type == "bottleneck" and any(w % 4 for w in self.hidden_sizes):
             raise ValueError(
                 f"{self.name}: bottleneck blocks reduce the width by 4, so hidden_sizes must be multiples of 4, got "
