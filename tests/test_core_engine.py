@@ -10,6 +10,8 @@ import torch.nn.functional as F
 import locallearn as ll
 from locallearn.memory import SavedTensorMeter
 
+from checks import assert_gradient_isolation
+
 
 def batch(n=4, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -33,20 +35,7 @@ def grads_of(params):
 def test_each_module_loss_reaches_only_its_own_parts(options):
     net = ll.build("resnet32", dataset="cifar10", **options)
     x, y = batch()
-    state = net.begin(x, y)
-    inp = x
-    for k in range(net.num_modules):
-        net.zero_grad(set_to_none=True)
-        h = net.module_forward(k, inp, state)
-        loss, _ = net.local_loss(k, h, inp, state)
-        loss.backward()
-        own = {id(p) for p in net.module_parameters(k)}
-        for name, p in net.named_parameters():
-            if id(p) not in own:
-                assert p.grad is None, f"module {k}'s loss reached {name}"
-        assert any(grads_of(net.module_parameters(k)))
-        if k < net.num_modules - 1:
-            inp = net.handoff(k, h, state)
+    assert_gradient_isolation(net, x, y)
 
 
 def test_module_parts_cover_every_parameter_exactly_once():

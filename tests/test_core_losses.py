@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import locallearn as ll
 from locallearn.losses import (
     LAMBDA_TABLES,
     lambda_schedule,
@@ -73,7 +74,29 @@ def test_lambda_lookup_tables_and_fallback():
     lam, source = lookup_lambdas("resnet32", "svhn", 4, balanced=False)
     assert lam == LAMBDA_TABLES[("resnet32", "cifar10")][4] and source.startswith("default")
     lam, source = lookup_lambdas("resnet56", "cifar100", 3, balanced=False)
-    assert lam == LAMBDA_TABLES[("resnet32", "cifar10")][2] and "K=2" in source
+    assert lam == LAMBDA_TABLES[("resnet32", "cifar10")][4] and source.endswith("resnet32 / cifar10 K=4")
+    # the same dataset's own table first: STL-10's λ are on another scale than CIFAR-10's
+    lam, source = lookup_lambdas("resnet110", "stl10", 3, balanced=True)
+    assert lam == (20, 0.2, 5, 2) and source.endswith("resnet110 / stl10 K=4")
+    assert lookup_lambdas("resnet32", "cifar10", 2, balanced=False)[0] == (5, 1, 0, 0)
+
+
+@pytest.mark.parametrize("model, dataset", [("resnet32", "cifar10"), ("resnet110", "stl10"), ("resnet110", "svhn"),
+                                            ("resnet56", "cifar100"), ("object:Sequential", None)])
+def test_no_lambda_lookup_leaves_a_local_module_without_a_loss(model, dataset):
+    """A K = 2 entry's "last" values are never used at K = 2; a fallback at K = 3 once gave module 1 (0, 0)."""
+    for K in range(2, 33):
+        for balanced in (False, True):
+            lambdas, source = lookup_lambdas(model, dataset, K, balanced=balanced)
+            weights = lambda_schedule(lambdas, K)
+            assert all(xx > 0 or xy > 0 for xx, xy in weights), (model, dataset, K, source, weights)
+
+
+def test_given_lambdas_that_silence_a_module_are_refused():
+    with pytest.raises(ValueError, match=r"lambdas: \[5, 1, 0, 0\] give local module 1 of 3 the weights \(0, 0\)"):
+        ll.build("resnet32", method="infopro", dataset="cifar10", num_modules=3, lambdas=[5, 1, 0, 0])
+    net = ll.build("resnet32", method="infopro", dataset="cifar10", num_modules=2, lambdas=[5, 1, 0, 0])
+    assert net.lambda_schedule == [(5, 1)] and net.lambda_source == "config"
 
 
 def test_every_published_lambda_row_is_present():

@@ -13,6 +13,8 @@ from torch import nn
 import locallearn as ll
 from locallearn.cli import main
 
+from checks import assert_gradient_isolation
+
 
 def sequential_cnn(in_channels=3, classes=10):
     return nn.Sequential(
@@ -27,20 +29,6 @@ def sequential_cnn(in_channels=3, classes=10):
 def batch(channels, size=16, n=4):
     g = torch.Generator().manual_seed(0)
     return torch.randn(n, channels, size, size, generator=g), torch.arange(n) % 3
-
-
-def check_isolation(net, x, y):
-    state, inp = net.begin(x, y), x
-    for k in range(net.num_modules):
-        net.zero_grad(set_to_none=True)
-        h = net.module_forward(k, inp, state)
-        loss, _ = net.local_loss(k, h, inp, state)
-        loss.backward()
-        own = {id(p) for p in net.module_parameters(k)}
-        assert all(p.grad is None or id(p) in own for p in net.parameters()), f"module {k} reached another"
-        assert any(p.grad is not None for p in net.module_parameters(k))
-        if k < net.num_modules - 1:
-            inp = net.handoff(k, h, state)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -58,7 +46,7 @@ def test_a_sequential_cnn_trains_with_every_method(channels, method, options):
     x, y = batch(channels)
     stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
     assert all(torch.isfinite(v) for v in stats.values())
-    check_isolation(net, x, y)
+    assert_gradient_isolation(net, x, y)
 
 
 def test_cuts_name_units_by_index_and_k1_equals_plain_training():
@@ -104,7 +92,7 @@ def test_a_nested_model_is_cut_at_named_submodules():
     assert net.cuts == ["body_a"] and net.backbone.units[0] is model.stem  # the model's own modules, not copies
     x, y = batch(3)
     ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
-    check_isolation(net, x, y)
+    assert_gradient_isolation(net, x, y)
     net.eval()
     model.eval()
     assert torch.allclose(net(x), model(x), atol=1e-6)  # with R0 context the inference forward is the model's

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import locallearn as ll
 from locallearn.models import create_model, model_family
 
+from checks import assert_gradient_isolation
+
 # Tiny configurations on 32×32 inputs. ResNet: stem 8×8 (stride 4), stages 8, 4, 2, 1; 2 blocks in stage 1 so an
 # identity-shortcut block runs too. ViT: patch 4, an 8×8 token grid, 4 layers (K = 4 stage split). ConvNeXt:
 # grids 8, 4, 2, 1, no drop path (deterministic steps).
@@ -219,19 +221,7 @@ def test_k1_training_step_is_plain_training(model):
 def test_local_methods_train_and_each_module_loss_reaches_only_its_own_parts(model, method, options):
     net = tiny_net(model, method, dataset="cifar10", **options)
     x, y = batch()
-    state, inp = net.begin(x, y), x
-    for k in range(net.num_modules):
-        net.zero_grad(set_to_none=True)
-        h = net.module_forward(k, inp, state)
-        loss, _ = net.local_loss(k, h, inp, state)
-        loss.backward()
-        own = {id(p) for p in net.module_parameters(k)}
-        for name, p in net.named_parameters():
-            if id(p) not in own:
-                assert p.grad is None, f"module {k}'s loss reached {name}"
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.module_parameters(k))
-        if k < net.num_modules - 1:
-            inp = net.handoff(k, h, state)
+    assert_gradient_isolation(net, x, y)
     stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()) and len(stats) > net.num_modules
     assert net.config.aux_head == ("token" if model.startswith("vit") else "1c2f")

@@ -7,6 +7,8 @@ import torch
 
 import locallearn as ll
 
+from checks import assert_gradient_isolation
+
 METHODS = [
     ("e2e", {}),
     ("checkpoint", {}),
@@ -44,17 +46,7 @@ def test_every_method_trains_on_one_channel_images(method, options):
 def test_each_module_loss_reaches_only_its_own_parts_on_one_channel(method, options):
     net = ll.build("resnet20", method=method, dataset="fashion_mnist", split=options.pop("split", "uniform"), **options)
     x, y = batch()
-    state, inp = net.begin(x, y), x
-    for k in range(net.num_modules):
-        net.zero_grad(set_to_none=True)
-        h = net.module_forward(k, inp, state)
-        loss, _ = net.local_loss(k, h, inp, state)
-        loss.backward()
-        own = {id(p) for p in net.module_parameters(k)}
-        for name, p in net.named_parameters():
-            assert (p.grad is None) or id(p) in own, f"module {k}'s loss reached {name}"
-        if k < net.num_modules - 1:
-            inp = net.handoff(k, h, state)
+    assert_gradient_isolation(net, x, y)
 
 
 def test_channels_must_agree_with_the_data():

@@ -11,6 +11,8 @@ import locallearn as ll
 from locallearn.memory import SavedTensorMeter
 from locallearn.models import create_model
 
+from checks import assert_gradient_isolation
+
 # A tiny Swin on 32×32 inputs (patch 2): grids 16, 8, 4, 2 with window 2, two blocks per stage, so both
 # window and shifted-window blocks run; 13 units.
 TINY = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=2, drop_path_rate=0.0)
@@ -258,19 +260,7 @@ def test_activation_checkpointing_matches_end_to_end_on_swin():
 def test_each_module_loss_reaches_only_its_own_parts(options):
     net = tiny_net(**options)
     x, y = batch()
-    state, inp = net.begin(x, y), x
-    for k in range(net.num_modules):
-        net.zero_grad(set_to_none=True)
-        h = net.module_forward(k, inp, state)
-        loss, _ = net.local_loss(k, h, inp, state)
-        loss.backward()
-        own = {id(p) for p in net.module_parameters(k)}
-        for name, p in net.named_parameters():
-            if id(p) not in own:
-                assert p.grad is None, f"module {k}'s loss reached {name}"
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.module_parameters(k))
-        if k < net.num_modules - 1:
-            inp = net.handoff(k, h, state)
+    assert_gradient_isolation(net, x, y)
 
 
 def test_peak_saved_bytes_fall_with_k():

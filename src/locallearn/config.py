@@ -25,7 +25,7 @@ from locallearn.context import ContextMode
 from locallearn.data import DatasetSpec, describe_dataset
 from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
-from locallearn.losses import LOCAL_LOSSES, lookup_lambdas
+from locallearn.losses import LOCAL_LOSSES, lambda_schedule, lookup_lambdas
 from locallearn.methods import METHODS
 from torch import nn
 
@@ -169,14 +169,32 @@ def _lambdas(values: dict[str, Any], dataset: str | None) -> tuple[Any, str | No
     stored config says where they came from), else a table or the documented default — only with image
     reconstruction in a local network; otherwise none are needed (the reference scripts looked a table up
     anyway and crashed on unknown datasets, docs/methods.md §9)."""
-    if values.get("lambdas") is not None:
-        return values["lambdas"], values.get("lambda_source") or "config"
     K = values["num_modules"]
+    if values.get("lambdas") is not None:
+        if values.get("lambda_source") is None and values["reconstruct"] and isinstance(K, int) and K >= 2:
+            _check_every_module_learns(values["lambdas"], K)
+        return values["lambdas"], values.get("lambda_source") or "config"
     if not values["reconstruct"] or not isinstance(K, int) or K < 2:
         return None, None
     # the memory-balanced λ belong to the papers' memory-balanced cuts, not to a computed split
     balanced = values["split"] == "balanced" and table_cuts("balanced", values["model"], K, values["image_size"]) is not None
     return lookup_lambdas(values["model"], dataset, K, balanced=balanced)
+
+
+def _check_every_module_learns(lambdas: Any, num_modules: int) -> None:
+    """Given λ must leave no local module with both weights 0: such a module would never learn (a stored
+    config is not checked again, so an old run still loads)."""
+    try:
+        weights = lambda_schedule(tuple(lambdas), num_modules)
+    except (TypeError, ValueError):
+        return  # not four numbers: NetConfig's own check names the problem
+    dead = [m for m, (xx, xy) in enumerate(weights) if xx == 0 and xy == 0]
+    if dead:
+        raise ValueError(
+            f"lambdas: {list(lambdas)} give local module {dead[0]} of {num_modules} the weights (0, 0), so it "
+            "would never learn; give every local module a non-zero reconstruction or task weight "
+            "(λ move linearly from the first to the last local module, docs/methods.md §4)."
+        )
 
 
 def _split(split: Any) -> str | tuple:

@@ -92,20 +92,22 @@ def lookup_lambdas(model: str, dataset: str | None, num_modules: int, *, balance
     """λ for a configuration, and where it came from (recorded in the run's config).
 
     ``balanced``: the run uses the papers' memory-balanced cuts; their λ were published for CIFAR-10 only,
-    so other datasets use their own table. Where the tables have no entry (our choice): the same model's
-    CIFAR-10 entry, else ResNet-32's CIFAR-10 entry, at the nearest K of that table (ties to the smaller K).
+    so other datasets use their own table. Where the tables have no entry (our choice, docs/methods.md §4):
+    the nearest K of the same (model, dataset) table, else of the model's CIFAR-10 table, else of
+    ResNet-32's CIFAR-10 table (ties to the smaller K). For K ≥ 3 only entries of K ≥ 3 qualify: a K = 2
+    entry defines one local module, its "last" values are never used — at K = 3 they would give module 1
+    the weights (0, 0), a module that never learns.
     """
     if balanced and dataset == "cifar10" and num_modules in BALANCED_LAMBDA_TABLES.get(model, {}):
         return BALANCED_LAMBDA_TABLES[model][num_modules], f"table: {model} memory-balanced K={num_modules}"
     table = LAMBDA_TABLES.get((model, dataset or ""))
     if table and num_modules in table:
         return table[num_modules], f"table: {model} / {dataset} K={num_modules}"
-    fallback_key = (model, "cifar10") if (model, "cifar10") in LAMBDA_TABLES else ("resnet32", "cifar10")
-    fallback = LAMBDA_TABLES[fallback_key]
-    nearest = min(fallback, key=lambda k: (abs(k - num_modules), k))
-    return fallback[nearest], (
-        f"default (no table entry for {model} / {dataset} K={num_modules}): "
-        f"{fallback_key[0]} / cifar10 K={nearest}"
+    key = next(k for k in ((model, dataset or ""), (model, "cifar10"), ("resnet32", "cifar10")) if k in LAMBDA_TABLES)
+    usable = [k for k in LAMBDA_TABLES[key] if num_modules < 3 or k >= 3]
+    nearest = min(usable, key=lambda k: (abs(k - num_modules), k))
+    return LAMBDA_TABLES[key][nearest], (
+        f"default (no table entry for {model} / {dataset} K={num_modules}): {key[0]} / {key[1]} K={nearest}"
     )
 
 

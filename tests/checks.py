@@ -1,0 +1,22 @@
+"""Checks that several test files make on different networks (imported as ``checks``: pytest puts
+``tests/`` on the path)."""
+
+
+def assert_gradient_isolation(net, x, y):
+    """Run each module's forward and local loss by hand: its backward reaches its own parameters (some
+    gradient non-zero) and no other module's — the greedy-local-learning contract (docs/methods.md §1)."""
+    state, inp = net.begin(x, y), x
+    for k in range(net.num_modules):
+        net.zero_grad(set_to_none=True)
+        h = net.module_forward(k, inp, state)
+        loss, _ = net.local_loss(k, h, inp, state)
+        loss.backward()
+        own = {id(p) for p in net.module_parameters(k)}
+        for name, p in net.named_parameters():
+            if id(p) not in own:
+                assert p.grad is None, f"module {k}'s loss reached {name}"
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.module_parameters(k)), (
+            f"module {k}'s loss reached none of its own parameters"
+        )
+        if k < net.num_modules - 1:
+            inp = net.handoff(k, h, state)
