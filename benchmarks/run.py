@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # the committed CPU run (about 9 minutes on 2 cores)
     python benchmarks/run.py --quick --out /tmp/bench   # the same code on tiny settings (a minute)
     python benchmarks/run.py --device cuda --gpu-only   # InfoPro's GPU setting: ResNet-110, batch 1024
+    python benchmarks/run.py --gpu-only --quick --out /tmp/g   # that part's code on tiny settings, on a CPU
 
 Writes ``memory.*`` and ``speed.*`` (JSON, CSV, markdown, PNG) and ``summary.png`` into ``--out``
 (default ``benchmarks/results``); ``gpu_memory.*`` and ``gpu_speed.*`` (eager and compiled) with ``--device cuda``. A full run (not ``--quick``)
@@ -80,17 +81,30 @@ def speed_grids(quick: bool) -> list[GridSpec]:
     ]
 
 
-def gpu_grids(compiled: bool = False) -> list[GridSpec]:
+def gpu_grids(compiled: bool = False, quick: bool = False) -> list[GridSpec]:
     """InfoPro's GPU setting (docs/methods.md §8): ResNet-110, CIFAR size, batch 1024 — e2e, checkpointing and
-    InfoPro* at K = 2/3/4 (the memory-balanced splits), with ContSup R0 and R1E at K = 4 and 16 beside them;
-    with ``compiled``, every configuration also compiled (speed)."""
-    flags = (False, True) if compiled else (False,)
-    return [
+    InfoPro* at K = 2/3/4 (the memory-balanced splits), with ContSup R0 and R1E at K = 4 and 16 beside them.
+    With ``compiled``, four of them also compiled (speed): e2e, InfoPro* K = 4, ContSup R0 K = 4 and R1E
+    K = 16 — one compile each takes a minute or more, and the GPU run has about ten minutes in all."""
+    if quick:  # the same code on tiny settings (checks the script on a CPU; nothing compiled)
+        return [GridSpec(models=("resnet32",), methods=("e2e", "infopro"), num_modules=(2,), splits=("balanced",),
+                         batch_sizes=(2,)),
+                GridSpec(models=("resnet32",), methods=("contsup",), num_modules=(4,), splits=("paper",),
+                         contexts=("R1E",), batch_sizes=(2,))]
+    grids = [
         GridSpec(models=("resnet110",), methods=("e2e", "checkpoint", "infopro"), num_modules=(2, 3, 4),
-                 splits=("balanced",), batch_sizes=(1024,), compiled=flags),
+                 splits=("balanced",), batch_sizes=(1024,)),
         GridSpec(models=("resnet110",), methods=("contsup",), num_modules=(4, 16), splits=("paper",),
-                 contexts=("R0", "R1E"), batch_sizes=(1024,), compiled=flags),
+                 contexts=("R0", "R1E"), batch_sizes=(1024,)),
     ]
+    if compiled:
+        grids += [
+            GridSpec(models=("resnet110",), methods=("e2e", "infopro"), num_modules=(4,), splits=("balanced",),
+                     batch_sizes=(1024,), compiled=(True,)),
+            *(GridSpec(models=("resnet110",), methods=("contsup",), num_modules=(k,), splits=("paper",),
+                       contexts=(mode,), batch_sizes=(1024,), compiled=(True,)) for k, mode in ((4, "R0"), (16, "R1E"))),
+        ]
+    return grids
 
 
 def _expand(grids: list[GridSpec]):
@@ -121,30 +135,30 @@ def main(argv: list[str] | None = None) -> int:
         _summarize(args.out, results, readme=args.out.resolve() == (HERE / "results").resolve())
         return 0
     command = " ".join(["python benchmarks/run.py", *map(shlex.quote, argv if argv is not None else sys.argv[1:])])
-    if args.gpu_only and not str(args.device).startswith("cuda"):
-        parser.error("--gpu-only needs --device cuda")
+    gpu = str(args.device).startswith("cuda")
+    if args.gpu_only and not (gpu or args.quick):
+        parser.error("--gpu-only needs --device cuda (or --quick, to check the script on a CPU)")
 
     results = {}
+
+    def keep(kind: str, rows: list[dict], options: RunOptions) -> None:
+        """Write one benchmark's files at once (a run stopped later keeps them); the GPU run keeps its own
+        names, so the committed CPU results stay beside it."""
+        results[kind] = (rows, environment(options, command))
+        paths = write(args.out, kind.removeprefix("gpu_"), rows, results[kind][1], name=kind)
+        _log(f"wrote {', '.join(str(p) for p in paths.values())}")
+
     if not args.gpu_only:
         options = RunOptions(device=args.device, warmup=1, threads=args.threads)
-        rows = run_memory(_expand(memory_grids(args.quick)), options, log=_log)
-        results["memory"] = (rows, environment(options, command))
-        speed_options = RunOptions(device=args.device, warmup=1, rounds=2 if args.quick else args.rounds,
-                                   threads=args.threads)
-        rows = run_speed(_expand(speed_grids(args.quick)), speed_options, log=_log)
-        results["speed"] = (rows, environment(speed_options, command))
-    if str(args.device).startswith("cuda"):
+        keep("memory", run_memory(_expand(memory_grids(args.quick)), options, log=_log), options)
+        options = RunOptions(device=args.device, warmup=1, rounds=2 if args.quick else args.rounds, threads=args.threads)
+        keep("speed", run_speed(_expand(speed_grids(args.quick)), options, log=_log), options)
+    if gpu or args.gpu_only:
         options = RunOptions(device=args.device, warmup=1, threads=args.threads)
-        rows = run_memory(_expand(gpu_grids()), options, log=_log)
-        results["gpu_memory"] = (rows, environment(options, command))
-        speed_options = RunOptions(device=args.device, warmup=3, rounds=args.rounds, threads=args.threads)
-        rows = run_speed(_expand(gpu_grids(compiled=True)), speed_options, log=_log)
-        results["gpu_speed"] = (rows, environment(speed_options, command))
-
-    for kind, (rows, meta) in results.items():
-        # the GPU run keeps its own name, so the committed CPU results stay beside it
-        paths = write(args.out, kind.removeprefix("gpu_"), rows, meta, name=kind)
-        _log(f"wrote {', '.join(str(p) for p in paths.values())}")
+        keep("gpu_memory", run_memory(_expand(gpu_grids(quick=args.quick)), options, log=_log), options)
+        options = RunOptions(device=args.device, warmup=3, rounds=2 if args.quick else args.rounds, threads=args.threads)
+        keep("gpu_speed", run_speed(_expand(gpu_grids(compiled=not args.quick, quick=args.quick)), options, log=_log),
+             options)
     if "memory" in results and "speed" in results:
         _summarize(args.out, results, readme=not args.quick and args.out.resolve() == (HERE / "results").resolve())
     return 0

@@ -20,7 +20,8 @@ def test_expansion_rules():
     grid = AccuracyGrid(models=("resnet32",), methods=("greedy", "contsup", "checkpoint"), num_modules=(1, 4, 16),
                         contexts=("E", "R1E"), seeds=(0, 1), recipe=RECIPE)
     names = [c.name for c in grid.cells()]
-    assert names[:2] == ["resnet32_e2e_k1_s0", "resnet32_e2e_k1_s1"]  # the reference, first
+    assert names[0] == "resnet32_e2e_k1_s0" and names[len(names) // 2] == "resnet32_e2e_k1_s1"  # seed by seed
+    assert all(n.endswith("_s0") for n in names[: len(names) // 2])
     assert "resnet32_checkpoint_k1_s0" in names and "resnet32_greedy_k1_s0" not in names
     assert {n for n in names if "contsup" in n} == {f"resnet32_contsup_{c}_k{k}_s{s}" for c in ("E", "R1E")
                                                      for k in (4, 16) for s in (0, 1)}
@@ -52,6 +53,28 @@ def test_a_tiny_grid_writes_rows_table_and_plot_and_resumes(tmp_path, capsys):
     resumed = RunDir(out / "cells" / "resnet20_greedy_k2_s0")
     assert resumed.finished and resumed.load_checkpoint()["epoch"] == 1  # resumed after its last epoch, not redone
     assert resumed.file("train.log").read_text().count("resuming after epoch 1") == 1
+    # shards: two processes on one grid, each every other cell of the grid's order, then one table
+    shards = out.parent / "shards"
+    for i in (1, 2):
+        assert main(["bench", "accuracy", *GRID, "--seeds", "0,1", "--shard", f"{i}/2", "--out", str(shards)]) == 0
+        assert f"shard {i}/2: 2 cell(s) in" in capsys.readouterr().out
+    assert not (shards / "accuracy.json").exists()
+    assert sorted(p.name for p in (shards / "cells").iterdir()) == [
+        "resnet20_e2e_k1_s0", "resnet20_e2e_k1_s1", "resnet20_greedy_k2_s0", "resnet20_greedy_k2_s1"]
+    assert main(["bench", "accuracy", *GRID, "--seeds", "0,1", "--collect", "--out", str(shards)]) == 0
+    assert all(r["status"] == "ok" for r in json.loads((shards / "accuracy.json").read_text())["rows"])
+    assert main(["bench", "accuracy", *GRID, "--shard", "3/2", "--out", str(shards)]) == 2
+    assert "--shard: expected I/N with 1 <= I <= N" in capsys.readouterr().err
+    # --collect trains nothing: the finished cells make the table, the others are listed as not run
+    capsys.readouterr()
+    assert main(["bench", "accuracy", *GRID, "--seeds", "0,1", "--collect", "--out", str(out)]) == 0
+    assert "2 cell(s) not run" in capsys.readouterr().out
+    rows = {r["cell"]: r for r in json.loads((out / "accuracy.json").read_text())["rows"]}
+    assert {c: r["status"] for c, r in rows.items()} == {
+        "resnet20_e2e_k1_s0": "ok", "resnet20_e2e_k1_s1": "not run", "resnet20_greedy_k2_s0": "ok",
+        "resnet20_greedy_k2_s1": "not run"}
+    assert not (out / "cells" / "resnet20_e2e_k1_s1").exists()
+    assert "- resnet20_e2e_k1_s1: not finished; run the grid without --collect" in (out / "accuracy.md").read_text()
 
 
 @pytest.mark.parametrize("flags, words", [

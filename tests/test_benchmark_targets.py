@@ -82,3 +82,19 @@ def test_benchmark_script_writes_targets_and_the_gpu_section(tmp_path):
     assert data["targets"] and {t["status"] for t in data["targets"]} >= {"not measured"}
     text = paths["md"].read_text()
     assert "### Targets" in text and "Pending" in text  # no GPU rows
+
+
+def test_the_gpu_part_of_the_script_writes_its_files_on_tiny_settings(tmp_path):
+    """``run.py --gpu-only`` on a GPU runs these grids at batch 1024; ``--quick`` runs the same code on a CPU."""
+    run = _load("run")
+    assert run.main(["--gpu-only", "--quick", "--out", str(tmp_path)]) == 0
+    memory = json.loads((tmp_path / "gpu_memory.json").read_text())
+    speed = json.loads((tmp_path / "gpu_speed.json").read_text())
+    assert {r["method"] for r in memory["rows"]} == {"e2e", "infopro", "contsup"}
+    assert all(r["status"] == "ok" for r in memory["rows"] + speed["rows"])
+    assert all(r["time_ratio"] > 0 and r["inference_macs"] > 0 for r in speed["rows"])
+    assert not (tmp_path / "memory.json").exists()  # the CPU tables are not rewritten by the GPU run
+    full = run.gpu_grids(compiled=True)
+    compiled = [c for g in full for c in g.expand() if c.compiled]
+    assert {(c.method, c.num_modules) for c in compiled} == {("e2e", 1), ("infopro", 4), ("contsup", 4), ("contsup", 16)}
+    assert all(c.batch_size == 1024 and c.model == "resnet110" for g in full for c in g.expand())

@@ -224,6 +224,11 @@ def _add_accuracy(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench" / "accuracy", help="output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="train only cells I, I+N, I+2N, ... of the grid (N processes or machines on one --out)")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: write the table from the cells already finished (the others are listed "
+                             "as not run), e.g. after parts of the grid ran in several processes")
     parser.set_defaults(_run=bench_accuracy)
 
 

@@ -11,7 +11,9 @@ single-module methods run at K = 1 only; local methods at every K ≥ 2 of the g
 the methods that supply context (``Method.varies_context``), local losses every local method when given
 (otherwise each method keeps its own). Every cell's config is resolved before anything trains, so an
 unknown value is refused up front; a cell that fails while training is reported in its row (status
-``failed`` and the reason) and the grid goes on.
+``failed`` and the reason) and the grid goes on. Cells run seed by seed. ``--shard I/N`` trains every N-th
+cell (several processes on one grid), ``--collect`` trains nothing and writes the table from the cells
+already finished.
 
 Outputs in ``--out``: ``accuracy.json`` (the grid, the machine, and one row per cell: final-epoch test
 error, best epoch labelled as selected on the test set, time, images/s, peak memory, parameters),
@@ -84,26 +86,27 @@ class AccuracyGrid:
             raise ValueError(f"recipe: {clash[0]} is an axis of the grid, not part of the recipe; use its grid option.")
 
     def cells(self) -> list[Cell]:
-        """Every run, e2e first, in the order they are trained."""
+        """Every run in the order they are trained: seed by seed (so a grid stopped early has whole seeds
+        of every cell), e2e first within a seed."""
         out: list[Cell] = []
         methods = list(dict.fromkeys([REFERENCE, *self.methods]))
-        for model in self.models:
-            for name in methods:
-                method = METHODS.get(name)
-                if method.single_module:
-                    variants = [dict(num_modules=1)]
-                else:
-                    contexts = self.contexts if self.contexts and method.varies_context else (None,)
-                    losses = self.local_losses or (None,)
-                    variants = [
-                        {"num_modules": k, **({"context": c} if c else {}), **({"local_loss": loss} if loss else {})}
-                        for k in self.num_modules if k > 1 for c in contexts for loss in losses
-                    ]
-                for variant in variants:
-                    for seed in self.seeds:
+        for seed in self.seeds:
+            for model in self.models:
+                for name in methods:
+                    for variant in self._variants(METHODS.get(name)):
                         options = {**self.recipe, "model": model, "method": name, **variant, "seed": seed}
                         out.append(Cell(_cell_name(options), options))
         return out
+
+    def _variants(self, method) -> list[dict[str, Any]]:
+        if method.single_module:
+            return [dict(num_modules=1)]
+        contexts = self.contexts if self.contexts and method.varies_context else (None,)
+        losses = self.local_losses or (None,)
+        return [
+            {"num_modules": k, **({"context": c} if c else {}), **({"local_loss": loss} if loss else {})}
+            for k in self.num_modules if k > 1 for c in contexts for loss in losses
+        ]
 
 
 def _cell_name(options: dict[str, Any]) -> str:
@@ -124,11 +127,24 @@ def resolve_cells(grid: AccuracyGrid, out: Path) -> list[tuple[Cell, Config]]:
     return resolved
 
 
-def run_accuracy(grid: AccuracyGrid, out: Path | str, *, log: Log | None = print, command: str | None = None) -> dict:
+def run_accuracy(
+    grid: AccuracyGrid,
+    out: Path | str,
+    *,
+    log: Log | None = print,
+    command: str | None = None,
+    train: bool = True,
+    shard: tuple[int, int] = (1, 1),
+) -> dict:
     """Train (or resume, or skip) every cell into ``out/cells/``; write the outputs (module docstring) and
-    return ``{"meta": ..., "rows": [...]}``."""
+    return ``{"meta": ..., "rows": [...]}``.
+
+    Several processes or machines can share one grid: ``shard=(i, n)`` takes cells i, i + n, i + 2n, ...
+    (1-based) of the grid's order and writes no table; ``train=False`` trains nothing — the finished cells are
+    read, the others are rows of status ``not run`` — to write the one table once the shards are done."""
     out = Path(out)
-    cells = resolve_cells(grid, out)
+    index, count = shard
+    cells = resolve_cells(grid, out)[index - 1 :: count]
     rows = []
     say = log or (lambda line: None)
     with Progress(len(cells), "accuracy grid", unit="cell") as progress:  # a bar on a terminal; a line per cell
@@ -136,22 +152,23 @@ def run_accuracy(grid: AccuracyGrid, out: Path | str, *, log: Log | None = print
             run = RunDir(config.run.out)
             start = time.perf_counter()
             row = {"cell": cell.name, **cell.fields, "run_dir": str(run.path), "status": "ok", "reason": None}
-            try:
-                if not run.finished:
-                    cell_log = _cell_log(run)
-                    fit(config, resume=True, log=cell_log)
-                row.update(_result(run))
-            except Exception as err:  # a failing cell is reported in its row; the grid goes on
-                if isinstance(err, KeyboardInterrupt):
-                    raise
-                row.update(status="failed", reason=" ".join(str(err).split())[:300] or type(err).__name__)
+            if not (train or run.finished):
+                row.update(status="not run", reason="not finished; run the grid without --collect to train it")
+            else:
+                try:
+                    if not run.finished:
+                        fit(config, resume=True, log=_cell_log(run))
+                    row.update(_result(run))
+                except Exception as err:  # a failing cell is reported in its row; the grid goes on
+                    row.update(status="failed", reason=" ".join(str(err).split())[:300] or type(err).__name__)
             rows.append(row)
             say(f"[{i}/{len(cells)}] {cell.name}: " + (
                 f"test error {row['test_error']:.2f}%, {row['total_time_s']:.0f} s" if row["status"] == "ok"
                 else f"{row['status']}: {row['reason']}") + f" ({time.perf_counter() - start:.0f} s here)")
             progress.update(1)
     meta = environment(grid, command)
-    write_accuracy(out, rows, meta)
+    if count == 1:  # a shard leaves the table to the --collect pass: shards would write the same files at once
+        write_accuracy(out, rows, meta)
     return {"meta": meta, "rows": rows}
 
 

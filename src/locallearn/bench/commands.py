@@ -78,7 +78,7 @@ def bench_speed(
 def bench_accuracy(
     *, models: str, methods: str, num_modules: str, contexts: str | None, local_losses: str | None, seeds: str,
     config: str | None, option: list[str] | None, threads: int | None, out: Path, quiet: bool = False,
-    command: str | None = None, **recipe,
+    shard: str | None = None, collect: bool = False, command: str | None = None, **recipe,
 ) -> int:
     """Test error of every method against K: a grid of real training runs (``bench.accuracy``)."""
     from locallearn.bench.accuracy import AccuracyGrid, run_accuracy
@@ -102,10 +102,23 @@ def bench_accuracy(
         recipe=options,
     )
     result = run_accuracy(grid, out, log=None if quiet else (lambda line: print(line, flush=True)),
-                          command=command or _command())
-    failed = sum(r["status"] != "ok" for r in result["rows"])
-    print(f"wrote {out}/accuracy.{{json,csv,md,png}}" + (f"; {failed} cell(s) failed" if failed else ""))
+                          command=command or _command(), train=not collect, shard=_shard(shard))
+    counts = "".join(f"; {n} cell(s) {s}" for s in ("failed", "not run")
+                     if (n := sum(r["status"] == s for r in result["rows"])))
+    if shard and _shard(shard)[1] > 1:
+        print(f"shard {shard}: {len(result['rows'])} cell(s) in {out}/cells{counts}; write the table with --collect")
+    else:
+        print(f"wrote {out}/accuracy.{{json,csv,md,png}}{counts}")
     return 0
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return (1, 1)
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 1 <= int(index) <= int(count)):
+        raise ValueError(f"--shard: expected I/N with 1 <= I <= N (e.g. 2/4), got {text!r}.")
+    return int(index), int(count)
 
 
 def bench_pipeline(
