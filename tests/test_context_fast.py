@@ -1,4 +1,4 @@
-"""ContSup's context supply against a plain implementation of METHODS.md 5, on the same weights.
+"""ContSup's context supply against a plain implementation of docs/methods.md §5, on the same weights.
 
 The reference below is the spec's formula written out with functional ops (conv, train-mode BatchNorm,
 ReLU, ``F.adaptive_avg_pool2d``), reading the encoders' parameters by their state_dict names. The supply
@@ -24,7 +24,7 @@ BATCH = 3
 RTOL = 1e-6
 
 
-# --- the reference: METHODS.md 5, written out ------------------------------------------------------------
+# --- the reference: docs/methods.md §5, written out------------------------------------------------------------
 def conv_bn_relu(p: dict, conv: str, bn: str, x: torch.Tensor, padding: int) -> torch.Tensor:
     """conv (with bias) → BatchNorm in training mode (batch statistics; running statistics updated) → ReLU."""
     y = F.conv2d(x, p[f"{conv}.weight"], p[f"{conv}.bias"], padding=padding)

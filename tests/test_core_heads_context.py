@@ -1,4 +1,4 @@
-"""Auxiliary heads, decoders and ContSup encoders against METHODS.md 3-5: sizes, shapes, gradients."""
+"""Auxiliary heads, decoders and ContSup encoders against docs/methods.md §3-5: sizes, shapes, gradients."""
 
 import pytest
 import torch
@@ -48,7 +48,7 @@ def test_contrast_heads_are_128_wide():
 
 
 def test_image_decoder_shape_and_size():
-    dec = ImageDecoder(32, 32)
+    dec = ImageDecoder(32, 32, image_channels=3)
     out = dec(torch.randn(2, 32, 16, 16))
     assert out.shape == (2, 3, 32, 32) and out.min() >= 0 and out.max() <= 1
     assert n_params(dec) == (32 * 12 * 9 + 12) + 24 + (12 * 3 * 9 + 3)

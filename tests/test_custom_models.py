@@ -100,6 +100,11 @@ def test_a_nested_model_is_cut_at_named_submodules():
         ll.units(model, ["stem", "neck"])
     with pytest.raises(ValueError, match=r"2 parameter\(s\) of Nested belong to no unit \(first: fc.weight\)"):
         ll.units(model, ["stem", "body.a", "body.b"])
+    for names in (["stem", "body.a", "body.a"], ["stem", "stem", "body.a"]):
+        with pytest.raises(ValueError, match=r"units: '(body.a|stem)' is named twice"):
+            ll.units(model, names)
+    with pytest.raises(ValueError, match=r"units: 'again' is a module already given under another name"):
+        ll.units(model, ["stem", ("again", model.stem), "body.a"])
 
 
 def test_units_that_do_not_chain_are_refused_naming_both():
@@ -108,6 +113,9 @@ def test_units_that_do_not_chain_are_refused_naming_both():
     with pytest.raises(ValueError, match=r"^model: unit 2 \(Sequential\) cannot take the output of unit 1 "
                                          r"\(Sequential\), of shape \(32, 8, 8\)"):
         ll.build(seq, method="greedy", num_modules=2, image_size=16)
+    with pytest.raises(ValueError, match=r"^model: unit 0 \(Sequential\) cannot take the input image, of shape "
+                                         r"\(3, 16, 16\) .*; if the model is right, give the data's in_channels"):
+        ll.build(sequential_cnn(in_channels=1), method="greedy", num_modules=2, image_size=16)
     with pytest.raises(ValueError, match="needs the input size"):
         ll.build(sequential_cnn(), method="greedy", num_modules=2)
     with pytest.raises(ValueError, match="must map features to logits"):

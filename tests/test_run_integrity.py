@@ -271,9 +271,13 @@ def test_12_bad_options_are_one_line(tmp_path, capsys):
     dup = tmp_path / "dup.yaml"
     dup.write_text("lr: 0.1\nepochs: 2\nlr: 0.5\n")
     cases.append((["train", "--config", str(dup)], "duplicate key 'lr'"))
+    cases.append((["bench", "accuracy", "--option", "model_kwargs={depth: 20, depth: 32}"], "duplicate key 'depth'"))
     for argv, words in cases:
         assert main(argv) == 2, argv
         assert words in one_line(capsys)
+    with pytest.raises(SystemExit):  # a flag's value is parsed by argparse, with the same strict loader
+        main(["train", "--model-kwargs", "{depth: 20, depth: 32}"])
+    assert "duplicate key 'depth'" in capsys.readouterr().err
     assert not (Path.cwd() / "config.yaml").exists()
 
 
@@ -331,6 +335,14 @@ def test_20_noise(tmp_path, finished, capsys, monkeypatch):
         progress.update(1)
         progress.update(1)
     assert logged and logged[0].startswith("  epoch 1/1: 1/3, loss 1.0")
+    # `train > log` on a terminal: stderr is one, stdout is not — lines in the log, no bar
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    logged.clear()
+    with Progress(2, "epoch 1/1", log=logged.append, every_s=0.0) as progress:
+        assert progress.bar is None
+        progress.update(1)
+    assert logged
     # no stray names in the package
     assert not {"Any", "annotations"} & set(dir(locallearn))
 

@@ -43,12 +43,12 @@ def _floats(text: str) -> list[float]:
 
 
 def _yaml_value(text: str) -> Any:
-    import yaml
+    from locallearn.training.config import load_yaml  # the strict loader of config files: duplicate keys refused
 
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise argparse.ArgumentTypeError(f"not a YAML value: {text!r}") from None
+        return load_yaml(text, repr(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err).rstrip(".")) from None
 
 
 FLAG_TYPES: dict[str, dict[str, Any]] = {

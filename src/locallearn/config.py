@@ -97,7 +97,7 @@ class NetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists, not tuples) for YAML and JSON."""
-        return {k: _plain(v) for k, v in dataclasses.asdict(self).items()}
+        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
 
 
 NET_FIELDS = tuple(f.name for f in dataclasses.fields(NetConfig))
@@ -221,7 +221,10 @@ def _per_channel(name: str, value: Any, channels: int) -> tuple[float, ...] | No
     return tuple(float(v) for v in value)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
+def plain(value: Any) -> Any:
+    """A config value for YAML and JSON: tuples as lists, at any depth."""
+    if isinstance(value, (tuple, list)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
     return value

@@ -1,4 +1,4 @@
-"""ContSup's context supply (METHODS.md 5).
+"""ContSup's context supply (docs/methods.md §5).
 
 Boundary i (i = 0..K−2) sits between module i and module i+1. With h_i module i's output, x the
 normalised image and ĥ_i the tensor handed to module i+1 (ĥ_{−1} := x):
@@ -93,7 +93,8 @@ def average_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class ImageEncoder(nn.Module):
-    """Enc_i: conv3x3(3 → 12) → BN → ReLU → conv3x3(12 → C_i) → BN → ReLU → adaptive avg pool to H_i×W_i."""
+    """Enc_i: conv3x3(C_img → 12) → BN → ReLU → conv3x3(12 → C_i) → BN → ReLU → adaptive avg pool to H_i×W_i, C_img
+    the input image's channels."""
 
     def __init__(self, in_channels: int, out_shape: tuple[int, int, int]) -> None:
         super().__init__()

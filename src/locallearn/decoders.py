@@ -24,7 +24,7 @@ class ImageDecoder(nn.Module):
     """Bilinear upsample to S×S (align_corners=True) → conv3x3(C → 12) → BN → ReLU → conv3x3(12 → C_img) →
     sigmoid, C_img the input image's channels (3 for RGB, 1 for grayscale)."""
 
-    def __init__(self, channels: int, image_size: int, image_channels: int = 3) -> None:
+    def __init__(self, channels: int, image_size: int, *, image_channels: int) -> None:
         super().__init__()
         self.image_size = image_size
         self.net = nn.Sequential(

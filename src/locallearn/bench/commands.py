@@ -82,14 +82,14 @@ def bench_accuracy(
 ) -> int:
     """Test error of every method against K: a grid of real training runs (``bench.accuracy``)."""
     from locallearn.bench.accuracy import AccuracyGrid, run_accuracy
-    from locallearn.training.config import requested_options
+    from locallearn.training.config import load_yaml, requested_options
 
     options, _ = requested_options(config, {k: v for k, v in recipe.items() if v is not None})
     for item in option or []:  # --option KEY=VALUE: any option of `locallearn train`, for every cell
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--option: expected KEY=VALUE, got {item!r}.")
-        options[key.strip().replace("-", "_")] = _yaml(value)
+        options[key.strip().replace("-", "_")] = load_yaml(value, f"--option {item}")
     if threads is not None:
         torch.set_num_threads(threads)
     grid = AccuracyGrid(
@@ -145,10 +145,4 @@ def bench_pipeline(
     return 1 if report["comparison"]["failed"] else 0
 
 
-def _yaml(text: str):
-    import yaml
 
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ValueError(f"--option: not a YAML value: {text!r}.") from None

@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+from locallearn.methods import METHODS
+
 MIB = 2**20
 
 
@@ -87,9 +89,14 @@ def _method(row: dict) -> str:
     return row["method"] + (f" ({decoder})" if decoder else "") + (" compiled" if row.get("compiled") else "")
 
 
+def _varies_context(row: dict) -> bool:
+    """Whether the row's method supplies context, so its context mode tells rows apart."""
+    return METHODS.get(row["method"]).varies_context
+
+
 def _cells(row: dict) -> list[str]:
     return [row["model"], _method(row), str(row["num_modules"]), row["split"] or "–",
-            row["context"] if row["method"] == "contsup" else "–", str(row["batch_size"])]
+            row["context"] if _varies_context(row) else "–", str(row["batch_size"])]
 
 
 def _status(row: dict) -> str:
@@ -194,7 +201,7 @@ def _plot_panel(ax, rows: list[dict], value) -> None:
     ok = [r for r in rows if r["status"] == "ok" and value(r) is not None]
     lines: dict[str, list[tuple[int, float]]] = {}
     for r in ok:
-        label = _method(r) + (f" {r['context']}" if r["method"] == "contsup" else "")
+        label = _method(r) + (f" {r['context']}" if _varies_context(r) else "")
         label += f" ({r['split']})" if r["split"] else ""
         if len({x["batch_size"] for x in rows}) > 1:
             label += f" b{r['batch_size']}"

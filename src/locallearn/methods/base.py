@@ -187,7 +187,7 @@ class Method:
         heads = [create_head(config.aux_head, b.out_shape, head_dim) for b in boundaries]
         image_decoders = [None] * len(boundaries)
         if config.reconstruct:
-            image_decoders = [ImageDecoder(b.out_shape[0], b.image_shape[-1], b.image_shape[0]) for b in boundaries]
+            image_decoders = [ImageDecoder(b.out_shape[0], b.image_shape[-1], image_channels=b.image_shape[0]) for b in boundaries]
         feature_decoders: list[nn.Module | None] = [None] * len(boundaries)
         taps: list[int | None] = [None] * len(boundaries)
         if config.feature_decoder is not None:

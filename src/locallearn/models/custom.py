@@ -52,13 +52,16 @@ def check_chain(backbone: Backbone, names: list[str]) -> None:
             for i, unit in enumerate(backbone.units):
                 try:
                     x = unit(x)
-                except Exception as err:  # any shape error the unit's own code raises
+                except torch.OutOfMemoryError:
+                    raise
+                except (RuntimeError, ValueError, TypeError, IndexError) as err:  # a shape error of the unit's own code
                     what = (f"unit {names[i]} ({type(unit).__name__}) cannot take the output of unit {names[i - 1]} "
                             f"({type(backbone.units[i - 1]).__name__})" if i else
                             f"unit {names[0]} ({type(unit).__name__}) cannot take the input image")
+                    hint = ("; if the model is right, give the data's in_channels and image_size" if i == 0 else
+                            "; the units must chain, the last mapping features to logits")
                     raise ValueError(
-                        f"model: {what}, of shape {tuple(x.shape[1:])} ({' '.join(str(err).split())[:160]}); the "
-                        f"units must chain, the last mapping features to logits."
+                        f"model: {what}, of shape {tuple(x.shape[1:])} ({' '.join(str(err).split())[:160]}){hint}."
                     ) from None
                 if not isinstance(x, torch.Tensor):
                     raise ValueError(
@@ -88,9 +91,12 @@ def units(model: nn.Module, names: Iterable[str | tuple[str, nn.Module]]) -> nn.
         if module is None:
             top = [n for n, _ in model.named_children()]
             raise ValueError(f"units: {type(model).__name__} has no submodule {name!r}; its children are {', '.join(top)}.")
-        if name in chosen:
+        key = name.replace(".", "_")  # a child's name may not hold a dot
+        if key in chosen:
             raise ValueError(f"units: {name!r} is named twice.")
-        chosen[name.replace(".", "_")] = module
+        if any(module is other for other in chosen.values()):
+            raise ValueError(f"units: {name!r} is a module already given under another name; each unit once.")
+        chosen[key] = module
     taken = {id(p) for m in chosen.values() for p in m.parameters()}
     left = [n for n, p in model.named_parameters() if id(p) not in taken]
     if left:

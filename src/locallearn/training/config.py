@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping
 import torch
 import yaml
 
-from locallearn.config import NET_FIELDS, RENAMED, NetConfig, resolve_net
+from locallearn.config import NET_FIELDS, RENAMED, NetConfig, plain, resolve_net
 from locallearn.data import describe_dataset, dataset_names
 from locallearn.validate import Bool, Choice, Float, Int, Optional, Text, check, check_fields
 
@@ -185,9 +185,7 @@ class Config:
 
 
 def _plain(section: Any) -> dict[str, Any]:
-    if isinstance(section, NetConfig):
-        return section.to_dict()
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(section).items()}
+    return {k: plain(v) for k, v in dataclasses.asdict(section).items()}
 
 
 # Option name → (section, how its flag parses, help). The net section's options are NetConfig's fields.
@@ -196,7 +194,7 @@ _NET_HELP = {
     "method": ("str", "a set of defaults (locallearn list): e2e and checkpoint train one module (K=1); greedy, dgl, "
                       "infopro, contsup and featrecon default to K=4"),
     "num_modules": ("int", "K, the number of local modules (default: the method's)"),
-    "split": ("yaml", "paper, balanced, auto, uniform, stages or cuts as YAML, e.g. '[[1,2],[2,1]]' (default: paper)"),
+    "split": ("yaml", "paper, balanced, auto, uniform, stages or cuts as YAML, e.g. '[[1,2],[2,1]]' (default: paper where the model has published cuts, else auto)"),
     "aux_head": ("str", "auxiliary head of the local modules: linear, 1c2f, dgl, token, auto (default: the method's)"),
     "local_loss": ("str", "ce (softmax) or contrast (supervised contrastive) (default: the method's)"),
     "reconstruct": ("bool", "InfoPro's image reconstruction in every local module (default: the method's)"),

@@ -21,7 +21,7 @@ class Progress:
         self.done = 0
         self.start = self.last_line = time.perf_counter()
         self.bar = None
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and sys.stdout.isatty():  # `train > log`: the log gets the lines, not a bar
             self.bar = tqdm(total=total, desc=what, unit=unit, leave=False, file=sys.stderr)
 
     def __enter__(self) -> "Progress":

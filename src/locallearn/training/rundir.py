@@ -154,7 +154,7 @@ class RunDir:
         return records
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        text = json.dumps(finite(summary), indent=2, default=_plain, allow_nan=False) + "\n"
+        text = json.dumps(finite(summary), indent=2, default=_json_scalar, allow_nan=False) + "\n"
         atomic_write(self.file(SUMMARY), lambda f: f.write(text.encode()))
 
     def read_summary(self) -> dict[str, Any] | None:
@@ -238,7 +238,7 @@ def finite(value: Any) -> Any:
     return value
 
 
-def _plain(value: Any) -> Any:
+def _json_scalar(value: Any) -> Any:
     """JSON for NumPy / torch scalars (``.item()``) that reach a summary through ``net.describe()``."""
     if hasattr(value, "item"):
         return value.item()
