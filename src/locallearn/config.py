@@ -50,7 +50,7 @@ class NetConfig:
     local_loss: str = "ce"  # "ce" or "contrast"
     reconstruct: bool = field(default=False, metadata=check(Bool()))  # InfoPro's image reconstruction
     context: str = "R0"  # ContSup's context mode
-    num_classes: int = field(default=10, metadata=check(Int(2)))
+    num_classes: int = field(default=10, metadata=check(Int(2, 1_000_000)))  # bounded: a typo is not a 40 GB head
     image_size: int | None = field(default=None, metadata=check(Optional(Int(1, 8192))))  # None: the backbone's own
     in_channels: int = field(default=3, metadata=check(Int(1)))  # of the input image
     image_mean: tuple[float, ...] | None = None  # of the [0, 1] image, per channel; inputs are (x − mean) / std

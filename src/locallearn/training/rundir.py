@@ -263,6 +263,10 @@ def load_state(path: Path, map_location: torch.device | str = "cpu") -> dict[str
     cannot be read, is not locallearn's, or does not match its digest."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except (torch.OutOfMemoryError, MemoryError):
+        raise  # the file may be sound; the device is full
+    except OSError as err:  # permissions, a missing file, a disk error: the file was not read at all
+        raise ValueError(f"{path} cannot be read ({' '.join(str(err).split())[:160]})") from None
     except Exception as err:  # unpickling and zip errors have many types; all mean the same to the user
         raise ValueError(f"{path} cannot be read, it is damaged ({' '.join(str(err).split())[:160]})") from None
     if not isinstance(state, dict) or state.get("format") not in (1, CHECKPOINT_FORMAT):
