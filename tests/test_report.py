@@ -104,7 +104,7 @@ def test_labels_name_only_the_difference(tmp_path):
         fake_run(tmp_path / "d", accs=[0.9], method="e2e"),
     ]
     table = group_runs([load_run(p) for p in runs])
-    assert list(table.rows) == ["contsup R1E ce, lr=0.05", "contsup R1E ce, lr=0.1", "e2e"]
+    assert list(table.rows) == ["e2e", "contsup R1E ce, lr=0.05", "contsup R1E ce, lr=0.1"]
     assert sorted(table.rows["contsup R1E ce, lr=0.1"]) == [2, 4]
     assert table.warnings == [
         "report: contsup R1E ce runs differ in lr (0.05 vs 0.1) beside their method and K; shown as separate rows"
@@ -150,7 +150,7 @@ def test_plot_error_bars_and_e2e_reference(tmp_path):
     assert list(e2e.get_ydata()) == [6.0, 6.0]
     assert len(ax.patches) == 1
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["contsup R1E ce", "e2e (K=1, n=2)", "infopro contrast rec"]
+    assert legend == ["e2e (K=1, n=2)", "contsup R1E ce", "infopro contrast rec"]
     report = write_report(runs, out=tmp_path / "report")
     assert report.plot_path.read_bytes().startswith(PNG_MAGIC)
     assert "| e2e | 6.00 ± 1.41 (n=2) |  |  |  |" in report.markdown.splitlines()

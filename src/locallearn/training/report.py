@@ -132,11 +132,11 @@ class Table:
 
     @property
     def rows(self) -> dict[str, dict[int, Group]]:
-        """Row label → K → group, rows sorted by label."""
+        """Row label → K → group: the reference rows (K = 1: e2e, checkpointing) first, then by label."""
         rows: dict[str, dict[int, Group]] = defaultdict(dict)
         for g in self.groups:
             rows[g.label][g.num_modules] = g
-        return {label: rows[label] for label in sorted(rows, key=_natural)}
+        return {label: rows[label] for label in sorted(rows, key=lambda label: (1 not in rows[label], _natural(label)))}
 
     @property
     def setting(self) -> str:
