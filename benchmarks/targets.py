@@ -28,15 +28,17 @@ class Target:
 
 @dataclass(frozen=True)
 class PairTarget:
-    """A row's peak over its partner's — the row of the same setting with ``partner``'s fields — at most
-    ``threshold`` (FeatRecon against InfoPro-Transformer on the same backbone, K and split)."""
+    """A row's ``metric`` over its partner's — the row of the same setting with ``partner``'s fields — at
+    most ``threshold`` (FeatRecon's peak against InfoPro-Transformer's on the same backbone, K and split; a
+    compiled configuration's step time against the same configuration eager); ``threshold`` None: reported."""
 
     name: str
     select: dict
     partner: dict
-    threshold: float = 1.0
+    threshold: float | None = 1.0
     kind: str = "memory"
     note: str = ""
+    metric: str = "peak_activation_bytes"
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,9 @@ TARGETS = (
     Target("ResNet-110, K=16, ContSup R1E: step time ≤ 1.5× e2e", "speed",
            dict(model="resnet110", num_modules=16, split="paper", method="contsup", context="R1E", compiled=False),
            "time_ratio", "<=", 1.5),
-    *(Target(f"{name}, compiled: step time ÷ e2e (eager)", "speed", dict(model=model, compiled=True), "time_ratio", None,
-             note="compiled training is to be faster than eager") for model, name in
-      (("resnet32", "ResNet-32"), ("resnet110", "ResNet-110"))),
+    *(PairTarget(f"{name}, step time compiled ÷ the same configuration eager", dict(model=model, compiled=True),
+                 dict(compiled=False), threshold=None, kind="speed", metric="step_time_s",
+                 note="below 1: compiling paid") for model, name in (("resnet32", "ResNet-32"), ("resnet110", "ResNet-110"))),
     Target("activation checkpointing: step time ÷ e2e", "speed", dict(method="checkpoint"), "time_ratio", None,
            note="InfoPro measured 1.275 (+27.5%) on a Titan Xp"),
     Target("InfoPro*, K=4, memory-balanced: step time ÷ e2e", "speed",
@@ -180,7 +182,8 @@ def _evaluate_split(target: SplitTarget, rows: list[dict]) -> list[dict]:
     return results
 
 
-_PAIR_KEY = ("model", "method", "num_modules", "split", "feature_decoder", "batch_size", "image_size", "device")
+_PAIR_KEY = ("model", "method", "num_modules", "split", "context", "feature_decoder", "compiled", "batch_size",
+             "image_size", "device")
 
 
 def _evaluate_pair(target: PairTarget, rows: list[dict]) -> list[dict]:
@@ -193,10 +196,18 @@ def _evaluate_pair(target: PairTarget, rows: list[dict]) -> list[dict]:
             continue
         value = None
         if row["status"] == "ok" and partner["status"] == "ok":
-            value = row["peak_activation_bytes"] / partner["peak_activation_bytes"]
-        status = "not measured" if value is None else ("met" if value <= target.threshold else "missed")
-        results.append(dict(target=f"{target.name}: K={row['num_modules']}, {row['split']} split", where=_where(row),
-                            measured=value, op="<=", threshold=target.threshold, status=status, note=target.note))
+            value = row[target.metric] / partner[target.metric]
+        if value is None:
+            status = "not measured"
+        elif target.threshold is None:
+            status = "reported"
+        else:
+            status = "met" if value <= target.threshold else "missed"
+        label = row["method"] + (f" {row['context']}" if row["method"] == "contsup" else "")
+        setting = f"K={row['num_modules']}" + (f", {row['split']} split" if row["split"] else "")
+        results.append(dict(target=f"{target.name}: {label}, {setting}", where=_where(row), measured=value,
+                            op="<=" if target.threshold is not None else None, threshold=target.threshold,
+                            status=status, note=target.note))
     return results
 
 

@@ -134,6 +134,13 @@ def test_the_pipeline_not_ahead_is_said_plainly():
                             "window")
 
 
+def test_a_ratio_within_two_percent_is_not_called_ahead():
+    c = bp.compare({"single_Nt": _summary(164.1, 164.0), "pipeline": _summary(164.8, 159.0), "ddp": _summary(163.4)})
+    assert c["speedup_steady"] == pytest.approx(164.8 / 164.1) and c["ahead"] is False
+    assert c["verdict"] == ("the pipeline is not ahead of single_Nt: 1.00× in the steady state, 0.97× over the whole "
+                            "window")
+
+
 def test_each_measure_is_against_its_own_best_and_a_split_verdict_names_both():
     c = bp.compare({"single_Nt": _summary(200, 150), "pipeline": _summary(210, 170), "ddp": _summary(190, 180)})
     assert (c["best"], c["best_window"]) == ("single_Nt", "ddp")

@@ -69,9 +69,19 @@ def test_swin_targets_and_featrecon_against_infopro_transformer():
                                                                           ("conv decoder", "missed")]
     pair = [t for t in found if t["target"].startswith("Swin-Tiny: FeatRecon at most")]
     assert [round(t["measured"], 3) for t in pair] == [round(60 / 105, 3), round(70 / 105, 3)]
-    assert all(t["status"] == "met" and t["target"].endswith("K=2, stages split") for t in pair)
+    assert all(t["status"] == "met" and t["target"].endswith("featrecon, K=2, stages split") for t in pair)
     balanced4 = next(t for t in found if t["target"].startswith("Swin-Tiny, K=4, balanced split, FeatRecon"))
     assert balanced4["status"] == "met" and balanced4["threshold"] == 0.35
+
+
+def test_compiled_rows_against_the_same_configuration_eager():
+    rows = [_row(model="resnet32", context=c, compiled=comp, step_time_s=t) for c, comp, t in
+            (("R1", False, 2.0), ("R1", True, 1.5), ("R1E", False, 4.0), ("R1E", True, 5.0), ("E", True, 1.0))]
+    found = [t for t in evaluate(rows, "speed") if "compiled ÷" in t["target"]]
+    by_context = {t["target"].split(": contsup ")[1].split(",")[0]: t for t in found if "ResNet-32" in t["target"]}
+    assert by_context["R1"]["measured"] == pytest.approx(0.75) and by_context["R1E"]["measured"] == pytest.approx(1.25)
+    assert "E" not in by_context  # no eager partner: not compared
+    assert {t["status"] for t in by_context.values()} == {"reported"} and by_context["R1"]["op"] is None
 
 
 def test_benchmark_script_writes_targets_and_the_gpu_section(tmp_path):

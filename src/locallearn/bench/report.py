@@ -200,20 +200,28 @@ def plot(path: Path | str, *, memory: list[dict] | None = None, speed: list[dict
 def _plot_panel(ax, rows: list[dict], value) -> None:
     ok = [r for r in rows if r["status"] == "ok" and value(r) is not None]
     lines: dict[str, list[tuple[int, float]]] = {}
+    eager_twin: dict[str, str] = {}  # a compiled line → the label of the same configuration eager
     for r in ok:
         label = _method(r) + (f" {r['context']}" if _varies_context(r) else "")
         label += f" ({r['split']})" if r["split"] else ""
         if len({x["batch_size"] for x in rows}) > 1:
             label += f" b{r['batch_size']}"
         lines.setdefault(label, []).append((r["num_modules"], value(r)))
+        if r.get("compiled"):
+            eager_twin[label] = label.replace(" compiled", "", 1)
     ks = sorted({r["num_modules"] for r in ok if r["num_modules"] > 1}) or [1, 2]
-    for label, points in lines.items():
+    colors: dict[str, str] = {}
+    for label, points in sorted(lines.items(), key=lambda item: item[0] in eager_twin):  # eager lines first
         points.sort()
+        compiled = label in eager_twin
         if all(k == 1 for k, _ in points):
             color = "black" if label.startswith("e2e") else "grey"
-            ax.axhline(points[0][1], linestyle="--", linewidth=1.2, color=color, label=label)
-        else:
-            ax.plot([k for k, _ in points], [v for _, v in points], marker="o", label=label)
+            ax.axhline(points[0][1], linestyle=":" if compiled else "--", linewidth=1.2, color=color, label=label)
+        else:  # a compiled line: its eager twin's colour, dashed, open markers
+            (line,) = ax.plot([k for k, _ in points], [v for _, v in points], marker="o", label=label,
+                              color=colors.get(eager_twin.get(label, "")), linestyle="--" if compiled else "-",
+                              markerfacecolor="none" if compiled else None)
+            colors[label] = line.get_color()
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks)
     ax.set_xticklabels([str(k) for k in ks])
