@@ -1,6 +1,6 @@
 """Regenerate the committed benchmark results and the tables of benchmarks/README.md.
 
-    python benchmarks/run.py                 # the committed CPU run (about 9 minutes on 2 cores)
+    python benchmarks/run.py                 # the committed CPU run (about 40 minutes on 2 cores)
     python benchmarks/run.py --quick --out /tmp/bench   # the same code on tiny settings (a minute)
     python benchmarks/run.py --device cuda --gpu-only   # InfoPro's GPU setting: ResNet-110, batch 1024
     python benchmarks/run.py --gpu-only --quick --out /tmp/g   # that part's code on tiny settings, on a CPU
