@@ -81,6 +81,17 @@ def test_eval_reproduces_the_final_test_accuracy(run, capsys):
     assert f"test accuracy {100 * summary['test_acc']:.2f}%" in capsys.readouterr().out
 
 
+def test_eval_with_precise_batchnorm_leaves_the_checkpoint_as_it_was(run, capsys):
+    out = run[0]
+    before = (out / "checkpoint.pt").read_bytes()
+    assert main(["eval", str(out), "--device", "cpu", "--precise-bn", "2"]) == 0
+    assert "BatchNorm statistics recomputed on 2 training batches, not saved" in capsys.readouterr().out
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert main(["eval", str(out), "--device", "cpu", "--precise-bn", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "at least one batch" in err
+
+
 def test_finished_run_is_refused_without_overwrite(run, capsys):
     out = run[0]
     assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 2

@@ -200,3 +200,27 @@ def test_bf16_mixed_precision_is_opt_in(tmp_path):
     assert cfg.autocast_dtype == torch.bfloat16
     summary = fit(cfg, log=lambda line: None)
     assert math.isfinite(RunDir(tmp_path / "r").read_metrics()[0]["train_loss"]) and 0 <= summary["test_acc"] <= 1
+
+
+def test_precise_batchnorm_is_the_plain_average_over_batches_and_leaves_the_rest_as_it_was():
+    from torch import nn
+
+    from locallearn.training.runner import precise_batchnorm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(), nn.LazyLinear(2))
+    batches = [(torch.randn(8, 3, 6, 6) * (i + 1), torch.zeros(8, dtype=torch.long)) for i in range(5)]
+    net(batches[0][0])  # materialise the lazy layer
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "tracked" not in k}
+    assert precise_batchnorm(net, batches, 3) == 3
+    with torch.no_grad():
+        features = [net[0](x) for x, _ in batches[:3]]
+    bn = net[1]
+    expected_mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in features]).mean(0)
+    expected_var = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in features]).mean(0)
+    assert torch.allclose(bn.running_mean, expected_mean, atol=1e-6)
+    assert torch.allclose(bn.running_var, expected_var, rtol=1e-5)
+    assert bn.momentum == 0.1 and not net.training and not bn.training and int(bn.num_batches_tracked) == 3
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in weights.items())
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        precise_batchnorm(nn.Sequential(nn.Linear(2, 2)), batches, 1)

@@ -15,7 +15,13 @@ from locallearn.training.config import presets, read_options, requested_options,
 from locallearn.training.fit import fit
 from locallearn.training.report import write_report
 from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
-from locallearn.training.runner import evaluate, load_data, load_weights, resolve_device
+from locallearn.training.runner import (
+    evaluate,
+    load_data,
+    load_weights,
+    precise_batchnorm,
+    resolve_device,
+)
 
 
 def train(*, config: str | None = None, resume: bool = False, overwrite: bool = False, **flags: Any) -> int:
@@ -31,8 +37,11 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
     return 0
 
 
-def evaluate_run(run_dir: Path, *, device: str = "auto", data_dir: str | None = None) -> dict[str, Any]:
-    """Test accuracy of a saved run: the net rebuilt from its config.yaml, weights from checkpoint.pt."""
+def evaluate_run(
+    run_dir: Path, *, device: str = "auto", data_dir: str | None = None, precise_bn: int | None = None
+) -> dict[str, Any]:
+    """Test accuracy of a saved run: the net rebuilt from its config.yaml, weights from checkpoint.pt; with
+    ``precise_bn``, BatchNorm statistics recomputed first on that many training batches (not saved)."""
     run = RunDir(Path(run_dir))
     if not run.file(CONFIG).is_file():
         raise ValueError(f"{run.path} holds no run (no {CONFIG}); give a directory written by `locallearn train`.")
@@ -45,16 +54,22 @@ def evaluate_run(run_dir: Path, *, device: str = "auto", data_dir: str | None = 
     net = build_net(config.net)
     load_weights(net, checkpoint["model"], run.file(CHECKPOINT))
     net.to(torch_device)
+    used = None
+    if precise_bn is not None:
+        used = precise_batchnorm(net, load_data(config, train=True, device=torch_device), precise_bn)
     result = evaluate(net, load_data(config, train=False, device=torch_device), autocast_dtype=config.autocast_dtype)
-    return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs}
+    return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used}
 
 
-def eval_command(run_dir: Path, device: str = "auto", data_dir: str | None = None) -> int:
+def eval_command(run_dir: Path, device: str = "auto", data_dir: str | None = None, precise_bn: int | None = None) -> int:
     """``locallearn eval RUN_DIR``."""
-    result = evaluate_run(run_dir, device=device, data_dir=data_dir)
+    result = evaluate_run(run_dir, device=device, data_dir=data_dir, precise_bn=precise_bn)
+    recomputed = ""
+    if result["precise_bn_batches"] is not None:
+        recomputed = f"; BatchNorm statistics recomputed on {result['precise_bn_batches']} training batches, not saved"
     print(
         f"{run_dir}: test accuracy {100 * result['test_acc']:.2f}% (test loss {result['test_loss']:.4g}), "
-        f"checkpoint after epoch {result['epoch']}/{result['epochs']}"
+        f"checkpoint after epoch {result['epoch']}/{result['epochs']}{recomputed}"
     )
     return 0
 

@@ -397,6 +397,41 @@ def check_finite(losses: list[torch.Tensor], *, first: int, batches: int | None 
 
 
 @torch.no_grad()
+def precise_batchnorm(net: nn.Module, loader: Iterable, batches: int) -> int:
+    """Recompute the running statistics of every BatchNorm that inference uses, as the plain average over
+    ``batches`` batches of ``loader`` (the training data), and return the number of batches used.
+
+    "Precise BN" for evaluation: the running averages a run keeps (momentum 0.1) lag behind weights that
+    change fast, which a short schedule of a local network shows most (benchmarks/README.md, accuracy
+    section). Only BatchNorm layers run in training mode, so dropout and the rest stay as in evaluation;
+    the inference forward runs, so auxiliary heads and decoders are untouched. The weights are not changed.
+    """
+    if batches < 1:
+        raise ValueError(f"precise BatchNorm needs at least one batch, got {batches}.")
+    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        raise ValueError("this network has no BatchNorm layer with running statistics to recompute.")
+    net.eval()
+    device = next(net.parameters()).device
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the plain mean over the batches seen
+        m.train()
+    used = 0
+    try:
+        for images, _ in itertools.islice(loader, batches):
+            net(images.to(device, non_blocking=True))
+            used += 1
+            interrupt.check()
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+            m.eval()
+    return used
+
+
+@torch.no_grad()
 def evaluate(
     net: nn.Module, loader: BatchLoader, *, autocast_dtype: torch.dtype | None = None, log: Log | None = None
 ) -> dict[str, float]:
