@@ -20,3 +20,17 @@ def assert_gradient_isolation(net, x, y):
         )
         if k < net.num_modules - 1:
             inp = net.handoff(k, h, state)
+
+
+def hub_unreachable(monkeypatch):
+    """Online as far as the Hugging Face libraries know (no offline switch, no proxy), but the hub's endpoint
+    does not answer: every connection fails at once with "no route to host"."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for var in ("TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+
+    def no_network(*args, **kwargs):
+        raise OSError("no route to host")
+
+    monkeypatch.setattr("socket.create_connection", no_network)

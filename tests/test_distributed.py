@@ -18,7 +18,7 @@ import torch
 import locallearn as ll
 from locallearn.distributed import comm
 from locallearn.distributed.assign import assign_modules, check_layout, parse_assign, partition
-from locallearn.distributed.launch import init_distributed, run_guarded, shutdown, spawn_local
+from locallearn.distributed.launch import init_distributed, join_local, run_guarded, shutdown, spawn_local
 from locallearn.distributed.pipeline import (
     Layout,
     PipelineStage,
@@ -258,13 +258,7 @@ def _four_ranks(out: str) -> None:
 
 
 def _join(procs, timeout):
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-    assert not alive, f"ranks still running after {timeout} s"
+    assert not join_local(procs, timeout), f"ranks still running after {timeout} s"
     return [p.exitcode for p in procs]
 
 

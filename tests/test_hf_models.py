@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import locallearn as ll
 from locallearn.models import create_model, model_family
 
-from checks import assert_gradient_isolation
+from checks import assert_gradient_isolation, hub_unreachable
 
 # Tiny configurations on 32×32 inputs. ResNet: stem 8×8 (stride 4), stages 8, 4, 2, 1; 2 blocks in stage 1 so an
 # identity-shortcut block runs too. ViT: patch 4, an 8×8 token grid, 4 layers (K = 4 stage split). ConvNeXt:
@@ -317,15 +317,7 @@ def test_pretrained_fails_fast_and_clearly_without_the_hub(tmp_path, monkeypatch
     start = time.monotonic()
     with pytest.raises(ValueError, match=r"not in the Hugging Face cache, and HF_HUB_OFFLINE is set; give a"):
         create_model("vit_tiny", pretrained=name)
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    for var in ("TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-
-    def no_network(*args, **kwargs):
-        raise OSError("no route to host")
-
-    monkeypatch.setattr("socket.create_connection", no_network)
+    hub_unreachable(monkeypatch)
     with pytest.raises(ValueError, match=r"not in the Hugging Face cache, and \S+ cannot be reached \(no route"):
         create_model("convnext_tiny", pretrained=name)
     assert time.monotonic() - start < 10  # no download retries

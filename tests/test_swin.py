@@ -11,7 +11,7 @@ import locallearn as ll
 from locallearn.memory import SavedTensorMeter
 from locallearn.models import create_model
 
-from checks import assert_gradient_isolation
+from checks import assert_gradient_isolation, hub_unreachable
 
 # A tiny Swin on 32×32 inputs (patch 2): grids 16, 8, 4, 2 with window 2, two blocks per stage, so both
 # window and shifted-window blocks run; 13 units.
@@ -178,15 +178,7 @@ def test_pretrained_fails_fast_in_one_line_without_the_hub(tmp_path, monkeypatch
                                          r"directory, not in the Hugging Face cache, and HF_HUB_OFFLINE is set") as err:
         create_model("swin_tiny", pretrained=name)
     assert "\n" not in str(err.value)
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    for var in ("TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-
-    def no_network(*args, **kwargs):
-        raise OSError("no route to host")
-
-    monkeypatch.setattr("socket.create_connection", no_network)  # the hub's endpoint does not answer
+    hub_unreachable(monkeypatch)
     with pytest.raises(ValueError, match=r"not in the Hugging Face cache, and \S+ cannot be reached \(no route") as err:
         create_model("swin_cifar", pretrained=name, **TINY)
     assert "\n" not in str(err.value)

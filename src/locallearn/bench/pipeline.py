@@ -48,7 +48,7 @@ import torch
 
 import locallearn as ll
 from locallearn.distributed.assign import assign_modules, measure_module_costs
-from locallearn.distributed.launch import init_distributed, run_guarded, shutdown, spawn_local
+from locallearn.distributed.launch import init_distributed, join_local, run_guarded, shutdown, spawn_local
 from locallearn.distributed.pipeline import Layout, PipelineStage, make_groups, stage_parts
 from locallearn.engine import train_step
 from locallearn.methods import METHODS
@@ -259,18 +259,6 @@ def _train_rank(env, result_path: str, bench: PipelineBench, name: str, assignme
         }))
 
 
-def _join(procs: list, timeout: float) -> str | None:
-    """Wait for the processes; kill what is still running after ``timeout`` seconds (then say so)."""
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join()
-    return f"did not finish within {timeout:g} s; killed" if alive else None
-
-
 def _last_error(directory: str) -> str:
     """The last line a failed run's processes wrote to standard error (a traceback's exception line)."""
     lines = []
@@ -290,7 +278,9 @@ def run_variant(name: str, bench: PipelineBench, assignment: list[range]) -> dic
         else:
             procs = spawn_local(distributed_rank, processes, path, bench, name, assignment, threads=threads,
                                 stderr_dir=tmp)
-        timed_out = _join(procs, bench.run_timeout)
+        timed_out = None
+        if join_local(procs, bench.run_timeout):
+            timed_out = f"did not finish within {bench.run_timeout:g} s; killed"
         codes = [p.exitcode for p in procs]
         if timed_out or any(codes) or not os.path.exists(path):
             reason = timed_out or f"exit codes {codes}: {_last_error(tmp)}"

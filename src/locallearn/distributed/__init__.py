@@ -11,7 +11,7 @@ replicas of a stage can train data-parallel. Started by ``torchrun``; see docs/d
 """
 
 from locallearn.distributed.assign import assign_modules, check_layout, measure_module_costs, partition
-from locallearn.distributed.launch import DistEnv, init_distributed, run_guarded, shutdown, spawn_local
+from locallearn.distributed.launch import DistEnv, init_distributed, join_local, run_guarded, shutdown, spawn_local
 from locallearn.distributed.pipeline import Layout, PipelineStage, make_groups
 from locallearn.distributed.runner import PipelineLauncher, PipelineRunner, fit_pipeline
 
@@ -30,5 +30,6 @@ __all__ = [
     "partition",
     "run_guarded",
     "shutdown",
+    "join_local",
     "spawn_local",
 ]

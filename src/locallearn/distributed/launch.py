@@ -326,7 +326,7 @@ def _child(rank: int, world_size: int, port: int, threads: int, stderr_path: str
 
 def spawn_local(target, world_size: int, *args, threads: int = 1, stderr_dir: str | None = None) -> list:
     """Start ``world_size`` processes running ``target(*args)`` as ranks 0..N−1 of a job on 127.0.0.1, each
-    with ``threads`` intra-op threads; returns the started ``multiprocessing.Process`` objects (join them).
+    with ``threads`` intra-op threads; returns the started ``multiprocessing.Process`` objects (``join_local``).
     ``stderr_dir``: each rank's standard error goes to ``stderr_dir/rank{r}.err``."""
     import multiprocessing
 
@@ -339,3 +339,16 @@ def spawn_local(target, world_size: int, *args, threads: int = 1, stderr_dir: st
         p.start()
         procs.append(p)
     return procs
+
+
+def join_local(procs: list, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds in all for ``spawn_local``'s processes; kill (and reap) any still
+    running then. Returns whether some had to be killed."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.1, deadline - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+        p.join()
+    return bool(alive)
