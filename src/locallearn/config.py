@@ -21,14 +21,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from torch import nn
+
 from locallearn.context import ContextMode
 from locallearn.data import DatasetSpec, describe_dataset
 from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
 from locallearn.losses import LOCAL_LOSSES, lambda_schedule, lookup_lambdas
 from locallearn.methods import METHODS
-from torch import nn
-
 from locallearn.models import OBJECT, Backbone, check_model, check_model_options, model_family, own_splits
 from locallearn.models.registry import FAMILY_HEADS
 from locallearn.split import SPLITS, paper_ks, table_cuts

@@ -16,7 +16,7 @@ from locallearn.context import ContextMode, ContextSupply
 from locallearn.losses import lambda_schedule
 from locallearn.methods import METHODS, Boundary, ForwardState, NetworkLoss
 from locallearn.models import Backbone, as_backbone, create_model, model_accepts
-from locallearn.split import cuts_from_ends, resolve_ends
+from locallearn.split import cuts_from_ends, resolve_ends, show_cut
 
 
 class LocalNet(nn.Module):
@@ -166,7 +166,7 @@ class LocalNet(nn.Module):
     def describe(self) -> dict:
         """A summary for logs and run directories."""
         return {
-            "cuts": [list(c) if isinstance(c, tuple) else c for c in self.cuts],  # JSON: pairs as lists
+            "cuts": [show_cut(c) for c in self.cuts],
             "units_per_module": [b - a for a, b in self.bounds],
             "parameters": sum(p.numel() for p in self.parameters()),
             "lambda_source": self.lambda_source or None,

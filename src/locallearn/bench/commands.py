@@ -101,11 +101,12 @@ def bench_accuracy(
         seeds=parse_list(seeds, "--seeds", int),
         recipe=options,
     )
+    index, count = _shard(shard)
     result = run_accuracy(grid, out, log=None if quiet else (lambda line: print(line, flush=True)),
-                          command=command or _command(), train=not collect, shard=_shard(shard))
+                          command=command or _command(), train=not collect, shard=(index, count))
     counts = "".join(f"; {n} cell(s) {s}" for s in ("failed", "not run")
                      if (n := sum(r["status"] == s for r in result["rows"])))
-    if shard and _shard(shard)[1] > 1:
+    if count > 1:
         print(f"shard {shard}: {len(result['rows'])} cell(s) in {out}/cells{counts}; write the table with --collect")
     else:
         print(f"wrote {out}/accuracy.{{json,csv,md,png}}{counts}")
@@ -143,6 +144,3 @@ def bench_pipeline(
     print(f"verdict: {report['comparison']['verdict']}")
     print(f"wrote {Path(out) / 'pipeline.json'}, {Path(out) / 'pipeline.md'}")
     return 1 if report["comparison"]["failed"] else 0
-
-
-

@@ -33,10 +33,8 @@ runs when none is clean, which the report says). The verdict compares the pipeli
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -47,14 +45,14 @@ from typing import Callable
 import torch
 
 import locallearn as ll
+from locallearn.bench.runner import RunOptions
+from locallearn.bench.runner import environment as machine
 from locallearn.distributed.assign import assign_modules, measure_module_costs
 from locallearn.distributed.launch import init_distributed, join_local, run_guarded, shutdown, spawn_local
 from locallearn.distributed.pipeline import Layout, PipelineStage, make_groups, stage_parts
 from locallearn.engine import train_step
 from locallearn.methods import METHODS
-from locallearn.provenance import git_revision
 from locallearn.validate import Float, Int, Text, check, check_fields
-from locallearn.version import __version__
 
 Log = Callable[[str], None]
 VARIANTS = {  # name: what it is (processes × threads as a function of N = ranks: ``shape``)
@@ -171,7 +169,7 @@ def wait_for_idle(threshold: float, timeout: float = 30.0) -> float | None:
     while True:
         before = cpu_busy_s()
         time.sleep(0.5)
-        share = (cpu_busy_s() - before) / (0.5 * os.cpu_count())
+        share = foreign_share(cpu_busy_s() - before, 0.0, 0.5)
         if share <= threshold or time.monotonic() > deadline:
             return share
 
@@ -197,9 +195,15 @@ def single_process(result_path: str, bench: PipelineBench) -> None:
         done.append(time.perf_counter() - start)
     elapsed = time.perf_counter() - start
     own, busy = time.process_time() - cpu, cpu_busy_s() - busy
-    Path(result_path).write_text(json.dumps({
+    write_result(result_path, bench, elapsed, done, foreign_share(busy, own, elapsed))
+
+
+def write_result(path: str, bench: PipelineBench, elapsed: float, done: list[float], foreign: float, **extra) -> None:
+    """A run's result, for the launcher: its time and images/s over the whole window and in the steady state
+    (``done``: when each measured batch finished), the other processes' CPU share, and ``extra``."""
+    Path(path).write_text(json.dumps({
         "time_s": elapsed, "images_per_s": bench.batches * bench.batch_size / elapsed,
-        "steady_images_per_s": steady(done, bench.batch_size), "foreign_cpu_share": foreign_share(busy, own, elapsed),
+        "steady_images_per_s": steady(done, bench.batch_size), "foreign_cpu_share": foreign, **extra,
     }))
 
 
@@ -251,12 +255,8 @@ def _train_rank(env, result_path: str, bench: PipelineBench, name: str, assignme
         elapsed = max(r["time_s"] for r in reports)
         for r in reports:
             del r["done_s"]
-        Path(result_path).write_text(json.dumps({
-            "time_s": elapsed, "images_per_s": bench.batches * bench.batch_size / elapsed,
-            "steady_images_per_s": steady(done, bench.batch_size),
-            "foreign_cpu_share": foreign_share(busy, sum(r["cpu_s"] for r in reports), window),
-            "layout": layout.to_dict(), "ranks": reports,
-        }))
+        write_result(result_path, bench, elapsed, done, foreign_share(busy, sum(r["cpu_s"] for r in reports), window),
+                     layout=layout.to_dict(), ranks=reports)
 
 
 def _last_error(directory: str) -> str:
@@ -394,13 +394,10 @@ def _names(names: list[str]) -> str:
 
 # --- the run ---------------------------------------------------------------------------------------------------
 def environment(command: str | None) -> dict:
-    """The machine and software of the run."""
-    return dict(
-        date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), command=command,
-        platform=platform.platform(), processor=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
-        python=platform.python_version(), torch=torch.__version__, locallearn=__version__, git_revision=git_revision(),
-        load_average=[round(x, 2) for x in os.getloadavg()],
-    )
+    """The machine and software of the run (``bench.runner.environment``), with the load average."""
+    info = machine(RunOptions(), command)
+    info.pop("options")  # the memory and speed grids' options: not this benchmark's
+    return {**info, "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
 def run_pipeline_bench(bench: PipelineBench, out: Path | str, *, command: str | None = None,

@@ -271,8 +271,8 @@ def _speed_group(configs: list[BenchConfig], options: RunOptions, log: Log | Non
             row.update(_unless_oom(row, lambda c=case: count_arithmetic(c)) or {})
             if config.compiled:
                 compile_parts(case.net)  # compiled on the warm-up steps, which are not timed
-        if case is not None and _unless_oom(row, lambda c=case: [c.step() for _ in range(options.warmup)]) is not None:
-            cases[i] = case
+            if _unless_oom(row, lambda c=case: [c.step() for _ in range(options.warmup)]) is not None:
+                cases[i] = case
         del case
         _free(options.device)
     times: dict[int, list[float]] = {i: [] for i in cases}

@@ -362,11 +362,7 @@ def _merge_optimizer_states(parts: list[tuple[list[int], dict[str, Any]]], group
     for indices, sd in parts:
         for local, value in sd["state"].items():
             state[indices[local]] = value
-    param_groups, start = [], 0
-    for g, group in enumerate(groups):
-        settings = {k: v for k, v in parts[0][1]["param_groups"][g].items() if k != "params"}
-        param_groups.append({**settings, "params": list(range(start, start + len(group)))})
-        start += len(group)
+    param_groups = _numbered_groups(parts[0][1]["param_groups"], [len(group) for group in groups])
     return {"state": dict(sorted(state.items())), "param_groups": param_groups}
 
 
@@ -374,12 +370,18 @@ def _split_optimizer_state(merged: dict[str, Any], groups: list[list], optimizer
     """The stage's part of a merged optimizer state (``_merge_optimizer_states`` undone)."""
     indices = _global_indices(groups, optimizer)
     state = {local: merged["state"][g] for local, g in enumerate(indices) if g in merged["state"]}
-    param_groups, start = [], 0
-    for g, group in enumerate(optimizer.param_groups):
-        settings = {k: v for k, v in merged["param_groups"][g].items() if k != "params"}
-        param_groups.append({**settings, "params": list(range(start, start + len(group["params"])))})
-        start += len(group["params"])
+    param_groups = _numbered_groups(merged["param_groups"], [len(group["params"]) for group in optimizer.param_groups])
     return {"state": state, "param_groups": param_groups}
+
+
+def _numbered_groups(settings: list[dict[str, Any]], sizes: list[int]) -> list[dict[str, Any]]:
+    """A state_dict's ``param_groups``: group g's hyperparameters from ``settings[g]``, its parameters numbered
+    on from the previous group's (``sizes[g]`` of them), as ``Optimizer.state_dict`` numbers them."""
+    groups, start = [], 0
+    for g, size in enumerate(sizes):
+        groups.append({**{k: v for k, v in settings[g].items() if k != "params"}, "params": list(range(start, start + size))})
+        start += size
+    return groups
 
 
 def _save_merged(env: DistEnv, run, net: LocalNet, optimizer, layout: Layout, groups: list[list],

@@ -54,8 +54,13 @@ def register_model(
     return registered
 
 
+def is_object_name(name: str) -> bool:
+    """Whether ``name`` is that of a model given as a Python object (``object:<class>``)."""
+    return isinstance(name, str) and name.startswith(OBJECT)
+
+
 def is_import_path(name: str) -> bool:
-    return isinstance(name, str) and ":" in name and not name.startswith(OBJECT)
+    return isinstance(name, str) and ":" in name and not is_object_name(name)
 
 
 def import_factory(path: str) -> Callable[..., Any]:
@@ -86,7 +91,7 @@ def check_model(name: str) -> None:
     """Refuse a model name that is neither registered, nor an importable factory, nor a Python object's."""
     if is_import_path(name):
         import_factory(name)
-    elif not (isinstance(name, str) and name.startswith(OBJECT)):
+    elif not is_object_name(name):
         MODELS.get(name)
 
 
@@ -111,7 +116,7 @@ def model_family(name: str) -> str:
     of the user's may say with a ``family`` attribute; "cnn" otherwise."""
     if is_import_path(name):
         return getattr(import_factory(name), "family", "cnn")
-    if isinstance(name, str) and name.startswith(OBJECT):
+    if is_object_name(name):
         return "cnn"
     MODELS.get(name)
     return _FAMILIES[name]
@@ -127,7 +132,7 @@ def _options(name: str) -> tuple[str, ...] | None:
     if is_import_path(name):
         factory = import_factory(name)
         return None if _takes_var_keywords(factory) else signature_options(factory)
-    if isinstance(name, str) and name.startswith(OBJECT):
+    if is_object_name(name):
         return ()
     MODELS.get(name)
     return _OPTIONS[name]
@@ -153,7 +158,7 @@ def model_accepts(name: str, option: str) -> bool:
 def create_model(name: str, **kwargs) -> Any:
     """The model ``name`` (a registered ``Backbone``; for an import path, whatever ``nn.Module`` the user's
     factory returns: ``models.custom.as_backbone`` cuts it into units)."""
-    if isinstance(name, str) and name.startswith(OBJECT):
+    if is_object_name(name):
         raise ValueError(
             f"model: {name} was given as a Python object and cannot be rebuilt from its name; build it again in "
             f"Python (locallearn.build(your_model, ...)), or give a factory as package.module:factory."

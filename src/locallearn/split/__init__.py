@@ -116,7 +116,7 @@ def ends_from_cuts(cuts: Sequence, keys: Sequence) -> list[int]:
             )
         ends.append(cuttable.index(_key(cut)))
     if any(b <= a for a, b in zip(ends, ends[1:])):
-        raise ValueError(f"split: cuts must be strictly increasing and distinct, got {[_show(c) for c in cuts]}.")
+        raise ValueError(f"split: cuts must be strictly increasing and distinct, got {[show_cut(c) for c in cuts]}.")
     return ends
 
 
@@ -124,7 +124,8 @@ def _key(cut):
     return tuple(cut) if isinstance(cut, (list, tuple)) else cut
 
 
-def _show(cut):
+def show_cut(cut):
+    """A cut as logs, errors and JSON show it: a [stage, block] pair as a list, an index or a name as it is."""
     return list(cut) if isinstance(cut, (list, tuple)) else cut
 
 
@@ -168,6 +169,7 @@ __all__ = [
     "ends_from_cuts",
     "paper_ks",
     "resolve_ends",
+    "show_cut",
     "table_cuts",
     "uniform_ends",
 ]

@@ -154,7 +154,6 @@ def _length(loader: Iterable) -> int | None:
         return None
 
 
-
 def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: Any) -> None:
     """``net.load_state_dict(state)``, a checkpoint of another network refused in one line naming ``source``
     and what differs (missing or unexpected keys, a wrong shape)."""
