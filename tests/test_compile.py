@@ -13,7 +13,15 @@ from torch._dynamo.utils import counters
 import locallearn as ll
 from locallearn.data import BatchLoader, get_spec
 from locallearn.engine import module_objective
-from locallearn.training.runner import compile_parts, compiled_parts, evaluate, graphs_per_code, train_one_epoch
+from locallearn.training.runner import (
+    compile_parts,
+    compiled_parts,
+    evaluate,
+    graphs_per_code,
+    inductor,
+    relu_backward,
+    train_one_epoch,
+)
 
 pytestmark = pytest.mark.slow  # about 3 minutes on two cores with an empty Inductor cache, 15 s with a warm one
 
@@ -140,3 +148,44 @@ def test_a_copy_of_a_compiled_net_computes_with_its_own_weights(dynamo):
 def _sgd(net: torch.nn.Module) -> torch.optim.SGD:
     return torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_relu_backward_equals_the_stock_decomposition(dtype):
+    from torch._decomp.decompositions import threshold_backward
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 5, 5, generator=g).to(dtype)
+    x[0, 0, :2] = 0.0  # exact zeros: the boundary, where the gradient is 0
+    x[1, 1, :2] = -0.0
+    grad = torch.randn(4, 3, 5, 5, generator=g).to(dtype)
+    for self in (torch.relu(x), x):  # ReLU's output (what autograd passes), and any tensor
+        assert torch.equal(relu_backward(grad, self, 0), threshold_backward(grad, self, 0))
+        assert torch.equal(relu_backward(grad, self, 0), torch.ops.aten.threshold_backward(grad, self, 0))
+    assert torch.equal(relu_backward(grad, x, 0.5), threshold_backward(grad, x, 0.5))  # other thresholds: stock
+
+
+def saved_dtypes(fn, x: torch.Tensor) -> list[torch.dtype]:
+    """The dtypes of the tensors a compiled forward saves for its backward."""
+    saved: list[torch.dtype] = []
+
+    def pack(t):
+        saved.append(t.dtype)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x).sum().backward()
+    return saved
+
+
+def test_compiled_relu_saves_its_output_not_a_bool_mask_on_cpu(dynamo):
+    # the stock decomposition saves a bool mask, which Inductor's CPU code writes slowly; ours saves the
+    # output, and the gradient is the same
+    x = torch.randn(8, 4, 6, 6, requires_grad=True)
+    stock = saved_dtypes(torch.compile(torch.relu, backend="inductor"), x)
+    grad_stock = x.grad.clone()
+    x.grad = None
+    ours = saved_dtypes(torch.compile(torch.relu, backend=inductor), x)
+    assert torch.bool in stock
+    assert ours and torch.bool not in ours
+    assert torch.equal(x.grad, grad_stock)
