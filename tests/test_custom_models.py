@@ -3,6 +3,8 @@ named submodules with ``ll.units``, a factory's import path on the command line 
 the refusals: units that do not chain, a module or attribute that does not exist, a factory that returns no
 nn.Module."""
 
+import os
+import signal
 import sys
 import textwrap
 
@@ -12,6 +14,7 @@ from torch import nn
 
 import locallearn as ll
 from locallearn.cli import main
+from locallearn.training import RunDir
 
 from checks import assert_gradient_isolation
 
@@ -150,7 +153,9 @@ def user_package(tmp_path, monkeypatch):
     sys.modules.pop("my_models", None)
 
 
-def test_a_factory_of_your_own_trains_evaluates_and_resumes_from_the_command_line(user_package, capsys):
+def test_a_factory_of_your_own_trains_evaluates_and_resumes_from_the_command_line(user_package, capsys, monkeypatch):
+    from locallearn.training import runner
+
     args = ["train", "--model", "my_models:tiny_cnn", "--model-kwargs", "{width: 4}", "--method", "contsup",
             "--num-modules", "2", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--device", "cpu"]
     out = user_package / "runs" / "mine"
@@ -159,10 +164,24 @@ def test_a_factory_of_your_own_trains_evaluates_and_resumes_from_the_command_lin
     assert "model: my_models:tiny_cnn" in config and "split: auto" in config
     assert main(["eval", str(out), "--device", "cpu"]) == 0
     assert "checkpoint after epoch 1/1" in capsys.readouterr().out
-    # a longer run, killed after epoch 1 (its summary removed): --resume continues it from the factory's name
-    assert main([*args, "--epochs", "2", "--out", str(user_package / "runs" / "two")]) == 0
-    (user_package / "runs" / "two" / "summary.json").unlink()
-    assert main(["train", "--out", str(user_package / "runs" / "two"), "--resume"]) == 0
+    # a longer run, stopped by Ctrl-C in epoch 2: --resume continues it from the factory's name
+    real, calls = runner.train_one_epoch, []
+
+    def ctrl_c_in_epoch_2(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # a stop request, acted on before the epoch's first batch
+        return real(*a, **kw)
+
+    monkeypatch.setattr(runner, "train_one_epoch", ctrl_c_in_epoch_2)
+    two = user_package / "runs" / "two"
+    assert main([*args, "--epochs", "2", "--out", str(two)]) == 130
+    assert [r["epoch"] for r in RunDir(two).read_metrics()] == [1] and not RunDir(two).finished
+    monkeypatch.setattr(runner, "train_one_epoch", real)
+    capsys.readouterr()
+    assert main(["train", "--out", str(two), "--resume"]) == 0
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    assert [r["epoch"] for r in RunDir(two).read_metrics()] == [1, 2] and RunDir(two).finished
     assert main(["report", str(out), str(user_package / "runs" / "two")]) == 0
 
 
