@@ -254,6 +254,19 @@ def test_one_channel_hf_models_at_k1(model):
     assert net.backbone.unit_shapes()[-1] == (10,)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_one_channel_hf_models_with_infopro_reconstruct_one_channel(model):
+    from locallearn.decoders import ImageDecoder
+
+    net = tiny_net(model, "infopro", num_modules=2, split="stages", in_channels=1, image_mean=(0.29,), image_std=(0.35,))
+    decoders = [m for m in net.modules() if isinstance(m, ImageDecoder)]
+    assert decoders and all(d.net[-2].out_channels == 1 for d in decoders)  # the grayscale image, not 3 copies
+    x, y = batch(channels=1)
+    assert_gradient_isolation(net, x, y)
+    stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values()) and "rec/0" in stats
+
+
 # --- pretrained checkpoints ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", MODELS)
 def test_pretrained_with_other_classes_gets_a_fresh_classifier(model, checkpoints):
