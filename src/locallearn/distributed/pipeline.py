@@ -130,8 +130,8 @@ class PhaseStats:
     wait_in_s: float = 0.0  # blocked waiting for the previous stage
     wait_out_s: float = 0.0  # blocked because the next stage had not taken earlier messages
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # metric · images, float64 on the device
-    correct: int = 0  # evaluation, last stage
-    loss_sum: float = 0.0
+    correct_sum: torch.Tensor | None = None  # evaluation, last stage: correct predictions, on the device
+    loss_total: torch.Tensor | None = None  # evaluation, last stage: summed cross-entropy, float64 on the device
     saved_bytes: int = 0  # bytes autograd saved in the phase's first step (CPU)
     batch_losses: list[tuple[int, list[torch.Tensor]]] = field(default_factory=list)  # (images, this stage's loss/k)
     done_s: list[float] = field(default_factory=list)  # when each batch was done, from the phase's start
@@ -144,6 +144,22 @@ class PhaseStats:
 
     def means(self) -> dict[str, float]:
         return {key: value / self.images for key, value in self.sums.items()} if self.images else {}
+
+    def count(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add one evaluation batch's correct predictions and summed cross-entropy, on the device: the host
+        waits for them once, at the end of the phase (``correct``, ``loss_sum``), not once per batch."""
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        correct = (logits.argmax(dim=1) == labels).sum()
+        self.loss_total = loss if self.loss_total is None else self.loss_total + loss
+        self.correct_sum = correct if self.correct_sum is None else self.correct_sum + correct
+
+    @property
+    def correct(self) -> int:
+        return int(self.correct_sum) if self.correct_sum is not None else 0
+
+    @property
+    def loss_sum(self) -> float:
+        return float(self.loss_total) if self.loss_total is not None else 0.0
 
 
 def peak_memory(device: torch.device, saved_bytes: int) -> tuple[float, str]:
@@ -342,8 +358,7 @@ class PipelineStage:
         with amp:  # the network's inference forward, restricted to this stage's modules
             x = self.net.forward_modules(self.modules, inputs, state)
         if self.last:
-            stats.loss_sum += float(F.cross_entropy(x.float(), labels, reduction="sum"))
-            stats.correct += int((x.argmax(dim=1) == labels).sum())
+            stats.count(x, labels)
         stats.compute_s += time.perf_counter() - begin
         stats.images += len(labels)
         stats.batches += 1
