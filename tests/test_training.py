@@ -202,6 +202,29 @@ def test_bf16_mixed_precision_is_opt_in(tmp_path):
     assert math.isfinite(RunDir(tmp_path / "r").read_metrics()[0]["train_loss"]) and 0 <= summary["test_acc"] <= 1
 
 
+def test_channels_last_is_opt_in_trains_like_the_default_layout_and_resumes_in_either(tmp_path):
+    assert resolve().run.channels_last is False
+    options = {**TINY, "epochs": 1, "limit_train": 64, "device": "cpu"}
+    nchw = runner.LocalRunner(resolve(**options, out=str(tmp_path / "a")), log=lambda line: None)
+    last = runner.LocalRunner(resolve(**options, channels_last=True, out=str(tmp_path / "b")), log=lambda line: None)
+    convs = [m.weight for m in last.net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert any(not w.is_contiguous() for w in convs)  # (a 1×1 kernel is both)
+    assert all(p1.data_ptr() == p2.data_ptr() for p1, p2 in zip(last.net.parameters(),
+                                                                 (p for g in last.optimizer.param_groups for p in g["params"])))
+    a, b = (r.train_epoch(1, lambda step: 0.05) for r in (nchw, last))
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)  # another summation order, the same training
+    # the weights after two steps: close, not equal (the gradients of biases that a BatchNorm follows are
+    # rounding noise, ~1 relative, and BatchNorm biases' near-cancelling sums differ by ~3e-3 in one step)
+    for (name, x), y in zip(nchw.net.state_dict().items(), last.net.state_dict().values()):
+        assert torch.allclose(x, y, rtol=1e-2, atol=2e-3), name
+    # a run trained in one layout resumes in the other: only where it lives and how it runs may change
+    stored = resolve(**TINY, out="a").options()
+    assert resumed_config(stored, {"channels_last": True}, out="a").run.channels_last
+    with pytest.raises(ValueError, match=r"^channels_last: one process only .*drop --channels-last or --parallel\.$"):
+        resolve(**TINY, channels_last=True, parallel="pipeline")
+
+
 def test_precise_batchnorm_is_the_plain_average_over_batches_and_leaves_the_rest_as_it_was():
     from torch import nn
 

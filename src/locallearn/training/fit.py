@@ -313,7 +313,7 @@ def log_start(log: Log, config: Config, runner, run: RunDir, parameters: int, do
     log(f"locallearn train: {net.model} / {net.method} ({head}) on {config.data.dataset}")
     log(f"  recipe: {_plural(optim.epochs, 'epoch')}, batch {optim.batch_size}, {settings}, "
         f"{warmup}, seed {config.run.seed}"
-        + (f", amp {config.run.amp}" if config.run.amp != "none" else "") + (", compiled" if config.run.compile else ""))
+        + (f", amp {config.run.amp}" if config.run.amp != "none" else "") + (", compiled" if config.run.compile else "") + (", channels-last" if config.run.channels_last else ""))
     log(f"  network: {parameters:,} parameters, " + "; ".join(derived(runner.net, config)))
     for line in runner.describe():
         log(line)

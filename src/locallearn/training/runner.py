@@ -98,6 +98,8 @@ class LocalRunner:
             self.train_loader, self.test_loader = data
         seed_everything(config.run.seed)
         self.net = build_net(config.net, model).to(self.device)
+        if config.run.channels_last:  # 4-d tensors (convolution weights) only; what a convolution gets, it keeps
+            self.net.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.net, config.optim)
         self.steps_per_epoch = _length(self.train_loader)
         if config.optim.schedule == "step" and self.steps_per_epoch is None:
