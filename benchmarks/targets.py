@@ -96,8 +96,9 @@ TARGETS = (
     Target("ResNet-110, K=16, ContSup R1E: step time ≤ 1.5× e2e", "speed",
            dict(model="resnet110", num_modules=16, split="paper", method="contsup", context="R1E", compiled=False),
            "time_ratio", "<=", 1.5),
-    *(PairTarget(f"{name}, step time compiled ÷ the same configuration eager", dict(model=model, compiled=True),
-                 dict(compiled=False), threshold=None, kind="speed", metric="step_time_s",
+    # issue 14: --compile gives a measured speed-up on the ResNet rows
+    *(PairTarget(f"{name}, step time compiled ÷ the same configuration eager ≤ 1", dict(model=model, compiled=True),
+                 dict(compiled=False), threshold=1.0, kind="speed", metric="step_time_s",
                  note="below 1: compiling paid") for model, name in (("resnet32", "ResNet-32"), ("resnet110", "ResNet-110"))),
     Target("activation checkpointing: step time ÷ e2e", "speed", dict(method="checkpoint"), "time_ratio", None,
            note="InfoPro measured 1.275 (+27.5%) on a Titan Xp"),
