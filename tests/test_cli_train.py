@@ -119,6 +119,16 @@ def test_overwrite_replaces_a_run(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
 
 
+def test_channels_last_from_the_command_line_is_recorded_and_said(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", *TINY, "--limit-train", "32", "--limit-test", "32", "--epochs", "1", "--out", str(out)]
+    assert main([*args, "--channels-last"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["run"]["channels_last"] is True
+    recipe = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("  recipe:"))
+    assert recipe.endswith(", channels-last")
+    assert main(["eval", str(out), "--device", "cpu"]) == 0  # its checkpoint loads like any other
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("model: resnet32\nlearning_rate: 0.1\n")

@@ -311,9 +311,11 @@ def log_start(log: Log, config: Config, runner, run: RunDir, parameters: int, do
     warmup = f"{optim.warmup_used} warm-up epochs + cosine" if optim.warmup_used else "cosine, no warm-up"
     warmup += ", per step" if optim.schedule == "step" else ""
     log(f"locallearn train: {net.model} / {net.method} ({head}) on {config.data.dataset}")
+    options = [f"amp {config.run.amp}"] if config.run.amp != "none" else []
+    options += ["compiled"] if config.run.compile else []
+    options += ["channels-last"] if config.run.channels_last else []
     log(f"  recipe: {_plural(optim.epochs, 'epoch')}, batch {optim.batch_size}, {settings}, "
-        f"{warmup}, seed {config.run.seed}"
-        + (f", amp {config.run.amp}" if config.run.amp != "none" else "") + (", compiled" if config.run.compile else "") + (", channels-last" if config.run.channels_last else ""))
+        f"{warmup}, seed {config.run.seed}" + "".join(f", {option}" for option in options))
     log(f"  network: {parameters:,} parameters, " + "; ".join(derived(runner.net, config)))
     for line in runner.describe():
         log(line)
