@@ -126,7 +126,12 @@ def test_channels_last_from_the_command_line_is_recorded_and_said(tmp_path, caps
     assert yaml.safe_load((out / "config.yaml").read_text())["run"]["channels_last"] is True
     recipe = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("  recipe:"))
     assert recipe.endswith(", channels-last")
-    assert main(["eval", str(out), "--device", "cpu"]) == 0  # its checkpoint loads like any other
+    # eval rebuilds the net in the run's layout: the test figures of the run, to the last digit printed
+    assert main(["eval", str(out), "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    printed = capsys.readouterr().out
+    assert f"test accuracy {100 * summary['test_acc']:.2f}%" in printed
+    assert f"(test loss {summary['test_loss']:.4g})" in printed
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

@@ -202,6 +202,34 @@ def test_bf16_mixed_precision_is_opt_in(tmp_path):
     assert math.isfinite(RunDir(tmp_path / "r").read_metrics()[0]["train_loss"]) and 0 <= summary["test_acc"] <= 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_relu_backward_is_the_stock_decomposition_bit_for_bit(dtype):
+    # --compile's ReLU backward (training.runner.inductor): the same bits as the stock decomposition, signed
+    # zeros and infinite gradients included, a NaN gradient NaN alike; only a NaN in `self` differs
+    from torch._decomp.decompositions import threshold_backward
+
+    special = torch.tensor([0.0, -0.0, 1.0, -1.0, float("inf"), float("-inf"), float("nan"), 1e-30, -1e-30])
+    g = torch.Generator().manual_seed(0)
+    self = torch.cat([special, torch.randn(200, generator=g)]).to(dtype)
+    grad = torch.cat([special, torch.randn(200, generator=g)]).to(dtype)
+    self, grad = torch.cartesian_prod(self, grad).unbind(1)  # every pairing of the special values
+
+    def bits(t):
+        return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}[dtype])
+
+    for s in (self, torch.relu(self)):  # any tensor, and ReLU's output (what autograd passes)
+        ours, stock = runner.relu_backward(grad, s, 0), threshold_backward(grad, s, 0)
+        number = ~torch.isnan(s)
+        value = number & ~torch.isnan(stock)
+        assert torch.equal(bits(ours[value]), bits(stock[value]))  # every bit: +0 stays +0, -0 stays -0
+        eager = torch.ops.aten.threshold_backward(grad, s, 0)
+        assert torch.equal(bits(ours[value]), bits(eager[value]))
+        assert torch.isnan(ours[number & torch.isnan(stock)]).all()  # a NaN gradient passes as NaN (any payload)
+        assert (ours[~number] == 0).all()  # where self is NaN: 0 here, the gradient there
+    x = torch.randn(50, generator=g).to(dtype)
+    assert torch.equal(bits(runner.relu_backward(grad[:50], x, 0.5)), bits(threshold_backward(grad[:50], x, 0.5)))
+
+
 def test_channels_last_is_opt_in_trains_like_the_default_layout_and_resumes_in_either(tmp_path):
     assert resolve().run.channels_last is False
     options = {**TINY, "epochs": 1, "limit_train": 64, "device": "cpu"}
@@ -210,8 +238,6 @@ def test_channels_last_is_opt_in_trains_like_the_default_layout_and_resumes_in_e
     convs = [m.weight for m in last.net.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     assert any(not w.is_contiguous() for w in convs)  # (a 1×1 kernel is both)
-    assert all(p1.data_ptr() == p2.data_ptr() for p1, p2 in zip(last.net.parameters(),
-                                                                 (p for g in last.optimizer.param_groups for p in g["params"])))
     a, b = (r.train_epoch(1, lambda step: 0.05) for r in (nchw, last))
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)  # another summation order, the same training
     # the weights after two steps: close, not equal (the gradients of biases that a BatchNorm follows are
@@ -221,8 +247,17 @@ def test_channels_last_is_opt_in_trains_like_the_default_layout_and_resumes_in_e
     # a run trained in one layout resumes in the other: only where it lives and how it runs may change
     stored = resolve(**TINY, out="a").options()
     assert resumed_config(stored, {"channels_last": True}, out="a").run.channels_last
-    with pytest.raises(ValueError, match=r"^channels_last: one process only .*drop --channels-last or --parallel\.$"):
+    with pytest.raises(ValueError, match=r"^channels_last: one process only .*pass --no-channels-last, or drop --parallel\.$"):
         resolve(**TINY, channels_last=True, parallel="pipeline")
+
+
+def test_channels_last_converts_4d_tensors_in_place_and_leaves_others():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv3d(4, 2, 1), torch.nn.Linear(2, 2))
+    tensors = list(net.parameters())
+    runner.to_channels_last(net)  # Module.to(memory_format=channels_last) refuses the 5-d Conv3d weight
+    assert list(net.parameters()) == tensors  # the same Parameter objects: an optimizer built before keeps them
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last) and not net[0].weight.is_contiguous()
+    assert net[1].weight.dim() == 5 and net[1].weight.is_contiguous() and net[2].weight.is_contiguous()
 
 
 def test_precise_batchnorm_is_the_plain_average_over_batches_and_leaves_the_rest_as_it_was():

@@ -21,6 +21,7 @@ from locallearn.training.runner import (
     load_weights,
     precise_batchnorm,
     resolve_device,
+    to_channels_last,
 )
 
 
@@ -54,6 +55,8 @@ def evaluate_run(
     net = build_net(config.net)
     load_weights(net, checkpoint["model"], run.file(CHECKPOINT))
     net.to(torch_device)
+    if config.run.channels_last:  # the run's layout: its sums in its order, so the figures are the run's
+        to_channels_last(net)
     used = None
     if precise_bn is not None:
         used = precise_batchnorm(net, load_data(config, train=True, device=torch_device), precise_bn)

@@ -175,7 +175,7 @@ class Config:
     def __post_init__(self) -> None:
         if self.run.channels_last and self.processes.parallel != "none":
             raise ValueError("channels_last: one process only (the pipeline sends and broadcasts tensors in the default "
-                             "layout); drop --channels-last or --parallel.")
+                             "layout); pass --no-channels-last, or drop --parallel.")
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """The nested form of ``config.yaml``: plain values, section by section."""

@@ -98,8 +98,8 @@ class LocalRunner:
             self.train_loader, self.test_loader = data
         seed_everything(config.run.seed)
         self.net = build_net(config.net, model).to(self.device)
-        if config.run.channels_last:  # 4-d tensors (convolution weights) only; what a convolution gets, it keeps
-            self.net.to(memory_format=torch.channels_last)
+        if config.run.channels_last:
+            to_channels_last(self.net)
         self.optimizer = make_optimizer(self.net, config.optim)
         self.steps_per_epoch = _length(self.train_loader)
         if config.optim.schedule == "step" and self.steps_per_epoch is None:
@@ -231,6 +231,17 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
     )
 
 
+def to_channels_last(net: nn.Module) -> None:
+    """``--channels-last``: every 4-d parameter and buffer (convolution weights) in channels-last memory
+    format, in place (the same tensor objects, so an optimizer built before keeps them); the other tensors
+    as they are, where ``Module.to(memory_format=...)`` would refuse a 5-d one. A convolution returns its
+    output in its weight's layout, so the activations follow from the first one on."""
+    with torch.no_grad():
+        for t in itertools.chain(net.parameters(), net.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+
+
 def compile_parts(net: LocalNet) -> None:
     """``torch.compile`` the forward of each unit, objective and context encoder in place (state_dict keys
     unchanged), at static shapes.
@@ -260,23 +271,27 @@ def compile_parts(net: LocalNet) -> None:
 
 def relu_backward(grad_output: torch.Tensor, self: torch.Tensor, threshold: float) -> torch.Tensor:
     """``aten.threshold_backward`` (ReLU's backward: ``grad_output`` where ``self > threshold``, else 0) as
-    Inductor's CPU code should see it: for ``threshold == 0``, ``grad_output · max(sign(self), 0)``.
+    Inductor's CPU code should see it: for ``threshold == 0``, ``where(f == 0, 0, grad_output · f)`` with the
+    float ``f = max(sign(self), 0)``.
 
-    The same values as the stock decomposition ``where(self <= threshold, 0, grad_output)`` — the factor is
-    exactly 1 where self > 0 and 0 elsewhere — except where ``self`` is NaN (NaN here, ``grad_output``
-    there). What changes is what the partitioner saves for the backward: from the stock form it computes
+    The same values, bit for bit, as the stock decomposition ``where(self <= threshold, 0, grad_output)``:
+    ``f`` is exactly 1 where self > 0 (``grad_output · 1`` is ``grad_output``, signed zeros and infinities
+    included) and 0 elsewhere, where the result is a literal +0 whatever ``grad_output`` holds (an infinite
+    or NaN gradient stays blocked, as in eager) — except where ``self`` is NaN (0 here: ``sign`` of NaN is
+    0; ``grad_output`` there). What changes is what the partitioner saves for the backward: from the stock form it computes
     the comparison in the forward and saves a bool mask (a quarter of the bytes of ``self``), and Inductor's
     CPU code stores bool vectors through a generic scalar path: measured on one thread, a (64, 16, 32, 32)
     ReLU took 10.7 ms forward compiled against 0.13 ms eager, so each part whose graph ends in a ReLU (every
-    ResNet block, every context encoder) made compiled training slower than eager. Here ``sign`` is one
-    float op, so the partitioner saves the ReLU's output itself, which the next part holds anyway.
-    Other thresholds keep the stock decomposition.
+    ResNet block, every context encoder) made compiled training slower than eager. Here the comparison is
+    made on ``f``, a float the forward does not have, so the partitioner saves the ReLU's output itself,
+    which the next part holds anyway. Other thresholds keep the stock decomposition.
     """
     if threshold != 0:
         from torch._decomp.decompositions import threshold_backward
 
         return threshold_backward(grad_output, self, threshold)
-    return grad_output * torch.sign(self).clamp_min(0)
+    passes = torch.sign(self).clamp_min(0)
+    return torch.where(passes == 0, 0, grad_output * passes)
 
 
 def inductor(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
@@ -285,8 +300,10 @@ def inductor(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
     whose bool stores are fast).
 
     AOTAutograd's cache is off for these graphs: its key does not include the decomposition table, so it
-    would hand back a graph compiled with the stock decomposition. Inductor's own cache keys on the
-    decomposed graph and stays on.
+    would hand back a graph compiled with the stock decomposition (and keep ours for stock compiles).
+    Inductor's own cache keys on the decomposed graph and stays on. Where the environment forces
+    AOTAutograd's cache on (``TORCHINDUCTOR_AUTOGRAD_CACHE=1`` wins over the patch), the stock
+    decomposition is used: slower on the CPU, never a stale graph.
     """
     import torch._functorch.config
     from torch._inductor.compile_fx import compile_fx
@@ -295,8 +312,11 @@ def inductor(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
     on_cpu = all(t.device.type == "cpu" for t in example_inputs if isinstance(t, torch.Tensor))
     if not on_cpu:
         return compile_fx(graph, example_inputs)
-    table = {**select_decomp_table(), torch.ops.aten.threshold_backward.default: relu_backward}
-    with torch._functorch.config.patch(enable_autograd_cache=False):
+    config = torch._functorch.config
+    with config.patch(enable_autograd_cache=False, enable_remote_autograd_cache=False):
+        if config.enable_autograd_cache or config.enable_remote_autograd_cache:  # forced on by the environment
+            return compile_fx(graph, example_inputs)
+        table = {**select_decomp_table(), torch.ops.aten.threshold_backward.default: relu_backward}
         return compile_fx(graph, example_inputs, decompositions=table)
 
 
