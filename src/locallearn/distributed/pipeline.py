@@ -126,7 +126,7 @@ class PhaseStats:
     images: int = 0
     batches: int = 0
     wall_s: float = 0.0  # from the phase's start to this rank's last batch
-    compute_s: float = 0.0  # inside the training step / inference forward
+    compute_s: float = 0.0  # host time inside the training step / inference forward (CUDA: not waiting for it)
     wait_in_s: float = 0.0  # blocked waiting for the previous stage
     wait_out_s: float = 0.0  # blocked because the next stage had not taken earlier messages
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # metric · images, float64 on the device
