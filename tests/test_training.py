@@ -247,7 +247,8 @@ def test_channels_last_is_opt_in_trains_like_the_default_layout_and_resumes_in_e
     # a run trained in one layout resumes in the other: only where it lives and how it runs may change
     stored = resolve(**TINY, out="a").options()
     assert resumed_config(stored, {"channels_last": True}, out="a").run.channels_last
-    with pytest.raises(ValueError, match=r"^channels_last: one process only .*pass --no-channels-last, or drop --parallel\.$"):
+    refused = r"^channels_last: one process only .*pass --no-channels-last, or drop --parallel\.$"
+    with pytest.raises(ValueError, match=refused):
         resolve(**TINY, channels_last=True, parallel="pipeline")
 
 

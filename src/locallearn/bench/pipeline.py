@@ -278,9 +278,8 @@ def run_variant(name: str, bench: PipelineBench, assignment: list[range]) -> dic
         else:
             procs = spawn_local(distributed_rank, processes, path, bench, name, assignment, threads=threads,
                                 stderr_dir=tmp)
-        timed_out = None
-        if join_local(procs, bench.run_timeout):
-            timed_out = f"did not finish within {bench.run_timeout:g} s; killed"
+        killed = join_local(procs, bench.run_timeout)
+        timed_out = f"did not finish within {bench.run_timeout:g} s; killed" if killed else None
         codes = [p.exitcode for p in procs]
         if timed_out or any(codes) or not os.path.exists(path):
             reason = timed_out or f"exit codes {codes}: {_last_error(tmp)}"
@@ -290,8 +289,9 @@ def run_variant(name: str, bench: PipelineBench, assignment: list[range]) -> dic
 
 
 # --- summaries and the verdict --------------------------------------------------------------------------------
-
 AHEAD = 1.02  # the pipeline is ahead of a variant when it is at least this many times as fast
+
+
 def summarize(runs: list[dict], clean: float) -> dict:
     """Medians of images/s over the successful runs during which other processes used at most ``clean`` of
     the CPU (over every successful run when none qualifies: ``clean_runs`` says how many counted)."""

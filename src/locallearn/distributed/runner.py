@@ -379,7 +379,8 @@ def _numbered_groups(settings: list[dict[str, Any]], sizes: list[int]) -> list[d
     on from the previous group's (``sizes[g]`` of them), as ``Optimizer.state_dict`` numbers them."""
     groups, start = [], 0
     for g, size in enumerate(sizes):
-        groups.append({**{k: v for k, v in settings[g].items() if k != "params"}, "params": list(range(start, start + size))})
+        hyper = {k: v for k, v in settings[g].items() if k != "params"}
+        groups.append({**hyper, "params": list(range(start, start + size))})
         start += size
     return groups
 

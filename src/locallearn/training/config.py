@@ -425,7 +425,8 @@ def load_config(config: str | None = None, **overrides: Any) -> Config:
 
 
 # Options that may change when a run is resumed: where it lives and runs, not what it computes.
-RESUMABLE_CHANGES = ("out", "data_dir", "device", "compile", "channels_last", "parallel", "pipeline_sync", "pipeline_assign", "fault_timeout")
+RESUMABLE_CHANGES = ("out", "data_dir", "device", "compile", "channels_last", "parallel", "pipeline_sync",
+                     "pipeline_assign", "fault_timeout")
 
 
 def resumed_config(stored: Mapping[str, Any], requested: Mapping[str, Any], *, out: str) -> Config:

@@ -278,8 +278,10 @@ def relu_backward(grad_output: torch.Tensor, self: torch.Tensor, threshold: floa
     ``f`` is exactly 1 where self > 0 (``grad_output · 1`` is ``grad_output``, signed zeros and infinities
     included) and 0 elsewhere, where the result is a literal +0 whatever ``grad_output`` holds (an infinite
     or NaN gradient stays blocked, as in eager) — except where ``self`` is NaN (0 here: ``sign`` of NaN is
-    0; ``grad_output`` there). What changes is what the partitioner saves for the backward: from the stock form it computes
-    the comparison in the forward and saves a bool mask (a quarter of the bytes of ``self``), and Inductor's
+    0; ``grad_output`` there).
+
+    What changes is what the partitioner saves for the backward: from the stock form it computes the
+    comparison in the forward and saves a bool mask (a quarter of the bytes of ``self``), and Inductor's
     CPU code stores bool vectors through a generic scalar path: measured on one thread, a (64, 16, 32, 32)
     ReLU took 10.7 ms forward compiled against 0.13 ms eager, so each part whose graph ends in a ReLU (every
     ResNet block, every context encoder) made compiled training slower than eager. Here the comparison is
