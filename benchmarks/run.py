@@ -22,7 +22,7 @@ import torch
 
 from locallearn.bench.grid import GridSpec
 from locallearn.bench.report import markdown, plot, targets_table, write_results
-from locallearn.bench.runner import RunOptions, environment, run_memory, run_speed
+from locallearn.bench.runner import RunOptions, add_arithmetic_ratios, environment, run_memory, run_speed
 from targets import evaluate, gpu_section  # this directory's: the project's own thresholds
 
 HERE = Path(__file__).resolve().parent
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render_only:
         results = {kind: _load(args.out / f"{kind}.json") for kind in ("memory", "speed")}
+        add_arithmetic_ratios(results["speed"][0])  # derived columns a newer report shows
         for kind, (rows, meta) in results.items():
             write(args.out, kind, rows, meta)
         _summarize(args.out, results, readme=args.out.resolve() == (HERE / "results").resolve())

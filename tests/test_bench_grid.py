@@ -10,7 +10,7 @@ import torch
 from locallearn.bench import runner
 from locallearn.bench.grid import GridSpec, parse_list
 from locallearn.bench.report import write_results
-from locallearn.bench.runner import RunOptions, run_memory, run_speed
+from locallearn.bench.runner import RunOptions, add_arithmetic_ratios, run_memory, run_speed
 from locallearn.config import resolve_net
 
 TINY = dict(models=("resnet20",), batch_sizes=(2,))
@@ -194,6 +194,28 @@ def test_speed_rows_carry_the_arithmetic_beside_the_time():
     assert e["inference_macs"] - e2e["inference_macs"] == pytest.approx(61.6e6, rel=1e-2)
     assert e["macs_ratio"] == pytest.approx(e["inference_macs"] / e2e["inference_macs"])
     assert e2e["train_flops"] > 2 * 2 * e2e["inference_macs"]  # forward and backward
+    # a training step of E trains 15 encoders from the image: more than its inference share of arithmetic
+    assert e["flops_ratio"] == pytest.approx(e["train_flops"] / e2e["train_flops"]) and e["flops_ratio"] > e["macs_ratio"]
+    assert e["time_per_flop_ratio"] == pytest.approx(e["time_ratio"] / e["flops_ratio"])
+    assert e2e["flops_ratio"] == 1 and e2e["time_per_flop_ratio"] == 1
+
+
+def test_arithmetic_ratios_are_against_the_eager_e2e_of_each_group():
+    """A compiled e2e row in the same group is not the reference; a skipped row and a group without e2e get
+    no ratios."""
+    base = dict(batch_size=64, image_size=32, device="cpu", status="ok", inference_macs=10.0)
+    rows = [
+        dict(base, model="a", method="e2e", compiled=True, train_flops=30.0, time_ratio=0.5),
+        dict(base, model="a", method="e2e", compiled=False, train_flops=60.0, time_ratio=1.0),
+        dict(base, model="a", method="contsup", compiled=False, train_flops=90.0, time_ratio=2.0, inference_macs=15.0),
+        dict(base, model="a", method="contsup", compiled=False, status="skipped", train_flops=None, time_ratio=None),
+        dict(base, model="b", method="contsup", compiled=False, train_flops=90.0, time_ratio=2.0),
+    ]
+    add_arithmetic_ratios(rows)
+    assert rows[2]["macs_ratio"] == 1.5 and rows[2]["flops_ratio"] == 1.5
+    assert rows[2]["time_per_flop_ratio"] == pytest.approx(2.0 / 1.5)
+    assert rows[0]["flops_ratio"] == 0.5 and rows[0]["time_per_flop_ratio"] == 1.0
+    assert "flops_ratio" not in rows[3] and "flops_ratio" not in rows[4]
 
 
 def test_compiled_copies_come_after_the_eager_grid_and_are_labelled():

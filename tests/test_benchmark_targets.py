@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from locallearn.bench.grid import GridSpec
-from locallearn.bench.runner import RunOptions, run_memory
+from locallearn.bench.runner import RunOptions, run_memory, run_speed
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))  # benchmarks/run.py imports its neighbour targets.py, as a script does
@@ -109,3 +109,25 @@ def test_the_gpu_part_of_the_script_writes_its_files_on_tiny_settings(tmp_path):
     compiled = [c for g in full for c in g.expand() if c.compiled]
     assert {(c.method, c.num_modules) for c in compiled} == {("e2e", 1), ("infopro", 4), ("contsup", 4), ("contsup", 16)}
     assert all(c.batch_size == 1024 and c.model == "resnet110" for g in full for c in g.expand())
+
+
+def test_render_only_rewrites_the_tables_from_stored_json(tmp_path):
+    """``run.py --render-only`` runs nothing: it rewrites the markdown from the JSON in --out, with the
+    columns a newer report derives (here the training-arithmetic ratios a stored run lacks)."""
+    run = _load("run")
+    spec = GridSpec(methods=("e2e", "contsup"), num_modules=(2,), splits=("paper",), contexts=("R1",), **TINY)
+    meta = {"command": "test", "torch": torch.__version__}
+    run.write(tmp_path, "memory", run_memory(spec, RunOptions(warmup=0)), meta)
+    speed = run_speed(spec, RunOptions(warmup=0, rounds=1))
+    for row in speed:
+        row.pop("flops_ratio"), row.pop("time_per_flop_ratio")
+    run.write(tmp_path, "speed", speed, meta)
+    assert "| – | – |" in (tmp_path / "speed.md").read_text()
+    (tmp_path / "speed.md").unlink()
+    assert run.main(["--render-only", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "speed.md").read_text()
+    assert "| MACs × e2e | training FLOPs × e2e | median step s | × e2e | time per FLOP × e2e |" in text
+    e2e = next(line for line in text.splitlines() if line.startswith("| resnet20 | e2e |"))
+    cells = [c.strip() for c in e2e.split("|")]
+    assert cells[8:10] == ["1.00", "1.00"] and cells[11:13] == ["1.00", "1.00"]  # each ratio against itself
+    assert (tmp_path / "summary.png").exists()

@@ -126,7 +126,8 @@ def _memory_table(rows: list[dict]) -> str:
 
 def _speed_table(rows: list[dict]) -> str:
     head = ["model", "method", "K", "split", "context", "batch", "MACs/image (inference)", "MACs × e2e",
-            "median step s", "× e2e", "paired ratio: median [IQR]", "paired min–max", "status"]
+            "training FLOPs × e2e", "median step s", "× e2e", "time per FLOP × e2e", "paired ratio: median [IQR]",
+            "paired min–max", "status"]
     lines = [row_md(head), row_md(["---"] * len(head))]
     for row in rows:
         paired = "–"
@@ -137,8 +138,9 @@ def _speed_table(rows: list[dict]) -> str:
             span = f"{row['time_ratio_min']:.2f}–{row['time_ratio_max']:.2f}"
         macs = row.get("inference_macs")
         cells = _cells(row) + [fmt(macs / 1e6 if macs else None, ".1f", "–") + (" M" if macs else ""),
-                               fmt(row.get("macs_ratio"), ".2f"),
-                               fmt(row["step_time_s"], ".3f"), fmt(row["time_ratio"], ".2f"), paired, span]
+                               fmt(row.get("macs_ratio"), ".2f"), fmt(row.get("flops_ratio"), ".2f"),
+                               fmt(row["step_time_s"], ".3f"), fmt(row["time_ratio"], ".2f"),
+                               fmt(row.get("time_per_flop_ratio"), ".2f"), paired, span]
         cells.append(_status(row))
         lines.append(row_md(cells))
     return "\n".join(lines) + "\n"

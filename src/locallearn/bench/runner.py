@@ -67,6 +67,8 @@ SPEED_FIELDS = (
     "inference_macs",
     "train_flops",
     "macs_ratio",
+    "flops_ratio",
+    "time_per_flop_ratio",
 )
 
 
@@ -303,7 +305,6 @@ def _speed_group(configs: list[BenchConfig], options: RunOptions, log: Log | Non
         if ref is not None:
             paired = np.asarray(t) / np.asarray(times[ref])  # per round: this step ÷ e2e's step of that round
             row.update(
-                macs_ratio=row["inference_macs"] / rows[ref]["inference_macs"] if rows[ref]["inference_macs"] else None,
                 time_ratio=float(np.median(t) / np.median(times[ref])),
                 time_ratio_paired=float(np.median(paired)),
                 time_ratio_q25=float(np.percentile(paired, 25)),
@@ -311,10 +312,29 @@ def _speed_group(configs: list[BenchConfig], options: RunOptions, log: Log | Non
                 time_ratio_min=float(paired.min()),
                 time_ratio_max=float(paired.max()),
             )
+    add_arithmetic_ratios(rows)
     if log:
         for config, row in zip(configs, rows):
             log(f"{_describe(config)}: {_speed_summary(row)}")
     return rows
+
+
+def add_arithmetic_ratios(rows: list[dict]) -> None:
+    """Each timed row's arithmetic against the eager e2e row of its group: ``macs_ratio`` (inference
+    multiply-adds), ``flops_ratio`` (a training step's floating-point operations) and
+    ``time_per_flop_ratio`` = ``time_ratio`` ÷ ``flops_ratio``: 1 where a configuration's step costs what
+    its arithmetic does at e2e's rate, above 1 by the share of time that is not arithmetic (memory traffic
+    of normalisation and activations, small kernels, Python). Derived from the measured fields only, so a
+    stored run can be re-rendered (``benchmarks/run.py --render-only``)."""
+    refs = {_group(r): r for r in rows if r["method"] == REFERENCE and not r.get("compiled") and r["status"] == "ok"}
+    for row in rows:
+        ref = refs.get(_group(row))
+        if row["status"] != "ok" or ref is None or row.get("inference_macs") is None:
+            continue
+        row["macs_ratio"] = row["inference_macs"] / ref["inference_macs"] if ref["inference_macs"] else None
+        row["flops_ratio"] = row["train_flops"] / ref["train_flops"] if ref["train_flops"] else None
+        if row["flops_ratio"] and row.get("time_ratio") is not None:
+            row["time_per_flop_ratio"] = row["time_ratio"] / row["flops_ratio"]
 
 
 def count_arithmetic(case: _Case) -> dict:
