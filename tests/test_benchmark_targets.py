@@ -131,3 +131,23 @@ def test_render_only_rewrites_the_tables_from_stored_json(tmp_path):
     cells = [c.strip() for c in e2e.split("|")]
     assert cells[8:10] == ["1.00", "1.00"] and cells[11:13] == ["1.00", "1.00"]  # each ratio against itself
     assert (tmp_path / "summary.png").exists()
+
+
+def test_conv_rates_finds_every_convolution_of_a_step_by_role(tmp_path):
+    """``benchmarks/conv_rates.py`` on tiny settings: the E encoders' two convolutions at each of the K − 1
+    boundaries, the backbone's multiply-adds those of the network's inference forward, the first
+    convolution of each module without an input gradient (a detached input; E adds a trained encoder's
+    output, so only the stem's image input)."""
+    rates = _load("conv_rates")
+    assert rates.main(["--model", "resnet20", "--num-modules", "4", "--batch-size", "2", "--rounds", "1",
+                       "--out", str(tmp_path / "cr")]) == 0
+    data = json.loads((tmp_path / "cr.json").read_text())
+    rows = data["rows"]
+    calls = lambda role: sum(r["calls_per_step"] for r in rows if r["role"] == role)  # noqa: E731
+    assert calls("image encoder") == 2 * 3 and calls("head") == 3 and calls("residual encoder") == 0
+    backbone = sum(r["macs"] * r["calls_per_step"] for r in rows if r["role"] == "backbone")
+    assert backbone == pytest.approx(2 * (40.8e6 - 640), rel=2e-3)  # two images, less the classifier's 64×10
+    assert [r["input"][1] for r in rows if not r["input_grad"]] == [3, 3]  # the stem and the encoders' image input
+    assert all(r["forward_gmacs"] > 0 and r["backward_gmacs"] > 0 for r in rows)
+    assert {r["role"] for r in data["roles"]} == {"backbone", "head", "image encoder"}
+    assert "| image encoder |" in (tmp_path / "cr.md").read_text()
