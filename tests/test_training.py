@@ -10,6 +10,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from locallearn.config import NET_FIELDS
 from locallearn.training import NonFiniteLossError, RunDir, fit, load_config, lr_schedule, resolve
@@ -127,7 +128,6 @@ def test_resume_refuses_other_options_but_not_another_place():
 
 def test_yaml_round_trip():
     cfg = resolve(**{**TINY, "split": [[2, 1]]}, lambdas=[5, 1, 0, 0], model_kwargs={}, out="x")
-    import yaml
 
     assert resolve(flatten(yaml.safe_load(dump_yaml(cfg.to_dict(), header=["a comment"])), "x")) == cfg
 
@@ -250,6 +250,49 @@ def test_channels_last_is_opt_in_trains_like_the_default_layout_and_resumes_in_e
     refused = r"^channels_last: one process only .*pass --no-channels-last, or drop --parallel\.$"
     with pytest.raises(ValueError, match=refused):
         resolve(**TINY, channels_last=True, parallel="pipeline")
+
+
+@pytest.mark.parametrize("first, second", [(False, True), (True, False)], ids=["nchw-then-cl", "cl-then-nchw"])
+def test_a_run_stopped_in_one_layout_resumes_in_the_other(tmp_path, monkeypatch, first, second):
+    """A checkpoint written in one memory layout, restored in the other: weights, BatchNorm statistics and
+    momentum come back bit for bit in the new layout, and the run finishes, training like the uninterrupted
+    run up to the layouts' rounding."""
+    quiet = dict(log=lambda line: None)
+    fit(resolve(**TINY, device="cpu", out=str(tmp_path / "reference")), **quiet)
+    real_save = RunDir.save_checkpoint
+
+    def stop_at_epoch_two(self, state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        real_save(self, state)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", stop_at_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        fit(resolve(**TINY, device="cpu", channels_last=first, out=str(tmp_path / "run")), **quiet)
+    monkeypatch.setattr(RunDir, "save_checkpoint", real_save)
+    run = RunDir(tmp_path / "run")
+    saved = run.load_checkpoint()
+    assert saved["epoch"] == 1
+
+    config = resolve(**TINY, device="cpu", channels_last=second, out=str(tmp_path / "run"))
+    restored = runner.LocalRunner(config, log=lambda line: None)
+    restored.restore(run)
+    state = restored.net.state_dict()
+    assert state.keys() == saved["model"].keys() and all(torch.equal(state[k], saved["model"][k]) for k in state)
+    convs = [m.weight for m in restored.net.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) is second for w in convs)
+    momentum = [s["momentum_buffer"] for s in restored.optimizer.state_dict()["state"].values()]
+    assert momentum and all(torch.equal(a, b["momentum_buffer"]) for a, b in
+                            zip(momentum, saved["optimizer"]["state"].values()))
+
+    lines: list[str] = []
+    summary = fit(config, resume=True, log=lines.append)
+    assert summary["epochs"] == 2 and run.finished
+    # config.yaml keeps how the run was started; the resume says what it changed
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["run"]["channels_last"] is first
+    assert any(line.endswith(f"resuming after epoch 1, now with channels_last ({first!r} → {second!r})") for line in lines)
+    reference = [r["train_loss"] for r in RunDir(tmp_path / "reference").read_metrics()]
+    assert [r["train_loss"] for r in run.read_metrics()] == pytest.approx(reference, rel=1e-3)
 
 
 def test_channels_last_converts_4d_tensors_in_place_and_leaves_others():

@@ -76,8 +76,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         run.clear()  # only now that the new run's inputs are known to be good
 
     state = runner.restore(run) if resume else None
-    if state is not None:
-        check_same_run(config, run_id, state, run)
+    changed = check_same_run(config, run_id, state, run) if state is not None else []
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     if state is not None and "rng" in state:
         set_rng_state(state["rng"])
@@ -93,7 +92,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         return run.read_summary() if launcher.is_main else None
 
     parameters = sum(p.numel() for p in runner.net.parameters())
-    log_start(log, config, runner, run, parameters, done)
+    log_start(log, config, runner, run, parameters, done, changed)
     optim = config.optim
     schedule = Schedule(lr=optim.lr, epochs=optim.epochs, warmup_epochs=optim.warmup_epochs, warmup_lr=optim.warmup_lr,
                         per_step=optim.schedule == "step", steps_per_epoch=runner.steps_per_epoch)
@@ -178,9 +177,12 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def check_same_run(config: Config, run_id: str, state: dict[str, Any], run: RunDir) -> None:
+def check_same_run(config: Config, run_id: str, state: dict[str, Any], run: RunDir) -> list[str]:
     """A checkpoint resumed from must be this run's: the same id as config.yaml (where it has one) and the
-    same options as config.yaml (but where the run lives and runs), else a one-line refusal naming them."""
+    same options as config.yaml (but where the run lives and runs), else a one-line refusal naming them.
+    Returns how this session runs it otherwise than the session that wrote the checkpoint (``name (a → b)``
+    for each ``RESUMABLE_CHANGES`` option but ``out``), which the start log names: config.yaml keeps the
+    options the run was started with."""
     where = run.file(CHECKPOINT)
     if run_id and state.get("run_id") not in (None, run_id):
         raise ValueError(
@@ -188,13 +190,16 @@ def check_same_run(config: Config, run_id: str, state: dict[str, Any], run: RunD
             f"{run_id[:8]}…); start over with --overwrite."
         )
     if state.get("format", CHECKPOINT_FORMAT) < CHECKPOINT_FORMAT or "config" not in state:
-        return  # written by an earlier release, whose config form differs
-    differing = differing_options(resolve(flatten(state["config"], str(where))), config, ignore=RESUMABLE_CHANGES)
+        return []  # written by an earlier release, whose config form differs
+    written = resolve(flatten(state["config"], str(where)))
+    differing = differing_options(written, config, ignore=RESUMABLE_CHANGES)
     if differing:
         raise ValueError(
             f"--resume: {where} was written with other options than {run.file(CONFIG)} says: {', '.join(differing)}; "
             f"restore the run's own {CONFIG}, or start over with --overwrite."
         )
+    runs_as = set(RESUMABLE_CHANGES) - {"out"}
+    return differing_options(written, config, ignore=[k for k in config.options() if k not in runs_as])
 
 
 def check_single_process(config: Config) -> None:
@@ -298,7 +303,8 @@ def derived(net: LocalNet, config: Config | None = None) -> list[str]:
     return lines
 
 
-def log_start(log: Log, config: Config, runner, run: RunDir, parameters: int, done: int) -> None:
+def log_start(log: Log, config: Config, runner, run: RunDir, parameters: int, done: int,
+              changed: list[str] = ()) -> None:
     net, optim = config.net, config.optim
     head = f"K={net.num_modules}"
     if net.num_modules > 1:
@@ -320,7 +326,8 @@ def log_start(log: Log, config: Config, runner, run: RunDir, parameters: int, do
     for line in runner.describe():
         log(line)
     log(f"  run directory: {run.path} (resolved config in {CONFIG})"
-        + (f"; resuming after epoch {done}" if done else ""))
+        + (f"; resuming after epoch {done}" if done else "")
+        + (f", now with {', '.join(changed)}" if done and changed else ""))
 
 
 def epoch_line(record: dict[str, Any], epochs: int) -> str:
