@@ -42,6 +42,36 @@ def test_linear_and_dgl_heads():
     assert dgl(torch.randn(3, 16, 32, 32)).shape == (3, 10)
 
 
+def test_4c1f_head_is_infopros_imagenet_classifier():
+    head = create_head("4c1f", (256, 56, 56), 10)
+    convs = [m for m in head if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0]) for c in convs] == [
+        (256, 128, 1, 1), (128, 256, 3, 2), (256, 512, 3, 2), (512, 2048, 1, 1)]
+    assert all(c.bias is None for c in convs)
+    bn = 2 * (128 + 256 + 512 + 2048)
+    assert n_params(head) == 256 * 128 + 128 * 256 * 9 + 256 * 512 * 9 + 512 * 2048 + bn + 2048 * 10 + 10
+    assert head(torch.randn(2, 256, 56, 56)).shape == (2, 10)
+    assert create_head("4c1f", (8, 1, 1), 128)(torch.randn(2, 8, 1, 1)).shape == (2, 128)  # any size, contrast width
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as count:  # the docstring's figure against 1c2f's on that map
+        head(torch.randn(1, 256, 56, 56))
+    with FlopCounterMode(display=False) as wide:
+        create_head("1c2f", (256, 56, 56), 10)(torch.randn(1, 256, 56, 56))
+    assert count.get_total_flops() / 2 == pytest.approx(0.77e9, rel=0.01)
+    assert wide.get_total_flops() / 2 == pytest.approx(1.85e9, rel=0.01)
+
+
+def test_4c1f_trains_a_wide_backbone_with_every_local_method():
+    for method in ("greedy", "infopro", "contsup"):
+        net = ll.build("resnet18", method=method, num_modules=2, split="stages", image_size=32, aux_head="4c1f",
+                       model_kwargs=dict(hidden_sizes=[8, 16, 16, 16], embedding_size=8), num_classes=3)
+        assert net.config.aux_head == "4c1f"
+        metrics = ll.train_step(net, torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4,)),
+                                torch.optim.SGD(net.parameters(), lr=0.01))
+        assert torch.isfinite(metrics["loss"])
+
+
 def test_contrast_heads_are_128_wide():
     net = ll.build("resnet32", method="infopro", num_modules=4, dataset="cifar10")
     assert all(o.head[-1].out_features == 128 for o in net.objectives[:-1])

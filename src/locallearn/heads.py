@@ -60,6 +60,23 @@ def one_conv_two_fc_head(in_shape: tuple[int, ...], out_dim: int) -> nn.Module:
     )
 
 
+@HEADS.register("4c1f")
+def imagenet_head(in_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    """InfoPro's auxiliary classifier for ImageNet-class networks (the authors' ImageNet code), "4c1f":
+    conv1x1(C → 128) → BN → ReLU → conv3x3(128 → 256, stride 2) → BN → ReLU → conv3x3(256 → 512, stride 2)
+    → BN → ReLU → conv1x1(512 → 2048) → BN → ReLU → pool → Linear(2048 → out), convolutions without bias.
+
+    The 1×1 reduction first keeps it cheap on wide, high-resolution outputs, where ``1c2f`` is not: on
+    ResNet-50's (256, 56, 56) stage output it is 0.77 G multiply-adds per image against 1c2f's 1.85 G.
+    """
+    widths = [(in_shape[0], 128, 1, 1), (128, 256, 3, 2), (256, 512, 3, 2), (512, 2048, 1, 1)]
+    layers: list[nn.Module] = []
+    for c_in, c_out, k, stride in widths:
+        layers += [nn.Conv2d(c_in, c_out, kernel_size=k, stride=stride, padding=k // 2, bias=False),
+                   nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, GlobalPool(), nn.Linear(2048, out_dim))
+
+
 class DGLHead(nn.Module):
     """The auxiliary network of DGL (Belilovsky, Eickenberg, Oyallon, ICML 2020).
 
