@@ -23,6 +23,14 @@ def test_bench_memory_writes_every_output(tmp_path, capsys):
     assert data["meta"]["grid"]["models"] == ["resnet20"]
 
 
+def test_bench_compares_auxiliary_heads(tmp_path):
+    argv = ["bench", "memory", *GRID, "--methods", "greedy", "--num-modules", "2", "--aux-heads", "linear,4c1f"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "memory.json").read_text())["rows"]
+    assert [(r["method"], r["aux_head"]) for r in rows] == [("e2e", None), ("greedy", "linear"), ("greedy", "4c1f")]
+    assert rows[2]["peak_activation_bytes"] > rows[1]["peak_activation_bytes"]  # the wider head keeps more
+
+
 def test_bench_speed_runs(tmp_path):
     assert main(["bench", "speed", *GRID, "--rounds", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
@@ -36,6 +44,7 @@ def test_bench_speed_runs(tmp_path):
         ("--num-modules", "2,x", "--num-modules: expected comma-separated integers"),
         ("--contexts", "R0,Q1", "contexts: unknown mode 'Q1'"),
         ("--feature-decoders", "linear,mlp", "feature_decoders: unknown value 'mlp'; valid values are"),
+        ("--aux-heads", "1c2f,2c2f", "aux_heads: unknown value '2c2f'; valid values are"),
         ("--device", "tpu", "device: expected cpu, cuda or cuda:N"),
     ],
 )

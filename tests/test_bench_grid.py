@@ -149,6 +149,25 @@ def test_feature_decoders_multiply_featrecon_only():
         GridSpec(feature_decoders=("mlp",), **TINY)
 
 
+def test_aux_heads_multiply_the_local_methods_and_name_their_rows(tmp_path):
+    spec = GridSpec(methods=("e2e", "checkpoint", "greedy", "contsup"), num_modules=(2,), splits=("uniform",),
+                    contexts=("R0", "R1"), aux_heads=("1c2f", "4c1f"), **TINY)
+    configs = spec.expand()
+    assert [c.aux_head for c in configs if c.num_modules == 1] == [None, None]  # one module: no head
+    greedy = [c for c in configs if c.method == "greedy"]
+    contsup = [c for c in configs if c.method == "contsup"]
+    assert [c.aux_head for c in greedy] == ["1c2f", "4c1f"] and len(contsup) == 2 * 2
+    four = next(c for c in contsup if c.aux_head == "4c1f")
+    assert four.build_options()["aux_head"] == "4c1f" and four.label == "contsup R0 4c1f head uniform"
+    assert resolve_net(four.model, four.method, **four.build_options()).aux_head == "4c1f"
+    assert all(c.aux_head is None for c in GridSpec(methods=("greedy",), num_modules=(2,), **TINY).expand())
+    rows = run_memory([four], RunOptions(warmup=0))
+    assert rows[0]["status"] == "ok" and rows[0]["aux_head"] == "4c1f"
+    assert "| contsup (4c1f head) | 2 |" in write_results(tmp_path, "memory", rows, {})["md"].read_text()
+    with pytest.raises(ValueError, match="aux_heads: unknown value '2c2f'; valid values are .*4c1f"):
+        GridSpec(aux_heads=("2c2f",), **TINY)
+
+
 def test_swin_featrecon_and_infopro_transformer_run_in_a_grid(monkeypatch):
     """The grid builds Swin through locallearn.build; a tiny Swin stands in for Swin-Tiny here."""
     import locallearn

@@ -149,6 +149,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--contexts", default="R0,R1E", help="ContSup context modes (default: R0,R1E)")
         parser.add_argument("--feature-decoders", default="linear",
                             help="FeatRecon's feature decoders: linear, conv, transformer (default: linear)")
+        parser.add_argument("--aux-heads", default=None,
+                            help="auxiliary heads of the local methods: linear, 1c2f, 4c1f, dgl, token "
+                                 "(default: each method's own)")
         parser.add_argument("--batch-sizes", default="32", help="batch sizes (default: 32)")
         parser.add_argument("--image-size", type=int, default=None, help="input size (default: each model's own)")
         parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")

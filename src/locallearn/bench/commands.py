@@ -19,7 +19,8 @@ from locallearn.bench.runner import RunOptions, environment, run_memory, run_spe
 
 def grid_from_strings(
     *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
-    image_size: int | None = None, feature_decoders: str = "linear", compile: bool = False,
+    image_size: int | None = None, feature_decoders: str = "linear", aux_heads: str | None = None,
+    compile: bool = False,
 ) -> GridSpec:
     return GridSpec(
         models=parse_list(models, "--models"),
@@ -28,6 +29,7 @@ def grid_from_strings(
         splits=parse_list(splits, "--splits"),
         contexts=parse_list(contexts, "--contexts"),
         feature_decoders=parse_list(feature_decoders, "--feature-decoders"),
+        aux_heads=parse_list(aux_heads, "--aux-heads") if aux_heads else (None,),
         batch_sizes=parse_list(batch_sizes, "--batch-sizes", int),
         image_size=image_size,
         compiled=(False, True) if compile else (False,),
@@ -54,23 +56,25 @@ def _command() -> str:
 def bench_memory(
     *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
     image_size: int | None, device: str, warmup: int, threads: int | None, seed: int, out: Path,
-    feature_decoders: str = "linear", quiet: bool = False, command: str | None = None,
+    feature_decoders: str = "linear", aux_heads: str | None = None, quiet: bool = False, command: str | None = None,
 ) -> int:
     """Peak activation bytes (meter a) and, on CUDA, peak allocated bytes (meter b) of one step each."""
     grid = dict(models=models, methods=methods, num_modules=num_modules, splits=splits, contexts=contexts,
-                batch_sizes=batch_sizes, image_size=image_size, feature_decoders=feature_decoders)
+                batch_sizes=batch_sizes, image_size=image_size, feature_decoders=feature_decoders, aux_heads=aux_heads)
     return _run("memory", out, command, grid, dict(device=device, warmup=warmup, threads=threads, seed=seed), quiet)
 
 
 def bench_speed(
     *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
     image_size: int | None, device: str, warmup: int, rounds: int, threads: int | None, seed: int, out: Path,
-    feature_decoders: str = "linear", compile: bool = False, quiet: bool = False, command: str | None = None,
+    feature_decoders: str = "linear", aux_heads: str | None = None, compile: bool = False, quiet: bool = False,
+    command: str | None = None,
 ) -> int:
     """Median step time and its ratio to e2e's, over interleaved rounds (every network compiled, with
     ``compile``), beside the multiply-adds of each configuration."""
     grid = dict(models=models, methods=methods, num_modules=num_modules, splits=splits, contexts=contexts,
-                batch_sizes=batch_sizes, image_size=image_size, feature_decoders=feature_decoders, compile=compile)
+                batch_sizes=batch_sizes, image_size=image_size, feature_decoders=feature_decoders, aux_heads=aux_heads,
+                compile=compile)
     options = dict(device=device, warmup=warmup, rounds=rounds, threads=threads, seed=seed)
     return _run("speed", out, command, grid, options, quiet)
 

@@ -1,5 +1,5 @@
-"""Benchmark grids: models × methods × K × split × context mode × feature decoder × batch size, validated
-up front.
+"""Benchmark grids: models × methods × K × split × context mode × feature decoder × auxiliary head × batch
+size, validated up front.
 
 A ``GridSpec`` names the values of each axis; ``expand()`` turns it into the configurations worth
 running (``BenchConfig``), by these rules:
@@ -9,7 +9,8 @@ running (``BenchConfig``), by these rules:
   context. Local methods run at every K ≥ 2 of the grid (at K = 1 they would be ``e2e``).
 - Context modes multiply only the methods that supply context (``contsup``); every other method runs
   with its preset's mode. Feature decoders multiply only the methods that reconstruct features
-  (``featrecon``); every other method has none.
+  (``featrecon``); every other method has none. Auxiliary heads, when given, multiply every local method;
+  by default each method runs with its own head.
 - Every method runs with its preset on the model (``Method.preset``): on a transformer backbone (Swin)
   ``infopro`` is InfoPro-Transformer, as in ``configs/swin/``.
 - Which rule applies to a method comes from the method object (``single_module``, ``varies_context``,
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 
 from locallearn.context import MODE_NAMES, ContextMode
 from locallearn.decoders import FEATURE_DECODERS
+from locallearn.heads import HEADS
 from locallearn.methods import METHODS
 from locallearn.models import MODELS, create_model, model_family
 from locallearn.split import SPLITS
@@ -50,6 +52,7 @@ class BenchConfig:
     batch_size: int
     image_size: int
     feature_decoder: str | None = None  # FeatRecon's decoder; None for every other method
+    aux_head: str | None = None  # a local method's head when the grid varies it; None: the method's own
     compiled: bool = False  # speed: every part torch.compile'd (training.runner.compile_parts)
 
     def build_options(self) -> dict:
@@ -60,6 +63,8 @@ class BenchConfig:
             options["context"] = self.context
         if self.feature_decoder is not None:
             options["feature_decoder"] = self.feature_decoder
+        if self.aux_head is not None:
+            options["aux_head"] = self.aux_head
         return options
 
     @property
@@ -75,6 +80,8 @@ class BenchConfig:
             parts.append(self.context)
         if self.feature_decoder is not None:
             parts.append(self.feature_decoder)
+        if self.aux_head is not None:
+            parts.append(f"{self.aux_head} head")
         if self.split is not None:
             parts.append(self.split)
         if self.compiled:
@@ -91,6 +98,7 @@ class BenchConfig:
             batch_size=self.batch_size,
             image_size=self.image_size,
             feature_decoder=self.feature_decoder,
+            aux_head=self.aux_head,
             compiled=self.compiled,
         )
 
@@ -107,13 +115,14 @@ class GridSpec:
     splits: tuple[str, ...] = ("paper",)
     contexts: tuple[str, ...] = ("R0", "R1E")
     feature_decoders: tuple[str, ...] = ("linear",)  # FeatRecon only
+    aux_heads: tuple[str | None, ...] = (None,)  # local methods; None: each method's own head
     batch_sizes: tuple[int, ...] = (32,)
     image_size: int | None = None  # None: each model's own
     compiled: tuple[bool, ...] = (False,)  # (False, True): every configuration also compiled (speed)
 
     def __post_init__(self) -> None:
-        for name in ("models", "methods", "num_modules", "splits", "contexts", "feature_decoders", "batch_sizes",
-                     "compiled"):
+        for name in ("models", "methods", "num_modules", "splits", "contexts", "feature_decoders", "aux_heads",
+                     "batch_sizes", "compiled"):
             values = _as_tuple(getattr(self, name))
             if not values:
                 raise ValueError(f"{name}: give at least one value.")
@@ -126,6 +135,9 @@ class GridSpec:
             _check_name("splits", split, SPLITS.names())
         for decoder in self.feature_decoders:
             _check_name("feature_decoders", decoder, FEATURE_DECODERS.names())
+        for head in self.aux_heads:
+            if head is not None:
+                _check_name("aux_heads", head, HEADS.names())
         for mode in self.contexts:
             try:
                 ContextMode.parse(mode)
@@ -168,8 +180,10 @@ class GridSpec:
                         for split in self.splits:
                             for context in contexts:
                                 for decoder in decoders:
-                                    configs.append(BenchConfig(method=name, num_modules=k, split=split,
-                                                               context=context, feature_decoder=decoder, **one))
+                                    for head in self.aux_heads:
+                                        configs.append(BenchConfig(method=name, num_modules=k, split=split,
+                                                                   context=context, feature_decoder=decoder,
+                                                                   aux_head=head, **one))
         return configs
 
 

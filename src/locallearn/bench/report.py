@@ -83,10 +83,11 @@ def fmt(value, spec: str, none: str = "–") -> str:
 
 
 def _method(row: dict) -> str:
-    """The method, with FeatRecon's feature decoder where the row has one (``featrecon (conv)``), and
-    ``compiled`` for a compiled network."""
-    decoder = row.get("feature_decoder")
-    return row["method"] + (f" ({decoder})" if decoder else "") + (" compiled" if row.get("compiled") else "")
+    """The method, with FeatRecon's feature decoder and the auxiliary head where the grid varies them
+    (``featrecon (conv, 4c1f head)``), and ``compiled`` for a compiled network."""
+    detail = [row["feature_decoder"]] if row.get("feature_decoder") else []
+    detail += [f"{row['aux_head']} head"] if row.get("aux_head") else []
+    return row["method"] + (f" ({', '.join(detail)})" if detail else "") + (" compiled" if row.get("compiled") else "")
 
 
 def _varies_context(row: dict) -> bool:
