@@ -182,3 +182,29 @@ def test_missing_dataset_fails_before_writing_the_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "locallearn data download cifar10" in err
     assert not out.exists()
+
+
+def test_ctrl_c_says_interrupted_in_one_line_wherever_it_lands(monkeypatch, capsys):
+    """A bare KeyboardInterrupt (a second Ctrl-C, or one in `eval`) has no text: the line says "interrupted";
+    one while the commands are being built (torch importing) is caught too."""
+    import argparse
+
+    import locallearn.cli as cli
+
+    def interrupted(**_):
+        raise KeyboardInterrupt
+
+    class Parser:
+        def parse_args(self, argv):
+            return argparse.Namespace(_run=interrupted)
+
+    monkeypatch.setattr(cli, "build_parser", lambda: Parser())
+    assert main(["eval", "x"]) == 130
+    assert capsys.readouterr().err == "locallearn: interrupted\n"
+
+    def building():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", building)
+    assert main(["list"]) == 130
+    assert capsys.readouterr().err == "locallearn: interrupted\n"

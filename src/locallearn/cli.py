@@ -272,7 +272,11 @@ def _other_rank() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
+    try:
+        args = vars(build_parser().parse_args(argv))  # builds the commands: imports torch, which takes a while
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     run = args.pop("_run")
     options = {key: value for key, value in args.items() if not key.startswith("_")}
     try:
@@ -285,6 +289,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)  # reaches rank 0 too)
         return 2
     except KeyboardInterrupt as err:
-        print(f"{PROG}: {err or 'interrupted'}", file=sys.stderr)
+        print(f"{PROG}: {str(err) or 'interrupted'}", file=sys.stderr)  # a bare KeyboardInterrupt has no text
         return 130
     return int(status or 0)
