@@ -216,3 +216,42 @@ def test_nothing_to_download_or_check(tmp_path, capsys):
         check("imagefolder", tmp_path)
     assert main(["data", "check", "imagefolder", "--root", str(tmp_path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_run_is_not_resumed_or_evaluated_on_other_classes(tmp_path, capsys, monkeypatch):
+    """The classes are saved with each checkpoint: a resume or an eval on a folder with other classes (label i
+    would mean another class) is refused in one line."""
+    from locallearn.training import RunDir
+
+    make_folder(tmp_path / "a")
+    other = tmp_path / "b"
+    for split in ("train", "test"):
+        for name, colour in (("ant", (1, 2, 3)), ("bee", (4, 5, 6)), ("cat", (7, 8, 9))):
+            (other / split / name).mkdir(parents=True)
+            solid(colour).save(other / split / name / "x.png")
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "a"), "--image-size", "8", "--model",
+            "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2", "--device",
+            "cpu", "--out", str(run)]
+    real_save = RunDir.save_checkpoint
+
+    def stop_at_epoch_two(self, state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        real_save(self, state)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", stop_at_epoch_two)
+    assert main(args) == 130
+    monkeypatch.setattr(RunDir, "save_checkpoint", real_save)
+    assert RunDir(run).load_checkpoint()["class_names"] == ["cat", "dog", "emu"]
+    capsys.readouterr()
+    other_args = [*args[:4], str(other), *args[5:]]
+    assert main([*other_args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was trained on the classes cat, dog, emu but the data given holds ant, bee, cat" in err
+    assert "point --data-dir at the run's data" in err
+    assert RunDir(run).load_checkpoint()["epoch"] == 1  # nothing trained on the other labels
+    assert main(["eval", str(run), "--data-dir", str(other), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "eval: " in err and "give the run's own data with --data-dir" in err
+    assert main([*args, "--resume"]) == 0 and main(["eval", str(run), "--device", "cpu"]) == 0

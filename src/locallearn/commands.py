@@ -16,8 +16,10 @@ from locallearn.training.fit import fit
 from locallearn.training.report import write_report
 from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
 from locallearn.training.runner import (
+    check_class_names,
     evaluate,
     load_data,
+    loader_class_names,
     load_weights,
     precise_batchnorm,
     resolve_device,
@@ -57,10 +59,13 @@ def evaluate_run(
     net.to(torch_device)
     if config.run.channels_last:  # the run's layout: its sums in its order, so the figures are the run's
         to_channels_last(net)
+    test = load_data(config, train=False, device=torch_device)
+    check_class_names(checkpoint.get("class_names"), loader_class_names(test), where=f"eval: {run.path}",
+                      fix="give the run's own data with --data-dir.")
     used = None
     if precise_bn is not None:
         used = precise_batchnorm(net, load_data(config, train=True, device=torch_device), precise_bn)
-    result = evaluate(net, load_data(config, train=False, device=torch_device), autocast_dtype=config.autocast_dtype)
+    result = evaluate(net, test, autocast_dtype=config.autocast_dtype)
     return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used}
 
 

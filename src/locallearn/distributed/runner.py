@@ -48,7 +48,7 @@ from locallearn.net import LocalNet, build_net
 from locallearn.training.config import Config, parse_assign, read_mapping, resolve
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CONFIG, RunDir, load_state, save_state, seed_everything
-from locallearn.training.runner import epoch_metrics, load_data, make_optimizer, compile_parts
+from locallearn.training.runner import compile_parts, epoch_metrics, load_data, loader_class_names, make_optimizer
 
 Log = Callable[[str], None]
 STAGE_DIR = "pipeline"
@@ -130,6 +130,7 @@ class PipelineRunner:
         self.train_loader = load_data(config, train=True, device=env.device) if self.first else None
         self.test_loader = load_data(config, train=False, device=env.device) if self.first else None
         self.steps_per_epoch = launcher.share(len(self.train_loader) if env.is_main else None)
+        self.class_names = launcher.share(loader_class_names(self.train_loader) if env.is_main else None)
         self.stage_runner = PipelineStage(
             net, layout, env.rank, self.optimizer, device=env.device, sync=config.processes.pipeline_sync,
             autocast_dtype=config.autocast_dtype, links=links, dp_group=dp_group, barrier_group=env.ctrl,

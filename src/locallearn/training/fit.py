@@ -29,7 +29,7 @@ from locallearn.training.config import (
     resumed_config,
 )
 from locallearn.training.rundir import CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, RunDir, rng_state, set_rng_state
-from locallearn.training.runner import Launcher, NonFiniteLossError, SingleProcess
+from locallearn.training.runner import Launcher, NonFiniteLossError, SingleProcess, check_class_names
 from locallearn.training.schedule import Schedule
 from locallearn.version import __version__
 
@@ -76,7 +76,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         run.clear()  # only now that the new run's inputs are known to be good
 
     state = runner.restore(run) if resume else None
-    changed = check_same_run(config, run_id, state, run) if state is not None else []
+    changed = check_same_run(config, run_id, state, run, runner.class_names) if state is not None else []
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     if state is not None and "rng" in state:
         set_rng_state(state["rng"])
@@ -117,7 +117,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         if launcher.is_main:
             run.append_metrics(record)  # metrics first: the checkpoint is never ahead of metrics.jsonl
         runner.save(run, {"format": CHECKPOINT_FORMAT, "run_id": run_id, "epoch": epoch, "rng": rng_state(),
-                          "config": config.to_dict(), "history": history})
+                          "config": config.to_dict(), "history": history, "class_names": runner.class_names})
         log(epoch_line(record, config.optim.epochs))
     runner.close()
     if not launcher.is_main:
@@ -177,13 +177,18 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def check_same_run(config: Config, run_id: str, state: dict[str, Any], run: RunDir) -> list[str]:
+def check_same_run(
+    config: Config, run_id: str, state: dict[str, Any], run: RunDir, class_names: list[str] | None = None
+) -> list[str]:
     """A checkpoint resumed from must be this run's: the same id as config.yaml (where it has one) and the
     same options as config.yaml (but where the run lives and runs), else a one-line refusal naming them.
     Returns how this session runs it otherwise than the session that wrote the checkpoint (``name (a → b)``
     for each ``RESUMABLE_CHANGES`` option but ``out``), which the start log names: config.yaml keeps the
-    options the run was started with."""
+    options the run was started with. Data whose classes are not the checkpoint's (another image folder
+    behind the same --data-dir) is refused too: its labels would mean other classes."""
     where = run.file(CHECKPOINT)
+    check_class_names(state.get("class_names"), class_names, where=f"--resume: {run.path}",
+                      fix="point --data-dir at the run's data, or start a new run with another --out.")
     if run_id and state.get("run_id") not in (None, run_id):
         raise ValueError(
             f"--resume: {where} belongs to another run than {run.file(CONFIG)} (run id {state['run_id'][:8]}… against "

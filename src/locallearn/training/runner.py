@@ -44,9 +44,25 @@ class NonFiniteLossError(ValueError):
     """The loss became NaN or infinite; training stops without writing a checkpoint."""
 
 
+def loader_class_names(loader: Iterable) -> list[str] | None:
+    """The names of labels 0, 1, ... of a dataset that has them (an image folder's classes), else None."""
+    names = getattr(getattr(loader, "spec", None), "class_names", None)
+    return list(names) if names else None
+
+
+def check_class_names(trained: list[str] | None, now: list[str] | None, *, where: str, fix: str) -> None:
+    """Refuse data whose classes are not the ones a run was trained on, in that order (label i is the
+    i-th name): its labels would mean other things. Nothing to compare where either side names none."""
+    if trained and now and list(trained) != list(now):
+        show = lambda names: ", ".join(names[:8]) + (f", … ({len(names)})" if len(names) > 8 else "")  # noqa: E731
+        raise ValueError(f"{where} was trained on the classes {show(trained)} but the data given holds {show(now)}; "
+                         f"{fix}")
+
+
 class Runner(Protocol):
     net: LocalNet
     steps_per_epoch: int
+    class_names: list[str] | None  # the training data's, where it names its classes (an image folder)
 
     def train_epoch(self, epoch: int, lr_at: Callable[[int], float]) -> dict[str, Any]: ...
     def evaluate(self) -> dict[str, Any]: ...
@@ -96,6 +112,7 @@ class LocalRunner:
             self.test_loader = load_data(config, train=False, device=self.device)
         else:
             self.train_loader, self.test_loader = data
+        self.class_names = loader_class_names(self.train_loader)
         seed_everything(config.run.seed)
         self.net = build_net(config.net, model).to(self.device)
         if config.run.channels_last:
@@ -141,8 +158,7 @@ class LocalRunner:
         return [f"  data: batches given from Python ({self.steps_per_epoch or 'unknown number of'} per epoch); {self.device}"]
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
-        names = getattr(getattr(self.train_loader, "spec", None), "class_names", None)
-        return {"class_names": list(names)} if names else {}
+        return {"class_names": self.class_names} if self.class_names else {}
 
     def close(self) -> None:
         pass
