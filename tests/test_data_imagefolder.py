@@ -255,3 +255,14 @@ def test_a_run_is_not_resumed_or_evaluated_on_other_classes(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "eval: " in err and "give the run's own data with --data-dir" in err
     assert main([*args, "--resume"]) == 0 and main(["eval", str(run), "--device", "cpu"]) == 0
+
+
+def test_a_relative_data_dir_is_saved_absolute_so_eval_works_from_anywhere(tmp_path, monkeypatch):
+    make_folder(tmp_path / "work" / "imgs")
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", "imgs", "--image-size", "8", "--model", "resnet20",
+                 "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
+                 "--out", "run"]) == 0
+    assert f"data_dir: {tmp_path / 'work' / 'imgs'}" in (tmp_path / "work" / "run" / "config.yaml").read_text()
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(tmp_path / "work" / "run"), "--device", "cpu"]) == 0

@@ -133,6 +133,18 @@ def test_seeds_are_averaged_with_sample_std(tmp_path):
     assert table.warnings == []
 
 
+def test_a_repeated_seed_is_a_repeat_not_a_seed(tmp_path):
+    """Two runs of the same options and seed would show a spread of zero over "seeds": the second is left
+    out of the statistics, and the report says which and why."""
+    runs = [fake_run(tmp_path / name, accs=[acc], method="contsup", num_modules=2, context="R1E", seed=seed)
+            for name, acc, seed in (("a", 0.80, 0), ("b", 0.80, 0), ("c", 0.90, 1))]
+    table = group_runs([load_run(p) for p in runs])
+    (group,) = table.groups
+    assert group.n == 2 and [r.path.name for r in group.runs] == ["a", "c"]
+    assert table.warnings == [f"report: {tmp_path / 'b'} repeats {tmp_path / 'a'} (the same options and seed 0); "
+                              "left out, so that mean ± std are over distinct seeds"]
+
+
 def test_plot_error_bars_and_e2e_reference(tmp_path):
     runs = make_runs(tmp_path) + [fake_run(tmp_path / "e2e_b", accs=[0.90, 0.95], method="e2e", seed=1)]
     table = group_runs([load_run(p) for p in runs])

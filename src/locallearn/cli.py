@@ -120,7 +120,8 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     from locallearn.commands import report_command
 
     about = ("markdown table (method × K: test error mean ± std over seeds, memory, time) and a plot of error "
-             "against K; runs are averaged only when their options differ in nothing but the seed")
+             "against K; runs are averaged only when their options differ in nothing but the seed (a second run of the "
+             "same seed is left out, with a warning)")
     parser = commands.add_parser("report", help=about, description=about)
     parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path, help="run directories")
     parser.add_argument(

@@ -274,7 +274,8 @@ def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None
             if section == "optim":  # the options that depend on the optimizer take its defaults
                 given = {**OPTIMIZER_DEFAULTS.get(given.get("optimizer", "sgd"), {}), **given}
             sections[section] = cls(**given)
-    data = sections["data"]
+    # an absolute path in config.yaml: eval and --resume work from any directory (`data` means ./data here)
+    data = sections["data"] = dataclasses.replace(sections["data"], data_dir=os.path.abspath(sections["data"].data_dir))
     # the dataset's spec (a user's image folder is described from its files: classes, and the size asked for)
     spec = None if data.dataset == PYTHON_DATA else describe_dataset(data.dataset, data.data_dir, image_size=values.get("image_size"))
     net = resolve_net(values.get("model", "resnet32"), values.get("method", "contsup"), dataset=spec, **net_options)

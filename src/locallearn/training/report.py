@@ -182,12 +182,20 @@ def group_runs(runs: list[RunResult]) -> Table:
     by_key: dict[str, list[RunResult]] = {}
     for r in runs:
         by_key.setdefault(_compared(r.config), []).append(r)
+    warnings = []
+    for key, members in by_key.items():  # a second run of a configuration and seed is a repeat, not a seed
+        by_seed: dict[Any, RunResult] = {}
+        for r in sorted(members, key=lambda r: str(r.path)):
+            first = by_seed.setdefault(r.config["seed"], r)
+            if first is not r:
+                warnings.append(f"report: {r.path} repeats {first.path} (the same options and seed {r.config['seed']}); "
+                                f"left out, so that mean ± std are over distinct seeds")
+        by_key[key] = [r for r in members if by_seed[r.config["seed"]] is r]
     groups = [Group(members) for members in by_key.values()]
     with_setting = len({(g.config["model"], g.config["dataset"]) for g in groups}) > 1
     by_method: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
         by_method[g.runs[0].method_label()].append(g)
-    warnings = []
     for method, members in by_method.items():
         cells: dict[int, list[Group]] = defaultdict(list)
         for g in members:
