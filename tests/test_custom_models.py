@@ -142,6 +142,14 @@ def not_a_module():
 
 
 LAYERS = 3
+
+
+def raises(num_classes=10):
+    raise RuntimeError("boom inside factory")
+
+
+def seven_classes():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 7)))
 '''
 
 
@@ -150,7 +158,8 @@ def user_package(tmp_path, monkeypatch):
     (tmp_path / "my_models.py").write_text(textwrap.dedent(FACTORIES))
     monkeypatch.chdir(tmp_path)
     yield tmp_path
-    sys.modules.pop("my_models", None)
+    for name in ("my_models", "broken", "fails"):
+        sys.modules.pop(name, None)
 
 
 def test_a_factory_of_your_own_trains_evaluates_and_resumes_from_the_command_line(user_package, capsys, monkeypatch):
@@ -190,11 +199,31 @@ def test_a_factory_of_your_own_trains_evaluates_and_resumes_from_the_command_lin
     ("my_models:missing", "module 'my_models' has no attribute 'missing'"),
     ("my_models:LAYERS", "my_models:LAYERS is a int, not a factory"),
     ("my_models:not_a_module", "neither a Backbone nor an nn.Sequential"),
+    ("my_models:raises", "model: my_models:raises(...) raised RuntimeError: boom inside factory (my_models.py, line "),
+    ("my_models:seven_classes", "num_classes: the model's last unit gives 7 logits but the data has 10 classes"),
+    ("broken:f", "model: importing 'broken' failed: SyntaxError: '(' was never closed (broken.py, line 2); fix the module"),
+    ("fails:f", "model: importing 'fails' failed: ZeroDivisionError: division by zero (fails.py, line 1)"),
 ])
 def test_bad_factories_are_one_line(user_package, capsys, model, words):
+    (user_package / "broken.py").write_text("def f():\n    return nn.Sequential(\n")
+    (user_package / "fails.py").write_text("x = 1 / 0\n")
     assert main(["train", "--model", model, "--num-modules", "2", "--image-size", "32", "--out", "runs/x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
+
+
+def test_labels_beyond_the_classes_are_one_line_from_python(tmp_path):
+    from locallearn.training import train
+
+    x, y = torch.randn(8, 1, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1, 2, 7])
+    data = [(x, y)]
+    with pytest.raises(ValueError, match=r"^labels: batch 1 holds label 7 but the network has 4 classes \(labels "
+                                         r"0\.\.3\); give num_classes as the number of classes of the data\.$"):
+        train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "a", num_classes=4,
+              method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
+    with pytest.raises(ValueError, match=r"^num_classes: the model's last unit gives 4 logits but the data has 5 "):
+        train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "b", num_classes=5,
+              method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
 
 
 def test_training_from_python_on_a_dataloader_writes_the_same_run_directory(tmp_path, capsys):

@@ -51,6 +51,12 @@ class LocalNet(nn.Module):
         image_size = config.image_size or backbone.image_size
         image_shape = (backbone.in_channels, image_size, image_size)
         shapes = tuple(backbone.unit_shapes(image_size))
+        if config.num_classes is not None and shapes[-1] != (config.num_classes,):
+            raise ValueError(
+                f"num_classes: the model's last unit gives {shapes[-1][0] if len(shapes[-1]) == 1 else shapes[-1]} "
+                f"logits but the data has {config.num_classes} classes; make its classifier {config.num_classes} wide "
+                f"(a factory that takes num_classes receives it)."
+            )
         self.boundary_shapes = [shapes[e] for e in self.ends]
         weights = lambda_schedule(config.lambdas, K) if config.reconstruct and K > 1 else [(1.0, 1.0)] * (K - 1)
         boundaries = [

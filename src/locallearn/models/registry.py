@@ -15,6 +15,7 @@ import importlib
 import inspect
 import os
 import sys
+import traceback
 from typing import Any, Callable, Iterable
 
 from locallearn.models.base import Backbone
@@ -77,6 +78,8 @@ def import_factory(path: str) -> Callable[..., Any]:
             f"model: cannot import {module_name!r} ({err}); the module of {path} must be importable from the "
             f"current directory or an installed package."
         ) from None
+    except Exception as err:  # the module's own code failed: a syntax error, an exception at import time
+        raise ValueError(f"model: importing {module_name!r} failed: {_where(err)}; fix the module.") from None
     factory = module
     for part in attribute.split("."):
         if not hasattr(factory, part):
@@ -164,5 +167,24 @@ def create_model(name: str, **kwargs) -> Any:
             f"Python (locallearn.build(your_model, ...)), or give a factory as package.module:factory."
         )
     check_model_options(name, kwargs)
-    factory = import_factory(name) if is_import_path(name) else MODELS.get(name)
-    return factory(**kwargs)
+    if not is_import_path(name):
+        return MODELS.get(name)(**kwargs)
+    factory = import_factory(name)
+    try:
+        return factory(**kwargs)
+    except Exception as err:  # the user's factory failed: say what and where, in one line
+        module = sys.modules.get(getattr(factory, "__module__", ""), None)
+        raise ValueError(f"model: {name}(...) raised {_where(err, getattr(module, '__file__', None))}; fix the "
+                         f"factory.") from None
+
+
+def _where(err: BaseException, file: str | None = None) -> str:
+    """``SyntaxError: invalid syntax (mine.py, line 3)``, ``RuntimeError: boom (mine.py, line 7)``: the
+    error and the line it came from — the last one in ``file`` (the user's module) where it passed there."""
+    text = f"{type(err).__name__}: {' '.join(str(err).split())}"
+    if isinstance(err, SyntaxError):
+        return text  # its text names the file and line
+    frames = traceback.extract_tb(err.__traceback__)
+    own = [f for f in frames if file and os.path.abspath(f.filename) == os.path.abspath(file)]
+    frame = (own or frames or [None])[-1]
+    return text + (f" ({os.path.basename(frame.filename)}, line {frame.lineno})" if frame else "")

@@ -413,7 +413,17 @@ def train_one_epoch(
             # the meter runs the step eagerly (compiled or not), so a compiled net compiles on step 2
             meter = SavedTensorMeter(net.parameters()) if i == 0 and not on_cuda else contextlib.nullcontext()
             with meter, eager_unless(len(labels) == full):
-                stats = train_step(net, images, labels, optimizer, autocast_dtype=autocast_dtype)
+                try:
+                    stats = train_step(net, images, labels, optimizer, autocast_dtype=autocast_dtype)
+                except IndexError as err:  # cross-entropy's "Target 7 is out of bounds": say what to fix
+                    classes = net.config.num_classes
+                    if labels.numel() and (labels.min() < 0 or labels.max() >= classes):
+                        raise ValueError(
+                            f"labels: batch {i + 1} holds label {int(labels.max() if labels.max() >= classes else labels.min())} "
+                            f"but the network has {classes} classes (labels 0..{classes - 1}); give num_classes as the "
+                            f"number of classes of the data."
+                        ) from None
+                    raise err
             if i == 0 and not on_cuda:
                 peak_bytes = meter.peak_bytes
             n = len(labels)
