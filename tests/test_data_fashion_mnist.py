@@ -75,6 +75,8 @@ def test_files_are_found_gzipped_or_plain_in_each_place(tmp_path, debian, small,
     if where == "root/fashion-mnist":
         shown = f"fashion-mnist/{NAMES[0]}{suffix}"  # relative to the root, where it was found
     assert report.files[0].path == shown and report.files[0].detail == f"{N_TRAIN} images"
+    header = str(report).splitlines()[0]  # the folder the files are in, not an empty root
+    assert header == (f"fashion_mnist in {debian} (not in {root}): ok" if where == "debian" else f"fashion_mnist in {root}: ok")
 
 
 def test_root_comes_before_debian_and_a_split_is_never_mixed(tmp_path, debian, small):

@@ -166,6 +166,14 @@ def test_07_a_damaged_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, fi
     out = capsys.readouterr().out
     assert "resuming from checkpoint.prev.pt (epoch 1)" in out
     assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2]
+    # both damaged (one emptied): named, with the way out
+    (run / "summary.json").unlink()
+    (run / "checkpoint.prev.pt").write_bytes(b"")
+    _flip_a_byte_in_the_weights(run / "checkpoint.pt")
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    err = one_line(capsys)
+    assert "checkpoint.prev.pt cannot be read, it is damaged (the file is empty)" in err
+    assert err.rstrip().endswith("no sound checkpoint is left: start over with --overwrite.")
     # a damaged metrics line is named, not read
     lines = (run / "metrics.jsonl").read_text().splitlines()
     lines[0] = lines[0].replace('"epoch": 1', '"epoch": 7')

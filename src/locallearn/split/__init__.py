@@ -41,7 +41,8 @@ def resolve_ends(config: NetConfig, backbone: Backbone) -> list[int]:
         ends = ends_from_cuts(config.split, backbone.unit_keys)
         if len(ends) != K - 1:
             raise ValueError(
-                f"split: {len(ends)} cuts make {len(ends) + 1} modules but num_modules={K}; give {K - 1} cuts."
+                f"split: {len(ends)} {'cut makes' if len(ends) == 1 else 'cuts make'} {len(ends) + 1} modules but "
+                f"num_modules={K}; give {K - 1} {'cut' if K == 2 else 'cuts'}."
             )
         return ends
     if K == 1:

@@ -303,8 +303,9 @@ def derived(net: LocalNet, config: Config | None = None) -> list[str]:
         lines.append(f"λ (reconstruction, task) per local module: {lambdas}; {net.lambda_source}")
     if config is not None and config.optim.warmup_epochs and not config.optim.warmup_used:
         optim = config.optim
-        lines.append(f"warm-up: none — {_plural(optim.epochs, 'epoch')} leave no room for {optim.warmup_epochs} "
-                     f"warm-up epochs, so the learning rate is a cosine from its peak")
+        lines.append(f"warm-up: none — {_plural(optim.epochs, 'epoch')} {'leaves' if optim.epochs == 1 else 'leave'} "
+                     f"no room for {_plural(optim.warmup_epochs, 'warm-up epoch')}, so the learning rate is a cosine "
+                     f"from its peak")
     return lines
 
 

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -182,7 +183,10 @@ class RunDir:
             if not fallback or not previous.is_file():
                 hint = f"; {previous.name} holds the epoch before it" if previous.is_file() else ""
                 raise ValueError(f"{err}{hint}.") from None
-            state = load_state(previous, map_location)
+            try:
+                state = load_state(previous, map_location)
+            except ValueError as second:
+                raise ValueError(f"{err}; {second}; no sound checkpoint is left: start over with --overwrite.") from None
             if log is not None:
                 log(f"warning: {err}; resuming from {previous.name} (epoch {state['epoch']}) instead.")
             return state
@@ -268,7 +272,7 @@ def load_state(path: Path, map_location: torch.device | str = "cpu") -> dict[str
     except OSError as err:  # permissions, a missing file, a disk error: the file was not read at all
         raise ValueError(f"{path} cannot be read ({' '.join(str(err).split())[:160]})") from None
     except Exception as err:  # unpickling and zip errors have many types; all mean the same to the user
-        raise ValueError(f"{path} cannot be read, it is damaged ({' '.join(str(err).split())[:160]})") from None
+        raise ValueError(f"{path} cannot be read, it is damaged ({_reason(err, path)})") from None
     if not isinstance(state, dict) or state.get("format") not in (1, CHECKPOINT_FORMAT):
         raise ValueError(f"{path} is not a locallearn checkpoint (format {CHECKPOINT_FORMAT})")
     if state["format"] == CHECKPOINT_FORMAT:
@@ -276,6 +280,16 @@ def load_state(path: Path, map_location: torch.device | str = "cpu") -> dict[str
         if stored != state_digest(state):
             raise ValueError(f"{path} is damaged (its content does not match the digest written with it)")
     return state
+
+
+def _reason(err: Exception, path: Path) -> str:
+    """Why a file could not be unpickled, in a few words: an empty file says so; otherwise the error's first
+    sentence (torch's zip reader goes on with advice about something else), or its type when it has no text."""
+    if path.is_file() and path.stat().st_size == 0:
+        return "the file is empty"
+    text = " ".join(str(err).split())
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    return (first[:160].rstrip(".") if first else type(err).__name__)
 
 
 def state_digest(obj: Any) -> str:
