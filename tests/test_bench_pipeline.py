@@ -193,3 +193,9 @@ def test_paired_ratios_use_rounds_where_both_runs_are_clean():
     ref = [_run(1, 100), _run(2, 0, status="failed"), _run(3, 120)]
     assert bp.paired_ratios(pipe, ref, clean=0.05) == {"ratios": [2.0], "median": 2.0, "min": 2.0, "max": 2.0}
     assert bp.paired_ratios(pipe, [], clean=0.05) == {"ratios": []}
+
+
+def test_the_split_defaults_to_trains_paper_where_published_else_auto():
+    assert bp.PipelineBench(model="resnet32", num_modules=4).net_options()["split"] == "paper"
+    assert bp.PipelineBench(model="resnet20", num_modules=2).net_options()["split"] == "auto"
+    assert bp.PipelineBench(model="resnet20", num_modules=2, split="uniform").net_options()["split"] == "uniform"

@@ -185,7 +185,7 @@ def _add_pipeline(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", default="contsup", help="method (default: contsup)")
     parser.add_argument("--num-modules", type=int, default=4, help="K, local modules (default: 4)")
     parser.add_argument("--context", default="R1E", help="context mode of methods that supply context (default: R1E)")
-    parser.add_argument("--split", default="paper", help="split (default: paper)")
+    parser.add_argument("--split", default=None, help="split (default: paper where the model has one, else auto)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch, every variant (default: 64)")
     parser.add_argument("--batches", type=int, default=24, help="measured batches per run (default: 24)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured batches first (default: 2)")

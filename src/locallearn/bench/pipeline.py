@@ -52,7 +52,8 @@ from locallearn.distributed.launch import init_distributed, join_local, run_guar
 from locallearn.distributed.pipeline import Layout, PipelineStage, make_groups, stage_parts
 from locallearn.engine import train_step
 from locallearn.methods import METHODS
-from locallearn.validate import Float, Int, Text, check, check_fields
+from locallearn.config import resolve_net
+from locallearn.validate import Float, Int, Optional, Text, check, check_fields
 
 Log = Callable[[str], None]
 VARIANTS = {  # name: what it is (processes × threads as a function of N = ranks: ``shape``)
@@ -83,7 +84,7 @@ class PipelineBench:
     method: str = field(default="contsup", metadata=check(Text()))
     num_modules: int = field(default=4, metadata=check(Int(1)))
     context: str = field(default="R1E", metadata=check(Text()))  # for methods that supply context (ContSup)
-    split: str = field(default="paper", metadata=check(Text()))
+    split: str | None = field(default=None, metadata=check(Optional(Text())))  # None: train's (paper, else auto)
     dataset: str = "cifar10"  # the classes, channels and image size of the synthetic batches
     ranks: int = field(default=2, metadata=check(Int(2)))
     batch_size: int = field(default=64, metadata=check(Int(1)))
@@ -118,11 +119,11 @@ class PipelineBench:
 
     def net_options(self) -> dict:
         """What ``locallearn.build`` gets; the context only for methods that supply it."""
-        options = dict(model=self.model, method=self.method, num_modules=self.num_modules, split=self.split,
-                       dataset=self.dataset)
+        options = dict(model=self.model, method=self.method, num_modules=self.num_modules, dataset=self.dataset)
         if METHODS.get(self.method).varies_context:
             options["context"] = self.context
-        return options
+        split = self.split if self.split is not None else resolve_net(**options).split  # train's default
+        return {**options, "split": split}
 
     def build_net(self) -> ll.LocalNet:
         """The network every variant trains, from the same seed in every process."""
