@@ -196,7 +196,8 @@ def test_08_a_non_finite_test_loss_is_never_kept_and_metrics_are_strict_json(tmp
     monkeypatch.setattr(runner, "evaluate", diverged)
     cfg = resolve(model="resnet20", num_modules=2, split="uniform", epochs=2, limit_train=64, limit_test=32,
                   batch_size=32, device="cpu", out=str(tmp_path / "run"))
-    with pytest.raises(ValueError, match=r"epoch 2: the test loss is not finite \(nan\).*\(epoch 1\) is kept"):
+    with pytest.raises(ValueError, match=r"epoch 2: the test loss is not finite \(nan\).*\(epoch 1\) is kept.* start the "
+                                         r"run again with a lower learning rate \(--overwrite, or another --out\)\.$"):
         fit(cfg, log=lambda line: None)
     run = RunDir(tmp_path / "run")
     assert run.load_checkpoint()["epoch"] == 1 and not run.finished
@@ -280,6 +281,13 @@ def test_12_bad_options_are_one_line(tmp_path, capsys):
     dup.write_text("lr: 0.1\nepochs: 2\nlr: 0.5\n")
     cases.append((["train", "--config", str(dup)], "duplicate key 'lr'"))
     cases.append((["bench", "accuracy", "--option", "model_kwargs={depth: 20, depth: 32}"], "duplicate key 'depth'"))
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00lr")
+    cases.append((["train", "--config", str(binary)], f"{binary}: not a text file; a config file is YAML"))
+    cases.append((["train", "--model", "resnet20", "--model-kwargs", "{width:8}", "--out", str(tmp_path / "b")],
+                  "unknown option 'width:8' for resnet20 (YAML needs a space after the colon: {width: 8})"))
+    cases.append((["train", "--model", "resnet20", "--pretrained", "foo", "--out", str(tmp_path / "c")],
+                  "(--pretrained applies to the models built by Hugging Face transformers, such as resnet50)"))
     for argv, words in cases:
         assert main(argv) == 2, argv
         assert words in one_line(capsys)

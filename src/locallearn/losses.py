@@ -107,7 +107,8 @@ def lookup_lambdas(model: str, dataset: str | None, num_modules: int, *, balance
     usable = [k for k in LAMBDA_TABLES[key] if num_modules < 3 or k >= 3]
     nearest = min(usable, key=lambda k: (abs(k - num_modules), k))
     return LAMBDA_TABLES[key][nearest], (
-        f"default (no table entry for {model} / {dataset} K={num_modules}): {key[0]} / {key[1]} K={nearest}"
+        f"default (no table entry for {model} / {dataset or 'an unnamed dataset'} K={num_modules}): "
+        f"{key[0]} / {key[1]} K={nearest}"
     )
 
 

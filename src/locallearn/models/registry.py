@@ -147,8 +147,15 @@ def check_model_options(name: str, options: Iterable[str]) -> None:
     valid = _options(name)
     unknown = sorted(set(options) - set(valid)) if valid is not None else []
     if unknown:
+        hint = ""
+        if ":" in unknown[0]:  # YAML reads {width:8} as the key 'width:8'
+            key, _, value = unknown[0].partition(":")
+            hint = f" (YAML needs a space after the colon: {{{key}: {value}}})"
+        elif unknown[0] == "pretrained":
+            hint = " (--pretrained applies to the models built by Hugging Face transformers, such as resnet50)"
         raise ValueError(
-            f"model_kwargs: unknown option {unknown[0]!r} for {name}; valid options are {', '.join(valid) or 'none'}."
+            f"model_kwargs: unknown option {unknown[0]!r} for {name}{hint}; valid options are "
+            f"{', '.join(valid) or 'none'}."
         )
 
 

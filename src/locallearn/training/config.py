@@ -359,7 +359,11 @@ def read_options(path: Path | str) -> dict[str, Any]:
 def read_mapping(path: Path | str) -> dict[str, Any]:
     """The mapping in a YAML config file (empty file: {}), duplicate keys refused."""
     path = Path(path)
-    values = load_yaml(path.read_text(), str(path))
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; a config file is YAML (key: value per line).") from None
+    values = load_yaml(text, str(path))
     if values is None:
         values = {}
     if not isinstance(values, dict):

@@ -103,14 +103,14 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
             train = runner.train_epoch(epoch, lambda step, e=epoch: schedule.at(e, step))
             test = runner.evaluate()
         except NonFiniteLossError as err:
-            raise NonFiniteLossError(f"epoch {epoch}: {err}; training stopped and {kept}. Try a lower --lr.") from None
+            raise NonFiniteLossError(f"epoch {epoch}: {err}; training stopped and {kept}. {_DIVERGED}") from None
         except interrupt.Interrupted:
             resume_hint = f"; `locallearn train --out {run.path} --resume` continues it" if epoch > 1 else ""
             raise interrupt.Interrupted(f"interrupted in epoch {epoch}: {kept}{resume_hint}.") from None
         if not math.isfinite(test["test_loss"]):  # a diverged network is never kept as a good state
             raise NonFiniteLossError(
                 f"epoch {epoch}: the test loss is not finite ({test['test_loss']:.4g}); training stopped and {kept}. "
-                f"Try a lower --lr."
+                f"{_DIVERGED}"
             )
         record = epoch_record(epoch, lr, train, test)
         history.append(record)
@@ -126,6 +126,11 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     run.write_summary(summary)
     log_end(log, summary, run)
     return summary
+
+
+# What to do about a diverged run: the learning rate is not a resumable change, so a new run
+_DIVERGED = ("Check the data for non-finite values, or start the run again with a lower learning rate (--overwrite, "
+             "or another --out).")
 
 
 def _quiet(_: str) -> None:
@@ -329,6 +334,8 @@ def log_start(log: Log, config: Config, runner, run: RunDir, parameters: int, do
     log(f"  recipe: {_plural(optim.epochs, 'epoch')}, batch {optim.batch_size}, {settings}, "
         f"{warmup}, seed {config.run.seed}" + "".join(f", {option}" for option in options))
     log(f"  network: {parameters:,} parameters, " + "; ".join(derived(runner.net, config)))
+    if net.num_modules > 1:
+        log(f"  loss: the sum of the {net.num_modules} modules' local losses (each in metrics.jsonl)")
     for line in runner.describe():
         log(line)
     log(f"  run directory: {run.path} (resolved config in {CONFIG})"
