@@ -161,6 +161,11 @@ def test_07_a_damaged_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, fi
     assert main(["eval", str(run), "--device", "cpu"]) == 2
     err = one_line(capsys)
     assert "checkpoint.pt is damaged" in err and "checkpoint.prev.pt holds the epoch before it" in err
+    moved = run / "checkpoint.moved"
+    (run / "checkpoint.pt").rename(moved)  # missing, as after an interrupted write
+    assert main(["eval", str(run), "--device", "cpu"]) == 2
+    assert "has no checkpoint.pt (a write was interrupted), only checkpoint.prev.pt" in one_line(capsys)
+    moved.rename(run / "checkpoint.pt")
     (run / "summary.json").unlink()  # as if killed before the end: the resume retrains epoch 2 from epoch 1
     assert main(["train", "--out", str(run), "--resume"]) == 0
     out = capsys.readouterr().out

@@ -14,7 +14,7 @@ from locallearn.net import build_net
 from locallearn.training.config import presets, read_options, requested_options, resolve
 from locallearn.training.fit import fit
 from locallearn.training.report import write_report
-from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
+from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir
 from locallearn.training.runner import (
     check_class_names,
     evaluate,
@@ -51,6 +51,9 @@ def evaluate_run(
     options = read_options(run.file(CONFIG))
     config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
     checkpoint = run.load_checkpoint()
+    if checkpoint is None and run.file(PREVIOUS).is_file():
+        raise ValueError(f"{run.path} has no {CHECKPOINT} (a write was interrupted), only {PREVIOUS}, of the epoch "
+                         f"before; `locallearn train --out {run.path} --resume` continues the run from it.")
     if checkpoint is None:
         raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
     torch_device = resolve_device(config.run.device)
