@@ -84,7 +84,9 @@ def test_unknown_model_kwargs_are_refused_with_the_valid_ones(model, model_kwarg
     import locallearn as ll
 
     valid = "num_classes, image_size" if model.startswith("resnet") else "num_classes, image_size, resolution"
-    with pytest.raises(ValueError, match=rf"^model_kwargs: unknown option '{bad}' for {model}; valid options are {valid}"):
+    hint = r" \(--pretrained applies to the models built by Hugging Face transformers, such as resnet50\)"
+    hint = hint if bad == "pretrained" else ""
+    with pytest.raises(ValueError, match=rf"^model_kwargs: unknown option '{bad}' for {model}{hint}; valid options are {valid}"):
         ll.build(model, model_kwargs=model_kwargs)
     with pytest.raises(ValueError, match=rf"^model_kwargs: unknown option '{bad}' for {model}"):
         create_model(model, **model_kwargs)
@@ -93,5 +95,7 @@ def test_unknown_model_kwargs_are_refused_with_the_valid_ones(model, model_kwarg
 def test_pretrained_on_a_resnet_is_a_config_error_not_a_traceback():
     from locallearn.training import resolve
 
-    with pytest.raises(ValueError, match="^model_kwargs: unknown option 'pretrained' for resnet32; valid options"):
+    with pytest.raises(ValueError, match=r"^model_kwargs: unknown option 'pretrained' for resnet32 \(--pretrained "
+                                         r"applies to the models built by Hugging Face transformers, such as resnet50\); "
+                                         r"valid options"):
         resolve(model="resnet32", pretrained="some/checkpoint")

@@ -293,9 +293,25 @@ def test_12_bad_options_are_one_line(tmp_path, capsys):
                   "unknown option 'width:8' for resnet20 (YAML needs a space after the colon: {width: 8})"))
     cases.append((["train", "--model", "resnet20", "--pretrained", "foo", "--out", str(tmp_path / "c")],
                   "(--pretrained applies to the models built by Hugging Face transformers, such as resnet50)"))
+    # an option the run would not use: refused, not recorded as if it were part of the run
+    tiny = ["train", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--out", str(tmp_path / "d")]
+    for extra, words in (
+        (["--lambdas", "1,2,3,4"], "lambdas: --lambdas weighs image reconstruction, which this run does not do, so "
+                                   "it would change nothing but config.yaml; drop it, or add --reconstruct."),
+        (["--temperature", "0.5"], "add --local-loss contrast"),
+        (["--method", "greedy", "--feature-weight", "5"], "feature_weight: --feature-weight weighs FeatRecon's"),
+        (["--activation-segments", "3"], "use --method checkpoint"),
+        (["--pipeline-assign", "2,2"], "pipeline_assign: --pipeline-assign sets up the pipeline"),
+        (["--method", "e2e", "--num-modules", "1", "--aux-head", "dgl"], "aux_head: --aux-head is a local module's"),
+    ):
+        cases.append(([*tiny, *extra], words))
     for argv, words in cases:
         assert main(argv) == 2, argv
         assert words in one_line(capsys)
+    assert not (tmp_path / "d").exists()
+    # where they apply they are taken
+    assert main([*tiny, "--method", "infopro", "--temperature", "0.5", "--lambdas", "1,1,1,1", "--epochs", "1",
+                 "--limit-train", "32", "--limit-test", "32", "--batch-size", "32", "--device", "cpu"]) == 0
     with pytest.raises(SystemExit):  # a flag's value is parsed by argparse, with the same strict loader
         main(["train", "--model-kwargs", "{depth: 20, depth: 32}"])
     assert "duplicate key 'depth'" in capsys.readouterr().err

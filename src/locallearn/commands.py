@@ -11,7 +11,7 @@ import locallearn
 from locallearn.config import NetConfig
 from locallearn.methods import METHODS
 from locallearn.net import build_net
-from locallearn.training.config import presets, read_options, requested_options, resolve
+from locallearn.training.config import check_used, presets, read_options, requested_options, resolve
 from locallearn.training.fit import fit
 from locallearn.training.report import write_report
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir
@@ -31,6 +31,8 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
     """``locallearn train``: defaults ← ``--config`` ← flags, trained into the run directory."""
     values, preset = requested_options(config, flags)
     resolved = resolve(values, name=preset)
+    if not resume:  # a resume keeps the options the run was started with
+        check_used(resolved, values)
     if resolved.processes.parallel == "pipeline":  # one process per pipeline rank, under torchrun
         from locallearn.distributed import fit_pipeline
 
