@@ -200,7 +200,7 @@ def test_a_factory_of_your_own_trains_evaluates_and_resumes_from_the_command_lin
     ("my_models:LAYERS", "my_models:LAYERS is a int, not a factory"),
     ("my_models:not_a_module", "neither a Backbone nor an nn.Sequential"),
     ("my_models:raises", "model: my_models:raises(...) raised RuntimeError: boom inside factory (my_models.py, line "),
-    ("my_models:seven_classes", "num_classes: the model's last unit gives 7 logits but the data has 10 classes"),
+    ("my_models:seven_classes", "num_classes: the model's last unit gives 7 logits but the run has num_classes=10"),
     ("broken:f", "model: importing 'broken' failed: SyntaxError: '(' was never closed (broken.py, line 2); fix the module"),
     ("fails:f", "model: importing 'fails' failed: ZeroDivisionError: division by zero (fails.py, line 1)"),
 ])
@@ -212,6 +212,13 @@ def test_bad_factories_are_one_line(user_package, capsys, model, words):
     assert err.count("\n") == 1 and words in err, err
 
 
+def test_build_alone_takes_any_classifier_width():
+    """Without data, num_classes is only a default: a model with a 100-wide (or ImageNet's) classifier builds."""
+    wide = sequential_cnn(classes=100)
+    net = ll.build(wide, method="contsup", num_modules=3, image_size=16)
+    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 100)
+
+
 def test_labels_beyond_the_classes_are_one_line_from_python(tmp_path):
     from locallearn.training import train
 
@@ -221,7 +228,8 @@ def test_labels_beyond_the_classes_are_one_line_from_python(tmp_path):
                                          r"0\.\.3\); give num_classes as the number of classes of the data\.$"):
         train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "a", num_classes=4,
               method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
-    with pytest.raises(ValueError, match=r"^num_classes: the model's last unit gives 4 logits but the data has 5 "):
+    with pytest.raises(ValueError, match=r"^num_classes: the model's last unit gives 4 logits but the run has "
+                                         r"num_classes=5 \(the data's classes\); make the two agree"):
         train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "b", num_classes=5,
               method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
 

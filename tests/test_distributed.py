@@ -437,3 +437,13 @@ def _flags(argv):
     for name in ("num_modules", "epochs", "limit_train", "limit_test", "batch_size"):
         values[name] = int(values[name])
     return values
+
+
+def test_a_resumed_stage_keeps_the_classes_its_checkpoint_was_trained_on():
+    """What a pipeline resume hands to the class check (fit.check_same_run): the run's identity, class names
+    included, from a stage file or the merged checkpoint alike."""
+    from locallearn.distributed.runner import _identity
+
+    state = {"format": 2, "run_id": "r", "config": {"net": {}}, "class_names": ["cat", "dog"], "model": {}, "epoch": 3}
+    assert _identity(state) == {"format": 2, "run_id": "r", "config": {"net": {}}, "class_names": ["cat", "dog"]}
+    assert "class_names" not in _identity({"format": 2, "run_id": "r"})  # a checkpoint of an earlier release

@@ -277,7 +277,7 @@ def test_12_a_truncated_stage_file_is_named_and_an_older_epoch_is_used(tmp_path)
         load_state(new)
 
 
-def test_12_bad_options_are_one_line(tmp_path, capsys):
+def test_12_bad_options_are_one_line(tmp_path, finished, capsys):
     cases = [
         (["train", "--out", ""], "out must be a non-empty string"),
         (["train", "--parallel", "pipeline", "--fault-timeout", "inf", "--out", str(tmp_path / "a")], "fault_timeout"),
@@ -309,6 +309,12 @@ def test_12_bad_options_are_one_line(tmp_path, capsys):
         assert main(argv) == 2, argv
         assert words in one_line(capsys)
     assert not (tmp_path / "d").exists()
+    # only flags are checked: a run's own config.yaml (every option recorded) and a preset with another
+    # method are config files, taken as they are
+    small = ["--epochs", "1", "--limit-train", "32", "--limit-test", "32", "--batch-size", "32", "--device", "cpu"]
+    assert main(["train", "--config", str(finished / "config.yaml"), "--out", str(tmp_path / "e"), *small]) == 0
+    assert main(["train", "--config", "baselines/resnet110_cifar10_k4_greedy", "--model", "resnet20", "--method",
+                 "e2e", "--num-modules", "1", "--dataset", "digits", "--out", str(tmp_path / "f"), *small]) == 0
     # where they apply they are taken
     assert main([*tiny, "--method", "infopro", "--temperature", "0.5", "--lambdas", "1,1,1,1", "--epochs", "1",
                  "--limit-train", "32", "--limit-test", "32", "--batch-size", "32", "--device", "cpu"]) == 0

@@ -51,12 +51,6 @@ class LocalNet(nn.Module):
         image_size = config.image_size or backbone.image_size
         image_shape = (backbone.in_channels, image_size, image_size)
         shapes = tuple(backbone.unit_shapes(image_size))
-        if config.num_classes is not None and shapes[-1] != (config.num_classes,):
-            raise ValueError(
-                f"num_classes: the model's last unit gives {shapes[-1][0] if len(shapes[-1]) == 1 else shapes[-1]} "
-                f"logits but the data has {config.num_classes} classes; make its classifier {config.num_classes} wide "
-                f"(a factory that takes num_classes receives it)."
-            )
         self.boundary_shapes = [shapes[e] for e in self.ends]
         weights = lambda_schedule(config.lambdas, K) if config.reconstruct and K > 1 else [(1.0, 1.0)] * (K - 1)
         boundaries = [
@@ -253,6 +247,20 @@ def old_parameter_order(net: LocalNet) -> list[int]:
 
 
 # --- construction --------------------------------------------------------------------------------------
+def check_logits(net: LocalNet) -> None:
+    """A training run's network must give one logit per class of its data (``config.num_classes``: the
+    dataset's, or what training from Python was told); else training stops at the first batch whose labels
+    reach past the classifier. (``build`` alone does not check: without data, num_classes is only a default.)"""
+    classes = net.config.num_classes
+    last = tuple(net.backbone.unit_shapes(net.config.image_size or net.backbone.image_size))[-1]
+    if last != (classes,):
+        width = last[0] if len(last) == 1 else last
+        raise ValueError(
+            f"num_classes: the model's last unit gives {width} logits but the run has num_classes={classes} (the "
+            f"data's classes); make the two agree (a factory that takes num_classes receives it)."
+        )
+
+
 def build_net(config: NetConfig, model: nn.Module | None = None) -> LocalNet:
     """The network of ``config``. ``model``: a model object to cut (a ``Backbone`` or an ``nn.Sequential``);
     by default the model ``config.model`` names, built from its factory with ``model_kwargs`` and whichever of

@@ -44,7 +44,7 @@ from locallearn.distributed.pipeline import (
     stage_parts,
     stage_state_keys,
 )
-from locallearn.net import LocalNet, build_net
+from locallearn.net import LocalNet, build_net, check_logits
 from locallearn.training.config import Config, parse_assign, read_mapping, resolve
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CONFIG, RunDir, load_state, save_state, seed_everything
@@ -111,6 +111,7 @@ class PipelineRunner:
         self.env, self.config, self.launcher = env, config, launcher
         seed_everything(config.run.seed)
         self.net = net = build_net(config.net).to(env.device)
+        check_logits(net)
         self.stage_dir = run.path / STAGE_DIR
         self.log = log
         # this run's id (config.yaml, on rank 0's file system): stage files of another run are never taken
@@ -326,8 +327,8 @@ def _resume(
 
 
 def _identity(state: dict[str, Any]) -> dict[str, Any]:
-    """What says which run a state belongs to: its format, run id and config."""
-    return {k: state[k] for k in ("format", "run_id", "config") if k in state}
+    """What says which run a state belongs to: its format, run id, config and the classes it was trained on."""
+    return {k: state[k] for k in ("format", "run_id", "config", "class_names") if k in state}
 
 
 def _checkpoint_epoch(run: RunDir, log: Log) -> int | None:

@@ -442,8 +442,9 @@ _USED_BY = {
 
 def check_used(config: Config, given: Mapping[str, Any]) -> None:
     """Refuse an option the user set that the run would not use: it would change nothing but config.yaml,
-    whose reader would take it for part of the run (``locallearn train`` checks what was asked for; a stored
-    config is never refused for it)."""
+    whose reader would take it for part of the run. ``locallearn train`` checks its flags only: a config file
+    (a preset with an overridden method, a run's own config.yaml, which records every option) and a stored
+    config are never refused for it."""
     for name, (applies, what, fix) in _USED_BY.items():
         if given.get(name) is not None and not applies(config):
             flag = "--" + name.replace("_", "-")
