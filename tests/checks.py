@@ -1,6 +1,12 @@
 """Checks that several test files make on different networks (imported as ``checks``: pytest puts
 ``tests/`` on the path)."""
 
+import contextlib
+
+import pytest
+
+from locallearn.training import RunDir
+
 
 def assert_gradient_isolation(net, x, y):
     """Run each module's forward and local loss by hand: its backward reaches its own parameters (some
@@ -34,3 +40,19 @@ def hub_unreachable(monkeypatch):
         raise OSError("no route to host")
 
     monkeypatch.setattr("socket.create_connection", no_network)
+
+
+@contextlib.contextmanager
+def ctrl_c_before_checkpoint(epoch: int):
+    """Inside: a run is interrupted (KeyboardInterrupt) where it would write epoch ``epoch``'s checkpoint, after
+    that epoch's metrics line; every earlier checkpoint is written as usual."""
+    real = RunDir.save_checkpoint
+
+    def save(self, state):
+        if state["epoch"] == epoch:
+            raise KeyboardInterrupt
+        real(self, state)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(RunDir, "save_checkpoint", save)
+        yield

@@ -15,6 +15,8 @@ from locallearn.cli import main
 from locallearn.data import BatchLoader, DatasetError, check, describe_dataset, download, load_split
 from locallearn.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
 
+from checks import ctrl_c_before_checkpoint
+
 COLOURS = {"cat": (200, 30, 30), "dog": (30, 200, 30), "emu": (30, 30, 200)}  # one flat colour per class
 
 
@@ -218,7 +220,7 @@ def test_nothing_to_download_or_check(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def test_a_run_is_not_resumed_or_evaluated_on_other_classes(tmp_path, capsys, monkeypatch):
+def test_a_run_is_not_resumed_or_evaluated_on_other_classes(tmp_path, capsys):
     """The classes are saved with each checkpoint: a resume or an eval on a folder with other classes (label i
     would mean another class) is refused in one line."""
     from locallearn.training import RunDir
@@ -233,16 +235,8 @@ def test_a_run_is_not_resumed_or_evaluated_on_other_classes(tmp_path, capsys, mo
     args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "a"), "--image-size", "8", "--model",
             "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2", "--device",
             "cpu", "--out", str(run)]
-    real_save = RunDir.save_checkpoint
-
-    def stop_at_epoch_two(self, state):
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-        real_save(self, state)
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", stop_at_epoch_two)
-    assert main(args) == 130
-    monkeypatch.setattr(RunDir, "save_checkpoint", real_save)
+    with ctrl_c_before_checkpoint(2):
+        assert main(args) == 130
     assert RunDir(run).load_checkpoint()["class_names"] == ["cat", "dog", "emu"]
     capsys.readouterr()
     other_args = [*args[:4], str(other), *args[5:]]

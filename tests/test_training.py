@@ -18,6 +18,8 @@ from locallearn.training import runner
 from locallearn.training.config import OPTIONS, dump_yaml, flatten, read_options, resumed_config
 from locallearn.training.rundir import rng_state, set_rng_state
 
+from checks import ctrl_c_before_checkpoint
+
 TINY = dict(model="resnet20", num_modules=2, split="uniform", epochs=2, limit_train=64, limit_test=32, batch_size=32)
 
 
@@ -163,24 +165,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert len(run.read_metrics()) == 1 and not run.finished
 
 
-def test_crash_between_metrics_and_checkpoint_resumes_without_a_duplicate_epoch(tmp_path, monkeypatch):
+def test_crash_between_metrics_and_checkpoint_resumes_without_a_duplicate_epoch(tmp_path):
     """Epoch 2's metrics line is written, its checkpoint is not: resuming redoes epoch 2 exactly once."""
     quiet = dict(log=lambda line: None)
     fit(resolve(**TINY, device="cpu", out=str(tmp_path / "reference")), **quiet)
-    real_save = RunDir.save_checkpoint
-
-    def crash_at_epoch_two(self, state):
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-        real_save(self, state)
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", crash_at_epoch_two)
     cfg = resolve(**TINY, device="cpu", out=str(tmp_path / "crashed"))
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_before_checkpoint(2), pytest.raises(KeyboardInterrupt):
         fit(cfg, **quiet)
     crashed = RunDir(tmp_path / "crashed")
     assert [r["epoch"] for r in crashed.read_metrics()] == [1, 2] and crashed.load_checkpoint()["epoch"] == 1
-    monkeypatch.setattr(RunDir, "save_checkpoint", real_save)
     fit(cfg, resume=True, **quiet)
 
     timing = {"epoch_time_s", "train_time_s", "images_per_s"}
@@ -253,23 +246,14 @@ def test_channels_last_is_opt_in_trains_like_the_default_layout_and_resumes_in_e
 
 
 @pytest.mark.parametrize("first, second", [(False, True), (True, False)], ids=["nchw-then-cl", "cl-then-nchw"])
-def test_a_run_stopped_in_one_layout_resumes_in_the_other(tmp_path, monkeypatch, first, second):
+def test_a_run_stopped_in_one_layout_resumes_in_the_other(tmp_path, first, second):
     """A checkpoint written in one memory layout, restored in the other: weights, BatchNorm statistics and
     momentum come back bit for bit in the new layout, and the run finishes, training like the uninterrupted
     run up to the layouts' rounding."""
     quiet = dict(log=lambda line: None)
     fit(resolve(**TINY, device="cpu", out=str(tmp_path / "reference")), **quiet)
-    real_save = RunDir.save_checkpoint
-
-    def stop_at_epoch_two(self, state):
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt
-        real_save(self, state)
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", stop_at_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_before_checkpoint(2), pytest.raises(KeyboardInterrupt):
         fit(resolve(**TINY, device="cpu", channels_last=first, out=str(tmp_path / "run")), **quiet)
-    monkeypatch.setattr(RunDir, "save_checkpoint", real_save)
     run = RunDir(tmp_path / "run")
     saved = run.load_checkpoint()
     assert saved["epoch"] == 1
