@@ -34,7 +34,7 @@ class LocalNet(nn.Module):
 
     Attributes: ``config`` (the resolved ``NetConfig``), ``backbone``, ``ends`` (the unit each module but
     the last ends with), ``bounds``, ``cuts`` (``(stage, block)`` keys of ``ends``), ``boundary_shapes``
-    (output shape of modules 0..K−2), ``objectives``, ``context`` (a ``ContextSupply`` or None),
+    (output shape of modules 0..K−2), ``output_shape`` (the last unit's), ``objectives``, ``context`` (a ``ContextSupply`` or None),
     ``activation_segments`` (recomputed segments per module under activation checkpointing, else 0).
     """
 
@@ -52,6 +52,7 @@ class LocalNet(nn.Module):
         image_shape = (backbone.in_channels, image_size, image_size)
         shapes = tuple(backbone.unit_shapes(image_size))
         self.boundary_shapes = [shapes[e] for e in self.ends]
+        self.output_shape = shapes[-1]  # the last unit's (the logits' for a classifier), without the batch
         weights = lambda_schedule(config.lambdas, K) if config.reconstruct and K > 1 else [(1.0, 1.0)] * (K - 1)
         boundaries = [
             Boundary(index=k, units=(a, b - 1), out_shape=shapes[b - 1],
@@ -251,8 +252,7 @@ def check_logits(net: LocalNet) -> None:
     """A training run's network must give one logit per class of its data (``config.num_classes``: the
     dataset's, or what training from Python was told); else training stops at the first batch whose labels
     reach past the classifier. (``build`` alone does not check: without data, num_classes is only a default.)"""
-    classes = net.config.num_classes
-    last = tuple(net.backbone.unit_shapes(net.config.image_size or net.backbone.image_size))[-1]
+    classes, last = net.config.num_classes, tuple(net.output_shape)
     if last != (classes,):
         width = last[0] if len(last) == 1 else last
         raise ValueError(

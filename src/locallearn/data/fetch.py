@@ -56,10 +56,12 @@ class CheckReport:
         if self.bundled:
             return f"{self.name}: bundled with scikit-learn; nothing to download or check"
         verdict = "ok" if self.ok else f"not usable; {download_hint(self.name, self.root)}"
-        found = {Path(f.path).parent.as_posix() for f in self.files if Path(f.path).is_absolute()}
-        where = f"{self.root}" if not found else f"{', '.join(sorted(found))} (not in {self.root})"
-        if found and len(found) < len(self.files) and any(not Path(f.path).is_absolute() for f in self.files):
-            where = f"{self.root} and {', '.join(sorted(found))}"
+        # files found outside the root (Debian's folder) are shown with their absolute paths
+        elsewhere = ", ".join(sorted({Path(f.path).parent.as_posix() for f in self.files if Path(f.path).is_absolute()}))
+        where = self.root
+        if elsewhere:
+            in_root = any(not Path(f.path).is_absolute() for f in self.files)
+            where = f"{self.root} and {elsewhere}" if in_root else f"{elsewhere} (not in {self.root})"
         lines = [f"{self.name} in {where}: {verdict}"]
         lines += [f"  {f.status:<8} {f.path}" + (f"  ({f.detail})" if f.detail else "") for f in self.files]
         return "\n".join(lines)
