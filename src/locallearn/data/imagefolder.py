@@ -105,7 +105,15 @@ def image_folder_spec(folder: ImageFolder, image_size: int = DEFAULT_IMAGE_SIZE)
         flip=True,
         channels=3,
         class_names=folder.classes,
+        test_from=_test_from(folder),
     )
+
+
+def _test_from(folder: ImageFolder) -> str:
+    """Where the test split comes from, naming a held-out folder that is there but not read (val/ beside test/)."""
+    unread = [f"{name}/" for name in TEST_SPLITS
+              if (folder.root / name).is_dir() and folder.root / name != folder.test_dir]
+    return f"{folder.test_dir}" + (f"; {', '.join(unread)} not read" if unread else "")
 
 
 def load_image_folder_split(

@@ -30,6 +30,7 @@ class DatasetSpec:
     # means RGB; every registered spec states it.
     channels: int = 3
     class_names: tuple[str, ...] | None = None  # name of label 0, 1, ...; None: the labels are the names
+    test_from: str | None = None  # a folder dataset: where its test split is read from (shown at the start of a run)
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:

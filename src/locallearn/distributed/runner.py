@@ -48,7 +48,7 @@ from locallearn.net import LocalNet, build_net, check_logits
 from locallearn.training.config import Config, parse_assign, read_mapping, resolve
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CONFIG, RunDir, load_state, save_state, seed_everything
-from locallearn.training.runner import compile_parts, epoch_metrics, load_data, loader_class_names, make_optimizer
+from locallearn.training.runner import compile_parts, data_line, epoch_metrics, load_data, loader_class_names, make_optimizer
 
 Log = Callable[[str], None]
 STAGE_DIR = "pipeline"
@@ -189,7 +189,7 @@ class PipelineRunner:
         stages = ", ".join(f"stage {s}: modules {r.start}-{r.stop - 1}" for s, r in enumerate(layout.assignment))
         data = []
         if self.first:
-            data = [f"  data: {len(self.train_loader.images)} train, {len(self.test_loader.images)} test images; {env.device}"]
+            data = [data_line(self.train_loader, self.test_loader, env.device)]
         return data + [
             f"  pipeline: {env.world_size} ranks = {layout.stages} stages × {layout.replicas} data-parallel, {env.backend}, "
             f"{'lock-step' if self.config.processes.pipeline_sync else 'overlapped'} schedule ({stages})"

@@ -153,9 +153,8 @@ class LocalRunner:
         return state
 
     def describe(self) -> list[str]:
-        sizes = [getattr(loader, "images", None) for loader in (self.train_loader, self.test_loader)]
-        if all(s is not None for s in sizes):
-            return [f"  data: {len(sizes[0])} train, {len(sizes[1])} test images; {self.device}"]
+        if isinstance(self.train_loader, BatchLoader) and isinstance(self.test_loader, BatchLoader):
+            return [data_line(self.train_loader, self.test_loader, self.device)]
         return [f"  data: batches given from Python ({self.steps_per_epoch or 'unknown number of'} per epoch); {self.device}"]
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -246,6 +245,12 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
     return BatchLoader(
         images, labels, spec=spec, batch_size=config.optim.batch_size, train=train, seed=config.run.seed, device=device
     )
+
+
+def data_line(train: BatchLoader, test: BatchLoader, device: torch.device | str) -> str:
+    """The start line that says what a run trains and tests on."""
+    where = f" (test images from {test.spec.test_from})" if test.spec.test_from else ""
+    return f"  data: {len(train.images)} train, {len(test.images)} test images{where}; {device}"
 
 
 def to_channels_last(net: nn.Module) -> None:
