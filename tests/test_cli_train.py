@@ -14,6 +14,8 @@ import yaml
 from locallearn.cli import main
 from locallearn.training import lr_schedule
 
+from checks import ctrl_c_before_checkpoint
+
 TINY = ["--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--limit-train", "64",
         "--limit-test", "64", "--batch-size", "32", "--device", "cpu"]
 
@@ -132,6 +134,26 @@ def test_channels_last_from_the_command_line_is_recorded_and_said(tmp_path, caps
     printed = capsys.readouterr().out
     assert f"test accuracy {100 * summary['test_acc']:.2f}%" in printed
     assert f"(test loss {summary['test_loss']:.4g})" in printed
+
+
+def test_a_compiled_runs_first_epoch_in_each_process_says_its_time_includes_compiling(tmp_path, capsys, monkeypatch):
+    """torch.compile compiles in a process's first steps (tests/test_compile.py compiles for real; here the
+    compile is skipped, the lines are what is tested): epoch 1, and the first epoch after a resume."""
+    import locallearn.training.runner as runner
+
+    monkeypatch.setattr(runner, "compile_parts", lambda net: None)
+    args = ["train", *TINY, "--limit-train", "32", "--limit-test", "32", "--compile", "--epochs", "3",
+            "--out", str(tmp_path / "run")]
+    with ctrl_c_before_checkpoint(3):
+        assert main(args) == 130
+    epochs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.endswith("  (time includes compiling)") for line in epochs] == [True, False]
+    assert main([*args, "--resume"]) == 0
+    epochs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 1 and epochs[0].startswith("epoch 3/3") and epochs[0].endswith("(time includes compiling)")
+    eager = [arg for arg in args if arg != "--compile"]
+    assert main([*eager[:-1], str(tmp_path / "eager")]) == 0
+    assert "compiling" not in capsys.readouterr().out
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):

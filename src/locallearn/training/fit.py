@@ -118,7 +118,8 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
             run.append_metrics(record)  # metrics first: the checkpoint is never ahead of metrics.jsonl
         runner.save(run, {"format": CHECKPOINT_FORMAT, "run_id": run_id, "epoch": epoch, "rng": rng_state(),
                           "config": config.to_dict(), "history": history, "class_names": runner.class_names})
-        log(epoch_line(record, config.optim.epochs))
+        compiled_now = config.run.compile and epoch == done + 1  # a process compiles in its first steps
+        log(epoch_line(record, config.optim.epochs) + ("  (time includes compiling)" if compiled_now else ""))
     runner.close()
     if not launcher.is_main:
         return None
