@@ -156,6 +156,14 @@ def test_a_compiled_runs_first_epoch_in_each_process_says_its_time_includes_comp
     assert "compiling" not in capsys.readouterr().out
 
 
+def test_a_classifier_wider_than_the_datas_classes_is_said(tmp_path, capsys):
+    args = ["train", *TINY, "--limit-train", "32", "--limit-test", "32", "--epochs", "1"]
+    assert main([*args, "--num-classes", "12", "--out", str(tmp_path / "wide")]) == 0
+    assert "32 test images; the classifier has 12 outputs for 10 classes; cpu" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "plain")]) == 0
+    assert "32 test images; cpu" in capsys.readouterr().out
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("model: resnet32\nlearning_rate: 0.1\n")

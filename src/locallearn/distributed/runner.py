@@ -189,7 +189,7 @@ class PipelineRunner:
         stages = ", ".join(f"stage {s}: modules {r.start}-{r.stop - 1}" for s, r in enumerate(layout.assignment))
         data = []
         if self.first:
-            data = [data_line(self.train_loader, self.test_loader, env.device)]
+            data = [data_line(self.train_loader, self.test_loader, env.device, self.config.net.num_classes)]
         return data + [
             f"  pipeline: {env.world_size} ranks = {layout.stages} stages × {layout.replicas} data-parallel, {env.backend}, "
             f"{'lock-step' if self.config.processes.pipeline_sync else 'overlapped'} schedule ({stages})"

@@ -154,7 +154,7 @@ class LocalRunner:
 
     def describe(self) -> list[str]:
         if isinstance(self.train_loader, BatchLoader) and isinstance(self.test_loader, BatchLoader):
-            return [data_line(self.train_loader, self.test_loader, self.device)]
+            return [data_line(self.train_loader, self.test_loader, self.device, self.config.net.num_classes)]
         return [f"  data: batches given from Python ({self.steps_per_epoch or 'unknown number of'} per epoch); {self.device}"]
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -247,10 +247,13 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
     )
 
 
-def data_line(train: BatchLoader, test: BatchLoader, device: torch.device | str) -> str:
-    """The start line that says what a run trains and tests on."""
+def data_line(train: BatchLoader, test: BatchLoader, device: torch.device | str, outputs: int) -> str:
+    """The start line that says what a run trains and tests on, and a classifier wider than the data's
+    classes (``--num-classes`` above them: accepted, its extra outputs are never a label)."""
     where = f" (test images from {test.spec.test_from})" if test.spec.test_from else ""
-    return f"  data: {len(train.images)} train, {len(test.images)} test images{where}; {device}"
+    classes = test.spec.num_classes
+    wider = f"; the classifier has {outputs} outputs for {classes} classes" if outputs != classes else ""
+    return f"  data: {len(train.images)} train, {len(test.images)} test images{where}{wider}; {device}"
 
 
 def to_channels_last(net: nn.Module) -> None:
