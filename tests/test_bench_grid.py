@@ -31,6 +31,20 @@ def test_expansion_rules():
     assert GridSpec(image_size=64, **TINY).expand()[0].image_size == 64
 
 
+def test_the_default_split_is_each_models_training_default():
+    """``default`` (the grid's default) is what a training run without --split gets: the published split of
+    the CIFAR ResNets, the computed one of a model without a paper table; given with the split it names,
+    once."""
+    spec = GridSpec(models=("resnet32", "resnet20"), methods=("greedy",), num_modules=(4,),
+                    splits=("default", "paper", "auto"), batch_sizes=(2,))
+    local = [(c.model, c.split) for c in spec.expand() if c.method == "greedy"]
+    assert local == [("resnet32", "paper"), ("resnet32", "auto"), ("resnet20", "auto"), ("resnet20", "paper")]
+    assert [c.split for c in GridSpec(methods=("greedy",), num_modules=(4,), **TINY).expand()][1:] == ["auto"]
+    for model in ("resnet32", "resnet20"):
+        assert resolve_net(model, "greedy").split == GridSpec(models=(model,), methods=("greedy",),
+                                                              num_modules=(4,)).expand()[1].split
+
+
 @pytest.mark.parametrize(
     "field, value, words",
     [

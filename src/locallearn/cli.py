@@ -146,7 +146,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--models", default="resnet110", help="models (default: resnet110)")
         parser.add_argument("--methods", default="e2e,checkpoint,contsup", help="methods; e2e is always added")
         parser.add_argument("--num-modules", default="1,2,4,8,16", help="K values (default: 1,2,4,8,16)")
-        parser.add_argument("--splits", default="paper", help="paper, balanced, auto, uniform, ... (default: paper)")
+        parser.add_argument("--splits", default="default",
+                            help="default (paper where the model has one, else auto), paper, balanced, auto, uniform, "
+                                 "stages (default: default)")
         parser.add_argument("--contexts", default="R0,R1E", help="ContSup context modes (default: R0,R1E)")
         parser.add_argument("--feature-decoders", default="linear",
                             help="FeatRecon's feature decoders: linear, conv, transformer (default: linear)")

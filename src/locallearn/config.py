@@ -129,7 +129,7 @@ def resolve_net(
     else:
         check_model(model)
         family, name = model_family(model), model
-        has_paper = bool(paper_ks(model)) or "paper" in own_splits(model)
+        has_paper = default_split(model) == "paper"
     if family not in FAMILY_HEADS:
         raise ValueError(f"family: {name} says family {family!r}; valid families are {', '.join(FAMILY_HEADS)}.")
     values: dict[str, Any] = {**_DEFAULTS, "model_kwargs": {}, "split": "paper" if has_paper else "auto"}
@@ -143,6 +143,12 @@ def resolve_net(
         values["aux_head"] = FAMILY_HEADS[family]
     values["lambdas"], values["lambda_source"] = _lambdas(values, spec.name if spec is not None else None)
     return NetConfig(**values)
+
+
+def default_split(model: str) -> str:
+    """The split a registered model gets when none is given: ``paper`` where it has a published one, else
+    ``auto``."""
+    return "paper" if paper_ks(model) or "paper" in own_splits(model) else "auto"
 
 
 def dataset_defaults(spec: DatasetSpec | None, options: dict[str, Any]) -> dict[str, Any]:

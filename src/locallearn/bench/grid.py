@@ -15,6 +15,8 @@ running (``BenchConfig``), by these rules:
   ``infopro`` is InfoPro-Transformer, as in ``configs/swin/``.
 - Which rule applies to a method comes from the method object (``single_module``, ``varies_context``,
   ``varies_feature_decoder``), so a new method needs no edit here.
+- The split ``default`` is, per model, the one ``locallearn train`` uses when none is given: ``paper`` where
+  the model has a published one, else ``auto`` (``config.default_split``); the table names the split it ran.
 - A combination that cannot be built (a ``paper`` split at a K its table lacks, R8 at K = 4) is still
   listed: the runner reports it as skipped, with the builder's reason.
 
@@ -29,6 +31,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
+from locallearn.config import default_split
 from locallearn.context import MODE_NAMES, ContextMode
 from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
@@ -38,6 +41,7 @@ from locallearn.split import SPLITS
 from locallearn.validate import Int
 
 REFERENCE = "e2e"
+DEFAULT_SPLIT = "default"  # per model: the split a training run gets when none is given
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ class GridSpec:
     models: tuple[str, ...] = ("resnet110",)
     methods: tuple[str, ...] = ("e2e", "checkpoint", "contsup")
     num_modules: tuple[int, ...] = (1, 2, 4, 8, 16)
-    splits: tuple[str, ...] = ("paper",)
+    splits: tuple[str, ...] = (DEFAULT_SPLIT,)
     contexts: tuple[str, ...] = ("R0", "R1E")
     feature_decoders: tuple[str, ...] = ("linear",)  # FeatRecon only
     aux_heads: tuple[str | None, ...] = (None,)  # local methods; None: each method's own head
@@ -132,7 +136,7 @@ class GridSpec:
         for method in self.methods:
             _check_name("methods", method, METHODS.names())
         for split in self.splits:
-            _check_name("splits", split, SPLITS.names())
+            _check_name("splits", split, [DEFAULT_SPLIT, *SPLITS.names()])
         for decoder in self.feature_decoders:
             _check_name("feature_decoders", decoder, FEATURE_DECODERS.names())
         for head in self.aux_heads:
@@ -176,8 +180,9 @@ class GridSpec:
                     own_context = method.preset(model_family(model))["context"]
                     contexts = self.contexts if method.varies_context else (own_context,)
                     decoders = self.feature_decoders if method.varies_feature_decoder else (None,)
+                    splits = dict.fromkeys(default_split(model) if s == DEFAULT_SPLIT else s for s in self.splits)
                     for k in (k for k in self.num_modules if k > 1):
-                        for split in self.splits:
+                        for split in splits:
                             for context in contexts:
                                 for decoder in decoders:
                                     for head in self.aux_heads:
