@@ -224,7 +224,8 @@ def _add_accuracy(kinds: argparse._SubParsersAction) -> None:
         ("--dataset", str, "dataset (default: digits)"), ("--data-dir", str, "where its files are"),
         ("--epochs", int, "epochs of every cell"), ("--batch-size", int, "batch size"), ("--lr", float, "peak lr"),
         ("--warmup-epochs", int, "warm-up epochs"), ("--limit-train", int, "first N training images"),
-        ("--limit-test", int, "first N test images"), ("--split", str, "split of the local methods (default: paper)"),
+        ("--limit-test", int, "first N test images"),
+        ("--split", str, "split of the local methods (default: paper where the model has one, else auto)"),
         ("--device", str, "cpu, cuda or auto"),
     ):
         parser.add_argument(flag, type=kind, default=None, help=help_text)
