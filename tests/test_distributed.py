@@ -374,6 +374,47 @@ def _cli(argv):
     return main(argv)
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_rank_that_learns_of_another_ranks_ctrl_c_exits_as_interrupted(rank, monkeypatch, capsys):
+    """A rank blocked in a transfer learns of a Ctrl-C from the failure another rank published (abort): it
+    exits with the CLI's 130, and only rank 0 says what was kept; any other failure is an error on every rank."""
+    from locallearn.distributed import launch
+
+    def exit_(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(launch.os, "_exit", exit_)
+    for failure, code, said in [
+        ("rank 1: Interrupted: interrupted in epoch 2: the last good checkpoint (epoch 1) is kept in runs/x", 130,
+         "locallearn: interrupted in epoch 2: the last good checkpoint (epoch 1) is kept in runs/x\n"),
+        ("rank 1: KeyboardInterrupt: ", 130, "locallearn: interrupted\n"),
+        ("rank 1: RuntimeError: boom", 1, f"locallearn: error: rank 1: RuntimeError: boom; rank {rank} stops.\n"),
+    ]:
+        with pytest.raises(SystemExit) as stop:
+            launch.abort(failure, rank)
+        assert stop.value.code == code
+        assert capsys.readouterr().err == (said if rank == 0 or code == 1 else "")
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_pipeline_run_is_said_once_by_rank_0(tmp_path):
+    """torchrun passes Ctrl-C (SIGINT) to every rank: each stops at a safe point with status 130, and rank 0
+    alone says what is kept, in one line (each rank used to print it, and an error line besides)."""
+    run = tmp_path / "pipe"
+    procs = spawn_local(_cli, 2, TRAIN + ["--out", str(run)], stderr_dir=str(tmp_path))
+    while not (run / "checkpoint.pt").exists():
+        assert all(p.is_alive() for p in procs), "the run ended before epoch 1 was checkpointed"
+        time.sleep(0.05)
+    for p in procs:
+        os.kill(p.pid, signal.SIGINT)
+    assert _join(procs, 60) == [130, 130]
+    said = [(tmp_path / f"rank{r}.err").read_text() for r in (0, 1)]
+    lines = [line for line in said[0].splitlines() if line.startswith("locallearn")]
+    assert len(lines) == 1 and lines[0].startswith("locallearn: interrupted in epoch "), said[0]
+    assert "is kept in" in lines[0] and "--resume` continues it" in lines[0]
+    assert "locallearn" not in said[1] and "Traceback" not in said[0] + said[1], said
+
+
 @pytest.mark.slow
 def test_train_command_killed_rank_then_resume_equals_single_process(tmp_path):
     from locallearn.training import RunDir, fit, load_config

@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _other_rank() -> bool:
-    """Whether this process is a rank other than 0 of a torchrun job (whose rank 0 reports the errors)."""
+    """Whether this process is a rank other than 0 of a torchrun job (whose rank 0 reports errors and Ctrl-C)."""
     rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
     return rank.isdigit() and world.isdigit() and int(world) > 1 and int(rank) > 0
 
@@ -293,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)  # reaches rank 0 too)
         return 2
     except KeyboardInterrupt as err:
-        print(f"{PROG}: {str(err) or 'interrupted'}", file=sys.stderr)  # a bare KeyboardInterrupt has no text
+        if not _other_rank():  # torchrun passes Ctrl-C to every rank: rank 0 says what is kept
+            print(f"{PROG}: {str(err) or 'interrupted'}", file=sys.stderr)  # a bare KeyboardInterrupt has no text
         return 130
     return int(status or 0)

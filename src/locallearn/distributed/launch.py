@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import sys
 import threading
 import time
@@ -34,6 +35,7 @@ import torch.distributed as dist
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 EXIT_FAILED = 1  # the exit status of every rank when one failed
+EXIT_INTERRUPTED = 130  # ... when one was stopped by Ctrl-C (the shell's status for SIGINT, as the CLI's)
 _FAILURE = "failure"
 
 
@@ -228,7 +230,8 @@ class Watchdog:
                 found = self._store_lost()
             if found is not None and not self._stop.is_set() and not self._reported:
                 self.linger()
-                abort(found, self.rank)
+                if not self._reported:  # this rank's own failure, meanwhile, is the main thread's to say
+                    abort(found, self.rank)
 
     def _publish_silence(self, r: int, silent_s: float) -> str:
         message = (
@@ -247,10 +250,16 @@ class Watchdog:
 
 
 def abort(failure: str, rank: int) -> None:
-    """Exit this process at once because of ``failure`` ("rank R: what happened")."""
-    print(f"locallearn: error: {failure}; rank {rank} stops.", file=sys.stderr, flush=True)
+    """Exit this process at once because of ``failure`` ("rank R: what happened"). A rank stopped by Ctrl-C
+    stops the job as interrupted: rank 0 alone says what that rank said was kept (torchrun passes Ctrl-C to
+    every rank, and one blocked in a transfer learns of it here rather than from its own signal)."""
+    interrupted = re.fullmatch(r"rank \d+: (?:Interrupted|KeyboardInterrupt): ?(.*)", failure)
+    if interrupted is None:
+        print(f"locallearn: error: {failure}; rank {rank} stops.", file=sys.stderr, flush=True)
+    elif rank == 0:
+        print(f"locallearn: {interrupted[1] or 'interrupted'}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    os._exit(EXIT_FAILED)
+    os._exit(EXIT_FAILED if interrupted is None else EXIT_INTERRUPTED)
 
 
 def run_guarded(env: DistEnv, fn, *args, **kwargs):
@@ -258,7 +267,8 @@ def run_guarded(env: DistEnv, fn, *args, **kwargs):
 
     An exception raised here is published (the other ranks exit naming this rank). A broken link or a
     failed collective is usually a consequence, not a cause: then the watchdog names the rank that
-    actually died. ValueErrors (bad input) propagate for the CLI to print, after being published.
+    actually died. ValueErrors (bad input) and Ctrl-C (which torchrun sends to every rank) propagate for the
+    CLI to print once, after being published.
     """
     try:
         return fn(*args, **kwargs)
@@ -273,7 +283,7 @@ def run_guarded(env: DistEnv, fn, *args, **kwargs):
             abort(found, env.rank)
         failure = env.watchdog.report(what)
         env.watchdog.stop()
-        if not isinstance(err, ValueError):  # the CLI prints ValueErrors itself
+        if not isinstance(err, (ValueError, KeyboardInterrupt)):  # the CLI prints these itself, on rank 0
             print(f"locallearn: error: {failure}; rank {env.rank} stops.", file=sys.stderr, flush=True)
         env.watchdog.linger()
         raise
