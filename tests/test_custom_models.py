@@ -234,6 +234,22 @@ def test_labels_beyond_the_classes_are_one_line_from_python(tmp_path):
               method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
 
 
+def test_an_option_the_run_would_not_use_is_refused_from_python_as_from_the_command_line(tmp_path):
+    from locallearn.training import train
+
+    data = [(torch.randn(8, 1, 16, 16), torch.arange(8) % 4)]
+    common = dict(num_classes=4, num_modules=2, epochs=1, device="cpu", log=lambda line: None)
+    with pytest.raises(ValueError, match=r"^temperature: temperature=\.\.\. is the contrastive loss's, and this run's "
+                                         r"local loss is not contrastive, so it would change nothing but config\.yaml; "
+                                         r"drop it, or add local_loss='contrast'\.$"):
+        train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "a", method="greedy",
+              temperature=0.1, **common)
+    assert not (tmp_path / "a").exists()  # refused before the run directory is made
+    summary = train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "b", method="greedy",
+                    local_loss="contrast", temperature=0.1, **common)
+    assert summary["epochs"] == 1
+
+
 def test_training_from_python_on_a_dataloader_writes_the_same_run_directory(tmp_path, capsys):
     from torch.utils.data import DataLoader, TensorDataset
 

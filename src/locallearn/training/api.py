@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from locallearn.net import LocalNet, build_net
-from locallearn.training.config import PYTHON_DATA, read_options, resolve
+from locallearn.training.config import PYTHON_DATA, check_used, read_options, resolve
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
 from locallearn.training.runner import SingleProcess, load_weights
@@ -55,6 +55,8 @@ def train(
     options.setdefault("in_channels", int(images.shape[1]))
     options.setdefault("image_size", int(images.shape[-1]))
     config = resolve({**options, "model": model, "dataset": PYTHON_DATA, "out": str(out)})
+    if not resume:  # a resume keeps the options the run was started with
+        check_used(config, options, python=True)
     launcher = SingleProcess(data=(train_data, test_data), model=model if isinstance(model, nn.Module) else None)
     return fit(config, resume=resume, overwrite=overwrite, log=log, launcher=launcher)
 

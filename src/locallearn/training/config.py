@@ -424,31 +424,37 @@ def requested_options(config: str | None, overrides: Mapping[str, Any]) -> tuple
 
 
 # Options that only some runs use: (applies to the run?, what the option is for, how to make it count).
+# option → (whether a run uses it, what it is and why this run does not use it, the fix as a flag of
+# `locallearn train`, the fix as an option of locallearn.training.train)
 _USED_BY = {
     "lambdas": (lambda c: c.net.reconstruct and c.net.num_modules > 1, "weighs image reconstruction, which this run "
-                "does not do", "add --reconstruct"),
+                "does not do", "add --reconstruct", "add reconstruct=True"),
     "temperature": (lambda c: c.net.local_loss == "contrast" and c.net.num_modules > 1, "is the contrastive loss's, "
-                    "and this run's local loss is not contrastive", "add --local-loss contrast"),
+                    "and this run's local loss is not contrastive", "add --local-loss contrast",
+                    "add local_loss='contrast'"),
     "aux_head": (lambda c: c.net.num_modules > 1, "is a local module's head, and this run trains one module",
-                 "use a local method with --num-modules 2 or more"),
+                 "use a local method with --num-modules 2 or more", "use a local method with num_modules=2 or more"),
     "feature_weight": (lambda c: c.net.feature_decoder is not None, "weighs FeatRecon's feature reconstruction, "
-                       "which this method does not do", "use --method featrecon"),
+                       "which this method does not do", "use --method featrecon", "use method='featrecon'"),
     "activation_segments": (lambda c: c.net.activation_checkpointing, "sets how activation checkpointing splits a "
-                            "module, and this run does not checkpoint", "use --method checkpoint"),
+                            "module, and this run does not checkpoint", "use --method checkpoint",
+                            "use method='checkpoint'"),
     **{name: (lambda c: c.processes.parallel != "none", "sets up the pipeline, and this run is one process",
-              "add --parallel pipeline") for name in ("pipeline_assign", "pipeline_sync", "data_parallel")},
+              "add --parallel pipeline", "run locallearn train --parallel pipeline under torchrun")
+       for name in ("pipeline_assign", "pipeline_sync", "data_parallel")},
 }
 
 
-def check_used(config: Config, given: Mapping[str, Any]) -> None:
+def check_used(config: Config, given: Mapping[str, Any], *, python: bool = False) -> None:
     """Refuse an option the user set that the run would not use: it would change nothing but config.yaml,
     whose reader would take it for part of the run. ``locallearn train`` checks its flags only: a config file
     (a preset with an overridden method, a run's own config.yaml, which records every option) and a stored
-    config are never refused for it."""
-    for name, (applies, what, fix) in _USED_BY.items():
+    config are never refused for it. ``python``: the options of ``locallearn.training.train``, named so."""
+    for name, (applies, what, fix, python_fix) in _USED_BY.items():
         if given.get(name) is not None and not applies(config):
-            flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{name}: {flag} {what}, so it would change nothing but config.yaml; drop it, or {fix}.")
+            spelled = f"{name}=..." if python else "--" + name.replace("_", "-")
+            raise ValueError(f"{name}: {spelled} {what}, so it would change nothing but config.yaml; drop it, or "
+                             f"{python_fix if python else fix}.")
 
 
 def load_config(config: str | None = None, **overrides: Any) -> Config:
