@@ -173,6 +173,7 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         (["train", "--context", "R1X", "--out", str(tmp_path / "a")], "context: unknown mode 'R1X'"),
         (["train", "--config", "no/such/preset"], "no file or preset named"),
         (["eval", str(tmp_path)], "holds no run"),
+        (["train", "--limit-train", "1", "--out", str(tmp_path / "a")], "limit_train must be an integer >= 2, got 1"),
     ]
     for argv, words in cases:
         assert main(argv) == 2, argv

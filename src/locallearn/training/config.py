@@ -94,7 +94,7 @@ def parse_assign(value: str | list[int]) -> str | list[int]:
 class DataConfig:
     dataset: str = "digits"
     data_dir: str = field(default="data", metadata=check(Text()))
-    limit_train: int | None = field(default=None, metadata=check(Optional(Int(1))))
+    limit_train: int | None = field(default=None, metadata=check(Optional(Int(2))))  # BatchNorm needs two images
     limit_test: int | None = field(default=None, metadata=check(Optional(Int(1))))
 
     def __post_init__(self) -> None:
