@@ -275,8 +275,11 @@ def test_a_run_stopped_in_one_layout_resumes_in_the_other(tmp_path, first, secon
     # config.yaml keeps how the run was started; the resume says what it changed
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["run"]["channels_last"] is first
     assert any(line.endswith(f"resuming after epoch 1, now with channels_last ({first!r} → {second!r})") for line in lines)
+    # The layouts round differently, and 4 steps of batch-32 BatchNorm training amplify that: an uninterrupted
+    # channels-last run's epoch-2 loss is 1.0e-3 from the default layout's on an AVX2 CPU (less on others);
+    # a resume that dropped the momentum is 7.4e-3 from it.
     reference = [r["train_loss"] for r in RunDir(tmp_path / "reference").read_metrics()]
-    assert [r["train_loss"] for r in run.read_metrics()] == pytest.approx(reference, rel=1e-3)
+    assert [r["train_loss"] for r in run.read_metrics()] == pytest.approx(reference, rel=3e-3)
 
 
 def test_channels_last_converts_4d_tensors_in_place_and_leaves_others():
