@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from locallearn.losses import at_least_float32
 from locallearn.models.swin import to_map, to_tokens
 from locallearn.registry import Registry
 
@@ -46,11 +47,11 @@ FEATURE_DECODERS: Registry[FeatureDecoderFactory] = Registry("feature decoder")
 
 
 def feature_mse(decoder: nn.Module, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """FeatRecon's reconstruction loss MSE(decoder(h), target), in float32. A decoder may compute it itself
-    (a ``mse(h, target)`` method) to keep less for backward; the value is the same."""
+    """FeatRecon's reconstruction loss MSE(decoder(h), target), in (at least) float32. A decoder may compute it
+    itself (a ``mse(h, target)`` method) to keep less for backward; the value is the same."""
     if hasattr(decoder, "mse"):
         return decoder.mse(h, target)
-    return F.mse_loss(decoder(h).float(), target.float())
+    return F.mse_loss(at_least_float32(decoder(h)), at_least_float32(target))
 
 
 def upscale_factor(out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> int:

@@ -41,10 +41,16 @@ def supervised_contrastive(features: torch.Tensor, labels: torch.Tensor, *, temp
     return per_anchor.mean()
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is in a narrower type (bfloat16, float16 under autocast), else as it is (a
+    float64 network keeps float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def reconstruction_bce(reconstruction: torch.Tensor, image01: torch.Tensor) -> torch.Tensor:
     """InfoPro's image reconstruction loss: BCE against the un-normalised image in [0, 1]."""
-    # BCE is not autocast-safe; compute it in float32.
-    return F.binary_cross_entropy(reconstruction.float(), image01.float())
+    # BCE is not autocast-safe; compute it in (at least) float32.
+    return F.binary_cross_entropy(at_least_float32(reconstruction), at_least_float32(image01))
 
 
 @dataclass(frozen=True)
