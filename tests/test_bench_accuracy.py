@@ -75,6 +75,17 @@ def test_a_tiny_grid_writes_rows_table_and_plot_and_resumes(tmp_path, capsys):
         "resnet20_greedy_k2_s1": "not run"}
     assert not (out / "cells" / "resnet20_e2e_k1_s1").exists()
     assert "- resnet20_e2e_k1_s1: not finished; run the grid without --collect" in (out / "accuracy.md").read_text()
+    # the grid rerun with another recipe into the same --out: refused before anything trains, as a resume of a
+    # run with other options is, rather than its finished cells reported as the new recipe's results
+    table = (out / "accuracy.json").read_text()
+    epochs = GRID.index("--epochs") + 1
+    for argv, change in (([*GRID[:epochs], "2", *GRID[epochs + 1:]], "epochs (1 → 2)"),
+                         ([*GRID, "--dataset", "fashion_mnist"], "dataset ('digits' → 'fashion_mnist')")):
+        assert main(["bench", "accuracy", *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "grid cell resnet20_e2e_k1_s0: " in err and change in err, err
+        assert "give this recipe another --out, or delete that one." in err
+    assert (out / "accuracy.json").read_text() == table
 
 
 @pytest.mark.parametrize("flags, words", [

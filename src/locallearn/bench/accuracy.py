@@ -4,6 +4,7 @@ A grid of (model × method × K × context × local loss × seed) cells, every c
 trained by ``training.fit`` with the same recipe and budget (the options given for the grid), so that
 
 - an interrupted grid resumes: a finished cell is skipped, an unfinished one resumed (``fit(resume=True)``);
+  a cell directory holding a run of other options (the grid rerun with another recipe) is refused up front;
 - every cell can be re-evaluated, reported or resumed on its own (``locallearn eval``, ``report``, ``train``).
 
 Expansion rules (as the memory and speed grids'): ``e2e`` is always included, at K = 1, as the reference;
@@ -34,11 +35,11 @@ import torch
 
 from locallearn.bench.report import meta_lines, write_csv
 from locallearn.methods import METHODS
-from locallearn.training.config import Config, resolve
+from locallearn.training.config import RESUMABLE_CHANGES, Config, differing_options, read_options, resolve
 from locallearn.training.fit import fit
 from locallearn.training.progress import Progress
 from locallearn.training.report import write_report
-from locallearn.training.rundir import LOG, RunDir
+from locallearn.training.rundir import CONFIG, LOG, RunDir
 from locallearn.validate import Int
 
 Log = Callable[[str], None]
@@ -124,7 +125,26 @@ def resolve_cells(grid: AccuracyGrid, out: Path) -> list[tuple[Cell, Config]]:
         except ValueError as err:
             raise ValueError(f"grid cell {cell.name}: {err}") from None
         resolved.append((cell, config))
+    for cell, config in resolved:  # before anything trains: a cell of another recipe is never taken as this one's
+        check_cell(cell, config)
     return resolved
+
+
+def check_cell(cell: Cell, config: Config) -> None:
+    """Refuse a cell directory that already holds a run of other options (a grid rerun into the same --out
+    with another recipe: its finished cells would be reported as results of the new command). The options
+    the grid sets come first in the message, before those they imply (a dataset's image size, ...)."""
+    stored = RunDir(config.run.out).file(CONFIG)
+    if not stored.is_file():
+        return
+    changed = differing_options(resolve(read_options(stored)), config, ignore=RESUMABLE_CHANGES)
+    changed.sort(key=lambda change: change.split(" ", 1)[0] not in cell.options)
+    name = cell.name
+    if changed:
+        raise ValueError(
+            f"grid cell {name}: {stored.parent} holds a run with other options ({', '.join(changed[:3])}"
+            f"{', ...' if len(changed) > 3 else ''}); give this recipe another --out, or delete that one."
+        )
 
 
 def run_accuracy(
