@@ -169,6 +169,33 @@ def test_unit_recompute_bytes_exclude_inputs_and_leave_units_untouched():
     assert all(u.saves_output for u in per_unit[:-1])  # every block ends in a ReLU that saves its result
     after = [u.running_mean for u in backbone.modules() if isinstance(u, torch.nn.BatchNorm2d)]
     assert all(torch.equal(a, b) for a, b in zip(stats, after))
+    # nor the random numbers: a unit's dropout draws in the copies leave the run's generator where it was
+    nn = torch.nn
+    dropping = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Dropout(0.5)),
+                             nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)))
+    backbone = ll.build(dropping, "e2e", image_size=32).backbone
+    state = torch.get_rng_state()
+    unit_recompute_bytes(backbone, images)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("method", ["e2e", "checkpoint", "contsup"])
+def test_a_training_run_records_the_peak_bench_memory_measures(method, tmp_path):
+    """The peak a CPU run records for its first step (summary.json, metrics.jsonl, report) is the figure
+    of ``bench memory`` on the same network and batch: with activation checkpointing, the recomputed
+    activations included (the saved-tensor hooks alone saw a quarter of it)."""
+    from locallearn.training import fit, resolve
+
+    options = dict(model="resnet20", method=method, num_modules=1 if method != "contsup" else 2, split="uniform")
+    config = resolve(**options, epochs=1, limit_train=32, limit_test=16, batch_size=16, device="cpu",
+                     out=str(tmp_path / "run"))
+    summary = fit(config, log=lambda line: None)
+    net = ll.build("resnet20", method, **({"num_modules": 2, "split": "uniform"} if method == "contsup" else {}),
+                   dataset="digits")
+    images, labels = torch.randn(16, 3, 32, 32), torch.arange(16) % 10
+    meter = _measure(net, images, labels)
+    assert summary["peak_memory_kind"] == "saved_tensors"
+    assert summary["peak_memory_mb"] * 2**20 == meter.peak_bytes
 
 
 @pytest.mark.gpu

@@ -303,7 +303,8 @@ def unit_profile(
     views of their tokens); without, only one output is alive at a time (large batches on a GPU)."""
     saves, outputs = [], []
     x = torch.zeros_like(images)
-    with torch.enable_grad():
+    rng = torch.random.fork_rng(devices=[images.device] if images.device.type == "cuda" else [])
+    with rng, torch.enable_grad():  # a unit's dropout draws here leave the run's random numbers as they were
         for unit in backbone.units:
             clone = copy.deepcopy(unit).train()
             with SavedTensorMeter(itertools.chain(clone.parameters(), clone.buffers())) as meter:

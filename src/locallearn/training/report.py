@@ -244,8 +244,9 @@ def markdown_report(table: Table, *, plot: str | None = None) -> str:
         ),
         "¹ best epoch selected on the test set: for reference only; the result is the final-epoch error.  ",
         (
-            "² `cuda_allocated`: torch.cuda.max_memory_allocated; `saved_tensors`: bytes autograd saved for "
-            "backward in one training step (CPU).  "
+            "² `cuda_allocated`: torch.cuda.max_memory_allocated; `saved_tensors`: the peak bytes autograd holds "
+            "for backward in one training step (CPU), with the tensors held between modules and the activations "
+            "recomputed under checkpointing (as `bench memory`).  "
         ),
         "\\* unfinished run: reported at its last finished epoch.",
     ]

@@ -29,7 +29,7 @@ from torch import nn
 
 from locallearn.data import BatchLoader, describe_dataset, load_split
 from locallearn.engine import train_step
-from locallearn.memory import SavedTensorMeter
+from locallearn.memory import StepMemoryMeter
 from locallearn.net import LocalNet, build_net, check_logits, old_parameter_order
 from locallearn.training import interrupt
 from locallearn.training.config import PYTHON_DATA, Config, OptimConfig
@@ -401,8 +401,10 @@ def train_one_epoch(
     the learning rate of each step of the epoch (0-based); without it the optimizer's rate is left alone.
 
     Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU (``peak_memory_kind: cuda_allocated``);
-    on a CPU, the bytes autograd saves for backward during the epoch's first step, counted by
-    ``SavedTensorMeter`` (``saved_tensors``; exact and deterministic, parameters excluded).
+    on a CPU, the peak of the epoch's first step as ``bench memory`` measures it (``StepMemoryMeter``:
+    what autograd saves for backward, the tensors held between modules and, under activation
+    checkpointing, the activations recomputed in backward; ``saved_tensors``; exact and deterministic,
+    parameters and buffers excluded).
     """
     device = next(net.parameters()).device
     on_cuda = device.type == "cuda"
@@ -420,7 +422,7 @@ def train_one_epoch(
                 set_lr(optimizer, lr_at(i))
             full = full or len(labels)  # the first batch is a full one
             # the meter runs the step eagerly (compiled or not), so a compiled net compiles on step 2
-            meter = SavedTensorMeter(net.parameters()) if i == 0 and not on_cuda else contextlib.nullcontext()
+            meter = StepMemoryMeter(net, images) if i == 0 and not on_cuda else contextlib.nullcontext()
             with meter, eager_unless(len(labels) == full):
                 try:
                     stats = train_step(net, images, labels, optimizer, autocast_dtype=autocast_dtype)
