@@ -79,11 +79,15 @@ def test_grey_palette_and_alpha_images_become_rgb(tmp_path):
     palette.putpalette([10, 120, 250] + [0] * 765)
     palette.save(cat / "z_palette.gif")
     Image.new("RGBA", (30, 30), (250, 120, 10, 40)).save(cat / "z_alpha.png")
-    Image.new("I;16", (30, 30), 0).save(cat / "z_16bit.png")
+    Image.new("I;16", (30, 30), 128 * 257).save(cat / "z_16bit.png")  # 16-bit mid-grey: 128, not clipped to 255
+    Image.new("I", (30, 30), 65535).save(cat / "z_32bit.tiff")  # "I", as Pillow reads some 16-bit files
+    Image.new("F", (30, 30), 0.25).save(cat / "z_float.tiff")  # float pixels in 0..1
     x, y = load_split("imagefolder", tmp_path, train=True)
-    assert x.shape == (10, 3, 32, 32) and y.tolist()[:6] == [0] * 6
-    by_name = dict(zip(sorted(p.name for p in cat.iterdir()), x[:6], strict=True))
+    assert x.shape == (12, 3, 32, 32) and y.tolist()[:8] == [0] * 8
+    by_name = dict(zip(sorted(p.name for p in cat.iterdir()), x[:8], strict=True))
     assert (by_name["z_grey.png"] == 90).all()
+    assert (by_name["z_16bit.png"] == 128).all() and (by_name["z_32bit.tiff"] == 255).all()
+    assert (by_name["z_float.tiff"] == 64).all()
     assert by_name["z_palette.gif"][:, 5, 5].tolist() == [10, 120, 250]
     assert by_name["z_alpha.png"][:, 5, 5].tolist() == [250, 120, 10]  # alpha dropped, colour kept
 
@@ -155,6 +159,14 @@ def refused(root, *needles: str, train: bool = True) -> str:
     with pytest.raises(DatasetError) as err:
         load_split("imagefolder", root, train=train)
     return one_line(err, *needles)
+
+
+@pytest.mark.parametrize("mode, value, words", [("F", 1.5, "floating-point pixels outside 0..1 (Pillow mode F)"),
+                                                ("I", 70000, "pixel values outside 0..65535 (Pillow mode I)")])
+def test_pixels_with_no_8_bit_equivalent_are_refused(tmp_path, mode, value, words):
+    make_folder(tmp_path)
+    Image.new(mode, (30, 30), value).save(tmp_path / "train" / "dog" / "wide.tiff")
+    refused(tmp_path, f"{tmp_path / 'train' / 'dog' / 'wide.tiff'} has {words}", "save it as an 8- or 16-bit image")
 
 
 def test_no_classes(tmp_path):

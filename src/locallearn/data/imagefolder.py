@@ -9,7 +9,9 @@ recursively. Everything is checked before any image is used: a missing split, no
 images, train/test classes that differ, an unreadable image (named) are each one `DatasetError` line.
 
 Choices, the same for every folder (so a run is described by its folder and ``image_size`` alone):
-- RGB: every image is converted to 3 channels (greyscale repeated, alpha dropped, EXIF rotation applied).
+- RGB: every image is converted to 3 channels of 8 bits (greyscale repeated, alpha dropped, EXIF rotation
+  applied; 16-bit pixels scaled from 0..65535 and floating-point ones from 0..1, where Pillow's own
+  conversion would clip them to white).
 - Size: the shorter side is resized to ``image_size`` (default 32, the CIFAR networks' input) and the centre
   square kept, so the aspect ratio is never distorted; bicubic, which Pillow antialiases when shrinking.
 - Augmentation: CIFAR's, scaled with the size: pad by image_size // 8 (4 at 32) reflected, random crop,
@@ -138,12 +140,31 @@ def decode_image(path: Path, size: int) -> np.ndarray:
                 # JPEG only: decode at the smallest of 1/1, 1/2, 1/4, 1/8 scale that is still >= size on
                 # both sides; a 12-megapixel photo then decodes in a fraction of the time.
                 image.draft("RGB", (size, size))
-                rgb = ImageOps.exif_transpose(image).convert("RGB")
+                rgb = _to_rgb(ImageOps.exif_transpose(image), path)
             square = ImageOps.fit(rgb, (size, size), method=Image.Resampling.BICUBIC)
+        except DatasetError:
+            raise
         except Exception as err:  # whatever the decoder trips on (truncated, not an image, too large)
             why = f"not a readable image ({type(err).__name__}: {err}); replace or remove it"
             raise CorruptFileError(path, why) from None
     return np.asarray(square).transpose(2, 0, 1)  # (S, S, 3) → (3, S, S)
+
+
+def _to_rgb(image, path: Path):
+    """8-bit RGB. Pillow's ``convert("RGB")`` clips wider pixels to 255 (a 16-bit scan turns white), so
+    integer images ("I;16", and "I" as Pillow reads some 16-bit files) are scaled from their 16-bit range
+    0..65535 and float images ("F") from 0..1; values outside those ranges are refused, not guessed at."""
+    from PIL import Image
+
+    if image.mode.startswith("I") or image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 1.0 if image.mode == "F" else 65535.0
+        if pixels.size and (pixels.min() < 0 or pixels.max() > top):
+            kind = "floating-point pixels outside 0..1" if image.mode == "F" else "pixel values outside 0..65535"
+            raise DatasetError(f"{IMAGEFOLDER}: {path} has {kind} (Pillow mode {image.mode}), which have no 8-bit "
+                               "equivalent; save it as an 8- or 16-bit image.")
+        image = Image.fromarray(np.rint(pixels * (255.0 / top)).astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def _class_names(split_dir: Path) -> tuple[str, ...]:
