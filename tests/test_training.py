@@ -120,6 +120,18 @@ def test_unknown_yaml_key_lists_valid_keys(tmp_path):
         load_config("does/not/exist")
 
 
+def test_config_files_read_exponents_as_numbers(tmp_path):
+    """PyYAML follows YAML 1.1, where 5e-4 (no dot) is a string; config files take it as a number, as Python
+    and YAML 1.2 do (a lr of 1e-3 was refused as "got '1e-3'"). Quoted, it stays a string."""
+    path = tmp_path / "sci.yaml"
+    path.write_text("model: resnet20\nlr: 1e-3\nweight_decay: 5E-4\nepochs: 2\n")
+    config = load_config(str(path))
+    assert (config.optim.lr, config.optim.weight_decay, config.optim.epochs) == (1e-3, 5e-4, 2)
+    path.write_text("lr: '1e-3'\n")
+    with pytest.raises(ValueError, match=r"lr must be a positive number, got '1e-3'"):
+        load_config(str(path))
+
+
 def test_resume_refuses_other_options_but_not_another_place():
     stored = resolve(**TINY, out="a").options()
     assert resumed_config(stored, {}, out="b").run.out == "b"
