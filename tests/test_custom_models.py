@@ -212,11 +212,29 @@ def test_bad_factories_are_one_line(user_package, capsys, model, words):
     assert err.count("\n") == 1 and words in err, err
 
 
-def test_build_alone_takes_any_classifier_width():
-    """Without data, num_classes is only a default: a model with a 100-wide (or ImageNet's) classifier builds."""
-    wide = sequential_cnn(classes=100)
-    net = ll.build(wide, method="contsup", num_modules=3, image_size=16)
-    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 100)
+def test_build_takes_the_classes_from_a_fixed_width_classifier_or_checks_them():
+    """Without num_classes or a dataset, a model's own classifier width sets the classes, so the auxiliary
+    heads classify what the network does (they were 10-way, the default, beside a 100-way classifier, and a
+    label of 50 failed in a head's cross-entropy); the network is the one built with num_classes given. Given,
+    the width must match, in one line."""
+    torch.manual_seed(0)
+    net = ll.build(sequential_cnn(classes=100), method="contsup", num_modules=3, image_size=16)
+    assert net.config.num_classes == 100 and net(torch.randn(2, 3, 16, 16)).shape == (2, 100)
+    images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 50, 99, 7])
+    stats = ll.train_step(net, images, labels, torch.optim.SGD(net.parameters(), lr=0.1))
+    assert all(torch.isfinite(v) for v in stats.values())
+    torch.manual_seed(0)
+    given = ll.build(sequential_cnn(classes=100), method="contsup", num_modules=3, image_size=16, num_classes=100)
+    before_step = given.state_dict()
+    assert list(before_step) == list(net.state_dict())
+    torch.manual_seed(0)
+    again = ll.build(sequential_cnn(classes=100), method="contsup", num_modules=3, image_size=16)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), before_step.values()))
+    with pytest.raises(ValueError, match=r"^num_classes: the model's last unit gives 10 logits but the run has "
+                                         r"num_classes=7 \(the data's classes\); make the two agree"):
+        ll.build(sequential_cnn(classes=10), method="contsup", num_modules=3, image_size=16, num_classes=7)
+    with pytest.raises(ValueError, match=r"last unit gives 100 logits but the run has num_classes=10"):
+        ll.build(sequential_cnn(classes=100), method="contsup", num_modules=3, dataset="cifar10")
 
 
 def test_labels_beyond_the_classes_are_one_line_from_python(tmp_path):

@@ -8,6 +8,7 @@
 
 from typing import Any as _Any
 
+import torch as _torch
 from torch import nn as _nn
 
 from locallearn.config import NetConfig, resolve_net
@@ -20,7 +21,7 @@ from locallearn.losses import LOCAL_LOSSES as _LOCAL_LOSSES
 from locallearn.methods import METHODS as _METHODS
 from locallearn.models import MODELS as _MODELS
 from locallearn.models import units
-from locallearn.net import LocalNet, build_net
+from locallearn.net import LocalNet, build_net, check_logits
 from locallearn.split import SPLITS as _SPLITS
 from locallearn.version import __version__
 
@@ -30,9 +31,23 @@ def build(model: str | _nn.Module, method: str = "contsup", **options: _Any) -> 
     (``package.module:factory``), or your own module — a ``Backbone``, an ``nn.Sequential`` whose children are
     the units, or ``units(model, names)`` of a nested one; ``method`` from the method registry; ``options`` any
     field of ``NetConfig`` (num_modules, split, aux_head, local_loss, context, reconstruct, in_channels,
-    image_size, ...) and ``dataset`` (which picks classes, channels, image size, normalisation and the λ tables)."""
+    image_size, ...) and ``dataset`` (which picks classes, channels, image size, normalisation and the λ tables).
+
+    The classes: ``num_classes``, else the dataset's, and the model's classifier must give as many logits; with
+    neither, a model of fixed width (your own, a factory without ``num_classes``) sets them, so that the
+    auxiliary heads classify what the network does."""
     config = resolve_net(model, method, **options)
-    return build_net(config, model if isinstance(model, _nn.Module) else None)
+    given = "num_classes" in options or options.get("dataset") is not None
+    rng = _torch.get_rng_state()
+    net = build_net(config, model if isinstance(model, _nn.Module) else None)
+    width = tuple(net.output_shape)
+    if not given and len(width) == 1 and width[0] != config.num_classes:  # built again as if num_classes were given
+        _torch.set_rng_state(rng)
+        net = build_net(resolve_net(model, method, **options, num_classes=width[0]),
+                        model if isinstance(model, _nn.Module) else None)
+    elif given:
+        check_logits(net)
+    return net
 
 
 def registries() -> dict[str, list[str]]:

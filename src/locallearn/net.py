@@ -251,7 +251,8 @@ def old_parameter_order(net: LocalNet) -> list[int]:
 def check_logits(net: LocalNet) -> None:
     """A training run's network must give one logit per class of its data (``config.num_classes``: the
     dataset's, or what training from Python was told); else training stops at the first batch whose labels
-    reach past the classifier. (``build`` alone does not check: without data, num_classes is only a default.)"""
+    reach past the classifier. (``locallearn.build`` checks it where num_classes or a dataset is given;
+    without them it takes the model's width.)"""
     classes, last = net.config.num_classes, tuple(net.output_shape)
     if last != (classes,):
         width = last[0] if len(last) == 1 else last
