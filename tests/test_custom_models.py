@@ -286,6 +286,10 @@ def test_training_from_python_on_a_dataloader_writes_the_same_run_directory(tmp_
     assert [r["epoch"] for r in run.read_metrics()] == [1, 2] and run.finished
     config = (out / "config.yaml").read_text()
     assert "dataset: iterable" in config and "model: object:Sequential" in config and "in_channels: 1" in config
+    assert "batch_size: 16" in config  # the loader's, not the default 64
+    with pytest.raises(ValueError, match=r"^batch_size: batches given from Python come at their own size \(16 in "
+                                         r"the first\), not batch_size=32; drop batch_size=, or batch your data so\.$"):
+        train(model, train_data, test_data, out=tmp_path / "y", num_classes=4, batch_size=32)
     net = load_net(out, model=model)
     assert net(x[:2]).shape == (2, 4)
     # the command line says how to evaluate such a run, in one line

@@ -9,7 +9,8 @@
 
 The batches are used as they come: normalise and augment them in your loader (the run records the dataset
 as ``iterable``). They must be iterable more than once (an epoch each); their first batch gives the input's
-channels and size unless ``in_channels`` / ``image_size`` are given; ``num_classes`` is required. Resume with
+channels and size unless ``in_channels`` / ``image_size`` are given, and the batch size the run records;
+``num_classes`` is required. Resume with
 the same data and ``resume=True``; the order of a DataLoader's batches is its own (seed its generator for
 repeatable runs).
 """
@@ -54,6 +55,10 @@ def train(
                          f"{getattr(images, 'shape', type(images).__name__)}.")
     options.setdefault("in_channels", int(images.shape[1]))
     options.setdefault("image_size", int(images.shape[-1]))
+    options.setdefault("batch_size", int(images.shape[0]))  # what the run records and says: the loader's
+    if options["batch_size"] != images.shape[0]:
+        raise ValueError(f"batch_size: batches given from Python come at their own size ({images.shape[0]} in the "
+                         f"first), not batch_size={options['batch_size']}; drop batch_size=, or batch your data so.")
     config = resolve({**options, "model": model, "dataset": PYTHON_DATA, "out": str(out)})
     if not resume:  # a resume keeps the options the run was started with
         check_used(config, options, python=True)
