@@ -268,6 +268,23 @@ def test_an_option_the_run_would_not_use_is_refused_from_python_as_from_the_comm
     assert summary["epochs"] == 1
 
 
+@pytest.mark.parametrize("images, labels, words", [
+    (torch.zeros(4, 1, 16, 16, dtype=torch.uint8), torch.arange(4), "images must be floating point (normalised in "
+                                                                    "your loader), got torch.uint8"),
+    (torch.zeros(4, 1, 16, 16), torch.arange(4).float(), "labels must be an int64 tensor of class indices, one per "
+                                                          "image (4,), got torch.float32 (4,); e.g. labels.long()."),
+    (torch.zeros(4, 1, 16, 16), torch.arange(4).view(4, 1), "got torch.int64 (4, 1)"),
+])
+def test_batches_of_the_wrong_types_are_one_line_from_python(tmp_path, images, labels, words):
+    from locallearn.training import train
+
+    with pytest.raises(ValueError, match="^training data: ") as err:
+        train(sequential_cnn(in_channels=1, classes=4), [(images, labels)], [(images, labels)], out=tmp_path / "a",
+              num_classes=4, method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
+    assert words in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "a").exists()
+
+
 def test_training_from_python_on_a_dataloader_writes_the_same_run_directory(tmp_path, capsys):
     from torch.utils.data import DataLoader, TensorDataset
 

@@ -47,12 +47,19 @@ def train(
     if "num_classes" not in options:
         raise ValueError("num_classes: batches given from Python need num_classes=... (it is not read from the labels).")
     try:
-        images, _ = next(iter(train_data))
+        images, labels = next(iter(train_data))
     except (StopIteration, TypeError, ValueError):
         raise ValueError("training data: expected an iterable of (images, labels) batches, e.g. a DataLoader.") from None
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] != images.shape[-2]:
         raise ValueError(f"training data: images must be a (batch, channels, size, size) tensor, got "
                          f"{getattr(images, 'shape', type(images).__name__)}.")
+    if not images.is_floating_point():
+        raise ValueError(f"training data: images must be floating point (normalised in your loader), got {images.dtype}; "
+                         "e.g. images.float() / 255, then the dataset's mean and std.")
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"training data: labels must be an int64 tensor of class indices, one per image "
+                         f"({images.shape[0]},), got {got}; e.g. labels.long().")
     options.setdefault("in_channels", int(images.shape[1]))
     options.setdefault("image_size", int(images.shape[-1]))
     options.setdefault("batch_size", int(images.shape[0]))  # what the run records and says: the loader's
