@@ -150,6 +150,10 @@ def raises(num_classes=10):
 
 def seven_classes():
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 7)))
+
+
+def grey_cnn():  # a model for one-channel images, with no in_channels parameter
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)))
 '''
 
 
@@ -210,6 +214,19 @@ def test_bad_factories_are_one_line(user_package, capsys, model, words):
     assert main(["train", "--model", model, "--num-modules", "2", "--image-size", "32", "--out", "runs/x"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
+
+
+def test_a_factory_without_in_channels_gets_the_datas_channels_checked_not_passed(user_package):
+    """A factory without an in_channels parameter is not handed one: its model is built and must take the
+    data's images (it was refused as "unknown option 'in_channels' ... valid options are none" even for a
+    one-channel model on one-channel data)."""
+    net = ll.build("my_models:grey_cnn", method="greedy", num_modules=2, split="uniform", in_channels=1, image_size=16)
+    assert net(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+    with pytest.raises(ValueError, match=r"unit 0 \(Conv2d\) cannot take the input image, of shape \(1, 16, 16\) .*"
+                                         r"else make it take the data's images \(a factory with in_channels and "
+                                         r"image_size parameters receives them\)\.$"):
+        ll.build("my_models:seven_classes", method="greedy", num_modules=2, split="uniform", in_channels=1,
+                 image_size=16)
 
 
 def test_build_takes_the_classes_from_a_fixed_width_classifier_or_checks_them():

@@ -272,8 +272,6 @@ def build_net(config: NetConfig, model: nn.Module | None = None) -> LocalNet:
         for option, value in wanted.items():
             if value is not None and model_accepts(config.model, option):
                 kwargs.setdefault(option, value)
-        if not model_accepts(config.model, "in_channels") and config.in_channels != 3:
-            kwargs.setdefault("in_channels", config.in_channels)  # refused by name: the factory cannot take it
         model = create_model(config.model, **kwargs)
     backbone = as_backbone(model, image_size=config.image_size, in_channels=config.in_channels)
     if backbone.in_channels != config.in_channels:

@@ -58,7 +58,9 @@ def check_chain(backbone: Backbone, names: list[str]) -> None:
                     what = (f"unit {names[i]} ({type(unit).__name__}) cannot take the output of unit {names[i - 1]} "
                             f"({type(backbone.units[i - 1]).__name__})" if i else
                             f"unit {names[0]} ({type(unit).__name__}) cannot take the input image")
-                    hint = ("; if the model is right, give the data's in_channels and image_size" if i == 0 else
+                    hint = ("; if the model is right, give the data's in_channels and image_size, else make it take the "
+                            "data's images (a factory with in_channels and image_size parameters receives them)"
+                            if i == 0 else
                             "; the units must chain, the last mapping features to logits")
                     raise ValueError(
                         f"model: {what}, of shape {tuple(x.shape[1:])} ({' '.join(str(err).split())[:160]}){hint}."
