@@ -303,6 +303,10 @@ def test_12_bad_options_are_one_line(tmp_path, finished, capsys):
         (["--activation-segments", "3"], "use --method checkpoint"),
         (["--pipeline-assign", "2,2"], "pipeline_assign: --pipeline-assign sets up the pipeline"),
         (["--method", "e2e", "--num-modules", "1", "--aux-head", "dgl"], "aux_head: --aux-head is a local module's"),
+        (["--fault-timeout", "5"], "fault_timeout: --fault-timeout sets up the pipeline"),
+        (["--epochs", "4", "--warmup-lr", "0.05"], "warmup_lr: --warmup-lr is where the warm-up starts, and this run "
+                                                   "has no warm-up"),  # 10 warm-up epochs do not fit in 4
+        (["--epochs", "4", "--warmup-epochs", "1", "--warmup-lr", "5"], "warmup_lr=5 is above lr=0.1"),
     ):
         cases.append(([*tiny, *extra], words))
     for argv, words in cases:
@@ -318,6 +322,16 @@ def test_12_bad_options_are_one_line(tmp_path, finished, capsys):
     # where they apply they are taken
     assert main([*tiny, "--method", "infopro", "--temperature", "0.5", "--lambdas", "1,1,1,1", "--epochs", "1",
                  "--limit-train", "32", "--limit-test", "32", "--batch-size", "32", "--device", "cpu"]) == 0
+    # bench accuracy: an --option that a flag or another --option also sets, or that is an axis of the grid
+    for option, words in ((["--option", "epochs=2", "--epochs", "1"], "epochs is also given by --epochs; give it once"),
+                          (["--option", "lr=0.1", "--option", "lr=0.2"], "lr is also given by another --option"),
+                          (["--option", "model=resnet20"], "model is an axis of the grid, set by --models")):
+        assert main(["bench", "accuracy", *option, "--out", str(tmp_path / "g")]) == 2
+        assert words in one_line(capsys)
+    assert not (tmp_path / "g").exists()
+    with pytest.raises(SystemExit):  # recorded by a run, not a flag
+        main(["train", "--lambda-source", "foo"])
+    capsys.readouterr()
     with pytest.raises(SystemExit):  # a flag's value is parsed by argparse, with the same strict loader
         main(["train", "--model-kwargs", "{depth: 20, depth: 32}"])
     assert "duplicate key 'depth'" in capsys.readouterr().err

@@ -79,6 +79,11 @@ def bench_speed(
     return _run("speed", out, command, grid, options, quiet)
 
 
+# options of a run that bench accuracy sets per cell, and the flag that does
+_AXES = {"model": "--models", "method": "--methods", "num_modules": "--num-modules", "context": "--contexts",
+         "local_loss": "--local-losses", "seed": "--seeds"}
+
+
 def bench_accuracy(
     *, models: str, methods: str, num_modules: str, contexts: str | None, local_losses: str | None, seeds: str,
     config: str | None, option: list[str] | None, threads: int | None, out: Path, quiet: bool = False,
@@ -88,12 +93,21 @@ def bench_accuracy(
     from locallearn.bench.accuracy import AccuracyGrid, run_accuracy
     from locallearn.training.config import load_yaml, requested_options
 
-    options, _ = requested_options(config, {k: v for k, v in recipe.items() if v is not None})
+    flags = {k: v for k, v in recipe.items() if v is not None}
+    options, _ = requested_options(config, flags)
+    given: set[str] = set()
     for item in option or []:  # --option KEY=VALUE: any option of `locallearn train`, for every cell
         key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
         if not sep:
             raise ValueError(f"--option: expected KEY=VALUE, got {item!r}.")
-        options[key.strip().replace("-", "_")] = load_yaml(value, f"--option {item}")
+        if key in _AXES:
+            raise ValueError(f"--option {item}: {key} is an axis of the grid, set by {_AXES[key]}; use that instead.")
+        if key in flags or key in given:
+            twice = f"--{key.replace('_', '-')}" if key in flags else "another --option"
+            raise ValueError(f"--option {item}: {key} is also given by {twice}; give it once.")
+        given.add(key)
+        options[key] = load_yaml(value, f"--option {item}")
     if threads is not None:
         torch.set_num_threads(threads)
     grid = AccuracyGrid(

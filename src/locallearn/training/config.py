@@ -125,6 +125,9 @@ class OptimConfig:
             raise ValueError(f"momentum and nesterov apply to --optimizer sgd, not {self.optimizer}; drop them.")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov: Nesterov momentum needs momentum > 0; pass --no-nesterov or a momentum.")
+        if self.warmup_used and self.warmup_lr > self.lr:
+            raise ValueError(f"warmup_lr: a warm-up rises from warmup_lr to the peak lr, but warmup_lr={self.warmup_lr:g} "
+                             f"is above lr={self.lr:g}; give a lower --warmup-lr, or --warmup-epochs 0.")
 
     @property
     def warmup_used(self) -> int:
@@ -254,7 +257,10 @@ _OTHER_HELP = {
 ALIASES = {"pretrained": ("str", "Hugging Face checkpoint (hub name or save_pretrained directory) to start from")}
 SECTION_OF = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 OPTIONS = tuple(SECTION_OF) + tuple(ALIASES)
-FLAGS: dict[str, tuple[str, str]] = {**_NET_HELP, **_OTHER_HELP, **ALIASES}  # option → (flag kind, help)
+RECORDED = ("lambda_source",)  # written by a run into its config.yaml, read back from there; not a flag
+FLAGS: dict[str, tuple[str, str]] = {  # option → (flag kind, help)
+    name: value for name, value in {**_NET_HELP, **_OTHER_HELP, **ALIASES}.items() if name not in RECORDED
+}
 
 
 def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None, **more: Any) -> Config:
@@ -444,9 +450,12 @@ _USED_BY = {
     "activation_segments": (lambda c: c.net.activation_checkpointing, "sets how activation checkpointing splits a "
                             "module, and this run does not checkpoint", "use --method checkpoint",
                             "use method='checkpoint'"),
+    "warmup_lr": (lambda c: c.optim.warmup_used > 0, "is where the warm-up starts, and this run has no warm-up "
+                  "(warm-up epochs 0, or not fewer than the epochs)", "give --warmup-epochs below --epochs",
+                  "give warmup_epochs below epochs"),
     **{name: (lambda c: c.processes.parallel != "none", "sets up the pipeline, and this run is one process",
               "add --parallel pipeline", "run locallearn train --parallel pipeline under torchrun")
-       for name in ("pipeline_assign", "pipeline_sync", "data_parallel")},
+       for name in ("pipeline_assign", "pipeline_sync", "data_parallel", "fault_timeout")},
 }
 
 
