@@ -4,6 +4,7 @@ the one-line errors for bad input."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -43,6 +44,10 @@ def test_one_epoch_run_writes_every_file(run):
     assert stderr == ""  # no progress bar when stderr is not a terminal
     assert "resnet20 / contsup (K=2" in stdout and str(out) in stdout and "parameters" in stdout
     assert "done: test accuracy" in stdout and "summary.json" in stdout
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"):  # as any file the user makes
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
     config = yaml.safe_load((out / "config.yaml").read_text())
     net = config["net"]

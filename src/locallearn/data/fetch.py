@@ -10,9 +10,9 @@ import hashlib
 import http.client
 import os
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
+import uuid
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -201,8 +201,8 @@ def fetch(archive: Archive, root: Path, *, progress: bool = True) -> Path:
     a file that looks complete."""
     target = root / archive.filename
     digest = Digest(archive.md5_of)
-    fd, tmp_name = tempfile.mkstemp(dir=root, prefix=f".{archive.filename}.", suffix=".part")
-    tmp = Path(tmp_name)
+    tmp = root / f".{archive.filename}.{uuid.uuid4().hex}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)  # 0666 less the umask
     try:
         with os.fdopen(fd, "wb") as out:
             request = urllib.request.Request(archive.url, headers={"User-Agent": "locallearn"})

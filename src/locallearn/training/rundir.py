@@ -31,7 +31,7 @@ import os
 import random
 import re
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -323,8 +323,10 @@ def atomic_write(path: Path, write: Callable[[Any], Any], *, before_rename: Call
     """Write through a temporary file of a unique name, created exclusively beside ``path`` (a planted link
     is never followed), fsync it, then rename it over ``path``: readers (and a resumed run) see the old file or
     the new one, never a torn one. A failed write (a full disk) removes the temporary and raises OSError."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TMP_SUFFIX)
-    tmp = Path(tmp_name)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
+    # exclusive (O_EXCL: a planted link is never followed); mode 0666 less the umask, as any file the user
+    # makes (mkstemp's 0600 kept a shared server's collaborators from reading results)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
