@@ -163,7 +163,7 @@ class PhaseStats:
 
 
 def peak_memory(device: torch.device, saved_bytes: int) -> tuple[float, str]:
-    """(MB, kind) as the single-process loop reports it: CUDA allocations, or autograd's saved bytes."""
+    """(MiB, kind) as the single-process loop reports it: CUDA allocations, or autograd's saved bytes."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated"
     return saved_bytes / 2**20, "saved_tensors"

@@ -225,7 +225,7 @@ def markdown_report(table: Table, *, plot: str | None = None) -> str:
         lines.append(f"| {label} | " + " | ".join(cells[k].cell() if k in cells else "" for k in ks) + " |")
     lines += ["", "## Runs", ""]
     lines.append(
-        "| run | method | K | seed | epochs | test error % | best test error %¹ | peak memory MB² | train time | images/s |"
+        "| run | method | K | seed | epochs | test error % | best test error %¹ | peak memory MiB² | train time | images/s |"
     )
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for g in sorted(table.groups, key=lambda g: (_natural(g.label), g.num_modules)):
