@@ -35,6 +35,8 @@ import yaml
 
 from locallearn.config import NET_FIELDS, RENAMED, NetConfig, plain, resolve_net
 from locallearn.data import describe_dataset, dataset_names
+from locallearn.decoders import FEATURE_DECODERS
+from locallearn.heads import HEADS
 from locallearn.validate import Bool, Choice, Float, Int, Optional, Text, check, check_fields
 
 AMP_MODES = ("none", "bf16")
@@ -205,7 +207,7 @@ _NET_HELP = {
                       "infopro, contsup and featrecon default to K=4"),
     "num_modules": ("int", "K, the number of local modules (default: the method's)"),
     "split": ("yaml", "paper, balanced, auto, uniform, stages or cuts as YAML, e.g. '[[1,2],[2,1]]' (default: paper where the model has published cuts, else auto)"),
-    "aux_head": ("str", "auxiliary head of the local modules: linear, 1c2f, dgl, token, auto (default: the method's)"),
+    "aux_head": ("str", f"auxiliary head of the local modules: {', '.join(HEADS.names())}, auto (default: the method's)"),
     "local_loss": ("str", "ce (softmax) or contrast (supervised contrastive) (default: the method's)"),
     "reconstruct": ("bool", "InfoPro's image reconstruction in every local module (default: the method's)"),
     "context": ("str", "ContSup context mode: R0, E, R1, R1E, Rn, RnE (default: the method's)"),
@@ -219,7 +221,7 @@ _NET_HELP = {
     "temperature": ("float", "temperature of the contrastive loss (default: 0.07)"),
     "activation_checkpointing": ("bool", "recompute activations in backward inside each module (default: the method's)"),
     "activation_segments": ("int", "recomputed segments per module under --activation-checkpointing (default: ≈√units)"),
-    "feature_decoder": ("str", "FeatRecon feature decoder: linear, conv, transformer (default: the method's)"),
+    "feature_decoder": ("str", f"FeatRecon feature decoder: {', '.join(FEATURE_DECODERS.names())} (default: the method's)"),
     "feature_weight": ("float", "FeatRecon's λ on the feature reconstruction loss (default: 1.0)"),
     "model_kwargs": ("yaml", "extra backbone arguments as a YAML mapping"),
 }
