@@ -79,7 +79,8 @@ def eval_command(run_dir: Path, device: str = "auto", data_dir: str | None = Non
     result = evaluate_run(run_dir, device=device, data_dir=data_dir, precise_bn=precise_bn)
     recomputed = ""
     if result["precise_bn_batches"] is not None:
-        recomputed = f"; BatchNorm statistics recomputed on {result['precise_bn_batches']} training batches, not saved"
+        batches = result["precise_bn_batches"]
+        recomputed = f"; BatchNorm statistics recomputed on {batches} training batch{'' if batches == 1 else 'es'}, not saved"
     print(
         f"{run_dir}: test accuracy {100 * result['test_acc']:.2f}% (test loss {result['test_loss']:.4g}), "
         f"checkpoint after epoch {result['epoch']}/{result['epochs']}{recomputed}"

@@ -66,7 +66,8 @@ def markdown(
 def meta_lines(meta: dict) -> str:
     if not meta:
         return ""
-    cpu = f"CPU ({meta.get('cpu_count')} cores, {meta.get('torch_threads')} torch threads)"
+    threads = meta.get("torch_threads")
+    cpu = f"CPU ({meta.get('cpu_count')} cores, {threads} torch thread{'' if threads == 1 else 's'})"
     device = meta.get("cuda_device") or cpu
     lines = [
         f"- command: `{meta['command'].strip()}`" if meta.get("command") else None,

@@ -295,7 +295,7 @@ def provenance() -> list[str]:
     return [
         "Resolved config of this run: every option of `locallearn train`, defaults included.",
         f"locallearn {v['locallearn']}, git {v['git']}, torch {v['torch']}, Python {platform.python_version()}, "
-        f"{torch.get_num_threads()} torch threads, {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"{_plural(torch.get_num_threads(), 'torch thread')}, {time.strftime('%Y-%m-%d %H:%M:%S')}",
     ]
 
 
