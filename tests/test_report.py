@@ -182,3 +182,19 @@ def test_report_command_writes_under_runs(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().out == captured.out
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "holds no run" in capsys.readouterr().err
+
+
+def test_a_run_without_a_finished_epoch_is_left_out_with_a_warning(tmp_path, capsys):
+    """`locallearn report runs/*` goes on past a run stopped in its first epoch, saying which; a finished run
+    whose metrics.jsonl is gone is an error, and a report of nothing but unstarted runs too."""
+    done = fake_run(tmp_path / "done", accs=[0.9], method="e2e")
+    started = fake_run(tmp_path / "started", accs=[0.5], method="contsup", num_modules=2, finished=False)
+    (started / "metrics.jsonl").unlink()
+    assert main(["report", str(done), str(started), "--out", str(tmp_path / "report")]) == 0
+    err = capsys.readouterr().err
+    assert f"report: {started} has no finished epoch yet; left out" in err
+    assert main(["report", str(started), "--out", str(tmp_path / "report")]) == 2
+    assert f"report: {started} has no finished epoch yet; left out: no run to report." in capsys.readouterr().err
+    (done / "metrics.jsonl").unlink()
+    assert main(["report", str(done), "--out", str(tmp_path / "report")]) == 2
+    assert "is finished but has no epochs in metrics.jsonl (missing or emptied)" in capsys.readouterr().err

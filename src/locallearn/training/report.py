@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, read_options
-from locallearn.training.rundir import CONFIG, RunDir
+from locallearn.training.rundir import CONFIG, METRICS, RunDir
 
 DEFAULT_OUT = Path("runs") / "report"  # runs/ is ignored by git: a report never dirties a checkout
 # Options that may differ inside a group: the seed, and what does not change the computation.
@@ -146,14 +146,21 @@ class Table:
         return f"{' + '.join(models)}, {' + '.join(datasets)}"
 
 
+class NoEpochYet(ValueError):
+    """A run stopped before its first epoch ended: nothing to report (``write_report`` leaves it out)."""
+
+
 def load_run(path: Path) -> RunResult:
     """What the report needs from one run directory (summary.json, or metrics.jsonl while unfinished)."""
     run = RunDir(Path(path))
     if not run.file(CONFIG).is_file():
         raise ValueError(f"report: {run.path} holds no run (no {CONFIG}).")
     history = run.read_metrics()
+    if not history and run.finished:
+        raise ValueError(f"report: {run.path} is finished but has no epochs in {METRICS} (missing or emptied); "
+                         f"restore it, or leave the run out.")
     if not history:
-        raise ValueError(f"report: {run.path} has no finished epoch yet (metrics.jsonl is empty).")
+        raise NoEpochYet(f"report: {run.path} has no finished epoch yet; left out")
     config = read_options(run.file(CONFIG))
     last = history[-1]
     best = max(r["test_acc"] for r in history)
@@ -305,7 +312,17 @@ def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Repo
     run_dirs = [Path(p) for p in run_dirs if not _is_report_folder(Path(p), folder)]
     if not run_dirs:
         raise ValueError("report: give at least one run directory.")
-    table = group_runs([load_run(p) for p in run_dirs])
+    runs, skipped = [], []
+    for path in run_dirs:  # `report runs/*` goes on past a run stopped in its first epoch, saying so
+        try:
+            runs.append(load_run(path))
+        except NoEpochYet as err:
+            skipped.append(str(err))
+    if not runs:
+        raise ValueError(f"{skipped[0]}: no run to report." if len(skipped) == 1 else
+                         f"report: none of the {len(skipped)} runs has a finished epoch yet.")
+    table = group_runs(runs)
+    table.warnings[:0] = skipped
     folder.mkdir(parents=True, exist_ok=True)
     png = folder / "report.png"
     error_figure(table).savefig(png, dpi=120)
