@@ -77,6 +77,9 @@ def test_files_are_found_gzipped_or_plain_in_each_place(tmp_path, debian, small,
     assert report.files[0].path == shown and report.files[0].detail == f"{N_TRAIN} images"
     header = str(report).splitlines()[0]  # the folder the files are in, not an empty root
     assert header == (f"fashion_mnist in {debian} (not in {root}): ok" if where == "debian" else f"fashion_mnist in {root}: ok")
+    # a run says where it reads them when that is not --data-dir itself (it recorded the data_dir, unsaid)
+    read_from = describe_dataset("fashion_mnist", root).read_from
+    assert read_from == (None if where == "root" else f"files from {directory}, not --data-dir itself")
 
 
 def test_root_comes_before_debian_and_a_split_is_never_mixed(tmp_path, debian, small):

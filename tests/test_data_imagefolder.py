@@ -111,13 +111,14 @@ def test_val_is_the_test_split_when_there_is_no_test(tmp_path):
     make_folder(tmp_path, splits=("train", "val"))
     x, y = load_split("imagefolder", tmp_path, train=False)
     assert len(x) == 6 and y.tolist() == [0, 0, 1, 1, 2, 2]
-    assert describe_dataset("imagefolder", tmp_path).test_from == str(tmp_path / "val")
+    assert describe_dataset("imagefolder", tmp_path).read_from == f"test images from {tmp_path / 'val'}"
 
 
 def test_with_both_test_and_val_the_run_says_which_it_tests_on(tmp_path, capsys):
     make_folder(tmp_path / "imgs", splits=("train", "test"))
     make_folder(tmp_path / "imgs", splits=("val",), per_class=1)
-    assert describe_dataset("imagefolder", tmp_path / "imgs").test_from == f"{tmp_path / 'imgs' / 'test'}; val/ not read"
+    assert describe_dataset("imagefolder", tmp_path / "imgs").read_from == (f"test images from {tmp_path / 'imgs' / 'test'}; "
+                                                                           "val/ not read")
     assert len(load_split("imagefolder", tmp_path / "imgs", train=False)[0]) == 6  # test/'s 6, not val/'s 3
     assert main(["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "imgs"), "--image-size", "8",
                  "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs",

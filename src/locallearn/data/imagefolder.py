@@ -107,7 +107,7 @@ def image_folder_spec(folder: ImageFolder, image_size: int = DEFAULT_IMAGE_SIZE)
         flip=True,
         channels=3,
         class_names=folder.classes,
-        test_from=_test_from(folder),
+        read_from=f"test images from {_test_from(folder)}",
     )
 
 

@@ -13,6 +13,7 @@ On-disk layout under ``root`` is exactly the official distribution:
 from __future__ import annotations
 
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -277,6 +278,10 @@ def describe_dataset(name: str, root: Path | str | None, *, image_size: int | No
             f"image_size: dataset {name} delivers {s}×{s} images, got image_size={image_size}; only "
             f"{IMAGEFOLDER} resizes its images."
         )
+    if root is not None and name in SOURCES:  # found in root/<folder> or Debian's folder: say where
+        place = data_dir(get_source(name), root)
+        if place != Path(root):
+            spec = dataclasses.replace(spec, read_from=f"files from {place}, not --data-dir itself")
     return spec
 
 

@@ -30,7 +30,8 @@ class DatasetSpec:
     # means RGB; every registered spec states it.
     channels: int = 3
     class_names: tuple[str, ...] | None = None  # name of label 0, 1, ...; None: the labels are the names
-    test_from: str | None = None  # a folder dataset: where its test split is read from (shown at the start of a run)
+    read_from: str | None = None  # where the files are read from, where --data-dir alone does not say it (shown
+    # at the start of a run): a folder dataset's held-out folder, a dataset found beside or outside --data-dir
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:

@@ -250,7 +250,7 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
 def data_line(train: BatchLoader, test: BatchLoader, device: torch.device | str, outputs: int) -> str:
     """The start line that says what a run trains and tests on, and a classifier wider than the data's
     classes (``--num-classes`` above them: accepted, its extra outputs are never a label)."""
-    where = f" (test images from {test.spec.test_from})" if test.spec.test_from else ""
+    where = f" ({test.spec.read_from})" if test.spec.read_from else ""
     classes = test.spec.num_classes
     wider = f"; the classifier has {outputs} outputs for {classes} classes" if outputs != classes else ""
     return f"  data: {len(train.images)} train, {len(test.images)} test images{where}{wider}; {device}"
