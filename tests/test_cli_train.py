@@ -169,6 +169,14 @@ def test_a_classifier_wider_than_the_datas_classes_is_said(tmp_path, capsys):
     assert "32 test images; cpu" in capsys.readouterr().out
 
 
+def test_the_first_line_names_what_each_module_reconstructs(tmp_path, capsys):
+    args = ["train", *TINY, "--limit-train", "32", "--limit-test", "32", "--epochs", "1"]
+    assert main([*args, "--feature-decoder", "conv", "--out", str(tmp_path / "f")]) == 0
+    assert "context R1E, feature reconstruction by conv decoders) on digits" in capsys.readouterr().out
+    assert main([*args, "--method", "infopro", "--out", str(tmp_path / "i")]) == 0
+    assert "context R0, image reconstruction) on digits" in capsys.readouterr().out
+
+
 def test_bad_input_is_one_line(tmp_path, capsys):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("model: resnet32\nlearning_rate: 0.1\n")

@@ -321,7 +321,8 @@ def log_start(log: Log, config: Config, runner, run: RunDir, parameters: int, do
     head = f"K={net.num_modules}"
     if net.num_modules > 1:
         head += f", {net.aux_head} heads, {net.local_loss} loss, context {net.context}"
-        head += ", reconstruction" if net.reconstruct else ""
+        head += ", image reconstruction" if net.reconstruct else ""
+        head += f", feature reconstruction by {net.feature_decoder} decoders" if net.feature_decoder else ""
     if optim.optimizer == "sgd":
         settings = f"SGD lr {optim.lr} (momentum {optim.momentum}{', nesterov' if optim.nesterov else ''}, weight decay {optim.weight_decay})"
     else:
