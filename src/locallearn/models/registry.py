@@ -76,7 +76,8 @@ def import_factory(path: str) -> Callable[..., Any]:
     except ImportError as err:
         raise ValueError(
             f"model: cannot import {module_name!r} ({err}); the module of {path} must be importable from the "
-            f"current directory or an installed package."
+            f"current directory or an installed package (for a run trained elsewhere: run from its directory, or "
+            f"add that directory to PYTHONPATH)."
         ) from None
     except Exception as err:  # the module's own code failed: a syntax error, an exception at import time
         raise ValueError(f"model: importing {module_name!r} failed: {_where(err)}; fix the module.") from None
