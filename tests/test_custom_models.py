@@ -302,6 +302,18 @@ def test_batches_of_the_wrong_types_are_one_line_from_python(tmp_path, images, l
     assert not (tmp_path / "a").exists()
 
 
+def test_a_generator_is_refused_before_its_first_batch_is_taken(tmp_path):
+    from locallearn.training import train
+
+    batches = ((torch.randn(4, 1, 16, 16), torch.arange(4)) for _ in range(2))  # iterable once only
+    with pytest.raises(ValueError, match=r"^training data: an iterator or a generator can be iterated only once, "
+                                         r"and training goes over the data once per epoch; give a DataLoader or a "
+                                         r"list of batches\.$"):
+        train(sequential_cnn(in_channels=1, classes=4), batches, [(torch.randn(4, 1, 16, 16), torch.arange(4))],
+              out=tmp_path / "a", num_classes=4, method="greedy", num_modules=2, epochs=2, device="cpu",
+              log=lambda line: None)
+
+
 def test_training_from_python_on_a_dataloader_writes_the_same_run_directory(tmp_path, capsys):
     from torch.utils.data import DataLoader, TensorDataset
 

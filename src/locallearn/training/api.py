@@ -46,6 +46,14 @@ def train(
     ``options``: any option of ``locallearn train`` (method, num_modules, epochs, lr, optimizer, ...)."""
     if "num_classes" not in options:
         raise ValueError("num_classes: batches given from Python need num_classes=... (it is not read from the labels).")
+    for data in (train_data, test_data):
+        try:
+            once = iter(data) is data  # an iterator: one pass, and peeking at its first batch would lose that batch
+        except TypeError:
+            raise ValueError("training data: expected an iterable of (images, labels) batches, e.g. a DataLoader.") from None
+        if once:
+            raise ValueError("training data: an iterator or a generator can be iterated only once, and training "
+                             "goes over the data once per epoch; give a DataLoader or a list of batches.")
     try:
         images, labels = next(iter(train_data))
     except (StopIteration, TypeError, ValueError):

@@ -452,7 +452,9 @@ def train_one_epoch(
     if pending:  # data without a len(): the last steps are checked here
         check_finite(pending, first=i + 2 - len(pending), batches=i + 1)
     if not seen:
-        raise ValueError("training data: the epoch had no batch; give an iterable of (images, labels) batches.")
+        raise ValueError("training data: the epoch had no batch; give an iterable of (images, labels) batches that "
+                         "can be iterated once per epoch (a DataLoader or a list: an iterator or a generator is used up "
+                         "after one).")
     if on_cuda:
         torch.cuda.synchronize(device)
         peak_bytes = torch.cuda.max_memory_allocated(device)
