@@ -152,6 +152,10 @@ def seven_classes():
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 7)))
 
 
+def needs_depth(depth, num_classes=10):
+    raise AssertionError("never called: depth is not given")
+
+
 def grey_cnn():  # a model for one-channel images, with no in_channels parameter
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)))
 '''
@@ -205,6 +209,8 @@ def test_a_factory_of_your_own_trains_evaluates_and_resumes_from_the_command_lin
     ("my_models:not_a_module", "neither a Backbone nor an nn.Sequential"),
     ("my_models:raises", "model: my_models:raises(...) raised RuntimeError: boom inside factory (my_models.py, line "),
     ("my_models:seven_classes", "num_classes: the model's last unit gives 7 logits but the run has num_classes=10"),
+    ("my_models:needs_depth", "model: my_models:needs_depth cannot be called with num_classes (needs_depth() missing 1 "
+                              "required positional argument: 'depth'); give its other arguments with --model-kwargs"),
     ("broken:f", "model: importing 'broken' failed: SyntaxError: '(' was never closed (broken.py, line 2); fix the module"),
     ("fails:f", "model: importing 'fails' failed: ZeroDivisionError: division by zero (fails.py, line 1)"),
 ])

@@ -181,6 +181,10 @@ def create_model(name: str, **kwargs) -> Any:
     try:
         return factory(**kwargs)
     except Exception as err:  # the user's factory failed: say what and where, in one line
+        if isinstance(err, TypeError) and len(traceback.extract_tb(err.__traceback__)) == 1:  # the call itself
+            given = ", ".join(kwargs) or "no arguments"
+            raise ValueError(f"model: {name} cannot be called with {given} ({' '.join(str(err).split())}); give "
+                             f"its other arguments with --model-kwargs, or defaults.") from None
         module = sys.modules.get(getattr(factory, "__module__", ""), None)
         raise ValueError(f"model: {name}(...) raised {_where(err, getattr(module, '__file__', None))}; fix the "
                          f"factory.") from None
