@@ -161,6 +161,7 @@ def test_07_a_damaged_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, fi
     assert main(["eval", str(run), "--device", "cpu"]) == 2
     err = one_line(capsys)
     assert "checkpoint.pt is damaged" in err and "checkpoint.prev.pt holds the epoch before it" in err
+    assert f"`locallearn train --out {run} --resume` trains that epoch again from it, then eval works." in err
     moved = run / "checkpoint.moved"
     (run / "checkpoint.pt").rename(moved)  # missing, as after an interrupted write
     assert main(["eval", str(run), "--device", "cpu"]) == 2

@@ -52,7 +52,13 @@ def evaluate_run(
         raise ValueError(f"{run.path} holds no run (no {CONFIG}); give a directory written by `locallearn train`.")
     options = read_options(run.file(CONFIG))
     config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
-    checkpoint = run.load_checkpoint()
+    try:
+        checkpoint = run.load_checkpoint()
+    except ValueError as err:  # damaged: a resume retrains its epoch from the one before, where that is sound
+        if not run.file(PREVIOUS).is_file():
+            raise
+        raise ValueError(f"{str(err).rstrip('.')}; `locallearn train --out {run.path} --resume` trains that epoch "
+                         f"again from it, then eval works.") from None
     if checkpoint is None and run.file(PREVIOUS).is_file():
         raise ValueError(f"{run.path} has no {CHECKPOINT} (a write was interrupted), only {PREVIOUS}, of the epoch "
                          f"before; `locallearn train --out {run.path} --resume` continues the run from it.")
