@@ -183,8 +183,8 @@ def run_accuracy(
                     row.update(status="failed", reason=" ".join(str(err).split())[:300] or type(err).__name__)
             rows.append(row)
             say(f"[{i}/{len(cells)}] {cell.name}: " + (
-                f"test error {row['test_error']:.2f}%, {row['total_time_s']:.0f} s" if row["status"] == "ok"
-                else f"{row['status']}: {row['reason']}") + f" ({time.perf_counter() - start:.0f} s here)")
+                f"test error {row['test_error']:.2f}%, trained in {row['total_time_s']:.0f} s" if row["status"] == "ok"
+                else f"{row['status']}: {row['reason']}") + f" ({time.perf_counter() - start:.0f} s in this command)")
             progress.update(1)
     meta = environment(grid, command)
     if count == 1:  # a shard leaves the table to the --collect pass: shards would write the same files at once
