@@ -307,7 +307,7 @@ def test_12_bad_options_are_one_line(tmp_path, finished, capsys):
         (["--fault-timeout", "5"], "fault_timeout: --fault-timeout sets up the pipeline"),
         (["--epochs", "4", "--warmup-lr", "0.05"], "warmup_lr: --warmup-lr is where the warm-up starts, and this run "
                                                    "has no warm-up"),  # 10 warm-up epochs do not fit in 4
-        (["--epochs", "4", "--warmup-epochs", "1", "--warmup-lr", "5"], "warmup_lr=5 is above lr=0.1"),
+        (["--epochs", "4", "--warmup-epochs", "1", "--warmup-lr", "5"], "warmup_lr=5 is above lr=0.1; give a lower one."),
     ):
         cases.append(([*tiny, *extra], words))
     for argv, words in cases:

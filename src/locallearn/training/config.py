@@ -127,9 +127,6 @@ class OptimConfig:
             raise ValueError(f"momentum and nesterov apply to --optimizer sgd, not {self.optimizer}; drop them.")
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov: Nesterov momentum needs momentum > 0; pass --no-nesterov or a momentum.")
-        if self.warmup_used and self.warmup_lr > self.lr:
-            raise ValueError(f"warmup_lr: a warm-up rises from warmup_lr to the peak lr, but warmup_lr={self.warmup_lr:g} "
-                             f"is above lr={self.lr:g}; give a lower --warmup-lr, or --warmup-epochs 0.")
 
     @property
     def warmup_used(self) -> int:
@@ -465,12 +462,18 @@ def check_used(config: Config, given: Mapping[str, Any], *, python: bool = False
     """Refuse an option the user set that the run would not use: it would change nothing but config.yaml,
     whose reader would take it for part of the run. ``locallearn train`` checks its flags only: a config file
     (a preset with an overridden method, a run's own config.yaml, which records every option) and a stored
-    config are never refused for it. ``python``: the options of ``locallearn.training.train``, named so."""
+    config are never refused for it. ``python``: the options of ``locallearn.training.train``, named so. A
+    warm-up rate given above the peak rate is refused too (the default 0.01 is not: a small --lr with a
+    warm-up then starts above its peak, as it always has)."""
     for name, (applies, what, fix, python_fix) in _USED_BY.items():
         if given.get(name) is not None and not applies(config):
             spelled = f"{name}=..." if python else "--" + name.replace("_", "-")
             raise ValueError(f"{name}: {spelled} {what}, so it would change nothing but config.yaml; drop it, or "
                              f"{python_fix if python else fix}.")
+    optim = config.optim
+    if given.get("warmup_lr") is not None and optim.warmup_used and optim.warmup_lr > optim.lr:
+        raise ValueError(f"warmup_lr: a warm-up rises from warmup_lr to the peak lr, but warmup_lr={optim.warmup_lr:g} "
+                         f"is above lr={optim.lr:g}; give a lower one.")
 
 
 def load_config(config: str | None = None, **overrides: Any) -> Config:
