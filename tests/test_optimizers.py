@@ -57,12 +57,14 @@ def test_per_step_schedule_is_the_epoch_formula_over_steps():
     assert flat.at(3, 0) == flat.at(3, 9) == flat.epoch(3)
 
 
-def test_a_run_with_adamw_stepped_per_step(tmp_path):
+def test_a_run_with_adamw_stepped_per_step(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--limit-train", "64",
             "--limit-test", "32", "--batch-size", "16", "--device", "cpu", "--epochs", "2", "--optimizer", "adamw",
             "--lr", "0.001", "--schedule", "step", "--warmup-epochs", "1", "--out", str(out)]
     assert main(args) == 0
+    # the default warm-up rate, 0.01, is above this peak: accepted (as it always was), and said
+    assert "warm-up: from 0.01, above the peak lr 0.001, down to it" in capsys.readouterr().out
     state = RunDir(out).load_checkpoint()
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.05, 0.0]
     last = state["optimizer"]["param_groups"][0]["lr"]  # the rate of the last step: the cosine's, per step

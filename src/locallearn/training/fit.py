@@ -307,6 +307,10 @@ def derived(net: LocalNet, config: Config | None = None) -> list[str]:
     if net.lambda_schedule:
         lambdas = ", ".join(f"({xx:g}, {xy:g})" for xx, xy in net.lambda_schedule)
         lines.append(f"λ (reconstruction, task) per local module: {lambdas}; {net.lambda_source}")
+    if config is not None and config.optim.warmup_used and config.optim.warmup_lr > config.optim.lr:
+        optim = config.optim
+        lines.append(f"warm-up: from {optim.warmup_lr:g}, above the peak lr {optim.lr:g}, down to it (the default "
+                     f"warm-up rate; give a lower --warmup-lr for a warm-up that rises)")
     if config is not None and config.optim.warmup_epochs and not config.optim.warmup_used:
         optim = config.optim
         lines.append(f"warm-up: none — {_plural(optim.epochs, 'epoch')} {'leaves' if optim.epochs == 1 else 'leave'} "
