@@ -194,7 +194,7 @@ def test_explicit_cuts():
         (dict(num_modules=3, split=[[1, 7], [3, 0]]), "out of range"),
         (dict(num_modules=3, split=[[3, 0], [1, 2]]), "strictly increasing"),
         (dict(num_modules=3, split=[[1, 2], [1, 2]]), "strictly increasing"),
-        (dict(num_modules=3, split=[[4, 0], [1, 2]]), "out of range"),
+        (dict(num_modules=3, split=[[4, 0], [1, 2]]), "is the last unit, the classifier"),
         (dict(num_modules=4, split=[[1, 2], [3, 0]]), "give 3 cuts"),
         (dict(num_modules=3, split=["a", "b"]), "pair"),
         (dict(num_modules=18), "larger than the backbone's 17 units"),

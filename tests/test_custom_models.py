@@ -56,8 +56,10 @@ def test_cuts_name_units_by_index_and_k1_equals_plain_training():
     seq = sequential_cnn()
     net = ll.build(seq, method="greedy", num_modules=3, split=[1, 2], image_size=16)
     assert net.cuts == [1, 2] and [b - a for a, b in net.bounds] == [2, 1, 2]
-    with pytest.raises(ValueError, match=r"cut 4 is out of range; valid cuts are the units 0, 1, 2, 3"):
-        ll.build(sequential_cnn(), method="greedy", num_modules=2, split=[4], image_size=16)
+    for cut, why in ((7, "7 is out of range"), (4, "4 is the last unit, the classifier, after which no module is left"),
+                     ("stem", "'stem' names no unit")):
+        with pytest.raises(ValueError, match=rf"cut {why}; valid cuts are the units 0, 1, 2, 3"):
+            ll.build(sequential_cnn(), method="greedy", num_modules=2, split=[cut], image_size=16)
     torch.manual_seed(1)
     plain = sequential_cnn()
     e2e = ll.build(sequential_cnn(), method="e2e", image_size=16)

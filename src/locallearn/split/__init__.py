@@ -111,8 +111,10 @@ def ends_from_cuts(cuts: Sequence, keys: Sequence) -> list[int]:
         if pairs and not (isinstance(cut, (list, tuple)) and len(cut) == 2 and all(isinstance(c, int) for c in cut)):
             raise ValueError(f"split: each cut is a pair [stage, block] of integers, got {cut!r}.")
         if _key(cut) not in cuttable:
+            why = ("is the last unit, the classifier, after which no module is left" if _key(cut) == _key(keys[-1])
+                   else "names no unit" if isinstance(cut, str) else "is out of range")
             raise ValueError(
-                f"split: cut {cut!r} is out of range; valid cuts are the units {_span(cuttable)} (the classifier "
+                f"split: cut {cut!r} {why}; valid cuts are the units {_span(cuttable)} (the classifier "
                 f"cannot be cut after)."
             )
         ends.append(cuttable.index(_key(cut)))
