@@ -38,13 +38,13 @@ def build(model: str | _nn.Module, method: str = "contsup", **options: _Any) -> 
     auxiliary heads classify what the network does."""
     config = resolve_net(model, method, **options)
     given = "num_classes" in options or options.get("dataset") is not None
+    obj = model if isinstance(model, _nn.Module) else None
     rng = _torch.get_rng_state()
-    net = build_net(config, model if isinstance(model, _nn.Module) else None)
+    net = build_net(config, obj)
     width = tuple(net.output_shape)
     if not given and len(width) == 1 and width[0] != config.num_classes:  # built again as if num_classes were given
         _torch.set_rng_state(rng)
-        net = build_net(resolve_net(model, method, **options, num_classes=width[0]),
-                        model if isinstance(model, _nn.Module) else None)
+        net = build_net(resolve_net(model, method, **options, num_classes=width[0]), obj)
     elif given:
         check_logits(net)
     return net

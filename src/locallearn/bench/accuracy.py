@@ -139,10 +139,9 @@ def check_cell(cell: Cell, config: Config) -> None:
         return
     changed = differing_options(resolve(read_options(stored)), config, ignore=RESUMABLE_CHANGES)
     changed.sort(key=lambda change: change.split(" ", 1)[0] not in cell.options)
-    name = cell.name
     if changed:
         raise ValueError(
-            f"grid cell {name}: {stored.parent} holds a run with other options ({', '.join(changed[:3])}"
+            f"grid cell {cell.name}: {stored.parent} holds a run with other options ({', '.join(changed[:3])}"
             f"{', ...' if len(changed) > 3 else ''}); give this recipe another --out, or delete that one."
         )
 

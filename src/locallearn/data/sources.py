@@ -12,8 +12,8 @@ On-disk layout under ``root`` is exactly the official distribution:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path

@@ -214,7 +214,6 @@ _NET_HELP = {
     "image_mean": ("floats", "per-channel mean of the [0, 1] image, e.g. 0.5,0.5,0.5 (default: the dataset's)"),
     "image_std": ("floats", "per-channel std of the [0, 1] image (default: the dataset's)"),
     "lambdas": ("floats", "λxx_first,λxy_first,λxx_last,λxy_last of reconstruction (default: docs/methods.md §4's tables)"),
-    "lambda_source": ("str", "where the λ came from (recorded by the run; not usually set)"),
     "temperature": ("float", "temperature of the contrastive loss (default: 0.07)"),
     "activation_checkpointing": ("bool", "recompute activations in backward inside each module (default: the method's)"),
     "activation_segments": ("int", "recomputed segments per module under --activation-checkpointing (default: ≈√units)"),
@@ -256,10 +255,8 @@ _OTHER_HELP = {
 ALIASES = {"pretrained": ("str", "Hugging Face checkpoint (hub name or save_pretrained directory) to start from")}
 SECTION_OF = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 OPTIONS = tuple(SECTION_OF) + tuple(ALIASES)
-RECORDED = ("lambda_source",)  # written by a run into its config.yaml, read back from there; not a flag
-FLAGS: dict[str, tuple[str, str]] = {  # option → (flag kind, help)
-    name: value for name, value in {**_NET_HELP, **_OTHER_HELP, **ALIASES}.items() if name not in RECORDED
-}
+# option → (flag kind, help); lambda_source has none: runs record it in config.yaml and read it back
+FLAGS: dict[str, tuple[str, str]] = {**_NET_HELP, **_OTHER_HELP, **ALIASES}
 
 
 def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None, **more: Any) -> Config:
@@ -433,8 +430,7 @@ def requested_options(config: str | None, overrides: Mapping[str, Any]) -> tuple
     return values, name
 
 
-# Options that only some runs use: (applies to the run?, what the option is for, how to make it count).
-# option → (whether a run uses it, what it is and why this run does not use it, the fix as a flag of
+# Options that only some runs use: option → (whether a run uses it, what it is and why this run does not use it, the fix as a flag of
 # `locallearn train`, the fix as an option of locallearn.training.train)
 _USED_BY = {
     "lambdas": (lambda c: c.net.reconstruct and c.net.num_modules > 1, "weighs image reconstruction, which this run "

@@ -302,17 +302,16 @@ def provenance() -> list[str]:
 def derived(net: LocalNet, config: Config | None = None) -> list[str]:
     """What the build derived from the config, for config.yaml's header and the start log: the cuts, with
     reconstruction the λ schedule and where it came from (a table, or the documented default), and a warm-up
-    the run has no room for."""
+    that starts above the peak or that the run has no room for."""
     lines = [f"cuts: {net.describe()['cuts']}"]
     if net.lambda_schedule:
         lambdas = ", ".join(f"({xx:g}, {xy:g})" for xx, xy in net.lambda_schedule)
         lines.append(f"λ (reconstruction, task) per local module: {lambdas}; {net.lambda_source}")
-    if config is not None and config.optim.warmup_used and config.optim.warmup_lr > config.optim.lr:
-        optim = config.optim
-        lines.append(f"warm-up: from {optim.warmup_lr:g}, above the peak lr {optim.lr:g}, down to it (the default "
-                     f"warm-up rate; give a lower --warmup-lr for a warm-up that rises)")
-    if config is not None and config.optim.warmup_epochs and not config.optim.warmup_used:
-        optim = config.optim
+    optim = config.optim if config is not None else None
+    if optim is not None and optim.warmup_used and optim.warmup_lr > optim.lr:
+        lines.append(f"warm-up: from {optim.warmup_lr:g}, above the peak lr {optim.lr:g}, down to it (give a lower "
+                     f"--warmup-lr for a warm-up that rises)")
+    if optim is not None and optim.warmup_epochs and not optim.warmup_used:
         lines.append(f"warm-up: none — {_plural(optim.epochs, 'epoch')} {'leaves' if optim.epochs == 1 else 'leave'} "
                      f"no room for {_plural(optim.warmup_epochs, 'warm-up epoch')}, so the learning rate is a cosine "
                      f"from its peak")
