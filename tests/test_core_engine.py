@@ -200,3 +200,42 @@ def test_reconstruct_takes_the_image_size_from_the_backbone():
 def test_reconstruct_with_explicit_image_size():
     net = ll.build("resnet20", method="infopro", num_modules=2, split="uniform", image_size=32)
     assert net.objectives[0].image_decoder is not None
+
+
+def _flat(inplace: bool) -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(inplace=inplace),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(inplace=inplace),
+        torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)),
+    )
+
+
+@pytest.mark.parametrize(
+    "options, kept",
+    [
+        (dict(method="greedy"), None),
+        (dict(method="infopro"), None),
+        (dict(method="contsup", context="E"), None),  # module 1's input is not kept past its forward
+        (dict(method="contsup", context="R1"), "ContSup's context for the next boundaries"),
+        (dict(method="featrecon"), "feature reconstruction's target"),
+    ],
+)
+def test_a_unit_that_writes_its_kept_input_in_place_is_refused_and_a_harmless_one_changes_nothing(options, kept):
+    # units 2 and 5 (ReLU(inplace=True)) start modules 1 and 2: they overwrite the detached hand-off
+    images, labels = batch(n=4, size=16)
+    results = []
+    for inplace in (False, True):
+        net = ll.build(_flat(inplace), num_modules=3, split=[1, 4], image_size=16, **options)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        if inplace and kept:
+            with pytest.raises(ValueError, match=rf"^unit 2 changes its input in place .* kept as {kept}; make"):
+                ll.train_step(net, images, labels, optimizer)
+            net.eval()
+            if options.get("context") == "R1":  # inference keeps the context history too
+                with pytest.raises(ValueError, match="unit 2 changes its input in place"), torch.no_grad():
+                    net(images)
+            return
+        metrics = ll.train_step(net, images, labels, optimizer)
+        results.append({k: v.item() for k, v in metrics.items()})
+    assert results[0] == results[1]

@@ -70,6 +70,8 @@ class LocalNet(nn.Module):
         for part in [*local, *([self.context] if self.context is not None else [])]:
             backbone.init_auxiliary(part)  # the reference initialises what local learning adds like the backbone
 
+        self._kept_inputs = self._inputs_kept_after_forward()
+
         self.activation_segments = 0
         if config.activation_checkpointing:
             n = max(b - a for a, b in self.bounds)
@@ -99,20 +101,55 @@ class LocalNet(nn.Module):
         return ForwardState(image=images, labels=labels)
 
     def module_forward(self, k: int, x: torch.Tensor, state: ForwardState | None = None) -> torch.Tensor:
-        """Module k's units on its input ``x``; the outputs of tapped units are recorded in ``state.taps``."""
+        """Module k's units on its input ``x``; the outputs of tapped units are recorded in ``state.taps``.
+
+        What is kept past this forward shares storage with ``x`` (the image, ContSup's context history, a
+        feature-reconstruction target: detached views, no copies), so a unit that writes its input in place
+        would change it unseen; that is refused (``_check_unchanged``)."""
         a, b = self.bounds[k]
         units = list(self.backbone.units[a:b])
+        kept = [(x, a, self._kept_inputs[k])] if k in self._kept_inputs else []
+        watched = [(t, t._version, unit, why) for t, unit, why in kept]
         if state is not None and self._taps:
             while units and any(u in self._taps for u in range(a, b)):  # run up to the last tapped unit plainly
                 x = units.pop(0)(x)
                 if a in self._taps:
                     state.taps[a] = x.detach()  # shares storage with x: costs nothing
+                    watched.append((x, x._version, a + 1, "feature reconstruction's target"))
                 a += 1
         if units and self.activation_segments and self.training and torch.is_grad_enabled():
-            return _recomputed(units, x, self.activation_segments)
-        for unit in units:
-            x = unit(x)
+            x = _recomputed(units, x, self.activation_segments)
+        else:
+            for unit in units:
+                x = unit(x)
+        self._check_unchanged(watched)
         return x
+
+    def _check_unchanged(self, watched: list) -> None:
+        for tensor, version, unit, why in watched:
+            if tensor._version != version and unit < self.backbone.num_units:
+                name = show_cut(self.backbone.unit_keys[unit])
+                raise ValueError(
+                    f"unit {name!r} changes its input in place (an in-place first layer such as "
+                    f"nn.ReLU(inplace=True)), and that input is kept as {why}; make the layer out-of-place "
+                    f"(inplace=False), or cut the model elsewhere."
+                )
+
+    def _inputs_kept_after_forward(self) -> dict[int, str]:
+        """Module k → what keeps its input after its forward (words for the error), where something does."""
+        kept: dict[int, str] = {}
+        K = self.num_modules
+        for k in range(K):
+            objective = self.objectives[k]
+            if k == 0 and self.context is not None:
+                kept[k] = "the image ContSup's context encoders read"
+            elif 0 < k < K - 1 and self.context is not None and self.context.mode.depth > 0:
+                kept[k] = "ContSup's context for the next boundaries"
+            if getattr(objective, "feature_decoder", None) is not None and not objective.taps:
+                kept.setdefault(k, "feature reconstruction's target")
+        if any(getattr(o, "image_decoder", None) is not None for o in self.objectives):
+            kept.setdefault(0, "image reconstruction's target")
+        return kept
 
     def handoff(self, k: int, h: torch.Tensor, state: ForwardState) -> torch.Tensor:
         """The input of module k+1 from module k's output h.
