@@ -110,6 +110,35 @@ def test_a_nested_model_is_cut_at_named_submodules():
             ll.units(model, names)
     with pytest.raises(ValueError, match=r"units: 'again' is a module already given under another name"):
         ll.units(model, ["stem", ("again", model.stem), "body.a"])
+    for names, inner in ((["stem", "body.a", "body"], "'body.a' lies inside 'body'"),
+                         (["stem", "body", "body.b"], "'body.b' lies inside 'body'")):
+        with pytest.raises(ValueError, match=rf"^units: {inner}; give one or the other"):
+            ll.units(model, names)  # the inner unit would run twice and be trained by two modules
+    with pytest.raises(ValueError, match=r"no submodule 'body.c'; the children of 'body' are a, b\.$"):
+        ll.units(model, ["stem", "body.c"])
+    dotted = ll.build(seq, method="greedy", num_modules=2, split=["body.a"], image_size=16)  # the name as given
+    assert dotted.cuts == ["body_a"]
+
+
+def test_a_flat_sequential_of_layers_is_cut_only_where_there_are_feature_maps():
+    def flat():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                             nn.Conv2d(16, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    x, y = batch(3)
+    for method in ("greedy", "dgl", "infopro", "featrecon", "contsup"):
+        for split in ("auto", "balanced"):  # the cost model prices no cut after the flattening
+            net = ll.build(flat(), method=method, num_modules=3, split=split, image_size=16)
+            assert all(len(shape) == 3 for shape in net.boundary_shapes), (method, split)
+            ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
+    with pytest.raises(ValueError, match=r"^split: cut 7 outputs vectors \(32,\), and local objectives need feature "
+                                         r"maps \(C, H, W\) or tokens \(L, D\) at every cut; cut before the flattening"):
+        ll.build(flat(), method="greedy", num_modules=2, split=[7], image_size=16)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 32), nn.ReLU(), nn.Linear(32, 10))
+    with pytest.raises(ValueError, match=r"^split: cut \d outputs vectors"):
+        ll.build(mlp, method="dgl", num_modules=2, image_size=16)
 
 
 def test_units_that_do_not_chain_are_refused_naming_both():

@@ -53,6 +53,13 @@ class LocalNet(nn.Module):
         shapes = tuple(backbone.unit_shapes(image_size))
         self.boundary_shapes = [shapes[e] for e in self.ends]
         self.output_shape = shapes[-1]  # the last unit's (the logits' for a classifier), without the batch
+        for cut, shape in zip(self.cuts, self.boundary_shapes):
+            if len(shape) < 2:
+                raise ValueError(
+                    f"split: cut {show_cut(cut)!r} outputs vectors {tuple(shape)}, and local objectives need "
+                    f"feature maps (C, H, W) or tokens (L, D) at every cut; cut before the flattening or "
+                    f"pooling (or use --split with earlier units)."
+                )
         weights = lambda_schedule(config.lambdas, K) if config.reconstruct and K > 1 else [(1.0, 1.0)] * (K - 1)
         boundaries = [
             Boundary(index=k, units=(a, b - 1), out_shape=shapes[b - 1],

@@ -87,18 +87,28 @@ def units(model: nn.Module, names: Iterable[str | tuple[str, nn.Module]]) -> nn.
     before its ``fc``: ``("head", nn.Sequential(model.avgpool, nn.Flatten(), model.fc))``. Every parameter of
     ``model`` should belong to one unit; one that does not is not trained, and is refused."""
     chosen: "OrderedDict[str, nn.Module]" = OrderedDict()
+    given: dict[str, nn.Module] = {}  # the same modules under the names as given
     submodules = dict(model.named_modules())
     for item in names:
         name, module = item if isinstance(item, tuple) else (item, submodules.get(item))
         if module is None:
-            top = [n for n, _ in model.named_children()]
-            raise ValueError(f"units: {type(model).__name__} has no submodule {name!r}; its children are {', '.join(top)}.")
+            parent, owner = _deepest_parent(model, name, submodules)
+            children = [n for n, _ in owner.named_children()]
+            where = f"the children of {parent!r}" if parent else "its children"
+            raise ValueError(f"units: {type(model).__name__} has no submodule {name!r}; {where} are "
+                             f"{', '.join(children) or 'none'}.")
         key = name.replace(".", "_")  # a child's name may not hold a dot
         if key in chosen:
             raise ValueError(f"units: {name!r} is named twice.")
         if any(module is other for other in chosen.values()):
             raise ValueError(f"units: {name!r} is a module already given under another name; each unit once.")
+        for other_name, other in given.items():  # a unit inside another would run twice, trained by two modules
+            inner_outer = ((name, other_name) if any(m is module for m in other.modules()) else
+                           (other_name, name) if any(m is other for m in module.modules()) else None)
+            if inner_outer:
+                raise ValueError("units: {!r} lies inside {!r}; give one or the other, not both.".format(*inner_outer))
         chosen[key] = module
+        given[name] = module
     taken = {id(p) for m in chosen.values() for p in m.parameters()}
     left = [n for n, p in model.named_parameters() if id(p) not in taken]
     if left:
@@ -107,6 +117,16 @@ def units(model: nn.Module, names: Iterable[str | tuple[str, nn.Module]]) -> nn.
             f"submodule that holds them, or they would never be trained."
         )
     return nn.Sequential(chosen)
+
+
+def _deepest_parent(model: nn.Module, name: str, submodules: dict) -> tuple[str, nn.Module]:
+    """The longest dotted prefix of ``name`` that is a submodule of ``model`` ('' for the model itself)."""
+    parts = name.split(".")
+    for n in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in submodules:
+            return prefix, submodules[prefix]
+    return "", model
 
 
 def as_backbone(model: nn.Module, *, image_size: int | None, in_channels: int) -> Backbone:

@@ -124,6 +124,9 @@ def ends_from_cuts(cuts: Sequence, keys: Sequence) -> list[int]:
 
 
 def _key(cut):
+    """A cut as unit keys compare: a pair as a tuple; a dotted name as ``units`` keys it (dots → underscores)."""
+    if isinstance(cut, str):
+        return cut.replace(".", "_")
     return tuple(cut) if isinstance(cut, (list, tuple)) else cut
 
 

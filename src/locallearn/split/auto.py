@@ -175,6 +175,8 @@ def split_costs(config: NetConfig, backbone: Backbone) -> SplitCosts:
     context = context_cost(config.context, image)
 
     def start_bytes(boundary: int, e: int, p: int) -> float:
+        if outputs[e].dim() < 3:  # no cut after a unit that outputs vectors (LocalNet refuses one)
+            return math.inf
         held = _nbytes(outputs[e]) - input_term[e + 1]  # the hand-off, counted once
         source = tuple(outputs[p].shape[1:]) if p >= 0 else None  # ĥ of the previous boundary
         return (held + context(boundary, tuple(outputs[e].shape[1:]), source)) / BATCH
@@ -203,6 +205,8 @@ def objective_cost(
     by_shapes: dict[tuple, tuple[float, bool]] = {}
 
     def cost(i: int, j: int) -> float:
+        if len(unit_shapes[j]) < 2:  # a local module cannot end with vectors (LocalNet refuses the cut)
+            return math.inf
         if (i, j) not in by_module:
             boundary = Boundary(index=0, units=(i, j), out_shape=unit_shapes[j],
                                 in_shape=image_shape if i == 0 else unit_shapes[i - 1], image_shape=image_shape,
