@@ -181,7 +181,10 @@ def test_report_command_writes_under_runs(tmp_path, capsys, monkeypatch):
     assert main(["report", *map(str, sorted((tmp_path / "runs").iterdir()))]) == 0
     assert capsys.readouterr().out == captured.out
     assert main(["report", str(tmp_path / "nothing")]) == 2
-    assert "holds no run" in capsys.readouterr().err
+    assert "nothing does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "empty holds no run (no config.yaml)" in capsys.readouterr().err
 
 
 def test_a_run_without_a_finished_epoch_is_left_out_with_a_warning(tmp_path, capsys):

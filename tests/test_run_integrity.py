@@ -451,3 +451,56 @@ def test_runs_written_by_the_first_release_still_load_and_resume(tmp_path, capsy
     assert main(["train", "--out", str(run), "--resume"]) == 0
     resumed = torch.load(run / "checkpoint.pt", weights_only=True)
     assert resumed["epoch"] == 2 and resumed["format"] == 2
+
+
+# --- found by a user review: results lost, a stale summary, an edited config trusted ------------------------------
+def test_a_resume_with_results_but_no_checkpoint_is_refused_and_keeps_them(tmp_path, finished, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    (run / "checkpoint.pt").unlink()
+    (run / "checkpoint.prev.pt").unlink()
+    metrics = (run / "metrics.jsonl").read_text()
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    assert "holds results (metrics.jsonl, summary.json) but no checkpoint.pt to continue from" in one_line(capsys)
+    assert (run / "metrics.jsonl").read_text() == metrics and (run / "summary.json").is_file()
+
+
+def test_a_resume_that_rewinds_a_finished_run_removes_its_summary_and_report_marks_it(tmp_path, finished, capsys,
+                                                                                      monkeypatch):
+    from locallearn.training.runner import LocalRunner
+
+    run = copy_run(finished, tmp_path / "run")
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:1000])  # falls back to epoch 1
+
+    def stop(*args, **kwargs):
+        raise ValueError("stopped in epoch 2")
+
+    monkeypatch.setattr(LocalRunner, "train_epoch", stop)
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    assert "stopped in epoch 2" in capsys.readouterr().err
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and not (run / "summary.json").exists()
+    # a summary left beside fewer epochs (as a kill in the middle of that resume used to leave) is not finished
+    (run / "summary.json").write_text((finished / "summary.json").read_text())
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {run} |"))
+    assert "| 1/2* |" in row
+
+
+def test_eval_refuses_a_config_yaml_that_differs_from_the_checkpoints_options(tmp_path, finished, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    text = (run / "config.yaml").read_text()
+    assert "  lr: 0.1\n" in text and "  limit_test: 32\n" in text
+    (run / "config.yaml").write_text(text.replace("  lr: 0.1\n", "  lr: 0.5\n").replace("  limit_test: 32\n",
+                                                                                        "  limit_test: 300\n"))
+    assert main(["eval", str(run), "--device", "cpu"]) == 2
+    assert one_line(capsys).endswith(f"eval: {run}/checkpoint.pt was written with other options than {run}/config.yaml "
+                                     f"says: limit_test (32 → 300), lr (0.1 → 0.5); restore the run's own config.yaml.\n")
+
+
+def test_report_names_a_config_yaml_without_the_options_it_reads_and_a_missing_directory(tmp_path, finished, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text("\n".join(line for line in text.splitlines() if not line.startswith("  seed:")))
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 2
+    assert f"report: {run}/config.yaml lacks seed (edited or damaged)" in one_line(capsys)
+    assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "nowhere does not exist" in one_line(capsys)

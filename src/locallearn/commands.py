@@ -11,8 +11,16 @@ import locallearn
 from locallearn.config import NetConfig
 from locallearn.methods import METHODS
 from locallearn.net import build_net
-from locallearn.training.config import check_used, presets, read_options, requested_options, resolve
-from locallearn.training.fit import fit
+from locallearn.training.config import (
+    RESUMABLE_CHANGES,
+    check_used,
+    differing_options,
+    presets,
+    read_options,
+    requested_options,
+    resolve,
+)
+from locallearn.training.fit import fit, written_config
 from locallearn.training.report import write_report
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir
 from locallearn.training.runner import (
@@ -64,6 +72,11 @@ def evaluate_run(
                          f"before; `locallearn train --out {run.path} --resume` continues the run from it.")
     if checkpoint is None:
         raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
+    written = written_config(checkpoint, run.file(CHECKPOINT))
+    differing = differing_options(written, config, ignore=RESUMABLE_CHANGES) if written is not None else []
+    if differing:  # an edited config.yaml would rebuild another network, or test other data
+        raise ValueError(f"eval: {run.file(CHECKPOINT)} was written with other options than {run.file(CONFIG)} says: "
+                         f"{', '.join(differing)}; restore the run's own {CONFIG}.")
     torch_device = resolve_device(config.run.device)
     net = build_net(config.net)
     load_weights(net, checkpoint["model"], run.file(CHECKPOINT))

@@ -11,6 +11,7 @@ import os
 import platform
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -28,7 +29,17 @@ from locallearn.training.config import (
     resolve,
     resumed_config,
 )
-from locallearn.training.rundir import CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, RunDir, rng_state, set_rng_state
+from locallearn.training.rundir import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    CONFIG,
+    METRICS,
+    PREVIOUS,
+    SUMMARY,
+    RunDir,
+    rng_state,
+    set_rng_state,
+)
 from locallearn.training.runner import Launcher, NonFiniteLossError, SingleProcess, check_class_names
 from locallearn.training.schedule import Schedule
 from locallearn.version import __version__
@@ -85,6 +96,8 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
             record = {"run_id": run_id, "torch_threads": torch.get_num_threads()}
             run.write_config(dump_yaml({**record, **config.to_dict()}, header=provenance() + derived(runner.net, config)))
         run.write_metrics(history)  # drops any epoch logged after the checkpoint was taken
+        if len(history) < config.optim.epochs and run.finished:  # resumed from before the end: not finished now
+            run.file(SUMMARY).unlink()
     done = len(history)
     if launcher.share(done == config.optim.epochs and run.finished if launcher.is_main else None):
         log(f"{run.path} is already finished ({_plural(done, 'epoch')}); nothing to resume.")
@@ -158,6 +171,13 @@ def open_run(
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it over.")
     if resume and run.file(CONFIG).is_file():
+        results = [name for name in (METRICS, SUMMARY) if run.file(name).is_file() and run.file(name).stat().st_size]
+        if results and not any(run.file(name).is_file() for name in (CHECKPOINT, PREVIOUS)):
+            raise ValueError(
+                f"--resume: {run.path} holds results ({', '.join(results)}) but no {CHECKPOINT} to continue from, "
+                f"and starting again would replace them; keep them and train elsewhere (another --out), or "
+                f"start over with --overwrite."
+            )
         mapping = read_mapping(run.file(CONFIG))
         stored = flatten(mapping, str(run.file(CONFIG)))
         wanted = config.options() if requested is None else requested
@@ -200,9 +220,9 @@ def check_same_run(
             f"--resume: {where} belongs to another run than {run.file(CONFIG)} (run id {state['run_id'][:8]}… against "
             f"{run_id[:8]}…); start over with --overwrite."
         )
-    if state.get("format", CHECKPOINT_FORMAT) < CHECKPOINT_FORMAT or "config" not in state:
-        return []  # written by an earlier release, whose config form differs
-    written = resolve(flatten(state["config"], str(where)))
+    written = written_config(state, where)
+    if written is None:
+        return []
     differing = differing_options(written, config, ignore=RESUMABLE_CHANGES)
     if differing:
         raise ValueError(
@@ -211,6 +231,14 @@ def check_same_run(
         )
     runs_as = set(RESUMABLE_CHANGES) - {"out"}
     return differing_options(written, config, ignore=[k for k in config.options() if k not in runs_as])
+
+
+def written_config(state: dict[str, Any], where: Path) -> Config | None:
+    """The options checkpoint ``state`` (read from ``where``) was written with; None for a checkpoint of an
+    earlier release, whose config form differs."""
+    if state.get("format", CHECKPOINT_FORMAT) < CHECKPOINT_FORMAT or "config" not in state:
+        return None
+    return resolve(flatten(state["config"], str(where)))
 
 
 def check_single_process(config: Config) -> None:

@@ -146,6 +146,10 @@ class Table:
         return f"{' + '.join(models)}, {' + '.join(datasets)}"
 
 
+# the options a report reads from every run's config.yaml (all of them written since the first release)
+_READ = ("model", "dataset", "method", "num_modules", "context", "local_loss", "reconstruct", "split", "seed", "epochs")
+
+
 class NoEpochYet(ValueError):
     """A run stopped before its first epoch ended: nothing to report (``write_report`` leaves it out)."""
 
@@ -153,6 +157,8 @@ class NoEpochYet(ValueError):
 def load_run(path: Path) -> RunResult:
     """What the report needs from one run directory (summary.json, or metrics.jsonl while unfinished)."""
     run = RunDir(Path(path))
+    if not run.path.is_dir():
+        raise ValueError(f"report: {run.path} does not exist (or is not a directory); give run directories.")
     if not run.file(CONFIG).is_file():
         raise ValueError(f"report: {run.path} holds no run (no {CONFIG}).")
     history = run.read_metrics()
@@ -162,6 +168,10 @@ def load_run(path: Path) -> RunResult:
     if not history:
         raise NoEpochYet(f"report: {run.path} has no finished epoch yet; left out")
     config = read_options(run.file(CONFIG))
+    missing = [key for key in _READ if key not in config]
+    if missing:
+        raise ValueError(f"report: {run.file(CONFIG)} lacks {', '.join(missing)} (edited or damaged); restore it, "
+                         f"or leave the run out.")
     last = history[-1]
     best = max(r["test_acc"] for r in history)
     train_time = sum(r["train_time_s"] for r in history)
@@ -171,7 +181,7 @@ def load_run(path: Path) -> RunResult:
         test_error=100 * (1 - last["test_acc"]),
         best_error=100 * (1 - best),
         epochs_done=last["epoch"],
-        finished=run.finished,
+        finished=run.finished and last["epoch"] == config["epochs"],  # not a summary older than the metrics
         peak_memory_mb=max(r["peak_memory_mb"] for r in history),
         peak_memory_kind=last["peak_memory_kind"],
         train_time_s=train_time,
