@@ -295,14 +295,25 @@ def test_labels_beyond_the_classes_are_one_line_from_python(tmp_path):
     from locallearn.training import train
 
     x, y = torch.randn(8, 1, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1, 2, 7])
-    data = [(x, y)]
-    with pytest.raises(ValueError, match=r"^labels: batch 1 holds label 7 but the network has 4 classes \(labels "
-                                         r"0\.\.3\); give num_classes as the number of classes of the data\.$"):
-        train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "a", num_classes=4,
+    data, good = [(x, y)], [(x, y % 4)]
+    for where, train_data, test_data in (("training batch 1", data, good), ("test batch 1", good, data),
+                                         ("training batch 2", good + data, good), ("test batch 2", good, good + data)):
+        with pytest.raises(ValueError, match=rf"^labels: {where} holds label 7 but the network has 4 classes \(labels "
+                                             r"0\.\.3\); give num_classes as the number of classes of the data\.$"):
+            train(sequential_cnn(in_channels=1, classes=4), train_data, test_data, out=tmp_path / where, num_classes=4,
+                  method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
+    # the first batches are checked before an --overwrite clears the run it replaces
+    finished = tmp_path / "finished"
+    train(sequential_cnn(in_channels=1, classes=4), good, good, out=finished, num_classes=4, method="greedy",
+          num_modules=2, epochs=1, device="cpu", log=lambda line: None)
+    before = sorted(p.name for p in finished.iterdir())
+    with pytest.raises(ValueError, match=r"^labels: test batch 1 holds label 7"):
+        train(sequential_cnn(in_channels=1, classes=4), good, data, out=finished, overwrite=True, num_classes=4,
               method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
+    assert sorted(p.name for p in finished.iterdir()) == before
     with pytest.raises(ValueError, match=r"^num_classes: the model's last unit gives 4 logits but the run has "
                                          r"num_classes=5 \(the data's classes\); make the two agree"):
-        train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "b", num_classes=5,
+        train(sequential_cnn(in_channels=1, classes=4), good, good, out=tmp_path / "b", num_classes=5,
               method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
 
 
@@ -337,6 +348,28 @@ def test_batches_of_the_wrong_types_are_one_line_from_python(tmp_path, images, l
               num_classes=4, method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
     assert words in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "a").exists()
+
+
+def test_test_data_is_checked_like_the_training_data_before_training(tmp_path):
+    from locallearn.training import train
+
+    good = [(torch.randn(4, 1, 16, 16), torch.arange(4))]
+    cases = [
+        ([], "test data: it holds no batch; give at least one (images, labels) batch."),
+        ([{"image": torch.randn(4, 1, 16, 16), "label": torch.arange(4)}],
+         "test data: batches must be (images, labels) pairs, got a dict with keys image, label"),
+        ([(torch.randn(4, 1, 16, 16).double(), torch.arange(4))],
+         "test data: images are torch.float64 but the model computes in torch.float32; e.g. images.to(torch.float32)."),
+        ([(torch.randn(4, 3, 16, 16), torch.arange(4))], "test data: images of shape (3, 16, 16), the training data's "
+                                                         "(1, 16, 16); give both at the channels and size"),
+        ([(torch.randn(4, 1, 12, 12), torch.arange(4))], "test data: images of shape (1, 12, 12)"),
+    ]
+    for test_data, words in cases:
+        with pytest.raises(ValueError) as err:
+            train(sequential_cnn(in_channels=1, classes=4), good, test_data, out=tmp_path / "a", num_classes=4,
+                  method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
+        assert str(err.value).startswith(words) and "\n" not in str(err.value)
+        assert not (tmp_path / "a").exists()  # refused before anything is written
 
 
 def test_a_generator_is_refused_before_its_first_batch_is_taken(tmp_path):

@@ -27,7 +27,7 @@ from locallearn.net import LocalNet, build_net
 from locallearn.training.config import PYTHON_DATA, check_used, read_options, resolve
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
-from locallearn.training.runner import SingleProcess, load_weights
+from locallearn.training.runner import SingleProcess, label_error, load_weights
 
 
 def train(
@@ -46,28 +46,23 @@ def train(
     ``options``: any option of ``locallearn train`` (method, num_modules, epochs, lr, optimizer, ...)."""
     if "num_classes" not in options:
         raise ValueError("num_classes: batches given from Python need num_classes=... (it is not read from the labels).")
-    for data in (train_data, test_data):
+    for what, data in (("training data", train_data), ("test data", test_data)):
         try:
             once = iter(data) is data  # an iterator: one pass, and peeking at its first batch would lose that batch
         except TypeError:
-            raise ValueError("training data: expected an iterable of (images, labels) batches, e.g. a DataLoader.") from None
+            raise ValueError(f"{what}: expected an iterable of (images, labels) batches, e.g. a DataLoader.") from None
         if once:
-            raise ValueError("training data: an iterator or a generator can be iterated only once, and training "
+            raise ValueError(f"{what}: an iterator or a generator can be iterated only once, and training "
                              "goes over the data once per epoch; give a DataLoader or a list of batches.")
-    try:
-        images, labels = next(iter(train_data))
-    except (StopIteration, TypeError, ValueError):
-        raise ValueError("training data: expected an iterable of (images, labels) batches, e.g. a DataLoader.") from None
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"training data: images must be a (batch, channels, size, size) tensor, got "
-                         f"{getattr(images, 'shape', type(images).__name__)}.")
-    if not images.is_floating_point():
-        raise ValueError(f"training data: images must be floating point (normalised in your loader), got {images.dtype}; "
-                         "e.g. images.float() / 255, then the dataset's mean and std.")
-    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
-        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"training data: labels must be an int64 tensor of class indices, one per image "
-                         f"({images.shape[0]},), got {got}; e.g. labels.long().")
+    images, labels = first_batch(train_data, "training data", model)
+    test_images, test_labels = first_batch(test_data, "test data", model)
+    if test_images.shape[1:] != images.shape[1:]:
+        raise ValueError(f"test data: images of shape {tuple(test_images.shape[1:])}, the training data's "
+                         f"{tuple(images.shape[1:])}; give both at the channels and size the network takes.")
+    for where, batch_labels in (("training batch 1", labels), ("test batch 1", test_labels)):
+        error = label_error(batch_labels, options["num_classes"], where) if isinstance(options["num_classes"], int) else None
+        if error is not None:  # refused before an --overwrite clears the old run
+            raise error
     options.setdefault("in_channels", int(images.shape[1]))
     options.setdefault("image_size", int(images.shape[-1]))
     options.setdefault("batch_size", int(images.shape[0]))  # what the run records and says: the loader's
@@ -79,6 +74,37 @@ def train(
         check_used(config, options, python=True)
     launcher = SingleProcess(data=(train_data, test_data), model=model if isinstance(model, nn.Module) else None)
     return fit(config, resume=resume, overwrite=overwrite, log=log, launcher=launcher)
+
+
+def first_batch(data: Iterable, what: str, model: str | nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first (images, labels) batch of ``data``, checked: a (batch, channels, size, size) floating-point
+    tensor of the model's dtype (float32 unless the model object is in another) and int64 labels, one each."""
+    try:
+        batch = next(iter(data))
+    except StopIteration:
+        raise ValueError(f"{what}: it holds no batch; give at least one (images, labels) batch.") from None
+    if isinstance(batch, dict):
+        raise ValueError(f"{what}: batches must be (images, labels) pairs, got a dict with keys "
+                         f"{', '.join(map(str, batch))}; e.g. a collate_fn returning (batch['image'], batch['label']).")
+    try:
+        images, labels = batch
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}: expected an iterable of (images, labels) batches, e.g. a DataLoader.") from None
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"{what}: images must be a (batch, channels, size, size) tensor, got "
+                         f"{getattr(images, 'shape', type(images).__name__)}.")
+    param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    if not images.is_floating_point():
+        raise ValueError(f"{what}: images must be floating point (normalised in your loader), got {images.dtype}; "
+                         "e.g. images.float() / 255, then the dataset's mean and std.")
+    if images.dtype != dtype:
+        raise ValueError(f"{what}: images are {images.dtype} but the model computes in {dtype}; e.g. images.to({dtype}).")
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"{what}: labels must be an int64 tensor of class indices, one per image "
+                         f"({images.shape[0]},), got {got}; e.g. labels.long().")
+    return images, labels
 
 
 def load_net(run_dir: str | Path, *, model: nn.Module | None = None, map_location: str = "cpu") -> LocalNet:

@@ -427,14 +427,7 @@ def train_one_epoch(
                 try:
                     stats = train_step(net, images, labels, optimizer, autocast_dtype=autocast_dtype)
                 except IndexError as err:  # cross-entropy's "Target 7 is out of bounds": say what to fix
-                    classes = net.config.num_classes
-                    if labels.numel() and (labels.min() < 0 or labels.max() >= classes):
-                        raise ValueError(
-                            f"labels: batch {i + 1} holds label {int(labels.max() if labels.max() >= classes else labels.min())} "
-                            f"but the network has {classes} classes (labels 0..{classes - 1}); give num_classes as the "
-                            f"number of classes of the data."
-                        ) from None
-                    raise err
+                    raise label_error(labels, net.config.num_classes, f"training batch {i + 1}") or err from None
             if i == 0 and not on_cuda:
                 peak_bytes = meter.peak_bytes
             n = len(labels)
@@ -552,9 +545,24 @@ def evaluate(
             full = full or len(labels)
             with amp, eager_unless(len(labels) == full):
                 logits = net(images)
-            loss += torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum").double()
+            try:
+                loss += torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum").double()
+            except IndexError as err:
+                raise label_error(labels, logits.shape[1], f"test batch {seen // full + 1}") or err from None
             correct += (logits.argmax(dim=1) == labels).sum()
             seen += len(labels)
             progress.update(1)
             interrupt.check()
+    if not seen:
+        raise ValueError("test data: it holds no batch; give at least one test batch.")
     return {"test_acc": int(correct) / seen, "test_loss": float(loss) / seen}
+
+
+def label_error(labels: torch.Tensor, classes: int, where: str) -> ValueError | None:
+    """The one-line error for labels outside 0..classes−1 (cross-entropy's "Target 7 is out of bounds"),
+    or None when they are not what went wrong. The network's classes are the run's num_classes."""
+    if not labels.numel() or (labels.min() >= 0 and labels.max() < classes):
+        return None
+    label = int(labels.max() if labels.max() >= classes else labels.min())
+    return ValueError(f"labels: {where} holds label {label} but the network has {classes} classes (labels "
+                      f"0..{classes - 1}); give num_classes as the number of classes of the data.")
