@@ -504,3 +504,15 @@ def test_report_names_a_config_yaml_without_the_options_it_reads_and_a_missing_d
     assert f"report: {run}/config.yaml lacks seed (edited or damaged)" in one_line(capsys)
     assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
     assert "nowhere does not exist" in one_line(capsys)
+
+
+@pytest.mark.slow
+def test_a_reader_that_stops_reading_the_log_does_not_stop_the_run(tmp_path):
+    out = tmp_path / "run"  # `locallearn train ... | head -1`
+    proc = subprocess.Popen([sys.executable, "-m", "locallearn", "train", *TINY, "--epochs", "2", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stdout.readline().startswith("locallearn train: ")
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert proc.stderr.read() == ""
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2 and (out / "summary.json").is_file()

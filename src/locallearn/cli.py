@@ -283,10 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     run = args.pop("_run")
     options = {key: value for key, value in args.items() if not key.startswith("_")}
+    stdout, sys.stdout = sys.stdout, _OutlivesItsReader(sys.stdout)
     try:
         status = run(**options)
-    except BrokenPipeError:  # output piped into a reader that stopped (`locallearn list | head`): not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+    except BrokenPipeError:  # what was written past the wrapper (`locallearn list | head`): not an error
+        _to_devnull(stdout)
         return 0
     except (ValueError, OSError) as err:
         if not _other_rank():  # under torchrun every rank fails alike: rank 0 says it (a rank's own failure
@@ -296,4 +297,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not _other_rank():  # torchrun passes Ctrl-C to every rank: rank 0 says what is kept
             print(f"{PROG}: {str(err) or 'interrupted'}", file=sys.stderr)  # a bare KeyboardInterrupt has no text
         return 130
+    finally:
+        sys.stdout = stdout
     return int(status or 0)
+
+
+class _OutlivesItsReader:
+    """A command's standard output that outlives a reader who stops reading: `locallearn train ... | head -3`
+    shows three lines and the run goes on to its end (it used to stop in the middle with status 0); the
+    rest of the output goes to /dev/null."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            _to_devnull(self._stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            _to_devnull(self._stream)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _to_devnull(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null: no second error when Python flushes it again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError, AttributeError):  # a stream without a descriptor (a test's capture)
+        pass
