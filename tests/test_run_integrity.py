@@ -294,6 +294,10 @@ def test_12_bad_options_are_one_line(tmp_path, finished, capsys):
                   "unknown option 'width:8' for resnet20 (YAML needs a space after the colon: {width: 8})"))
     cases.append((["train", "--model", "resnet20", "--pretrained", "foo", "--out", str(tmp_path / "c")],
                   "(--pretrained applies to the models built by Hugging Face transformers, such as resnet50)"))
+    if not torch.backends.mps.is_available():  # a device torch knows but this machine lacks: not a traceback
+        cases.append((["train", "--model", "resnet20", "--device", "mps", "--out", str(tmp_path / "e")],
+                      "device: mps is not available on this machine; use --device cpu."))
+        cases.append((["eval", str(finished), "--device", "mps"], "device: mps is not available on this machine"))
     # an option the run would not use: refused, not recorded as if it were part of the run
     tiny = ["train", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--out", str(tmp_path / "d")]
     for extra, words in (
@@ -516,3 +520,17 @@ def test_a_reader_that_stops_reading_the_log_does_not_stop_the_run(tmp_path):
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
     assert proc.stderr.read() == ""
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2 and (out / "summary.json").is_file()
+
+
+def test_a_resume_removes_what_a_killed_writer_left_half_written(tmp_path, finished, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    (run / "checkpoint.pt").unlink()  # killed while writing epoch 2's checkpoint: its temporary is left
+    (run / "checkpoint.prev.pt").rename(run / "checkpoint.pt")
+    (run / ".checkpoint.pt.0123abcd.tmp").write_bytes(b"half a checkpoint")
+    (run / ".notes.txt.tmp").write_text("the user's own")
+    (run / "summary.json").unlink()
+    metrics = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(metrics[0] + "\n")
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert not (run / ".checkpoint.pt.0123abcd.tmp").exists() and (run / ".notes.txt.tmp").exists()
+    assert (run / "summary.json").is_file()

@@ -85,6 +85,8 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     runner = launcher.runner(config, run=run, resume=resume, log=log)  # data and network: checked first
     if clear and launcher.is_main:
         run.clear()  # only now that the new run's inputs are known to be good
+    elif resume and launcher.is_main:
+        run.remove_temporaries()  # a killed writer's half-written file
 
     state = runner.restore(run) if resume else None
     changed = check_same_run(config, run_id, state, run, runner.class_names) if state is not None else []

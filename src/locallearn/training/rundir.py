@@ -83,14 +83,19 @@ class RunDir:
         else: the directory may hold a user's own files."""
         for name in RUN_FILES:
             self.file(name).unlink(missing_ok=True)
-        if self.path.is_dir():
-            for leftover in self.path.glob(f".*{_TMP_SUFFIX}"):
-                if any(leftover.name.startswith(f".{name}.") for name in RUN_FILES):
-                    leftover.unlink(missing_ok=True)
+        self.remove_temporaries()
         if self.file(STAGES).is_dir() and not self.file(STAGES).is_symlink():
             shutil.rmtree(self.file(STAGES))
         else:
             self.file(STAGES).unlink(missing_ok=True)
+
+    def remove_temporaries(self) -> None:
+        """Remove what a process killed while writing one of the run's files left (``atomic_write``'s
+        temporaries); call it under the lock, which every writer holds."""
+        if self.path.is_dir():
+            for leftover in self.path.glob(f".*{_TMP_SUFFIX}"):
+                if any(leftover.name.startswith(f".{name}.") for name in RUN_FILES):
+                    leftover.unlink(missing_ok=True)
 
     # --- the lock -----------------------------------------------------------------------------------------
     @contextlib.contextmanager

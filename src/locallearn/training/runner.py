@@ -196,7 +196,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
+    if resolved.type == "cpu":
+        return resolved
+    backend = torch.backends.mps if resolved.type == "mps" else getattr(torch, resolved.type, None)  # torch.cuda, torch.xpu, ...
+    if not getattr(backend, "is_available", lambda: False)():
         raise ValueError(f"device: {device} is not available on this machine; use --device cpu.")
     return resolved
 
