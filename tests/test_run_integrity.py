@@ -308,6 +308,10 @@ def test_12_bad_options_are_one_line(tmp_path, finished, capsys):
         (["--activation-segments", "3"], "use --method checkpoint"),
         (["--pipeline-assign", "2,2"], "pipeline_assign: --pipeline-assign sets up the pipeline"),
         (["--method", "e2e", "--num-modules", "1", "--aux-head", "dgl"], "aux_head: --aux-head is a local module's"),
+        (["--method", "e2e", "--num-modules", "1", "--local-loss", "contrast"], "local_loss: --local-loss is the local "
+                                                                               "modules' loss, and this run trains one"),
+        (["--method", "checkpoint", "--num-modules", "1", "--reconstruct"], "reconstruct: --reconstruct is the local "
+                                                                            "modules' image reconstruction"),
         (["--fault-timeout", "5"], "fault_timeout: --fault-timeout sets up the pipeline"),
         (["--epochs", "4", "--warmup-lr", "0.05"], "warmup_lr: --warmup-lr is where the warm-up starts, and this run "
                                                    "has no warm-up"),  # 10 warm-up epochs do not fit in 4

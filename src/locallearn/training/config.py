@@ -438,8 +438,13 @@ _USED_BY = {
     "temperature": (lambda c: c.net.local_loss == "contrast" and c.net.num_modules > 1, "is the contrastive loss's, "
                     "and this run's local loss is not contrastive", "add --local-loss contrast",
                     "add local_loss='contrast'"),
-    "aux_head": (lambda c: c.net.num_modules > 1, "is a local module's head, and this run trains one module",
-                 "use a local method with --num-modules 2 or more", "use a local method with num_modules=2 or more"),
+    **{name: (applies, f"is {what}, and this run trains one module", "use a local method with --num-modules 2 or more",
+              "use a local method with num_modules=2 or more")
+       for name, applies, what in (
+           ("aux_head", lambda c: c.net.num_modules > 1, "a local module's head"),
+           ("local_loss", lambda c: c.net.num_modules > 1, "the local modules' loss"),
+           ("reconstruct", lambda c: c.net.num_modules > 1 or not c.net.reconstruct, "the local modules' image "
+            "reconstruction"))},
     "feature_weight": (lambda c: c.net.feature_decoder is not None, "weighs FeatRecon's feature reconstruction, "
                        "which this method does not do", "use --method featrecon", "use method='featrecon'"),
     "activation_segments": (lambda c: c.net.activation_checkpointing, "sets how activation checkpointing splits a "
