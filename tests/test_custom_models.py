@@ -395,9 +395,11 @@ def test_training_from_python_on_a_dataloader_writes_the_same_run_directory(tmp_
     test_data = DataLoader(TensorDataset(x[:32], y[:32]), batch_size=16)
     model = sequential_cnn(in_channels=1, classes=4)
     out = tmp_path / "mine"
+    lines = []
     summary = train(model, train_data, test_data, out=out, num_classes=4, method="contsup", num_modules=3, epochs=2,
-                    device="cpu", log=lambda line: None)
+                    device="cpu", log=lines.append)
     assert summary["epochs"] == 2 and 0 <= summary["test_acc"] <= 1
+    assert lines[-1].endswith(f"`locallearn.training.load_net('{out}', model=...)` loads its network")  # not eval
     run = RunDir(out)
     assert [r["epoch"] for r in run.read_metrics()] == [1, 2] and run.finished
     config = (out / "config.yaml").read_text()
@@ -411,7 +413,9 @@ def test_training_from_python_on_a_dataloader_writes_the_same_run_directory(tmp_
     # the command line says how to evaluate such a run, in one line
     assert main(["eval", str(out), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "given as a Python object" in err
+    assert err.count("\n") == 1 and "given as a Python object" in err and "load_net(run_dir, model=your_model)" in err
+    with pytest.raises(ValueError, match=r"load_net\(run_dir, model=your_model\)"):
+        load_net(out)
     with pytest.raises(ValueError, match="num_classes: batches given from Python need num_classes"):
         train(model, train_data, test_data, out=tmp_path / "x")
 

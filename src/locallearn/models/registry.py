@@ -172,7 +172,8 @@ def create_model(name: str, **kwargs) -> Any:
     if is_object_name(name):
         raise ValueError(
             f"model: {name} was given as a Python object and cannot be rebuilt from its name; build it again in "
-            f"Python (locallearn.build(your_model, ...)), or give a factory as package.module:factory."
+            f"Python and pass it (locallearn.training.load_net(run_dir, model=your_model)), or train from a factory "
+            f"(package.module:factory), which can be."
         )
     check_model_options(name, kwargs)
     if not is_import_path(name):

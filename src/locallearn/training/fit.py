@@ -16,10 +16,12 @@ from typing import Any, Callable
 
 import torch
 
+from locallearn.models.registry import is_object_name
 from locallearn.net import LocalNet
 from locallearn.provenance import git_revision
 from locallearn.training import interrupt
 from locallearn.training.config import (
+    PYTHON_DATA,
     RESUMABLE_CHANGES,
     Config,
     differing_options,
@@ -140,7 +142,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         return None
     summary = {**summarize(history, config=config, net=runner.net, parameters=parameters), **runner.summary(history)}
     run.write_summary(summary)
-    log_end(log, summary, run)
+    log_end(log, summary, run, config)
     return summary
 
 
@@ -392,12 +394,15 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def log_end(log: Log, summary: dict[str, Any], run: RunDir) -> None:
+def log_end(log: Log, summary: dict[str, Any], run: RunDir, config: Config) -> None:
     minutes, seconds = divmod(round(summary["total_time_s"]), 60)
     log(
         f"done: test accuracy {100 * summary['test_acc']:.2f}% after {_plural(summary['epochs'], 'epoch')} "
         f"(best {100 * summary['best_test_acc']:.2f}% at epoch {summary['best_epoch']}, selected on the test set), "
         f"{minutes} min {seconds} s, {summary['images_per_s']:.0f} img/s"
     )
-    log(f"results: {run.path}/ (summary.json, metrics.jsonl, config.yaml, checkpoint.pt); "
-        f"`locallearn eval {run.path}` re-evaluates it")
+    if is_object_name(config.net.model) or config.data.dataset == PYTHON_DATA:  # nothing on disk rebuilds them
+        again = f"`locallearn.training.load_net('{run.path}', model=...)` loads its network"
+    else:
+        again = f"`locallearn eval {run.path}` re-evaluates it"
+    log(f"results: {run.path}/ (summary.json, metrics.jsonl, config.yaml, checkpoint.pt); {again}")
