@@ -538,3 +538,14 @@ def test_a_resume_removes_what_a_killed_writer_left_half_written(tmp_path, finis
     assert main(["train", "--out", str(run), "--resume"]) == 0
     assert not (run / ".checkpoint.pt.0123abcd.tmp").exists() and (run / ".notes.txt.tmp").exists()
     assert (run / "summary.json").is_file()
+
+
+def test_a_damaged_summary_of_a_finished_run_is_made_again_by_a_resume(tmp_path, finished, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    text = (run / "summary.json").read_text()
+    (run / "summary.json").write_text(text[:50])
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "is already finished (2 epochs)" in out and "summary.json cannot be read (" in out
+    again, before = json.loads((run / "summary.json").read_text()), json.loads(text)
+    assert {k: v for k, v in again.items() if k != "versions"} == {k: v for k, v in before.items() if k != "versions"}

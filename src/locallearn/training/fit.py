@@ -103,12 +103,21 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         if len(history) < config.optim.epochs and run.finished:  # resumed from before the end: not finished now
             run.file(SUMMARY).unlink()
     done = len(history)
+    parameters = sum(p.numel() for p in runner.net.parameters())
     if launcher.share(done == config.optim.epochs and run.finished if launcher.is_main else None):
         log(f"{run.path} is already finished ({_plural(done, 'epoch')}); nothing to resume.")
         runner.close()
-        return run.read_summary() if launcher.is_main else None
+        if not launcher.is_main:
+            return None
+        try:
+            return run.read_summary()
+        except ValueError as err:  # damaged: it is made from the checkpoint's history, so make it again
+            summary = {**summarize(history, config=config, net=runner.net, parameters=parameters),
+                       **runner.summary(history)}
+            run.write_summary(summary)
+            log(f"warning: {err}; written again from the checkpoint's history.")
+            return summary
 
-    parameters = sum(p.numel() for p in runner.net.parameters())
     log_start(log, config, runner, run, parameters, done, changed)
     optim = config.optim
     schedule = Schedule(lr=optim.lr, epochs=optim.epochs, warmup_epochs=optim.warmup_epochs, warmup_lr=optim.warmup_lr,

@@ -165,7 +165,15 @@ class RunDir:
 
     def read_summary(self) -> dict[str, Any] | None:
         path = self.file(SUMMARY)
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            summary = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} cannot be read ({err})") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path} cannot be read (not a JSON object)")
+        return summary
 
     # --- checkpoints --------------------------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:
