@@ -549,3 +549,26 @@ def test_a_damaged_summary_of_a_finished_run_is_made_again_by_a_resume(tmp_path,
     assert "is already finished (2 epochs)" in out and "summary.json cannot be read (" in out
     again, before = json.loads((run / "summary.json").read_text()), json.loads(text)
     assert {k: v for k, v in again.items() if k != "versions"} == {k: v for k, v in before.items() if k != "versions"}
+
+
+def test_an_out_that_is_a_file_or_cannot_be_written_is_one_line(tmp_path, finished, capsys, monkeypatch):
+    (tmp_path / "a file").write_text("mine")
+    assert train(tmp_path / "a file") == 2
+    assert one_line(capsys).endswith("out: " + str(tmp_path / "a file") + " is a file, not a directory; choose "
+                                     "another --out.\n")
+    assert main(["report", str(finished), "--out", str(tmp_path / "a file")]) == 2
+    assert "out: " + str(tmp_path / "a file") + " is a file, not a directory" in one_line(capsys)
+    import errno
+
+    from locallearn.training import rundir
+
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(rundir.os, "open", read_only)
+    assert main(["train", "--out", str(finished), "--resume"]) == 2
+    assert f"{finished} cannot be written (read-only file system): a run directory holds" in one_line(capsys)

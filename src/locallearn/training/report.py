@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, read_options
-from locallearn.training.rundir import CONFIG, METRICS, RunDir
+from locallearn.training.rundir import CONFIG, METRICS, RunDir, refuse_file
 
 DEFAULT_OUT = Path("runs") / "report"  # runs/ is ignored by git: a report never dirties a checkout
 # Options that may differ inside a group: the seed, and what does not change the computation.
@@ -333,6 +333,7 @@ def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Repo
                          f"report: none of the {len(skipped)} runs has a finished epoch yet.")
     table = group_runs(runs)
     table.warnings[:0] = skipped
+    refuse_file(folder)
     folder.mkdir(parents=True, exist_ok=True)
     png = folder / "report.png"
     error_figure(table).savefig(png, dpi=120)

@@ -104,10 +104,18 @@ class RunDir:
         a second writer is refused in one line naming the holder's pid. A directory created only to hold the
         lock is removed again if nothing else was written into it."""
         created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
+        refuse_file(self.path)
         path = self.file(LOCK)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except (PermissionError, OSError) as err:
+                if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise
+                raise ValueError(f"{self.path} cannot be written ({err.strerror.lower()}): a run directory holds the "
+                                 f"run's lock and results; copy the run to a writable place, or choose another "
+                                 f"--out.") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
@@ -203,6 +211,12 @@ class RunDir:
             if log is not None:
                 log(f"warning: {err}; resuming from {previous.name} (epoch {state['epoch']}) instead.")
             return state
+
+
+def refuse_file(path: Path, option: str = "--out") -> None:
+    """A directory to write into must not be a file (``mkdir`` would say only "File exists")."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option.lstrip('-')}: {path} is a file, not a directory; choose another {option}.")
 
 
 def _read_pid(fd: int) -> str:
