@@ -202,6 +202,8 @@ def test_explicit_cuts():
         (dict(num_modules=4, split="stages"), r"resnet32 defines no stages split; its splits are paper, balanced, "
                                               r"auto, uniform or explicit cuts\.$"),
         (dict(num_modules=4, split="halves"), "valid splits are"),
+        (dict(num_modules=3, split="0,1"), r"or a YAML list of cuts: \[\[stage, block\], \.\.\.\] for the built-in "
+                                           r"backbones, \[0, 2\] \(unit indices or names\) for a model of your own\.$"),
         (dict(num_modules=0), "num_modules must be an integer >= 1"),
     ],
 )

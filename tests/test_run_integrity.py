@@ -382,8 +382,8 @@ def test_20_noise(tmp_path, finished, capsys, monkeypatch):
 
     lines = []
     log_end(lines.append, {"total_time_s": 3.0, "test_acc": 0.5, "epochs": 1, "best_test_acc": 0.5,
-                           "best_epoch": 1, "images_per_s": 10.0}, RunDir(tmp_path))
-    assert "after 1 epoch (" in lines[0]
+                           "best_epoch": 1, "images_per_s": 10.0}, RunDir(tmp_path), resolve({}))
+    assert "after 1 epoch (" in lines[0] and lines[1].endswith(f"`locallearn eval {tmp_path}` re-evaluates it")
     # errors are printed by rank 0 only under torchrun
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")

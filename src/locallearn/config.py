@@ -208,12 +208,16 @@ def _split(split: Any) -> str | tuple:
         if split not in SPLITS:
             raise ValueError(
                 f"split: unknown split {split!r}; valid splits are {', '.join(SPLITS.names())} "
-                f"or a list of [stage, block] cuts."
+                f"or a YAML list of cuts: {_CUTS}."
             )
         return split
     if isinstance(split, (list, tuple)):
         return tuple(tuple(c) if isinstance(c, (list, tuple)) else c for c in split)
-    raise ValueError(f"split: expected a name or a list of [stage, block] cuts, got {split!r}.")
+    raise ValueError(f"split: expected a name or a YAML list of cuts ({_CUTS}), got {split!r}.")
+
+
+# how cuts are written: the units the modules end with, by the backbone's unit keys
+_CUTS = "[[stage, block], ...] for the built-in backbones, [0, 2] (unit indices or names) for a model of your own"
 
 
 def _per_channel(name: str, value: Any, channels: int) -> tuple[float, ...] | None:
