@@ -162,6 +162,16 @@ def test_07_a_damaged_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, fi
     err = one_line(capsys)
     assert "checkpoint.pt is damaged" in err and "checkpoint.prev.pt holds the epoch before it" in err
     assert f"`locallearn train --out {run} --resume` trains that epoch again from it, then eval works." in err
+    spaced = copy_run(run, tmp_path / "my run")  # a hint is a command to copy: the path quoted for the shell
+    assert main(["eval", str(spaced), "--device", "cpu"]) == 2
+    assert f"`locallearn train --out '{spaced}' --resume` trains that epoch" in one_line(capsys)
+    prev = (spaced / "checkpoint.prev.pt").read_bytes()
+    (spaced / "checkpoint.prev.pt").write_bytes(prev[: len(prev) // 2])  # both damaged: no resume to suggest
+    assert main(["eval", str(spaced), "--device", "cpu"]) == 2
+    err = one_line(capsys)
+    assert f"{spaced}: checkpoint.pt and checkpoint.prev.pt are both damaged ({spaced}/checkpoint.prev.pt cannot" in err
+    assert err.endswith("no sound checkpoint is left, so the weights are lost (metrics.jsonl and summary.json still "
+                        "hold the results).\n") and "--resume" not in err
     moved = run / "checkpoint.moved"
     (run / "checkpoint.pt").rename(moved)  # missing, as after an interrupted write
     assert main(["eval", str(run), "--device", "cpu"]) == 2

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from locallearn.training.config import (
 )
 from locallearn.training.fit import fit, written_config
 from locallearn.training.report import write_report
-from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir
+from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir, load_state
 from locallearn.training.runner import (
     check_class_names,
     evaluate,
@@ -65,11 +66,17 @@ def evaluate_run(
     except ValueError as err:  # damaged: a resume retrains its epoch from the one before, where that is sound
         if not run.file(PREVIOUS).is_file():
             raise
-        raise ValueError(f"{str(err).rstrip('.')}; `locallearn train --out {run.path} --resume` trains that epoch "
+        try:
+            load_state(run.file(PREVIOUS))
+        except ValueError as second:
+            raise ValueError(f"{run.path}: {CHECKPOINT} and {PREVIOUS} are both damaged ({second}); no sound "
+                             f"checkpoint is left, so the weights are lost (metrics.jsonl and summary.json still "
+                             f"hold the results).") from None
+        raise ValueError(f"{str(err).rstrip('.')}; `locallearn train --out {shlex.quote(str(run.path))} --resume` trains that epoch "
                          f"again from it, then eval works.") from None
     if checkpoint is None and run.file(PREVIOUS).is_file():
         raise ValueError(f"{run.path} has no {CHECKPOINT} (a write was interrupted), only {PREVIOUS}, of the epoch "
-                         f"before; `locallearn train --out {run.path} --resume` continues the run from it.")
+                         f"before; `locallearn train --out {shlex.quote(str(run.path))} --resume` continues the run from it.")
     if checkpoint is None:
         raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
     written = written_config(checkpoint, run.file(CHECKPOINT))

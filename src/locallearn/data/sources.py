@@ -13,6 +13,7 @@ On-disk layout under ``root`` is exactly the official distribution:
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -218,7 +219,7 @@ def get_source(name: str) -> Source:
 
 
 def download_hint(name: str, root: Path | str) -> str:
-    download = f"`locallearn data download {name} --root {root}`"
+    download = f"`locallearn data download {name} --root {shlex.quote(str(root))}`"
     source = SOURCES.get(name) if name in SOURCES else None
     if source is None or source.debian is None:
         return f"get it with {download}"

@@ -9,6 +9,7 @@ import contextlib
 import math
 import os
 import platform
+import shlex
 import time
 import uuid
 from pathlib import Path
@@ -131,7 +132,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         except NonFiniteLossError as err:
             raise NonFiniteLossError(f"epoch {epoch}: {err}; training stopped and {kept}. {_DIVERGED}") from None
         except interrupt.Interrupted:
-            resume_hint = f"; `locallearn train --out {run.path} --resume` continues it" if epoch > 1 else ""
+            resume_hint = f"; `locallearn train --out {shlex.quote(str(run.path))} --resume` continues it" if epoch > 1 else ""
             raise interrupt.Interrupted(f"interrupted in epoch {epoch}: {kept}{resume_hint}.") from None
         if not math.isfinite(test["test_loss"]):  # a diverged network is never kept as a good state
             raise NonFiniteLossError(
@@ -411,7 +412,7 @@ def log_end(log: Log, summary: dict[str, Any], run: RunDir, config: Config) -> N
         f"{minutes} min {seconds} s, {summary['images_per_s']:.0f} img/s"
     )
     if is_object_name(config.net.model) or config.data.dataset == PYTHON_DATA:  # nothing on disk rebuilds them
-        again = f"`locallearn.training.load_net('{run.path}', model=...)` loads its network"
+        again = f"`locallearn.training.load_net({str(run.path)!r}, model=...)` loads its network"
     else:
-        again = f"`locallearn eval {run.path}` re-evaluates it"
+        again = f"`locallearn eval {shlex.quote(str(run.path))}` re-evaluates it"
     log(f"results: {run.path}/ (summary.json, metrics.jsonl, config.yaml, checkpoint.pt); {again}")
