@@ -582,3 +582,11 @@ def test_an_out_that_is_a_file_or_cannot_be_written_is_one_line(tmp_path, finish
     monkeypatch.setattr(rundir.os, "open", read_only)
     assert main(["train", "--out", str(finished), "--resume"]) == 2
     assert f"{finished} cannot be written (read-only file system): a run directory holds" in one_line(capsys)
+
+
+def test_a_wrong_value_in_a_config_file_is_named_with_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: '1'\nlr: 0.1\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "a")]) == 2
+    assert one_line(capsys).endswith(f"{bad}: epochs must be an integer from 1 to 100000, got '1'.\n")
+    assert not (tmp_path / "a").exists()

@@ -426,8 +426,23 @@ def requested_options(config: str | None, overrides: Mapping[str, Any]) -> tuple
         path = find_config(config)
         values = read_options(path)
         name = path.stem
+        _check_values(values, path, skip=overrides)
     values.update(overrides)
     return values, name
+
+
+def _check_values(values: Mapping[str, Any], path: Path, *, skip: Mapping[str, Any]) -> None:
+    """Each value of a config file against its option's own check, so that a wrong one is named with the file
+    it is in (the checks of ``resolve`` cannot say where a value came from). Values the flags replace are not
+    the run's, and are not checked."""
+    fields = {f.name: f for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        check_value = fields[key].metadata.get("check") if key in fields and key not in skip else None
+        if check_value is not None and value is not None:
+            try:
+                check_value(key, value)
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
 
 
 # Options that only some runs use: option → (whether a run uses it, what it is and why this run does not use it, the fix as a flag of
