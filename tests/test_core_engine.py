@@ -239,3 +239,16 @@ def test_a_unit_that_writes_its_kept_input_in_place_is_refused_and_a_harmless_on
         metrics = ll.train_step(net, images, labels, optimizer)
         results.append({k: v.item() for k, v in metrics.items()})
     assert results[0] == results[1]
+
+
+def test_an_optimizer_of_the_models_parameters_is_refused_naming_the_fix():
+    model = _flat(False)
+    net = ll.build(model, method="greedy", num_modules=3, split=[1, 4], image_size=16)
+    images, labels = batch(n=4, size=16)
+    with pytest.raises(ValueError, match=r"^optimizer: it does not hold \d+ trainable parameter\(s\) of module 0 "
+                                         r"\(its units, objective or context encoders\); build it from "
+                                         r"net.parameters\(\)"):
+        ll.train_step(net, images, labels, torch.optim.SGD(model.parameters(), lr=0.1))  # the heads are not in it
+    for p in net.objectives[0].parameters():
+        p.requires_grad_(False)  # frozen parameters need not be held
+    ll.train_step(net, images, labels, torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1))

@@ -88,6 +88,7 @@ def train_modules(
     Returns the per-module metrics (detached tensors) and the last module's detached output.
     """
     net.train()
+    check_optimizer(net, modules, optimizer)
     optimizer.zero_grad(set_to_none=True)
     objective = objective or (lambda k, x, s: module_objective(net, k, x, s))
     device = inputs.device.type
@@ -102,6 +103,21 @@ def train_modules(
         del loss
     optimizer.step()
     return metrics, h.detach()
+
+
+def check_optimizer(net: LocalNet, modules: range, optimizer: torch.optim.Optimizer) -> None:
+    """Refuse an optimizer that lacks trainable parameters of ``modules``: one made from the user's model
+    (``model.parameters()``) instead of the network's would leave the auxiliary heads, decoders and context
+    encoders untrained, silently. Costs a set of ids per step."""
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for k in modules:
+        missing = [p for p in net.module_parameters(k) if p.requires_grad and id(p) not in held]
+        if missing:
+            raise ValueError(
+                f"optimizer: it does not hold {len(missing)} trainable parameter(s) of module {k} (its units, "
+                f"objective or context encoders); build it from net.parameters(), the local network's (heads "
+                f"and encoders included), not from the model's."
+            )
 
 
 def time_modules(
