@@ -229,16 +229,35 @@ def test_a_unit_that_writes_its_kept_input_in_place_is_refused_and_a_harmless_on
         net = ll.build(_flat(inplace), num_modules=3, split=[1, 4], image_size=16, **options)
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
         if inplace and kept:
-            with pytest.raises(ValueError, match=rf"^unit 2 changes its input in place .* kept as {kept}; make"):
+            with pytest.raises(ValueError, match=rf"^unit 2 changes what it is given in place .* kept as {kept}; make"):
                 ll.train_step(net, images, labels, optimizer)
             net.eval()
             if options.get("context") == "R1":  # inference keeps the context history too
-                with pytest.raises(ValueError, match="unit 2 changes its input in place"), torch.no_grad():
+                with pytest.raises(ValueError, match="unit 2 changes what it is given in place"), torch.no_grad():
                     net(images)
+            with torch.inference_mode():  # no version counters to watch: it runs
+                net(images)
             return
         metrics = ll.train_step(net, images, labels, optimizer)
         results.append({k: v.item() for k, v in metrics.items()})
     assert results[0] == results[1]
+
+
+def test_the_unit_that_writes_a_kept_input_is_the_one_named_and_inference_mode_runs():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(  # unit 3 passes its input through; unit 4 writes it
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, padding=1),
+        torch.nn.Identity(), torch.nn.ReLU(inplace=True),
+        torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 10)),
+    )
+    net = ll.build(model, method="contsup", context="R1", num_modules=4, split=[0, 2, 4], image_size=16)
+    images, labels = batch(n=4, size=16)
+    with pytest.raises(ValueError, match=r"^unit 4 changes what it is given in place"):
+        ll.train_step(net, images, labels, torch.optim.SGD(net.parameters(), lr=0.1))
+    for method, options in (("contsup", dict(context="R1E")), ("infopro", {}), ("featrecon", {})):
+        default = ll.build("resnet20", method=method, num_modules=2, dataset="cifar10", **options).eval()
+        with torch.inference_mode():
+            assert default(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_an_optimizer_of_the_models_parameters_is_refused_naming_the_fix():

@@ -286,3 +286,19 @@ def test_a_relative_data_dir_is_saved_absolute_so_eval_works_from_anywhere(tmp_p
     assert f"data_dir: {tmp_path / 'work' / 'imgs'}" in (tmp_path / "work" / "run" / "config.yaml").read_text()
     monkeypatch.chdir(tmp_path)
     assert main(["eval", str(tmp_path / "work" / "run"), "--device", "cpu"]) == 0
+
+
+def test_a_run_whose_folder_moved_is_evaluated_and_resumed_from_the_new_place(tmp_path, capsys):
+    make_folder(tmp_path / "a")
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "a"), "--image-size", "8", "--model",
+            "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2", "--device",
+            "cpu", "--out", str(run)]
+    with ctrl_c_before_checkpoint(2):
+        assert main(args) == 130
+    (tmp_path / "a").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data-dir", str(tmp_path / "moved"), "--device", "cpu"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert main(["train", "--out", str(run), "--resume", "--data-dir", str(tmp_path / "moved")]) == 0
+    assert f"now with data_dir ('{tmp_path / 'a'}' → '{tmp_path / 'moved'}')" in capsys.readouterr().out

@@ -370,21 +370,25 @@ TRAIN = [
 
 def _report(path: str) -> None:
     Path(path, f"rank{os.environ['RANK']}").write_text(f"{os.environ.get('LOCALLEARN_TEST_VALUE')} {os.getcwd()} "
-                                                         f"{torch.get_num_threads()}")
+                                                         f"{torch.get_num_threads()} {torch.compiler.is_compiling()} "
+                                                         f"{torch._dynamo.config.disable}")
 
 
 @pytest.mark.slow
 def test_spawned_ranks_take_the_environment_directory_and_threads_of_the_call(tmp_path, monkeypatch):
     # the fork server starts with the first call; what the parent changes after must still reach the ranks
-    for value, threads in (("first", 1), ("second", 2)):
+    monkeypatch.delenv("TORCH_COMPILE_DISABLE", raising=False)
+    for value, threads, disable in (("first", 1, None), ("second", 2, None), ("third", 1, "1")):
         out = tmp_path / value
         out.mkdir()
         monkeypatch.setenv("LOCALLEARN_TEST_VALUE", value)
+        if disable:  # read by torch when it is imported: the ranks are spawned to see it
+            monkeypatch.setenv("TORCH_COMPILE_DISABLE", disable)
         monkeypatch.chdir(out)
         procs = spawn_local(_report, 2, str(out), threads=threads)
         assert _join(procs, 120) == [0, 0]
         for rank in (0, 1):
-            assert (out / f"rank{rank}").read_text() == f"{value} {out} {threads}"
+            assert (out / f"rank{rank}").read_text() == f"{value} {out} {threads} False {bool(disable)}"
 
 
 def _cli(argv):

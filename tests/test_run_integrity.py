@@ -480,6 +480,21 @@ def test_a_resume_with_results_but_no_checkpoint_is_refused_and_keeps_them(tmp_p
     assert main(["train", "--out", str(run), "--resume"]) == 2
     assert "holds results (metrics.jsonl, summary.json) but no checkpoint.pt to continue from" in one_line(capsys)
     assert (run / "metrics.jsonl").read_text() == metrics and (run / "summary.json").is_file()
+    (run / "summary.json").unlink()  # unfinished, two epochs logged: the checkpoints are lost all the same
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    assert "holds results (metrics.jsonl) but no checkpoint.pt" in one_line(capsys)
+    (run / "pipeline").mkdir()  # a pipeline's stage checkpoints are something to continue from
+    (run / "pipeline" / "stage0-epoch2.pt").write_bytes(b"")
+    from locallearn.training.fit import open_run
+
+    open_run(resolve({"out": str(run)}), resume=True, overwrite=False, requested={})  # not refused
+    # a kill between epoch 1's metrics and its checkpoint leaves one line and no checkpoint: it starts again
+    early = copy_run(finished, tmp_path / "early")
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "summary.json"):
+        (early / name).unlink()
+    (early / "metrics.jsonl").write_text(metrics.splitlines()[0] + "\n")
+    assert main(["train", "--out", str(early), "--resume"]) == 0
+    assert [json.loads(line)["epoch"] for line in (early / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_a_resume_that_rewinds_a_finished_run_removes_its_summary_and_report_marks_it(tmp_path, finished, capsys,

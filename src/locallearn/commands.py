@@ -79,7 +79,7 @@ def evaluate_run(
                          f"before; `locallearn train --out {shlex.quote(str(run.path))} --resume` continues the run from it.")
     if checkpoint is None:
         raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
-    written = written_config(checkpoint, run.file(CHECKPOINT))
+    written = written_config(checkpoint, run.file(CHECKPOINT), data_dir=config.data.data_dir)
     differing = differing_options(written, config, ignore=RESUMABLE_CHANGES) if written is not None else []
     if differing:  # an edited config.yaml would rebuild another network, or test other data
         raise ValueError(f"eval: {run.file(CHECKPOINT)} was written with other options than {run.file(CONFIG)} says: "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
+import weakref
 from typing import Callable
 
 import torch
@@ -108,7 +109,10 @@ def train_modules(
 def check_optimizer(net: LocalNet, modules: range, optimizer: torch.optim.Optimizer) -> None:
     """Refuse an optimizer that lacks trainable parameters of ``modules``: one made from the user's model
     (``model.parameters()``) instead of the network's would leave the auxiliary heads, decoders and context
-    encoders untrained, silently. Costs a set of ids per step."""
+    encoders untrained, silently. Checked once per optimizer, network and parameter groups' sizes."""
+    signature = (id(net), modules.start, modules.stop, tuple(len(group["params"]) for group in optimizer.param_groups))
+    if _checked.get(optimizer) == signature:
+        return
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for k in modules:
         missing = [p for p in net.module_parameters(k) if p.requires_grad and id(p) not in held]
@@ -118,6 +122,10 @@ def check_optimizer(net: LocalNet, modules: range, optimizer: torch.optim.Optimi
                 f"objective or context encoders); build it from net.parameters(), the local network's (heads "
                 f"and encoders included), not from the model's."
             )
+    _checked[optimizer] = signature
+
+
+_checked: "weakref.WeakKeyDictionary[torch.optim.Optimizer, tuple]" = weakref.WeakKeyDictionary()
 
 
 def time_modules(

@@ -111,35 +111,40 @@ class LocalNet(nn.Module):
         """Module k's units on its input ``x``; the outputs of tapped units are recorded in ``state.taps``.
 
         What is kept past this forward shares storage with ``x`` (the image, ContSup's context history, a
-        feature-reconstruction target: detached views, no copies), so a unit that writes its input in place
-        would change it unseen; that is refused (``_check_unchanged``)."""
+        feature-reconstruction target: detached views, no copies), so a unit that writes it in place would
+        change it unseen; that is refused, naming the unit (``_check_unchanged``). Inference tensors
+        (``torch.inference_mode``) have no version counter, and are not watched."""
         a, b = self.bounds[k]
         units = list(self.backbone.units[a:b])
-        kept = [(x, a, self._kept_inputs[k])] if k in self._kept_inputs else []
-        watched = [(t, t._version, unit, why) for t, unit, why in kept]
+        watched = [] if x.is_inference() or k not in self._kept_inputs else [(x, x._version, self._kept_inputs[k])]
         if state is not None and self._taps:
             while units and any(u in self._taps for u in range(a, b)):  # run up to the last tapped unit plainly
                 x = units.pop(0)(x)
+                self._check_unchanged(watched, a)
                 if a in self._taps:
                     state.taps[a] = x.detach()  # shares storage with x: costs nothing
-                    watched.append((x, x._version, a + 1, "feature reconstruction's target"))
+                    if not x.is_inference():
+                        watched.append((x, x._version, "feature reconstruction's target"))
                 a += 1
         if units and self.activation_segments and self.training and torch.is_grad_enabled():
             x = _recomputed(units, x, self.activation_segments)
+            self._check_unchanged(watched, range(a, b))
         else:
-            for unit in units:
+            for u, unit in enumerate(units, start=a):
                 x = unit(x)
-        self._check_unchanged(watched)
+                self._check_unchanged(watched, u)
         return x
 
-    def _check_unchanged(self, watched: list) -> None:
-        for tensor, version, unit, why in watched:
-            if tensor._version != version and unit < self.backbone.num_units:
-                name = show_cut(self.backbone.unit_keys[unit])
+    def _check_unchanged(self, watched: list, unit: int | range) -> None:
+        """Refuse a write into a watched tensor by ``unit`` (or one of the units of a range, run together)."""
+        for tensor, version, why in watched:
+            if tensor._version != version:
+                names = [repr(show_cut(self.backbone.unit_keys[u])) for u in ([unit] if isinstance(unit, int) else unit)]
+                who = f"unit {names[0]}" if len(names) == 1 else f"one of the units {', '.join(names)}"
                 raise ValueError(
-                    f"unit {name!r} changes its input in place (an in-place first layer such as "
-                    f"nn.ReLU(inplace=True)), and that input is kept as {why}; make the layer out-of-place "
-                    f"(inplace=False), or cut the model elsewhere."
+                    f"{who} changes what it is given in place (e.g. nn.ReLU(inplace=True) on a unit's input), and "
+                    f"that tensor is kept as {why}; make the layer out-of-place (inplace=False), or cut the model "
+                    f"elsewhere."
                 )
 
     def _inputs_kept_after_forward(self) -> dict[int, str]:

@@ -337,6 +337,9 @@ def _child(rank: int, world_size: int, port: int, threads: int, stderr_path: str
 
 
 _PRELOAD = ["torch", "torch._dynamo", "locallearn.cli"]  # what every rank imports; torch._dynamo: by torch.optim
+# variables torch and its libraries read when imported or loaded, and the fork server's at its start
+_READ_AT_IMPORT = ("TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "ATEN_", "ONEDNN_", "DNNL_", "CUDA_", "NCCL_", "GLOO_")
+_server_env: dict[str, str] | None = None
 
 
 def spawn_local(target, world_size: int, *args, threads: int = 1, stderr_dir: str | None = None) -> list:
@@ -347,10 +350,16 @@ def spawn_local(target, world_size: int, *args, threads: int = 1, stderr_dir: st
     Fresh processes, forked from multiprocessing's fork server rather than spawned: the server imports
     torch and locallearn once (it runs no tensor operation, so no thread pool is forked), and each rank
     starts from that state instead of importing them again, seconds per process. Each rank takes the
-    parent's environment as it is at this call."""
+    parent's environment as it is at this call; torch reads some variables when it is imported
+    (``TORCH_*``, ``OMP_*``, ...), so where one of those differs from when the server started, the ranks
+    are spawned instead, importing torch under the environment of now."""
     import multiprocessing
 
-    ctx = multiprocessing.get_context("forkserver")
+    global _server_env
+    now = {k: v for k, v in os.environ.items() if k.startswith(_READ_AT_IMPORT)}
+    if _server_env is None:
+        _server_env = now  # the fork server starts with this call's first rank
+    ctx = multiprocessing.get_context("forkserver" if now == _server_env else "spawn")
     ctx.set_forkserver_preload(_PRELOAD)
     port = free_port()
     env = dict(os.environ)

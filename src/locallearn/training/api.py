@@ -54,8 +54,9 @@ def train(
         if once:
             raise ValueError(f"{what}: an iterator or a generator can be iterated only once, and training "
                              "goes over the data once per epoch; give a DataLoader or a list of batches.")
-    images, labels = first_batch(train_data, "training data", model)
-    test_images, test_labels = first_batch(test_data, "test data", model)
+    amp = options.get("amp") not in (None, "none")  # under autocast, half-precision images are taken as they are
+    images, labels = first_batch(train_data, "training data", model, amp=amp)
+    test_images, test_labels = first_batch(test_data, "test data", model, amp=amp)
     if test_images.shape[1:] != images.shape[1:]:
         raise ValueError(f"test data: images of shape {tuple(test_images.shape[1:])}, the training data's "
                          f"{tuple(images.shape[1:])}; give both at the channels and size the network takes.")
@@ -76,9 +77,10 @@ def train(
     return fit(config, resume=resume, overwrite=overwrite, log=log, launcher=launcher)
 
 
-def first_batch(data: Iterable, what: str, model: str | nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def first_batch(data: Iterable, what: str, model: str | nn.Module, *, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The first (images, labels) batch of ``data``, checked: a (batch, channels, size, size) floating-point
-    tensor of the model's dtype (float32 unless the model object is in another) and int64 labels, one each."""
+    tensor of the model's dtype (float32 unless the model object is in another; with ``amp``, also float16 or
+    bfloat16) and int64 labels, one each."""
     try:
         batch = next(iter(data))
     except StopIteration:
@@ -98,7 +100,7 @@ def first_batch(data: Iterable, what: str, model: str | nn.Module) -> tuple[torc
     if not images.is_floating_point():
         raise ValueError(f"{what}: images must be floating point (normalised in your loader), got {images.dtype}; "
                          "e.g. images.float() / 255, then the dataset's mean and std.")
-    if images.dtype != dtype:
+    if images.dtype != dtype and not (amp and images.dtype in (torch.float16, torch.bfloat16)):
         raise ValueError(f"{what}: images are {images.dtype} but the model computes in {dtype}; e.g. images.to({dtype}).")
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
         got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__

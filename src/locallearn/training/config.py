@@ -507,7 +507,8 @@ def resumed_config(stored: Mapping[str, Any], requested: Mapping[str, Any], *, o
     """The config of a run being resumed: the stored options, with the options asked for now laid over them —
     which must not change anything (except ``RESUMABLE_CHANGES``). ``locallearn train --out RUN --resume``
     therefore needs no other flag, and repeating the original command works too."""
-    before = resolve(stored)
+    moved = {"data_dir": requested["data_dir"]} if requested.get("data_dir") is not None else {}
+    before = resolve({**stored, **moved})  # resolving an image folder's options reads it, where it is now
     after = resolve({**stored, **requested, "out": out})
     changed = differing_options(before, after, ignore=RESUMABLE_CHANGES)
     if changed:

@@ -38,6 +38,7 @@ from locallearn.training.rundir import (
     CONFIG,
     METRICS,
     PREVIOUS,
+    STAGES,
     SUMMARY,
     RunDir,
     rng_state,
@@ -185,8 +186,15 @@ def open_run(
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it over.")
     if resume and run.file(CONFIG).is_file():
+        # a checkpoint left: checkpoint.pt, the one before, or a pipeline's stage files. Without one, a run that
+        # logged more than its first epoch (a kill between an epoch's metrics and its checkpoint leaves one
+        # line) or finished has lost its checkpoints, and starting again would replace its results
         results = [name for name in (METRICS, SUMMARY) if run.file(name).is_file() and run.file(name).stat().st_size]
-        if results and not any(run.file(name).is_file() for name in (CHECKPOINT, PREVIOUS)):
+        logged = len(run.file(METRICS).read_bytes().splitlines()) if METRICS in results else 0
+        stages = run.file(STAGES).is_dir() and any(run.file(STAGES).glob("*.pt"))
+        if (logged > 1 or SUMMARY in results) and not stages and not any(
+            run.file(name).is_file() for name in (CHECKPOINT, PREVIOUS)
+        ):
             raise ValueError(
                 f"--resume: {run.path} holds results ({', '.join(results)}) but no {CHECKPOINT} to continue from, "
                 f"and starting again would replace them; keep them and train elsewhere (another --out), or "
@@ -234,7 +242,7 @@ def check_same_run(
             f"--resume: {where} belongs to another run than {run.file(CONFIG)} (run id {state['run_id'][:8]}… against "
             f"{run_id[:8]}…); start over with --overwrite."
         )
-    written = written_config(state, where)
+    written = written_config(state, where, data_dir=config.data.data_dir)
     if written is None:
         return []
     differing = differing_options(written, config, ignore=RESUMABLE_CHANGES)
@@ -243,16 +251,21 @@ def check_same_run(
             f"--resume: {where} was written with other options than {run.file(CONFIG)} says: {', '.join(differing)}; "
             f"restore the run's own {CONFIG}, or start over with --overwrite."
         )
-    runs_as = set(RESUMABLE_CHANGES) - {"out"}
-    return differing_options(written, config, ignore=[k for k in config.options() if k not in runs_as])
+    runs_as = set(RESUMABLE_CHANGES) - {"out", "data_dir"}
+    changes = differing_options(written, config, ignore=[k for k in config.options() if k not in runs_as])
+    stored_dir = state["config"].get("data", {}).get("data_dir")
+    if stored_dir is not None and stored_dir != config.data.data_dir:
+        changes.append(f"data_dir ({stored_dir!r} → {config.data.data_dir!r})")
+    return changes
 
 
-def written_config(state: dict[str, Any], where: Path) -> Config | None:
-    """The options checkpoint ``state`` (read from ``where``) was written with; None for a checkpoint of an
-    earlier release, whose config form differs."""
+def written_config(state: dict[str, Any], where: Path, *, data_dir: str) -> Config | None:
+    """The options checkpoint ``state`` (read from ``where``) was written with, the data where it is now
+    (``data_dir``: resolving an image folder's options reads the folder, which may have moved); None for a
+    checkpoint of an earlier release, whose config form differs."""
     if state.get("format", CHECKPOINT_FORMAT) < CHECKPOINT_FORMAT or "config" not in state:
         return None
-    return resolve(flatten(state["config"], str(where)))
+    return resolve({**flatten(state["config"], str(where)), "data_dir": data_dir})
 
 
 def check_single_process(config: Config) -> None:
