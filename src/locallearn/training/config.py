@@ -253,6 +253,7 @@ _OTHER_HELP = {
 }
 # Options that are not fields: ``pretrained`` is the backbone argument of the same name (net.model_kwargs).
 ALIASES = {"pretrained": ("str", "Hugging Face checkpoint (hub name or save_pretrained directory) to start from")}
+_FIELDS = {f.name: f for cls in SECTIONS.values() for f in dataclasses.fields(cls)}  # option → its dataclass field
 SECTION_OF = {f.name: name for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 OPTIONS = tuple(SECTION_OF) + tuple(ALIASES)
 # option → (flag kind, help); lambda_source has none: runs record it in config.yaml and read it back
@@ -435,9 +436,8 @@ def _check_values(values: Mapping[str, Any], path: Path, *, skip: Mapping[str, A
     """Each value of a config file against its option's own check, so that a wrong one is named with the file
     it is in (the checks of ``resolve`` cannot say where a value came from). Values the flags replace are not
     the run's, and are not checked."""
-    fields = {f.name: f for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
     for key, value in values.items():
-        check_value = fields[key].metadata.get("check") if key in fields and key not in skip else None
+        check_value = _FIELDS[key].metadata.get("check") if key in _FIELDS and key not in skip else None
         if check_value is not None and value is not None:
             try:
                 check_value(key, value)

@@ -44,7 +44,7 @@ from locallearn.training.rundir import (
     rng_state,
     set_rng_state,
 )
-from locallearn.training.runner import Launcher, NonFiniteLossError, SingleProcess, check_class_names
+from locallearn.training.runner import Launcher, NonFiniteLossError, Runner, SingleProcess, check_class_names
 from locallearn.training.schedule import Schedule
 from locallearn.version import __version__
 
@@ -114,8 +114,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         try:
             return run.read_summary()
         except ValueError as err:  # damaged: it is made from the checkpoint's history, so make it again
-            summary = {**summarize(history, config=config, net=runner.net, parameters=parameters),
-                       **runner.summary(history)}
+            summary = run_summary(history, config, runner, parameters)
             run.write_summary(summary)
             log(f"warning: {err}; written again from the checkpoint's history.")
             return summary
@@ -151,7 +150,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     runner.close()
     if not launcher.is_main:
         return None
-    summary = {**summarize(history, config=config, net=runner.net, parameters=parameters), **runner.summary(history)}
+    summary = run_summary(history, config, runner, parameters)
     run.write_summary(summary)
     log_end(log, summary, run, config)
     return summary
@@ -308,6 +307,11 @@ def epoch_record(epoch: int, lr: float, train: dict[str, Any], test: dict[str, A
         "peak_memory_kind": train["peak_memory_kind"],
         **{k: v for k, v in test.items() if k not in _TEST},
     }
+
+
+def run_summary(history: list[dict[str, Any]], config: Config, runner: Runner, parameters: int) -> dict[str, Any]:
+    """summary.json of a finished run: ``summarize``'s figures and the runner's own (a pipeline's ranks)."""
+    return {**summarize(history, config=config, net=runner.net, parameters=parameters), **runner.summary(history)}
 
 
 def summarize(history: list[dict[str, Any]], *, config: Config, net: LocalNet, parameters: int) -> dict:

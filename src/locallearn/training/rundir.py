@@ -110,7 +110,7 @@ class RunDir:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-            except (PermissionError, OSError) as err:
+            except OSError as err:
                 if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                     raise
                 raise ValueError(f"{self.path} cannot be written ({err.strerror.lower()}): a run directory holds the "
