@@ -246,6 +246,16 @@ def test_nothing_to_download_or_check(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
+def _stopped_in_epoch_2(data: Path, run: Path) -> list[str]:
+    """A 2-epoch run on the folder ``data``, stopped by Ctrl-C before epoch 2's checkpoint; its arguments."""
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(data), "--image-size", "8", "--model",
+            "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2", "--device",
+            "cpu", "--out", str(run)]
+    with ctrl_c_before_checkpoint(2):
+        assert main(args) == 130
+    return args
+
+
 def test_a_run_is_not_resumed_or_evaluated_on_other_classes(tmp_path, capsys):
     """The classes are saved with each checkpoint: a resume or an eval on a folder with other classes (label i
     would mean another class) is refused in one line."""
@@ -258,11 +268,7 @@ def test_a_run_is_not_resumed_or_evaluated_on_other_classes(tmp_path, capsys):
             (other / split / name).mkdir(parents=True)
             solid(colour).save(other / split / name / "x.png")
     run = tmp_path / "run"
-    args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "a"), "--image-size", "8", "--model",
-            "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2", "--device",
-            "cpu", "--out", str(run)]
-    with ctrl_c_before_checkpoint(2):
-        assert main(args) == 130
+    args = _stopped_in_epoch_2(tmp_path / "a", run)
     assert RunDir(run).load_checkpoint()["class_names"] == ["cat", "dog", "emu"]
     capsys.readouterr()
     other_args = [*args[:4], str(other), *args[5:]]
@@ -291,11 +297,7 @@ def test_a_relative_data_dir_is_saved_absolute_so_eval_works_from_anywhere(tmp_p
 def test_a_run_whose_folder_moved_is_evaluated_and_resumed_from_the_new_place(tmp_path, capsys):
     make_folder(tmp_path / "a")
     run = tmp_path / "run"
-    args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "a"), "--image-size", "8", "--model",
-            "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2", "--device",
-            "cpu", "--out", str(run)]
-    with ctrl_c_before_checkpoint(2):
-        assert main(args) == 130
+    _stopped_in_epoch_2(tmp_path / "a", run)
     (tmp_path / "a").rename(tmp_path / "moved")
     capsys.readouterr()
     assert main(["eval", str(run), "--data-dir", str(tmp_path / "moved"), "--device", "cpu"]) == 0
