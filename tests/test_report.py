@@ -189,7 +189,8 @@ def test_report_command_writes_under_runs(tmp_path, capsys, monkeypatch):
 
 def test_a_run_without_a_finished_epoch_is_left_out_with_a_warning(tmp_path, capsys):
     """`locallearn report runs/*` goes on past a run stopped in its first epoch, saying which; a finished run
-    whose metrics.jsonl is gone is an error, and a report of nothing but unstarted runs too."""
+    whose metrics.jsonl is gone is an error, and a report of nothing but unstarted runs too. A folder that
+    holds no run is left out the same way."""
     done = fake_run(tmp_path / "done", accs=[0.9], method="e2e")
     started = fake_run(tmp_path / "started", accs=[0.5], method="contsup", num_modules=2, finished=False)
     (started / "metrics.jsonl").unlink()
@@ -198,6 +199,11 @@ def test_a_run_without_a_finished_epoch_is_left_out_with_a_warning(tmp_path, cap
     assert f"report: {started} has no finished epoch yet; left out" in err
     assert main(["report", str(started), "--out", str(tmp_path / "report")]) == 2
     assert f"report: {started} has no finished epoch yet; left out: no run to report." in capsys.readouterr().err
+    (tmp_path / "bench").mkdir()  # `locallearn report runs/*` where runs/ also holds a benchmark's folder
+    assert main(["report", str(done), str(tmp_path / "bench"), "--out", str(tmp_path / "report")]) == 0
+    assert f"report: {tmp_path / 'bench'} holds no run (no config.yaml); left out" in capsys.readouterr().err
+    assert main(["report", str(started), str(tmp_path / "bench"), "--out", str(tmp_path / "report")]) == 2
+    assert "report: none of the 2 directories holds a run with a finished epoch." in capsys.readouterr().err
     (done / "metrics.jsonl").unlink()
     assert main(["report", str(done), "--out", str(tmp_path / "report")]) == 2
     assert "is finished but has no epochs in metrics.jsonl (missing or emptied)" in capsys.readouterr().err

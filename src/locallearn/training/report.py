@@ -150,8 +150,9 @@ class Table:
 _READ = ("model", "dataset", "method", "num_modules", "context", "local_loss", "reconstruct", "split", "seed", "epochs")
 
 
-class NoEpochYet(ValueError):
-    """A run stopped before its first epoch ended: nothing to report (``write_report`` leaves it out)."""
+class LeftOut(ValueError):
+    """A run stopped before its first epoch ended, or a directory that holds no run: nothing to report
+    (``write_report`` leaves it out, saying so, where other directories hold runs)."""
 
 
 def load_run(path: Path) -> RunResult:
@@ -160,13 +161,13 @@ def load_run(path: Path) -> RunResult:
     if not run.path.is_dir():
         raise ValueError(f"report: {run.path} does not exist (or is not a directory); give run directories.")
     if not run.file(CONFIG).is_file():
-        raise ValueError(f"report: {run.path} holds no run (no {CONFIG}).")
+        raise LeftOut(f"report: {run.path} holds no run (no {CONFIG}); left out")
     history = run.read_metrics()
     if not history and run.finished:
         raise ValueError(f"report: {run.path} is finished but has no epochs in {METRICS} (missing or emptied); "
                          f"restore it, or leave the run out.")
     if not history:
-        raise NoEpochYet(f"report: {run.path} has no finished epoch yet; left out")
+        raise LeftOut(f"report: {run.path} has no finished epoch yet; left out")
     config = read_options(run.file(CONFIG))
     missing = [key for key in _READ if key not in config]
     if missing:
@@ -323,14 +324,15 @@ def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Repo
     if not run_dirs:
         raise ValueError("report: give at least one run directory.")
     runs, skipped = [], []
-    for path in run_dirs:  # `report runs/*` goes on past a run stopped in its first epoch, saying so
+    for path in run_dirs:  # `report runs/*` goes on past a run stopped in its first epoch, or a folder of
+        # something else (runs/bench), saying so
         try:
             runs.append(load_run(path))
-        except NoEpochYet as err:
+        except LeftOut as err:
             skipped.append(str(err))
     if not runs:
         raise ValueError(f"{skipped[0]}: no run to report." if len(skipped) == 1 else
-                         f"report: none of the {len(skipped)} runs has a finished epoch yet.")
+                         f"report: none of the {len(skipped)} directories holds a run with a finished epoch.")
     table = group_runs(runs)
     table.warnings[:0] = skipped
     refuse_file(folder)
