@@ -252,3 +252,21 @@ def test_ctrl_c_says_interrupted_in_one_line_wherever_it_lands(monkeypatch, caps
     monkeypatch.setattr(cli, "build_parser", building)
     assert main(["list"]) == 130
     assert capsys.readouterr().err == "locallearn: interrupted\n"
+
+
+def test_ctrl_c_while_torch_imports_is_one_line_not_a_traceback():
+    """The console script imports locallearn.cli, which imports no torch (the package's exports load on first
+    use), so a Ctrl-C in the seconds torch takes to import lands in main: here torch's import is interrupted."""
+    code = (
+        "import sys\n"
+        "class Interrupt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Interrupt())\n"
+        "from locallearn.cli import main\n"
+        "assert 'torch' not in sys.modules\n"
+        "raise SystemExit(main(['list']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (130, "locallearn: interrupted\n")
