@@ -232,12 +232,16 @@ def test_10_inputs_that_scale_memory_are_bounded_and_the_schedule_is_not_stored(
 
 @pytest.mark.slow
 def test_11_ctrl_c_always_stops_and_says_what_is_kept(tmp_path):
-    for trial, delay in enumerate((0.0, 0.3, 0.9)):  # at various moments of epoch 2 (meter, step, evaluation)
+    # at various moments of epoch 2 (meter, step, evaluation); the last trial presses Ctrl-C twice, the second
+    # raising at once wherever it lands
+    for trial, (delay, presses) in enumerate(((0.0, 1), (0.3, 1), (0.9, 1), (0.3, 2))):
         out = tmp_path / f"run{trial}"
         proc = _start(out)
         _wait_for(out / "checkpoint.pt", proc)
         time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
+        for press in range(presses):
+            time.sleep(0.2 * press)  # apart: two signals before Python's handler runs are one
+            proc.send_signal(signal.SIGINT)
         try:
             stdout, stderr = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:

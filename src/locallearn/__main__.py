@@ -1,5 +1,5 @@
 """`python -m locallearn ...`: the same as the `locallearn` console script."""
 
-from locallearn.cli import main
+from locallearn.cli import console
 
-raise SystemExit(main())
+raise SystemExit(console())

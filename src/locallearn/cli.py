@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -300,6 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         sys.stdout = stdout
     return int(status or 0)
+
+
+def console() -> int:
+    """The console script and ``python -m locallearn``: ``main``, and once a Ctrl-C has stopped the command,
+    any further one ignored while the process exits (a second press during the seconds torch takes to shut
+    down ended it in a traceback and status -2, not 130)."""
+    status = main()
+    if status == 130:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return status
 
 
 class _OutlivesItsReader:

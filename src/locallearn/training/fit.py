@@ -123,30 +123,33 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     optim = config.optim
     schedule = Schedule(lr=optim.lr, epochs=optim.epochs, warmup_epochs=optim.warmup_epochs, warmup_lr=optim.warmup_lr,
                         per_step=optim.schedule == "step", steps_per_epoch=runner.steps_per_epoch)
-    for epoch in range(done + 1, config.optim.epochs + 1):
-        kept = f"the last good checkpoint (epoch {epoch - 1}) is kept in {run.path}" if epoch > 1 else "no checkpoint was written"
-        lr = schedule.epoch(epoch)
-        try:
-            train = runner.train_epoch(epoch, lambda step, e=epoch: schedule.at(e, step))
-            test = runner.evaluate()
-        except NonFiniteLossError as err:
-            raise NonFiniteLossError(f"epoch {epoch}: {err}; training stopped and {kept}. {_DIVERGED}") from None
-        except interrupt.Interrupted:
-            resume_hint = f"; `locallearn train --out {shlex.quote(str(run.path))} --resume` continues it" if epoch > 1 else ""
-            raise interrupt.Interrupted(f"interrupted in epoch {epoch}: {kept}{resume_hint}.") from None
-        if not math.isfinite(test["test_loss"]):  # a diverged network is never kept as a good state
-            raise NonFiniteLossError(
-                f"epoch {epoch}: the test loss is not finite ({test['test_loss']:.4g}); training stopped and {kept}. "
-                f"{_DIVERGED}"
-            )
-        record = epoch_record(epoch, lr, train, test)
-        history.append(record)
-        if launcher.is_main:
-            run.append_metrics(record)  # metrics first: the checkpoint is never ahead of metrics.jsonl
-        runner.save(run, {"format": CHECKPOINT_FORMAT, "run_id": run_id, "epoch": epoch, "rng": rng_state(),
-                          "config": config.to_dict(), "history": history, "class_names": runner.class_names})
-        compiled_now = config.run.compile and epoch == done + 1  # a process compiles in its first steps
-        log(epoch_line(record, config.optim.epochs) + ("  (time includes compiling)" if compiled_now else ""))
+    saved = done  # the epoch of the last checkpoint written
+    try:
+        for epoch in range(done + 1, config.optim.epochs + 1):
+            kept = _kept(run, saved)
+            lr = schedule.epoch(epoch)
+            try:
+                train = runner.train_epoch(epoch, lambda step, e=epoch: schedule.at(e, step))
+                test = runner.evaluate()
+            except NonFiniteLossError as err:
+                raise NonFiniteLossError(f"epoch {epoch}: {err}; training stopped and {kept}. {_DIVERGED}") from None
+            if not math.isfinite(test["test_loss"]):  # a diverged network is never kept as a good state
+                raise NonFiniteLossError(
+                    f"epoch {epoch}: the test loss is not finite ({test['test_loss']:.4g}); training stopped and {kept}. "
+                    f"{_DIVERGED}"
+                )
+            record = epoch_record(epoch, lr, train, test)
+            history.append(record)
+            if launcher.is_main:
+                run.append_metrics(record)  # metrics first: the checkpoint is never ahead of metrics.jsonl
+            runner.save(run, {"format": CHECKPOINT_FORMAT, "run_id": run_id, "epoch": epoch, "rng": rng_state(),
+                              "config": config.to_dict(), "history": history, "class_names": runner.class_names})
+            saved = epoch
+            compiled_now = config.run.compile and epoch == done + 1  # a process compiles in its first steps
+            log(epoch_line(record, config.optim.epochs) + ("  (time includes compiling)" if compiled_now else ""))
+    except KeyboardInterrupt:  # a stop Ctrl-C requested (acted on between batches), or a second Ctrl-C, where it landed
+        resume_hint = f"; `locallearn train --out {shlex.quote(str(run.path))} --resume` continues it" if saved else ""
+        raise interrupt.Interrupted(f"interrupted in epoch {saved + 1}: {_kept(run, saved)}{resume_hint}.") from None
     runner.close()
     if not launcher.is_main:
         return None
@@ -163,6 +166,11 @@ _DIVERGED = ("Check the data for non-finite values, or start the run again with 
 
 def _quiet(_: str) -> None:
     pass
+
+
+def _kept(run: RunDir, saved: int) -> str:
+    """What an interrupted or diverged run leaves, its last checkpoint being of epoch ``saved``."""
+    return f"the last good checkpoint (epoch {saved}) is kept in {run.path}" if saved else "no checkpoint was written"
 
 
 def _opened(config: Config, resume: bool, overwrite: bool, requested: dict[str, Any] | None) -> tuple:

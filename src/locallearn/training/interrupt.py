@@ -3,13 +3,16 @@
 Python delivers SIGINT as a ``KeyboardInterrupt`` raised wherever the main thread happens to be — inside a
 finalizer (``__del__``) it is printed as "Exception ignored" and lost, and the run goes on. So while a run
 trains, the first Ctrl-C only *requests* a stop, and the training and evaluation loops act on the request
-between two batches (``check``); a second Ctrl-C raises at once, as usual.
+between two batches (``check``); a second Ctrl-C raises at once, as usual. Where that lands in a finalizer,
+Python would print it as "Exception ignored" and drop it: it is dropped silently, and the first Ctrl-C's
+request stops the run at the next batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 from typing import Iterator
 
@@ -41,10 +44,16 @@ def stop_between_batches() -> Iterator[None]:
             raise KeyboardInterrupt
         _requested.set()
 
-    previous = signal.signal(signal.SIGINT, request)
+    def unraisable(info) -> None:  # the second Ctrl-C landed in a finalizer, which Python would print and
+        if not isinstance(info.exc_value, KeyboardInterrupt):  # drop: silent, as the stop request it followed
+            hook(info)  # is still pending, and stops the run at the next batch
+
+    previous, hook = signal.signal(signal.SIGINT, request), sys.unraisablehook
+    sys.unraisablehook = unraisable
     _requested.clear()
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = hook
         _requested.clear()
