@@ -31,6 +31,17 @@ def test_bench_compares_auxiliary_heads(tmp_path):
     assert rows[2]["peak_activation_bytes"] > rows[1]["peak_activation_bytes"]  # the wider head keeps more
 
 
+def test_a_configuration_that_cannot_train_at_a_batch_size_is_skipped_and_the_grid_goes_on(tmp_path):
+    """DGL's heads hold a BatchNorm1d, which cannot normalise one image: the row says so (it used to stop the
+    grid with torch's error and write nothing)."""
+    argv = ["bench", "memory", *GRID, "--methods", "dgl", "--num-modules", "2", "--batch-sizes", "1,2"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "memory.json").read_text())["rows"]
+    assert [(r["method"], r["batch_size"], r["status"]) for r in rows] == [
+        ("e2e", 1, "ok"), ("dgl", 1, "skipped"), ("e2e", 2, "ok"), ("dgl", 2, "ok")]
+    assert "BatchNorm1d at objectives.0.head.mlp.1" in rows[1]["reason"] and "--batch-sizes of 2" in rows[1]["reason"]
+
+
 def test_bench_speed_runs(tmp_path):
     assert main(["bench", "speed", *GRID, "--rounds", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "speed.json").read_text())["rows"]

@@ -187,11 +187,15 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         (["train", "--config", "no/such/preset"], "no file or preset named"),
         (["eval", str(tmp_path)], "holds no run"),
         (["train", "--limit-train", "1", "--out", str(tmp_path / "a")], "limit_train must be an integer >= 2, got 1"),
+        (["train", "--method", "dgl", "--batch-size", "1", "--out", str(tmp_path / "a")],
+         "(BatchNorm1d at objectives.0.head.mlp.1), which needs at least 2 images per training batch, not 1; give "
+         "--batch-size 2 or more."),
     ]
     for argv, words in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("locallearn: error: ") and err.count("\n") == 1 and words in err, err
+    assert not (tmp_path / "a").exists()  # refused before the run directory is written
     for argv, words in (
         (["train", "--epochs", "many"], "invalid int value"),
         (["train", "--bogus"], "unrecognized"),

@@ -311,6 +311,17 @@ def check_logits(net: LocalNet) -> None:
         )
 
 
+def check_batch(net: LocalNet, batch_size: int, fix: str = "give --batch-size 2 or more") -> None:
+    """A network with a BatchNorm1d (DGL's heads, a user's classifier) cannot train on one image at a time:
+    BatchNorm normalises each feature over the batch, and one value per feature has no spread; refused
+    before anything is written, instead of failing in the first step."""
+    if batch_size < 2:
+        where = next((name for name, m in net.named_modules() if isinstance(m, nn.BatchNorm1d)), None)
+        if where is not None:
+            raise ValueError(f"batch_size: the network normalises features over the batch (BatchNorm1d at {where}), "
+                             f"which needs at least 2 images per training batch, not {batch_size}; {fix}.")
+
+
 def build_net(config: NetConfig, model: nn.Module | None = None) -> LocalNet:
     """The network of ``config``. ``model``: a model object to cut (a ``Backbone`` or an ``nn.Sequential``);
     by default the model ``config.model`` names, built from its factory with ``model_kwargs`` and whichever of

@@ -34,6 +34,7 @@ import locallearn
 from locallearn.version import __version__
 from locallearn.bench.grid import REFERENCE, BenchConfig, GridSpec
 from locallearn.memory import CudaPeakMeter, StepMemoryMeter
+from locallearn.net import check_batch
 from locallearn.engine import train_step
 from locallearn.provenance import git_revision
 from locallearn.training.runner import compile_parts
@@ -123,6 +124,7 @@ def build_case(config: BenchConfig, options: RunOptions, row: dict) -> _Case:
     device = torch.device(options.device)
     torch.manual_seed(options.seed)
     net = locallearn.build(config.model, config.method, **config.build_options()).to(device)
+    check_batch(net, config.batch_size, "give --batch-sizes of 2 or more")
     row["cuts"] = net.describe()["cuts"]
     row["parameters"] = sum(p.numel() for p in net.parameters())
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)

@@ -44,7 +44,7 @@ from locallearn.distributed.pipeline import (
     stage_parts,
     stage_state_keys,
 )
-from locallearn.net import LocalNet, build_net, check_logits
+from locallearn.net import LocalNet, build_net, check_batch, check_logits
 from locallearn.training.config import Config, parse_assign, read_mapping, resolve
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CONFIG, RunDir, load_state, save_state, seed_everything
@@ -112,6 +112,7 @@ class PipelineRunner:
         seed_everything(config.run.seed)
         self.net = net = build_net(config.net).to(env.device)
         check_logits(net)
+        check_batch(net, config.optim.batch_size)
         self.stage_dir = run.path / STAGE_DIR
         self.log = log
         # this run's id (config.yaml, on rank 0's file system): stage files of another run are never taken

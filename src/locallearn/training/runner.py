@@ -30,7 +30,7 @@ from torch import nn
 from locallearn.data import BatchLoader, describe_dataset, load_split
 from locallearn.engine import train_step
 from locallearn.memory import StepMemoryMeter
-from locallearn.net import LocalNet, build_net, check_logits, old_parameter_order
+from locallearn.net import LocalNet, build_net, check_batch, check_logits, old_parameter_order
 from locallearn.training import interrupt
 from locallearn.training.config import PYTHON_DATA, Config, OptimConfig
 from locallearn.training.progress import Progress
@@ -116,6 +116,8 @@ class LocalRunner:
         seed_everything(config.run.seed)
         self.net = build_net(config.net, model).to(self.device)
         check_logits(self.net)
+        check_batch(self.net, config.optim.batch_size, "give --batch-size 2 or more" if data is None else
+                    "give batches of 2 or more images")
         if config.run.channels_last:
             to_channels_last(self.net)
         self.optimizer = make_optimizer(self.net, config.optim)
