@@ -18,7 +18,7 @@ import torch
 import locallearn as ll
 from locallearn.distributed import comm
 from locallearn.distributed.assign import assign_modules, check_layout, parse_assign, partition
-from locallearn.distributed.launch import init_distributed, join_local, run_guarded, shutdown, spawn_local
+from locallearn.distributed.launch import free_port, init_distributed, join_local, run_guarded, shutdown, spawn_local
 from locallearn.distributed.pipeline import (
     Layout,
     PipelineStage,
@@ -436,6 +436,27 @@ def test_ctrl_c_of_a_pipeline_run_is_said_once_by_rank_0(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("locallearn: interrupted in epoch "), said[0]
     assert "is kept in" in lines[0] and "--resume` continues it" in lines[0]
     assert "locallearn" not in said[1] and "Traceback" not in said[0] + said[1], said
+
+
+@pytest.mark.slow
+def test_an_error_under_torchrun_is_said_by_rank_0_before_torchrun_stops_it(tmp_path):
+    """torchrun's agent stops every rank once one has exited: the other ranks wait for rank 0 to print the error
+    (rank 0 used to wait for them first, as the store's host it is not under torchrun, and was stopped before
+    it printed: the user saw torchrun's report and no reason)."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "pipe"
+    run.mkdir()
+    (run / "summary.json").write_text("{}")  # a finished run: refused after the ranks have met
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                str(free_port()), "-m", "locallearn"]
+    proc = subprocess.run([*torchrun, *TRAIN, "--out", str(run)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    said = [line for line in proc.stderr.splitlines() if line.startswith("locallearn:")]
+    assert proc.returncode != 0 and said == [
+        f"locallearn: error: {run} already holds a finished run; pass --overwrite to replace it, or choose another "
+        f"--out."], proc.stderr
 
 
 @pytest.mark.slow

@@ -254,6 +254,27 @@ def test_11_ctrl_c_always_stops_and_says_what_is_kept(tmp_path):
         assert "Exception ignored" not in stderr and "Traceback" not in stderr
 
 
+@pytest.mark.slow
+def test_11b_a_run_stopped_in_its_first_epoch_is_started_over_by_the_same_command(tmp_path, capsys):
+    """Nothing of it is kept (no checkpoint, no epoch), so the same command starts it again instead of
+    refusing the directory as an unfinished run; one with a finished epoch is still refused."""
+    out = tmp_path / "run"
+    proc = _start(out, epochs=1)
+    _wait_for(out / "metrics.jsonl", proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == ("locallearn: interrupted in epoch 1: no checkpoint was written; the "
+                                               "same command starts it over.")
+    assert RunDir(out).untrained
+    argv = ["train", *TINY, "--limit-train", "256", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 0 and RunDir(out).finished
+    (out / "summary.json").unlink()
+    (out / "checkpoint.pt").unlink()
+    assert not RunDir(out).untrained  # an epoch in metrics.jsonl
+    assert main(argv) == 2 and "already holds an unfinished run" in capsys.readouterr().err
+
+
 # --- tracebacks turned into one line -------------------------------------------------------------------------
 def test_12_another_network_missing_keys_and_wrong_shapes_are_one_line(tmp_path, finished, capsys):
     run = copy_run(finished, tmp_path / "run")

@@ -203,10 +203,16 @@ class Watchdog:
 
     # --- the thread ----------------------------------------------------------------------------------------
     def linger(self) -> None:
-        """Rank 0 hosts the store when started without torchrun: before it exits, give every other rank
-        time to read the failure there (two polling intervals)."""
-        if self.rank == 0:
-            time.sleep(2 * self.interval_s + 0.5)
+        """Before this rank exits on a failure, give the others time (two polling intervals). Rank 0, where it
+        hosts the store (started without torchrun), waits so that every other rank can read the failure there.
+        Under torchrun, whose agent stops every rank once one has exited, the other ranks wait (longer than rank
+        0, where both wait), so that rank 0 can print the error before it is stopped."""
+        wait = 2 * self.interval_s + 0.5
+        hosts = self.rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+        if hosts:
+            time.sleep(wait)
+        elif self.rank != 0 and "TORCHELASTIC_RUN_ID" in os.environ:
+            time.sleep(2 * wait)
 
     def _beat(self) -> None:
         self.store.add(f"beat/{self.rank}", 1)

@@ -87,6 +87,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     _, options, clear, run_id = opened
     config = resolve(options)
     runner = launcher.runner(config, run=run, resume=resume, log=log)  # data and network: checked first
+    interrupt.check()  # a Ctrl-C while they were built stops here, before anything is written
     if clear and launcher.is_main:
         run.clear()  # only now that the new run's inputs are known to be good
     elif resume and launcher.is_main:
@@ -148,7 +149,8 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
             compiled_now = config.run.compile and epoch == done + 1  # a process compiles in its first steps
             log(epoch_line(record, config.optim.epochs) + ("  (time includes compiling)" if compiled_now else ""))
     except KeyboardInterrupt:  # a stop Ctrl-C requested (acted on between batches), or a second Ctrl-C, where it landed
-        resume_hint = f"; `locallearn train --out {shlex.quote(str(run.path))} --resume` continues it" if saved else ""
+        resume_hint = (f"; `locallearn train --out {shlex.quote(str(run.path))} --resume` continues it" if saved else
+                       "; the same command starts it over")
         raise interrupt.Interrupted(f"interrupted in epoch {saved + 1}: {_kept(run, saved)}{resume_hint}.") from None
     runner.close()
     if not launcher.is_main:
@@ -219,7 +221,7 @@ def open_run(
     if resume:  # never started, or killed before anything was written: start it
         return config, False, new_run_id()
     if run.started:
-        if not overwrite:
+        if not overwrite and not run.untrained:  # one stopped in its first epoch is started over: nothing is lost
             what = "a finished run" if run.finished else "an unfinished run (--resume continues it)"
             raise ValueError(
                 f"{run.path} already holds {what}; pass --overwrite to replace it, or choose another --out."

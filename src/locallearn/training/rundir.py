@@ -74,6 +74,16 @@ class RunDir:
     def started(self) -> bool:
         return any(self.file(name).exists() for name in RUN_FILES) or self.file(STAGES).exists()
 
+    @property
+    def untrained(self) -> bool:
+        """Started but stopped before its first epoch ended: no checkpoint, no stage file, no summary and no
+        epoch in metrics.jsonl, so starting it over loses nothing."""
+        if any(self.file(name).exists() for name in (CHECKPOINT, PREVIOUS, SUMMARY)):
+            return False
+        if self.file(STAGES).is_dir() and any(self.file(STAGES).iterdir()):
+            return False
+        return not (self.file(METRICS).is_file() and self.file(METRICS).read_bytes().strip())
+
     def present(self) -> list[str]:
         """The run's own files (and the stage directory) that exist here."""
         return [name for name in (*RUN_FILES, STAGES) if self.file(name).exists()]
