@@ -134,6 +134,22 @@ def test_several_ranks_without_parallel_are_refused(monkeypatch, tmp_path):
         fit(resolve(out=str(tmp_path / "r")))
 
 
+def test_a_taken_master_port_is_one_line(monkeypatch):
+    """Launched by hand, rank 0 hosts the store on MASTER_PORT: another program there was a traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for name, value in dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                                MASTER_PORT=str(port)).items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=f"MASTER_PORT {port} is taken on this machine by another program"):
+            init_distributed(device="cpu", fault_timeout_s=None)
+    assert not torch.distributed.is_initialized()
+
+
 def test_pipeline_needs_torchrun_environment(monkeypatch):
     from locallearn.distributed.launch import env_from_environment
 

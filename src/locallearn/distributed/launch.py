@@ -99,7 +99,14 @@ def init_distributed(
         torch.cuda.set_device(torch_device)
     timeout = datetime.timedelta(seconds=timeout_s)
     kwargs = {"device_id": torch_device} if backend == "nccl" else {}
-    dist.init_process_group(backend, timeout=timeout, **kwargs)
+    try:
+        dist.init_process_group(backend, timeout=timeout, **kwargs)
+    except dist.DistNetworkError as err:  # rank 0 hosts the store (started without torchrun) on a taken port
+        if "EADDRINUSE" not in str(err):
+            raise
+        raise ValueError(f"parallel: MASTER_PORT {info['master_port']} is taken on this machine by another program, "
+                         f"so rank {info['rank']} cannot host the job's store there; give every rank a free "
+                         f"MASTER_PORT.") from None
     ctrl = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
     env = DistEnv(
         rank=dist.get_rank(),
