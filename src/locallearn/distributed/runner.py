@@ -205,14 +205,17 @@ class PipelineRunner:
 
 # --- layout --------------------------------------------------------------------------------------------------
 def _choose_layout(env: DistEnv, config: Config, net: LocalNet, found: dict[int, dict[int, Path]]) -> Layout:
-    """The stored layout when resuming from stage checkpoints of this world size; otherwise rank 0 assigns
-    (timing the modules for "balanced") and broadcasts, so every rank uses the same."""
+    """The stored layout when resuming from stage checkpoints of this world size and assignment; otherwise
+    rank 0 assigns (timing the modules for "balanced") and broadcasts, so every rank uses the same. (A resume
+    with another --pipeline-assign gets it: the stages then start from checkpoint.pt, ``_resume``.)"""
     replicas = config.processes.data_parallel
     stages = check_layout(net.num_modules, env.world_size, replicas)
     chosen: list[Any] = [None]
     if env.is_main:
-        stored = _stored_layout(found)
-        if stored is not None and stored["stages"] == stages and stored["data_parallel"] == replicas:
+        state = _latest_stage_state(found.get(0, {}))
+        stored = state["layout"] if state else None
+        if (stored is not None and stored["stages"] == stages and stored["data_parallel"] == replicas
+                and state["config"]["processes"]["pipeline_assign"] == config.processes.pipeline_assign):
             chosen[0] = [list(r) for r in stored["modules"]]
         else:
             how = parse_assign(config.processes.pipeline_assign)
@@ -224,10 +227,9 @@ def _choose_layout(env: DistEnv, config: Config, net: LocalNet, found: dict[int,
     return Layout(stages, replicas, tuple(range(a, b + 1) for a, b in chosen[0]))
 
 
-def _stored_layout(found: dict[int, dict[int, Path]]) -> dict | None:
-    if 0 not in found or not found[0]:
-        return None
-    return load_state(found[0][max(found[0])])["layout"]
+def _latest_stage_state(epochs: dict[int, Path]) -> dict | None:
+    """The latest of one stage's checkpoints ({epoch: path}), loaded."""
+    return load_state(epochs[max(epochs)]) if epochs else None
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
@@ -302,7 +304,7 @@ def _resume(
     of it (epoch, history, the run's id and config), or None to start at epoch 1."""
     stage = layout.stage_of(env.rank)
     mine = found.get(stage, {})
-    same_layout = bool(mine) and _stored_layout({0: mine}) == layout.to_dict()
+    same_layout = bool(mine) and _latest_stage_state(mine)["layout"] == layout.to_dict()
     latest: list[Any] = [None] * env.world_size
     dist.all_gather_object(latest, max(mine) if mine and same_layout else 0, group=env.ctrl)
     from_stages = min(latest)
