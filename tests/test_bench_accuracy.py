@@ -1,15 +1,21 @@
 """``locallearn bench accuracy``: a tiny grid (2 cells, a few batches) writes its rows, table and plot; an
-interrupted grid resumes and finished cells are skipped; bad values are refused before anything trains; a
-failing cell is reported in its row while the grid goes on."""
+interrupted grid resumes and finished cells are skipped; the table states the cells' own threads and
+revision; bad values, repeated values and requests no cell would honour are refused before anything
+trains; a failing cell is reported in its row while the grid goes on; Ctrl-C says to rerun the grid."""
 
+import csv
 import json
+import os
+import signal
 
 import pytest
+import torch
 
 from locallearn.bench import accuracy
-from locallearn.bench.accuracy import AccuracyGrid, run_accuracy
+from locallearn.bench.accuracy import AccuracyGrid, resolve_cells, run_accuracy
 from locallearn.cli import main
 from locallearn.training import RunDir
+from locallearn.training.config import check_used, resolve
 
 RECIPE = dict(dataset="digits", epochs=1, limit_train=64, limit_test=32, batch_size=32, device="cpu", split="uniform")
 GRID = ["--models", "resnet20", "--methods", "greedy", "--num-modules", "2", "--seeds", "0", "--epochs", "1",
@@ -30,7 +36,15 @@ def test_expansion_rules():
     assert {c.options.get("local_loss") for c in losses.cells() if c.options["method"] != "e2e"} == {"ce", "contrast"}
 
 
-def test_a_tiny_grid_writes_rows_table_and_plot_and_resumes(tmp_path, capsys):
+@pytest.fixture
+def keep_threads():
+    """--threads sets torch's thread count for the whole process: put it back for the other tests."""
+    threads = torch.get_num_threads()
+    yield threads
+    torch.set_num_threads(threads)
+
+
+def test_a_tiny_grid_writes_rows_table_and_plot_and_resumes(tmp_path, capsys, keep_threads):
     out = tmp_path / "acc"
     assert main(["bench", "accuracy", *GRID, "--out", str(out)]) == 0
     data = json.loads((out / "accuracy.json").read_text())
@@ -63,6 +77,35 @@ def test_a_tiny_grid_writes_rows_table_and_plot_and_resumes(tmp_path, capsys):
         "resnet20_e2e_k1_s0", "resnet20_e2e_k1_s1", "resnet20_greedy_k2_s0", "resnet20_greedy_k2_s1"]
     assert main(["bench", "accuracy", *GRID, "--seeds", "0,1", "--collect", "--out", str(shards)]) == 0
     assert all(r["status"] == "ok" for r in json.loads((shards / "accuracy.json").read_text())["rows"])
+    # the table states the threads and revision the cells trained with, not those of the process that writes it
+    data = json.loads((shards / "accuracy.json").read_text())
+    assert {r["torch_threads"] for r in data["rows"]} == {keep_threads} == {data["meta"]["torch_threads"]}
+    assert main(["bench", "accuracy", *GRID, "--seeds", "0,1", "--collect", "--threads", str(keep_threads + 1),
+                 "--out", str(shards)]) == 0
+    data = json.loads((shards / "accuracy.json").read_text())
+    revision = data["rows"][0]["git_revision"]
+    assert data["meta"]["torch_threads"] == keep_threads and data["meta"]["git_revision"] == revision
+    md = (shards / "accuracy.md").read_text()
+    assert f"- cells trained on: CPU; torch threads: {keep_threads}\n" in md and f"revision {revision}\n" in md
+    torch.set_num_threads(keep_threads)
+    # cells that trained with other threads and another revision: each value, with its number of cells
+    config = shards / "cells" / "resnet20_greedy_k2_s1" / "config.yaml"
+    config.write_text(config.read_text().replace(f"torch_threads: {keep_threads}\n",
+                                                 f"torch_threads: {keep_threads + 1}\n"))
+    summary = shards / "cells" / "resnet20_greedy_k2_s1" / "summary.json"
+    summary.write_text(summary.read_text().replace(f'"git": "{revision}"', '"git": "0123abc"'))
+    assert main(["bench", "accuracy", *GRID, "--seeds", "0,1", "--collect", "--out", str(shards)]) == 0
+    data = json.loads((shards / "accuracy.json").read_text())
+    assert data["meta"]["torch_threads"] is None and data["meta"]["git_revision"] is None
+    assert data["meta"]["cells"]["torch_threads"] == {str(keep_threads): 3, str(keep_threads + 1): 1}
+    row = {r["cell"]: r for r in data["rows"]}["resnet20_greedy_k2_s1"]
+    assert (row["torch_threads"], row["git_revision"]) == (keep_threads + 1, "0123abc")
+    md = (shards / "accuracy.md").read_text()
+    assert f"torch threads: {keep_threads} (3 cells), {keep_threads + 1} (1 cell)\n" in md
+    assert f"revision {revision} (3 cells), 0123abc (1 cell)\n" in md
+    with open(shards / "accuracy.csv") as f:
+        threads = {r["cell"]: r["torch_threads"] for r in csv.DictReader(f)}
+    assert threads["resnet20_greedy_k2_s1"] == str(keep_threads + 1)
     assert main(["bench", "accuracy", *GRID, "--shard", "3/2", "--out", str(shards)]) == 2
     assert "--shard: expected I/N with 1 <= I <= N" in capsys.readouterr().err
     # --collect trains nothing: the finished cells make the table, the others are listed as not run
@@ -94,15 +137,97 @@ def test_a_tiny_grid_writes_rows_table_and_plot_and_resumes(tmp_path, capsys):
     (["--num-modules", "2,x"], "--num-modules: expected comma-separated integers"),
     (["--option", "lrate=0.1"], "unknown key 'lrate'"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    # a value given twice would train or report the same cells twice
+    (["--seeds", "0,0"], "seeds: 0 is given twice; give each value once."),
+    (["--contexts", "E,E"], "contexts: E is given twice"),
+    (["--num-modules", "2,2"], "num_modules: 2 is given twice"),
+    (["--local-losses", "ce,ce"], "local_losses: ce is given twice"),
+    (["--methods", "greedy,greedy"], "methods: greedy is given twice"),
+    # requests no cell would honour
+    (["--num-modules", "1"], "num_modules: greedy trains local modules and needs K ≥ 2, but the grid's K are 1; "
+                             "add a K of 2 or more, or drop greedy."),
+    (["--methods", "greedy"], "contexts: no method of the grid supplies context, so they would change nothing"),
+    (["--methods", "e2e,checkpoint", "--local-losses", "ce"],
+     "local_losses: no method of the grid trains local modules"),
+    # a cell that cannot be built, refused before the cells before it train
+    (["--models", "resnet32", "--split", "paper", "--num-modules", "5"], "grid cell resnet32_greedy_k5_s0: split: the "
+     "paper split of resnet32 is defined for num_modules in [2, 4, 8, 16], not 5"),
+    # what the grid sets per cell, named by its flag
+    (["--option", "out=/tmp/x"], "out is each cell's run directory (OUT/cells/NAME), set by --out; use that instead."),
+    (["--option", "seed=1"], "seed is an axis of the grid, set by --seeds; use that instead."),
+    (["--option", "local-loss=ce"], "local_loss is an axis of the grid, set by --local-losses"),
 ])
-def test_unknown_values_are_refused_before_anything_trains(tmp_path, capsys, flags, words):
+def test_bad_values_are_refused_before_anything_trains(tmp_path, capsys, flags, words):
     out = tmp_path / "acc"
-    args = [a for a in GRID if a not in ("--methods", "greedy")]
-    assert main(["bench", "accuracy", *args, "--methods", "greedy", *flags, "--contexts", "E", "--out", str(out)]
-                if "--contexts" not in flags else ["bench", "accuracy", *args, *flags, "--out", str(out)]) == 2
+    assert main(["bench", "accuracy", *GRID, "--methods", "greedy,contsup", "--contexts", "E", *flags,
+                 "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err, err
     assert not out.exists()
+
+
+def test_what_the_grid_sets_is_refused_from_a_config_file_or_recipe_naming_where_to_set_it(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    for key, words in (("model: resnet20", "model is an axis of the grid, set by --models; drop it from the file."),
+                       ("out: runs/x", "out is each cell's run directory (OUT/cells/NAME), set by --out; drop it")):
+        recipe.write_text(key + "\n")
+        assert main(["bench", "accuracy", *GRID, "--config", str(recipe), "--out", str(tmp_path / "acc")]) == 2
+        assert f"--config {recipe}: {words}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="recipe: out is set by run_accuracy's out"):
+        AccuracyGrid(recipe={**RECIPE, "out": "runs/x"})
+    with pytest.raises(ValueError, match="recipe: seed is set by the grid's seeds, not by the recipe"):
+        AccuracyGrid(recipe={**RECIPE, "seed": 1})
+
+
+def test_a_recipe_option_goes_to_the_cells_that_use_it_and_rows_carry_resolved_options(tmp_path):
+    recipe = {**RECIPE, "aux_head": "1c2f"}
+    grid = AccuracyGrid(models=("resnet20",), methods=("greedy", "contsup", "infopro"), num_modules=(2,), seeds=(0,),
+                        recipe=recipe)
+    cells = {cell.name: (cell, config) for cell, config in resolve_cells(grid, tmp_path / "acc")}
+    cell, e2e = cells["resnet20_e2e_k1_s0"]
+    assert "aux_head" not in cell.options and e2e.net.aux_head == resolve(RECIPE, method="e2e").net.aux_head
+    check_used(e2e, cell.options)  # `locallearn train` with the e2e cell's options: nothing it does not use
+    assert {config.net.aux_head for name, (_, config) in cells.items() if "e2e" not in name} == {"1c2f"}
+    with pytest.raises(ValueError, match=r"aux_head: no cell of the grid uses it \(in each, it is a local module's"):
+        resolve_cells(AccuracyGrid(methods=("e2e",), recipe=recipe), tmp_path / "acc")
+    # rows and the CSV name the values each cell trains with (its method's defaults resolved), and every option
+    # that tells cells apart beyond them (InfoPro's image reconstruction and its λ)
+    rows = run_accuracy(grid, tmp_path / "acc", log=None, train=False)["rows"]
+    shown = {r["method"]: (r["context"], r["local_loss"], r["aux_head"], r["reconstruct"]) for r in rows}
+    assert shown == {"e2e": ("R0", "ce", None, False), "greedy": ("R0", "ce", "1c2f", False),
+                     "contsup": ("R1E", "ce", "1c2f", False), "infopro": ("R0", "contrast", "1c2f", True)}
+    assert {r["method"]: r["lambdas"] is not None for r in rows} == {"e2e": False, "greedy": False, "contsup": False,
+                                                                      "infopro": True}
+    with open(tmp_path / "acc" / "accuracy.csv") as f:
+        table = {r["cell"]: r for r in csv.DictReader(f)}
+    assert [table["resnet20_contsup_k2_s0"][k] for k in ("context", "local_loss", "aux_head")] == ["R1E", "ce", "1c2f"]
+
+
+def test_ctrl_c_in_a_grid_says_to_rerun_the_grid(tmp_path, capsys, monkeypatch):
+    cell_log = accuracy._cell_log
+
+    def interrupting(run):
+        log = cell_log(run)
+
+        def line(text):
+            log(text)
+            if text.startswith("epoch 1/2"):  # Ctrl-C after the first epoch: the cell stops before its next batch
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return line
+
+    monkeypatch.setattr(accuracy, "_cell_log", interrupting)
+    out = tmp_path / "acc"
+    argv = ["bench", "accuracy", *GRID, "--epochs", "2", "--out", str(out)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "grid cell resnet20_e2e_k1_s0: interrupted in epoch 2: the last good checkpoint " \
+        "(epoch 1) is kept in" in err and "to resume the grid (finished cells are skipped" in err, err
+    assert "locallearn train" not in err and "rerun `locallearn " in err
+    monkeypatch.undo()
+    assert main(argv) == 0  # the same command resumes it
+    log = RunDir(out / "cells" / "resnet20_e2e_k1_s0").file("train.log").read_text()
+    assert log.count("resuming after epoch 1") == 1
 
 
 def test_a_failing_cell_is_reported_and_the_grid_goes_on(tmp_path, monkeypatch):

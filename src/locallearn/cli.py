@@ -231,7 +231,7 @@ def _add_accuracy(kinds: argparse._SubParsersAction) -> None:
     ):
         parser.add_argument(flag, type=kind, default=None, help=help_text)
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
-                        help="any other option of `locallearn train`, for every cell (repeatable)")
+                        help="any other option of `locallearn train`, for the cells that use it (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
     parser.add_argument("--out", type=Path, default=Path("runs") / "bench" / "accuracy", help="output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")

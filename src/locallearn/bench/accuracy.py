@@ -10,32 +10,49 @@ trained by ``training.fit`` with the same recipe and budget (the options given f
 Expansion rules (as the memory and speed grids'): ``e2e`` is always included, at K = 1, as the reference;
 single-module methods run at K = 1 only; local methods at every K ≥ 2 of the grid; context modes multiply
 the methods that supply context (``Method.varies_context``), local losses every local method when given
-(otherwise each method keeps its own). Every cell's config is resolved before anything trains, so an
-unknown value is refused up front; a cell that fails while training is reported in its row (status
-``failed`` and the reason) and the grid goes on. Cells run seed by seed. ``--shard I/N`` trains every N-th
-cell (several processes on one grid), ``--collect`` trains nothing and writes the table from the cells
-already finished.
+(otherwise each method keeps its own). A recipe option that only some runs use (``aux_head``: the local
+modules' heads; ``training.config.check_used``) goes to the cells that use it only. Every cell is resolved,
+and each distinct network built, before anything trains, so an unknown value, a value given twice, a request
+no cell would honour or a split that cannot be made is refused up front; a cell that fails while training
+is reported in its row (status ``failed`` and the reason) and the grid goes on. Cells run seed by seed.
+``--shard I/N`` trains every N-th cell (several processes on one grid), ``--collect`` trains nothing and
+writes the table from the cells already finished.
 
-Outputs in ``--out``: ``accuracy.json`` (the grid, the machine, and one row per cell: final-epoch test
-error, best epoch labelled as selected on the test set, time, images/s, peak memory, parameters),
-``accuracy.csv``, ``accuracy.md`` (the papers' layout from ``training.report``: methods as rows, K as
-columns, mean ± std over seeds, e2e as the reference) and ``accuracy.png`` (test error against K with
-error bars).
+Outputs in ``--out``: ``accuracy.json`` (the grid, where and with what the cells trained, and one row per
+cell: its resolved method options, final-epoch test error, best epoch labelled as selected on the test set,
+time, images/s, peak memory, parameters, torch threads and revision), ``accuracy.csv``, ``accuracy.md``
+(the papers' layout from ``training.report``: methods as rows, K as columns, mean ± std over seeds, e2e as
+the reference) and ``accuracy.png`` (test error against K with error bars). The machine, threads and
+revision they state are the cells' own (their ``config.yaml`` and ``summary.json``), not those of the
+process that writes the table (a later ``--collect``, say).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from locallearn.bench.report import meta_lines, write_csv
+from locallearn.bench.report import write_csv
 from locallearn.methods import METHODS
-from locallearn.training.config import RESUMABLE_CHANGES, Config, differing_options, read_options, resolve
+from locallearn.net import build_net
+from locallearn.training import interrupt
+from locallearn.training.config import (
+    USED_BY,
+    RESUMABLE_CHANGES,
+    Config,
+    check_used,
+    differing_options,
+    read_mapping,
+    read_options,
+    resolve,
+)
 from locallearn.training.fit import fit
 from locallearn.training.progress import Progress
 from locallearn.training.report import write_report
@@ -44,19 +61,19 @@ from locallearn.validate import Int
 
 Log = Callable[[str], None]
 REFERENCE = "e2e"
+# options a cell takes from the grid's axes, and the AccuracyGrid field that sets them
+AXES = {"model": "models", "method": "methods", "num_modules": "num_modules", "context": "contexts",
+        "local_loss": "local_losses", "seed": "seeds"}
+# a row's method options, resolved: what every row shows, whether or not the grid varies it
+ROW_OPTIONS = ("model", "method", "num_modules", "context", "local_loss", "aux_head")
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of the grid: its name (its directory under ``cells/``) and its options."""
+    """One run of the grid: its name (its directory under ``cells/``) and the options it is resolved from."""
 
     name: str
     options: dict[str, Any] = field(hash=False)
-
-    @property
-    def fields(self) -> dict[str, Any]:
-        keys = ("model", "method", "num_modules", "context", "local_loss", "seed")
-        return {k: self.options.get(k) for k in keys}
 
 
 @dataclass(frozen=True)
@@ -75,16 +92,31 @@ class AccuracyGrid:
         for name in ("models", "methods", "num_modules", "seeds"):
             if not getattr(self, name):
                 raise ValueError(f"{name}: give at least one value.")
-        for method in self.methods:
-            METHODS.get(method)
+        for name in AXES.values():  # a repeated value would train (or report) the same cells twice
+            twice = [v for v, n in Counter(getattr(self, name) or ()).items() if n > 1]
+            if twice:
+                raise ValueError(f"{name}: {twice[0]} is given twice; give each value once.")
+        methods = [METHODS.get(method) for method in self.methods]
         for k in self.num_modules:
             Int(1)("num_modules", k)
         for seed in self.seeds:
             Int(0)("seeds", seed)
-        grid_axes = {"model", "method", "num_modules", "context", "local_loss", "seed", "out"}
-        clash = sorted(grid_axes & set(self.recipe))
+        local = [m.name for m in methods if not m.single_module]
+        if local and max(self.num_modules) < 2:
+            raise ValueError(f"num_modules: {local[0]} trains local modules and needs K ≥ 2, but the grid's K are "
+                             f"{', '.join(map(str, self.num_modules))}; add a K of 2 or more, or drop {local[0]}.")
+        if self.local_losses and not local:
+            raise ValueError("local_losses: no method of the grid trains local modules, so they would change nothing; "
+                             "drop them, or add a local method (e.g. greedy).")
+        if self.contexts and not any(m.varies_context for m in methods):
+            supply = [name for name in METHODS.names() if METHODS.get(name).varies_context]
+            raise ValueError(f"contexts: no method of the grid supplies context, so they would change nothing; drop "
+                             f"them, or add a method that does ({', '.join(supply)}).")
+        clash = sorted({*AXES, "out"} & set(self.recipe))
         if clash:
-            raise ValueError(f"recipe: {clash[0]} is an axis of the grid, not part of the recipe; use its grid option.")
+            where = (f"the grid's {AXES[clash[0]]}" if clash[0] in AXES
+                     else "run_accuracy's out (a cell runs in OUT/cells/NAME)")
+            raise ValueError(f"recipe: {clash[0]} is set by {where}, not by the recipe; give it there.")
 
     def cells(self) -> list[Cell]:
         """Every run in the order they are trained: seed by seed (so a grid stopped early has whole seeds
@@ -117,17 +149,64 @@ def _cell_name(options: dict[str, Any]) -> str:
 
 
 def resolve_cells(grid: AccuracyGrid, out: Path) -> list[tuple[Cell, Config]]:
-    """Every cell's config, resolved before anything trains (an unknown value fails here, naming its cell)."""
+    """Every cell's config, resolved and checked before anything trains: an unknown value, a recipe option
+    that no cell uses, a network that cannot be built (``check_nets``) or a cell directory holding another
+    run (``check_cell``) fails here, naming its cell. A recipe option that only some runs use (``USED_BY``
+    of ``check_used``, e.g. ``aux_head``) is given to the cells that use it only: the others' config.yaml
+    would record an option their run ignores, which ``locallearn train`` refuses."""
     resolved = []
+    used: set[str] = set()
     for cell in grid.cells():
+        config = _resolve(cell, out)
+        ignored = {key for key in grid.recipe if key in USED_BY and not USED_BY[key][0](config)}
+        if ignored:
+            cell = dataclasses.replace(cell, options={k: v for k, v in cell.options.items() if k not in ignored})
+            config = _resolve(cell, out)
+        used |= set(grid.recipe) - ignored
         try:
-            config = resolve({**cell.options, "out": str(out / "cells" / cell.name)})
+            check_used(config, {key: grid.recipe[key] for key in grid.recipe if key not in ignored})
         except ValueError as err:
             raise ValueError(f"grid cell {cell.name}: {err}") from None
         resolved.append((cell, config))
+    unused = [key for key in grid.recipe if key not in used]
+    if unused:
+        _, what, fix, _ = USED_BY[unused[0]]
+        raise ValueError(f"{unused[0]}: no cell of the grid uses it (in each, it {what}); drop it, or {fix}.")
+    check_nets(resolved)
     for cell, config in resolved:  # before anything trains: a cell of another recipe is never taken as this one's
         check_cell(cell, config)
     return resolved
+
+
+def _resolve(cell: Cell, out: Path) -> Config:
+    try:
+        return resolve({**cell.options, "out": str(out / "cells" / cell.name)})
+    except ValueError as err:
+        raise ValueError(f"grid cell {cell.name}: {err}") from None
+
+
+# Splits that are computed by measuring the network (seconds each), rather than read from a table
+_COMPUTED_SPLITS = ("auto", "balanced")
+
+
+def check_nets(resolved: list[tuple[Cell, Config]]) -> None:
+    """Build each distinct network of the grid once (a few ms for a ResNet on CPU), so that a cell whose
+    network cannot be made (a paper split without a table for its K, more modules than units) is refused
+    before an earlier cell trains. A computed split is checked for its K only (built as ``uniform``):
+    computing it measures the network, which takes seconds. The global RNG is left as it was."""
+    seen = set()
+    with torch.random.fork_rng(devices=[]):
+        for cell, config in resolved:
+            net = config.net
+            if net.split in _COMPUTED_SPLITS and net.num_modules > 1:
+                net = dataclasses.replace(net, split="uniform")
+            if repr(net) in seen:
+                continue
+            seen.add(repr(net))
+            try:
+                build_net(net)
+            except ValueError as err:
+                raise ValueError(f"grid cell {cell.name}: {err}") from None
 
 
 def check_cell(cell: Cell, config: Config) -> None:
@@ -146,6 +225,15 @@ def check_cell(cell: Cell, config: Config) -> None:
         )
 
 
+def varying_options(configs: list[Config]) -> list[str]:
+    """The options, beyond a row's own (``ROW_OPTIONS``, seed, out), whose resolved value differs between
+    cells (a method's decoder, λ, reconstruction...): the rows carry them, so that what sets cells apart is
+    in accuracy.csv and .json."""
+    first = configs[0].options()
+    return [key for key in first if key not in (*ROW_OPTIONS, "seed", "out")
+            and any(config.options()[key] != first[key] for config in configs[1:])]
+
+
 def run_accuracy(
     grid: AccuracyGrid,
     out: Path | str,
@@ -160,35 +248,59 @@ def run_accuracy(
 
     Several processes or machines can share one grid: ``shard=(i, n)`` takes cells i, i + n, i + 2n, ...
     (1-based) of the grid's order and writes no table; ``train=False`` trains nothing — the finished cells are
-    read, the others are rows of status ``not run`` — to write the one table once the shards are done."""
+    read, the others are rows of status ``not run`` — to write the one table once the shards are done.
+    A Ctrl-C stops the grid with a line that says what is kept and that the same command resumes it."""
     out = Path(out)
     index, count = shard
-    cells = resolve_cells(grid, out)[index - 1 :: count]
+    every = resolve_cells(grid, out)
+    varying = varying_options([config for _, config in every])
+    cells = every[index - 1 :: count]
     rows = []
     say = log or (lambda line: None)
     with Progress(len(cells), "accuracy grid", unit="cell") as progress:  # a bar on a terminal; a line per cell
         for i, (cell, config) in enumerate(cells, 1):
-            run = RunDir(config.run.out)
             start = time.perf_counter()
-            row = {"cell": cell.name, **cell.fields, "run_dir": str(run.path), "status": "ok", "reason": None}
-            if not (train or run.finished):
-                row.update(status="not run", reason="not finished; run the grid without --collect to train it")
-            else:
-                try:
-                    if not run.finished:
-                        fit(config, resume=True, log=_cell_log(run))
-                    row.update(_result(run))
-                except Exception as err:  # a failing cell is reported in its row; the grid goes on
-                    row.update(status="failed", reason=" ".join(str(err).split())[:300] or type(err).__name__)
+            try:
+                row = _row(cell, config, varying, train)
+            except KeyboardInterrupt as err:  # fit's message names `locallearn train --resume`; the grid's command
+                raise interrupt.Interrupted(_stopped(cell, err, command)) from None  # is the one to rerun
             rows.append(row)
             say(f"[{i}/{len(cells)}] {cell.name}: " + (
                 f"test error {row['test_error']:.2f}%, trained in {row['total_time_s']:.0f} s" if row["status"] == "ok"
                 else f"{row['status']}: {row['reason']}") + f" ({time.perf_counter() - start:.0f} s in this command)")
             progress.update(1)
-    meta = environment(grid, command)
+    meta = environment(grid, command, rows)
     if count == 1:  # a shard leaves the table to the --collect pass: shards would write the same files at once
         write_accuracy(out, rows, meta)
     return {"meta": meta, "rows": rows}
+
+
+def _row(cell: Cell, config: Config, varying: list[str], train: bool) -> dict[str, Any]:
+    """A cell's row: its resolved options, and its results once trained (here, unless ``train`` is False)."""
+    run = RunDir(config.run.out)
+    options = config.options()
+    row = {"cell": cell.name, **{k: options[k] for k in (*ROW_OPTIONS, *varying, "seed")}, "run_dir": str(run.path),
+           "status": "ok", "reason": None}
+    if not (train or run.finished):
+        row.update(status="not run", reason="not finished; run the grid without --collect to train it")
+    else:
+        try:
+            if not run.finished:
+                fit(config, resume=True, log=_cell_log(run))
+            row.update(_result(run))
+        except Exception as err:  # a failing cell is reported in its row; the grid goes on
+            row.update(status="failed", reason=" ".join(str(err).split())[:300] or type(err).__name__)
+    recorded = read_mapping(run.file(CONFIG)) if run.file(CONFIG).is_file() else {}  # checked by check_cell
+    return {**row, **{key: row.get(key) for key in _PROVENANCE}, "torch_threads": recorded.get("torch_threads")}
+
+
+def _stopped(cell: Cell, err: KeyboardInterrupt, command: str | None) -> str:
+    """The grid's Ctrl-C line: what the cell kept (``fit``'s message without its hint, which names the cell's
+    own command) and the grid's own command, which continues the grid."""
+    kept = getattr(err, "kept", None) or "interrupted"
+    again = f"rerun `{command}`" if command else "rerun the same grid into the same out"
+    return (f"grid cell {cell.name}: {kept}; {again} to resume the grid (finished cells are skipped, the others "
+            f"resumed).")
 
 
 def _cell_log(run: RunDir) -> Log:
@@ -216,23 +328,61 @@ def _result(run: RunDir) -> dict[str, Any]:
         "peak_memory_mb": summary["peak_memory_mb"],
         "peak_memory_kind": summary["peak_memory_kind"],
         "parameters": summary["parameters"],
+        # where and with what it trained: the process that finished it (torch threads: config.yaml, from the one
+        # that started it); the device is CUDA where its peak memory is CUDA's
+        "device": "cuda" if summary["peak_memory_kind"] == "cuda_allocated" else "cpu",
+        "torch": summary.get("versions", {}).get("torch"),
+        "git_revision": summary.get("versions", {}).get("git"),
     }
 
 
-def environment(grid: AccuracyGrid, command: str | None) -> dict[str, Any]:
+# a row's record of where and with what its cell trained (None where the cell has not recorded it)
+_PROVENANCE = ("device", "torch_threads", "torch", "git_revision")
+
+
+def environment(grid: AccuracyGrid, command: str | None, rows: list[dict] = ()) -> dict[str, Any]:
+    """The grid, the cells' device, torch threads, torch and revision (the value where every cell that recorded
+    it agrees, else None; ``cells`` counts each value), and this process's date, command and platform."""
     from locallearn.bench.runner import RunOptions
     from locallearn.bench.runner import environment as machine
 
     meta = machine(RunOptions(), command)
-    meta.pop("options", None)
+    for key in ("options", "cuda_device", "torch_threads", "torch", "git_revision"):  # this process's, not the cells'
+        meta.pop(key, None)
     meta["grid"] = {
         "models": list(grid.models), "methods": list(grid.methods), "num_modules": list(grid.num_modules),
         "contexts": list(grid.contexts) if grid.contexts else None,
         "local_losses": list(grid.local_losses) if grid.local_losses else None,
         "seeds": list(grid.seeds), "recipe": dict(grid.recipe),
     }
-    meta["torch_threads"] = torch.get_num_threads()
+    counts = {key: Counter(r[key] for r in rows if r.get(key) is not None) for key in _PROVENANCE}
+    for key, values in counts.items():
+        meta[key] = next(iter(values)) if len(values) == 1 else None
+    meta["cells"] = {key: {str(v): n for v, n in values.items()} for key, values in counts.items()}
     return meta
+
+
+def _described(counts: dict[str, int], show: Callable[[str], str] = str) -> str:
+    """One value, or each value with its number of cells: ``1`` or ``1 (6 cells), 2 (2 cells)``."""
+    if not counts:
+        return "not recorded (no cell finished)"
+    if len(counts) == 1:
+        return show(next(iter(counts)))
+    return ", ".join(f"{show(v)} ({n} cell{'' if n == 1 else 's'})" for v, n in counts.items())
+
+
+def meta_lines(meta: dict) -> str:
+    """The markdown header: the command, then where and with what the cells trained (their own records)."""
+    cells = meta["cells"]
+    lines = [
+        f"- command: `{meta['command'].strip()}`" if meta.get("command") else None,
+        f"- cells trained on: {_described(cells['device'], str.upper)}; torch threads: "
+        f"{_described(cells['torch_threads'])}",
+        f"- cells' software: torch {_described(cells['torch'])}, revision {_described(cells['git_revision'])}",
+        f"- table written: {meta.get('date')}, {meta.get('platform')} ({meta.get('cpu_count')} CPU cores), "
+        f"Python {meta.get('python')}, locallearn {meta.get('locallearn')}",
+    ]
+    return "\n".join(line for line in lines if line) + "\n"
 
 
 def write_accuracy(out: Path, rows: list[dict], meta: dict) -> dict[str, Path]:

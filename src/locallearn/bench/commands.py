@@ -81,7 +81,7 @@ def bench_speed(
 
 # options of a run that bench accuracy sets per cell, and the flag that does
 _AXES = {"model": "--models", "method": "--methods", "num_modules": "--num-modules", "context": "--contexts",
-         "local_loss": "--local-losses", "seed": "--seeds"}
+         "local_loss": "--local-losses", "seed": "--seeds", "out": "--out"}
 
 
 def bench_accuracy(
@@ -95,14 +95,17 @@ def bench_accuracy(
 
     flags = {k: v for k, v in recipe.items() if v is not None}
     options, _ = requested_options(config, flags)
+    for key in options:  # the flags set no axis: these come from the --config file
+        if key in _AXES:
+            raise ValueError(f"--config {config}: {_set_by(key)}; drop it from the file.")
     given: set[str] = set()
-    for item in option or []:  # --option KEY=VALUE: any option of `locallearn train`, for every cell
+    for item in option or []:  # --option KEY=VALUE: any option of `locallearn train`, for the cells that use it
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
         if not sep:
             raise ValueError(f"--option: expected KEY=VALUE, got {item!r}.")
         if key in _AXES:
-            raise ValueError(f"--option {item}: {key} is an axis of the grid, set by {_AXES[key]}; use that instead.")
+            raise ValueError(f"--option {item}: {_set_by(key)}; use that instead.")
         if key in flags or key in given:
             twice = f"--{key.replace('_', '-')}" if key in flags else "another --option"
             raise ValueError(f"--option {item}: {key} is also given by {twice}; give it once.")
@@ -129,6 +132,11 @@ def bench_accuracy(
     else:
         print(f"wrote {out}/accuracy.{{json,csv,md,png}}{counts}")
     return 0
+
+
+def _set_by(key: str) -> str:
+    what = "each cell's run directory (OUT/cells/NAME)" if key == "out" else "an axis of the grid"
+    return f"{key} is {what}, set by {_AXES[key]}"
 
 
 def _shard(text: str | None) -> tuple[int, int]:

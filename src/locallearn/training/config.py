@@ -447,7 +447,7 @@ def _check_values(values: Mapping[str, Any], path: Path, *, skip: Mapping[str, A
 
 # Options that only some runs use: option → (whether a run uses it, what it is and why this run does not use it, the fix as a flag of
 # `locallearn train`, the fix as an option of locallearn.training.train)
-_USED_BY = {
+USED_BY = {
     "lambdas": (lambda c: c.net.reconstruct and c.net.num_modules > 1, "weighs image reconstruction, which this run "
                 "does not do", "add --reconstruct", "add reconstruct=True"),
     "temperature": (lambda c: c.net.local_loss == "contrast" and c.net.num_modules > 1, "is the contrastive loss's, "
@@ -481,7 +481,7 @@ def check_used(config: Config, given: Mapping[str, Any], *, python: bool = False
     config are never refused for it. ``python``: the options of ``locallearn.training.train``, named so. A
     warm-up rate given above the peak rate is refused too (the default 0.01 is not: a small --lr with a
     warm-up then starts above its peak, as it always has)."""
-    for name, (applies, what, fix, python_fix) in _USED_BY.items():
+    for name, (applies, what, fix, python_fix) in USED_BY.items():
         if given.get(name) is not None and not applies(config):
             spelled = f"{name}=..." if python else "--" + name.replace("_", "-")
             raise ValueError(f"{name}: {spelled} {what}, so it would change nothing but config.yaml; drop it, or "

@@ -151,7 +151,8 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     except KeyboardInterrupt:  # a stop Ctrl-C requested (acted on between batches), or a second Ctrl-C, where it landed
         resume_hint = (f"; `locallearn train --out {shlex.quote(str(run.path))} --resume` continues it" if saved else
                        "; the same command starts it over")
-        raise interrupt.Interrupted(f"interrupted in epoch {saved + 1}: {_kept(run, saved)}{resume_hint}.") from None
+        kept = f"interrupted in epoch {saved + 1}: {_kept(run, saved)}"
+        raise interrupt.Interrupted(f"{kept}{resume_hint}.", kept=kept) from None
     runner.close()
     if not launcher.is_main:
         return None

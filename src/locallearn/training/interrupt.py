@@ -18,7 +18,12 @@ from typing import Iterator
 
 
 class Interrupted(KeyboardInterrupt):
-    """The run was stopped by Ctrl-C (SIGINT) at a safe point; the message says what is kept."""
+    """The run was stopped by Ctrl-C (SIGINT) at a safe point; the message says what is kept and how to go on,
+    ``kept`` the first part alone (for a caller that says how to go on itself, as ``bench accuracy`` does)."""
+
+    def __init__(self, message: str = "interrupted", kept: str | None = None) -> None:
+        super().__init__(message)
+        self.kept = kept or message
 
 
 _requested = threading.Event()
