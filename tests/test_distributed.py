@@ -476,6 +476,26 @@ def test_an_error_under_torchrun_is_said_by_rank_0_before_torchrun_stops_it(tmp_
 
 
 @pytest.mark.slow
+def test_a_pipeline_run_resumed_in_one_process_says_so(tmp_path, capsys):
+    """The start line names what a resume changes in how the run runs, the pipeline left included (the resumed
+    run took the pipeline's `parallel` from config.yaml and said nothing), and the new checkpoint records it."""
+    from locallearn.cli import main
+
+    run = tmp_path / "pipe"
+    procs = spawn_local(_cli, 2, TRAIN + ["--out", str(run)], stderr_dir=str(tmp_path))
+    while not (run / "checkpoint.pt").exists():
+        assert all(p.is_alive() for p in procs), "the run ended before epoch 1 was checkpointed"
+        time.sleep(0.05)
+    for p in procs:
+        os.kill(p.pid, signal.SIGINT)
+    assert _join(procs, 60) == [130, 130]
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "now with parallel ('pipeline' → 'none')" in out, out
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["config"]["processes"]["parallel"] == "none"
+
+
+@pytest.mark.slow
 def test_train_command_killed_rank_then_resume_equals_single_process(tmp_path):
     from locallearn.training import RunDir, fit, load_config
 

@@ -268,7 +268,7 @@ def abort(failure: str, rank: int) -> None:
     every rank, and one blocked in a transfer learns of it here rather than from its own signal)."""
     interrupted = re.fullmatch(r"rank \d+: (?:Interrupted|KeyboardInterrupt): ?(.*)", failure)
     if interrupted is None:
-        print(f"locallearn: error: {failure}; rank {rank} stops.", file=sys.stderr, flush=True)
+        print(f"locallearn: error: {failure.rstrip('.')}; rank {rank} stops.", file=sys.stderr, flush=True)
     elif rank == 0:
         print(f"locallearn: {interrupted[1] or 'interrupted'}", file=sys.stderr, flush=True)
     sys.stdout.flush()
@@ -297,7 +297,7 @@ def run_guarded(env: DistEnv, fn, *args, **kwargs):
         failure = env.watchdog.report(what)
         env.watchdog.stop()
         if not isinstance(err, (ValueError, KeyboardInterrupt)):  # the CLI prints these itself, on rank 0
-            print(f"locallearn: error: {failure}; rank {env.rank} stops.", file=sys.stderr, flush=True)
+            print(f"locallearn: error: {failure.rstrip('.')}; rank {env.rank} stops.", file=sys.stderr, flush=True)
         env.watchdog.linger()
         raise
 
