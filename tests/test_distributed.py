@@ -496,6 +496,39 @@ def test_a_pipeline_run_resumed_in_one_process_says_so(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_damaged_checkpoints_of_a_pipeline_run_are_said_once_each_on_resume(tmp_path):
+    run = tmp_path / "pipe"
+    procs = spawn_local(_cli, 2, TRAIN + ["--out", str(run)], stderr_dir=str(tmp_path))
+    while not (run / "checkpoint.prev.pt").exists():  # two epochs checkpointed
+        assert all(p.is_alive() for p in procs), "the run ended before epoch 2 was checkpointed"
+        time.sleep(0.05)
+    for p in procs:
+        os.kill(p.pid, signal.SIGINT)
+    assert _join(procs, 60) == [130, 130]
+    for name in ("checkpoint.pt", *sorted(p.name for p in (run / "pipeline").glob("stage1-*"))[-1:]):
+        with open(run / name if name.startswith("checkpoint") else run / "pipeline" / name, "r+b") as f:
+            f.truncate(1000)
+    procs = spawn_local(_cli_printing_to, 2, str(tmp_path / "rank0.out"), TRAIN + ["--out", str(run), "--resume"],
+                        stderr_dir=str(tmp_path))
+    assert _join(procs, 180) == [0, 0], (tmp_path / "rank0.err").read_text()[-2000:]
+    said = (tmp_path / "rank0.out").read_text()
+    assert said.count("checkpoint.pt cannot be read") == 1 and said.count("; it is not resumed from.") == 1, said
+    assert "resuming after epoch 1" in said  # checkpoint.prev.pt, as stage 1's newest file is damaged
+    from locallearn.training import RunDir
+
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2, 3]
+
+
+def _cli_printing_to(path, argv):
+    """The command line, rank 0's standard output in ``path``."""
+    import sys
+
+    if os.environ["RANK"] == "0":
+        sys.stdout = open(path, "w", buffering=1)
+    return _cli(argv)
+
+
+@pytest.mark.slow
 def test_train_command_killed_rank_then_resume_equals_single_process(tmp_path):
     from locallearn.training import RunDir, fit, load_config
 

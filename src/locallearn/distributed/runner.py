@@ -182,7 +182,7 @@ class PipelineRunner:
     def restore(self, run: RunDir) -> dict[str, Any] | None:
         merged = self.launcher.share(_checkpoint_epoch(run, self.log) if self.env.is_main else None)
         return _resume(self.env, run, self.net, self.optimizer, self.groups, self.layout, self.found, merged,
-                       self.stage_dir, self.log)
+                       self.stage_dir)
 
     # --- reporting ----------------------------------------------------------------------------------------
     def describe(self) -> list[str]:
@@ -260,7 +260,7 @@ def _sound_stage_files(found: dict[int, dict[int, Path]], run_id: str | None, lo
             try:
                 state = load_state(path)
             except ValueError as err:
-                log(f"warning: {err}; its stage resumes from an older epoch.")
+                log(f"warning: {err}; it is not resumed from.")
                 continue
             if run_id and state.get("run_id") != run_id:
                 log(f"warning: {path} was left by another run in this directory; it is not resumed from.")
@@ -298,7 +298,6 @@ def _resume(
     found: dict[int, dict[int, Path]],
     merged_epoch: int | None,
     stage_dir: Path,
-    log: Log,
 ) -> dict[str, Any] | None:
     """Load this rank's state for the epoch all stages can resume from; returns what ``training.fit`` needs
     of it (epoch, history, the run's id and config), or None to start at epoch 1."""
@@ -323,7 +322,8 @@ def _resume(
         histories: list[Any] = [state["history"] if env.is_main else None]
         dist.broadcast_object_list(histories, src=0, group=env.ctrl)
         return {**_identity(state), "epoch": from_stages, "history": list(histories[0])}
-    merged = run.load_checkpoint(map_location=env.device, fallback=True, log=log)  # later, or another layout
+    # later, or another layout; a fallback to checkpoint.prev.pt was said where its epoch was read (_checkpoint_epoch)
+    merged = run.load_checkpoint(map_location=env.device, fallback=True, log=lambda _: None)
     _load_owned(net, merged["model"], layout, stage)
     optimizer.load_state_dict(_split_optimizer_state(merged["optimizer"], groups, optimizer))
     return {**_identity(merged), "epoch": merged["epoch"], "history": list(merged["history"])}
