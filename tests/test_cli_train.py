@@ -274,3 +274,26 @@ def test_ctrl_c_while_torch_imports_is_one_line_not_a_traceback():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert (proc.returncode, proc.stderr) == (130, "locallearn: interrupted\n")
+
+
+def test_a_resume_on_other_threads_says_so_and_each_epoch_records_its_own(tmp_path, capsys):
+    """Float sums, and so a run's numbers, depend on the thread count: config.yaml records the first session's,
+    the resume's start line names a change, and every epoch of metrics.jsonl its own."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--limit-train", "16",
+            "--limit-test", "8", "--batch-size", "8", "--epochs", "2", "--device", "cpu", "--out", str(out)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with ctrl_c_before_checkpoint(2):
+            assert main(args) == 130
+        torch.set_num_threads(2)
+        capsys.readouterr()
+        assert main([*args, "--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "resuming after epoch 1, now with torch threads (1 → 2; each epoch's are in metrics.jsonl)" in \
+        capsys.readouterr().out
+    assert "torch_threads: 1" in (out / "config.yaml").read_text()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["torch_threads"] for r in records] == [1, 2]

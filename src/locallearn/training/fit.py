@@ -95,6 +95,10 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
 
     state = runner.restore(run) if resume else None
     changed = check_same_run(config, run_id, state, run, runner.class_names) if state is not None else []
+    if state is not None and launcher.is_main and run.file(CONFIG).is_file():  # float sums depend on the threads
+        threads = read_mapping(run.file(CONFIG)).get("torch_threads")
+        if threads is not None and threads != torch.get_num_threads():
+            changed.append(f"torch threads ({threads} → {torch.get_num_threads()}; each epoch's are in {METRICS})")
     history: list[dict[str, Any]] = list(state["history"]) if state else []
     if state is not None and "rng" in state:
         set_rng_state(state["rng"])
@@ -316,6 +320,7 @@ def epoch_record(epoch: int, lr: float, train: dict[str, Any], test: dict[str, A
         "images_per_s": train["images_per_s"],
         "peak_memory_mb": train["peak_memory_mb"],
         "peak_memory_kind": train["peak_memory_kind"],
+        "torch_threads": torch.get_num_threads(),  # a resume may run on others than config.yaml records
         **{k: v for k, v in test.items() if k not in _TEST},
     }
 
