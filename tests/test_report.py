@@ -39,8 +39,8 @@ def make_runs(root):
         fake_run(root / "k2", accs=[0.88, 0.92], method="contsup", num_modules=2, context="R1E"),
         fake_run(root / "k4", accs=[0.85, 0.91], method="contsup", num_modules=4, context="R1E"),
         fake_run(root / "k4b", accs=[0.86, 0.89], method="contsup", num_modules=4, context="R1E", seed=1),
-        fake_run(root / "k4i", accs=[0.80, 0.84, 0.83], method="infopro", num_modules=4),
-        fake_run(root / "k8i", accs=[0.70], method="infopro", num_modules=8, finished=False),
+        fake_run(root / "k4i", accs=[0.84, 0.83], method="infopro", num_modules=4),
+        fake_run(root / "k8i", accs=[0.70], method="infopro", num_modules=8, finished=False, epochs=2),
     ]
 
 
@@ -69,7 +69,7 @@ def test_report_table_and_plot(tmp_path):
     assert "| e2e | 7.00 (n=1) |  |  |  |" in lines
     assert "| infopro contrast rec |  |  | 17.00 (n=1) | 30.00 (n=1)* |" in lines  # final (not best) epoch; * unfinished
     run_row = next(line for line in lines if line.startswith(f"| {tmp_path / 'k4i'} |"))
-    assert "| 4 | 0 | 3/3 | 17.00 | 16.00 | 50.0 (saved_tensors) | 30 s | 500 |" in run_row  # best epoch, labelled column
+    assert "| 4 | 0 | 2/2 | 17.00 | 16.00 | 50.0 (saved_tensors) | 20 s | 500 |" in run_row  # best epoch, labelled column
     assert sum(line.startswith(f"| {tmp_path}") for line in lines) == 6  # every run in the Runs table
     assert any("best epoch selected on the test set" in line for line in lines)
     assert "![test error against K](report.png)" in lines
@@ -207,3 +207,21 @@ def test_a_run_without_a_finished_epoch_is_left_out_with_a_warning(tmp_path, cap
     (done / "metrics.jsonl").unlink()
     assert main(["report", str(done), "--out", str(tmp_path / "report")]) == 2
     assert "is finished but has no epochs in metrics.jsonl (missing or emptied)" in capsys.readouterr().err
+
+
+def test_an_unfinished_seed_is_not_averaged_and_rows_of_other_recipes_or_heads_are_said(tmp_path):
+    """A run stopped early sits in a row of its own beside its finished seeds (it was in their mean); rows of
+    different methods trained on different recipes get a warning (only one method's rows did); a head that is
+    not the method's own is in the label."""
+    runs = [
+        fake_run(tmp_path / "s0", accs=[0.8, 0.9], method="greedy", num_modules=4),
+        fake_run(tmp_path / "s1", accs=[0.7], method="greedy", num_modules=4, seed=1, finished=False, epochs=2),
+        fake_run(tmp_path / "e2e", accs=[0.9], method="e2e", limit_train=256),
+        fake_run(tmp_path / "wide", accs=[0.6, 0.95], method="greedy", num_modules=2, aux_head="1c2f"),
+    ]
+    table = group_runs([load_run(p) for p in runs])
+    assert {label: sorted(cells) for label, cells in table.rows.items()} == {
+        "e2e": [1], "greedy ce": [4], "greedy ce (unfinished)": [4], "greedy ce 1c2f head": [2]}
+    assert table.rows["greedy ce"][4].cell() == "10.00 (n=1)" and table.rows["greedy ce (unfinished)"][4].cell() == "30.00 (n=1)*"
+    assert table.warnings == ["report: the rows were not trained alike: they differ in limit_train (None vs 256), "
+                              "epochs (2 vs 1); compare them with care"]

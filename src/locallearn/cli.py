@@ -307,8 +307,14 @@ def console() -> int:
     """The console script and ``python -m locallearn``: ``main``, and once a Ctrl-C has stopped the command,
     any further one ignored while the process exits (a second press during the seconds torch takes to shut
     down ended it in a traceback and status -2, not 130)."""
-    status = main()
-    if status == 130:
+    try:
+        status = main()
+    except KeyboardInterrupt:  # a second press while main said what the first one stopped
+        status = 130
+    try:
+        if status == 130:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:  # a second press just after main returned
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     return status
 

@@ -14,6 +14,7 @@ in the papers' tables. Groups that would share a cell but differ in something el
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import statistics
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, read_options
+from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, read_options
 from locallearn.training.rundir import CONFIG, METRICS, RunDir, refuse_file
 
 DEFAULT_OUT = Path("runs") / "report"  # runs/ is ignored by git: a report never dirties a checkout
@@ -72,6 +73,8 @@ class RunResult:
                 parts.append("rec")
             if c.get("feature_decoder"):
                 parts.append(c["feature_decoder"])
+            if c.get("aux_head") not in (None, _own_head(c)):  # e.g. greedy with ContSup's heads
+                parts.append(f"{c['aux_head']} head")
             if c["split"] != "paper":
                 parts.append(c["split"] if isinstance(c["split"], str) else "custom split")
         return " ".join(parts)
@@ -115,6 +118,20 @@ class Group:
         return text + ("" if self.finished else "*")
 
 
+def _own_head(config: dict[str, Any]) -> str | None:
+    """The auxiliary head a run's method gives its model by default (None where that is not known here: a
+    method or model this process does not have; a factory's family is not imported to find out)."""
+    from locallearn.methods import METHODS
+    from locallearn.models import MODELS, default_aux_head, model_family
+
+    try:
+        registered = config["model"] in MODELS.names()
+        head = METHODS.get(config["method"]).preset(model_family(config["model"]) if registered else "cnn")["aux_head"]
+        return default_aux_head(config["model"]) if head == "auto" and registered else head
+    except (ValueError, KeyError):
+        return None
+
+
 @dataclass
 class Table:
     """The grouped runs of a report, with their rows, and the warnings about what was kept apart."""
@@ -146,6 +163,10 @@ class Table:
         return f"{' + '.join(models)}, {' + '.join(datasets)}"
 
 
+# how a run was trained, beside what it trains (the net's options): data, optimisation, run and processes (the
+# dataset excepted: rows of several datasets are labelled with theirs)
+_RECIPE = [f.name for section in ("data", "optim", "run", "processes") for f in dataclasses.fields(SECTIONS[section])
+           if f.name not in (*NOT_COMPARED, "dataset")]
 # the options a report reads from every run's config.yaml (all of them written since the first release)
 _READ = ("model", "dataset", "method", "num_modules", "context", "local_loss", "reconstruct", "split", "seed", "epochs")
 
@@ -197,9 +218,9 @@ def group_runs(runs: list[RunResult]) -> Table:
     report holds several. Groups of one method label that would share a K cell yet differ in other options
     are kept apart: every such option is named in the labels of that method (``contsup R1E ce, epochs=1``;
     model and dataset in the prefix) and one warning per method label names the options and their values."""
-    by_key: dict[str, list[RunResult]] = {}
-    for r in runs:
-        by_key.setdefault(_compared(r.config), []).append(r)
+    by_key: dict[tuple[str, bool], list[RunResult]] = {}
+    for r in runs:  # an unfinished run is never averaged with finished ones: it stopped at another epoch
+        by_key.setdefault((_compared(r.config), r.finished), []).append(r)
     warnings = []
     for key, members in by_key.items():  # a second run of a configuration and seed is a repeat, not a seed
         by_seed: dict[Any, RunResult] = {}
@@ -212,8 +233,11 @@ def group_runs(runs: list[RunResult]) -> Table:
     groups = [Group(members) for members in by_key.values()]
     with_setting = len({(g.config["model"], g.config["dataset"]) for g in groups}) > 1
     by_method: dict[str, list[Group]] = defaultdict(list)
-    for g in groups:
-        by_method[g.runs[0].method_label()].append(g)
+    done = {(g.runs[0].method_label(), g.num_modules) for g in groups if g.finished}
+    for g in groups:  # unfinished runs whose configuration also finished get a row of their own
+        label = g.runs[0].method_label()
+        by_method[label + ("" if g.finished or (label, g.num_modules) not in done else " (unfinished)")].append(g)
+    named: set[str] = set()  # options a row label names
     for method, members in by_method.items():
         cells: dict[int, list[Group]] = defaultdict(list)
         for g in members:
@@ -222,6 +246,7 @@ def group_runs(runs: list[RunResult]) -> Table:
         shown = [o for o in differing if not set(IMPLIED_BY.get(o, ())) & set(differing)]
         if _collide(members, shown):  # a hidden option told two groups apart: name every option
             shown = differing
+        named.update(shown)
         for g in members:
             prefix = f"{g.config['model']} {g.config['dataset']}: " if with_setting else ""
             suffix = [f"{o}={_show(g.config.get(o))}" for o in shown if o not in ("model", "dataset")]
@@ -231,6 +256,10 @@ def group_runs(runs: list[RunResult]) -> Table:
                 f"{o} ({' vs '.join(dict.fromkeys(_show(g.config.get(o)) for g in members))})" for o in shown
             )
             warnings.append(f"report: {method} runs differ in {values} beside their method and K; shown as separate rows")
+    recipe = [o for o in _option_order(groups) if o in _RECIPE and o not in named and _differ(groups, o)]
+    if recipe:  # rows of different methods trained on different recipes: each row is labelled by its method only
+        values = ", ".join(f"{o} ({' vs '.join(dict.fromkeys(_show(g.config.get(o)) for g in groups))})" for o in recipe)
+        warnings.append(f"report: the rows were not trained alike: they differ in {values}; compare them with care")
     return Table(groups, warnings)
 
 
