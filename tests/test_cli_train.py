@@ -256,6 +256,10 @@ def test_ctrl_c_says_interrupted_in_one_line_wherever_it_lands(monkeypatch, caps
     monkeypatch.setattr(cli, "build_parser", building)
     assert main(["list"]) == 130
     assert capsys.readouterr().err == "locallearn: interrupted\n"
+    monkeypatch.setenv("RANK", "1")  # rank 1 of a torchrun job, which passes Ctrl-C to every rank: rank 0 says it
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["list"]) == 130
+    assert capsys.readouterr().err == ""
 
 
 def test_ctrl_c_while_torch_imports_is_one_line_not_a_traceback():

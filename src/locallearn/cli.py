@@ -280,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = vars(build_parser().parse_args(argv))  # builds the commands: imports torch, which takes a while
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        if not _other_rank():  # torchrun passes Ctrl-C to every rank: rank 0 says it
+            print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     run = args.pop("_run")
     options = {key: value for key, value in args.items() if not key.startswith("_")}
