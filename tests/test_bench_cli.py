@@ -57,6 +57,7 @@ def test_bench_speed_runs(tmp_path):
         ("--feature-decoders", "linear,mlp", "feature_decoders: unknown value 'mlp'; valid values are"),
         ("--aux-heads", "1c2f,2c2f", "aux_heads: unknown value '2c2f'; valid values are"),
         ("--device", "tpu", "device: expected cpu, cuda or cuda:N"),
+        ("--seed", "-1", "seed must be an integer from 0 to"),
     ],
 )
 def test_bad_grid_values_fail_in_one_line_before_running(tmp_path, capsys, flag, value, expected):

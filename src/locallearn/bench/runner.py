@@ -92,6 +92,7 @@ class RunOptions:
         Int(0)("warmup", self.warmup)
         Int(1)("rounds", self.rounds)
         Optional(Int(1))("threads", self.threads)
+        Int(0, 2**63 - 1)("seed", self.seed)  # what torch.manual_seed takes, as `locallearn train --seed`
 
     def apply(self) -> None:
         if self.threads is not None:
