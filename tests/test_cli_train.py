@@ -85,7 +85,9 @@ def test_eval_reproduces_the_final_test_accuracy(run, capsys):
     out = run[0]
     assert main(["eval", str(out), "--device", "cpu"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert f"test accuracy {100 * summary['test_acc']:.2f}%" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"test accuracy {100 * summary['test_acc']:.2f}%" in said
+    assert "% (test loss " in said and ") on 64 test images, checkpoint" in said  # how many (--limit-test)
 
 
 def test_eval_with_precise_batchnorm_leaves_the_checkpoint_as_it_was(run, capsys):

@@ -98,7 +98,8 @@ def evaluate_run(
     if precise_bn is not None:
         used = precise_batchnorm(net, load_data(config, train=True, device=torch_device), precise_bn)
     result = evaluate(net, test, autocast_dtype=config.autocast_dtype)
-    return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used}
+    return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used,
+            "test_images": len(test.images), "read_from": test.spec.read_from}
 
 
 def eval_command(run_dir: Path, device: str = "auto", data_dir: str | None = None, precise_bn: int | None = None) -> int:
@@ -108,9 +109,11 @@ def eval_command(run_dir: Path, device: str = "auto", data_dir: str | None = Non
     if result["precise_bn_batches"] is not None:
         batches = result["precise_bn_batches"]
         recomputed = f"; BatchNorm statistics recomputed on {batches} training batch{'' if batches == 1 else 'es'}, not saved"
+    where = f" ({result['read_from']})" if result["read_from"] else ""  # the files found, which --data-dir may not hold
     print(
-        f"{run_dir}: test accuracy {100 * result['test_acc']:.2f}% (test loss {result['test_loss']:.4g}), "
-        f"checkpoint after epoch {result['epoch']}/{result['epochs']}{recomputed}"
+        f"{run_dir}: test accuracy {100 * result['test_acc']:.2f}% (test loss {result['test_loss']:.4g}) on "
+        f"{result['test_images']} test images{where}, checkpoint after epoch {result['epoch']}/{result['epochs']}"
+        f"{recomputed}"
     )
     return 0
 
