@@ -128,3 +128,19 @@ def test_training_schedule_of_a_paper_preset_ends_above_zero():
     schedule = lr_schedule(lr=o["lr"], epochs=o["epochs"], warmup_epochs=o["warmup_epochs"], warmup_lr=o["warmup_lr"])
     assert len(schedule) == 160 and schedule[0] == 0.01 and 0 < schedule[-1] < 1e-3
     assert schedule[10] == pytest.approx(0.4 * (1 + math.cos(math.pi * 10 / 160)))
+
+
+def test_another_method_over_a_preset_gets_its_own_method_options():
+    """`--config contsup/... --method greedy` is greedy (linear heads, no context), not ContSup's heads and
+    context under greedy's name; the preset's recipe and K stay, flags still override, and a method of one
+    module takes its K."""
+    preset = "contsup/resnet32_cifar10_k16_R1E_ce"
+    greedy = load_config(preset, method="greedy")
+    assert (greedy.net.aux_head, greedy.net.context, greedy.net.local_loss) == ("linear", "R0", "ce")
+    assert (greedy.net.num_modules, greedy.optim.lr, greedy.optim.batch_size) == (16, 0.8, 1024)
+    assert load_config(preset, method="greedy", aux_head="1c2f").net.aux_head == "1c2f"
+    assert load_config(preset, method="e2e").net.num_modules == 1
+    infopro = load_config("infopro/resnet32_cifar10_k4_balanced_contrast", method="contsup")
+    assert (infopro.net.reconstruct, infopro.net.context, infopro.net.local_loss) == (False, "R1E", "ce")
+    same = load_config(preset, method="contsup")  # the preset's own method: nothing replaced
+    assert same.net.context == "R1E"

@@ -427,9 +427,26 @@ def requested_options(config: str | None, overrides: Mapping[str, Any]) -> tuple
         path = find_config(config)
         values = read_options(path)
         name = path.stem
+        if overrides.get("method") not in (None, values.get("method")):
+            values = {k: v for k, v in values.items() if k not in _method_options(overrides["method"])}
         _check_values(values, path, skip=overrides)
     values.update(overrides)
     return values, name
+
+
+def _method_options(method: str) -> set[str]:
+    """The options of a config file that ``--method`` replaces when it names another method than the file's:
+    what any method sets (head, local loss, context, reconstruction, ...) and the settings of those, so that
+    `--config contsup/... --method greedy` is greedy with its own heads and no context, not ContSup's. The
+    number of modules stays the file's, unless the new method fixes it (e2e, checkpoint: one)."""
+    from locallearn.methods import METHODS
+
+    chosen = METHODS.get(method)
+    options = {key for name in METHODS.names() for key in METHODS.get(name).preset("cnn")}
+    options |= {key for name in METHODS.names() for family in METHODS.get(name).family_defaults
+                for key in METHODS.get(name).preset(family)}
+    options |= {"lambda_source", "temperature", "feature_weight", "activation_segments"}
+    return options - ({"num_modules"} - set(chosen.defaults))
 
 
 def _check_values(values: Mapping[str, Any], path: Path, *, skip: Mapping[str, Any]) -> None:
