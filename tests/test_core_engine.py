@@ -68,6 +68,10 @@ def test_activation_checkpointing_matches_end_to_end():
     ckpt = ll.build("resnet20", method="checkpoint", dataset="cifar10")
     ckpt.load_state_dict(e2e.state_dict())
     assert ckpt.activation_segments == 3  # ≈ √11 units
+    assert ll.build("resnet20", method="checkpoint", activation_segments=11).activation_segments == 11
+    with pytest.raises(ValueError, match=r"activation_segments: 12 segments of a module of 11 units; give at most 11 "
+                                         r"\(default ≈ √11: 3\)"):  # it was 11, config.yaml saying 12
+        ll.build("resnet20", method="checkpoint", activation_segments=12)
     x, y = batch(8)
     for net in (e2e, ckpt):
         ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.0))

@@ -82,7 +82,10 @@ class LocalNet(nn.Module):
         self.activation_segments = 0
         if config.activation_checkpointing:
             n = max(b - a for a, b in self.bounds)
-            self.activation_segments = min(n, config.activation_segments or max(1, round(math.sqrt(n))))
+            if (config.activation_segments or 0) > n:  # a segment holds one unit at least
+                raise ValueError(f"activation_segments: {config.activation_segments} segments of a module of {n} units; "
+                                 f"give at most {n} (default ≈ √{n}: {max(1, round(math.sqrt(n)))}).")
+            self.activation_segments = config.activation_segments or max(1, round(math.sqrt(n)))
         self.register_load_state_dict_pre_hook(_migrate_state_dict)
 
     @property
