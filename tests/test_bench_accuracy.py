@@ -89,9 +89,8 @@ def test_a_tiny_grid_writes_rows_table_and_plot_and_resumes(tmp_path, capsys, ke
     assert f"- cells trained on: CPU; torch threads: {keep_threads}\n" in md and f"revision {revision}\n" in md
     torch.set_num_threads(keep_threads)
     # cells that trained with other threads and another revision: each value, with its number of cells
-    config = shards / "cells" / "resnet20_greedy_k2_s1" / "config.yaml"
-    config.write_text(config.read_text().replace(f"torch_threads: {keep_threads}\n",
-                                                 f"torch_threads: {keep_threads + 1}\n"))
+    cell = RunDir(shards / "cells" / "resnet20_greedy_k2_s1")  # each epoch records its threads
+    cell.write_metrics([{**r, "torch_threads": keep_threads + 1} for r in cell.read_metrics()])
     summary = shards / "cells" / "resnet20_greedy_k2_s1" / "summary.json"
     summary.write_text(summary.read_text().replace(f'"git": "{revision}"', '"git": "0123abc"'))
     assert main(["bench", "accuracy", *GRID, "--seeds", "0,1", "--collect", "--out", str(shards)]) == 0

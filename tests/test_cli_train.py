@@ -303,3 +303,35 @@ def test_a_resume_on_other_threads_says_so_and_each_epoch_records_its_own(tmp_pa
     assert "torch_threads: 1" in (out / "config.yaml").read_text()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["torch_threads"] for r in records] == [1, 2]
+
+
+def test_a_pipeline_runs_settings_do_not_stop_its_resume_in_one_process(tmp_path, capsys):
+    """The lock-step schedule is the pipeline's, dropped in one process; data parallelism cannot be continued
+    there, and the refusal names config.yaml's value, not a flag the user did not type."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--limit-train", "16",
+            "--limit-test", "8", "--batch-size", "8", "--epochs", "2", "--device", "cpu", "--out", str(out)]
+    with ctrl_c_before_checkpoint(2):
+        assert main(args) == 130
+    text = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(text.replace("parallel: none", "parallel: pipeline")
+                                     .replace("pipeline_sync: false", "pipeline_sync: true"))
+    assert main(["train", "--out", str(out), "--resume"]) == 0
+    (out / "summary.json").unlink()
+    (out / "config.yaml").write_text(text.replace("parallel: none", "parallel: pipeline")
+                                     .replace("data_parallel: 1", "data_parallel: 2"))
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume"]) == 2
+    assert "trains data-parallel (data_parallel 2 in its config.yaml)" in capsys.readouterr().err
+
+
+def test_stopped_after_the_first_epochs_metrics_but_before_its_checkpoint_says_resume(tmp_path, capsys):
+    """metrics.jsonl holds an epoch, so the same command would be refused: the line names --resume."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--limit-train", "16",
+            "--limit-test", "8", "--batch-size", "8", "--epochs", "2", "--device", "cpu", "--out", str(out)]
+    with ctrl_c_before_checkpoint(1):
+        assert main(args) == 130
+    assert capsys.readouterr().err.strip().endswith(
+        f"interrupted in epoch 1: no checkpoint was written; `locallearn train --out {out} --resume` continues it.")
+    assert main([*args, "--resume"]) == 0

@@ -476,6 +476,16 @@ def test_an_error_under_torchrun_is_said_by_rank_0_before_torchrun_stops_it(tmp_
 
 
 @pytest.mark.slow
+def test_a_replicas_share_of_one_image_is_refused_for_batchnorm1d(tmp_path):
+    run = tmp_path / "pipe"
+    argv = [*TRAIN, "--method", "dgl", "--data-parallel", "2", "--batch-size", "2", "--out", str(run)]
+    assert _join(spawn_local(_cli, 4, argv, stderr_dir=str(tmp_path)), 120) == [2, 2, 2, 2]
+    said = (tmp_path / "rank0.err").read_text()
+    assert "not 1; give --batch-size 4 or more (each of the 2 data-parallel replicas" in said, said
+    assert not run.exists()
+
+
+@pytest.mark.slow
 def test_a_pipeline_run_resumed_in_one_process_says_so(tmp_path, capsys):
     """The start line names what a resume changes in how the run runs, the pipeline left included (the resumed
     run took the pipeline's `parallel` from config.yaml and said nothing), and the new checkpoint records it."""

@@ -144,3 +144,10 @@ def test_another_method_over_a_preset_gets_its_own_method_options():
     assert (infopro.net.reconstruct, infopro.net.context, infopro.net.local_loss) == (False, "R1E", "ce")
     same = load_config(preset, method="contsup")  # the preset's own method: nothing replaced
     assert same.net.context == "R1E"
+
+
+def test_a_method_over_a_config_file_without_one_keeps_the_files_options(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: resnet32\naux_head: 1c2f\nlocal_loss: contrast\n")
+    config = load_config(str(recipe), method="greedy")
+    assert (config.net.aux_head, config.net.local_loss) == ("1c2f", "contrast")

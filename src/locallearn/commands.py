@@ -43,6 +43,8 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
     if not resume:  # a resume keeps the options the run was started with
         check_used(resolved, flags)  # the flags typed: a --config file (a preset, a run's config.yaml) may hold any
     values = {**values, "parallel": resolved.processes.parallel}  # how this command runs, also when it resumes
+    if resolved.processes.parallel == "none":  # a pipeline run resumed in one process: no lock-step to keep
+        values["pipeline_sync"] = False
     if resolved.processes.parallel == "pipeline":  # one process per pipeline rank, under torchrun
         from locallearn.distributed import fit_pipeline
 

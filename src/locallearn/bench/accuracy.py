@@ -56,7 +56,7 @@ from locallearn.training.config import (
 from locallearn.training.fit import fit
 from locallearn.training.progress import Progress
 from locallearn.training.report import write_report
-from locallearn.training.rundir import CONFIG, LOG, RunDir
+from locallearn.training.rundir import CONFIG, LOG, METRICS, RunDir
 from locallearn.validate import Int
 
 Log = Callable[[str], None]
@@ -291,7 +291,11 @@ def _row(cell: Cell, config: Config, varying: list[str], train: bool) -> dict[st
         except Exception as err:  # a failing cell is reported in its row; the grid goes on
             row.update(status="failed", reason=" ".join(str(err).split())[:300] or type(err).__name__)
     recorded = read_mapping(run.file(CONFIG)) if run.file(CONFIG).is_file() else {}  # checked by check_cell
-    return {**row, **{key: row.get(key) for key in _PROVENANCE}, "torch_threads": recorded.get("torch_threads")}
+    epochs = run.read_metrics() if run.file(METRICS).is_file() else []  # each epoch's threads (a resume may change
+    threads = sorted({r["torch_threads"] for r in epochs if "torch_threads" in r})  # them), else config.yaml's
+    threads = threads or [recorded.get("torch_threads")]
+    return {**row, **{key: row.get(key) for key in _PROVENANCE},
+            "torch_threads": threads[0] if len(threads) == 1 else "/".join(map(str, threads))}
 
 
 def _stopped(cell: Cell, err: KeyboardInterrupt, command: str | None) -> str:

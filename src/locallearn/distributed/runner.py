@@ -112,7 +112,10 @@ class PipelineRunner:
         seed_everything(config.run.seed)
         self.net = net = build_net(config.net).to(env.device)
         check_logits(net)
-        check_batch(net, config.optim.batch_size)
+        replicas = config.processes.data_parallel  # each replica of a stage trains on its share of a batch
+        check_batch(net, config.optim.batch_size // replicas, f"give --batch-size {2 * replicas} or more (each of the "
+                    f"{replicas} data-parallel replicas trains on a share of a batch)" if replicas > 1 else
+                    "give --batch-size 2 or more")
         self.stage_dir = run.path / STAGE_DIR
         self.log = log
         # this run's id (config.yaml, on rank 0's file system): stage files of another run are never taken

@@ -427,7 +427,7 @@ def requested_options(config: str | None, overrides: Mapping[str, Any]) -> tuple
         path = find_config(config)
         values = read_options(path)
         name = path.stem
-        if overrides.get("method") not in (None, values.get("method")):
+        if "method" in values and overrides.get("method") not in (None, values["method"]):
             values = {k: v for k, v in values.items() if k not in _method_options(overrides["method"])}
         _check_values(values, path, skip=overrides)
     values.update(overrides)
@@ -524,6 +524,10 @@ def resumed_config(stored: Mapping[str, Any], requested: Mapping[str, Any], *, o
     """The config of a run being resumed: the stored options, with the options asked for now laid over them —
     which must not change anything (except ``RESUMABLE_CHANGES``). ``locallearn train --out RUN --resume``
     therefore needs no other flag, and repeating the original command works too."""
+    if requested.get("parallel") == "none" and stored.get("data_parallel", 1) != 1:
+        raise ValueError(f"--resume: the run in {out} trains data-parallel (data_parallel {stored['data_parallel']} in "
+                         f"its config.yaml), which one process cannot continue (its BatchNorm sees other batches); "
+                         f"resume it under torchrun with --parallel pipeline.")
     moved = {"data_dir": requested["data_dir"]} if requested.get("data_dir") is not None else {}
     before = resolve({**stored, **moved})  # resolving an image folder's options reads it, where it is now
     after = resolve({**stored, **requested, "out": out})

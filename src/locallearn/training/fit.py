@@ -153,8 +153,8 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
             compiled_now = config.run.compile and epoch == done + 1  # a process compiles in its first steps
             log(epoch_line(record, config.optim.epochs) + ("  (time includes compiling)" if compiled_now else ""))
     except KeyboardInterrupt:  # a stop Ctrl-C requested (acted on between batches), or a second Ctrl-C, where it landed
-        resume_hint = (f"; `locallearn train --out {shlex.quote(str(run.path))} --resume` continues it" if saved else
-                       "; the same command starts it over")
+        resume_hint = (f"; `locallearn train --out {shlex.quote(str(run.path))} --resume` continues it"
+                       if saved or not run.untrained else "; the same command starts it over")  # (an epoch logged)
         kept = f"interrupted in epoch {saved + 1}: {_kept(run, saved)}"
         raise interrupt.Interrupted(f"{kept}{resume_hint}.", kept=kept) from None
     runner.close()
