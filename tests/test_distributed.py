@@ -440,13 +440,7 @@ def test_ctrl_c_of_a_pipeline_run_is_said_once_by_rank_0(tmp_path):
     """torchrun passes Ctrl-C (SIGINT) to every rank: each stops at a safe point with status 130, and rank 0
     alone says what is kept, in one line (each rank used to print it, and an error line besides)."""
     run = tmp_path / "pipe"
-    procs = spawn_local(_cli, 2, TRAIN + ["--out", str(run)], stderr_dir=str(tmp_path))
-    while not (run / "checkpoint.pt").exists():
-        assert all(p.is_alive() for p in procs), "the run ended before epoch 1 was checkpointed"
-        time.sleep(0.05)
-    for p in procs:
-        os.kill(p.pid, signal.SIGINT)
-    assert _join(procs, 60) == [130, 130]
+    _pipeline_stopped_by_ctrl_c(run, tmp_path)
     said = [(tmp_path / f"rank{r}.err").read_text() for r in (0, 1)]
     lines = [line for line in said[0].splitlines() if line.startswith("locallearn")]
     assert len(lines) == 1 and lines[0].startswith("locallearn: interrupted in epoch "), said[0]
@@ -492,13 +486,7 @@ def test_a_pipeline_run_resumed_in_one_process_says_so(tmp_path, capsys):
     from locallearn.cli import main
 
     run = tmp_path / "pipe"
-    procs = spawn_local(_cli, 2, TRAIN + ["--out", str(run)], stderr_dir=str(tmp_path))
-    while not (run / "checkpoint.pt").exists():
-        assert all(p.is_alive() for p in procs), "the run ended before epoch 1 was checkpointed"
-        time.sleep(0.05)
-    for p in procs:
-        os.kill(p.pid, signal.SIGINT)
-    assert _join(procs, 60) == [130, 130]
+    _pipeline_stopped_by_ctrl_c(run, tmp_path)
     assert main(["train", "--out", str(run), "--resume"]) == 0
     out = capsys.readouterr().out
     assert "now with parallel ('pipeline' → 'none')" in out, out
@@ -508,13 +496,7 @@ def test_a_pipeline_run_resumed_in_one_process_says_so(tmp_path, capsys):
 @pytest.mark.slow
 def test_damaged_checkpoints_of_a_pipeline_run_are_said_once_each_on_resume(tmp_path):
     run = tmp_path / "pipe"
-    procs = spawn_local(_cli, 2, TRAIN + ["--out", str(run)], stderr_dir=str(tmp_path))
-    while not (run / "checkpoint.prev.pt").exists():  # two epochs checkpointed
-        assert all(p.is_alive() for p in procs), "the run ended before epoch 2 was checkpointed"
-        time.sleep(0.05)
-    for p in procs:
-        os.kill(p.pid, signal.SIGINT)
-    assert _join(procs, 60) == [130, 130]
+    _pipeline_stopped_by_ctrl_c(run, tmp_path, once="checkpoint.prev.pt")  # two epochs checkpointed
     for name in ("checkpoint.pt", *sorted(p.name for p in (run / "pipeline").glob("stage1-*"))[-1:]):
         with open(run / name if name.startswith("checkpoint") else run / "pipeline" / name, "r+b") as f:
             f.truncate(1000)
@@ -527,6 +509,18 @@ def test_damaged_checkpoints_of_a_pipeline_run_are_said_once_each_on_resume(tmp_
     from locallearn.training import RunDir
 
     assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2, 3]
+
+
+def _pipeline_stopped_by_ctrl_c(run, tmp_path, once="checkpoint.pt"):
+    """A 2-rank pipeline run of ``TRAIN`` into ``run``, stopped by Ctrl-C (to every rank, as torchrun passes it)
+    once ``run/once`` exists; both ranks stop with status 130. Their standard error is in ``tmp_path``."""
+    procs = spawn_local(_cli, 2, TRAIN + ["--out", str(run)], stderr_dir=str(tmp_path))
+    while not (run / once).exists():
+        assert all(p.is_alive() for p in procs), f"the run ended before {once} was written"
+        time.sleep(0.05)
+    for p in procs:
+        os.kill(p.pid, signal.SIGINT)
+    assert _join(procs, 60) == [130, 130]
 
 
 def _cli_printing_to(path, argv):

@@ -229,9 +229,9 @@ def varying_options(configs: list[Config]) -> list[str]:
     """The options, beyond a row's own (``ROW_OPTIONS``, seed, out), whose resolved value differs between
     cells (a method's decoder, λ, reconstruction...): the rows carry them, so that what sets cells apart is
     in accuracy.csv and .json."""
-    first = configs[0].options()
+    first, *others = [config.options() for config in configs]
     return [key for key in first if key not in (*ROW_OPTIONS, "seed", "out")
-            and any(config.options()[key] != first[key] for config in configs[1:])]
+            and any(options[key] != first[key] for options in others)]
 
 
 def run_accuracy(
@@ -290,10 +290,10 @@ def _row(cell: Cell, config: Config, varying: list[str], train: bool) -> dict[st
             row.update(_result(run))
         except Exception as err:  # a failing cell is reported in its row; the grid goes on
             row.update(status="failed", reason=" ".join(str(err).split())[:300] or type(err).__name__)
-    recorded = read_mapping(run.file(CONFIG)) if run.file(CONFIG).is_file() else {}  # checked by check_cell
     epochs = run.read_metrics() if run.file(METRICS).is_file() else []  # each epoch's threads (a resume may change
     threads = sorted({r["torch_threads"] for r in epochs if "torch_threads" in r})  # them), else config.yaml's
-    threads = threads or [recorded.get("torch_threads")]
+    if not threads:  # a run of before epochs recorded them (config.yaml is checked by check_cell)
+        threads = [read_mapping(run.file(CONFIG)).get("torch_threads") if run.file(CONFIG).is_file() else None]
     return {**row, **{key: row.get(key) for key in _PROVENANCE},
             "torch_threads": threads[0] if len(threads) == 1 else "/".join(map(str, threads))}
 
@@ -332,8 +332,8 @@ def _result(run: RunDir) -> dict[str, Any]:
         "peak_memory_mb": summary["peak_memory_mb"],
         "peak_memory_kind": summary["peak_memory_kind"],
         "parameters": summary["parameters"],
-        # where and with what it trained: the process that finished it (torch threads: config.yaml, from the one
-        # that started it); the device is CUDA where its peak memory is CUDA's
+        # where and with what it trained: the process that finished it (torch threads: each epoch's, ``_row``);
+        # the device is CUDA where its peak memory is CUDA's
         "device": "cuda" if summary["peak_memory_kind"] == "cuda_allocated" else "cpu",
         "torch": summary.get("versions", {}).get("torch"),
         "git_revision": summary.get("versions", {}).get("git"),

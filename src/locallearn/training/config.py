@@ -441,12 +441,10 @@ def _method_options(method: str) -> set[str]:
     number of modules stays the file's, unless the new method fixes it (e2e, checkpoint: one)."""
     from locallearn.methods import METHODS
 
-    chosen = METHODS.get(method)
-    options = {key for name in METHODS.names() for key in METHODS.get(name).preset("cnn")}
-    options |= {key for name in METHODS.names() for family in METHODS.get(name).family_defaults
-                for key in METHODS.get(name).preset(family)}
+    methods = [METHODS.get(name) for name in METHODS.names()]
+    options = {key for m in methods for values in (m.defaults, *m.family_defaults.values()) for key in values}
     options |= {"lambda_source", "temperature", "feature_weight", "activation_segments"}
-    return options - ({"num_modules"} - set(chosen.defaults))
+    return options - ({"num_modules"} - set(METHODS.get(method).defaults))
 
 
 def _check_values(values: Mapping[str, Any], path: Path, *, skip: Mapping[str, Any]) -> None:
