@@ -244,3 +244,12 @@ def test_a_failing_cell_is_reported_and_the_grid_goes_on(tmp_path, monkeypatch):
     assert status["resnet20_greedy_k2_s0"] == ("failed", "simulated out of memory")
     assert status["resnet20_dgl_k2_s0"][0] == "ok" and status["resnet20_e2e_k1_s0"][0] == "ok"
     assert "resnet20_greedy_k2_s0: simulated out of memory" in (tmp_path / "acc" / "accuracy.md").read_text()
+
+
+def test_the_header_names_each_cells_device_and_gpu_model():
+    from locallearn.bench.accuracy import cells_header
+
+    cells = {"device": {"cuda: NVIDIA H200": 3, "cpu": 1}, "torch_threads": {"1": 4}, "torch": {"2.13.0": 4},
+             "git_revision": {"abc": 4}}
+    md = cells_header({"cells": cells, "date": "d", "platform": "p", "cpu_count": 2, "python": "3", "locallearn": "0"})
+    assert "- cells trained on: CUDA: NVIDIA H200 (3 cells), CPU (1 cell); torch threads: 1\n" in md

@@ -68,9 +68,10 @@ def test_one_epoch_run_writes_every_file(run):
 
     summary = json.loads((out / "summary.json").read_text())
     for key in ("test_acc", "best_test_acc", "best_epoch", "best_note", "parameters", "train_time_s",
-                "peak_memory_mb", "images_per_s", "net", "versions"):
+                "peak_memory_mb", "images_per_s", "net", "device", "versions"):
         assert key in summary, key
     assert summary["test_acc"] == record["test_acc"] and "test set" in summary["best_note"]
+    assert summary["device"] == "cpu"
     assert summary["parameters"] > 0 and summary["images_per_s"] > 0
 
     checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)

@@ -333,8 +333,8 @@ def _result(run: RunDir) -> dict[str, Any]:
         "peak_memory_kind": summary["peak_memory_kind"],
         "parameters": summary["parameters"],
         # where and with what it trained: the process that finished it (torch threads: each epoch's, ``_row``);
-        # the device is CUDA where its peak memory is CUDA's
-        "device": "cuda" if summary["peak_memory_kind"] == "cuda_allocated" else "cpu",
+        # a run from before summary.json named its device: CUDA where its peak memory is CUDA's
+        "device": summary.get("device") or ("cuda" if summary["peak_memory_kind"] == "cuda_allocated" else "cpu"),
         "torch": summary.get("versions", {}).get("torch"),
         "git_revision": summary.get("versions", {}).get("git"),
     }
@@ -375,12 +375,19 @@ def _described(counts: dict[str, int], show: Callable[[str], str] = str) -> str:
     return ", ".join(f"{show(v)} ({n} cell{'' if n == 1 else 's'})" for v, n in counts.items())
 
 
-def meta_lines(meta: dict) -> str:
-    """The markdown header: the command, then where and with what the cells trained (their own records)."""
+def _device(name: str) -> str:
+    """A cell's device for the header: ``CPU``, ``CUDA: NVIDIA H200``."""
+    kind, _, model = name.partition(":")
+    return kind.upper() + (f":{model}" if model else "")
+
+
+def cells_header(meta: dict) -> str:
+    """The markdown header of a grid (``bench/report.meta_lines`` describes one process; a grid's cells each
+    record their own): the command, then where and with what the cells trained (their own records)."""
     cells = meta["cells"]
     lines = [
         f"- command: `{meta['command'].strip()}`" if meta.get("command") else None,
-        f"- cells trained on: {_described(cells['device'], str.upper)}; torch threads: "
+        f"- cells trained on: {_described(cells['device'], _device)}; torch threads: "
         f"{_described(cells['torch_threads'])}",
         f"- cells' software: torch {_described(cells['torch'])}, revision {_described(cells['git_revision'])}",
         f"- table written: {meta.get('date')}, {meta.get('platform')} ({meta.get('cpu_count')} CPU cores), "
@@ -396,7 +403,7 @@ def write_accuracy(out: Path, rows: list[dict], meta: dict) -> dict[str, Path]:
     paths["json"].write_text(json.dumps({"kind": "accuracy", "meta": meta, "rows": rows}, indent=1) + "\n")
     write_csv(paths["csv"], rows)
     done = [Path(r["run_dir"]) for r in rows if r["status"] == "ok"]
-    parts = ["## Test error against K\n", meta_lines(meta)]
+    parts = ["## Test error against K\n", cells_header(meta)]
     if done:
         report = write_report(done, out=out / "report")
         paths["png"].write_bytes(report.plot_path.read_bytes())

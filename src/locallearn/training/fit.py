@@ -356,8 +356,16 @@ def summarize(history: list[dict[str, Any]], *, config: Config, net: LocalNet, p
         "local_loss": config.net.local_loss,
         "dataset": config.data.dataset,
         "net": net.describe(),
+        "device": device_name(next(net.parameters()).device),
         "versions": versions(),
     }
+
+
+def device_name(device: torch.device) -> str:
+    """``cpu``, or the accelerator's model (``cuda: NVIDIA H200``): where a run trained, for summary.json."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return device.type
 
 
 # --- what is printed ----------------------------------------------------------------------------------------
