@@ -54,8 +54,9 @@ def test_every_variant_runs_in_fresh_processes_and_the_outputs_are_written(tmp_p
 @pytest.mark.slow
 def test_a_run_that_does_not_finish_is_a_failed_run_and_the_exit_status_says_so(tmp_path, capsys):
     out = tmp_path / "bench"
-    argv = ["bench", "pipeline", *TINY, "--variants", "single_1t,pipeline", "--run-timeout", "0.5", "--max-rounds", "2",
-            "--out", str(out)]
+    # runs of 100000 batches cannot finish within 0.5 s, however fast the forked processes start
+    argv = ["bench", "pipeline", *TINY, "--batches", "100000", "--variants", "single_1t,pipeline", "--run-timeout",
+            "0.5", "--max-rounds", "2", "--out", str(out)]
     assert main(argv) == 1
     report = json.loads((out / "pipeline.json").read_text())
     for v in report["variants"].values():  # one run each: a variant that failed is not run again
