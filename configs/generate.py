@@ -1,6 +1,6 @@
 """Write the paper presets: one YAML file per experiment row of docs/methods.md §7-8.
 
-    python configs/generate.py          # rewrites configs/{contsup,infopro,baselines,quickstart}/*.yaml
+    python configs/generate.py          # rewrites configs/{contsup,infopro,baselines,quickstart,swin,vit}/*.yaml
 
 The YAML files are committed; tests/test_presets.py checks they equal what this script writes, loads
 every one and builds its network. Each file is a set of ``locallearn train`` options (flat, as the flags):
