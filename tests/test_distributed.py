@@ -607,3 +607,22 @@ def test_a_resumed_stage_keeps_the_classes_its_checkpoint_was_trained_on():
     state = {"format": 2, "run_id": "r", "config": {"net": {}}, "class_names": ["cat", "dog"], "model": {}, "epoch": 3}
     assert _identity(state) == {"format": 2, "run_id": "r", "config": {"net": {}}, "class_names": ["cat", "dog"]}
     assert "class_names" not in _identity({"format": 2, "run_id": "r"})  # a checkpoint of an earlier release
+
+
+def test_a_pipeline_runs_summary_names_its_classes_as_a_single_process_does():
+    """run_summary adds the training data's class names for every runner (a pipeline's summary left them
+    out), then the runner's own figures."""
+    from types import SimpleNamespace
+
+    from locallearn import build
+    from locallearn.training.config import resolve
+    from locallearn.training.fit import run_summary
+
+    config = resolve(model="resnet20", method="greedy", num_modules=2, split="uniform", dataset="cifar10")
+    net = build(model="resnet20", method="greedy", num_modules=2, split="uniform")
+    history = [{"epoch": 1, "test_acc": 0.5, "test_loss": 1.0, "train_time_s": 1.0, "images_per_s": 10.0,
+                "epoch_time_s": 1.5, "peak_memory_mb": 1.0, "peak_memory_kind": "saved_tensors"}]
+    runner = SimpleNamespace(net=net, class_names=["cat", "dog"], summary=lambda h: {"pipeline": {"stages": 2}})
+    summary = run_summary(history, config, runner, parameters=1)
+    assert summary["class_names"] == ["cat", "dog"] and summary["pipeline"] == {"stages": 2}
+    assert "class_names" not in run_summary(history, config, SimpleNamespace(**{**vars(runner), "class_names": None}), 1)

@@ -326,8 +326,11 @@ def epoch_record(epoch: int, lr: float, train: dict[str, Any], test: dict[str, A
 
 
 def run_summary(history: list[dict[str, Any]], config: Config, runner: Runner, parameters: int) -> dict[str, Any]:
-    """summary.json of a finished run: ``summarize``'s figures and the runner's own (a pipeline's ranks)."""
-    return {**summarize(history, config=config, net=runner.net, parameters=parameters), **runner.summary(history)}
+    """summary.json of a finished run: ``summarize``'s figures, the training data's class names where it names
+    them (an image folder), and the runner's own figures (a pipeline's ranks)."""
+    names = {"class_names": runner.class_names} if runner.class_names else {}
+    return {**summarize(history, config=config, net=runner.net, parameters=parameters), **names,
+            **runner.summary(history)}
 
 
 def summarize(history: list[dict[str, Any]], *, config: Config, net: LocalNet, parameters: int) -> dict:

@@ -69,7 +69,7 @@ class Runner(Protocol):
     def save(self, run: RunDir, state: dict[str, Any]) -> None: ...
     def restore(self, run: RunDir) -> dict[str, Any] | None: ...
     def describe(self) -> list[str]: ...
-    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]: ...
+    def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]: ...  # the runner's own figures
     def close(self) -> None: ...
 
 
@@ -160,7 +160,7 @@ class LocalRunner:
         return [f"  data: batches given from Python ({self.steps_per_epoch or 'unknown number of'} per epoch); {self.device}"]
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"class_names": self.class_names} if self.class_names else {}
+        return {}
 
     def close(self) -> None:
         pass
