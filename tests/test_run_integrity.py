@@ -339,7 +339,12 @@ def test_12_bad_options_are_one_line(tmp_path, finished, capsys):
         (["--lambdas", "1,2,3,4"], "lambdas: --lambdas weighs image reconstruction, which this run does not do, so "
                                    "it would change nothing but config.yaml; drop it, or add --reconstruct."),
         (["--temperature", "0.5"], "add --local-loss contrast"),
-        (["--method", "greedy", "--feature-weight", "5"], "feature_weight: --feature-weight weighs FeatRecon's"),
+        (["--method", "greedy", "--feature-weight", "5"], "feature_weight: --feature-weight weighs the local modules' "
+                                                           "feature reconstruction, which this run does not do"),
+        (["--method", "featrecon", "--model", "resnet20", "--num-modules", "1", "--feature-weight", "5"],
+         "add --feature-decoder (linear, conv or transformer) or use --method featrecon, with --num-modules 2 or more"),
+        (["--method", "e2e", "--num-modules", "1", "--feature-decoder", "conv"], "feature_decoder: --feature-decoder is "
+                                                                                "the local modules' feature decoder"),
         (["--activation-segments", "3"], "use --method checkpoint"),
         (["--pipeline-assign", "2,2"], "pipeline_assign: --pipeline-assign sets up the pipeline"),
         (["--method", "e2e", "--num-modules", "1", "--aux-head", "dgl"], "aux_head: --aux-head is a local module's"),

@@ -474,9 +474,13 @@ USED_BY = {
            ("aux_head", lambda c: c.net.num_modules > 1, "a local module's head"),
            ("local_loss", lambda c: c.net.num_modules > 1, "the local modules' loss"),
            ("reconstruct", lambda c: c.net.num_modules > 1 or not c.net.reconstruct, "the local modules' image "
-            "reconstruction"))},
-    "feature_weight": (lambda c: c.net.feature_decoder is not None, "weighs FeatRecon's feature reconstruction, "
-                       "which this method does not do", "use --method featrecon", "use method='featrecon'"),
+            "reconstruction"),
+           ("feature_decoder", lambda c: c.net.num_modules > 1, "the local modules' feature decoder"))},
+    "feature_weight": (lambda c: c.net.feature_decoder is not None and c.net.num_modules > 1, "weighs the local "
+                       "modules' feature reconstruction, which this run does not do (no feature decoder, or one "
+                       "module)", "add --feature-decoder (linear, conv or transformer) or use --method featrecon, "
+                       "with --num-modules 2 or more", "add feature_decoder='linear' (or 'conv', 'transformer') or "
+                       "use method='featrecon', with num_modules=2 or more"),
     "activation_segments": (lambda c: c.net.activation_checkpointing, "sets how activation checkpointing splits a "
                             "module, and this run does not checkpoint", "use --method checkpoint",
                             "use method='checkpoint'"),
