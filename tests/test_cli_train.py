@@ -222,7 +222,8 @@ def test_list_shows_registries_and_presets(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     for words in ("models: ", "resnet32", "methods: ", "contsup", "context modes: ", "R1E", "datasets: ", "digits",
-                  "contsup/resnet32_cifar10_k16_R1E_ce", "baselines/resnet110_cifar10_e2e"):
+                  "contsup/resnet32_cifar10_k16_R1E_ce", "baselines/resnet110_cifar10_e2e",
+                  "auto (the model family's: 1c2f on cnn models, token on transformer models)"):
         assert words in out, words
 
 

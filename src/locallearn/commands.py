@@ -122,8 +122,12 @@ def eval_command(run_dir: Path, device: str = "auto", data_dir: str | None = Non
 
 def list_command() -> int:
     """``locallearn list``: every name a user can choose, and the shipped presets."""
+    from locallearn.models.registry import FAMILY_HEADS
+
     for kind, names in locallearn.registries().items():
-        print(f"{kind.replace('_', ' ')}: {', '.join(names)}")
+        family = ", ".join(f"{head} on {kind_} models" for kind_, head in FAMILY_HEADS.items())
+        extra = f", auto (the model family's: {family})" if kind == "aux_heads" else ""
+        print(f"{kind.replace('_', ' ')}: {', '.join(names)}{extra}")
     print("method defaults (any option overrides them):")
     for name in METHODS.names():
         method = METHODS.get(name)

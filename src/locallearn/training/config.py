@@ -204,7 +204,8 @@ _NET_HELP = {
                       "infopro, contsup and featrecon default to K=4"),
     "num_modules": ("int", "K, the number of local modules (default: the method's)"),
     "split": ("yaml", "paper, balanced, auto, uniform, stages or cuts as YAML, e.g. '[[1,2],[2,1]]' (default: paper where the model has published cuts, else auto)"),
-    "aux_head": ("str", f"auxiliary head of the local modules: {', '.join(HEADS.names())}, auto (default: the method's)"),
+    "aux_head": ("str", f"auxiliary head of the local modules: {', '.join(HEADS.names())}, or auto: the model family's, 1c2f on "
+                 "CNNs and token on transformers (default: the method's)"),
     "local_loss": ("str", "ce (softmax) or contrast (supervised contrastive) (default: the method's)"),
     "reconstruct": ("bool", "InfoPro's image reconstruction in every local module (default: the method's)"),
     "context": ("str", "ContSup context mode: R0, E, R1, R1E, Rn, RnE (default: the method's)"),
