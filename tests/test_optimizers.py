@@ -63,9 +63,9 @@ def test_a_run_with_adamw_stepped_per_step(tmp_path, capsys):
             "--limit-test", "32", "--batch-size", "16", "--device", "cpu", "--epochs", "2", "--optimizer", "adamw",
             "--lr", "0.001", "--schedule", "step", "--warmup-epochs", "1", "--out", str(out)]
     assert main(args) == 0
-    # the default warm-up rate, 0.01, is above this peak: accepted (as it always was), and said
-    assert "warm-up: from 0.01, above the peak lr 0.001, down to it" in capsys.readouterr().out
+    assert "above the peak" not in capsys.readouterr().out  # AdamW's warm-up starts at 1e-6
     state = RunDir(out).load_checkpoint()
+    assert (state["config"]["optim"]["warmup_lr"], state["config"]["optim"]["lr"]) == (1e-6, 0.001)
     assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.05, 0.0]
     last = state["optimizer"]["param_groups"][0]["lr"]  # the rate of the last step: the cosine's, per step
     assert last == pytest.approx(Schedule(lr=0.001, epochs=2, warmup_epochs=1, per_step=True, steps_per_epoch=4).at(2, 3))
@@ -95,3 +95,15 @@ def test_merged_optimizer_state_with_two_groups_round_trips():
     assert merged["state"].keys() == reference["state"].keys()
     for i, value in reference["state"].items():
         assert all(torch.equal(merged["state"][i][k], v) for k, v in value.items() if torch.is_tensor(v))
+
+
+def test_each_optimizer_has_its_own_default_rates_and_a_warm_up_above_the_peak_is_said(tmp_path, capsys):
+    assert (resolve(optimizer="adamw").optim.lr, resolve(optimizer="adamw").optim.warmup_lr) == (1e-3, 1e-6)
+    assert (resolve().optim.lr, resolve().optim.warmup_lr) == (0.1, 0.01)  # SGD: the papers' recipe
+    assert resolve(optimizer="adamw", lr=3e-4).optim.lr == 3e-4
+    # SGD's default warm-up rate, 0.01, above a peak of 0.001: accepted (as it always was), and said
+    args = ["train", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--limit-train", "32",
+            "--limit-test", "16", "--batch-size", "16", "--device", "cpu", "--epochs", "2", "--lr", "0.001",
+            "--warmup-epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert "warm-up: from 0.01, above the peak lr 0.001, down to it" in capsys.readouterr().out

@@ -41,10 +41,11 @@ from locallearn.validate import Bool, Choice, Float, Int, Optional, Text, check,
 
 AMP_MODES = ("none", "bf16")
 # Each optimizer's defaults for the options that depend on it: SGD as the papers' recipe (docs/methods.md §7);
-# AdamW as the usual transformer recipe (weight decay 0.05, not on biases, norms and position tables).
+# AdamW as the usual transformer recipe (weight decay 0.05, not on biases, norms and position tables; a peak
+# rate of 1e-3, warmed up from 1e-6: SGD's 0.1 and 0.01 would make Adam's steps a hundred times too large).
 OPTIMIZER_DEFAULTS = {
-    "sgd": dict(momentum=0.9, nesterov=True, weight_decay=1e-4),
-    "adamw": dict(momentum=None, nesterov=None, weight_decay=0.05),
+    "sgd": dict(momentum=0.9, nesterov=True, weight_decay=1e-4, lr=0.1, warmup_lr=0.01),
+    "adamw": dict(momentum=None, nesterov=None, weight_decay=0.05, lr=1e-3, warmup_lr=1e-6),
 }
 OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
 SCHEDULES = ("epoch", "step")
@@ -231,16 +232,17 @@ _OTHER_HELP = {
     "optimizer": ("str", "sgd (momentum, Nesterov: the papers' recipe) or adamw (no weight decay on biases, norms "
                          "and position tables: the usual transformer recipe) (default: sgd)"),
     "schedule": ("str", "epoch: the rate changes once per epoch (the papers'); step: at every step (default: epoch)"),
-    "epochs": ("int", "number of epochs E"),
-    "batch_size": ("int", "training batch size (also used for evaluation)"),
-    "lr": ("float", "peak learning rate of the cosine schedule"),
+    "epochs": ("int", "number of epochs E (default: 8)"),
+    "batch_size": ("int", "training batch size (also used for evaluation) (default: 64)"),
+    "lr": ("float", "peak learning rate of the cosine schedule (default: 0.1 with sgd, 1e-3 with adamw)"),
     "momentum": ("float", "SGD momentum (default: 0.9)"),
     "nesterov": ("bool", "SGD's Nesterov momentum (default: on)"),
     "weight_decay": ("float", "weight decay (default: 1e-4 with sgd, on every parameter; 0.05 with adamw)"),
-    "warmup_epochs": ("int", "linear warm-up epochs W (none when epochs <= W: the run is then pure cosine)"),
-    "warmup_lr": ("float", "learning rate of the first warm-up epoch"),
+    "warmup_epochs": ("int", "linear warm-up epochs W (none when epochs <= W: the run is then pure cosine) "
+                             "(default: 10)"),
+    "warmup_lr": ("float", "learning rate of the first warm-up epoch (default: 0.01 with sgd, 1e-6 with adamw)"),
     "out": ("str", "run directory (default: runs/<preset or model_method_kK_context_dataset>)"),
-    "seed": ("int", "seed of initialisation and data order"),
+    "seed": ("int", "seed of initialisation and data order (default: 0)"),
     "device": ("str", "cpu, cuda, cuda:N, or auto (cuda when available)"),
     "amp": ("str", "mixed precision: none or bf16"),
     "compile": ("bool", "torch.compile every unit, head and encoder"),
