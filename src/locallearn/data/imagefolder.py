@@ -17,6 +17,8 @@ Choices, the same for every folder (so a run is described by its folder and ``im
 - Augmentation: CIFAR's, scaled with the size: pad by image_size // 8 (4 at 32) reflected, random crop,
   random horizontal flip. Right for photographs of objects; a dataset whose classes change under a mirror
   (text, digits) should not use it.
+- Order: the classes in turn (each class's first image, then each one's second, ...), so that
+  ``--limit-train N`` / ``--limit-test N``, which keep the first N images, keep every class where N allows.
 - Normalisation: ImageNet's mean and std, the usual constants for natural photographs of unknown statistics;
   computing the folder's own would mean decoding every image before the spec is known.
 
@@ -26,6 +28,7 @@ so 100,000 images take 300 MB (at S = 224, 15 GB). That suits user datasets of m
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,8 +175,11 @@ def _class_names(split_dir: Path) -> tuple[str, ...]:
 
 
 def _items(split_dir: Path, classes: tuple[str, ...]) -> tuple[Item, ...]:
-    """Every image file of the split with its label; classes in order, files sorted within a class."""
-    items: list[Item] = []
+    """Every image file of the split with its label, the classes taken in turn (each class's first file, then
+    each one's second, ...; files sorted within a class, a class that runs out drops out): so the first N
+    images, which ``limit_train`` / ``limit_test`` keep, hold every class where N allows (in class order they
+    would all be the first class's)."""
+    per_class: list[list[Item]] = []
     for label, name in enumerate(classes):
         files = _image_files(split_dir / name)
         if not files:
@@ -181,8 +187,9 @@ def _items(split_dir: Path, classes: tuple[str, ...]) -> tuple[Item, ...]:
                 f"{IMAGEFOLDER}: class folder {split_dir / name} holds no images "
                 f"(read by extension: {', '.join(IMAGE_EXTENSIONS)})."
             )
-        items += [(path, label) for path in files]
-    return tuple(items)
+        per_class.append([(path, label) for path in files])
+    turns = itertools.zip_longest(*per_class)
+    return tuple(item for turn in turns for item in turn if item is not None)
 
 
 def _image_files(class_dir: Path) -> list[Path]:
