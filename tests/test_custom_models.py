@@ -331,6 +331,34 @@ def test_an_option_the_run_would_not_use_is_refused_from_python_as_from_the_comm
     summary = train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "b", method="greedy",
                     local_loss="contrast", temperature=0.1, **common)
     assert summary["epochs"] == 1
+    # the data is the batches: the command line's data options would only be recorded
+    for name, value in (("limit_train", 8), ("limit_test", 4), ("data_dir", "/tmp"), ("dataset", "digits")):
+        with pytest.raises(ValueError, match=rf"^{name}: batches given from Python are used as they come, so "
+                                             rf"{name}=\.\.\. would change nothing but config\.yaml; drop it"):
+            train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "c", **{name: value}, **common)
+    # a size or channel count other than the batches' would size and split the network for other images
+    with pytest.raises(ValueError, match=r"^image_size: the first training batch's images have image_size=16, not 32; "
+                                         r"drop image_size=, or give images of that shape\.$"):
+        train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "c", image_size=32, **common)
+    with pytest.raises(ValueError, match=r"^in_channels: the first training batch's images have in_channels=1, not 3"):
+        train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "c", in_channels=3, **common)
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_model_object_trained_twice_is_said_to_start_from_the_first_runs_weights(tmp_path):
+    from locallearn.training import train
+
+    data = [(torch.randn(8, 1, 16, 16), torch.arange(8) % 4)]
+    model, lines = sequential_cnn(in_channels=1, classes=4), []
+    common = dict(num_classes=4, method="greedy", num_modules=2, epochs=1, device="cpu", log=lines.append)
+    train(model, data, data, out=tmp_path / "a", **common)
+    assert not any(line.startswith("warning:") for line in lines)
+    trained = [p.clone() for p in model.parameters()]
+    train(model, data, data, out=tmp_path / "b", **common)
+    warning = (f"warning: this model object was trained by an earlier train() into {tmp_path / 'a'}: this run "
+               "starts from those weights")
+    assert sum(line.startswith(warning) for line in lines) == 1
+    assert not all(torch.equal(a, b) for a, b in zip(trained, model.parameters()))  # trained further, in place
 
 
 @pytest.mark.parametrize("images, labels, words", [

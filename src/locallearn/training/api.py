@@ -10,9 +10,11 @@
 The batches are used as they come: normalise and augment them in your loader (the run records the dataset
 as ``iterable``). They must be iterable more than once (an epoch each); their first batch gives the input's
 channels and size unless ``in_channels`` / ``image_size`` are given, and the batch size the run records;
-``num_classes`` is required. Resume with
-the same data and ``resume=True``; the order of a DataLoader's batches is its own (seed its generator for
-repeatable runs).
+``num_classes`` is required; the data options of the command line (dataset, data_dir, limit_train,
+limit_test) are refused. Resume with the same data and ``resume=True``; the order of a DataLoader's batches is
+its own (seed its generator for repeatable runs). A model object is trained in place, from the weights it
+holds: ``seed`` does not initialise it (seed torch before building it), and passing it to another ``train``
+starts from the first run's weights (said in a warning).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def train(
     ``options``: any option of ``locallearn train`` (method, num_modules, epochs, lr, optimizer, ...)."""
     if "num_classes" not in options:
         raise ValueError("num_classes: batches given from Python need num_classes=... (it is not read from the labels).")
+    for name in _DATA_OPTIONS:
+        if options.get(name) is not None:
+            raise ValueError(f"{name}: batches given from Python are used as they come, so {name}=... would change "
+                             "nothing but config.yaml; drop it, and choose or limit the data in your loader.")
     for what, data in (("training data", train_data), ("test data", test_data)):
         try:
             once = iter(data) is data  # an iterator: one pass, and peeking at its first batch would lose that batch
@@ -64,8 +70,10 @@ def train(
         error = label_error(batch_labels, options["num_classes"], where) if isinstance(options["num_classes"], int) else None
         if error is not None:  # refused before an --overwrite clears the old run
             raise error
-    options.setdefault("in_channels", int(images.shape[1]))
-    options.setdefault("image_size", int(images.shape[-1]))
+    for name, size in (("in_channels", int(images.shape[1])), ("image_size", int(images.shape[-1]))):
+        if options.setdefault(name, size) != size:  # the network would be sized (and split) for other images
+            raise ValueError(f"{name}: the first training batch's images have {name}={size}, not {options[name]}; "
+                             f"drop {name}=, or give images of that shape.")
     options.setdefault("batch_size", int(images.shape[0]))  # what the run records and says: the loader's
     if options["batch_size"] != images.shape[0]:
         raise ValueError(f"batch_size: batches given from Python come at their own size ({images.shape[0]} in the "
@@ -73,8 +81,23 @@ def train(
     config = resolve({**options, "model": model, "dataset": PYTHON_DATA, "out": str(out)})
     if not resume:  # a resume keeps the options the run was started with
         check_used(config, options, python=True)
-    launcher = SingleProcess(data=(train_data, test_data), model=model if isinstance(model, nn.Module) else None)
-    return fit(config, resume=resume, overwrite=overwrite, log=log, launcher=launcher)
+    given = model if isinstance(model, nn.Module) else None
+    earlier = getattr(given, _TRAINED_BY, None)
+    if earlier is not None and not resume:
+        log(f"warning: this model object was trained by an earlier train() into {earlier}: this run starts from "
+            "those weights, not from a fresh initialisation (seed does not initialise an object you built); build "
+            "a new model for each run.")
+    launcher = SingleProcess(data=(train_data, test_data), model=given)
+    summary = fit(config, resume=resume, overwrite=overwrite, log=log, launcher=launcher)
+    if given is not None:
+        setattr(given, _TRAINED_BY, str(out))
+    return summary
+
+
+# What batches given from Python make meaningless: the data is the batches, as they come.
+_DATA_OPTIONS = ("dataset", "data_dir", "limit_train", "limit_test")
+# The attribute that marks a model object train() has trained (its weights are then that run's).
+_TRAINED_BY = "_locallearn_trained_into"
 
 
 def first_batch(data: Iterable, what: str, model: str | nn.Module, *, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
