@@ -225,3 +225,22 @@ def test_an_unfinished_seed_is_not_averaged_and_rows_of_other_recipes_or_heads_a
     assert table.rows["greedy ce"][4].cell() == "10.00 (n=1)" and table.rows["greedy ce (unfinished)"][4].cell() == "30.00 (n=1)*"
     assert table.warnings == ["report: the rows were not trained alike: they differ in limit_train (None vs 256), "
                               "epochs (2 vs 1); compare them with care"]
+
+
+def test_runs_on_two_image_folders_are_two_datasets_not_two_seeds(tmp_path):
+    from PIL import Image
+
+    for folder, n in (("imgs", 2), ("imgs2", 3)):
+        for split in ("train", "test"):
+            for name in ("cat", "dog"):
+                (tmp_path / folder / split / name).mkdir(parents=True)
+                for i in range(n):
+                    Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / folder / split / name / f"{i}.png")
+    options = dict(method="greedy", num_modules=2, dataset="imagefolder", split="uniform", model="resnet20")
+    runs = [fake_run(tmp_path / "a", accs=[0.5], seed=0, data_dir=str(tmp_path / "imgs"), **options),
+            fake_run(tmp_path / "b", accs=[0.7], seed=1, data_dir=str(tmp_path / "imgs2"), **options),
+            fake_run(tmp_path / "c", accs=[0.6], seed=1, data_dir=str(tmp_path / "imgs"), **options)]
+    table = group_runs([load_run(p) for p in runs])
+    assert {g.label: g.n for g in table.groups} == {
+        f"resnet20 imagefolder {tmp_path / 'imgs'}: greedy ce uniform": 2,
+        f"resnet20 imagefolder {tmp_path / 'imgs2'}: greedy ce uniform": 1}

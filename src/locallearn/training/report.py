@@ -7,7 +7,7 @@ marked.
 
 Runs are averaged only when they are the same experiment: their options (the flat options of config.yaml)
 are equal except ``seed`` and the options that do not change what is computed (``RESUMABLE_CHANGES``:
-where a run lives and runs). Each such *group* is one cell of the table, rows by method and columns by K as
+where a run lives and runs; an image folder's ``data_dir`` is its dataset, so it is compared). Each such *group* is one cell of the table, rows by method and columns by K as
 in the papers' tables. Groups that would share a cell but differ in something else (epochs, lr, dataset,
 ...) get rows of their own, labelled with the difference, and a warning names it.
 """
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from locallearn.data.imagefolder import IMAGEFOLDER
 from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, read_options
 from locallearn.training.rundir import CONFIG, METRICS, RunDir, refuse_file
 
@@ -194,6 +195,8 @@ def load_run(path: Path) -> RunResult:
     if missing:
         raise ValueError(f"report: {run.file(CONFIG)} lacks {', '.join(missing)} (edited or damaged); restore it, "
                          f"or leave the run out.")
+    if config["dataset"] == IMAGEFOLDER:  # a folder of one's own is named by where it is: two are two datasets
+        config["dataset"] = f"{IMAGEFOLDER} {config.get('data_dir')}"
     last = history[-1]
     best = max(r["test_acc"] for r in history)
     train_time = sum(r["train_time_s"] for r in history)
