@@ -193,6 +193,9 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         (["train", "--method", "dgl", "--batch-size", "1", "--out", str(tmp_path / "a")],
          "(BatchNorm1d at objectives.0.head.mlp.1), which needs at least 2 images per training batch, not 1; give "
          "--batch-size 2 or more."),
+        (["train", "--method", "infopro", "--model", "resnet20", "--split", "uniform", "--batch-size", "1", "--out",
+          str(tmp_path / "a")], "a batch of 1 has no pair (its loss is 0, so the local modules would not learn); give "
+                                "--batch-size 2 or more."),
     ]
     for argv, words in cases:
         assert main(argv) == 2, argv

@@ -317,12 +317,17 @@ def check_logits(net: LocalNet) -> None:
 def check_batch(net: LocalNet, batch_size: int, fix: str = "give --batch-size 2 or more") -> None:
     """A network with a BatchNorm1d (DGL's heads, a user's classifier) cannot train on one image at a time:
     BatchNorm normalises each feature over the batch, and one value per feature has no spread; refused
-    before anything is written, instead of failing in the first step."""
+    before anything is written, instead of failing in the first step. Nor can the contrastive local loss,
+    which is 0 without a pair of images in the batch."""
     if batch_size < 2:
         where = next((name for name, m in net.named_modules() if isinstance(m, nn.BatchNorm1d)), None)
         if where is not None:
             raise ValueError(f"batch_size: the network normalises features over the batch (BatchNorm1d at {where}), "
                              f"which needs at least 2 images per training batch, not {batch_size}; {fix}.")
+        if net.config.local_loss == "contrast" and net.num_modules > 1:  # its loss would be 0: nothing learns
+            raise ValueError(f"batch_size: the contrastive local loss pulls together images of a class within a "
+                             f"batch, and a batch of {batch_size} has no pair (its loss is 0, so the local modules "
+                             f"would not learn); {fix}.")
 
 
 def build_net(config: NetConfig, model: nn.Module | None = None) -> LocalNet:
