@@ -101,6 +101,13 @@ def test_a_nested_model_is_cut_at_named_submodules():
     net.eval()
     model.eval()
     assert torch.allclose(net(x), model(x), atol=1e-6)  # with R0 context the inference forward is the model's
+    # named units are cut by index too, counted from 0 (the docs and --help say indices or names)
+    other = Nested()
+    by_index = ll.build(ll.units(other, ["stem", "body.a", "body.b", ("head", nn.Sequential(other.pool, nn.Flatten(),
+                        other.fc))]), method="greedy", num_modules=2, split=[1], image_size=16)
+    assert by_index.cuts == ["body_a"]
+    with pytest.raises(ValueError, match=r"split: cut 3 is the last unit, the classifier"):
+        ll.build(seq, method="greedy", num_modules=2, split=[3], image_size=16)
     with pytest.raises(ValueError, match=r"units: Nested has no submodule 'neck'; its children are stem, body"):
         ll.units(model, ["stem", "neck"])
     with pytest.raises(ValueError, match=r"2 parameter\(s\) of Nested belong to no unit \(first: fc.weight\)"):

@@ -103,21 +103,23 @@ def defined_splits(model: str, backbone: Backbone) -> list[str]:
 def ends_from_cuts(cuts: Sequence, keys: Sequence) -> list[int]:
     """Validate explicit cuts against a backbone's unit keys and turn them into unit indices. A cut names the
     unit a module ends with by its key: a [stage, block] pair for the built-in backbones, the unit's index
-    or name for a model of your own (``models.custom``)."""
+    or name for a model of your own (``models.custom``; an index counts the units from 0 where they have names)."""
     pairs = all(isinstance(k, tuple) for k in keys)
     cuttable = [_key(k) for k in keys[:-1]]  # no cut after the classifier: the last module needs it
+    named = all(isinstance(k, str) for k in keys)  # units of your own with names: a cut is a name or an index
     ends = []
     for cut in cuts:
         if pairs and not (isinstance(cut, (list, tuple)) and len(cut) == 2 and all(isinstance(c, int) for c in cut)):
             raise ValueError(f"split: each cut is a pair [stage, block] of integers, got {cut!r}.")
-        if _key(cut) not in cuttable:
-            why = ("is the last unit, the classifier, after which no module is left" if _key(cut) == _key(keys[-1])
+        unit = keys[cut] if named and isinstance(cut, int) and not isinstance(cut, bool) and 0 <= cut < len(keys) else cut
+        if _key(unit) not in cuttable:
+            why = ("is the last unit, the classifier, after which no module is left" if _key(unit) == _key(keys[-1])
                    else "names no unit" if isinstance(cut, str) else "is out of range")
             raise ValueError(
-                f"split: cut {cut!r} {why}; valid cuts are the units {_span(cuttable)} (the classifier "
-                f"cannot be cut after)."
+                f"split: cut {cut!r} {why}; valid cuts are the units {_span(cuttable)}"
+                f"{f' (or their indices 0..{len(cuttable) - 1})' if named else ''} (the classifier cannot be cut after)."
             )
-        ends.append(cuttable.index(_key(cut)))
+        ends.append(cuttable.index(_key(unit)))
     if any(b <= a for a, b in zip(ends, ends[1:])):
         raise ValueError(f"split: cuts must be strictly increasing and distinct, got {[show_cut(c) for c in cuts]}.")
     return ends
