@@ -7,6 +7,7 @@ import torch
 
 import locallearn as ll
 from locallearn import split as sp
+from locallearn.config import resolve_net
 from locallearn.memory import StepMemoryMeter
 from locallearn.split.auto import balanced_ends, split_costs
 
@@ -186,6 +187,17 @@ def test_uniform_split():
 def test_explicit_cuts():
     net = ll.build("resnet32", method="greedy", num_modules=3, split=[[1, 2], [3, 0]])
     assert net.cuts == [(1, 2), (3, 0)]
+    # without num_modules, the cuts say K (greedy's default K = 4 would contradict them)
+    assert ll.build("resnet32", method="greedy", split=[[1, 2], [3, 0]]).num_modules == 3
+
+
+def test_the_default_split_is_the_papers_where_it_has_cuts_for_this_k_else_computed():
+    assert resolve_net("resnet32", "contsup", num_modules=4).split == "paper"
+    assert resolve_net("resnet32", "contsup", num_modules=3).split == "auto"  # no published cuts for K = 3
+    assert ll.build("resnet32", method="contsup", num_modules=3).cuts == [(1, 3), (2, 3)]
+    assert resolve_net("resnet32", "e2e").split == "paper"  # one module: no cut, as before
+    with pytest.raises(ValueError, match="paper split of resnet32 is defined for num_modules in"):
+        ll.build("resnet32", method="contsup", num_modules=3, split="paper")  # asked for: refused, not replaced
 
 
 @pytest.mark.parametrize(

@@ -117,19 +117,20 @@ def resolve_net(
     spec of a dataset described from its files (a user's image folder: ``data.describe_dataset``). Unknown
     option names are refused by name.
 
-    The split, when not given, is the published one (``paper``) where the model has one, else the computed
-    memory-balanced one (``auto``)."""
+    K, when not given, is the number of explicit cuts plus one, else the method's. The split, when not given, is the published one (``paper``) where the model has one for this K, else the
+    computed memory-balanced one (``auto``)."""
     options = {RENAMED.get(k, k): v for k, v in options.items()}
     unknown = sorted(set(options) - set(NET_FIELDS) - {"model", "method"})
     if unknown:
         raise ValueError(f"unknown option {unknown[0]!r}; valid options are {', '.join((*NET_FIELDS, 'dataset'))}.")
     if isinstance(model, nn.Module):
         family, name = getattr(model, "family", "cnn"), OBJECT + type(model).__name__
-        has_paper = isinstance(model, Backbone) and bool(model.named_splits("paper"))
+        paper = model.named_splits("paper") if isinstance(model, Backbone) else {}
+        has_paper, paper_for = bool(paper), list(paper)
     else:
         check_model(model)
         family, name = model_family(model), model
-        has_paper = default_split(model) == "paper"
+        has_paper, paper_for = default_split(model) == "paper", paper_ks(model)
     if family not in FAMILY_HEADS:
         raise ValueError(f"family: {name} says family {family!r}; valid families are {', '.join(FAMILY_HEADS)}.")
     values: dict[str, Any] = {**_DEFAULTS, "model_kwargs": {}, "split": "paper" if has_paper else "auto"}
@@ -139,6 +140,12 @@ def resolve_net(
     values.update(dataset_defaults(spec, options))
     values.update(options)
     values.update(model=name, method=method)
+    cuts = values["split"]
+    if "num_modules" not in options and isinstance(cuts, (list, tuple)) and not METHODS.get(method).single_module:
+        values["num_modules"] = len(cuts) + 1  # explicit cuts say K: the method's default would contradict them
+    if "split" not in options and values["split"] == "paper" and paper_for and values["num_modules"] not in paper_for \
+            and values["num_modules"] > 1:  # no published cuts for this K: the computed split, not an error
+        values["split"] = "auto"
     if values["aux_head"] == "auto":  # resolved here, so the run's config names the head
         values["aux_head"] = FAMILY_HEADS[family]
     values["lambdas"], values["lambda_source"] = _lambdas(values, spec.name if spec is not None else None)

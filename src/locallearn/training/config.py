@@ -204,7 +204,7 @@ _NET_HELP = {
     "method": ("str", "a set of defaults (locallearn list): e2e and checkpoint train one module (K=1); greedy, dgl, "
                       "infopro, contsup and featrecon default to K=4"),
     "num_modules": ("int", "K, the number of local modules (default: the method's)"),
-    "split": ("yaml", "paper, balanced, auto, uniform, stages or cuts as YAML, e.g. '[[1,2],[2,1]]' (default: paper where the model has published cuts, else auto)"),
+    "split": ("yaml", "paper, balanced, auto, uniform, stages or cuts as YAML, e.g. '[[1,2],[2,1]]' (default: paper where the model has published cuts for this K, else auto)"),
     "aux_head": ("str", f"auxiliary head of the local modules: {', '.join(HEADS.names())}, or auto: the model family's, 1c2f on "
                  "CNNs and token on transformers (default: the method's)"),
     "local_loss": ("str", "ce (softmax) or contrast (supervised contrastive) (default: the method's)"),
