@@ -25,6 +25,7 @@ from locallearn.training.fit import fit, written_config
 from locallearn.training.report import write_report
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir, load_state
 from locallearn.training.runner import (
+    READ_FIX,
     check_class_names,
     evaluate,
     load_data,
@@ -89,7 +90,7 @@ def evaluate_run(
                          f"{', '.join(differing)}; restore the run's own {CONFIG}.")
     torch_device = resolve_device(config.run.device)
     net = build_net(config.net)
-    load_weights(net, checkpoint["model"], run.file(CHECKPOINT))
+    load_weights(net, checkpoint["model"], run.file(CHECKPOINT), READ_FIX)
     net.to(torch_device)
     if config.run.channels_last:  # the run's layout: its sums in its order, so the figures are the run's
         to_channels_last(net)

@@ -29,7 +29,7 @@ from locallearn.net import LocalNet, build_net
 from locallearn.training.config import PYTHON_DATA, check_used, read_options, resolve
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
-from locallearn.training.runner import SingleProcess, label_error, load_weights
+from locallearn.training.runner import READ_FIX, SingleProcess, label_error, load_weights
 
 
 def train(
@@ -143,5 +143,5 @@ def load_net(run_dir: str | Path, *, model: nn.Module | None = None, map_locatio
     if checkpoint is None:
         raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
     net = build_net(config.net, model)
-    load_weights(net, checkpoint["model"], run.file(CHECKPOINT))
+    load_weights(net, checkpoint["model"], run.file(CHECKPOINT), READ_FIX)
     return net.eval()

@@ -174,15 +174,20 @@ def _length(loader: Iterable) -> int | None:
         return None
 
 
-def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: Any) -> None:
-    """``net.load_state_dict(state)``, a checkpoint of another network refused in one line naming ``source``
-    and what differs (missing or unexpected keys, a wrong shape)."""
+# What to do when a checkpoint's weights do not fit the network built now: resuming, and reading a run back
+RESUME_FIX = ("resume it with the options and model code it was trained with, or start over with --overwrite")
+READ_FIX = ("the network built from its config.yaml is not the one it trained: load it with the model code it was "
+            "trained with (a factory's or a model object's code may have changed since)")
+
+
+def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: Any, fix: str = RESUME_FIX) -> None:
+    """``net.load_state_dict(state)``, a checkpoint of another network refused in one line naming ``source``,
+    what differs (missing or unexpected keys, a wrong shape) and ``fix``."""
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
         details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
-        raise ValueError(f"{source} holds the weights of another network ({'; '.join(details)[:300]}); resume "
-                         f"it with the options it was trained with, or start over with --overwrite.") from None
+        raise ValueError(f"{source} holds the weights of another network ({'; '.join(details)[:300]}); {fix}.") from None
 
 
 def reorder_optimizer_state(state: dict[str, Any], order: list[int]) -> dict[str, Any]:
