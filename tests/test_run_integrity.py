@@ -323,6 +323,11 @@ def test_12_bad_options_are_one_line(tmp_path, finished, capsys):
     dup = tmp_path / "dup.yaml"
     dup.write_text("lr: 0.1\nepochs: 2\nlr: 0.5\n")
     cases.append((["train", "--config", str(dup)], "duplicate key 'lr'"))
+    twice, misplaced = tmp_path / "twice.yaml", tmp_path / "misplaced.yaml"
+    twice.write_text("net:\n  context: E\ncontext: R1\n")  # nested and flat: one would be dropped unsaid
+    misplaced.write_text("optim:\n  context: E\n")
+    cases.append((["train", "--config", str(twice)], "'context' is given twice (net.context and context); keep one."))
+    cases.append((["train", "--config", str(misplaced)], "'context' is an option of section 'net', not 'optim'"))
     cases.append((["bench", "accuracy", "--option", "model_kwargs={depth: 20, depth: 32}"], "duplicate key 'depth'"))
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00lr")

@@ -317,16 +317,25 @@ def flatten(mapping: Mapping[str, Any], source: str) -> dict[str, Any]:
     (``config.yaml``); renamed options of earlier releases take their new names. The run record
     (``RUN_RECORD``) is not an option and is left out."""
     flat: dict[str, Any] = {}
+    where: dict[str, str] = {}  # option → where the file gives it, to name an option given twice
     for key, value in mapping.items():
         if key in RUN_RECORD:
             continue
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise ValueError(f"{source}: section {key!r} must be a mapping of options, got {value!r}.")
-            flat.update(value)
+            items = [(f"{key}.{name}", name, v) for name, v in value.items()]
         else:
-            flat[key] = value
-    flat = {RENAMED.get(k, k): v for k, v in flat.items()}
+            items = [(key, key, value)]
+        for spelled, name, v in items:
+            name = RENAMED.get(name, name) if isinstance(name, str) else name
+            section = spelled.split(".")[0] if "." in spelled else None
+            if section is not None and name in SECTION_OF and SECTION_OF[name] != section:
+                raise ValueError(f"{source}: {name!r} is an option of section {SECTION_OF[name]!r}, not {section!r}; "
+                                 f"move it there (or give it at the top level).")
+            if name in where:
+                raise ValueError(f"{source}: {name!r} is given twice ({where[name]} and {spelled}); keep one.")
+            flat[name], where[name] = v, spelled
     check_keys(flat, source)
     return flat
 
