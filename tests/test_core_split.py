@@ -191,6 +191,12 @@ def test_explicit_cuts():
     assert ll.build("resnet32", method="greedy", split=[[1, 2], [3, 0]]).num_modules == 3
 
 
+@pytest.mark.parametrize("split", ["auto", "uniform", "balanced"])
+def test_a_computed_split_describes_itself_in_plain_ints(split):
+    described = ll.build("resnet32", method="greedy", num_modules=4, split=split).describe()
+    assert all(type(n) is int for n in described["units_per_module"])  # not NumPy's, which json.dumps refuses
+
+
 def test_the_default_split_is_the_papers_where_it_has_cuts_for_this_k_else_computed():
     assert resolve_net("resnet32", "contsup", num_modules=4).split == "paper"
     assert resolve_net("resnet32", "contsup", num_modules=3).split == "auto"  # no published cuts for K = 3

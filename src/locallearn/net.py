@@ -42,7 +42,7 @@ class LocalNet(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = backbone
-        self.ends = list(ends)
+        self.ends = [int(e) for e in ends]  # plain ints (a split may compute them in NumPy): JSON and YAML take them
         K = config.num_modules
         bounds = [0] + [e + 1 for e in self.ends] + [backbone.num_units]
         self.bounds = list(zip(bounds[:-1], bounds[1:]))  # units [a, b) of each module
