@@ -144,8 +144,11 @@ def test_a_flat_sequential_of_layers_is_cut_only_where_there_are_feature_maps():
                                          r"maps \(C, H, W\) or tokens \(L, D\) at every cut; cut before the flattening"):
         ll.build(flat(), method="greedy", num_modules=2, split=[7], image_size=16)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 32), nn.ReLU(), nn.Linear(32, 10))
-    with pytest.raises(ValueError, match=r"^split: cut \d outputs vectors"):
+    with pytest.raises(ValueError, match=r"^split: no way to cut this model into 2 modules leaves feature maps "
+                                         r"\(C, H, W\) or tokens \(L, D\) at every cut"):  # not a cut after the classifier
         ll.build(mlp, method="dgl", num_modules=2, image_size=16)
+    with pytest.raises(ValueError, match=r"^split: cut 1 outputs vectors"):
+        ll.build(mlp, method="dgl", num_modules=2, split=[1], image_size=16)
 
 
 def test_units_that_do_not_chain_are_refused_naming_both():

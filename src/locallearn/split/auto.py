@@ -110,6 +110,12 @@ def balanced_ends(
                 c = np.maximum(best[k - 1][i][: i + 1], own(i + 1, j) + start_of[i])
                 q = int(np.argmin(c))
                 best[k][j][i + 1], arg[k][j][i + 1] = c[q], q - 1
+    if not np.isfinite(best[K][n - 1]).any():  # an infinite cost is a cut that may not be made (``split_costs``)
+        raise ValueError(
+            f"split: no way to cut this model into {K} modules leaves feature maps (C, H, W) or tokens (L, D) at "
+            f"every cut, which local objectives need (units after a flattening or pooling output vectors); use "
+            f"fewer modules, or a model with more convolutional or token units."
+        )
     ends, j, state = [], n - 1, int(np.argmin(best[K][n - 1]))
     for k in range(K, 1, -1):
         i = state - 1
