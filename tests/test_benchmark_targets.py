@@ -133,6 +133,20 @@ def test_render_only_rewrites_the_tables_from_stored_json(tmp_path):
     assert (tmp_path / "summary.png").exists()
 
 
+def test_the_committed_tables_are_what_their_json_renders(tmp_path):
+    """results/memory.md and speed.md are generated: rendering their committed JSON again gives them back (a
+    change to the renderer re-renders them with ``run.py --render-only``)."""
+    import shutil
+
+    run = _load("run")
+    results = BENCHMARKS / "results"
+    for kind in ("memory", "speed"):
+        shutil.copy(results / f"{kind}.json", tmp_path / f"{kind}.json")
+    assert run.main(["--render-only", "--out", str(tmp_path)]) == 0
+    for kind in ("memory", "speed"):
+        assert (tmp_path / f"{kind}.md").read_text() == (results / f"{kind}.md").read_text(), kind
+
+
 def test_conv_rates_finds_every_convolution_of_a_step_by_role(tmp_path):
     """``benchmarks/conv_rates.py`` on tiny settings: the E encoders' two convolutions at each of the K − 1
     boundaries, the backbone's multiply-adds those of the network's inference forward, the first
