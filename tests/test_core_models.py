@@ -1,4 +1,6 @@
-"""Backbones against docs/methods.md §2.1: parameter counts, unit layout, feature-map shapes."""
+"""Backbones against docs/methods.md §2.1: parameter counts, unit layout, feature-map shapes; and every
+registered model, whatever its family, trains as local modules (a backbone added to the registry is covered
+by that test without an edit, as docs/architecture.md says)."""
 
 import pytest
 import torch
@@ -99,3 +101,18 @@ def test_pretrained_on_a_resnet_is_a_config_error_not_a_traceback():
                                          r"applies to the models built by Hugging Face transformers, such as resnet50\); "
                                          r"valid options"):
         resolve(model="resnet32", pretrained="some/checkpoint")
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_model_trains_as_two_local_modules(name):
+    """One step of greedy K = 2 at the model's own input size: finite losses, every parameter trained."""
+    import locallearn as ll
+
+    torch.manual_seed(0)
+    net = ll.build(name, method="greedy", num_modules=2, split="uniform", num_classes=3)
+    size, channels = net.backbone.image_size, net.backbone.in_channels
+    x, y = torch.randn(2, channels, size, size), torch.tensor([0, 2])
+    stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
+    assert stats and all(torch.isfinite(v) for v in stats.values())
+    untrained = [n for n, p in net.named_parameters() if p.grad is None]
+    assert not untrained, untrained[:3]

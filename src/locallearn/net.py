@@ -15,7 +15,7 @@ from locallearn.config import NetConfig
 from locallearn.context import ContextMode, ContextSupply
 from locallearn.losses import lambda_schedule
 from locallearn.methods import METHODS, Boundary, ForwardState, NetworkLoss
-from locallearn.models import Backbone, as_backbone, create_model, model_accepts
+from locallearn.models import Backbone, as_backbone, create_model, is_import_path, model_accepts
 from locallearn.split import cuts_from_ends, resolve_ends, show_cut
 
 
@@ -67,7 +67,7 @@ class LocalNet(nn.Module):
                      unit_shapes=shapes, lambdas=weights[k])
             for k, (a, b) in enumerate(self.bounds[:-1])
         ]
-        local = METHODS.get(config.method).build_objectives(config, boundaries) if K > 1 else []
+        local = METHODS.get(config.method).objectives(config, boundaries, backbone.num_units) if K > 1 else []
         self.objectives: nn.ModuleList = nn.ModuleList([*local, NetworkLoss()])
         # unit index → whether an objective reads its output (recorded by module_forward into state.taps)
         self._taps = frozenset(u for objective in self.objectives for u in objective.taps)
@@ -187,8 +187,16 @@ class LocalNet(nn.Module):
         self, k: int, h: torch.Tensor, inputs: torch.Tensor, state: ForwardState
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Module k's loss from its output h (``inputs``: the module's input), and its metrics as detached
-        tensors keyed without the index; the method's objective computes both."""
-        return self.objectives[k](h, inputs, state)
+        tensors keyed without the index; the method's objective computes both (checked: a method of one's own
+        that returns something else is named in one line, not met by a traceback in the engine)."""
+        out = self.objectives[k](h, inputs, state)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor) and out[0].dim() == 0
+                and isinstance(out[1], dict) and all(isinstance(v, torch.Tensor) for v in out[1].values())):
+            raise ValueError(
+                f"method {self.config.method}: objective {k} must return (loss, metrics), a 0-d loss tensor and a dict "
+                f"of tensors, got {_described(out)}; see docs/architecture.md, adding a method."
+            )
+        return out
 
     def forward_modules(self, modules: range, x: torch.Tensor, state: ForwardState) -> torch.Tensor:
         """Inference through ``modules`` (consecutive), from the output of module ``modules.start − 1`` (the
@@ -330,10 +338,23 @@ def check_batch(net: LocalNet, batch_size: int, fix: str = "give --batch-size 2 
                              f"would not learn); {fix}.")
 
 
+def _described(value: object) -> str:
+    """What an objective returned, briefly: ``a Tensor of shape (4,)``, ``(Tensor (), dict of float)``."""
+    def one(v: object) -> str:
+        if isinstance(v, torch.Tensor):
+            return f"Tensor {tuple(v.shape)}"
+        if isinstance(v, dict):
+            kinds = sorted({type(x).__name__ for x in v.values()})
+            return f"dict of {', '.join(kinds) or 'nothing'}"
+        return type(v).__name__
+    return f"({', '.join(one(v) for v in value)})" if isinstance(value, tuple) else f"a {one(value)}"
+
+
 def build_net(config: NetConfig, model: nn.Module | None = None) -> LocalNet:
     """The network of ``config``. ``model``: a model object to cut (a ``Backbone`` or an ``nn.Sequential``);
     by default the model ``config.model`` names, built from its factory with ``model_kwargs`` and whichever of
     ``num_classes``, ``image_size`` and ``in_channels`` the factory takes."""
+    registered = model is None and not is_import_path(config.model)  # built and tested here: its units chain
     if model is None:
         kwargs = dict(config.model_kwargs)
         wanted = {"num_classes": config.num_classes, "image_size": config.image_size, "in_channels": config.in_channels}
@@ -341,7 +362,7 @@ def build_net(config: NetConfig, model: nn.Module | None = None) -> LocalNet:
             if value is not None and model_accepts(config.model, option):
                 kwargs.setdefault(option, value)
         model = create_model(config.model, **kwargs)
-    backbone = as_backbone(model, image_size=config.image_size, in_channels=config.in_channels)
+    backbone = as_backbone(model, image_size=config.image_size, in_channels=config.in_channels, chain=not registered)
     if backbone.in_channels != config.in_channels:
         raise ValueError(
             f"in_channels: the backbone takes {backbone.in_channels}-channel images but the config says "

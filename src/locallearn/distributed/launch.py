@@ -349,7 +349,9 @@ def _child(rank: int, world_size: int, port: int, threads: int, stderr_path: str
         sys.exit(status)  # e.g. the CLI's exit status
 
 
-_PRELOAD = ["torch", "torch._dynamo", "locallearn.cli"]  # what every rank imports; torch._dynamo: by torch.optim
+_PRELOAD = ["torch", "torch._dynamo", "locallearn.distributed.runner"]  # what every rank imports (torch._dynamo: by
+# torch.optim); the runner pulls in training and the core, and nothing here names a layer above this one
+
 # variables torch and its libraries read when imported or loaded, and the fork server's at its start
 _READ_AT_IMPORT = ("TORCH", "PYTORCH", "OMP_", "MKL_", "KMP_", "ATEN_", "ONEDNN_", "DNNL_", "CUDA_", "NCCL_", "GLOO_")
 _server_env: dict[str, str] | None = None

@@ -1,5 +1,5 @@
 """Local-learning methods as objects (``base.Method``), one file each, registered in ``METHODS`` by the file
-that defines them. Importing this package imports every method file, in the order ``locallearn list`` shows.
+that defines them. Importing this package imports every method file (``locallearn list`` shows them sorted by name).
 
 To add a method: write ``methods/<name>.py`` that builds a ``Method`` (or a subclass whose
 ``build_objectives`` returns your ``LocalObjective`` modules) and calls ``register_method``, then import it

@@ -178,6 +178,28 @@ class Method:
         """Whether the method reconstructs features (its decoder is a meaningful axis of a comparison)."""
         return self.defaults.get("feature_decoder") is not None
 
+    def objectives(self, config: NetConfig, boundaries: Sequence[Boundary], num_units: int) -> list[LocalObjective]:
+        """``build_objectives``, checked against its contract (docs/architecture.md, adding a method): one
+        ``LocalObjective`` per boundary, its taps naming units of the backbone (``num_units``); a method of
+        one's own that breaks it is refused in one line, before anything trains. What LocalNet and the split
+        cost model call."""
+        built = self.build_objectives(config, boundaries)
+        fix = "see docs/architecture.md, adding a method"
+        if not isinstance(built, (list, tuple)) or len(built) != len(boundaries):
+            got = f"{len(built)}" if isinstance(built, (list, tuple)) else f"a {type(built).__name__}"
+            raise ValueError(f"method {self.name}: build_objectives must return one local objective per boundary "
+                             f"({len(boundaries)}), got {got}; {fix}.")
+        for i, objective in enumerate(built):
+            if not isinstance(objective, LocalObjective):
+                raise ValueError(f"method {self.name}: objective {i} is a {type(objective).__name__}, not a "
+                                 f"LocalObjective (an nn.Module with forward(h, inputs, state) -> (loss, metrics) "
+                                 f"and taps); {fix}.")
+            bad = [u for u in objective.taps if not (isinstance(u, int) and 0 <= u < num_units)]
+            if bad:
+                raise ValueError(f"method {self.name}: objective {i} taps unit {bad[0]!r}, but the backbone's units "
+                                 f"are 0..{num_units - 1}; {fix}.")
+        return list(built)
+
     def build_objectives(self, config: NetConfig, boundaries: Sequence[Boundary]) -> list[LocalObjective]:
         """The supervised objective of each boundary, from the config's head, loss and reconstruction options.
 
@@ -225,5 +247,8 @@ METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(method: Method) -> Method:
+    if not isinstance(method, Method):
+        raise TypeError(f"register_method takes a Method (locallearn.methods.base.Method or a subclass), got "
+                        f"{type(method).__name__}; see docs/architecture.md, adding a method.")
     METHODS.register(method.name, method)
     return method

@@ -129,9 +129,34 @@ def _deepest_parent(model: nn.Module, name: str, submodules: dict) -> tuple[str,
     return "", model
 
 
-def as_backbone(model: nn.Module, *, image_size: int | None, in_channels: int) -> Backbone:
-    """A registered or user-made ``Backbone`` as it is; an ``nn.Sequential`` cut into its children."""
+def check_backbone(backbone: Backbone, *, chain: bool) -> None:
+    """A ``Backbone`` subclass against its contract (models/base.py), refused in one line naming what is wrong:
+    ``units`` an ``nn.ModuleList`` of at least 2 units, one ``unit_keys`` entry per unit, an ``image_size``;
+    with ``chain`` (a model of one's own, not a registered one), each unit takes the previous one's output
+    (``check_chain``: one forward of a blank batch)."""
+    name = type(backbone).__name__
+    units = getattr(backbone, "units", None)
+    if not isinstance(units, nn.ModuleList) or len(units) < 2:
+        got = f"{len(units)} unit" if isinstance(units, nn.ModuleList) else type(units).__name__
+        raise ValueError(f"model: {name}.units must be an nn.ModuleList of at least 2 units (features, then a "
+                         f"classifier), got {got}; fill it in __init__ (docs/architecture.md, adding a backbone).")
+    keys = getattr(backbone, "unit_keys", None)
+    if keys is None or len(keys) != len(units):
+        got = "none" if keys is None else f"{len(keys)}"
+        raise ValueError(f"model: {name}.unit_keys must name each of its {len(units)} units (how cuts name them), "
+                         f"got {got}; give one key per unit.")
+    if not isinstance(getattr(backbone, "image_size", None), int):
+        raise ValueError(f"model: {name}.image_size must be the input size the backbone is built for (an int), "
+                         f"got {getattr(backbone, 'image_size', None)!r}.")
+    if chain:
+        check_chain(backbone, [str(k) for k in keys])
+
+
+def as_backbone(model: nn.Module, *, image_size: int | None, in_channels: int, chain: bool = True) -> Backbone:
+    """A registered or user-made ``Backbone`` as it is, checked (``check_backbone``; ``chain``: also run its
+    units once, for a backbone not in the registry); an ``nn.Sequential`` cut into its children."""
     if isinstance(model, Backbone):
+        check_backbone(model, chain=chain and not isinstance(model, ModuleBackbone))  # ModuleBackbone chained itself
         return model
     if not isinstance(model, nn.Sequential):
         raise ValueError(

@@ -217,7 +217,7 @@ def objective_cost(
             boundary = Boundary(index=0, units=(i, j), out_shape=unit_shapes[j],
                                 in_shape=image_shape if i == 0 else unit_shapes[i - 1], image_shape=image_shape,
                                 unit_shapes=unit_shapes)
-            objective = method.build_objectives(config, [boundary])[0].train()
+            objective = method.objectives(config, [boundary], len(unit_shapes))[0].train()
             h, inputs = outputs[j], (image if i == 0 else outputs[i - 1])
             key = (tuple(h.shape), h.stride(), tuple(inputs.shape), tuple((u, unit_shapes[u]) for u in objective.taps))
             if key not in by_shapes:

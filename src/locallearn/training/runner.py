@@ -6,9 +6,10 @@ rank in ``locallearn.distributed``) and builds the runner once the run's config 
 
     Launcher:  is_main (writes the run directory and logs), share(value) (the main process's value on every
                process), runner(config, run=..., resume=...) → Runner
-    Runner:    steps_per_epoch     train_epoch(epoch, lr_at) → train metrics     evaluate() → test metrics
+    Runner:    net   steps_per_epoch   class_names (the training data's, or None)
+               train_epoch(epoch, lr_at) → train metrics     evaluate() → test metrics
                save(run, state)   restore(run) → state or None     describe() → log lines
-               summary(history) → extra summary fields      close()
+               summary(history) → the runner's own summary fields      close()
 
 The pieces of a single-process epoch live here too: ``train_one_epoch`` and ``evaluate`` (the network's
 own inference forward, also what each pipeline stage runs for its modules), ``make_optimizer``,
