@@ -253,3 +253,25 @@ def test_the_header_names_each_cells_device_and_gpu_model():
              "git_revision": {"abc": 4}}
     md = cells_header({"cells": cells, "date": "d", "platform": "p", "cpu_count": 2, "python": "3", "locallearn": "0"})
     assert "- cells trained on: CUDA: NVIDIA H200 (3 cells), CPU (1 cell); torch threads: 1\n" in md
+
+
+def test_cells_trained_before_a_default_changed_keep_their_options_and_resume(tmp_path, monkeypatch):
+    """A grid rerun into its --out takes each trained cell's stored options where the grid does not set them
+    (here a warm-up rate whose default changed since): cells are collected and resumed, not refused."""
+    from locallearn.training import config as training_config
+
+    out = tmp_path / "acc"
+    grid = [*GRID, "--epochs", "2", "--warmup-epochs", "1"]
+    with monkeypatch.context() as earlier:
+        earlier.setitem(training_config.OPTIMIZER_DEFAULTS, "sgd",
+                        {**training_config.OPTIMIZER_DEFAULTS["sgd"], "warmup_lr": 0.02})
+        assert main(["bench", "accuracy", *grid, "--out", str(out)]) == 0
+    cell = out / "cells" / "resnet20_greedy_k2_s0"
+    (cell / "summary.json").unlink()  # as if stopped after epoch 1
+    os.replace(cell / "checkpoint.prev.pt", cell / "checkpoint.pt")
+    RunDir(cell).write_metrics(RunDir(cell).read_metrics()[:1])
+    assert main(["bench", "accuracy", *grid, "--out", str(out)]) == 0
+    assert RunDir(cell).finished and "warmup_lr: 0.02\n" in (cell / "config.yaml").read_text()
+    cells = resolve_cells(AccuracyGrid(models=("resnet20",), methods=("e2e", "greedy"), num_modules=(2,), seeds=(0,),
+                                       recipe={**RECIPE, "epochs": 2, "warmup_epochs": 1}), out)
+    assert [config.optim.warmup_lr for _, config in cells] == [0.02, 0.02]  # rows describe the runs they report

@@ -353,6 +353,9 @@ def test_an_option_the_run_would_not_use_is_refused_from_python_as_from_the_comm
     with pytest.raises(ValueError, match=r"^in_channels: the first training batch's images have in_channels=1, not 3"):
         train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "c", in_channels=3, **common)
     assert not (tmp_path / "c").exists()
+    summary = train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "d", image_size=None,
+                    batch_size=None, method="greedy", **common)  # None: not given, the batches' own
+    assert summary["epochs"] == 1
 
 
 def test_a_model_object_trained_twice_is_said_to_start_from_the_first_runs_weights(tmp_path):
@@ -478,3 +481,28 @@ def test_an_image_folder_trains_and_records_its_classes(tmp_path):
     config = (out / "config.yaml").read_text()
     assert "num_classes: 2" in config and "image_size: 16" in config and "split: auto" in config  # no table
     assert main(["eval", str(out), "--device", "cpu"]) == 0
+
+
+def test_a_python_run_resumes_with_the_options_it_was_started_with(tmp_path, monkeypatch):
+    """An option not given keeps its stored value on resume, as with `locallearn train --resume`: a run of an
+    earlier release, whose AdamW defaults were SGD's rates, resumes (it was refused: lr 0.1 → 0.001)."""
+    from locallearn.training import train
+    from locallearn.training import config as training_config
+
+    data = [(torch.randn(8, 1, 16, 16), torch.arange(8) % 4)]
+    common = dict(num_classes=4, method="greedy", num_modules=2, epochs=2, device="cpu", optimizer="adamw",
+                  warmup_epochs=0, log=lambda line: None)
+    out = tmp_path / "run"
+    with monkeypatch.context() as earlier:
+        earlier.setitem(training_config.OPTIMIZER_DEFAULTS, "adamw",
+                        {**training_config.OPTIMIZER_DEFAULTS["adamw"], "lr": 0.1, "warmup_lr": 0.01})
+        train(sequential_cnn(in_channels=1, classes=4), data, data, out=out, **common)
+    run = RunDir(out)  # as if stopped after epoch 1
+    (out / "summary.json").unlink()
+    os.replace(out / "checkpoint.prev.pt", out / "checkpoint.pt")
+    run.write_metrics(run.read_metrics()[:1])
+    summary = train(sequential_cnn(in_channels=1, classes=4), data, data, out=out, resume=True, **common)
+    assert summary["epochs"] == 2 and "lr: 0.1\n" in (out / "config.yaml").read_text()
+    with pytest.raises(ValueError, match=r"started with other options: lr \(0\.1 → 0\.001\)"):  # one given is compared
+        (out / "summary.json").unlink()
+        train(sequential_cnn(in_channels=1, classes=4), data, data, out=out, resume=True, lr=0.001, **common)

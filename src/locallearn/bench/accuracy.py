@@ -173,9 +173,9 @@ def resolve_cells(grid: AccuracyGrid, out: Path) -> list[tuple[Cell, Config]]:
         _, what, fix, _ = USED_BY[unused[0]]
         raise ValueError(f"{unused[0]}: no cell of the grid uses it (in each, it {what}); drop it, or {fix}.")
     check_nets(resolved)
-    for cell, config in resolved:  # before anything trains: a cell of another recipe is never taken as this one's
-        check_cell(cell, config)
-    return resolved
+    # before anything trains: a cell of another recipe is never taken as this one's, and a cell trained before
+    # keeps the options it was trained with where the grid does not set them (a default changed since)
+    return [(cell, check_cell(cell, config)) for cell, config in resolved]
 
 
 def _resolve(cell: Cell, out: Path) -> Config:
@@ -209,20 +209,34 @@ def check_nets(resolved: list[tuple[Cell, Config]]) -> None:
                 raise ValueError(f"grid cell {cell.name}: {err}") from None
 
 
-def check_cell(cell: Cell, config: Config) -> None:
-    """Refuse a cell directory that already holds a run of other options (a grid rerun into the same --out
-    with another recipe: its finished cells would be reported as results of the new command). The options
-    the grid sets come first in the message, before those they imply (a dataset's image size, ...)."""
+def check_cell(cell: Cell, config: Config) -> Config:
+    """The config of a cell: ``config``, or where the cell's directory holds a run already, that run's
+    options with the cell's laid over them (as ``--resume`` takes them: what the grid sets must not change
+    them, while an option it does not set keeps the stored value, e.g. a default changed since). A run of
+    other options (a grid rerun into the same --out with another recipe, whose finished cells would be
+    reported as results of the new command) is refused; the options the grid sets come first in the
+    message, before those they imply (a dataset's image size, ...)."""
     stored = RunDir(config.run.out).file(CONFIG)
     if not stored.is_file():
-        return
-    changed = differing_options(resolve(read_options(stored)), config, ignore=RESUMABLE_CHANGES)
+        return config
+    options = read_options(stored)
+    try:
+        kept = resolve({**options, **cell_request(cell, config)})
+    except ValueError:  # what the grid sets contradicts the stored run (another dataset, its image size): differs
+        kept = config
+    changed = differing_options(resolve(options), kept, ignore=RESUMABLE_CHANGES)
     changed.sort(key=lambda change: change.split(" ", 1)[0] not in cell.options)
     if changed:
         raise ValueError(
             f"grid cell {cell.name}: {stored.parent} holds a run with other options ({', '.join(changed[:3])}"
             f"{', ...' if len(changed) > 3 else ''}); give this recipe another --out, or delete that one."
         )
+    return kept
+
+
+def cell_request(cell: Cell, config: Config) -> dict[str, Any]:
+    """What a cell asks of its run: the options the grid gives it, and its directory."""
+    return {**cell.options, "out": config.run.out}
 
 
 def varying_options(configs: list[Config]) -> list[str]:
@@ -286,7 +300,7 @@ def _row(cell: Cell, config: Config, varying: list[str], train: bool) -> dict[st
     else:
         try:
             if not run.finished:
-                fit(config, resume=True, log=_cell_log(run))
+                fit(config, resume=True, requested=cell_request(cell, config), log=_cell_log(run))
             row.update(_result(run))
         except Exception as err:  # a failing cell is reported in its row; the grid goes on
             row.update(status="failed", reason=" ".join(str(err).split())[:300] or type(err).__name__)

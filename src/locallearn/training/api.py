@@ -9,7 +9,7 @@
 
 The batches are used as they come: normalise and augment them in your loader (the run records the dataset
 as ``iterable``). They must be iterable more than once (an epoch each); their first batch gives the input's
-channels and size unless ``in_channels`` / ``image_size`` are given, and the batch size the run records;
+channels and size (an ``in_channels`` / ``image_size`` given must match it) and the batch size the run records;
 ``num_classes`` is required; the data options of the command line (dataset, data_dir, limit_train,
 limit_test) are refused. Resume with the same data and ``resume=True``; the order of a DataLoader's batches is
 its own (seed its generator for repeatable runs). A model object is trained in place, from the weights it
@@ -71,14 +71,18 @@ def train(
         if error is not None:  # refused before an --overwrite clears the old run
             raise error
     for name, size in (("in_channels", int(images.shape[1])), ("image_size", int(images.shape[-1]))):
-        if options.setdefault(name, size) != size:  # the network would be sized (and split) for other images
+        if options.get(name) is None:
+            options[name] = size
+        if options[name] != size:  # the network would be sized (and split) for other images
             raise ValueError(f"{name}: the first training batch's images have {name}={size}, not {options[name]}; "
                              f"drop {name}=, or give images of that shape.")
-    options.setdefault("batch_size", int(images.shape[0]))  # what the run records and says: the loader's
+    if options.get("batch_size") is None:  # what the run records and says: the loader's
+        options["batch_size"] = int(images.shape[0])
     if options["batch_size"] != images.shape[0]:
         raise ValueError(f"batch_size: batches given from Python come at their own size ({images.shape[0]} in the "
                          f"first), not batch_size={options['batch_size']}; drop batch_size=, or batch your data so.")
-    config = resolve({**options, "model": model, "dataset": PYTHON_DATA, "out": str(out)})
+    requested = {**options, "model": model, "dataset": PYTHON_DATA, "out": str(out)}
+    config = resolve(requested)
     if not resume:  # a resume keeps the options the run was started with
         check_used(config, options, python=True)
     given = model if isinstance(model, nn.Module) else None
@@ -88,7 +92,9 @@ def train(
             "those weights, not from a fresh initialisation (seed does not initialise an object you built); build "
             "a new model for each run.")
     launcher = SingleProcess(data=(train_data, test_data), model=given)
-    summary = fit(config, resume=resume, overwrite=overwrite, log=log, launcher=launcher)
+    # a resume compares what was asked with the stored run (an option not given keeps its stored value, e.g. a
+    # default changed since), as `locallearn train --resume` does
+    summary = fit(config, resume=resume, overwrite=overwrite, log=log, launcher=launcher, requested=requested)
     if given is not None:
         setattr(given, _TRAINED_BY, str(out))
     return summary
