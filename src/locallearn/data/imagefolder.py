@@ -17,8 +17,8 @@ Choices, the same for every folder (so a run is described by its folder and ``im
 - Augmentation: CIFAR's, scaled with the size: pad by image_size // 8 (4 at 32) reflected, random crop,
   random horizontal flip. Right for photographs of objects; a dataset whose classes change under a mirror
   (text, digits) should not use it.
-- Order: the classes in turn (each class's first image, then each one's second, ...), so that
-  ``--limit-train N`` / ``--limit-test N``, which keep the first N images, keep every class where N allows.
+- Limits: the split is read class by class, so ``--limit-train N`` / ``--limit-test N`` keep N images taking
+  the classes in turn (``first_in_turn``), every class where N allows, not the first class's N.
 - Normalisation: ImageNet's mean and std, the usual constants for natural photographs of unknown statistics;
   computing the folder's own would mean decoding every image before the spec is known.
 
@@ -28,7 +28,6 @@ so 100,000 images take 300 MB (at S = 224, 15 GB). That suits user datasets of m
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +132,19 @@ def load_image_folder_split(
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
+def first_in_turn(labels: torch.Tensor, n: int) -> torch.Tensor:
+    """The indices of the ``n`` images that ``limit_train`` / ``limit_test`` keep of a split read class by class:
+    the classes taken in turn (each class's first image, then each one's second, ...; a class that runs out
+    drops out), so every class is kept where ``n`` allows — the first ``n`` would all be the first class's.
+    Returned in the split's order. A limit at least the split's size keeps every image, in the same order."""
+    rank = torch.empty_like(labels)  # the position of each image within its class
+    for c in labels.unique():
+        where = (labels == c).nonzero().flatten()
+        rank[where] = torch.arange(len(where))
+    turn = sorted(range(len(labels)), key=lambda i: (int(rank[i]), int(labels[i])))  # turn by turn, classes in order
+    return torch.tensor(sorted(turn[:n]), dtype=torch.long)
+
+
 def decode_image(path: Path, size: int) -> np.ndarray:
     """One image file → uint8 (3, size, size): RGB, shorter side resized to ``size``, centre square kept."""
     from PIL import Image, ImageOps  # Pillow is imported only when a folder is read
@@ -175,11 +187,8 @@ def _class_names(split_dir: Path) -> tuple[str, ...]:
 
 
 def _items(split_dir: Path, classes: tuple[str, ...]) -> tuple[Item, ...]:
-    """Every image file of the split with its label, the classes taken in turn (each class's first file, then
-    each one's second, ...; files sorted within a class, a class that runs out drops out): so the first N
-    images, which ``limit_train`` / ``limit_test`` keep, hold every class where N allows (in class order they
-    would all be the first class's)."""
-    per_class: list[list[Item]] = []
+    """Every image file of the split with its label; classes in order, files sorted within a class."""
+    items: list[Item] = []
     for label, name in enumerate(classes):
         files = _image_files(split_dir / name)
         if not files:
@@ -187,9 +196,8 @@ def _items(split_dir: Path, classes: tuple[str, ...]) -> tuple[Item, ...]:
                 f"{IMAGEFOLDER}: class folder {split_dir / name} holds no images "
                 f"(read by extension: {', '.join(IMAGE_EXTENSIONS)})."
             )
-        per_class.append([(path, label) for path in files])
-    turns = itertools.zip_longest(*per_class)
-    return tuple(item for turn in turns for item in turn if item is not None)
+        items += [(path, label) for path in files]
+    return tuple(items)
 
 
 def _image_files(class_dir: Path) -> list[Path]:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from locallearn.data import BatchLoader, describe_dataset, load_split
+from locallearn.data.imagefolder import IMAGEFOLDER, first_in_turn
 from locallearn.engine import train_step
 from locallearn.memory import StepMemoryMeter
 from locallearn.net import LocalNet, build_net, check_batch, check_logits, old_parameter_order
@@ -238,7 +239,8 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoader:
-    """The train or test split as a BatchLoader; ``limit_train`` / ``limit_test`` keep the first N images."""
+    """The train or test split as a BatchLoader; ``limit_train`` / ``limit_test`` keep the first N images (of an
+    image folder, read class by class, N taking the classes in turn: ``first_in_turn``)."""
     data, size = config.data, config.net.image_size
     if data.dataset == PYTHON_DATA:
         raise ValueError(
@@ -248,7 +250,8 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
     images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size)
     limit = data.limit_train if train else data.limit_test
     if limit is not None:
-        images, labels = images[:limit], labels[:limit]
+        keep = first_in_turn(labels, limit) if data.dataset == IMAGEFOLDER else slice(0, limit)
+        images, labels = images[keep], labels[keep]
     # The run's normalisation (the dataset's unless image_mean/image_std say otherwise): the same constants
     # the network un-normalises with to get reconstruction targets.
     spec = describe_dataset(data.dataset, data.data_dir, image_size=size)
