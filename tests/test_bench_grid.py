@@ -43,6 +43,12 @@ def test_the_default_split_is_each_models_training_default():
     for model in ("resnet32", "resnet20"):
         assert resolve_net(model, "greedy").split == GridSpec(models=(model,), methods=("greedy",),
                                                               num_modules=(4,)).expand()[1].split
+    # per K: ResNet-32 has no published cuts for K = 3, Swin's own paper split (its stages) none for K = 3
+    for model in ("resnet32", "swin_cifar"):
+        splits = [(c.num_modules, c.split) for c in GridSpec(models=(model,), methods=("greedy",),
+                                                               num_modules=(2, 3, 4)).expand()[1:]]
+        assert splits == [(2, "paper"), (3, "auto"), (4, "paper")]
+        assert [resolve_net(model, "greedy", num_modules=k).split for k in (2, 3, 4)] == [s for _, s in splits]
 
 
 @pytest.mark.parametrize(

@@ -202,6 +202,11 @@ def test_the_default_split_is_the_papers_where_it_has_cuts_for_this_k_else_compu
     assert resolve_net("resnet32", "contsup", num_modules=3).split == "auto"  # no published cuts for K = 3
     assert ll.build("resnet32", method="contsup", num_modules=3).cuts == [(1, 3), (2, 3)]
     assert resolve_net("resnet32", "e2e").split == "paper"  # one module: no cut, as before
+    assert [resolve_net("swin_tiny", "greedy", num_modules=k).split for k in (2, 3, 4)] == ["paper", "auto", "paper"]
+    # a wrong K or empty cuts are still refused in one line by their checks
+    with pytest.raises(ValueError, match=r"num_modules must be an integer >= 1, got '3'"):
+        resolve_net("resnet32", "contsup", num_modules="3")
+    assert resolve_net("resnet32", "greedy", split=[]).num_modules == 4  # no cut says no K
     with pytest.raises(ValueError, match="paper split of resnet32 is defined for num_modules in"):
         ll.build("resnet32", method="contsup", num_modules=3, split="paper")  # asked for: refused, not replaced
 

@@ -148,8 +148,8 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--methods", default="e2e,checkpoint,contsup", help="methods; e2e is always added")
         parser.add_argument("--num-modules", default="1,2,4,8,16", help="K values (default: 1,2,4,8,16)")
         parser.add_argument("--splits", default="default",
-                            help="default (paper where the model has one, else auto), paper, balanced, auto, uniform, "
-                                 "stages (default: default)")
+                            help="default (paper where the model has published cuts for the K, else auto), paper, "
+                                 "balanced, auto, uniform, stages (default: default)")
         parser.add_argument("--contexts", default="R0,R1E", help="ContSup context modes (default: R0,R1E)")
         parser.add_argument("--feature-decoders", default="linear",
                             help="FeatRecon's feature decoders: linear, conv, transformer (default: linear)")
@@ -188,7 +188,8 @@ def _add_pipeline(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", default="contsup", help="method (default: contsup)")
     parser.add_argument("--num-modules", type=int, default=4, help="K, local modules (default: 4)")
     parser.add_argument("--context", default="R1E", help="context mode of methods that supply context (default: R1E)")
-    parser.add_argument("--split", default=None, help="split (default: paper where the model has one, else auto)")
+    parser.add_argument("--split", default=None,
+                        help="split (default: paper where the model has published cuts for the K, else auto)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch, every variant (default: 64)")
     parser.add_argument("--batches", type=int, default=24, help="measured batches per run (default: 24)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured batches first (default: 2)")
@@ -226,7 +227,8 @@ def _add_accuracy(kinds: argparse._SubParsersAction) -> None:
         ("--epochs", int, "epochs of every cell"), ("--batch-size", int, "batch size"), ("--lr", float, "peak lr"),
         ("--warmup-epochs", int, "warm-up epochs"), ("--limit-train", int, "first N training images"),
         ("--limit-test", int, "first N test images"),
-        ("--split", str, "split of the local methods (default: paper where the model has one, else auto)"),
+        ("--split", str, "split of the local methods (default: paper where the model has published cuts for the K, "
+                         "else auto)"),
         ("--device", str, "cpu, cuda or auto"),
     ):
         parser.add_argument(flag, type=kind, default=None, help=help_text)

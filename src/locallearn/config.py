@@ -21,6 +21,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from locallearn.context import ContextMode
@@ -29,7 +30,7 @@ from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
 from locallearn.losses import LOCAL_LOSSES, lambda_schedule, lookup_lambdas
 from locallearn.methods import METHODS
-from locallearn.models import OBJECT, Backbone, check_model, check_model_options, model_family, own_splits
+from locallearn.models import OBJECT, Backbone, check_model, check_model_options, create_model, model_family, own_splits
 from locallearn.models.registry import FAMILY_HEADS
 from locallearn.split import SPLITS, paper_ks, table_cuts
 from locallearn.validate import Bool, Float, Int, Mapping, Numbers, Optional, check, check_fields, count_word, is_number
@@ -117,45 +118,69 @@ def resolve_net(
     spec of a dataset described from its files (a user's image folder: ``data.describe_dataset``). Unknown
     option names are refused by name.
 
-    K, when not given, is the number of explicit cuts plus one, else the method's. The split, when not given, is the published one (``paper``) where the model has one for this K, else the
-    computed memory-balanced one (``auto``)."""
+    K, when not given, is the number of explicit cuts plus one, else the method's. The split, when not given,
+    is the published one (``paper``) where the model has cuts for this K, else the computed memory-balanced
+    one (``auto``): ``default_split``."""
     options = {RENAMED.get(k, k): v for k, v in options.items()}
     unknown = sorted(set(options) - set(NET_FIELDS) - {"model", "method"})
     if unknown:
         raise ValueError(f"unknown option {unknown[0]!r}; valid options are {', '.join((*NET_FIELDS, 'dataset'))}.")
     if isinstance(model, nn.Module):
         family, name = getattr(model, "family", "cnn"), OBJECT + type(model).__name__
-        paper = model.named_splits("paper") if isinstance(model, Backbone) else {}
-        has_paper, paper_for = bool(paper), list(paper)
     else:
         check_model(model)
         family, name = model_family(model), model
-        has_paper, paper_for = default_split(model) == "paper", paper_ks(model)
     if family not in FAMILY_HEADS:
         raise ValueError(f"family: {name} says family {family!r}; valid families are {', '.join(FAMILY_HEADS)}.")
-    values: dict[str, Any] = {**_DEFAULTS, "model_kwargs": {}, "split": "paper" if has_paper else "auto"}
+    values: dict[str, Any] = {**_DEFAULTS, "model_kwargs": {}}
     values.update(METHODS.get(method).preset(family))
     spec = dataset if isinstance(dataset, DatasetSpec) or dataset is None else describe_dataset(
         dataset, None, image_size=options.get("image_size"))
     values.update(dataset_defaults(spec, options))
     values.update(options)
     values.update(model=name, method=method)
-    cuts = values["split"]
-    if "num_modules" not in options and isinstance(cuts, (list, tuple)) and not METHODS.get(method).single_module:
+    cuts = values.get("split")
+    if ("num_modules" not in options and isinstance(cuts, (list, tuple)) and cuts
+            and not METHODS.get(method).single_module):
         values["num_modules"] = len(cuts) + 1  # explicit cuts say K: the method's default would contradict them
-    if "split" not in options and values["split"] == "paper" and paper_for and values["num_modules"] not in paper_for \
-            and values["num_modules"] > 1:  # no published cuts for this K: the computed split, not an error
-        values["split"] = "auto"
+    if "split" not in options:
+        values["split"] = default_split(model, values["num_modules"], values["model_kwargs"])
     if values["aux_head"] == "auto":  # resolved here, so the run's config names the head
         values["aux_head"] = FAMILY_HEADS[family]
     values["lambdas"], values["lambda_source"] = _lambdas(values, spec.name if spec is not None else None)
     return NetConfig(**values)
 
 
-def default_split(model: str) -> str:
-    """The split a registered model gets when none is given: ``paper`` where it has a published one, else
-    ``auto``."""
-    return "paper" if paper_ks(model) or "paper" in own_splits(model) else "auto"
+def default_split(model: str | nn.Module, num_modules: Any = None, model_kwargs: Any = None) -> str:
+    """The split a model gets when none is given: ``paper`` where it has published cuts for ``num_modules``
+    (for some K, where that is not given or is 1), else the computed ``auto``. The cuts are the published
+    tables' (``split.tables``) or the backbone's own ``paper`` split (Swin's stages: the backbone is built on
+    the meta device to read them, with ``model_kwargs``, since its depths decide them)."""
+    if isinstance(model, Backbone):
+        ks = list(model.named_splits("paper"))
+    elif isinstance(model, nn.Module):
+        ks = []
+    elif paper_ks(model):
+        ks = paper_ks(model)
+    elif "paper" in own_splits(model):
+        ks = _own_paper_ks(model, model_kwargs)
+    else:
+        ks = []
+    if not ks:
+        return "auto"
+    one = not isinstance(num_modules, int) or isinstance(num_modules, bool) or num_modules <= 1
+    return "paper" if one or num_modules in ks else "auto"  # a wrong K is refused by NetConfig, naming it
+
+
+def _own_paper_ks(model: str, model_kwargs: Any) -> list[int]:
+    """The K of a registered backbone's own ``paper`` split, read from the backbone built on the meta device (no
+    memory, no initialisation); every K where it cannot be built (the build then names why)."""
+    try:
+        with torch.device("meta"):
+            backbone = create_model(model, **(model_kwargs if isinstance(model_kwargs, dict) else {}))
+        return list(backbone.named_splits("paper"))
+    except Exception:  # a bad model_kwargs: refused with its reason when the network is built
+        return list(range(2, 1 << 10))
 
 
 def dataset_defaults(spec: DatasetSpec | None, options: dict[str, Any]) -> dict[str, Any]:

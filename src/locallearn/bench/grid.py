@@ -15,8 +15,9 @@ running (``BenchConfig``), by these rules:
   ``infopro`` is InfoPro-Transformer, as in ``configs/swin/``.
 - Which rule applies to a method comes from the method object (``single_module``, ``varies_context``,
   ``varies_feature_decoder``), so a new method needs no edit here.
-- The split ``default`` is, per model, the one ``locallearn train`` uses when none is given: ``paper`` where
-  the model has a published one, else ``auto`` (``config.default_split``); the table names the split it ran.
+- The split ``default`` is, per model and K, the one ``locallearn train`` uses when none is given: ``paper``
+  where the model has published cuts for that K, else ``auto`` (``config.default_split``); the table names the
+  split it ran.
 - A combination that cannot be built (a ``paper`` split at a K its table lacks, R8 at K = 4) is still
   listed: the runner reports it as skipped, with the builder's reason.
 
@@ -180,9 +181,9 @@ class GridSpec:
                     own_context = method.preset(model_family(model))["context"]
                     contexts = self.contexts if method.varies_context else (own_context,)
                     decoders = self.feature_decoders if method.varies_feature_decoder else (None,)
-                    splits = dict.fromkeys(default_split(model) if s == DEFAULT_SPLIT else s for s in self.splits)
                     for k in (k for k in self.num_modules if k > 1):
-                        for split in splits:
+                        for split in dict.fromkeys(default_split(model, k) if s == DEFAULT_SPLIT else s
+                                                   for s in self.splits):
                             for context in contexts:
                                 for decoder in decoders:
                                     for head in self.aux_heads:
