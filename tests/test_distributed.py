@@ -626,3 +626,24 @@ def test_a_pipeline_runs_summary_names_its_classes_as_a_single_process_does():
     summary = run_summary(history, config, runner, parameters=1)
     assert summary["class_names"] == ["cat", "dog"] and summary["pipeline"] == {"stages": 2}
     assert "class_names" not in run_summary(history, config, SimpleNamespace(**{**vars(runner), "class_names": None}), 1)
+
+
+def test_a_stage_checkpoint_of_another_network_is_one_line():
+    """A resumed stage's weights of another shape (the model's code changed) are refused naming the tensor,
+    as a single-process resume refuses them, not with load_state_dict's multi-line error."""
+    from locallearn import build
+    from locallearn.distributed.runner import Layout, _load_owned
+
+    net = build("resnet20", method="greedy", num_modules=2, split="uniform")
+    layout = Layout(2, 1, ((0,), (1,)))
+    state = dict(net.state_dict())
+    key = next(k for k in state if k.endswith("weight") and state[k].dim() == 4)
+    _load_owned(net, state, layout, 0)  # its own weights load
+    state[key] = torch.zeros(1, *state[key].shape[1:])
+    with pytest.raises(ValueError, match=rf"^--resume: the checkpoint of stage 0 holds '{key}' of shape \(1, .*the "
+                                         r"network's is .*; it belongs to another network: resume it with the options "
+                                         r"and model code it was trained with"):
+        _load_owned(net, state, layout, 0)
+    state.pop(key)
+    with pytest.raises(ValueError, match=rf"^--resume: the checkpoint of stage 0 lacks '{key}'"):
+        _load_owned(net, state, layout, 0)

@@ -48,7 +48,15 @@ from locallearn.net import LocalNet, build_net, check_batch, check_logits
 from locallearn.training.config import Config, parse_assign, read_mapping, resolve
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CONFIG, RunDir, load_state, save_state, seed_everything
-from locallearn.training.runner import compile_parts, data_line, epoch_metrics, load_data, loader_class_names, make_optimizer
+from locallearn.training.runner import (
+    RESUME_FIX,
+    compile_parts,
+    data_line,
+    epoch_metrics,
+    load_data,
+    loader_class_names,
+    make_optimizer,
+)
 
 Log = Callable[[str], None]
 STAGE_DIR = "pipeline"
@@ -347,7 +355,14 @@ def _load_owned(net: LocalNet, state: dict[str, torch.Tensor], layout: Layout, s
     keys = stage_state_keys(net, layout.assignment[stage])
     missing = [k for k in keys if k not in state]
     if missing:
-        raise ValueError(f"--resume: the checkpoint of stage {stage} lacks {missing[0]!r}; it belongs to another network.")
+        raise ValueError(f"--resume: the checkpoint of stage {stage} lacks {missing[0]!r}; it belongs to another "
+                         f"network: {RESUME_FIX}.")
+    own = net.state_dict()
+    wrong = next((k for k in keys if state[k].shape != own[k].shape), None)
+    if wrong is not None:  # load_state_dict's own error is a multi-line RuntimeError
+        raise ValueError(f"--resume: the checkpoint of stage {stage} holds {wrong!r} of shape "
+                         f"{tuple(state[wrong].shape)}, the network's is {tuple(own[wrong].shape)}; it belongs to another "
+                         f"network: {RESUME_FIX}.")
     net.load_state_dict({k: state[k] for k in keys}, strict=False)
 
 
