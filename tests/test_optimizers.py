@@ -107,3 +107,17 @@ def test_each_optimizer_has_its_own_default_rates_and_a_warm_up_above_the_peak_i
             "--warmup-epochs", "1", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     assert "warm-up: from 0.01, above the peak lr 0.001, down to it" in capsys.readouterr().out
+
+
+def test_another_optimizer_over_a_preset_takes_its_own_rates_and_settings():
+    """--optimizer naming another optimizer than the file's replaces the file's optimizer options (an SGD
+    preset's momentum was refused under AdamW; a ViT preset kept AdamW's lr and weight decay under SGD)."""
+    from locallearn.training import load_config
+
+    adamw = load_config("baselines/resnet32_cifar10_k4_greedy", optimizer="adamw").optim
+    assert (adamw.lr, adamw.warmup_lr, adamw.weight_decay, adamw.momentum, adamw.nesterov) == (1e-3, 1e-6, 0.05, None, None)
+    assert (adamw.epochs, adamw.batch_size) == (160, 1024)  # the rest of the recipe stays the file's
+    sgd = load_config("vit/vit_small_cifar10_e2e", optimizer="sgd", lr=0.05).optim
+    assert (sgd.lr, sgd.warmup_lr, sgd.weight_decay, sgd.momentum, sgd.nesterov) == (0.05, 0.01, 1e-4, 0.9, True)
+    assert sgd.schedule == "step"  # not an optimizer option
+    assert load_config("vit/vit_small_cifar10_e2e", optimizer="adamw").optim.lr == 1.25e-4  # the same: kept

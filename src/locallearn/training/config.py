@@ -48,6 +48,8 @@ OPTIMIZER_DEFAULTS = {
     "adamw": dict(momentum=None, nesterov=None, weight_decay=0.05, lr=1e-3, warmup_lr=1e-6),
 }
 OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
+# What --optimizer naming another optimizer than a config file's replaces with that optimizer's defaults
+_OPTIMIZER_OPTIONS = {key for defaults in OPTIMIZER_DEFAULTS.values() for key in defaults}
 SCHEDULES = ("epoch", "step")
 PARALLEL_MODES = ("none", "pipeline")
 ASSIGN_NAMES = ("balanced", "even")
@@ -452,6 +454,8 @@ def requested_options(config: str | None, overrides: Mapping[str, Any]) -> tuple
         name = path.stem
         if "method" in values and overrides.get("method") not in (None, values["method"]):
             values = {k: v for k, v in values.items() if k not in _method_options(overrides["method"])}
+        if overrides.get("optimizer") not in (None, values.get("optimizer", "sgd")):  # the file's rates and
+            values = {k: v for k, v in values.items() if k not in _OPTIMIZER_OPTIONS}  # settings were its optimizer's
         _check_values(values, path, skip=overrides)
     values.update(overrides)
     return values, name
