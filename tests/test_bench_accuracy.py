@@ -275,3 +275,21 @@ def test_cells_trained_before_a_default_changed_keep_their_options_and_resume(tm
     cells = resolve_cells(AccuracyGrid(models=("resnet20",), methods=("e2e", "greedy"), num_modules=(2,), seeds=(0,),
                                        recipe={**RECIPE, "epochs": 2, "warmup_epochs": 1}), out)
     assert [config.optim.warmup_lr for _, config in cells] == [0.02, 0.02]  # rows describe the runs they report
+
+
+def test_another_optimizer_by_option_over_a_config_file_takes_its_own_settings(tmp_path):
+    """bench accuracy lays --option over --config as train lays its flags: AdamW over an SGD file's momentum
+    and Nesterov takes AdamW's settings (it was refused: momentum and nesterov apply to sgd)."""
+    from locallearn.bench.commands import bench_accuracy
+
+    sgd = tmp_path / "sgd.yaml"
+    sgd.write_text("optimizer: sgd\nmomentum: 0.9\nnesterov: true\nlr: 0.2\n")
+    out = tmp_path / "acc"
+    argv = dict(models="resnet20", methods="greedy", num_modules="2", contexts=None, local_losses=None, seeds="0",
+                config=str(sgd), option=["optimizer=adamw"], threads=None, out=out, quiet=True, collect=True,
+                **{k: v for k, v in RECIPE.items() if k != "split"}, split="uniform")
+    assert bench_accuracy(**argv) == 0  # collected, nothing trained: the cells are "not run"
+    data = json.loads((out / "accuracy.json").read_text())
+    assert [r["status"] for r in data["rows"]] == ["not run", "not run"]
+    recipe = data["meta"]["grid"]["recipe"]
+    assert recipe["optimizer"] == "adamw" and not {"momentum", "nesterov", "lr"} & set(recipe)

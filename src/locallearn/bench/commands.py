@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -94,11 +95,7 @@ def bench_accuracy(
     from locallearn.training.config import load_yaml, requested_options
 
     flags = {k: v for k, v in recipe.items() if v is not None}
-    options, _ = requested_options(config, flags)
-    for key in options:  # the flags set no axis: these come from the --config file
-        if key in _AXES:
-            raise ValueError(f"--config {config}: {_set_by(key)}; drop it from the file.")
-    given: set[str] = set()
+    given: dict[str, Any] = {}
     for item in option or []:  # --option KEY=VALUE: any option of `locallearn train`, for the cells that use it
         key, sep, value = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -109,8 +106,13 @@ def bench_accuracy(
         if key in flags or key in given:
             twice = f"--{key.replace('_', '-')}" if key in flags else "another --option"
             raise ValueError(f"--option {item}: {key} is also given by {twice}; give it once.")
-        given.add(key)
-        options[key] = load_yaml(value, f"--option {item}")
+        given[key] = load_yaml(value, f"--option {item}")
+    # the --config file's options, and the flags and --option over them (as `locallearn train` lays its flags
+    # over a file: another optimizer than the file's replaces the file's rates)
+    options, _ = requested_options(config, {**flags, **given})
+    for key in options:  # the flags and --option set no axis: these come from the --config file
+        if key in _AXES:
+            raise ValueError(f"--config {config}: {_set_by(key)}; drop it from the file.")
     if threads is not None:
         torch.set_num_threads(threads)
     grid = AccuracyGrid(
