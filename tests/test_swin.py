@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import locallearn as ll
+from locallearn.config import resolve_net
 from locallearn.memory import SavedTensorMeter
 from locallearn.models import create_model
 
@@ -306,3 +307,11 @@ def test_featrecon_on_the_small_swin_learns_the_bundled_digits():
         for x, y in BatchLoader(*test, spec=spec, batch_size=360, train=False, seed=0, prefetch=0):
             correct += (net(x).argmax(dim=1) == y).sum().item()
     assert correct / len(test[1]) > 0.6  # chance: 0.1
+
+
+def test_a_pretrained_swin_gets_the_computed_split_at_a_k_its_stages_do_not_give(checkpoint_dir):
+    """The default split falls back to auto at K = 3 with pretrained weights too (reading the stage cuts built
+    the backbone on the meta device, which from_pretrained refuses: it fell back to paper, then refused K = 3)."""
+    kwargs = dict(TINY, pretrained=str(checkpoint_dir))
+    assert resolve_net("swin_cifar", "infopro", num_modules=3, model_kwargs=kwargs).split == "auto"
+    assert resolve_net("swin_cifar", "infopro", num_modules=2, model_kwargs=kwargs).split == "paper"

@@ -17,7 +17,9 @@ a resolved config and nothing else: to change the method with its defaults, reso
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,28 +158,31 @@ def default_split(model: str | nn.Module, num_modules: Any = None, model_kwargs:
     (for some K, where that is not given or is 1), else the computed ``auto``. The cuts are the published
     tables' (``split.tables``) or the backbone's own ``paper`` split (Swin's stages: the backbone is built on
     the meta device to read them, with ``model_kwargs``, since its depths decide them)."""
-    if isinstance(model, Backbone):
-        ks = list(model.named_splits("paper"))
-    elif isinstance(model, nn.Module):
-        ks = []
-    elif paper_ks(model):
-        ks = paper_ks(model)
-    elif "paper" in own_splits(model):
-        ks = _own_paper_ks(model, model_kwargs)
-    else:
-        ks = []
-    if not ks:
-        return "auto"
     one = not isinstance(num_modules, int) or isinstance(num_modules, bool) or num_modules <= 1
+    if isinstance(model, Backbone):
+        has, ks = bool(model.named_splits("paper")), list(model.named_splits("paper"))
+    elif isinstance(model, nn.Module):
+        has, ks = False, []
+    elif paper_ks(model):
+        has, ks = True, paper_ks(model)
+    elif "paper" in own_splits(model):  # which K it defines cuts for is read only where K matters
+        has, ks = True, [] if one else _own_paper_ks(model, repr(sorted((model_kwargs or {}).items())))
+    else:
+        has, ks = False, []
+    if not has:
+        return "auto"
     return "paper" if one or num_modules in ks else "auto"  # a wrong K is refused by NetConfig, naming it
 
 
-def _own_paper_ks(model: str, model_kwargs: Any) -> list[int]:
+@functools.lru_cache(maxsize=64)
+def _own_paper_ks(model: str, model_kwargs: str) -> list[int]:
     """The K of a registered backbone's own ``paper`` split, read from the backbone built on the meta device (no
-    memory, no initialisation); every K where it cannot be built (the build then names why)."""
+    memory, no initialisation; ``model_kwargs``: their repr, without ``pretrained``, which only sets the
+    weights); every K where it cannot be built (the build then names why). Cached: a grid resolves it often."""
     try:
+        kwargs = {k: v for k, v in ast.literal_eval(model_kwargs) if k != "pretrained"}
         with torch.device("meta"):
-            backbone = create_model(model, **(model_kwargs if isinstance(model_kwargs, dict) else {}))
+            backbone = create_model(model, **kwargs)
         return list(backbone.named_splits("paper"))
     except Exception:  # a bad model_kwargs: refused with its reason when the network is built
         return list(range(2, 1 << 10))
