@@ -293,3 +293,21 @@ def test_another_optimizer_by_option_over_a_config_file_takes_its_own_settings(t
     assert [r["status"] for r in data["rows"]] == ["not run", "not run"]
     recipe = data["meta"]["grid"]["recipe"]
     assert recipe["optimizer"] == "adamw" and not {"momentum", "nesterov", "lr"} & set(recipe)
+
+
+def test_a_rerun_that_no_longer_gives_an_option_is_refused(tmp_path, capsys):
+    """A cell keeps stored values only for options the grid never gave it: a rerun without the --lr the cells
+    were trained with is another recipe, refused (not a mix of lr 0.05 and 0.1 rows); a cell without its
+    record (an earlier release's) is compared option by option."""
+    out = tmp_path / "acc"
+    assert main(["bench", "accuracy", *GRID, "--lr", "0.05", "--out", str(out)]) == 0
+    assert json.loads((out / "cells" / "resnet20_greedy_k2_s0" / accuracy.CELL_REQUEST).read_text())["options"]["lr"] == 0.05
+    capsys.readouterr()
+    assert main(["bench", "accuracy", *GRID, "--seeds", "0,1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run with other options (lr (0.05 → 0.1))" in err and err.count("\n") == 1
+    assert main(["bench", "accuracy", *GRID, "--lr", "0.05", "--out", str(out)]) == 0  # the same recipe: collected
+    for cell in (out / "cells").iterdir():
+        (cell / accuracy.CELL_REQUEST).unlink()
+    assert main(["bench", "accuracy", *GRID, "--lr", "0.05", "--out", str(out)]) == 0
+    assert main(["bench", "accuracy", *GRID, "--out", str(out)]) == 2

@@ -4,7 +4,9 @@ A grid of (model × method × K × context × local loss × seed) cells, every c
 trained by ``training.fit`` with the same recipe and budget (the options given for the grid), so that
 
 - an interrupted grid resumes: a finished cell is skipped, an unfinished one resumed (``fit(resume=True)``);
-  a cell directory holding a run of other options (the grid rerun with another recipe) is refused up front;
+  a cell directory holding a run of other options (the grid rerun with another recipe, or without an option
+  it gave the cell: each cell records them in ``grid-cell.json``) is refused up front, while an option the
+  grid never gave keeps the cell's stored value (a default changed since);
 - every cell can be re-evaluated, reported or resumed on its own (``locallearn eval``, ``report``, ``train``).
 
 Expansion rules (as the memory and speed grids'): ``e2e`` is always included, at K = 1, as the reference;
@@ -209,22 +211,33 @@ def check_nets(resolved: list[tuple[Cell, Config]]) -> None:
                 raise ValueError(f"grid cell {cell.name}: {err}") from None
 
 
+# A cell's record of the options the grid gave it, beside its run: what a rerun of the grid must give again
+CELL_REQUEST = "grid-cell.json"
+
+
 def check_cell(cell: Cell, config: Config) -> Config:
     """The config of a cell: ``config``, or where the cell's directory holds a run already, that run's
     options with the cell's laid over them (as ``--resume`` takes them: what the grid sets must not change
-    them, while an option it does not set keeps the stored value, e.g. a default changed since). A run of
-    other options (a grid rerun into the same --out with another recipe, whose finished cells would be
-    reported as results of the new command) is refused; the options the grid sets come first in the
-    message, before those they imply (a dataset's image size, ...)."""
+    them, and an option it never set keeps the stored value, e.g. a default changed since). A run of other
+    options (a grid rerun into the same --out with another recipe, whose finished cells would be reported
+    as results of the new command) is refused, an option the grid gave the cell and no longer gives
+    included; a cell without its record (``CELL_REQUEST``, from an earlier release) is compared option by
+    option. The options the grid sets come first in the message, before those they imply (a dataset's
+    image size, ...)."""
     stored = RunDir(config.run.out).file(CONFIG)
     if not stored.is_file():
         return config
     options = read_options(stored)
+    before = resolve(options)
+    given_then = _read_request(stored.parent)
     try:
-        kept = resolve({**options, **cell_request(cell, config)})
+        kept = resolve({**options, **cell_request(cell, config)}) if given_then is not None else config
     except ValueError:  # what the grid sets contradicts the stored run (another dataset, its image size): differs
         kept = config
-    changed = differing_options(resolve(options), kept, ignore=RESUMABLE_CHANGES)
+    changed = differing_options(before, kept, ignore=RESUMABLE_CHANGES)
+    now, then = config.options(), before.options()
+    changed += [f"{key} ({then[key]!r} → {now[key]!r})" for key in (given_then or {})
+                if key not in cell.options and key in now and then.get(key) != now[key]]
     changed.sort(key=lambda change: change.split(" ", 1)[0] not in cell.options)
     if changed:
         raise ValueError(
@@ -237,6 +250,20 @@ def check_cell(cell: Cell, config: Config) -> Config:
 def cell_request(cell: Cell, config: Config) -> dict[str, Any]:
     """What a cell asks of its run: the options the grid gives it, and its directory."""
     return {**cell.options, "out": config.run.out}
+
+
+def _read_request(path: Path) -> dict[str, Any] | None:
+    """The options the grid gave the cell in ``path`` (``CELL_REQUEST``), or None where it has no record."""
+    try:
+        record = json.loads((path / CELL_REQUEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("options") if isinstance(record, dict) and isinstance(record.get("options"), dict) else None
+
+
+def _write_request(run: RunDir, cell: Cell) -> None:
+    run.path.mkdir(parents=True, exist_ok=True)
+    (run.path / CELL_REQUEST).write_text(json.dumps({"options": cell.options}, indent=1, default=str) + "\n")
 
 
 def varying_options(configs: list[Config]) -> list[str]:
@@ -300,6 +327,8 @@ def _row(cell: Cell, config: Config, varying: list[str], train: bool) -> dict[st
     else:
         try:
             if not run.finished:
+                if not run.file(CONFIG).is_file():  # a new cell: what the grid gave it, for its reruns
+                    _write_request(run, cell)
                 fit(config, resume=True, requested=cell_request(cell, config), log=_cell_log(run))
             row.update(_result(run))
         except Exception as err:  # a failing cell is reported in its row; the grid goes on
