@@ -309,7 +309,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def console() -> int:
     """The console script and ``python -m locallearn``: ``main``, and once a Ctrl-C has stopped the command,
     any further one ignored while the process exits (a second press during the seconds torch takes to shut
-    down ended it in a traceback and status -2, not 130)."""
+    down ended it in a traceback and status -2, not 130). A press that lands in a finalizer (a weakref
+    callback while the run's objects are freed) anywhere in the process's life is dropped silently, as the
+    run's own hook does while it trains: Python would print it as "Exception ignored" after the line that
+    said what the first press kept."""
+    hook = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            hook(info)
+
+    sys.unraisablehook = unraisable  # for the life of the process: the command ends with it
     try:
         status = main()
     except KeyboardInterrupt:  # a second press while main said what the first one stopped
