@@ -321,23 +321,3 @@ def test_a_limit_keeps_the_classes_in_turn_not_the_first_classs_images(tmp_path)
                      batch_size=2, device="cpu")
     for train, kept in ((True, [0, 0, 1, 2]), (False, [0, 1, 2])):
         assert load_data(config, train=train, device=torch.device("cpu")).labels.tolist() == kept
-
-
-def test_a_run_of_an_earlier_release_keeps_the_first_n_images_it_trained_on(tmp_path):
-    """A run's config.yaml without limit_order, on an image folder with a limit, was written when a limit kept
-    the first N images: read back (resume, eval, report) it keeps them; any other file gets the classes in turn."""
-    from locallearn.training.config import dump_yaml, flatten, resolve
-    from locallearn.training.runner import load_data
-
-    make_folder(tmp_path / "imgs", per_class=3)
-    options = dict(dataset="imagefolder", data_dir=str(tmp_path / "imgs"), model="resnet20", limit_train=4,
-                   batch_size=2, device="cpu")
-    written = resolve(options).to_dict()
-    written["data"].pop("limit_order")
-    earlier = {"run_id": "r", **written}
-    assert flatten(earlier, "config.yaml")["limit_order"] == "first"
-    assert "limit_order" not in flatten(written, "a config file")  # not a run's record: today's default
-    assert "limit_order" not in flatten({**earlier, "data": {**written["data"], "limit_train": None}}, "config.yaml")
-    config = resolve(flatten(earlier, "config.yaml"))
-    assert load_data(config, train=True, device=torch.device("cpu")).labels.tolist() == [0, 0, 0, 1]
-    assert "limit_order: classes_in_turn" in dump_yaml(resolve(options).to_dict())

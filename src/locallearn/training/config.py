@@ -35,7 +35,6 @@ import yaml
 
 from locallearn.config import NET_FIELDS, RENAMED, NetConfig, plain, resolve_net
 from locallearn.data import describe_dataset, dataset_names
-from locallearn.data.imagefolder import IMAGEFOLDER
 from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
 from locallearn.validate import Bool, Choice, Float, Int, Optional, Text, check, check_fields
@@ -49,7 +48,6 @@ OPTIMIZER_DEFAULTS = {
     "adamw": dict(momentum=None, nesterov=None, weight_decay=0.05, lr=1e-3, warmup_lr=1e-6),
 }
 OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
-LIMIT_ORDERS = ("classes_in_turn", "first")
 # What --optimizer naming another optimizer than a config file's replaces with that optimizer's defaults
 _OPTIMIZER_OPTIONS = {key for defaults in OPTIMIZER_DEFAULTS.values() for key in defaults}
 SCHEDULES = ("epoch", "step")
@@ -104,9 +102,6 @@ class DataConfig:
     data_dir: str = field(default="data", metadata=check(Text()))
     limit_train: int | None = field(default=None, metadata=check(Optional(Int(2))))  # BatchNorm needs two images
     limit_test: int | None = field(default=None, metadata=check(Optional(Int(1))))
-    # which N images a limit keeps of an image folder (read class by class): the classes in turn; "first": the
-    # first N, what runs of earlier releases kept (their config.yaml lacks the option: ``flatten`` says first)
-    limit_order: str = field(default="classes_in_turn", metadata=check(Choice(LIMIT_ORDERS, "limit order")))
 
     def __post_init__(self) -> None:
         if self.dataset not in dataset_names() and self.dataset != PYTHON_DATA:
@@ -245,9 +240,8 @@ _OTHER_HELP = {
     "dataset": ("str", "digits (bundled), fashion_mnist, cifar10, cifar100, svhn, stl10, or imagefolder (--data-dir "
                 "DIR with train/<class>/ and test/<class>/ images)"),
     "data_dir": ("str", "where the dataset files are (locallearn data download NAME)"),
-    "limit_train": ("int", "use only N training images, the first (of an image folder: the classes in turn) (smoke "
-                           "runs)"),
-    "limit_test": ("int", "use only N test images, the first (of an image folder: the classes in turn)"),
+    "limit_train": ("int", "use only the first N training images (smoke runs)"),
+    "limit_test": ("int", "use only the first N test images (smoke runs)"),
     "optimizer": ("str", "sgd (momentum, Nesterov: the papers' recipe) or adamw (no weight decay on biases, norms "
                          "and position tables: the usual transformer recipe) (default: sgd)"),
     "schedule": ("str", "epoch: the rate changes once per epoch (the papers'); step: at every step (default: epoch)"),
@@ -355,9 +349,6 @@ def flatten(mapping: Mapping[str, Any], source: str) -> dict[str, Any]:
             if name in where:
                 raise ValueError(f"{source}: {name!r} is given twice ({where[name]} and {spelled}); keep one.")
             flat[name], where[name] = v, spelled
-    if ("run_id" in mapping and "limit_order" not in flat and flat.get("dataset") == IMAGEFOLDER
-            and (flat.get("limit_train") is not None or flat.get("limit_test") is not None)):
-        flat["limit_order"] = "first"  # a run of an earlier release kept the first N images of its folder
     check_keys(flat, source)
     return flat
 

@@ -240,8 +240,7 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoader:
     """The train or test split as a BatchLoader; ``limit_train`` / ``limit_test`` keep the first N images (of an
-    image folder, read class by class, N taking the classes in turn: ``first_in_turn``, unless the run's
-    ``limit_order`` is ``first``, as runs of earlier releases record)."""
+    image folder, read class by class, N taking the classes in turn: ``first_in_turn``)."""
     data, size = config.data, config.net.image_size
     if data.dataset == PYTHON_DATA:
         raise ValueError(
@@ -251,8 +250,7 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
     images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size)
     limit = data.limit_train if train else data.limit_test
     if limit is not None:
-        in_turn = data.dataset == IMAGEFOLDER and data.limit_order == "classes_in_turn"
-        keep = first_in_turn(labels, limit) if in_turn else slice(0, limit)
+        keep = first_in_turn(labels, limit) if data.dataset == IMAGEFOLDER else slice(0, limit)
         images, labels = images[keep], labels[keep]
     # The run's normalisation (the dataset's unless image_mean/image_std say otherwise): the same constants
     # the network un-normalises with to get reconstruction targets.
