@@ -155,6 +155,7 @@ def test_a_tiny_grid_writes_rows_table_and_plot_and_resumes(tmp_path, capsys, ke
     (["--option", "out=/tmp/x"], "out is each cell's run directory (OUT/cells/NAME), set by --out; use that instead."),
     (["--option", "seed=1"], "seed is an axis of the grid, set by --seeds; use that instead."),
     (["--option", "local-loss=ce"], "local_loss is an axis of the grid, set by --local-losses"),
+    (["--option", "foo=1"], "--option: unknown key 'foo'; valid keys are model, method"),
 ])
 def test_bad_values_are_refused_before_anything_trains(tmp_path, capsys, flags, words):
     out = tmp_path / "acc"

@@ -207,6 +207,8 @@ def test_the_default_split_is_the_papers_where_it_has_cuts_for_this_k_else_compu
     with pytest.raises(ValueError, match=r"num_modules must be an integer >= 1, got '3'"):
         resolve_net("resnet32", "contsup", num_modules="3")
     assert resolve_net("resnet32", "greedy", split=[]).num_modules == 4  # no cut says no K
+    with pytest.raises(ValueError, match=r"model_kwargs: expected a mapping of backbone arguments, got \[1\]"):
+        resolve_net("swin_cifar", "infopro", num_modules=3, model_kwargs=[1])  # not an AttributeError
     with pytest.raises(ValueError, match="paper split of resnet32 is defined for num_modules in"):
         ll.build("resnet32", method="contsup", num_modules=3, split="paper")  # asked for: refused, not replaced
 

@@ -166,7 +166,8 @@ def default_split(model: str | nn.Module, num_modules: Any = None, model_kwargs:
     elif paper_ks(model):
         has, ks = True, paper_ks(model)
     elif "paper" in own_splits(model):  # which K it defines cuts for is read only where K matters
-        has, ks = True, [] if one else _own_paper_ks(model, repr(sorted((model_kwargs or {}).items())))
+        kwargs = model_kwargs if isinstance(model_kwargs, dict) else {}  # another type is refused by its check
+        has, ks = True, [] if one else _own_paper_ks(model, repr(sorted(kwargs.items())))
     else:
         has, ks = False, []
     if not has:

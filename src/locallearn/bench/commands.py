@@ -92,7 +92,7 @@ def bench_accuracy(
 ) -> int:
     """Test error of every method against K: a grid of real training runs (``bench.accuracy``)."""
     from locallearn.bench.accuracy import AccuracyGrid, run_accuracy
-    from locallearn.training.config import load_yaml, requested_options
+    from locallearn.training.config import check_keys, load_yaml, requested_options
 
     flags = {k: v for k, v in recipe.items() if v is not None}
     given: dict[str, Any] = {}
@@ -107,6 +107,7 @@ def bench_accuracy(
             twice = f"--{key.replace('_', '-')}" if key in flags else "another --option"
             raise ValueError(f"--option {item}: {key} is also given by {twice}; give it once.")
         given[key] = load_yaml(value, f"--option {item}")
+    check_keys(given, "--option")
     # the --config file's options, and the flags and --option over them (as `locallearn train` lays its flags
     # over a file: another optimizer than the file's replaces the file's rates)
     options, _ = requested_options(config, {**flags, **given})

@@ -240,8 +240,9 @@ _OTHER_HELP = {
     "dataset": ("str", "digits (bundled), fashion_mnist, cifar10, cifar100, svhn, stl10, or imagefolder (--data-dir "
                 "DIR with train/<class>/ and test/<class>/ images)"),
     "data_dir": ("str", "where the dataset files are (locallearn data download NAME)"),
-    "limit_train": ("int", "use only the first N training images (smoke runs)"),
-    "limit_test": ("int", "use only the first N test images (smoke runs)"),
+    "limit_train": ("int", "use only N training images, the first (of an image folder: the classes in turn) (smoke "
+                           "runs)"),
+    "limit_test": ("int", "use only N test images, the first (of an image folder: the classes in turn)"),
     "optimizer": ("str", "sgd (momentum, Nesterov: the papers' recipe) or adamw (no weight decay on biases, norms "
                          "and position tables: the usual transformer recipe) (default: sgd)"),
     "schedule": ("str", "epoch: the rate changes once per epoch (the papers'); step: at every step (default: epoch)"),
