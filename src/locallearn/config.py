@@ -17,9 +17,7 @@ a resolved config and nothing else: to change the method with its defaults, reso
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,33 +158,36 @@ def default_split(model: str | nn.Module, num_modules: Any = None, model_kwargs:
     the meta device to read them, with ``model_kwargs``, since its depths decide them)."""
     one = not isinstance(num_modules, int) or isinstance(num_modules, bool) or num_modules <= 1
     if isinstance(model, Backbone):
-        has, ks = bool(model.named_splits("paper")), list(model.named_splits("paper"))
+        ks = list(model.named_splits("paper"))
     elif isinstance(model, nn.Module):
-        has, ks = False, []
+        ks = []
     elif paper_ks(model):
-        has, ks = True, paper_ks(model)
+        ks = paper_ks(model)
     elif "paper" in own_splits(model):  # which K it defines cuts for is read only where K matters
-        kwargs = model_kwargs if isinstance(model_kwargs, dict) else {}  # another type is refused by its check
-        has, ks = True, [] if one else _own_paper_ks(model, repr(sorted(kwargs.items())))
-    else:
-        has, ks = False, []
-    if not has:
-        return "auto"
-    return "paper" if one or num_modules in ks else "auto"  # a wrong K is refused by NetConfig, naming it
+        if one:
+            return "paper"
+        ks = _own_paper_ks(model, model_kwargs if isinstance(model_kwargs, dict) else {})  # another type: refused
+    else:  # by its check
+        ks = []
+    return "paper" if ks and (one or num_modules in ks) else "auto"  # a wrong K is refused by NetConfig, naming it
 
 
-@functools.lru_cache(maxsize=64)
-def _own_paper_ks(model: str, model_kwargs: str) -> list[int]:
+_OWN_PAPER_KS: dict[tuple[str, str], list[int]] = {}  # (model, its kwargs' repr) → K: a grid resolves it often
+
+
+def _own_paper_ks(model: str, model_kwargs: dict[str, Any]) -> list[int]:
     """The K of a registered backbone's own ``paper`` split, read from the backbone built on the meta device (no
-    memory, no initialisation; ``model_kwargs``: their repr, without ``pretrained``, which only sets the
-    weights); every K where it cannot be built (the build then names why). Cached: a grid resolves it often."""
-    try:
-        kwargs = {k: v for k, v in ast.literal_eval(model_kwargs) if k != "pretrained"}
-        with torch.device("meta"):
-            backbone = create_model(model, **kwargs)
-        return list(backbone.named_splits("paper"))
-    except Exception:  # a bad model_kwargs: refused with its reason when the network is built
-        return list(range(2, 1 << 10))
+    memory, no initialisation; without ``pretrained``, which only sets the weights), once per model and
+    kwargs; every K where it cannot be built (the build then names why)."""
+    kwargs = {k: v for k, v in model_kwargs.items() if k != "pretrained"}
+    key = (model, repr(sorted(kwargs.items())))
+    if key not in _OWN_PAPER_KS:
+        try:
+            with torch.device("meta"):
+                _OWN_PAPER_KS[key] = list(create_model(model, **kwargs).named_splits("paper"))
+        except Exception:  # a bad model_kwargs: refused with its reason when the network is built
+            _OWN_PAPER_KS[key] = list(range(2, 1 << 10))
+    return _OWN_PAPER_KS[key]
 
 
 def dataset_defaults(spec: DatasetSpec | None, options: dict[str, Any]) -> dict[str, Any]:

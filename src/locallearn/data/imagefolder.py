@@ -141,8 +141,9 @@ def first_in_turn(labels: torch.Tensor, n: int) -> torch.Tensor:
     for c in labels.unique():
         where = (labels == c).nonzero().flatten()
         rank[where] = torch.arange(len(where))
-    turn = sorted(range(len(labels)), key=lambda i: (int(rank[i]), int(labels[i])))  # turn by turn, classes in order
-    return torch.tensor(sorted(turn[:n]), dtype=torch.long)
+    classes = int(labels.max()) + 1 if len(labels) else 1
+    turn = torch.argsort(rank * classes + labels)  # turn by turn, classes in order (the keys are distinct)
+    return turn[:n].sort().values
 
 
 def decode_image(path: Path, size: int) -> np.ndarray:

@@ -338,12 +338,12 @@ def flatten(mapping: Mapping[str, Any], source: str) -> dict[str, Any]:
         if key in SECTIONS:
             if not isinstance(value, dict):
                 raise ValueError(f"{source}: section {key!r} must be a mapping of options, got {value!r}.")
-            items = [(f"{key}.{name}", name, v) for name, v in value.items()]
+            items = [(key, name, v) for name, v in value.items()]
         else:
-            items = [(key, key, value)]
-        for spelled, name, v in items:
+            items = [(None, key, value)]
+        for section, name, v in items:
+            spelled = name if section is None else f"{section}.{name}"
             name = RENAMED.get(name, name) if isinstance(name, str) else name
-            section = spelled.split(".")[0] if "." in spelled else None
             if section is not None and name in SECTION_OF and SECTION_OF[name] != section:
                 raise ValueError(f"{source}: {name!r} is an option of section {SECTION_OF[name]!r}, not {section!r}; "
                                  f"move it there (or give it at the top level).")

@@ -7,8 +7,8 @@ marked.
 
 Runs are averaged only when they are the same experiment: their options (the flat options of config.yaml)
 are equal except ``seed`` and the options that do not change what is computed (``RESUMABLE_CHANGES``:
-where a run lives and runs; an image folder's ``data_dir`` is its dataset, so it is compared). Each such *group* is one cell of the table, rows by method and columns by K as
-in the papers' tables. Groups that would share a cell but differ in something else (epochs, lr, dataset,
+where a run lives and runs; an image folder's ``data_dir`` is its dataset, so it is compared). Each such
+*group* is one cell of the table, rows by method and columns by K as in the papers' tables. Groups that would share a cell but differ in something else (epochs, lr, dataset,
 ...) get rows of their own, labelled with the difference, and a warning names it.
 """
 
