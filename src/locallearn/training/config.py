@@ -209,7 +209,8 @@ def _methods_by_k() -> str:
         by_k.setdefault(METHODS.get(name).defaults.get("num_modules", NetConfig.num_modules), []).append(name)
     words = lambda names: ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
     return "; ".join(f"{words(names)} train{'s' if len(names) == 1 else ''} one module (K=1)" if k == 1 else
-                     f"{words(names)} default{'s' if len(names) == 1 else ''} to K={k}" for k, names in sorted(by_k.items()))
+                     f"{words(names)} default{'s' if len(names) == 1 else ''} to K={k}"
+                     for k, names in sorted(by_k.items()))
 
 
 # Option name → (section, how its flag parses, help). The net section's options are NetConfig's fields.
@@ -217,9 +218,10 @@ _NET_HELP = {
     "model": ("str", "backbone from the model registry (locallearn list)"),
     "method": ("str", f"a set of defaults (locallearn list): {_methods_by_k()}"),
     "num_modules": ("int", "K, the number of local modules (default: the method's)"),
-    "split": ("yaml", "paper, balanced, auto, uniform, stages or cuts as YAML, e.g. '[[1,2],[2,1]]' (default: paper where the model has published cuts for this K, else auto)"),
-    "aux_head": ("str", f"auxiliary head of the local modules: {', '.join(HEADS.names())}, or auto: the model family's, 1c2f on "
-                 "CNNs and token on transformers (default: the method's)"),
+    "split": ("yaml", "paper, balanced, auto, uniform, stages or cuts as YAML, e.g. '[[1,2],[2,1]]' (default: paper "
+                      "where the model has published cuts for this K, else auto)"),
+    "aux_head": ("str", f"auxiliary head of the local modules: {', '.join(HEADS.names())}, or auto: the model "
+                        "family's, 1c2f on CNNs and token on transformers (default: the method's)"),
     "local_loss": ("str", "ce (softmax) or contrast (supervised contrastive) (default: the method's)"),
     "reconstruct": ("bool", "InfoPro's image reconstruction in every local module (default: the method's)"),
     "context": ("str", "ContSup context mode: R0, E, R1, R1E, Rn, RnE (default: the method's)"),
