@@ -50,6 +50,7 @@ OPTIMIZER_DEFAULTS = {
 OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
 # What --optimizer naming another optimizer than a config file's replaces with that optimizer's defaults
 _OPTIMIZER_OPTIONS = {key for defaults in OPTIMIZER_DEFAULTS.values() for key in defaults}
+_SGD = OPTIMIZER_DEFAULTS["sgd"]  # OptimConfig's own defaults: the optimizer it defaults to
 SCHEDULES = ("epoch", "step")
 PARALLEL_MODES = ("none", "pipeline")
 ASSIGN_NAMES = ("balanced", "even")
@@ -114,12 +115,12 @@ class OptimConfig:
     optimizer: str = field(default="sgd", metadata=check(Choice(OPTIMIZERS, "optimizer")))
     epochs: int = field(default=8, metadata=check(Int(1, MAX_EPOCHS)))
     batch_size: int = field(default=64, metadata=check(Int(1, MAX_BATCH)))
-    lr: float = field(default=0.1, metadata=check(Float(above=0.0)))
-    momentum: float | None = field(default=0.9, metadata=check(Optional(Float(minimum=0.0, below=1.0))))  # SGD
-    nesterov: bool | None = field(default=True, metadata=check(Optional(Bool())))  # SGD
-    weight_decay: float = field(default=1e-4, metadata=check(Float(minimum=0.0)))
+    lr: float = field(default=_SGD["lr"], metadata=check(Float(above=0.0)))
+    momentum: float | None = field(default=_SGD["momentum"], metadata=check(Optional(Float(minimum=0.0, below=1.0))))  # SGD
+    nesterov: bool | None = field(default=_SGD["nesterov"], metadata=check(Optional(Bool())))  # SGD
+    weight_decay: float = field(default=_SGD["weight_decay"], metadata=check(Float(minimum=0.0)))
     warmup_epochs: int = field(default=10, metadata=check(Int(0, MAX_EPOCHS)))
-    warmup_lr: float = field(default=0.01, metadata=check(Float(minimum=0.0)))
+    warmup_lr: float = field(default=_SGD["warmup_lr"], metadata=check(Float(minimum=0.0)))
     schedule: str = field(default="epoch", metadata=check(Choice(SCHEDULES, "schedule")))
 
     def __post_init__(self) -> None:
