@@ -61,15 +61,16 @@ def test_swin_targets_and_featrecon_against_infopro_transformer():
                     image_size=224, feature_decoder=decoder, activation_ratio=ratio, peak_activation_bytes=peak)
 
     rows = [row("e2e", 1, None, 1.0, 100), row("infopro", 2, "stages", 1.05, 105),
-            row("featrecon", 2, "stages", 0.60, 60, "linear"), row("featrecon", 2, "stages", 0.70, 70, "conv"),
+            row("featrecon", 2, "stages", 0.60, 60, "linear"), row("featrecon", 2, "stages", 0.70, 95, "conv"),
             row("featrecon", 4, "balanced", 0.30, 30, "linear")]  # no InfoPro-Transformer partner
     found = evaluate(rows, "memory")
     stage2 = [t for t in found if t["target"].startswith("Swin-Tiny, K=2, stages split, FeatRecon")]
     assert [(t["where"].split(", ")[-1], t["status"]) for t in stage2] == [("linear decoder", "met"),
                                                                           ("conv decoder", "missed")]
-    pair = [t for t in found if t["target"].startswith("Swin-Tiny: FeatRecon at most")]
-    assert [round(t["measured"], 3) for t in pair] == [round(60 / 105, 3), round(70 / 105, 3)]
-    assert all(t["status"] == "met" and t["target"].endswith("featrecon, K=2, stages split") for t in pair)
+    pair = [t for t in found if t["target"].startswith("Swin-Tiny: FeatRecon ≥ 12% below InfoPro")]
+    assert [round(t["measured"], 3) for t in pair] == [round(60 / 105, 3), round(95 / 105, 3)]
+    assert [t["status"] for t in pair] == ["met", "missed"]  # the published 12% less: ≤ 0.88
+    assert all(t["threshold"] == 0.88 and t["target"].endswith("featrecon, K=2, stages split") for t in pair)
     balanced4 = next(t for t in found if t["target"].startswith("Swin-Tiny, K=4, balanced split, FeatRecon"))
     assert balanced4["status"] == "met" and balanced4["threshold"] == 0.35
 
