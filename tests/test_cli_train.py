@@ -231,6 +231,42 @@ def test_list_shows_registries_and_presets(capsys):
         assert words in out, words
 
 
+def test_a_dry_run_prints_the_config_yaml_the_run_wrote_and_writes_nothing(run, tmp_path, capsys):
+    out = run[0]
+    capsys.readouterr()
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    written = yaml.safe_load(out.joinpath("config.yaml").read_text())
+    written.pop("run_id")
+    assert yaml.safe_load(printed) == written  # every option, as the run recorded it
+    header = [line for line in printed.splitlines() if line.startswith("#")]
+    assert header[0].startswith("# Dry run of `locallearn train`") and "nothing was read, trained or written" in header[0]
+    cuts = next(line for line in out.joinpath("config.yaml").read_text().splitlines() if line.startswith("# cuts:"))
+    assert cuts in header
+    # nothing is read or written: a dataset folder that does not exist, an out that stays absent
+    fresh = tmp_path / "never"
+    argv = ["train", "--config", "contsup/resnet110_cifar10_k4_R1E_ce", "--reconstruct", "--data-dir",
+            str(tmp_path / "no-data"), "--out", str(fresh), "--dry-run"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert not fresh.exists() and not (tmp_path / "no-data").exists()
+    assert "# λ (reconstruction, task) per local module: (1, 0), (0.5, 0.5), (0, 1); table: resnet110 / cifar10 K=4" in printed
+    rates = lr_schedule(lr=0.8, epochs=160)
+    assert f"epoch 1 {rates[0]:.4g}, epoch 10 {rates[9]:.4g}, epoch 11 {rates[10]:.4g}, epoch 80 {rates[79]:.4g}, " \
+           f"epoch 160 {rates[159]:.4g}" in printed
+    # what it prints is a config file that gives the same run again
+    again = tmp_path / "printed.yaml"
+    again.write_text(printed)
+    assert main(["train", "--config", str(again), "--dry-run"]) == 0
+    body = [line for line in printed.splitlines() if not line.startswith("#")]
+    assert [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")] == body
+    # the checks of a run still run; --resume and --overwrite have nothing to act on
+    assert main(["train", "--dry-run", "--split", "paper", "--num-modules", "3", "--model", "resnet110"]) == 2
+    assert main(["train", "--dry-run", "--resume"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "paper" in err[0] and "--dry-run" in err[1] and "drop them" in err[1]
+
+
 def test_missing_dataset_fails_before_writing_the_run(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--config", "baselines/resnet32_cifar10_e2e", "--data-dir", str(tmp_path / "none"), "--out", str(out)]

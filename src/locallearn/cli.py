@@ -90,6 +90,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the interrupted run in --out (or start it if there is none)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="print the resolved config.yaml (cuts, λ, parameters, learning rates) and stop: nothing is read, "
+        "trained or written",
+    )
     for flag, kwargs in train_flags():
         parser.add_argument(flag, **kwargs)
     parser.set_defaults(_run=train)

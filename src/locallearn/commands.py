@@ -8,20 +8,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import locallearn
 from locallearn.config import NetConfig
 from locallearn.methods import METHODS
 from locallearn.net import build_net
 from locallearn.training.config import (
     RESUMABLE_CHANGES,
+    Config,
     check_used,
     differing_options,
+    dump_yaml,
     presets,
     read_options,
     requested_options,
     resolve,
 )
-from locallearn.training.fit import fit, written_config
+from locallearn.training.fit import derived, fit, provenance, written_config
 from locallearn.training.report import write_report
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir, load_state
 from locallearn.training.runner import (
@@ -35,14 +39,22 @@ from locallearn.training.runner import (
     resolve_device,
     to_channels_last,
 )
+from locallearn.training.schedule import Schedule
 
 
-def train(*, config: str | None = None, resume: bool = False, overwrite: bool = False, **flags: Any) -> int:
-    """``locallearn train``: defaults ← ``--config`` ← flags, trained into the run directory."""
+def train(*, config: str | None = None, resume: bool = False, overwrite: bool = False, dry_run: bool = False,
+          **flags: Any) -> int:
+    """``locallearn train``: defaults ← ``--config`` ← flags, trained into the run directory; ``dry_run``:
+    only printed (``preview``)."""
+    if dry_run and (resume or overwrite):
+        raise ValueError("--dry-run reads no run and writes nothing, so --resume and --overwrite do not apply; drop them.")
     values, preset = requested_options(config, flags)
     resolved = resolve(values, name=preset)
     if not resume:  # a resume keeps the options the run was started with
         check_used(resolved, flags)  # the flags typed: a --config file (a preset, a run's config.yaml) may hold any
+    if dry_run:
+        print(preview(resolved))
+        return 0
     values = {**values, "parallel": resolved.processes.parallel}  # how this command runs, also when it resumes
     if resolved.processes.parallel == "none":  # a pipeline run resumed in one process: no lock-step to keep
         values["pipeline_sync"] = False
@@ -53,6 +65,28 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
     else:
         fit(resolved, resume=resume, overwrite=overwrite, requested=values)
     return 0
+
+
+def preview(config: Config) -> str:
+    """``train --dry-run``: the config.yaml a run of ``config`` starts with — every option resolved — headed by
+    what building the network derives (cuts, λ and their source, a warm-up note), its parameter count and the
+    learning rate of a few epochs. The network is built, so every check of the options runs; no data is
+    read, nothing is trained or written."""
+    net = build_net(config.net)
+    optim = config.optim
+    schedule = Schedule(lr=optim.lr, epochs=optim.epochs, warmup_epochs=optim.warmup_epochs, warmup_lr=optim.warmup_lr)
+    shown = sorted({1, optim.warmup_used, optim.warmup_used + 1, (optim.epochs + 1) // 2, optim.epochs} - {0})
+    rates = ", ".join(f"epoch {e} {schedule.epoch(e):.4g}" for e in shown if e <= optim.epochs)
+    per_step = "; --schedule step moves it at every step between these" if optim.schedule == "step" else ""
+    header = [
+        f"Dry run of `locallearn train`: the config.yaml a run into {config.run.out} would start with; nothing "
+        f"was read, trained or written.",
+        *provenance()[1:],
+        *derived(net, config),
+        f"parameters: {sum(p.numel() for p in net.parameters()):,} (heads, decoders and context encoders included)",
+        f"learning rate at the start of epochs: {rates}{per_step}",
+    ]
+    return dump_yaml({"torch_threads": torch.get_num_threads(), **config.to_dict()}, header=header)
 
 
 def evaluate_run(
