@@ -151,6 +151,65 @@ def test_a_flat_sequential_of_layers_is_cut_only_where_there_are_feature_maps():
         ll.build(mlp, method="dgl", num_modules=2, split=[1], image_size=16)
 
 
+class Patches(nn.Module):
+    """(B, C, S, S) → tokens (B, L, D): a patch embedding, as a transformer of one's own starts."""
+
+    def __init__(self, dim: int = 16, patch: int = 4) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, patch, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class MeanHead(nn.Module):
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=1))
+
+
+def token_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    block = lambda: nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)  # noqa: E731
+    return nn.Sequential(Patches(), block(), block(), block(), MeanHead())
+
+
+def test_cuts_that_give_tokens_get_heads_that_read_tokens_and_one_line_refusals_elsewhere():
+    x, y = batch(3)
+    net = ll.build(token_model(), method="greedy", aux_head="token", num_modules=2, split=[1], image_size=16)
+    assert net.boundary_shapes == [(16, 16)]  # L = 16 patches of D = 16 features
+    head = net.objectives[0].head
+    assert head.norm.normalized_shape == (16,) and head.fc.in_features == 16  # normalises D, then the token mean
+    tokens = torch.randn(3, 16, 16)
+    with torch.no_grad():
+        want = head.fc(nn.functional.layer_norm(tokens, (16,), head.norm.weight, head.norm.bias).mean(dim=1))
+        assert torch.equal(head(tokens), want)
+    for options in (dict(method="greedy", aux_head="token"), dict(method="greedy"),  # greedy's own head: linear
+                    dict(method="contsup", context="R0", aux_head="token", local_loss="contrast")):
+        net = ll.build(token_model(), num_modules=3, image_size=16, **options)
+        metrics = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))
+        assert torch.isfinite(metrics["loss"]), options
+    linear = ll.build(token_model(), method="greedy", num_modules=2, split=[1], image_size=16).objectives[0].head
+    assert linear[1].in_features == 16 and linear(tokens).shape == (3, 10)  # the mean over tokens → Linear(D)
+    for options, words in [
+        (dict(method="contsup"), r"^aux_head: 1c2f is convolutional and needs a feature map \(C, H, W\) at every cut, "
+                                 r"but a cut gives \(16, 16\); use aux_head 'token'"),
+        (dict(method="dgl"), r"^aux_head: dgl is convolutional"),
+        (dict(method="greedy", aux_head="4c1f"), r"^aux_head: 4c1f is convolutional"),
+        (dict(method="infopro", aux_head="token"), r"^reconstruct: InfoPro's image decoder upsamples a feature map"),
+        (dict(method="featrecon", aux_head="token"), r"^feature decoder: needs \(C, H, W\) feature maps on both sides"),
+        (dict(method="contsup", aux_head="token", context="R1"), r"^context: mode R1 needs feature maps"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            ll.build(token_model(), num_modules=2, split=[1], image_size=16, **options)
+    family = token_model()
+    family.family = "transformer"  # 'auto' then picks the token head
+    assert ll.build(family, method="contsup", context="R0", num_modules=2, image_size=16).config.aux_head == "token"
+
+
 def test_units_that_do_not_chain_are_refused_naming_both():
     seq = sequential_cnn()
     seq[2] = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1))  # expects 16 channels, gets 32

@@ -59,7 +59,7 @@ def upscale_factor(out_shape: tuple[int, ...], in_shape: tuple[int, ...]) -> int
     if len(out_shape) != 3 or len(in_shape) != 3:
         raise ValueError(
             f"feature decoder: needs (C, H, W) feature maps on both sides, got output {tuple(out_shape)} and "
-            f"input {tuple(in_shape)}."
+            f"input {tuple(in_shape)}; on tokens use greedy (or contsup with context R0) with aux_head token."
         )
     (_, h_out, w_out), (_, h_in, w_in) = out_shape, in_shape
     f = h_in // h_out

@@ -209,6 +209,11 @@ class Method:
         heads = [create_head(config.aux_head, b.out_shape, head_dim) for b in boundaries]
         image_decoders = [None] * len(boundaries)
         if config.reconstruct:
+            tokens = next((b.out_shape for b in boundaries if len(b.out_shape) != 3), None)
+            if tokens is not None:
+                raise ValueError(f"reconstruct: InfoPro's image decoder upsamples a feature map (C, H, W) to the image, "
+                                 f"but a cut gives {tuple(tokens)}; on tokens use a method without it (greedy, or "
+                                 f"contsup with context R0) and aux_head token, or cut where the model has maps.")
             image_decoders = [ImageDecoder(b.out_shape[0], b.image_shape[-1], image_channels=b.image_shape[0]) for b in boundaries]
         feature_decoders: list[nn.Module | None] = [None] * len(boundaries)
         taps: list[int | None] = [None] * len(boundaries)

@@ -109,7 +109,8 @@ class MergeUnit(nn.Module):
 
 class TokenClassifier(nn.Module):
     """LayerNorm → mean over tokens → Linear, (B, C, H, W) → (B, out): the network's own head (the last
-    unit, over transformers' modules) and, built fresh (``create``), FeatRecon's token head."""
+    unit, over transformers' modules) and, built fresh (``create``), FeatRecon's token head, which also
+    reads tokens (B, L, D) as they are (a model of one's own)."""
 
     def __init__(self, norm: nn.LayerNorm, fc: nn.Linear) -> None:
         super().__init__()
@@ -120,7 +121,8 @@ class TokenClassifier(nn.Module):
         return cls(nn.LayerNorm(channels), nn.Linear(channels, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.norm(to_tokens(x)).mean(dim=1))  # (B, N, C) → (B, C) → (B, out)
+        tokens = to_tokens(x) if x.dim() == 4 else x
+        return self.fc(self.norm(tokens).mean(dim=1))  # (B, N, C) → (B, C) → (B, out)
 
 
 # --- architecture -----------------------------------------------------------------------------------------
