@@ -165,6 +165,28 @@ def test_pretrained_checkpoint_of_another_architecture_is_refused(checkpoint_dir
         create_model("swin_cifar", pretrained=tmp_path / "vit", **TINY)
     with pytest.raises(ValueError, match=r"pretrained: no such directory"):
         create_model("swin_cifar", pretrained=str(tmp_path / "missing"), **TINY)
+    # the MLP width is architecture too (it was passed over the checkpoint's: a size-mismatch traceback)
+    with pytest.raises(ValueError, match=r"another Swin architecture than swin_cifar: mlp_ratio 4\.0 \(wanted 2\.0\)"):
+        create_model("swin_cifar", pretrained=checkpoint_dir, **{**TINY, "mlp_ratio": 2.0})
+
+
+def test_a_learned_absolute_position_table_loads_at_its_own_resolution_and_is_refused_at_another(tmp_path):
+    from transformers import SwinConfig, SwinForImageClassification
+
+    torch.manual_seed(2)
+    config = SwinConfig(image_size=32, patch_size=2, num_labels=10, use_absolute_embeddings=True,
+                        **{**TINY, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 2, 4]})
+    SwinForImageClassification(config).save_pretrained(tmp_path / "abs")
+    ref = SwinForImageClassification.from_pretrained(tmp_path / "abs").eval()
+    net = create_model("swin_cifar", pretrained=tmp_path / "abs", **TINY).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), ref(pixel_values=x).logits, atol=1e-6)
+    with pytest.raises(ValueError, match=r"has absolute position embeddings learned at 32×32, which are not resized to "
+                                         r"64×64; pass model_kwargs resolution: 32"):
+        create_model("swin_cifar", pretrained=tmp_path / "abs", image_size=64, **TINY)
+    assert create_model("swin_cifar", pretrained=tmp_path / "abs", image_size=64, resolution=32, **TINY)(
+        torch.randn(1, 3, 64, 64)).shape == (1, 10)  # resized to the table's resolution
 
 
 def test_pretrained_fails_fast_in_one_line_without_the_hub(tmp_path, monkeypatch):

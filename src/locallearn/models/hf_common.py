@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 from torch import nn
@@ -86,14 +86,16 @@ def load_pretrained(
     wanted: dict[str, tuple[str, Any]],
     num_classes: int,
     width: int,
+    check: Callable[[Any], str | None] | None = None,
     **config_overrides: Any,
 ):
     """``model_class`` (a transformers ``*ForImageClassification``) from a checkpoint, checked and with
     ``num_classes`` outputs (see the module docstring).
 
     ``wanted``: option name (as in ``model_kwargs``) → (config field, the value ``model`` needs).
-    ``width``: the classifier's input features. ``config_overrides``: training fields that are not
-    architecture (e.g. ConvNeXt's drop path rate), set on the loaded config.
+    ``width``: the classifier's input features. ``check``: given the checkpoint's config, what else makes
+    it unusable here (a sentence), or None. ``config_overrides``: training fields that are not architecture
+    (e.g. ConvNeXt's drop path rate), set on the loaded config.
     """
     from transformers import AutoConfig
 
@@ -120,6 +122,9 @@ def load_pretrained(
             f"pretrained: {source!r} is another {family} architecture than {model}: {', '.join(differ)}; pass "
             f"matching model_kwargs or a matching checkpoint."
         )
+    problem = check(config) if check is not None else None
+    if problem:
+        raise ValueError(f"pretrained: {source!r} {problem}.")
     try:
         hf_model = model_class.from_pretrained(source, local_files_only=local_only, **config_overrides)
     except (OSError, ValueError) as err:

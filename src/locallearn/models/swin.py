@@ -205,7 +205,7 @@ class SwinSpec:
 
     def arch_fields(self) -> dict[str, tuple[str, Any]]:
         """What a pretrained checkpoint must share with this variant: option → (config field, value)."""
-        fields = ("patch_size", "embed_dim", "depths", "num_heads", "window_size")
+        fields = ("patch_size", "embed_dim", "depths", "num_heads", "window_size", "mlp_ratio")
         return {f: (f, getattr(self, f)) for f in fields} | {"in_channels": ("num_channels", self.in_channels)}
 
 
@@ -298,14 +298,26 @@ def create_swin(
     if pretrained:
         from transformers import SwinForImageClassification
 
-        # the resolution, drop path rate and MLP ratio asked for replace the checkpoint's own
+        # the resolution and drop path rate asked for replace the checkpoint's own
         hf_model = load_pretrained(
             pretrained, SwinForImageClassification, model=name, family="Swin",
             example="microsoft/swin-tiny-patch4-window7-224 for swin_tiny", wanted=spec.arch_fields(),
             num_classes=num_classes, width=spec.stage_dim(len(spec.depths) - 1),
-            image_size=spec.resolution, drop_path_rate=spec.drop_path_rate, mlp_ratio=spec.mlp_ratio,
+            check=functools.partial(_absolute_table_fits, spec.resolution),
+            image_size=spec.resolution, drop_path_rate=spec.drop_path_rate,
         )
     return SwinBackbone(spec, num_classes=num_classes, image_size=image_size, hf_model=hf_model)
+
+
+def _absolute_table_fits(resolution: int, config: Any) -> str | None:
+    """A checkpoint's learned absolute position table (``use_absolute_embeddings``, off in Swin's own
+    variants) has one row per patch of its own resolution, and is not resized here: refused at another one."""
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    if getattr(config, "use_absolute_embeddings", False) and size != resolution:
+        return (f"has absolute position embeddings learned at {size}×{size}, which are not resized to "
+                f"{resolution}×{resolution}; pass model_kwargs resolution: {size} (inputs of another size are then "
+                f"resized to it), or a checkpoint without them")
+    return None
 
 
 _OPTIONS = (*signature_options(create_swin, exclude=("name", "defaults")), *_SPEC_FIELDS)
