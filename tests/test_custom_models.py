@@ -302,6 +302,20 @@ def test_a_factory_of_your_own_trains_evaluates_and_resumes_from_the_command_lin
     assert main(["report", str(out), str(user_package / "runs" / "two")]) == 0
 
 
+def test_the_bench_grids_measure_a_factory_of_your_own(user_package, capsys):
+    import json
+
+    grid = ["--models", "my_models:tiny_cnn", "--methods", "greedy", "--num-modules", "2", "--batch-sizes", "2"]
+    assert main(["bench", "memory", *grid, "--out", str(user_package / "b")]) == 2  # an nn.Sequential has no size
+    assert capsys.readouterr().err.strip() == ("locallearn: error: image_size: my_models:tiny_cnn has no input size "
+                                               "of its own (an nn.Sequential); pass --image-size.")
+    assert main(["bench", "memory", *grid, "--image-size", "16", "--out", str(user_package / "b")]) == 0
+    rows = json.loads((user_package / "b" / "memory.json").read_text())["rows"]
+    assert [(r["model"], r["method"], r["status"]) for r in rows] == [("my_models:tiny_cnn", "e2e", "ok"),
+                                                                      ("my_models:tiny_cnn", "greedy", "ok")]
+    assert 0 < rows[1]["activation_ratio"] < 1
+
+
 @pytest.mark.parametrize("model, words", [
     ("no_such_module:f", "cannot import 'no_such_module'"),
     ("my_models:missing", "module 'my_models' has no attribute 'missing'"),

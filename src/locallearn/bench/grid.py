@@ -37,7 +37,7 @@ from locallearn.context import MODE_NAMES, ContextMode
 from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
 from locallearn.methods import METHODS
-from locallearn.models import MODELS, create_model, model_family
+from locallearn.models import MODELS, create_model, is_import_path, model_family
 from locallearn.split import SPLITS
 from locallearn.validate import Int
 
@@ -132,8 +132,9 @@ class GridSpec:
             if not values:
                 raise ValueError(f"{name}: give at least one value.")
             object.__setattr__(self, name, tuple(dict.fromkeys(values)))  # ordered, without repeats
-        for model in self.models:
-            _check_name("models", model, MODELS.names())
+        for model in self.models:  # a registered name, or a factory of one's own (package.module:factory)
+            if not is_import_path(model):
+                _check_name("models", model, MODELS.names())
         for method in self.methods:
             _check_name("methods", method, METHODS.names())
         for split in self.splits:
@@ -206,7 +207,10 @@ def _check_positive(option: str, values) -> None:
 @functools.lru_cache(maxsize=None)
 def model_image_size(model: str) -> int:
     """The input size a model is built for by default (32 for the CIFAR ResNets)."""
-    return int(create_model(model).image_size)
+    size = getattr(create_model(model), "image_size", None)
+    if not isinstance(size, int):
+        raise ValueError(f"image_size: {model} has no input size of its own (an nn.Sequential); pass --image-size.")
+    return size
 
 
 def parse_list(text: str | list | tuple, option: str, cast=str) -> tuple:
