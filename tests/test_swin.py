@@ -138,6 +138,17 @@ def test_pretrained_weights_load_and_the_classifier_is_replaced(checkpoint_dir):
     assert torch.equal(net.units[1].block.attention.q_proj.weight, ref.swin.encoder.layers[0].blocks[0].attention.q_proj.weight)
 
 
+def test_build_takes_pretrained_as_train_does(checkpoint_dir):
+    net = ll.build("swin_cifar", method="featrecon", num_modules=2, num_classes=5, image_size=32,
+                   model_kwargs=dict(TINY), pretrained=checkpoint_dir)
+    assert net.config.model_kwargs == {**TINY, "pretrained": str(checkpoint_dir)}
+    ref = reference(checkpoint_dir)
+    assert torch.equal(net.backbone.units[1].block.attention.q_proj.weight,
+                       ref.swin.encoder.layers[0].blocks[0].attention.q_proj.weight)
+    with pytest.raises(ValueError, match=r"^model_kwargs: unknown option 'pretrained' for resnet32"):
+        ll.build("resnet32", pretrained=checkpoint_dir)
+
+
 def test_pretrained_table_is_cropped_where_the_window_shrinks(checkpoint_dir, tmp_path):
     """A window-4 checkpoint on the 32×32 variant: stage 4 (grid 2) keeps the centre 3×3 of the 7×7 table."""
     from transformers import SwinConfig, SwinForImageClassification
@@ -293,8 +304,11 @@ def test_peak_saved_bytes_fall_with_k():
 def test_image_size_the_patches_and_windows_cannot_tile_is_refused():
     with pytest.raises(ValueError, match=r"image size: 32 does not tile swin_tiny \(patch 4, window 7.*resolution': 224"):
         ll.build("swin_tiny", method="featrecon", num_modules=2, dataset="cifar10")
-    with pytest.raises(ValueError, match=r"image size: 30 does not tile swin_cifar"):
-        create_model("swin_cifar", image_size=30)
+    with pytest.raises(ValueError, match=r"image size: 30 does not tile swin_cifar.*use a size such as 32,"):
+        create_model("swin_cifar", image_size=30)  # the next size up that tiles, not the smallest at all
+    with pytest.raises(ValueError, match=r"image size: 40 does not tile swin_cifar.*use a size such as 64,"):
+        create_model("swin_cifar", image_size=40)  # 48 halves to grids 24, 12, 6, 3, and 6 is neither ≤ 4 nor 4's multiple
+    assert create_model("swin_cifar", image_size=64).spec.grids() == [32, 16, 8, 4]
 
 
 def test_more_modules_than_units_is_refused():

@@ -120,11 +120,18 @@ def resolve_net(
 
     K, when not given, is the number of explicit cuts plus one, else the method's. The split, when not given,
     is the published one (``paper``) where the model has cuts for this K, else the computed memory-balanced
-    one (``auto``): ``default_split``."""
+    one (``auto``): ``default_split``. ``pretrained`` (a checkpoint: hub name or ``save_pretrained``
+    directory) is the backbone argument of that name, put into ``model_kwargs``."""
     options = {RENAMED.get(k, k): v for k, v in options.items()}
-    unknown = sorted(set(options) - set(NET_FIELDS) - {"model", "method"})
+    unknown = sorted(set(options) - set(NET_FIELDS) - {"model", "method", "pretrained"})
     if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r}; valid options are {', '.join((*NET_FIELDS, 'dataset'))}.")
+        raise ValueError(f"unknown option {unknown[0]!r}; valid options are "
+                         f"{', '.join((*NET_FIELDS, 'dataset', 'pretrained'))}.")
+    pretrained = options.pop("pretrained", None)
+    if pretrained is not None:
+        kwargs = options.get("model_kwargs")
+        if kwargs is None or isinstance(kwargs, dict):  # anything else is refused as model_kwargs below
+            options["model_kwargs"] = {**(kwargs or {}), "pretrained": str(pretrained)}
     if isinstance(model, nn.Module):
         family, name = getattr(model, "family", "cnn"), OBJECT + type(model).__name__
     else:

@@ -171,21 +171,27 @@ class SwinSpec:
     def stage_dim(self, stage: int) -> int:
         return self.embed_dim * 2**stage
 
-    def grids(self) -> list[int]:
+    def grids(self, resolution: int | None = None) -> list[int]:
         """Token grid side of each stage (0-based), e.g. Swin-Tiny at 224: [56, 28, 14, 7]."""
-        return [self.resolution // self.patch_size // 2**s for s in range(len(self.depths))]
+        return [(resolution or self.resolution) // self.patch_size // 2**s for s in range(len(self.depths))]
 
-    def tiles(self) -> bool:
+    def tiles(self, resolution: int | None = None) -> bool:
         """Patches tile the image, every merging halves the grid exactly, windows tile every grid (a grid
         smaller than the window gets a window of its own size, see ``_fit_window``)."""
-        r = self.resolution
+        r = resolution or self.resolution
         if r % self.patch_size or (r // self.patch_size) % 2 ** (len(self.depths) - 1):
             return False
-        return all(g % self.window_size == 0 or g <= self.window_size for g in self.grids())
+        return all(g % self.window_size == 0 or g <= self.window_size for g in self.grids(r))
 
     def example_resolution(self) -> int:
-        """The smallest resolution this patch and window tile: patch · window · 2^(stages−1)."""
-        return self.patch_size * self.window_size * 2 ** (len(self.depths) - 1)
+        """The smallest resolution at least ``resolution`` that this patch and window tile: a multiple of
+        patch · 2^(stages−1) (every merging halves the grid); at the latest the multiple whose last grid is
+        a multiple of the window."""
+        unit = self.patch_size * 2 ** (len(self.depths) - 1)
+        r = max(unit, -(-self.resolution // unit) * unit)
+        while not self.tiles(r):
+            r += unit
+        return r
 
     def hf_config(self, num_classes: int) -> Any:
         from transformers import SwinConfig

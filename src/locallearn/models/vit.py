@@ -31,8 +31,8 @@ bicubic interpolation (as transformers' ``interpolate_pos_encoding`` does at eac
 ``facebook/deit-small-patch16-224``, ``model_type`` "vit" on the hub). With 1000 classes transformers' ViT has
 5,717,416 / 22,050,664 / 86,567,656 parameters; ours has 2·hidden fewer (the CLS token and its position), and
 with 10 classes 5,525,962 / 21,668,746 / 85,804,810. ``model_kwargs`` may change ``hidden_size``,
-``num_hidden_layers``, ``num_attention_heads``, ``intermediate_size``, ``patch_size`` and ``in_channels``
-(HF's ``num_channels``).
+``num_hidden_layers``, ``num_attention_heads``, ``intermediate_size`` and ``patch_size``; the input channels
+(HF's ``num_channels``) are ``in_channels``, an option of the network's own (or the dataset's).
 
 **Stages** (``split="stages"``): ViT is isotropic, so a "stage" is an equal group of encoder layers: K modules
 of L/K layers each for every K ≥ 2 that divides L (2, 3, 4, 6, 12 for 12 layers); the patch embedding goes

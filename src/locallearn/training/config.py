@@ -287,8 +287,8 @@ def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None
     values = {RENAMED.get(k, k): v for k, v in {**(options or {}), **more}.items()}
     check_keys(values, "options")
     net_options = {k: v for k, v in values.items() if SECTION_OF.get(k) == "net" and k not in ("model", "method")}
-    if values.get("pretrained") is not None:  # a backbone argument with its own flag (models: ``pretrained``)
-        net_options["model_kwargs"] = {**(net_options.get("model_kwargs") or {}), "pretrained": str(values["pretrained"])}
+    if values.get("pretrained") is not None:  # a backbone argument with its own flag: resolve_net puts it in model_kwargs
+        net_options["pretrained"] = values["pretrained"]
     sections = {}
     for section, cls in SECTIONS.items():
         if cls is not NetConfig:
