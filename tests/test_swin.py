@@ -351,3 +351,44 @@ def test_a_pretrained_swin_gets_the_computed_split_at_a_k_its_stages_do_not_give
     kwargs = dict(TINY, pretrained=str(checkpoint_dir))
     assert resolve_net("swin_cifar", "infopro", num_modules=3, model_kwargs=kwargs).split == "auto"
     assert resolve_net("swin_cifar", "infopro", num_modules=2, model_kwargs=kwargs).split == "paper"
+
+
+def test_a_run_from_a_checkpoint_evaluates_and_resumes_after_the_checkpoint_has_moved(checkpoint_dir, tmp_path, capsys):
+    """The run records the checkpoint's configuration (pretrained.json): eval, --resume and load_net build that
+    architecture and load the run's own weights, without the checkpoint."""
+    import json
+    import shutil
+
+    from checks import ctrl_c_before_checkpoint
+    from locallearn.cli import main
+    from locallearn.training import RunDir, load_net
+
+    source = tmp_path / "checkpoint"
+    shutil.copytree(checkpoint_dir, source)
+    kwargs = "{embed_dim: 8, depths: [2, 2, 2, 2], num_heads: [1, 2, 2, 4], window_size: 2, drop_path_rate: 0.0}"
+    args = ["train", "--model", "swin_cifar", "--method", "featrecon", "--num-modules", "2", "--model-kwargs", kwargs,
+            "--pretrained", str(source), "--image-size", "32", "--dataset", "digits", "--limit-train", "64",
+            "--limit-test", "32", "--batch-size", "16", "--epochs", "2", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    with ctrl_c_before_checkpoint(2):
+        assert main([*args, "--out", str(tmp_path / "run")]) == 130
+    recorded = json.loads((tmp_path / "run" / "pretrained.json").read_text())
+    assert recorded["model_type"] == "swin" and recorded["embed_dim"] == 8
+    source.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    whole, resumed = (RunDir(tmp_path / name).read_metrics() for name in ("whole", "run"))
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in whole]  # the same run, interrupted or not
+    assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    assert f"test accuracy {100 * resumed[-1]['test_acc']:.2f}%" in capsys.readouterr().out
+    assert load_net(tmp_path / "run").backbone.pretrained_config.embed_dim == 8
+    # a damaged record is named in one line; without a checkpoint the run needs its pretrained source again
+    (tmp_path / "run" / "pretrained.json").write_text("{not json")
+    assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert "pretrained.json cannot be read" in capsys.readouterr().err
+    shutil.copy(tmp_path / "whole" / "pretrained.json", tmp_path / "run" / "pretrained.json")
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "summary.json", "metrics.jsonl"):  # as if stopped in epoch 1
+        (tmp_path / "run" / name).unlink()
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
+    assert "pretrained: no such directory" in capsys.readouterr().err

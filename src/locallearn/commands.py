@@ -35,6 +35,7 @@ from locallearn.training.runner import (
     load_data,
     loader_class_names,
     load_weights,
+    net_to_build,
     precise_batchnorm,
     resolve_device,
     to_channels_last,
@@ -123,7 +124,7 @@ def evaluate_run(
         raise ValueError(f"eval: {run.file(CHECKPOINT)} was written with other options than {run.file(CONFIG)} says: "
                          f"{', '.join(differing)}; restore the run's own {CONFIG}.")
     torch_device = resolve_device(config.run.device)
-    net = build_net(config.net)
+    net = build_net(net_to_build(config.net, run))
     load_weights(net, checkpoint["model"], run.file(CHECKPOINT), READ_FIX)
     net.to(torch_device)
     if config.run.channels_last:  # the run's layout: its sums in its order, so the figures are the run's

@@ -49,6 +49,7 @@ from locallearn.training.config import Config, parse_assign, read_mapping, resol
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CONFIG, RunDir, load_state, save_state, seed_everything
 from locallearn.training.runner import (
+    NOT_RESTORED,
     RESUME_FIX,
     compile_parts,
     data_line,
@@ -56,6 +57,7 @@ from locallearn.training.runner import (
     load_data,
     loader_class_names,
     make_optimizer,
+    net_to_build,
 )
 
 Log = Callable[[str], None]
@@ -118,7 +120,9 @@ class PipelineRunner:
     ) -> None:
         self.env, self.config, self.launcher = env, config, launcher
         seed_everything(config.run.seed)
-        self.net = net = build_net(config.net).to(env.device)
+        built = net_to_build(config.net, run if resume else None)
+        self.rebuilt = built is not config.net  # the weights must then come from the run's checkpoints
+        self.net = net = build_net(built).to(env.device)
         check_logits(net)
         replicas = config.processes.data_parallel  # each replica of a stage trains on its share of a batch
         check_batch(net, config.optim.batch_size // replicas, f"give --batch-size {2 * replicas} or more (each of the "
@@ -192,8 +196,11 @@ class PipelineRunner:
 
     def restore(self, run: RunDir) -> dict[str, Any] | None:
         merged = self.launcher.share(_checkpoint_epoch(run, self.log) if self.env.is_main else None)
-        return _resume(self.env, run, self.net, self.optimizer, self.groups, self.layout, self.found, merged,
-                       self.stage_dir)
+        state = _resume(self.env, run, self.net, self.optimizer, self.groups, self.layout, self.found, merged,
+                        self.stage_dir)
+        if state is None and self.rebuilt:
+            raise ValueError(NOT_RESTORED.format(run=run.path))
+        return state
 
     # --- reporting ----------------------------------------------------------------------------------------
     def describe(self) -> list[str]:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from locallearn.models.base import Backbone
-from locallearn.models.hf_common import Cut, check_positive_ints, load_pretrained, stage_lists, stage_splits
+from locallearn.models.hf_common import Cut, check_positive_ints, keep_config, load_pretrained, stage_lists, stage_splits
 from locallearn.models.registry import register_model, signature_options
 
 
@@ -167,7 +167,7 @@ def create_convnext(
             example="facebook/convnext-tiny-224", wanted=spec.arch_fields(), num_classes=num_classes,
             width=spec.hidden_sizes[-1], drop_path_rate=spec.drop_path_rate,
         )
-    return ConvNextBackbone(spec, num_classes=num_classes, image_size=image_size, hf_model=hf_model)
+    return keep_config(ConvNextBackbone(spec, num_classes=num_classes, image_size=image_size, hf_model=hf_model), hf_model)
 
 
 _OPTIONS = (*signature_options(create_convnext, exclude=("name", "defaults")), *_SPEC_FIELDS)

@@ -8,6 +8,11 @@ model's, are refused in one line naming the fields. Everything else (LayerNorm e
 checkpoint's own. A checkpoint with another number of classes gets a fresh classifier, initialised as
 transformers initialises that family (``_init_weights``).
 
+**Rebuilt from a run.** A run trained from a checkpoint records the checkpoint's configuration (with the
+overrides it was loaded with) beside its own weights, and ``eval``, ``--resume`` and ``load_net`` pass that
+``PretrainedConfig`` as ``pretrained``: the same architecture is built — checked as above — without reading
+the checkpoint, which may since have moved, or be a hub name on a machine without the hub (``training.rundir``).
+
 **Offline.** Nothing waits through transformers' download retries (about 25 s without network). A name that
 is not a directory but looks like a path is refused at once. For a hub name, the cache is read without any
 network access (``local_files_only``) when ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` is set or when one
@@ -18,6 +23,7 @@ connection says nothing there) and transformers decides.
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 from typing import Any, Callable, Iterable
@@ -97,14 +103,18 @@ def load_pretrained(
     it unusable here (a sentence), or None. ``config_overrides``: training fields that are not architecture
     (e.g. ConvNeXt's drop path rate), set on the loaded config.
     """
-    from transformers import AutoConfig
+    from transformers import AutoConfig, PretrainedConfig
 
-    source, no_hub = _locate(name_or_path)
-    local_only = no_hub is not None
-    try:
-        config = AutoConfig.from_pretrained(source, local_files_only=local_only)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"pretrained: cannot load {source!r}: {_why(source, no_hub, err)}.") from None
+    recorded = isinstance(name_or_path, PretrainedConfig)  # the architecture a run recorded: built, not loaded
+    if recorded:
+        config, source = copy.deepcopy(name_or_path), "the run's recorded checkpoint configuration"
+    else:
+        source, no_hub = _locate(name_or_path)
+        local_only = no_hub is not None
+        try:
+            config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"pretrained: cannot load {source!r}: {_why(source, no_hub, err)}.") from None
     expected_type = model_class.config_class.model_type
     if config.model_type != expected_type:
         raise ValueError(
@@ -125,12 +135,24 @@ def load_pretrained(
     problem = check(config) if check is not None else None
     if problem:
         raise ValueError(f"pretrained: {source!r} {problem}.")
-    try:
-        hf_model = model_class.from_pretrained(source, local_files_only=local_only, **config_overrides)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"pretrained: cannot load the weights of {source!r}: {_why(source, no_hub, err)}.") from None
+    if recorded:
+        for name, value in config_overrides.items():
+            setattr(config, name, value)
+        hf_model = model_class(config)  # the weights come from the run's checkpoint
+    else:
+        try:
+            hf_model = model_class.from_pretrained(source, local_files_only=local_only, **config_overrides)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"pretrained: cannot load the weights of {source!r}: {_why(source, no_hub, err)}.") from None
     _fit_classifier(hf_model, num_classes, width)
     return hf_model
+
+
+def keep_config(backbone: nn.Module, hf_model: nn.Module | None) -> nn.Module:
+    """``backbone`` with ``pretrained_config``: the configuration of the checkpoint it was loaded from (None
+    without one), which a run records so that it can be rebuilt without the checkpoint."""
+    backbone.pretrained_config = hf_model.config if hf_model is not None else None
+    return backbone
 
 
 def _locate(name_or_path: str | os.PathLike) -> tuple[str, str | None]:

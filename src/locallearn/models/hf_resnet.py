@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from locallearn.models.base import Backbone
-from locallearn.models.hf_common import Cut, check_positive_ints, load_pretrained, stage_lists, stage_splits
+from locallearn.models.hf_common import Cut, check_positive_ints, keep_config, load_pretrained, stage_lists, stage_splits
 from locallearn.models.registry import register_model, signature_options
 
 
@@ -159,7 +159,7 @@ def create_resnet(
             pretrained, ResNetForImageClassification, model=name, family="ResNet", example=_EXAMPLES[name],
             wanted=spec.arch_fields(), num_classes=num_classes, width=spec.hidden_sizes[-1],
         )
-    return HFResNet(spec, num_classes=num_classes, image_size=image_size, hf_model=hf_model)
+    return keep_config(HFResNet(spec, num_classes=num_classes, image_size=image_size, hf_model=hf_model), hf_model)
 
 
 _OPTIONS = (*signature_options(create_resnet, exclude=("name", "defaults")), *_SPEC_FIELDS)

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locallearn.models.base import Backbone
-from locallearn.models.hf_common import load_pretrained, stage_splits
+from locallearn.models.hf_common import keep_config, load_pretrained, stage_splits
 from locallearn.models.registry import register_model, signature_options
 from locallearn.validate import Int
 
@@ -312,7 +312,7 @@ def create_swin(
             check=functools.partial(_absolute_table_fits, spec.resolution),
             image_size=spec.resolution, drop_path_rate=spec.drop_path_rate,
         )
-    return SwinBackbone(spec, num_classes=num_classes, image_size=image_size, hf_model=hf_model)
+    return keep_config(SwinBackbone(spec, num_classes=num_classes, image_size=image_size, hf_model=hf_model), hf_model)
 
 
 def _absolute_table_fits(resolution: int, config: Any) -> str | None:

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locallearn.models.base import Backbone
-from locallearn.models.hf_common import Cut, check_positive_ints, load_pretrained
+from locallearn.models.hf_common import Cut, check_positive_ints, keep_config, load_pretrained
 from locallearn.models.registry import register_model, signature_options
 from locallearn.models.swin import TokenClassifier, to_map, to_tokens
 
@@ -223,7 +223,7 @@ def create_vit(
             pretrained, ViTForImageClassification, model=name, family="ViT", example=_EXAMPLES[name],
             wanted=spec.arch_fields(), num_classes=num_classes, width=spec.hidden_size,
         )
-    return ViTBackbone(spec, num_classes=num_classes, image_size=image_size, hf_model=hf_model)
+    return keep_config(ViTBackbone(spec, num_classes=num_classes, image_size=image_size, hf_model=hf_model), hf_model)
 
 
 _OPTIONS = (*signature_options(create_vit, exclude=("name", "defaults")), *_SPEC_FIELDS)

@@ -29,7 +29,7 @@ from locallearn.net import LocalNet, build_net
 from locallearn.training.config import PYTHON_DATA, check_used, read_options, resolve
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
-from locallearn.training.runner import READ_FIX, SingleProcess, label_error, load_weights
+from locallearn.training.runner import READ_FIX, SingleProcess, label_error, load_weights, net_to_build
 
 
 def train(
@@ -148,6 +148,6 @@ def load_net(run_dir: str | Path, *, model: nn.Module | None = None, map_locatio
     checkpoint = run.load_checkpoint(map_location)
     if checkpoint is None:
         raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
-    net = build_net(config.net, model)
+    net = build_net(net_to_build(config.net, run), model)
     load_weights(net, checkpoint["model"], run.file(CHECKPOINT), READ_FIX)
     return net.eval()

@@ -44,7 +44,14 @@ from locallearn.training.rundir import (
     rng_state,
     set_rng_state,
 )
-from locallearn.training.runner import Launcher, NonFiniteLossError, Runner, SingleProcess, check_class_names
+from locallearn.training.runner import (
+    Launcher,
+    NonFiniteLossError,
+    Runner,
+    SingleProcess,
+    check_class_names,
+    record_pretrained,
+)
 from locallearn.training.schedule import Schedule
 from locallearn.version import __version__
 
@@ -106,6 +113,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         if not run.file(CONFIG).is_file():
             record = {"run_id": run_id, "torch_threads": torch.get_num_threads()}
             run.write_config(dump_yaml({**record, **config.to_dict()}, header=provenance() + derived(runner.net, config)))
+            record_pretrained(run, runner.net)
         run.write_metrics(history)  # drops any epoch logged after the checkpoint was taken
         if len(history) < config.optim.epochs and run.finished:  # resumed from before the end: not finished now
             run.file(SUMMARY).unlink()

@@ -7,6 +7,9 @@ loses or mixes results.
     RUN/checkpoint.prev.pt  the one before it (a resume falls back to it if checkpoint.pt is damaged)
     RUN/summary.json        written when the run finishes; its presence is what "finished" means
     RUN/train.log           the run's log, where it is not printed (cells of ``locallearn bench accuracy``)
+    RUN/pretrained.json     the configuration of the transformers checkpoint the run started from, if any:
+                            eval, a resume and load_net build that architecture and load the run's own
+                            weights, without the checkpoint (which may have moved, or be a hub name offline)
     RUN/pipeline/           per-stage checkpoints of a module-parallel run (``locallearn.distributed``)
     RUN/.lock               held (an OS file lock) by the one process that writes the run
 
@@ -47,7 +50,8 @@ SUMMARY = "summary.json"
 LOG = "train.log"  # a run's log, where its lines are not printed (``locallearn bench accuracy`` cells)
 STAGES = "pipeline"
 LOCK = ".lock"
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, SUMMARY, LOG)
+PRETRAINED = "pretrained.json"
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, SUMMARY, LOG, PRETRAINED)
 CHECKPOINT_FORMAT = 2  # 1: before local objectives were modules and checkpoints had digests (``net.py`` migrates)
 _TMP_SUFFIX = ".tmp"
 
@@ -83,6 +87,13 @@ class RunDir:
         if self.file(STAGES).is_dir() and any(self.file(STAGES).iterdir()):
             return False
         return not (self.file(METRICS).is_file() and self.file(METRICS).read_bytes().strip())
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """A checkpoint of the whole network or of a pipeline stage is here (sound or not)."""
+        if self.file(CHECKPOINT).exists() or self.file(PREVIOUS).exists():
+            return True
+        return self.file(STAGES).is_dir() and any(self.file(STAGES).iterdir())
 
     def present(self) -> list[str]:
         """The run's own files (and the stage directory) that exist here."""
@@ -180,6 +191,25 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         text = json.dumps(finite(summary), indent=2, default=_json_scalar, allow_nan=False) + "\n"
         atomic_write(self.file(SUMMARY), lambda f: f.write(text.encode()))
+
+    def write_pretrained(self, config: dict[str, Any]) -> None:
+        text = json.dumps(config, indent=2, sort_keys=True, default=_json_scalar) + "\n"
+        atomic_write(self.file(PRETRAINED), lambda f: f.write(text.encode()))
+
+    def read_pretrained(self) -> dict[str, Any] | None:
+        """The recorded checkpoint configuration (``write_pretrained``), None where the run has none."""
+        path = self.file(PRETRAINED)
+        if not path.is_file():
+            return None
+        try:
+            config = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} cannot be read ({err}); delete it to build the network from its pretrained "
+                             f"checkpoint again") from None
+        if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+            raise ValueError(f"{path} cannot be read (not a transformers configuration); delete it to build the "
+                             f"network from its pretrained checkpoint again")
+        return config
 
     def read_summary(self) -> dict[str, Any] | None:
         path = self.file(SUMMARY)

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import json
 import time
 from typing import Any, Callable, Iterable, Protocol
 
@@ -32,11 +33,12 @@ from locallearn.data import BatchLoader, describe_dataset, load_split
 from locallearn.data.imagefolder import IMAGEFOLDER, first_in_turn
 from locallearn.engine import train_step
 from locallearn.memory import StepMemoryMeter
+from locallearn.config import NetConfig
 from locallearn.net import LocalNet, build_net, check_batch, check_logits, old_parameter_order
 from locallearn.training import interrupt
 from locallearn.training.config import PYTHON_DATA, Config, OptimConfig
 from locallearn.training.progress import Progress
-from locallearn.training.rundir import CHECKPOINT, RunDir, seed_everything
+from locallearn.training.rundir import CHECKPOINT, PRETRAINED, RunDir, seed_everything
 
 Log = Callable[[str], None]
 CHECK_EVERY = 32  # training steps between checks for a non-finite loss (each check waits for the device)
@@ -96,7 +98,7 @@ class SingleProcess:
         return value
 
     def runner(self, config: Config, *, run: RunDir, resume: bool, log: Log) -> LocalRunner:
-        return LocalRunner(config, log=log, data=self.data, model=self.model)
+        return LocalRunner(config, log=log, data=self.data, model=self.model, rebuild_from=run if resume else None)
 
 
 class LocalRunner:
@@ -104,8 +106,9 @@ class LocalRunner:
 
     def __init__(
         self, config: Config, *, log: Log = print, data: tuple[Iterable, Iterable] | None = None,
-        model: nn.Module | None = None,
+        model: nn.Module | None = None, rebuild_from: RunDir | None = None,
     ) -> None:
+        """``rebuild_from``: the run being resumed (``net_to_build``)."""
         self.config, self.log = config, log
         self.device = resolve_device(config.run.device)
         # The data first: a missing dataset fails before anything else is built or written.
@@ -116,7 +119,9 @@ class LocalRunner:
             self.train_loader, self.test_loader = data
         self.class_names = loader_class_names(self.train_loader)
         seed_everything(config.run.seed)
-        self.net = build_net(config.net, model).to(self.device)
+        built = net_to_build(config.net, rebuild_from)
+        self.rebuilt = built is not config.net  # the weights must then come from the run's checkpoint
+        self.net = build_net(built, model).to(self.device)
         check_logits(self.net)
         check_batch(self.net, config.optim.batch_size, "give --batch-size 2 or more" if data is None else
                     "give batches of 2 or more images")
@@ -148,6 +153,8 @@ class LocalRunner:
 
     def restore(self, run: RunDir) -> dict[str, Any] | None:
         state = run.load_checkpoint(fallback=True, log=self.log)
+        if state is None and self.rebuilt:
+            raise ValueError(NOT_RESTORED.format(run=run.path))
         if state is not None:
             load_weights(self.net, state["model"], run.file(CHECKPOINT))
             optimizer_state = state["optimizer"]
@@ -180,6 +187,37 @@ def _length(loader: Iterable) -> int | None:
 RESUME_FIX = ("resume it with the options and model code it was trained with, or start over with --overwrite")
 READ_FIX = ("the network built from its config.yaml is not the one it trained: load it with the model code it was "
             "trained with (a factory's or a model object's code may have changed since)")
+
+
+NOT_RESTORED = ("{run}: no checkpoint could be restored, and the network was built from the recorded configuration of "
+                "its pretrained checkpoint, without its weights; start the run again with --overwrite.")
+
+
+def net_to_build(net: NetConfig, run: RunDir | None) -> NetConfig:
+    """``net``, to build for the weights of ``run``'s checkpoint: where the run started from a transformers
+    checkpoint (``pretrained``) and recorded its configuration, that configuration replaces it, so the same
+    architecture is built without reading the checkpoint again (``models.hf_common``). Only where the run
+    holds a checkpoint, whose weights then replace the network's; otherwise ``net`` as it is."""
+    if run is None or "pretrained" not in net.model_kwargs or not run.has_checkpoint:
+        return net
+    recorded = run.read_pretrained()
+    if recorded is None:  # a run of an earlier release, or one stopped before it was written
+        return net
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.for_model(**recorded)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{run.file(PRETRAINED)} is not a usable transformers configuration ({err}); delete it to "
+                         f"build the network from its pretrained checkpoint again.") from None
+    return dataclasses.replace(net, model_kwargs={**net.model_kwargs, "pretrained": config})
+
+
+def record_pretrained(run: RunDir, net: LocalNet) -> None:
+    """Write the configuration of the checkpoint ``net``'s backbone was loaded from, if any (``net_to_build``)."""
+    config = getattr(net.backbone, "pretrained_config", None)
+    if config is not None:
+        run.write_pretrained(json.loads(config.to_json_string(use_diff=False)))
 
 
 def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: Any, fix: str = RESUME_FIX) -> None:
