@@ -194,6 +194,69 @@ def test_bad_input_is_one_sentence(call, message):
     assert "\n" not in str(err.value)
 
 
+def _step_parts():
+    torch.manual_seed(0)
+    net = ll.build("resnet20", method="greedy", num_modules=2, split="uniform")
+    return net, torch.optim.SGD(net.parameters(), lr=0.1), torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda n, o, x, y: (n, o, x * float("nan"), y), r"^images: the batch holds NaN or infinite values"),
+        (lambda n, o, x, y: (n, o, x, torch.tensor([0, 1, 2, 10])), r"^labels: the batch holds label 10 but the "
+                                                                     r"network has 10 classes"),
+        (lambda n, o, x, y: (n, o, x, y.float()), r"^labels: expected an int64 tensor of class indices"),
+        (lambda n, o, x, y: (n, o, x, y[None]), r"^labels: expected an int64 tensor"),
+        (lambda n, o, x, y: (n, o, x[:, :1], y), r"^images: 1 channels, but the network takes 3"),
+        (lambda n, o, x, y: (n, o, (x * 100).to(torch.uint8), y), r"^images: expected a floating-point"),
+        (lambda n, o, x, y: (n, o, x.double(), y), r"^images: torch.float64, but the network computes in torch.float32"),
+        (lambda n, o, x, y: (n, o, x.numpy(), y), r"^images: expected a floating-point .* got ndarray"),
+        (lambda n, o, x, y: (n, o, x[:0], y[:0]), r"^images: the batch is empty"),
+        (lambda n, o, x, y: (n, None, x, y), r"^optimizer: expected a torch.optim.Optimizer"),
+        (lambda n, o, x, y: (torch.nn.Linear(2, 2), o, x, y), r"^net: expected a LocalNet"),
+    ],
+)
+def test_train_step_refuses_bad_arguments_in_one_line_and_changes_nothing(change, message):
+    net, optimizer, x, y = _step_parts()
+    before = copy.deepcopy(net.state_dict())
+    net_given, optimizer_given, images, labels = change(net, optimizer, x, y)
+    with pytest.raises(ValueError, match=message) as err:
+        ll.train_step(net_given, images, labels, optimizer_given)
+    assert "\n" not in str(err.value)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # weights and BatchNorm statistics
+
+
+def test_a_non_finite_loss_stops_train_step_before_the_optimizer_step():
+    from locallearn.engine import NonFiniteLossError
+
+    net, _, x, y = _step_parts()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e30)
+    ll.train_step(net, x, y, optimizer)  # finite, but it throws the weights far
+    params = [p.detach().clone() for p in net.parameters()]
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite loss \(nan\) in module 0; the optimizer step was not "
+                                                 r"taken"):
+        ll.train_step(net, x, y, optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(params, net.parameters()))
+    assert all(p.grad is None for p in net.parameters())
+    # the trainer's own step (checked=False) waits for nothing and takes the step: it checks every 32 steps
+    stats = ll.train_step(net, x, y, optimizer, checked=False)
+    assert not torch.isfinite(stats["loss"])
+
+
+def test_a_nan_reconstruction_is_a_nan_loss_not_an_error():
+    from locallearn.losses import reconstruction_bce
+
+    image = torch.rand(2, 3, 4, 4)
+    recon = torch.rand(2, 3, 4, 4, requires_grad=True)
+    assert reconstruction_bce(recon, image) == F.binary_cross_entropy(recon, image)
+    broken = recon.detach().clone()
+    broken[0, 0, 0, 0] = float("nan")
+    assert torch.isnan(reconstruction_bce(broken.requires_grad_(), image))
+    with pytest.raises(RuntimeError):  # out of [0, 1] but not NaN: BCE's own error stands
+        reconstruction_bce(recon.detach() + 2, image)
+
+
 def test_reconstruct_takes_the_image_size_from_the_backbone():
     """Without a dataset or an image size, the backbone's own size is the reconstruction target's (the
     README's example)."""

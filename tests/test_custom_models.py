@@ -374,6 +374,28 @@ def test_build_takes_the_classes_from_a_fixed_width_classifier_or_checks_them():
         ll.build(sequential_cnn(classes=100), method="contsup", num_modules=3, dataset="cifar10")
 
 
+def test_more_bad_arguments_of_train_are_one_line(tmp_path):
+    from locallearn.training import train
+
+    x, y = torch.randn(8, 1, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    good = [(x, y)]
+    common = dict(num_classes=4, method="greedy", num_modules=2, epochs=1, device="cpu")
+    with pytest.raises(ValueError, match=r"^out: expected the run directory, a path, got None\.$"):
+        train(sequential_cnn(in_channels=1, classes=4), good, good, out=None, log=lambda line: None, **common)
+    assert not (tmp_path / "None").exists()
+    with pytest.raises(ValueError, match=r"^log: expected a function taking a line"):
+        train(sequential_cnn(in_channels=1, classes=4), good, good, out=tmp_path / "l", log=None, **common)
+    # a later batch of other channels: the step's own check, not a convolution's RuntimeError
+    with pytest.raises(ValueError, match=r"^images: 3 channels, but the network takes 1"):
+        train(sequential_cnn(in_channels=1, classes=4), good + [(torch.randn(8, 3, 16, 16), y)], good,
+              out=tmp_path / "c", log=lambda line: None, **common)
+    # a model object left diverged by a non-finite loss is said to be so
+    with pytest.raises(ValueError, match=r"non-finite loss .* The model object given was trained in place and holds "
+                                         r"the diverged weights"):
+        train(sequential_cnn(in_channels=1, classes=4), good + [(x * float("nan"), y)], good, out=tmp_path / "n",
+              log=lambda line: None, **common)
+
+
 def test_labels_beyond_the_classes_are_one_line_from_python(tmp_path):
     from locallearn.training import train
 

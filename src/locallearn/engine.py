@@ -22,6 +22,10 @@ from locallearn.net import LocalNet
 Objective = Callable[[int, torch.Tensor, ForwardState], tuple]
 
 
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or infinite; training stops (``train_step``: before the optimizer step)."""
+
+
 def train_step(
     net: LocalNet,
     images: torch.Tensor,
@@ -29,6 +33,7 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     *,
     autocast_dtype: torch.dtype | None = None,
+    checked: bool = True,
 ) -> dict[str, torch.Tensor]:
     """One optimizer step of greedy local learning (docs/methods.md §1).
 
@@ -36,14 +41,69 @@ def train_step(
     ``backward()`` at once, so the module's graph is freed before the next module runs and peak
     activation memory is one module's, not the network's. Then one optimizer step for all modules.
 
+    The arguments are checked first, in one-line errors (``check_inputs``). ``checked``: also what needs the
+    values, and so waits for the device — labels in 0..num_classes−1 and finite images, before anything
+    runs, and a finite loss before the optimizer step, which a NaN or infinite loss does not take
+    (``NonFiniteLossError``; BatchNorm statistics have then seen the batch). The trainer passes False: it
+    checks every 32 steps and, on a non-finite loss, stops without writing a checkpoint.
+
     Returns detached 0-d tensors: ``loss`` (the sum of the module losses, in float64), and per module k
     ``loss/k``, ``acc/k`` (where the head gives logits), ``task/k``, ``rec/k``, ``feat/k`` (where used).
     """
+    check_inputs(net, images, labels, optimizer, values=checked, autocast=autocast_dtype is not None)
     metrics, _ = train_modules(
-        net, range(net.num_modules), images, net.begin(images, labels), optimizer, autocast_dtype=autocast_dtype
+        net, range(net.num_modules), images, net.begin(images, labels), optimizer, autocast_dtype=autocast_dtype,
+        finite=checked,
     )
     metrics["loss"] = total_loss(metrics, range(net.num_modules))
     return metrics
+
+
+def check_inputs(net: LocalNet, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 *, values: bool, autocast: bool = False) -> None:
+    """``train_step``'s arguments, each refused in one line naming the fix: a LocalNet, an optimizer, a
+    floating-point (batch, channels, height, width) batch of the network's channels and dtype (any floating
+    dtype under ``autocast``) and int64 labels, one per image; with ``values``, labels within the classes and
+    finite images (reading them waits for the device)."""
+    if not isinstance(net, LocalNet):
+        raise ValueError(f"net: expected a LocalNet (locallearn.build(...)), got {type(net).__name__}.")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer: expected a torch.optim.Optimizer over net.parameters(), got "
+                         f"{type(optimizer).__name__}.")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images: expected a floating-point (batch, channels, height, width) tensor, got {got}; "
+                         f"e.g. torch.as_tensor(x).float().")
+    if not len(images):
+        raise ValueError("images: the batch is empty; give at least one image.")
+    param = next((p for p in net.parameters() if p.is_floating_point()), None)
+    if param is not None and images.dtype != param.dtype and not autocast:
+        raise ValueError(f"images: {images.dtype}, but the network computes in {param.dtype}; e.g. "
+                         f"images.to({param.dtype}).")
+    if images.shape[1] != net.config.in_channels:
+        raise ValueError(f"images: {images.shape[1]} channels, but the network takes {net.config.in_channels}; give "
+                         f"images of its channels, or build it with in_channels={images.shape[1]}.")
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"labels: expected an int64 tensor of class indices, one per image ({len(images)},), got "
+                         f"{got}; e.g. labels.long().")
+    if values:
+        error = label_error(labels, net.config.num_classes, "the batch")
+        if error is not None:
+            raise error
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("images: the batch holds NaN or infinite values; nothing was trained (check the data "
+                             "and its normalisation).")
+
+
+def label_error(labels: torch.Tensor, classes: int, where: str) -> ValueError | None:
+    """The one-line error for labels outside 0..classes−1 (cross-entropy's "Target 7 is out of bounds"),
+    or None when they are not what went wrong. The network's classes are the run's num_classes."""
+    if not labels.numel() or (labels.min() >= 0 and labels.max() < classes):
+        return None
+    label = int(labels.max() if labels.max() >= classes else labels.min())
+    return ValueError(f"labels: {where} holds label {label} but the network has {classes} classes (labels "
+                      f"0..{classes - 1}); give num_classes as the number of classes of the data.")
 
 
 def total_loss(metrics: dict[str, torch.Tensor], modules: range) -> torch.Tensor:
@@ -78,6 +138,7 @@ def train_modules(
     *,
     autocast_dtype: torch.dtype | None = None,
     objective: Objective | None = None,
+    finite: bool = False,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One optimizer step of the consecutive ``modules`` (all of them in ``train_step``; a pipeline
     stage's own in ``locallearn.distributed``): each module's forward, local loss and backward in turn,
@@ -85,7 +146,8 @@ def train_modules(
 
     ``inputs``: the image if ``modules`` starts at 0, else the output of module ``modules.start − 1``.
     ``state`` carries the image, the labels and the context history ĥ_j across the hand-offs. ``objective``
-    replaces ``module_objective`` (a data-parallel stage passes its DDP-wrapped modules).
+    replaces ``module_objective`` (a data-parallel stage passes its DDP-wrapped modules). ``finite``: a
+    non-finite module loss raises ``NonFiniteLossError`` instead of the optimizer step (waits for the device).
     Returns the per-module metrics (detached tensors) and the last module's detached output.
     """
     net.train()
@@ -102,6 +164,14 @@ def train_modules(
         loss.backward()
         metrics.update({f"{name}/{k}": value for name, value in parts.items()})
         del loss
+    if finite:
+        losses = torch.stack([metrics[f"loss/{k}"].double() for k in modules])
+        bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
+        if bad:
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"non-finite loss ({float(losses[bad[0]]):.4g}) in module {modules[bad[0]]}; the optimizer step was not "
+                f"taken, so the parameters are as before it; lower the learning rate, or check the data.")
     optimizer.step()
     return metrics, h.detach()
 

@@ -48,9 +48,19 @@ def at_least_float32(t: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_bce(reconstruction: torch.Tensor, image01: torch.Tensor) -> torch.Tensor:
-    """InfoPro's image reconstruction loss: BCE against the un-normalised image in [0, 1]."""
+    """InfoPro's image reconstruction loss: BCE against the un-normalised image in [0, 1].
+
+    A diverged network's NaN reconstruction, which BCE refuses (inputs outside [0, 1]), gives a NaN loss
+    instead, for the trainer's non-finite check to stop on with its one-line message. (On CUDA, BCE's check
+    is a device assert that cannot be caught.)"""
     # BCE is not autocast-safe; compute it in (at least) float32.
-    return F.binary_cross_entropy(at_least_float32(reconstruction), at_least_float32(image01))
+    reconstruction = at_least_float32(reconstruction)
+    try:
+        return F.binary_cross_entropy(reconstruction, at_least_float32(image01))
+    except RuntimeError as err:
+        if "between 0 and 1" not in str(err) or not bool(torch.isnan(reconstruction).any()):
+            raise
+        return reconstruction.sum() * float("nan")
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,19 @@ starts from the first run's weights (said in a warning).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
+from locallearn.engine import NonFiniteLossError, label_error
 from locallearn.net import LocalNet, build_net
 from locallearn.training.config import PYTHON_DATA, check_used, read_options, resolve
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
-from locallearn.training.runner import READ_FIX, SingleProcess, label_error, load_weights, net_to_build
+from locallearn.training.runner import READ_FIX, SingleProcess, load_weights, net_to_build
 
 
 def train(
@@ -46,6 +48,10 @@ def train(
     """Train ``model`` (a registered name, a factory's import path, or your own ``Backbone`` /
     ``nn.Sequential``) on batches from Python into the run directory ``out``; returns the summary.
     ``options``: any option of ``locallearn train`` (method, num_modules, epochs, lr, optimizer, ...)."""
+    if not isinstance(out, (str, os.PathLike)) or not str(out):
+        raise ValueError(f"out: expected the run directory, a path, got {out!r}.")
+    if not callable(log):
+        raise ValueError(f"log: expected a function taking a line (print, logging.info, ...), got {log!r}.")
     if "num_classes" not in options:
         raise ValueError("num_classes: batches given from Python need num_classes=... (it is not read from the labels).")
     for name in _DATA_OPTIONS:
@@ -94,7 +100,13 @@ def train(
     launcher = SingleProcess(data=(train_data, test_data), model=given)
     # a resume compares what was asked with the stored run (an option not given keeps its stored value, e.g. a
     # default changed since), as `locallearn train --resume` does
-    summary = fit(config, resume=resume, overwrite=overwrite, log=log, launcher=launcher, requested=requested)
+    try:
+        summary = fit(config, resume=resume, overwrite=overwrite, log=log, launcher=launcher, requested=requested)
+    except NonFiniteLossError as err:
+        if given is None:
+            raise
+        raise NonFiniteLossError(f"{err} The model object given was trained in place and holds the diverged "
+                                 f"weights; build it again (or load_net(out) for the last checkpoint's).") from None
     if given is not None:
         setattr(given, _TRAINED_BY, str(out))
     return summary

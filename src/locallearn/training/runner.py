@@ -31,7 +31,7 @@ from torch import nn
 
 from locallearn.data import BatchLoader, describe_dataset, load_split
 from locallearn.data.imagefolder import IMAGEFOLDER, first_in_turn
-from locallearn.engine import train_step
+from locallearn.engine import NonFiniteLossError, label_error, train_step
 from locallearn.memory import StepMemoryMeter
 from locallearn.config import NetConfig
 from locallearn.net import LocalNet, build_net, check_batch, check_logits, old_parameter_order
@@ -42,10 +42,6 @@ from locallearn.training.rundir import CHECKPOINT, PRETRAINED, RunDir, seed_ever
 
 Log = Callable[[str], None]
 CHECK_EVERY = 32  # training steps between checks for a non-finite loss (each check waits for the device)
-
-
-class NonFiniteLossError(ValueError):
-    """The loss became NaN or infinite; training stops without writing a checkpoint."""
 
 
 def loader_class_names(loader: Iterable) -> list[str] | None:
@@ -477,7 +473,7 @@ def train_one_epoch(
             meter = StepMemoryMeter(net, images) if i == 0 and not on_cuda else contextlib.nullcontext()
             with meter, eager_unless(len(labels) == full):
                 try:
-                    stats = train_step(net, images, labels, optimizer, autocast_dtype=autocast_dtype)
+                    stats = train_step(net, images, labels, optimizer, autocast_dtype=autocast_dtype, checked=False)
                 except IndexError as err:  # cross-entropy's "Target 7 is out of bounds": say what to fix
                     raise label_error(labels, net.config.num_classes, f"training batch {i + 1}") or err from None
             if i == 0 and not on_cuda:
@@ -610,11 +606,3 @@ def evaluate(
     return {"test_acc": int(correct) / seen, "test_loss": float(loss) / seen}
 
 
-def label_error(labels: torch.Tensor, classes: int, where: str) -> ValueError | None:
-    """The one-line error for labels outside 0..classes−1 (cross-entropy's "Target 7 is out of bounds"),
-    or None when they are not what went wrong. The network's classes are the run's num_classes."""
-    if not labels.numel() or (labels.min() >= 0 and labels.max() < classes):
-        return None
-    label = int(labels.max() if labels.max() >= classes else labels.min())
-    return ValueError(f"labels: {where} holds label {label} but the network has {classes} classes (labels "
-                      f"0..{classes - 1}); give num_classes as the number of classes of the data.")
