@@ -71,6 +71,16 @@ def test_bad_grid_values_fail_in_one_line_before_running(tmp_path, capsys, flag,
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_an_out_that_a_file_stands_in_is_one_line_with_the_fix(tmp_path, capsys):
+    (tmp_path / "afile").write_text("mine")
+    args = ["--models", "resnet20", "--methods", "e2e", "--batch-sizes", "2"]
+    for out, why in ((tmp_path / "afile", "file exists"), (tmp_path / "afile" / "sub", "not a directory")):
+        assert main(["bench", "memory", *args, "--out", str(out)]) == 2
+        assert capsys.readouterr().err == (f"locallearn: error: {out}: {why}; a file stands where a directory is "
+                                           f"needed; give another path.\n")
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_cuda_device_refused_without_cuda(tmp_path, capsys):
     assert main(["bench", "memory", *GRID, "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "CUDA is not available" in capsys.readouterr().err

@@ -74,7 +74,9 @@ def test_a_run_that_does_not_finish_is_a_failed_run_and_the_exit_status_says_so(
     [
         (["--ranks", "1"], "ranks must be an integer >= 2, got 1."),
         (["--ranks", "4"], ("ranks: a pipeline of 4 ranks needs at least 4 local modules (one stage per rank) "
-                            "but --num-modules is 2")),
+                            "but --num-modules is 2; use --ranks 2 or less, or --num-modules 4 or more.")),
+        (["--num-modules", "1"], ("ranks: a pipeline of 2 ranks needs at least 2 local modules (one stage per rank) "
+                                  "but --num-modules is 1; use --num-modules 2 or more.")),
         (["--batch-size", "9"], "batch_size: ddp gives each of the 2 ranks an equal share of every batch"),
         (["--batches", "1"], "batches must be an integer >= 2"),
         (["--variants", "pipeline,threads"], "variants: unknown variant 'threads'; valid variants are single_1t"),

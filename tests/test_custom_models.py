@@ -210,6 +210,11 @@ def test_cuts_that_give_tokens_get_heads_that_read_tokens_and_one_line_refusals_
     assert ll.build(family, method="contsup", context="R0", num_modules=2, image_size=16).config.aux_head == "token"
 
 
+def test_units_of_something_that_is_not_a_module_is_one_line():
+    with pytest.raises(ValueError, match=r"^units: expected the model \(an nn.Module\) to cut, got str"):
+        ll.units("resnet32", ["a"])
+
+
 def test_units_that_do_not_chain_are_refused_naming_both():
     seq = sequential_cnn()
     seq[2] = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1))  # expects 16 channels, gets 32

@@ -4,6 +4,8 @@ line before any training."""
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +203,24 @@ def test_an_unreadable_image_is_named(tmp_path, damage):
     path.write_bytes({"garbage": b"\x89PNG not really", "truncated": good[: len(good) // 2], "empty": b""}[damage])
     message = refused(tmp_path, f"{path} is corrupt: not a readable image", "replace or remove it")
     assert "Traceback" not in message
+
+
+def test_a_pipe_named_like_an_image_is_refused_not_waited_on(tmp_path):
+    make_folder(tmp_path)
+    path = tmp_path / "train" / "dog" / "z_pipe.png"
+    os.mkfifo(path)  # opened for reading, it would wait for a writer forever
+    refused(tmp_path, f"{path} is corrupt: not a regular file (a pipe, a socket or a device); remove it")
+
+
+def test_a_broken_link_is_one_line_naming_it(tmp_path):
+    from locallearn.cli import os_message
+
+    make_folder(tmp_path)
+    path = tmp_path / "train" / "dog" / "z_link.png"
+    path.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(FileNotFoundError) as err:
+        load_split("imagefolder", tmp_path, train=True)
+    assert os_message(err.value) == f"{path}: no such file or directory; give a path that exists."
 
 
 def test_a_truncated_jpeg_is_named(tmp_path):

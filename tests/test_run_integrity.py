@@ -196,6 +196,11 @@ def test_07_a_damaged_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, fi
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 1 is damaged \(its checksum does not match\)"):
         RunDir(run).read_metrics()
+    lines[0] = lines[0].replace('"epoch": 7', '"epoch": NaN')  # strict JSON is all a run writes
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 1 is damaged \(NaN is not strict JSON, which "
+                                         r"metrics.jsonl is written in\)"):
+        RunDir(run).read_metrics()
 
 
 def test_08_a_non_finite_test_loss_is_never_kept_and_metrics_are_strict_json(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ line, ``locallearn: error: <message>``, and exit with status 2, never a tracebac
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import sys
@@ -283,6 +284,28 @@ def _other_rank() -> bool:
     return rank.isdigit() and world.isdigit() and int(world) > 1 and int(rank) > 0
 
 
+# what an operating-system error a command meets usually asks of the user, by errno
+_OS_FIXES = {
+    errno.EEXIST: "a file stands where a directory is needed; give another path",
+    errno.ENOTDIR: "a file stands where a directory is needed; give another path",
+    errno.EISDIR: "a directory stands where a file is needed; give another path",
+    errno.ENOENT: "give a path that exists",
+    errno.EACCES: "give a path you may write to",
+    errno.EPERM: "give a path you may write to",
+    errno.EROFS: "the file system is read-only; give a writable path",
+    errno.ENOSPC: "the disk is full; free space or give another path",
+}
+
+
+def os_message(err: OSError) -> str:
+    """An operating-system error as one line: the path, what went wrong and, for the usual causes, the fix
+    (``[Errno 17] File exists: 'afile'`` says neither which option nor what to do)."""
+    if err.filename is None or err.strerror is None:
+        return str(err)
+    fix = _OS_FIXES.get(err.errno)
+    return f"{err.filename}: {err.strerror.lower()}" + (f"; {fix}." if fix else ".")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = vars(build_parser().parse_args(argv))  # builds the commands: imports torch, which takes a while
@@ -300,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except (ValueError, OSError) as err:
         if not _other_rank():  # under torchrun every rank fails alike: rank 0 says it (a rank's own failure
-            print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)  # reaches rank 0 too)
+            text = os_message(err) if isinstance(err, OSError) else str(err)  # reaches rank 0 too)
+            print(f"{PROG}: error: {' '.join(text.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         if not _other_rank():  # torchrun passes Ctrl-C to every rank: rank 0 says what is kept

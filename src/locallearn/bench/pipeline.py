@@ -106,10 +106,10 @@ class PipelineBench:
             raise ValueError(f"variants: {what}; valid variants are {', '.join(VARIANTS)}.")
         staged = [v for v in self.variants if v in ("pipeline", "pipeline_sync")]
         if staged and self.ranks > self.num_modules:
+            fewer = f"--ranks {self.num_modules} or less, or " if self.num_modules >= 2 else ""  # --ranks is ≥ 2
             raise ValueError(
                 f"ranks: a pipeline of {self.ranks} ranks needs at least {self.ranks} local modules (one stage per "
-                f"rank) but --num-modules is {self.num_modules}; use --ranks {self.num_modules} or less, or more "
-                "modules."
+                f"rank) but --num-modules is {self.num_modules}; use {fewer}--num-modules {self.ranks} or more."
             )
         if "ddp" in self.variants and self.batch_size % self.ranks:
             raise ValueError(

@@ -29,6 +29,7 @@ so 100,000 images take 300 MB (at S = 224, 15 GB). That suits user datasets of m
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,7 +151,13 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     """One image file → uint8 (3, size, size): RGB, shorter side resized to ``size``, centre square kept."""
     from PIL import Image, ImageOps  # Pillow is imported only when a folder is read
 
-    with open(path, "rb") as f:  # outside the try: an unreadable file (permissions) is not a corrupt one
+    # outside the try: an unreadable file (permissions, a broken link) is not a corrupt one. Opened without
+    # blocking, so that a pipe named like an image is refused instead of waiting for a writer forever.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CorruptFileError(path, "not a regular file (a pipe, a socket or a device); remove it")
+    with os.fdopen(fd, "rb") as f:
         try:
             with Image.open(f) as image:
                 # JPEG only: decode at the smallest of 1/1, 1/2, 1/4, 1/8 scale that is still >= size on

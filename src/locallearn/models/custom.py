@@ -86,6 +86,9 @@ def units(model: nn.Module, names: Iterable[str | tuple[str, nn.Module]]) -> nn.
     A ``(name, module)`` pair adds a module of your own, e.g. the classifier of a model whose forward flattens
     before its ``fc``: ``("head", nn.Sequential(model.avgpool, nn.Flatten(), model.fc))``. Every parameter of
     ``model`` should belong to one unit; one that does not is not trained, and is refused."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"units: expected the model (an nn.Module) to cut, got {type(model).__name__}; a registered "
+                         f"model is cut by its name without units(), e.g. locallearn.build('resnet32', ...).")
     chosen: "OrderedDict[str, nn.Module]" = OrderedDict()
     given: dict[str, nn.Module] = {}  # the same modules under the names as given
     submodules = dict(model.named_modules())

@@ -285,10 +285,13 @@ def metrics_line(record: dict[str, Any]) -> str:
 def parse_metrics_line(line: str, where: str) -> dict[str, Any]:
     """A metrics record from its line, its checksum verified and removed (lines of earlier releases have none)."""
     try:
-        record = json.loads(line)
+        record = json.loads(line, parse_constant=_not_strict)
     except json.JSONDecodeError:
         raise ValueError(f"{where} is damaged (not valid JSON); the checkpoint's history can rebuild it: "
                          f"resume the run.") from None
+    except _NotStrictJSON as err:  # written strict (``finite``): a NaN or Infinity was put there by hand
+        raise ValueError(f"{where} is damaged ({err} is not strict JSON, which metrics.jsonl is written in); the "
+                         f"checkpoint's history can rebuild it: resume the run.") from None
     if not isinstance(record, dict):
         raise ValueError(f"{where} is damaged (not a JSON object).")
     checksum = record.pop("checksum", None)
@@ -296,6 +299,14 @@ def parse_metrics_line(line: str, where: str) -> dict[str, Any]:
         raise ValueError(f"{where} is damaged (its checksum does not match); the checkpoint's history can rebuild "
                          f"it: resume the run.")
     return record
+
+
+class _NotStrictJSON(Exception):
+    pass
+
+
+def _not_strict(constant: str) -> None:
+    raise _NotStrictJSON(constant)
 
 
 def finite(value: Any) -> Any:
