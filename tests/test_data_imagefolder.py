@@ -300,6 +300,14 @@ def test_a_run_is_not_resumed_or_evaluated_on_other_classes(tmp_path, capsys):
     assert main(["eval", str(run), "--data-dir", str(other), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "eval: " in err and "give the run's own data with --data-dir" in err
+    fewer = tmp_path / "c"  # another number of classes: said as other data, not as a num_classes the user never gave
+    for split in ("train", "test"):
+        for name in ("ant", "bee"):
+            (fewer / split / name).mkdir(parents=True)
+            solid((1, 2, 3)).save(fewer / split / name / "x.png")
+    assert main(["eval", str(run), "--data-dir", str(fewer), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"locallearn: error: eval: {run} was trained on 3 classes but {fewer} holds 2 "
+                                       f"(ant, bee); give the run's own data with --data-dir.\n")
     assert main([*args, "--resume"]) == 0 and main(["eval", str(run), "--device", "cpu"]) == 0
 
 

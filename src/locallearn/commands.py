@@ -12,6 +12,8 @@ import torch
 
 import locallearn
 from locallearn.config import NetConfig
+from locallearn.data import describe_dataset
+from locallearn.data.imagefolder import IMAGEFOLDER
 from locallearn.methods import METHODS
 from locallearn.net import build_net
 from locallearn.training.config import (
@@ -99,6 +101,12 @@ def evaluate_run(
     if not run.file(CONFIG).is_file():
         raise ValueError(f"{run.path} holds no run (no {CONFIG}); give a directory written by `locallearn train`.")
     options = read_options(run.file(CONFIG))
+    if data_dir and options.get("dataset") == IMAGEFOLDER:  # other data: said as such, not as a num_classes clash
+        spec = describe_dataset(IMAGEFOLDER, data_dir, image_size=options.get("image_size"))
+        if spec.num_classes != options.get("num_classes"):
+            raise ValueError(f"eval: {run.path} was trained on {options.get('num_classes')} classes but {data_dir} "
+                             f"holds {spec.num_classes} ({', '.join(spec.class_names or ())}); give the run's own "
+                             f"data with --data-dir.")
     config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
     try:
         checkpoint = run.load_checkpoint()
