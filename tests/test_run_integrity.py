@@ -18,6 +18,7 @@ import torch
 import yaml
 
 import locallearn
+import locallearn as ll
 from locallearn.cli import main
 from locallearn.training import RunDir, fit, resolve
 from locallearn.training.rundir import load_state, save_state
@@ -647,3 +648,21 @@ def test_a_wrong_value_in_a_config_file_is_named_with_the_file(tmp_path, capsys)
     assert main(["train", "--config", str(bad), "--out", str(tmp_path / "a")]) == 2
     assert one_line(capsys).endswith(f"{bad}: epochs must be an integer from 1 to 100000, got '1'.\n")
     assert not (tmp_path / "a").exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_and_a_long_key_list_read_as_sentences(tmp_path):
+    from locallearn.training.rundir import load_state
+    from locallearn.training.runner import load_weights
+
+    text = tmp_path / "checkpoint.pt"
+    text.write_text("hello, not a checkpoint\n")
+    with pytest.raises(ValueError, match=r"checkpoint.pt cannot be read, it is damaged \(not a file written by "
+                                         r"torch.save\)$"):
+        load_state(text)
+    small, large = ll.build("resnet20", method="e2e"), ll.build("resnet56", method="e2e")
+    with pytest.raises(ValueError) as err:
+        load_weights(small, large.state_dict(), "there.pt", "fix it")
+    details = str(err.value).split(" (", 1)[1].rsplit("); fix it.", 1)[0]
+    assert details.endswith(" …") and len(details) <= 302
+    last = details[:-2].split()[-1]
+    assert last.startswith('"') and last.strip('",') in small.state_dict()  # a whole key, not cut mid-word

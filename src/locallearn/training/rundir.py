@@ -365,6 +365,10 @@ def _reason(err: Exception, path: Path) -> str:
     sentence (torch's zip reader goes on with advice about something else), or its type when it has no text."""
     if path.is_file() and path.stat().st_size == 0:
         return "the file is empty"
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as f:
+            if f.read(2) not in (b"PK", b"\x80\x02"):  # torch.save's zip archive, or its legacy pickle
+                return "not a file written by torch.save"
     text = " ".join(str(err).split())
     first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
     return (first[:160].rstrip(".") if first else type(err).__name__)

@@ -222,8 +222,10 @@ def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: Any, fi
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
-        details = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
-        raise ValueError(f"{source} holds the weights of another network ({'; '.join(details)[:300]}); {fix}.") from None
+        details = "; ".join(line.strip() for line in str(err).splitlines()[1:] if line.strip())
+        if len(details) > 300:  # the first of many keys: cut between two words
+            details = details[:300].rsplit(" ", 1)[0].rstrip(",;") + " …"
+        raise ValueError(f"{source} holds the weights of another network ({details}); {fix}.") from None
 
 
 def reorder_optimizer_state(state: dict[str, Any], order: list[int]) -> dict[str, Any]:
