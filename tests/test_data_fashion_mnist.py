@@ -53,12 +53,23 @@ def one_line(err: pytest.ExceptionInfo, *needles: str) -> str:
     return message
 
 
+def publish_as_official(monkeypatch, small, directory: Path) -> None:
+    """Make the fixture files in ``directory`` the official ones: their MD5s (of the decompressed data) become
+    the published ones, which ``check`` compares."""
+    archives = []
+    for archive in small.archives:
+        gz = directory / archive.filename
+        path, of = (gz, "gunzipped") if gz.is_file() else (gz.with_suffix(""), "file")
+        archives.append(dataclasses.replace(archive, md5=md5sum(path, of=of)))
+    monkeypatch.setitem(SOURCES._entries, "fashion_mnist", dataclasses.replace(small, archives=tuple(archives)))
+
+
 # --- lookup --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("where", ["root", "root/fashion-mnist", "debian"])
 @pytest.mark.parametrize("gzipped", [True, False])
-def test_files_are_found_gzipped_or_plain_in_each_place(tmp_path, debian, small, where, gzipped):
+def test_files_are_found_gzipped_or_plain_in_each_place(tmp_path, debian, small, where, gzipped, monkeypatch):
     root = tmp_path / "data"
     directory = {"root": root, "root/fashion-mnist": root / "fashion-mnist", "debian": debian}[where]
     rng = np.random.default_rng(0)
@@ -68,6 +79,7 @@ def test_files_are_found_gzipped_or_plain_in_each_place(tmp_path, debian, small,
     x, y = load_split("fashion_mnist", root, train=True)
     assert x.shape == (N_TRAIN, 1, 28, 28) and x.dtype == torch.uint8 and np.array_equal(x.numpy(), images)
     assert y.tolist() == [i % 10 for i in range(N_TRAIN)]
+    publish_as_official(monkeypatch, small, directory)
     report = check("fashion_mnist", root)
     assert report.ok
     suffix = ".gz" if gzipped else ""
@@ -151,6 +163,26 @@ def test_real_files_counts_shapes_statistics_and_checksums():
 
 
 # --- download and verification -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gzipped", [True, False])
+def test_check_finds_a_changed_byte_that_the_structure_does_not_show(tmp_path, small, monkeypatch, gzipped):
+    root = tmp_path / "data"
+    images = np.random.default_rng(0).integers(0, 256, (N_TRAIN, 1, 28, 28), dtype=np.uint8)
+    write_fashion_mnist(root, "train", images, np.arange(N_TRAIN) % 10, gzipped=gzipped)
+    write_fashion_mnist(root, "t10k", images[:N_TEST], np.arange(N_TEST) % 10, gzipped=gzipped)
+    publish_as_official(monkeypatch, small, root)
+    assert check("fashion_mnist", root).ok
+    name = "t10k-images-idx3-ubyte" + (".gz" if gzipped else "")
+    data = gzip.decompress((root / name).read_bytes()) if gzipped else (root / name).read_bytes()
+    data = data[:5000] + bytes([data[5000] ^ 0xFF]) + data[5001:]  # one pixel: a valid IDX file still
+    (root / name).write_bytes(gzip.compress(data) if gzipped else data)
+    report = check("fashion_mnist", root)
+    assert not report.ok and [f.status for f in report.files] == ["present", "present", "corrupt", "present"]
+    what = "MD5 of the decompressed data" if gzipped else "MD5"
+    assert report.files[2].detail.startswith(what) and report.files[2].detail.endswith(
+        "a byte differs from the official file; replace it")
+    assert check("fashion_mnist", root, strict=False).ok  # not strict: the structure only
 
 
 def serve(tmp_path, monkeypatch, small, *, alter: str | None = None) -> Path:

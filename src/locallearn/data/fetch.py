@@ -22,7 +22,7 @@ from typing import Literal
 from tqdm import tqdm
 
 from locallearn.data.errors import CorruptFileError, DatasetError, one_line
-from locallearn.data.sources import BUNDLED, Archive, download_hint, get_source, locate, read_file
+from locallearn.data.sources import BUNDLED, Archive, DataFile, Source, download_hint, get_source, locate, read_file
 
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60
@@ -85,9 +85,28 @@ def check(name: str, root: Path | str, *, strict: bool = True) -> CheckReport:
             part = read_file(source, file, root, strict=strict)
         except CorruptFileError as err:
             report.files.append(FileStatus(shown, "corrupt", err.reason))
+            continue
+        changed = _not_official(source, file, path) if strict else ""
+        if changed:
+            report.files.append(FileStatus(shown, "corrupt", changed))
         else:
             report.files.append(FileStatus(shown, "present", f"{len(part)} {part.kind}"))
     return report
+
+
+def _not_official(source: Source, file: DataFile, path: Path) -> str:
+    """Why ``path`` is not the published file, for a data file that is itself a published archive (used as
+    downloaded, ``extract=False``: Fashion-MNIST's IDX files, SVHN's .mat), by its MD5; "" when it matches or
+    when the file was unpacked from an archive (no MD5 of its own is published). A file kept uncompressed
+    under its other name has the MD5 of the decompressed data."""
+    archive = next((a for a in source.archives if not a.extract and a.filename == file.path), None)
+    if archive is None:
+        return ""
+    of = archive.md5_of if path.name == archive.filename else "file"
+    digest = _digest_file(path, of)
+    if digest.hexdigest() == archive.md5 and not digest.problem:
+        return ""
+    return f"{digest.mismatch(archive)}: a byte differs from the official file; replace it"
 
 
 def download(name: str, root: Path | str, *, progress: bool = True) -> CheckReport:
