@@ -666,3 +666,19 @@ def test_a_file_that_is_not_a_checkpoint_and_a_long_key_list_read_as_sentences(t
     assert details.endswith(" …") and len(details) <= 302
     last = details[:-2].split()[-1]
     assert last.startswith('"') and last.strip('",') in small.state_dict()  # a whole key, not cut mid-word
+
+
+def test_a_directory_where_the_checkpoint_belongs_is_named_and_nothing_is_removed(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--limit-train", "16",
+            "--limit-test", "8", "--batch-size", "8", "--epochs", "1", "--device", "cpu", "--out", str(run)]
+    assert main(args) == 0
+    (run / "checkpoint.pt").unlink()
+    (run / "checkpoint.pt").mkdir()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"locallearn: error: {run / 'checkpoint.pt'} is not a file (a directory or "
+                                       f"another kind of entry stands where the run keeps its checkpoint); move it "
+                                       f"away.\n")
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    assert (run / "summary.json").is_file() and (run / "metrics.jsonl").read_text()  # the results are kept

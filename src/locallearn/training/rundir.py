@@ -233,6 +233,10 @@ class RunDir:
         """The state of checkpoint.pt (None if there is none), its digest verified. A damaged one is refused in
         one line — or, with ``fallback`` (a resume), replaced by checkpoint.prev.pt if that one is sound."""
         path = self.file(CHECKPOINT)
+        for name in (CHECKPOINT, PREVIOUS):  # a directory (or a pipe) there is no interrupted write: say what it is
+            if self.file(name).exists() and not self.file(name).is_file():
+                raise ValueError(f"{self.file(name)} is not a file (a directory or another kind of entry stands where "
+                                 f"the run keeps its checkpoint); move it away.")
         if not path.is_file() and not (fallback and self.file(PREVIOUS).is_file()):
             return None
         try:
