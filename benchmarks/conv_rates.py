@@ -55,7 +55,7 @@ def step_convolutions(net: torch.nn.Module, images: torch.Tensor, labels: torch.
     handles = [m.register_forward_hook(hook(n)) for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)]
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
     try:
-        train_step(net, images, labels, optimizer)
+        train_step(net, images, labels, optimizer, checked=False)
     finally:
         for h in handles:
             h.remove()

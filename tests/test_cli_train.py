@@ -240,7 +240,7 @@ def test_a_dry_run_prints_the_config_yaml_the_run_wrote_and_writes_nothing(run, 
     written.pop("run_id")
     assert yaml.safe_load(printed) == written  # every option, as the run recorded it
     header = [line for line in printed.splitlines() if line.startswith("#")]
-    assert header[0].startswith("# Dry run of `locallearn train`") and "nothing was read, trained or written" in header[0]
+    assert header[0].startswith("# Dry run of `locallearn train`") and "nothing was trained or written" in header[0]
     cuts = next(line for line in out.joinpath("config.yaml").read_text().splitlines() if line.startswith("# cuts:"))
     assert cuts in header
     # nothing is read or written: a dataset folder that does not exist, an out that stays absent
@@ -265,6 +265,9 @@ def test_a_dry_run_prints_the_config_yaml_the_run_wrote_and_writes_nothing(run, 
     assert main(["train", "--dry-run", "--resume"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "paper" in err[0] and "--dry-run" in err[1] and "drop them" in err[1]
+    if not torch.cuda.is_available():  # the device is checked as a run checks it
+        assert main(["train", "--dry-run", "--device", "cuda"]) == 2
+        assert "cuda" in capsys.readouterr().err
 
 
 def test_missing_dataset_fails_before_writing_the_run(tmp_path, capsys):

@@ -207,6 +207,8 @@ def _step_parts():
         (lambda n, o, x, y: (n, o, x, torch.tensor([0, 1, 2, 10])), r"^labels: the batch holds label 10 but the "
                                                                      r"network has 10 classes"),
         (lambda n, o, x, y: (n, o, x, y.float()), r"^labels: expected an int64 tensor of class indices"),
+        (lambda n, o, x, y: (n, o, x, torch.tensor([0, -1, 2, 3])), r"^labels: the batch holds label -1; labels are "
+                                                                     r"class indices 0\.\.9, every image labelled\.$"),
         (lambda n, o, x, y: (n, o, x, y[None]), r"^labels: expected an int64 tensor"),
         (lambda n, o, x, y: (n, o, x[:, :1], y), r"^images: 1 channels, but the network takes 3"),
         (lambda n, o, x, y: (n, o, (x * 100).to(torch.uint8), y), r"^images: expected a floating-point"),
@@ -225,6 +227,11 @@ def test_train_step_refuses_bad_arguments_in_one_line_and_changes_nothing(change
         ll.train_step(net_given, images, labels, optimizer_given)
     assert "\n" not in str(err.value)
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # weights and BatchNorm statistics
+
+
+def test_uint8_labels_train_as_cross_entropy_takes_them():
+    net, optimizer, x, y = _step_parts()
+    assert torch.isfinite(ll.train_step(net, x, y.to(torch.uint8), optimizer)["loss"])
 
 
 def test_a_non_finite_loss_stops_train_step_before_the_optimizer_step():

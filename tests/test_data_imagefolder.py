@@ -220,7 +220,7 @@ def test_a_broken_link_is_one_line_naming_it(tmp_path):
     path.symlink_to(tmp_path / "gone.png")
     with pytest.raises(FileNotFoundError) as err:
         load_split("imagefolder", tmp_path, train=True)
-    assert os_message(err.value) == f"{path}: no such file or directory; give a path that exists."
+    assert os_message(err.value) == f"{path}: no such file or directory."
 
 
 def test_a_truncated_jpeg_is_named(tmp_path):
@@ -276,6 +276,17 @@ def _stopped_in_epoch_2(data: Path, run: Path) -> list[str]:
     return args
 
 
+def test_a_run_with_more_classes_than_its_folder_evaluates_on_its_own_folder(tmp_path, capsys):
+    make_folder(tmp_path / "a")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "a"), "--image-size", "8",
+                 "--num-classes", "10", "--model", "resnet20", "--num-modules", "2", "--split", "uniform",
+                 "--batch-size", "4", "--epochs", "1", "--device", "cpu", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data-dir", str(tmp_path / "a"), "--device", "cpu"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
 def test_a_run_is_not_resumed_or_evaluated_on_other_classes(tmp_path, capsys):
     """The classes are saved with each checkpoint: a resume or an eval on a folder with other classes (label i
     would mean another class) is refused in one line."""
@@ -300,14 +311,15 @@ def test_a_run_is_not_resumed_or_evaluated_on_other_classes(tmp_path, capsys):
     assert main(["eval", str(run), "--data-dir", str(other), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "eval: " in err and "give the run's own data with --data-dir" in err
-    fewer = tmp_path / "c"  # another number of classes: said as other data, not as a num_classes the user never gave
+    more = tmp_path / "c"  # more classes than the run's: said as other data, not as a num_classes never given
+    names = [f"c{i}" for i in range(7)]
     for split in ("train", "test"):
-        for name in ("ant", "bee"):
-            (fewer / split / name).mkdir(parents=True)
-            solid((1, 2, 3)).save(fewer / split / name / "x.png")
-    assert main(["eval", str(run), "--data-dir", str(fewer), "--device", "cpu"]) == 2
-    assert capsys.readouterr().err == (f"locallearn: error: eval: {run} was trained on 3 classes but {fewer} holds 2 "
-                                       f"(ant, bee); give the run's own data with --data-dir.\n")
+        for name in names:
+            (more / split / name).mkdir(parents=True)
+            solid((1, 2, 3)).save(more / split / name / "x.png")
+    assert main(["eval", str(run), "--data-dir", str(more), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err == (f"locallearn: error: eval: {run} was trained with 3 classes but {more} holds 7 "
+                                       f"(c0, c1, c2, c3, c4, … (2 more)); give the run's own data with --data-dir.\n")
     assert main([*args, "--resume"]) == 0 and main(["eval", str(run), "--device", "cpu"]) == 0
 
 

@@ -202,6 +202,11 @@ def test_07_a_damaged_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, fi
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 1 is damaged \(NaN is not strict JSON, which "
                                          r"metrics.jsonl is written in\)"):
         RunDir(run).read_metrics()
+    old = json.loads(lines[1])  # a line of an earlier release: no checksum, and NaN where a value was not finite
+    old.pop("checksum")
+    old["test_loss"] = float("nan")
+    (run / "metrics.jsonl").write_text(json.dumps(old) + "\n")
+    assert RunDir(run).read_metrics()[0]["epoch"] == 2
 
 
 def test_08_a_non_finite_test_loss_is_never_kept_and_metrics_are_strict_json(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 import locallearn as ll
 from locallearn.config import resolve_net
@@ -372,8 +373,14 @@ def test_a_run_from_a_checkpoint_evaluates_and_resumes_after_the_checkpoint_has_
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     with ctrl_c_before_checkpoint(2):
         assert main([*args, "--out", str(tmp_path / "run")]) == 130
-    recorded = json.loads((tmp_path / "run" / "pretrained.json").read_text())
+    record = json.loads((tmp_path / "run" / "pretrained.json").read_text())
+    recorded = record["config"]
     assert recorded["model_type"] == "swin" and recorded["embed_dim"] == 8
+    assert record["run_id"] == yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["run_id"]
+    # a run of an earlier release has none: its next start records it (the checkpoint is still there)
+    (tmp_path / "whole" / "pretrained.json").unlink()
+    assert main(["train", "--out", str(tmp_path / "whole"), "--resume"]) == 0  # finished: nothing to train
+    assert json.loads((tmp_path / "whole" / "pretrained.json").read_text())["config"] == recorded
     source.rename(tmp_path / "moved")
     capsys.readouterr()
     assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 0
@@ -383,11 +390,15 @@ def test_a_run_from_a_checkpoint_evaluates_and_resumes_after_the_checkpoint_has_
     assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 0
     assert f"test accuracy {100 * resumed[-1]['test_acc']:.2f}%" in capsys.readouterr().out
     assert load_net(tmp_path / "run").backbone.pretrained_config.embed_dim == 8
+    # another run's record is not taken for this run's (it is built from its checkpoint, here gone)
+    (tmp_path / "run" / "pretrained.json").write_text(json.dumps({**record, "run_id": "another"}))
+    assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert "pretrained: no such directory" in capsys.readouterr().err
     # a damaged record is named in one line; without a checkpoint the run needs its pretrained source again
     (tmp_path / "run" / "pretrained.json").write_text("{not json")
     assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 2
     assert "pretrained.json cannot be read" in capsys.readouterr().err
-    shutil.copy(tmp_path / "whole" / "pretrained.json", tmp_path / "run" / "pretrained.json")
+    (tmp_path / "run" / "pretrained.json").write_text(json.dumps(record))
     for name in ("checkpoint.pt", "checkpoint.prev.pt", "summary.json", "metrics.jsonl"):  # as if stopped in epoch 1
         (tmp_path / "run" / name).unlink()
     assert main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2

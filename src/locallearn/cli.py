@@ -93,8 +93,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     parser.add_argument(
         "--dry-run", action="store_true",
-        help="print the resolved config.yaml (cuts, λ, parameters, learning rates) and stop: nothing is read, "
-        "trained or written",
+        help="print the resolved config.yaml (cuts, λ, parameters, learning rates) and stop: nothing is trained "
+        "or written",
     )
     for flag, kwargs in train_flags():
         parser.add_argument(flag, **kwargs)
@@ -289,9 +289,8 @@ _OS_FIXES = {
     errno.EEXIST: "a file stands where a directory is needed; give another path",
     errno.ENOTDIR: "a file stands where a directory is needed; give another path",
     errno.EISDIR: "a directory stands where a file is needed; give another path",
-    errno.ENOENT: "give a path that exists",
-    errno.EACCES: "give a path you may write to",
-    errno.EPERM: "give a path you may write to",
+    errno.EACCES: "check its permissions",
+    errno.EPERM: "check its permissions",
     errno.EROFS: "the file system is read-only; give a writable path",
     errno.ENOSPC: "the disk is full; free space or give another path",
 }

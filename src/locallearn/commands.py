@@ -73,8 +73,10 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
 def preview(config: Config) -> str:
     """``train --dry-run``: the config.yaml a run of ``config`` starts with — every option resolved — headed by
     what building the network derives (cuts, λ and their source, a warm-up note), its parameter count and the
-    learning rate of a few epochs. The network is built, so every check of the options runs; no data is
-    read, nothing is trained or written."""
+    learning rate of a few epochs. The options are checked, the device too, and the network is built (a
+    pretrained checkpoint is read, an image folder listed); no image is decoded, the run directory is not
+    looked at, nothing is trained or written."""
+    resolve_device(config.run.device)
     net = build_net(config.net)
     optim = config.optim
     schedule = Schedule(lr=optim.lr, epochs=optim.epochs, warmup_epochs=optim.warmup_epochs, warmup_lr=optim.warmup_lr)
@@ -83,7 +85,7 @@ def preview(config: Config) -> str:
     per_step = "; --schedule step moves it at every step between these" if optim.schedule == "step" else ""
     header = [
         f"Dry run of `locallearn train`: the config.yaml a run into {config.run.out} would start with; nothing "
-        f"was read, trained or written.",
+        f"was trained or written.",
         *provenance()[1:],
         *derived(net, config),
         f"parameters: {sum(p.numel() for p in net.parameters()):,} (heads, decoders and context encoders included)",
@@ -103,10 +105,12 @@ def evaluate_run(
     options = read_options(run.file(CONFIG))
     if data_dir and options.get("dataset") == IMAGEFOLDER:  # other data: said as such, not as a num_classes clash
         spec = describe_dataset(IMAGEFOLDER, data_dir, image_size=options.get("image_size"))
-        if spec.num_classes != options.get("num_classes"):
-            raise ValueError(f"eval: {run.path} was trained on {options.get('num_classes')} classes but {data_dir} "
-                             f"holds {spec.num_classes} ({', '.join(spec.class_names or ())}); give the run's own "
-                             f"data with --data-dir.")
+        classes = options.get("num_classes")
+        if isinstance(classes, int) and spec.num_classes > classes:  # fewer is a run's own (--num-classes above them)
+            names = list(spec.class_names or ())
+            shown = ", ".join(names[:5]) + (f", … ({len(names) - 5} more)" if len(names) > 5 else "")
+            raise ValueError(f"eval: {run.path} was trained with {classes} classes but {data_dir} holds "
+                             f"{spec.num_classes} ({shown}); give the run's own data with --data-dir.")
     config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
     try:
         checkpoint = run.load_checkpoint()

@@ -83,7 +83,8 @@ def check_inputs(net: LocalNet, images: torch.Tensor, labels: torch.Tensor, opti
     if images.shape[1] != net.config.in_channels:
         raise ValueError(f"images: {images.shape[1]} channels, but the network takes {net.config.in_channels}; give "
                          f"images of its channels, or build it with in_channels={images.shape[1]}.")
-    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+    if (not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.uint8)
+            or labels.shape != images.shape[:1]):  # the integer types cross-entropy takes
         got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"labels: expected an int64 tensor of class indices, one per image ({len(images)},), got "
                          f"{got}; e.g. labels.long().")
@@ -101,9 +102,11 @@ def label_error(labels: torch.Tensor, classes: int, where: str) -> ValueError | 
     or None when they are not what went wrong. The network's classes are the run's num_classes."""
     if not labels.numel() or (labels.min() >= 0 and labels.max() < classes):
         return None
-    label = int(labels.max() if labels.max() >= classes else labels.min())
-    return ValueError(f"labels: {where} holds label {label} but the network has {classes} classes (labels "
-                      f"0..{classes - 1}); give num_classes as the number of classes of the data.")
+    if labels.min() < 0:  # an "ignore" index or a sign slip: no number of classes takes it
+        return ValueError(f"labels: {where} holds label {int(labels.min())}; labels are class indices 0..{classes - 1}, "
+                          f"every image labelled.")
+    return ValueError(f"labels: {where} holds label {int(labels.max())} but the network has {classes} classes "
+                      f"(labels 0..{classes - 1}); give num_classes as the number of classes of the data.")
 
 
 def total_loss(metrics: dict[str, torch.Tensor], modules: range) -> torch.Tensor:

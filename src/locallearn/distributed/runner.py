@@ -120,7 +120,7 @@ class PipelineRunner:
     ) -> None:
         self.env, self.config, self.launcher = env, config, launcher
         seed_everything(config.run.seed)
-        built = net_to_build(config.net, run if resume else None)
+        built = net_to_build(config.net, run if resume else None, stages=True)
         self.rebuilt = built is not config.net  # the weights must then come from the run's checkpoints
         self.net = net = build_net(built).to(env.device)
         check_logits(net)

@@ -113,7 +113,8 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         if not run.file(CONFIG).is_file():
             record = {"run_id": run_id, "torch_threads": torch.get_num_threads()}
             run.write_config(dump_yaml({**record, **config.to_dict()}, header=provenance() + derived(runner.net, config)))
-            record_pretrained(run, runner.net)
+        if run_id:  # at every start: a run of an earlier release, or one that holds another run's file, gets its own
+            record_pretrained(run, runner.net, run_id)
         run.write_metrics(history)  # drops any epoch logged after the checkpoint was taken
         if len(history) < config.optim.epochs and run.finished:  # resumed from before the end: not finished now
             run.file(SUMMARY).unlink()

@@ -88,12 +88,12 @@ class RunDir:
             return False
         return not (self.file(METRICS).is_file() and self.file(METRICS).read_bytes().strip())
 
-    @property
-    def has_checkpoint(self) -> bool:
-        """A checkpoint of the whole network or of a pipeline stage is here (sound or not)."""
-        if self.file(CHECKPOINT).exists() or self.file(PREVIOUS).exists():
+    def has_checkpoint(self, *, stages: bool = False) -> bool:
+        """A checkpoint of the whole network is here (sound or not); with ``stages`` (a pipeline's resume, which
+        reads them) also a pipeline stage's checkpoint."""
+        if self.file(CHECKPOINT).is_file() or self.file(PREVIOUS).is_file():
             return True
-        return self.file(STAGES).is_dir() and any(self.file(STAGES).iterdir())
+        return stages and self.file(STAGES).is_dir() and any(self.file(STAGES).glob("stage*-epoch*.pt"))
 
     def present(self) -> list[str]:
         """The run's own files (and the stage directory) that exist here."""
@@ -192,24 +192,27 @@ class RunDir:
         text = json.dumps(finite(summary), indent=2, default=_json_scalar, allow_nan=False) + "\n"
         atomic_write(self.file(SUMMARY), lambda f: f.write(text.encode()))
 
-    def write_pretrained(self, config: dict[str, Any]) -> None:
-        text = json.dumps(config, indent=2, sort_keys=True, default=_json_scalar) + "\n"
+    def write_pretrained(self, config: dict[str, Any], run_id: str) -> None:
+        text = json.dumps({"run_id": run_id, "config": config}, indent=2, sort_keys=True, default=_json_scalar) + "\n"
         atomic_write(self.file(PRETRAINED), lambda f: f.write(text.encode()))
 
-    def read_pretrained(self) -> dict[str, Any] | None:
-        """The recorded checkpoint configuration (``write_pretrained``), None where the run has none."""
+    def read_pretrained(self, run_id: str | None) -> dict[str, Any] | None:
+        """The checkpoint configuration this run recorded (``write_pretrained``); None where it has none, or
+        where the file is another run's (``run_id`` is this run's: a copied file, or one an earlier release's
+        --overwrite left behind), so that the network is then built from the checkpoint itself."""
         path = self.file(PRETRAINED)
         if not path.is_file():
             return None
         try:
-            config = json.loads(path.read_text())
+            record = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} cannot be read ({err}); delete it to build the network from its pretrained "
                              f"checkpoint again") from None
+        config = record.get("config") if isinstance(record, dict) else None
         if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
             raise ValueError(f"{path} cannot be read (not a transformers configuration); delete it to build the "
                              f"network from its pretrained checkpoint again")
-        return config
+        return config if run_id is not None and record.get("run_id") == run_id else None
 
     def read_summary(self) -> dict[str, Any] | None:
         path = self.file(SUMMARY)
@@ -293,9 +296,11 @@ def parse_metrics_line(line: str, where: str) -> dict[str, Any]:
     except json.JSONDecodeError:
         raise ValueError(f"{where} is damaged (not valid JSON); the checkpoint's history can rebuild it: "
                          f"resume the run.") from None
-    except _NotStrictJSON as err:  # written strict (``finite``): a NaN or Infinity was put there by hand
-        raise ValueError(f"{where} is damaged ({err} is not strict JSON, which metrics.jsonl is written in); the "
-                         f"checkpoint's history can rebuild it: resume the run.") from None
+    except _NotStrictJSON as err:  # written strict (``finite``) with a checksum: NaN or Infinity was put there
+        record = json.loads(line)   # by hand, or the line is of an earlier release, which wrote neither
+        if isinstance(record, dict) and "checksum" in record:
+            raise ValueError(f"{where} is damaged ({err} is not strict JSON, which metrics.jsonl is written in); "
+                             f"the checkpoint's history can rebuild it: resume the run.") from None
     if not isinstance(record, dict):
         raise ValueError(f"{where} is damaged (not a JSON object).")
     checksum = record.pop("checksum", None)

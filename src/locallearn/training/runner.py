@@ -36,9 +36,9 @@ from locallearn.memory import StepMemoryMeter
 from locallearn.config import NetConfig
 from locallearn.net import LocalNet, build_net, check_batch, check_logits, old_parameter_order
 from locallearn.training import interrupt
-from locallearn.training.config import PYTHON_DATA, Config, OptimConfig
+from locallearn.training.config import PYTHON_DATA, Config, OptimConfig, read_mapping
 from locallearn.training.progress import Progress
-from locallearn.training.rundir import CHECKPOINT, PRETRAINED, RunDir, seed_everything
+from locallearn.training.rundir import CHECKPOINT, CONFIG, PRETRAINED, RunDir, seed_everything
 
 Log = Callable[[str], None]
 CHECK_EVERY = 32  # training steps between checks for a non-finite loss (each check waits for the device)
@@ -189,15 +189,17 @@ NOT_RESTORED = ("{run}: no checkpoint could be restored, and the network was bui
                 "its pretrained checkpoint, without its weights; start the run again with --overwrite.")
 
 
-def net_to_build(net: NetConfig, run: RunDir | None) -> NetConfig:
+def net_to_build(net: NetConfig, run: RunDir | None, *, stages: bool = False) -> NetConfig:
     """``net``, to build for the weights of ``run``'s checkpoint: where the run started from a transformers
     checkpoint (``pretrained``) and recorded its configuration, that configuration replaces it, so the same
     architecture is built without reading the checkpoint again (``models.hf_common``). Only where the run
-    holds a checkpoint, whose weights then replace the network's; otherwise ``net`` as it is."""
-    if run is None or "pretrained" not in net.model_kwargs or not run.has_checkpoint:
+    holds a checkpoint (``stages``: or pipeline stage checkpoints), whose weights then replace the network's;
+    otherwise ``net`` as it is."""
+    if run is None or "pretrained" not in net.model_kwargs or not run.has_checkpoint(stages=stages):
         return net
-    recorded = run.read_pretrained()
-    if recorded is None:  # a run of an earlier release, or one stopped before it was written
+    run_id = read_mapping(run.file(CONFIG)).get("run_id") if run.file(CONFIG).is_file() else None
+    recorded = run.read_pretrained(run_id)
+    if recorded is None:  # a run of an earlier release, one stopped before it was written, or another run's file
         return net
     from transformers import AutoConfig
 
@@ -209,11 +211,12 @@ def net_to_build(net: NetConfig, run: RunDir | None) -> NetConfig:
     return dataclasses.replace(net, model_kwargs={**net.model_kwargs, "pretrained": config})
 
 
-def record_pretrained(run: RunDir, net: LocalNet) -> None:
-    """Write the configuration of the checkpoint ``net``'s backbone was loaded from, if any (``net_to_build``)."""
+def record_pretrained(run: RunDir, net: LocalNet, run_id: str) -> None:
+    """Write the configuration of the checkpoint ``net``'s backbone was loaded from, if any (``net_to_build``),
+    marked with the run's id."""
     config = getattr(net.backbone, "pretrained_config", None)
     if config is not None:
-        run.write_pretrained(json.loads(config.to_json_string(use_diff=False)))
+        run.write_pretrained(json.loads(config.to_json_string(use_diff=False)), run_id)
 
 
 def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: Any, fix: str = RESUME_FIX) -> None:
