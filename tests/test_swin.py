@@ -150,6 +150,15 @@ def test_build_takes_pretrained_as_train_does(checkpoint_dir):
         ll.build("resnet32", pretrained=checkpoint_dir)
 
 
+def test_a_checkpoint_saved_in_bfloat16_loads_in_float32_and_trains(checkpoint_dir, tmp_path):
+    reference(checkpoint_dir).to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    net = ll.build("swin_cifar", method="featrecon", num_modules=2, num_classes=5, image_size=32,
+                   model_kwargs=dict(TINY), pretrained=tmp_path / "bf16")
+    assert {p.dtype for p in net.parameters()} == {torch.float32}  # it mixed bf16 and float32: a dtype traceback
+    x, y = batch(classes=5)
+    assert torch.isfinite(ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01))["loss"])
+
+
 def test_pretrained_table_is_cropped_where_the_window_shrinks(checkpoint_dir, tmp_path):
     """A window-4 checkpoint on the 32×32 variant: stage 4 (grid 2) keeps the centre 3×3 of the 7×7 table."""
     from transformers import SwinConfig, SwinForImageClassification

@@ -29,6 +29,7 @@ import socket
 from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
+import torch
 from torch import nn
 
 from locallearn.validate import Int
@@ -138,10 +139,13 @@ def load_pretrained(
     if recorded:
         for name, value in config_overrides.items():
             setattr(config, name, value)
-        hf_model = model_class(config)  # the weights come from the run's checkpoint
+        hf_model = model_class(config).float()  # the weights come from the run's checkpoint
     else:
         try:
-            hf_model = model_class.from_pretrained(source, local_files_only=local_only, **config_overrides)
+            # in float32 whatever the checkpoint was saved in (transformers keeps a bf16 checkpoint in bf16, beside
+            # the float32 parts built here): the training precision is --amp's, not the file's
+            hf_model = model_class.from_pretrained(source, local_files_only=local_only, dtype=torch.float32,
+                                                   **config_overrides)
         except (OSError, ValueError) as err:
             raise ValueError(f"pretrained: cannot load the weights of {source!r}: {_why(source, no_hub, err)}.") from None
     _fit_classifier(hf_model, num_classes, width)
