@@ -206,10 +206,10 @@ def _step_parts():
         (lambda n, o, x, y: (n, o, x * float("nan"), y), r"^images: the batch holds NaN or infinite values"),
         (lambda n, o, x, y: (n, o, x, torch.tensor([0, 1, 2, 10])), r"^labels: the batch holds label 10 but the "
                                                                      r"network has 10 classes"),
-        (lambda n, o, x, y: (n, o, x, y.float()), r"^labels: expected an int64 tensor of class indices"),
+        (lambda n, o, x, y: (n, o, x, y.float()), r"^labels: expected an int64 \(or uint8\) tensor of class indices"),
         (lambda n, o, x, y: (n, o, x, torch.tensor([0, -1, 2, 3])), r"^labels: the batch holds label -1; labels are "
                                                                      r"class indices 0\.\.9, every image labelled\.$"),
-        (lambda n, o, x, y: (n, o, x, y[None]), r"^labels: expected an int64 tensor"),
+        (lambda n, o, x, y: (n, o, x, y[None]), r"^labels: expected an int64 \(or uint8\) tensor"),
         (lambda n, o, x, y: (n, o, x[:, :1], y), r"^images: 1 channels, but the network takes 3"),
         (lambda n, o, x, y: (n, o, (x * 100).to(torch.uint8), y), r"^images: expected a floating-point"),
         (lambda n, o, x, y: (n, o, x.double(), y), r"^images: torch.float64, but the network computes in torch.float32"),

@@ -399,10 +399,12 @@ def test_a_run_from_a_checkpoint_evaluates_and_resumes_after_the_checkpoint_has_
     assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 0
     assert f"test accuracy {100 * resumed[-1]['test_acc']:.2f}%" in capsys.readouterr().out
     assert load_net(tmp_path / "run").backbone.pretrained_config.embed_dim == 8
-    # another run's record is not taken for this run's (it is built from its checkpoint, here gone)
-    (tmp_path / "run" / "pretrained.json").write_text(json.dumps({**record, "run_id": "another"}))
-    assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 2
-    assert "pretrained: no such directory" in capsys.readouterr().err
+    # another run's record is not taken for this run's (it is built from its checkpoint, here gone), nor is a
+    # configuration without a run's id
+    for foreign in ({**record, "run_id": "another"}, recorded):
+        (tmp_path / "run" / "pretrained.json").write_text(json.dumps(foreign))
+        assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 2
+        assert "pretrained: no such directory" in capsys.readouterr().err
     # a damaged record is named in one line; without a checkpoint the run needs its pretrained source again
     (tmp_path / "run" / "pretrained.json").write_text("{not json")
     assert main(["eval", str(tmp_path / "run"), "--device", "cpu"]) == 2

@@ -73,10 +73,10 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
 def preview(config: Config) -> str:
     """``train --dry-run``: the config.yaml a run of ``config`` starts with — every option resolved — headed by
     what building the network derives (cuts, λ and their source, a warm-up note), its parameter count and the
-    learning rate of a few epochs. The options are checked, the device too, and the network is built (a
-    pretrained checkpoint is read, an image folder listed); no image is decoded, the run directory is not
-    looked at, nothing is trained or written."""
-    resolve_device(config.run.device)
+    learning rate of a few epochs. The options are checked and the network is built (a pretrained checkpoint
+    is read, an image folder listed); the device is not asked for (a config for a GPU job can be checked on a
+    machine without one), no image is decoded, the run directory is not looked at, nothing is trained or
+    written."""
     net = build_net(config.net)
     optim = config.optim
     schedule = Schedule(lr=optim.lr, epochs=optim.epochs, warmup_epochs=optim.warmup_epochs, warmup_lr=optim.warmup_lr)

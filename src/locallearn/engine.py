@@ -86,8 +86,8 @@ def check_inputs(net: LocalNet, images: torch.Tensor, labels: torch.Tensor, opti
     if (not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.uint8)
             or labels.shape != images.shape[:1]):  # the integer types cross-entropy takes
         got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"labels: expected an int64 tensor of class indices, one per image ({len(images)},), got "
-                         f"{got}; e.g. labels.long().")
+        raise ValueError(f"labels: expected an int64 (or uint8) tensor of class indices, one per image "
+                         f"({len(images)},), got {got}; e.g. labels.long().")
     if values:
         error = label_error(labels, net.config.num_classes, "the batch")
         if error is not None:

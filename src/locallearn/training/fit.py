@@ -214,10 +214,7 @@ def open_run(
         # line) or finished has lost its checkpoints, and starting again would replace its results
         results = [name for name in (METRICS, SUMMARY) if run.file(name).is_file() and run.file(name).stat().st_size]
         logged = len(run.file(METRICS).read_bytes().splitlines()) if METRICS in results else 0
-        stages = run.file(STAGES).is_dir() and any(run.file(STAGES).glob("*.pt"))
-        if (logged > 1 or SUMMARY in results) and not stages and not any(
-            run.file(name).is_file() for name in (CHECKPOINT, PREVIOUS)
-        ):
+        if (logged > 1 or SUMMARY in results) and not run.has_checkpoint(stages=True):
             raise ValueError(
                 f"--resume: {run.path} holds results ({', '.join(results)}) but no {CHECKPOINT} to continue from, "
                 f"and starting again would replace them; keep them and train elsewhere (another --out), or "

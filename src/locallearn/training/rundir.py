@@ -208,6 +208,8 @@ class RunDir:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} cannot be read ({err}); delete it to build the network from its pretrained "
                              f"checkpoint again") from None
+        if isinstance(record, dict) and "config" not in record and isinstance(record.get("model_type"), str):
+            return None  # the bare configuration this stop's first layout wrote: not tied to a run, so not taken
         config = record.get("config") if isinstance(record, dict) else None
         if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
             raise ValueError(f"{path} cannot be read (not a transformers configuration); delete it to build the "
