@@ -103,15 +103,12 @@ def evaluate_run(
     if not run.file(CONFIG).is_file():
         raise ValueError(f"{run.path} holds no run (no {CONFIG}); give a directory written by `locallearn train`.")
     options = read_options(run.file(CONFIG))
-    if data_dir and options.get("dataset") == IMAGEFOLDER:  # other data: said as such, not as a num_classes clash
-        spec = describe_dataset(IMAGEFOLDER, data_dir, image_size=options.get("image_size"))
-        classes = options.get("num_classes")
-        if isinstance(classes, int) and spec.num_classes > classes:  # fewer is a run's own (--num-classes above them)
-            names = list(spec.class_names or ())
-            shown = ", ".join(names[:5]) + (f", … ({len(names) - 5} more)" if len(names) > 5 else "")
-            raise ValueError(f"eval: {run.path} was trained with {classes} classes but {data_dir} holds "
-                             f"{spec.num_classes} ({shown}); give the run's own data with --data-dir.")
-    config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
+    try:
+        config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
+    except ValueError:
+        if data_dir and options.get("dataset") == IMAGEFOLDER:  # other data: said so, not as a num_classes clash
+            _refuse_more_classes(run, data_dir, options)
+        raise
     try:
         checkpoint = run.load_checkpoint()
     except ValueError as err:  # damaged: a resume retrains its epoch from the one before, where that is sound
@@ -150,6 +147,18 @@ def evaluate_run(
     result = evaluate(net, test, autocast_dtype=config.autocast_dtype)
     return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used,
             "test_images": len(test.images), "read_from": test.spec.read_from}
+
+
+def _refuse_more_classes(run: RunDir, data_dir: str, options: dict[str, Any]) -> None:
+    """Refuse an image folder given to ``eval`` that holds more classes than the run was trained with (fewer
+    is a run's own, trained with --num-classes above its folder's), naming at most five of them."""
+    spec = describe_dataset(IMAGEFOLDER, data_dir, image_size=options.get("image_size"))
+    classes = options.get("num_classes")
+    if isinstance(classes, int) and spec.num_classes > classes:
+        names = list(spec.class_names or ())
+        shown = ", ".join(names[:5]) + (f", … ({len(names) - 5} more)" if len(names) > 5 else "")
+        raise ValueError(f"eval: {run.path} was trained with {classes} classes but {data_dir} holds "
+                         f"{spec.num_classes} ({shown}); give the run's own data with --data-dir.")
 
 
 def eval_command(run_dir: Path, device: str = "auto", data_dir: str | None = None, precise_bn: int | None = None) -> int:
