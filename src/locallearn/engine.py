@@ -167,16 +167,23 @@ def train_modules(
         loss.backward()
         metrics.update({f"{name}/{k}": value for name, value in parts.items()})
         del loss
-    if finite:
-        losses = torch.stack([metrics[f"loss/{k}"].double() for k in modules])
-        bad = (~torch.isfinite(losses)).nonzero().flatten().tolist()
-        if bad:
-            optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(
-                f"non-finite loss ({float(losses[bad[0]]):.4g}) in module {modules[bad[0]]}; the optimizer step was not "
-                f"taken, so the parameters are as before it; lower the learning rate, or check the data.")
+    found = first_non_finite([metrics[f"loss/{k}"] for k in modules]) if finite else None
+    if found is not None:
+        i, value = found
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(
+            f"non-finite loss ({value:.4g}) in module {modules[i]}; the optimizer step was not taken, so the "
+            f"parameters are as before it; lower the learning rate, or check the data.")
     optimizer.step()
     return metrics, h.detach()
+
+
+def first_non_finite(losses: list[torch.Tensor]) -> tuple[int, float] | None:
+    """The index and value of the first NaN or infinite loss among ``losses`` (0-d tensors), or None; it reads
+    them, so it waits for the device."""
+    values = torch.stack([t.detach().reshape(()).double().cpu() for t in losses])
+    bad = (~torch.isfinite(values)).nonzero()
+    return (int(bad[0]), float(values[int(bad[0])])) if len(bad) else None
 
 
 def check_optimizer(net: LocalNet, modules: range, optimizer: torch.optim.Optimizer) -> None:

@@ -31,7 +31,7 @@ from torch import nn
 
 from locallearn.data import BatchLoader, describe_dataset, load_split
 from locallearn.data.imagefolder import IMAGEFOLDER, first_in_turn
-from locallearn.engine import NonFiniteLossError, label_error, train_step
+from locallearn.engine import NonFiniteLossError, first_non_finite, label_error, train_step
 from locallearn.memory import StepMemoryMeter
 from locallearn.config import NetConfig
 from locallearn.net import LocalNet, build_net, check_batch, check_logits, old_parameter_order
@@ -538,12 +538,11 @@ def epoch_metrics(
 def check_finite(losses: list[torch.Tensor], *, first: int, batches: int | None = None) -> None:
     """Raise ``NonFiniteLossError`` naming the first non-finite loss among ``losses`` (batches ``first``…,
     1-based, of ``batches``)."""
-    values = torch.stack([t.detach().reshape(()).double().cpu() for t in losses])
-    bad = (~torch.isfinite(values)).nonzero()
-    if len(bad):
-        i = int(bad[0])
+    found = first_non_finite(losses)
+    if found is not None:
+        i, value = found
         of = f" of {batches}" if batches is not None else ""
-        raise NonFiniteLossError(f"non-finite loss ({float(values[i]):.4g}) in batch {first + i}{of}")
+        raise NonFiniteLossError(f"non-finite loss ({value:.4g}) in batch {first + i}{of}")
 
 
 @torch.no_grad()
