@@ -203,11 +203,7 @@ class RunDir:
         path = self.file(PRETRAINED)
         if not path.is_file():
             return None
-        try:
-            record = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} cannot be read ({err}); delete it to build the network from its pretrained "
-                             f"checkpoint again") from None
+        record = _read_json(path, "; delete it to build the network from its pretrained checkpoint again")
         if isinstance(record, dict) and "config" not in record and isinstance(record.get("model_type"), str):
             return None  # the bare configuration this stop's first layout wrote: not tied to a run, so not taken
         config = record.get("config") if isinstance(record, dict) else None
@@ -220,10 +216,7 @@ class RunDir:
         path = self.file(SUMMARY)
         if not path.is_file():
             return None
-        try:
-            summary = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} cannot be read ({err})") from None
+        summary = _read_json(path)
         if not isinstance(summary, dict):
             raise ValueError(f"{path} cannot be read (not a JSON object)")
         return summary
@@ -329,6 +322,15 @@ def finite(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
+
+
+def _read_json(path: Path, fix: str = "") -> Any:
+    """The JSON value in the file ``path``; a file that is not JSON is refused in one line naming it, ``fix``
+    appended."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} cannot be read ({err}){fix}") from None
 
 
 def _json_scalar(value: Any) -> Any:
