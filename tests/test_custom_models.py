@@ -196,8 +196,8 @@ def test_cuts_that_give_tokens_get_heads_that_read_tokens_and_one_line_refusals_
     assert linear[1].in_features == 16 and linear(tokens).shape == (3, 10)  # the mean over tokens → Linear(D)
     for options, words in [
         (dict(method="contsup"), r"^aux_head: 1c2f is convolutional and needs a feature map \(C, H, W\) at every cut, "
-                                 r"but a cut gives \(16, 16\); use aux_head 'token'"),
-        (dict(method="dgl"), r"^aux_head: dgl is convolutional"),
+                                 r"but a cut gives \(16, 16\); use aux_head 'token'.*family = 'transformer'"),
+        (dict(method="dgl"), r"^aux_head: dgl is convolutional.*or 'linear'\.$"),  # family does not change dgl's head
         (dict(method="greedy", aux_head="4c1f"), r"^aux_head: 4c1f is convolutional"),
         (dict(method="infopro", aux_head="token"), r"^reconstruct: InfoPro's image decoder upsamples a feature map"),
         (dict(method="featrecon", aux_head="token"), r"^feature decoder: needs \(C, H, W\) feature maps on both sides"),

@@ -37,8 +37,9 @@ def feature_map(in_shape: tuple[int, ...], head: str) -> tuple[int, int, int]:
     if len(in_shape) != 3:
         raise ValueError(
             f"aux_head: {head} is convolutional and needs a feature map (C, H, W) at every cut, but a cut gives "
-            f"{tuple(in_shape)}; use aux_head 'token' (LayerNorm → token mean → Linear) or 'linear' (or set "
-            f"family = 'transformer' on the model or its factory, and 'auto' picks the token head)."
+            f"{tuple(in_shape)}; use aux_head 'token' (LayerNorm → token mean → Linear) or 'linear'"
+            + (" (or set family = 'transformer' on the model or its factory, and the presets' 'auto' picks the token "
+               "head)." if head == "1c2f" else ".")
         )
     return tuple(in_shape)  # type: ignore[return-value]
 
