@@ -49,7 +49,6 @@ from locallearn.training.config import Config, parse_assign, read_mapping, resol
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CONFIG, RunDir, load_state, save_state, seed_everything
 from locallearn.training.runner import (
-    NOT_RESTORED,
     RESUME_FIX,
     compile_parts,
     data_line,
@@ -196,11 +195,8 @@ class PipelineRunner:
 
     def restore(self, run: RunDir) -> dict[str, Any] | None:
         merged = self.launcher.share(_checkpoint_epoch(run, self.log) if self.env.is_main else None)
-        state = _resume(self.env, run, self.net, self.optimizer, self.groups, self.layout, self.found, merged,
-                        self.stage_dir)
-        if state is None and self.rebuilt:
-            raise ValueError(NOT_RESTORED.format(run=run.path))
-        return state
+        return _resume(self.env, run, self.net, self.optimizer, self.groups, self.layout, self.found, merged,
+                       self.stage_dir)
 
     # --- reporting ----------------------------------------------------------------------------------------
     def describe(self) -> list[str]:

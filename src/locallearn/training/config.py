@@ -329,6 +329,11 @@ def check_keys(values: Iterable[str], source: str) -> None:
 RUN_RECORD = ("run_id", "torch_threads")
 
 
+def run_id_of(mapping: Mapping[str, Any]) -> str:
+    """The run id a config.yaml records, as a string ('' where it has none: a run of an earlier release)."""
+    return str(mapping.get("run_id") or "")
+
+
 def flatten(mapping: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Flat options from a file's mapping: flat (presets, files of earlier releases) or nested by section
     (``config.yaml``); renamed options of earlier releases take their new names. The run record

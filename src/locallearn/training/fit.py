@@ -31,6 +31,7 @@ from locallearn.training.config import (
     read_mapping,
     resolve,
     resumed_config,
+    run_id_of,
 )
 from locallearn.training.rundir import (
     CHECKPOINT,
@@ -56,6 +57,9 @@ from locallearn.training.schedule import Schedule
 from locallearn.version import __version__
 
 Log = Callable[[str], None]
+# A resume whose network was built from the run's record (runner.net_to_build) has no weights of its own
+NOT_RESTORED = ("{run}: no checkpoint could be restored, and the network was built from the recorded configuration of "
+                "its pretrained checkpoint, without its weights; start the run again with --overwrite.")
 BEST_NOTE = "selected on the test set: for reference only; report test_acc (docs/methods.md §7)"
 
 
@@ -101,6 +105,8 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         run.remove_temporaries()  # a killed writer's half-written file
 
     state = runner.restore(run) if resume else None
+    if resume and state is None and runner.rebuilt:
+        raise ValueError(NOT_RESTORED.format(run=run.path))
     changed = check_same_run(config, run_id, state, run, runner.class_names) if state is not None else []
     if state is not None and launcher.is_main and run.file(CONFIG).is_file():  # float sums depend on the threads
         threads = read_mapping(run.file(CONFIG)).get("torch_threads")
@@ -223,7 +229,7 @@ def open_run(
         mapping = read_mapping(run.file(CONFIG))
         stored = flatten(mapping, str(run.file(CONFIG)))
         wanted = config.options() if requested is None else requested
-        return resumed_config(stored, wanted, out=config.run.out), False, str(mapping.get("run_id") or "")
+        return resumed_config(stored, wanted, out=config.run.out), False, run_id_of(mapping)
     if resume and run.started:
         raise ValueError(
             f"--resume: {run.path} holds {', '.join(run.present())} but no {CONFIG}, so which run they belong to "

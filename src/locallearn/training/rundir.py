@@ -196,7 +196,7 @@ class RunDir:
         text = json.dumps({"run_id": run_id, "config": config}, indent=2, sort_keys=True, default=_json_scalar) + "\n"
         atomic_write(self.file(PRETRAINED), lambda f: f.write(text.encode()))
 
-    def read_pretrained(self, run_id: str | None) -> dict[str, Any] | None:
+    def read_pretrained(self, run_id: str) -> dict[str, Any] | None:
         """The checkpoint configuration this run recorded (``write_pretrained``); None where it has none, or
         where the file is another run's (``run_id`` is this run's: a copied file, or one an earlier release's
         --overwrite left behind), so that the network is then built from the checkpoint itself."""
@@ -210,7 +210,7 @@ class RunDir:
         if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
             raise ValueError(f"{path} cannot be read (not a transformers configuration); delete it to build the "
                              f"network from its pretrained checkpoint again")
-        return config if run_id is not None and record.get("run_id") == run_id else None
+        return config if run_id and record.get("run_id") == run_id else None
 
     def read_summary(self) -> dict[str, Any] | None:
         path = self.file(SUMMARY)

@@ -36,7 +36,7 @@ from locallearn.memory import StepMemoryMeter
 from locallearn.config import NetConfig
 from locallearn.net import LocalNet, build_net, check_batch, check_logits, old_parameter_order
 from locallearn.training import interrupt
-from locallearn.training.config import PYTHON_DATA, Config, OptimConfig, read_mapping
+from locallearn.training.config import PYTHON_DATA, Config, OptimConfig, read_mapping, run_id_of
 from locallearn.training.progress import Progress
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PRETRAINED, RunDir, seed_everything
 
@@ -63,6 +63,7 @@ class Runner(Protocol):
     net: LocalNet
     steps_per_epoch: int
     class_names: list[str] | None  # the training data's, where it names its classes (an image folder)
+    rebuilt: bool  # built from the run's record (net_to_build): its weights must come from a checkpoint
 
     def train_epoch(self, epoch: int, lr_at: Callable[[int], float]) -> dict[str, Any]: ...
     def evaluate(self) -> dict[str, Any]: ...
@@ -149,8 +150,6 @@ class LocalRunner:
 
     def restore(self, run: RunDir) -> dict[str, Any] | None:
         state = run.load_checkpoint(fallback=True, log=self.log)
-        if state is None and self.rebuilt:
-            raise ValueError(NOT_RESTORED.format(run=run.path))
         if state is not None:
             load_weights(self.net, state["model"], run.file(CHECKPOINT))
             optimizer_state = state["optimizer"]
@@ -185,10 +184,6 @@ READ_FIX = ("the network built from its config.yaml is not the one it trained: l
             "trained with (a factory's or a model object's code may have changed since)")
 
 
-NOT_RESTORED = ("{run}: no checkpoint could be restored, and the network was built from the recorded configuration of "
-                "its pretrained checkpoint, without its weights; start the run again with --overwrite.")
-
-
 def net_to_build(net: NetConfig, run: RunDir | None, *, stages: bool = False) -> NetConfig:
     """``net``, to build for the weights of ``run``'s checkpoint: where the run started from a transformers
     checkpoint (``pretrained``) and recorded its configuration, that configuration replaces it, so the same
@@ -197,7 +192,7 @@ def net_to_build(net: NetConfig, run: RunDir | None, *, stages: bool = False) ->
     otherwise ``net`` as it is."""
     if run is None or "pretrained" not in net.model_kwargs or not run.has_checkpoint(stages=stages):
         return net
-    run_id = read_mapping(run.file(CONFIG)).get("run_id") if run.file(CONFIG).is_file() else None
+    run_id = run_id_of(read_mapping(run.file(CONFIG))) if run.file(CONFIG).is_file() else ""
     recorded = run.read_pretrained(run_id)
     if recorded is None:  # a run of an earlier release, one stopped before it was written, or another run's file
         return net
