@@ -207,6 +207,14 @@ def test_07_a_damaged_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, fi
     old["test_loss"] = float("nan")
     (run / "metrics.jsonl").write_text(json.dumps(old) + "\n")
     assert RunDir(run).read_metrics()[0]["epoch"] == 2
+    # but a line without a checksum among lines with one was edited: this release writes every line with one
+    edited = json.loads(lines[0])
+    edited.pop("checksum")
+    edited["test_acc"] = 0.99
+    (run / "metrics.jsonl").write_text(json.dumps(edited) + "\n" + lines[1] + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl, line 1 is damaged \(it has no checksum, which every other "
+                                         r"line has\); the checkpoint's history can rebuild it: resume the run\.$"):
+        RunDir(run).read_metrics()
 
 
 def test_08_a_non_finite_test_loss_is_never_kept_and_metrics_are_strict_json(tmp_path, monkeypatch):

@@ -178,14 +178,24 @@ class RunDir:
             os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """The records of metrics.jsonl, each checked against its checksum; a damaged line is named."""
+        """The records of metrics.jsonl, each checked against its checksum; a damaged line is named.
+
+        Lines of earlier releases have no checksum; but this release writes every line with one and rewrites
+        the whole file when it resumes a run, so in a file where some line has a checksum a line without one
+        was edited (or written by hand) and is damaged too."""
         path = self.file(METRICS)
         if not path.is_file():
             return []
-        records = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if line.strip():
-                records.append(parse_metrics_line(line, f"{path}, line {number}"))
+        lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+        records, unchecked = [], []
+        for number, line in lines:
+            record, checked = parse_metrics_line(line, f"{path}, line {number}")
+            records.append(record)
+            if not checked:
+                unchecked.append(number)
+        if unchecked and len(unchecked) < len(lines):
+            raise ValueError(f"{path}, line {unchecked[0]} is damaged (it has no checksum, which every other line "
+                             f"has); the checkpoint's history can rebuild it: resume the run.")
         return records
 
     def write_summary(self, summary: dict[str, Any]) -> None:
@@ -284,8 +294,9 @@ def metrics_line(record: dict[str, Any]) -> str:
     return body[:-1] + f', "checksum": "{checksum}"}}\n' if body != "{}" else f'{{"checksum": "{checksum}"}}\n'
 
 
-def parse_metrics_line(line: str, where: str) -> dict[str, Any]:
-    """A metrics record from its line, its checksum verified and removed (lines of earlier releases have none)."""
+def parse_metrics_line(line: str, where: str) -> tuple[dict[str, Any], bool]:
+    """A metrics record from its line, its checksum verified and removed, and whether it had one (lines of
+    earlier releases have none)."""
     try:
         record = json.loads(line, parse_constant=_not_strict)
     except json.JSONDecodeError:
@@ -302,7 +313,7 @@ def parse_metrics_line(line: str, where: str) -> dict[str, Any]:
     if checksum is not None and hashlib.sha256(json.dumps(record, allow_nan=False).encode()).hexdigest() != checksum:
         raise ValueError(f"{where} is damaged (its checksum does not match); the checkpoint's history can rebuild "
                          f"it: resume the run.")
-    return record
+    return record, checksum is not None
 
 
 class _NotStrictJSON(Exception):
