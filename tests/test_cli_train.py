@@ -243,6 +243,8 @@ def test_a_dry_run_prints_the_config_yaml_the_run_wrote_and_writes_nothing(run, 
     assert header[0].startswith("# Dry run of `locallearn train`") and "nothing was trained or written" in header[0]
     cuts = next(line for line in out.joinpath("config.yaml").read_text().splitlines() if line.startswith("# cuts:"))
     assert cuts in header
+    assert header[-1] == (f"# note: {out} already holds a finished run: `train` would refuse it; add --overwrite to "
+                          f"replace it, or choose another --out.")
     # nothing is read or written: a dataset folder that does not exist, an out that stays absent
     fresh = tmp_path / "never"
     argv = ["train", "--config", "contsup/resnet110_cifar10_k4_R1E_ce", "--reconstruct", "--data-dir",
@@ -250,6 +252,7 @@ def test_a_dry_run_prints_the_config_yaml_the_run_wrote_and_writes_nothing(run, 
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert not fresh.exists() and not (tmp_path / "no-data").exists()
+    assert "# note:" not in printed  # a directory that does not exist yet is no obstacle
     assert "# λ (reconstruction, task) per local module: (1, 0), (0.5, 0.5), (0, 1); table: resnet110 / cifar10 K=4" in printed
     rates = lr_schedule(lr=0.8, epochs=160)
     assert f"epoch 1 {rates[0]:.4g}, epoch 10 {rates[9]:.4g}, epoch 11 {rates[10]:.4g}, epoch 80 {rates[79]:.4g}, " \

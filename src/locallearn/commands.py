@@ -75,8 +75,8 @@ def preview(config: Config) -> str:
     what building the network derives (cuts, λ and their source, a warm-up note), its parameter count and the
     learning rate of a few epochs. The options are checked and the network is built (a pretrained checkpoint
     is read, an image folder listed); the device is not asked for (a config for a GPU job can be checked on a
-    machine without one), no image is decoded, the run directory is not looked at, nothing is trained or
-    written."""
+    machine without one), no image is decoded, nothing is trained or written. A run directory that `train`
+    would refuse (it holds a run, or is a file) is named in the header, not refused."""
     net = build_net(config.net)
     optim = config.optim
     schedule = Schedule(lr=optim.lr, epochs=optim.epochs, warmup_epochs=optim.warmup_epochs, warmup_lr=optim.warmup_lr)
@@ -90,8 +90,20 @@ def preview(config: Config) -> str:
         *derived(net, config),
         f"parameters: {sum(p.numel() for p in net.parameters()):,} (heads, decoders and context encoders included)",
         f"learning rate at the start of epochs: {rates}{per_step}",
+        *_out_note(RunDir(config.run.out)),
     ]
     return dump_yaml({"torch_threads": torch.get_num_threads(), **config.to_dict()}, header=header)
+
+
+def _out_note(run: RunDir) -> list[str]:
+    """What `train` would say of the run directory ``run`` (training.fit.open_run), for a dry run's header."""
+    if run.path.exists() and not run.path.is_dir():
+        return [f"note: {run.path} is a file, not a directory: `train` would refuse it; choose another --out."]
+    if run.started and not run.untrained:
+        what = "a finished run" if run.finished else "an unfinished run"
+        return [f"note: {run.path} already holds {what}: `train` would refuse it; add --overwrite to replace it"
+                + ("" if run.finished else ", or train with --resume to continue it") + ", or choose another --out."]
+    return []
 
 
 def evaluate_run(
