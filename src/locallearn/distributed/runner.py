@@ -45,7 +45,7 @@ from locallearn.distributed.pipeline import (
     stage_state_keys,
 )
 from locallearn.net import LocalNet, build_net, check_batch, check_logits
-from locallearn.training.config import Config, parse_assign, read_mapping, resolve
+from locallearn.training.config import Config, parse_assign, read_mapping, resolve, run_id_of
 from locallearn.training.fit import fit
 from locallearn.training.rundir import CONFIG, RunDir, load_state, save_state, seed_everything
 from locallearn.training.runner import (
@@ -265,7 +265,7 @@ def _stage_checkpoints(stage_dir: Path) -> dict[int, dict[int, Path]]:
     return found
 
 
-def _sound_stage_files(found: dict[int, dict[int, Path]], run_id: str | None, log: Log) -> dict[int, dict[int, Path]]:
+def _sound_stage_files(found: dict[int, dict[int, Path]], run_id: str, log: Log) -> dict[int, dict[int, Path]]:
     """The stage files that can be resumed from: readable, matching their digest, and of this run. A damaged
     one is named and left out, so its stage falls back to its older kept epoch."""
     sound: dict[int, dict[int, Path]] = {}
@@ -283,8 +283,8 @@ def _sound_stage_files(found: dict[int, dict[int, Path]], run_id: str | None, lo
     return sound
 
 
-def _run_id(run: RunDir) -> str | None:
-    return read_mapping(run.file(CONFIG)).get("run_id") if run.file(CONFIG).is_file() else None
+def _run_id(run: RunDir) -> str:
+    return run_id_of(read_mapping(run.file(CONFIG))) if run.file(CONFIG).is_file() else ""
 
 
 def _save_stage(stage_dir: Path, stage: int, epoch: int, state: dict[str, Any]) -> None:
