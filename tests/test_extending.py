@@ -56,6 +56,22 @@ def test_a_method_of_ones_own_trains_through_build_and_the_engine(method):
         assert all(torch.isfinite(v) for v in stats.values())
 
 
+class OwnMetrics(LocalObjective):
+    """Metrics of its own, not detached, and a ``loss`` among them that is not the loss it returns."""
+
+    def forward(self, h, inputs, state):
+        loss = h.float().pow(2).mean()
+        return loss, {"energy": loss, "loss": torch.tensor(123.0)}
+
+
+def test_the_loss_logged_and_checked_is_the_one_back_propagated_and_metrics_are_detached(method):
+    name = method("energy", lambda shared: [OwnMetrics() for _ in shared])
+    net = ll.build("resnet20", method=name, num_modules=2, split="uniform")
+    stats = ll.train_step(net, torch.randn(4, 3, 32, 32), torch.arange(4), torch.optim.SGD(net.parameters(), lr=0.01))
+    assert torch.equal(stats["loss/0"], stats["energy/0"]) and stats["loss/0"] != 123.0
+    assert not any(value.requires_grad for value in stats.values())
+
+
 class ReturnsTensor(LocalObjective):
     def forward(self, h, inputs, state):
         return h.mean()

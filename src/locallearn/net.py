@@ -187,8 +187,9 @@ class LocalNet(nn.Module):
         self, k: int, h: torch.Tensor, inputs: torch.Tensor, state: ForwardState
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Module k's loss from its output h (``inputs``: the module's input), and its metrics as detached
-        tensors keyed without the index; the method's objective computes both (checked: a method of one's own
-        that returns something else is named in one line, not met by a traceback in the engine)."""
+        tensors keyed without the index, ``loss`` among them (the loss itself: what is logged and checked is
+        what is back-propagated); the method's objective computes both (checked: a method of one's own that
+        returns something else is named in one line, not met by a traceback in the engine)."""
         out = self.objectives[k](h, inputs, state)
         if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor) and out[0].dim() == 0
                 and isinstance(out[1], dict) and all(isinstance(v, torch.Tensor) for v in out[1].values())):
@@ -196,7 +197,8 @@ class LocalNet(nn.Module):
                 f"method {self.config.method}: objective {k} must return (loss, metrics), a 0-d loss tensor and a dict "
                 f"of tensors, got {_described(out)}; see docs/architecture.md, adding a method."
             )
-        return out
+        loss, metrics = out
+        return loss, {**{name: value.detach() for name, value in metrics.items()}, "loss": loss.detach()}
 
     def forward_modules(self, modules: range, x: torch.Tensor, state: ForwardState) -> torch.Tensor:
         """Inference through ``modules`` (consecutive), from the output of module ``modules.start − 1`` (the
