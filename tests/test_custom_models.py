@@ -452,6 +452,9 @@ def test_an_option_the_run_would_not_use_is_refused_from_python_as_from_the_comm
         train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "c", image_size=32, **common)
     with pytest.raises(ValueError, match=r"^in_channels: the first training batch's images have in_channels=1, not 3"):
         train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "c", in_channels=3, **common)
+    # one process: the pipeline's options are refused, not recorded for a run that trains without them
+    with pytest.raises(ValueError, match=r"^parallel: --parallel pipeline runs one process per rank"):
+        train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "c", parallel="pipeline", **common)
     assert not (tmp_path / "c").exists()
     summary = train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "d", image_size=None,
                     batch_size=None, method="greedy", **common)  # None: not given, the batches' own

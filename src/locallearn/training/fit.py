@@ -81,9 +81,9 @@ def fit(
     run's data and network have been built. ``launcher``: how processes are arranged (default: this one
     process). The main process holds the run directory's lock throughout.
     """
-    if launcher is None:
+    launcher = launcher or SingleProcess()
+    if isinstance(launcher, SingleProcess):  # train() passes one with its data: the same check
         check_single_process(config)
-        launcher = SingleProcess()
     log = log if launcher.is_main else _quiet
     run = RunDir(config.run.out)
     with run.lock() if launcher.is_main else contextlib.nullcontext(), interrupt.stop_between_batches():
