@@ -15,7 +15,7 @@ from locallearn.training.report import error_figure, group_runs, load_run
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def fake_run(path, *, accs, finished=True, **options):
+def fake_run(path, *, accs, finished=True, threads=None, **options):
     """A run directory as `locallearn train` leaves it, with the given test accuracy per epoch."""
     options = {"model": "resnet32", "dataset": "cifar10", "epochs": len(accs) if finished else len(accs) + 2, **options}
     cfg = resolve(out=str(path), **options)
@@ -24,7 +24,7 @@ def fake_run(path, *, accs, finished=True, **options):
     history = [
         {"epoch": e, "lr": 0.1, "train_loss": 1.0, "test_acc": acc, "test_loss": 0.5, "epoch_time_s": 11.0,
          "train_time_s": 10.0, "images_per_s": 500.0, "peak_memory_mb": 100.0 * cfg.net.num_modules ** -0.5,
-         "peak_memory_kind": "saved_tensors"}
+         "peak_memory_kind": "saved_tensors", **({"torch_threads": threads} if threads else {})}
         for e, acc in enumerate(accs, start=1)
     ]
     run.write_metrics(history)
@@ -143,6 +143,27 @@ def test_a_repeated_seed_is_a_repeat_not_a_seed(tmp_path):
     assert group.n == 2 and [r.path.name for r in group.runs] == ["a", "c"]
     assert table.warnings == [f"report: {tmp_path / 'b'} repeats {tmp_path / 'a'} (the same options and seed 0); "
                               "left out, so that mean ± std are over distinct seeds"]
+
+
+def test_runs_on_other_thread_counts_are_not_averaged(tmp_path):
+    """Float sums, and so results, depend on the CPU threads: seeds at 1 and 2 threads are two rows, said so."""
+    runs = [fake_run(tmp_path / name, accs=[acc], method="greedy", num_modules=2, seed=seed, threads=threads)
+            for name, acc, seed, threads in (("t1s0", 0.80, 0, 1), ("t1s1", 0.82, 1, 1), ("t2s0", 0.90, 0, 2))]
+    table = group_runs([load_run(p) for p in runs])
+    assert sorted((g.label, g.n) for g in table.groups) == [("greedy ce, torch_threads=1", 2),
+                                                            ("greedy ce, torch_threads=2", 1)]
+    assert table.warnings == ["report: greedy ce runs differ in torch_threads (1 vs 2) beside their method and K; "
+                              "shown as separate rows"]
+    # a run resumed on other threads is its own configuration too; different rows on other threads are said
+    resumed = fake_run(tmp_path / "mixed", accs=[0.8, 0.81], method="greedy", num_modules=2, threads=1)
+    history = RunDir(resumed).read_metrics()
+    history[1]["torch_threads"] = 2
+    RunDir(resumed).write_metrics(history)
+    assert load_run(resumed).config["torch_threads"] == "1/2"
+    e2e = fake_run(tmp_path / "e2e", accs=[0.9], method="e2e", threads=2)
+    table = group_runs([load_run(p) for p in (runs[0], e2e)])
+    assert table.warnings == ["report: the rows were not trained alike: they differ in torch_threads (1 vs 2); "
+                              "compare them with care"]
 
 
 def test_plot_error_bars_and_e2e_reference(tmp_path):

@@ -51,13 +51,12 @@ from locallearn.training.config import (
     Config,
     check_used,
     differing_options,
-    read_mapping,
     read_options,
     resolve,
 )
 from locallearn.training.fit import fit
 from locallearn.training.progress import Progress
-from locallearn.training.report import write_report
+from locallearn.training.report import run_threads, write_report
 from locallearn.training.rundir import CONFIG, LOG, METRICS, RunDir
 from locallearn.validate import Int
 
@@ -333,12 +332,8 @@ def _row(cell: Cell, config: Config, varying: list[str], train: bool) -> dict[st
             row.update(_result(run))
         except Exception as err:  # a failing cell is reported in its row; the grid goes on
             row.update(status="failed", reason=" ".join(str(err).split())[:300] or type(err).__name__)
-    epochs = run.read_metrics() if run.file(METRICS).is_file() else []  # each epoch's threads (a resume may change
-    threads = sorted({r["torch_threads"] for r in epochs if "torch_threads" in r})  # them), else config.yaml's
-    if not threads:  # a run of before epochs recorded them (config.yaml is checked by check_cell)
-        threads = [read_mapping(run.file(CONFIG)).get("torch_threads") if run.file(CONFIG).is_file() else None]
-    return {**row, **{key: row.get(key) for key in _PROVENANCE},
-            "torch_threads": threads[0] if len(threads) == 1 else "/".join(map(str, threads))}
+    epochs = run.read_metrics() if run.file(METRICS).is_file() else []
+    return {**row, **{key: row.get(key) for key in _PROVENANCE}, "torch_threads": run_threads(run, epochs)}
 
 
 def _stopped(cell: Cell, err: KeyboardInterrupt, command: str | None) -> str:

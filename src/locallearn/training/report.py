@@ -7,7 +7,8 @@ marked.
 
 Runs are averaged only when they are the same experiment: their options (the flat options of config.yaml)
 are equal except ``seed`` and the options that do not change what is computed (``RESUMABLE_CHANGES``:
-where a run lives and runs; an image folder's ``data_dir`` is its dataset, so it is compared). Each such
+where a run lives and runs; an image folder's ``data_dir`` is its dataset, so it is compared), and they
+ran on the same number of CPU threads (``torch_threads``: float sums, and so results, depend on it). Each such
 *group* is one cell of the table, rows by method and columns by K as in the papers' tables. Groups that would share a cell but differ in something else (epochs, lr, dataset,
 ...) get rows of their own, labelled with the difference, and a warning names it.
 """
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from locallearn.data.imagefolder import IMAGEFOLDER
-from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, read_options
+from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, read_mapping, read_options
 from locallearn.training.rundir import CONFIG, METRICS, RunDir, refuse_file
 
 DEFAULT_OUT = Path("runs") / "report"  # runs/ is ignored by git: a report never dirties a checkout
@@ -168,6 +169,7 @@ class Table:
 # dataset excepted: rows of several datasets are labelled with theirs)
 _RECIPE = [f.name for section in ("data", "optim", "run", "processes") for f in dataclasses.fields(SECTIONS[section])
            if f.name not in (*NOT_COMPARED, "dataset")]
+_RECIPE.append("torch_threads")  # not an option, but it changes the sums: compared like one (run_threads)
 # the options a report reads from every run's config.yaml (all of them written since the first release)
 _READ = ("model", "dataset", "method", "num_modules", "context", "local_loss", "reconstruct", "split", "seed", "epochs")
 
@@ -197,6 +199,7 @@ def load_run(path: Path) -> RunResult:
                          f"or leave the run out.")
     if config["dataset"] == IMAGEFOLDER:  # a folder of one's own is named by where it is: two are two datasets
         config["dataset"] = f"{IMAGEFOLDER} {config.get('data_dir')}"
+    config["torch_threads"] = run_threads(run, history)
     last = history[-1]
     best = max(r["test_acc"] for r in history)
     train_time = sum(r["train_time_s"] for r in history)
@@ -212,6 +215,16 @@ def load_run(path: Path) -> RunResult:
         train_time_s=train_time,
         images_per_s=sum(r["images_per_s"] * r["train_time_s"] for r in history) / train_time,
     )
+
+
+def run_threads(run: RunDir, history: list[dict[str, Any]]) -> int | str | None:
+    """The CPU threads ``run`` trained on: each epoch's, from ``history`` (its metrics; a resume may change
+    them), as ``1`` or ``1/2`` where they changed; config.yaml's where epochs do not record them (earlier
+    releases); None where neither does."""
+    threads = sorted({r["torch_threads"] for r in history if "torch_threads" in r})
+    if not threads:
+        threads = [read_mapping(run.file(CONFIG)).get("torch_threads") if run.file(CONFIG).is_file() else None]
+    return threads[0] if len(threads) == 1 else "/".join(map(str, threads))
 
 
 def group_runs(runs: list[RunResult]) -> Table:
@@ -289,8 +302,8 @@ def markdown_report(table: Table, *, plot: str | None = None) -> str:
     lines += [
         "",
         (
-            "Cells: mean ± sample standard deviation (n − 1) over the runs of one configuration, which differ "
-            f"only in their seed (and {', '.join(RESUMABLE_CHANGES)}); n=1: a single run, no deviation.  "
+            "Cells: mean ± sample standard deviation (n − 1) over the runs of one configuration and thread count, "
+            f"which differ only in their seed (and {', '.join(RESUMABLE_CHANGES)}); n=1: a single run, no deviation.  "
         ),
         "¹ best epoch selected on the test set: for reference only; the result is the final-epoch error.  ",
         (
