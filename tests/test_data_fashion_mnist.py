@@ -305,3 +305,17 @@ def test_loader_on_a_fashion_mnist_split(tmp_path, small):
     loader = BatchLoader(images, labels, spec=spec, batch_size=5, train=True, seed=0, prefetch=0)
     x, y = next(iter(loader))
     assert x.shape == (5, 1, 28, 28) and x.dtype == torch.float32 and y.shape == (5,)
+
+
+def test_a_run_records_in_its_config_where_the_files_were_read(tmp_path, debian, small, capsys):
+    """config.yaml records --data-dir as given; its header names the folder the files came from (Debian's)."""
+    root = tmp_path / "data"
+    write_fashion_mnist(debian, "train", np.zeros((N_TRAIN, 1, 28, 28), np.uint8), np.arange(N_TRAIN) % 10)
+    write_fashion_mnist(debian, "t10k", np.zeros((N_TEST, 1, 28, 28), np.uint8), np.arange(N_TEST) % 10)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "fashion_mnist", "--data-dir", str(root), "--model", "resnet20", "--method",
+                 "greedy", "--num-modules", "2", "--epochs", "1", "--limit-train", "32", "--limit-test", "16",
+                 "--batch-size", "16", "--device", "cpu", "--out", str(out)]) == 0
+    header = [line for line in (out / "config.yaml").read_text().splitlines() if line.startswith("# data:")]
+    assert header == [f"# data: {min(32, N_TRAIN)} train, {min(16, N_TEST)} test images (files from {debian}, not "
+                      f"--data-dir itself); cpu"]

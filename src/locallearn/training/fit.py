@@ -118,7 +118,9 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     if launcher.is_main:
         if not run.file(CONFIG).is_file():
             record = {"run_id": run_id, "torch_threads": torch.get_num_threads()}
-            run.write_config(dump_yaml({**record, **config.to_dict()}, header=provenance() + derived(runner.net, config)))
+            # the header also says what was read and where (a dataset found outside --data-dir) and the processes
+            header = provenance() + derived(runner.net, config) + [line.strip() for line in runner.describe()]
+            run.write_config(dump_yaml({**record, **config.to_dict()}, header=header))
         if run_id:  # at every start: a run of an earlier release, or one that holds another run's file, gets its own
             record_pretrained(run, runner.net, run_id)
         run.write_metrics(history)  # drops any epoch logged after the checkpoint was taken
