@@ -10,6 +10,7 @@ import signal
 
 import pytest
 import torch
+import yaml
 
 from locallearn.bench import accuracy
 from locallearn.bench.accuracy import AccuracyGrid, resolve_cells, run_accuracy
@@ -230,7 +231,7 @@ def test_ctrl_c_in_a_grid_says_to_rerun_the_grid(tmp_path, capsys, monkeypatch):
     assert log.count("resuming after epoch 1") == 1
 
 
-def test_a_failing_cell_is_reported_and_the_grid_goes_on(tmp_path, monkeypatch):
+def test_a_failing_cell_is_reported_and_the_grid_goes_on(tmp_path, monkeypatch, capsys):
     real = accuracy.fit
 
     def fit(config, **kwargs):
@@ -245,6 +246,18 @@ def test_a_failing_cell_is_reported_and_the_grid_goes_on(tmp_path, monkeypatch):
     assert status["resnet20_greedy_k2_s0"] == ("failed", "simulated out of memory")
     assert status["resnet20_dgl_k2_s0"][0] == "ok" and status["resnet20_e2e_k1_s0"][0] == "ok"
     assert "resnet20_greedy_k2_s0: simulated out of memory" in (tmp_path / "acc" / "accuracy.md").read_text()
+    # the command says so in its status: a script or CI sees a grid with failed cells as failed
+    argv = ["bench", "accuracy", *GRID, "--methods", "greedy", "--out", str(tmp_path / "cli")]
+    assert main(argv) == 1
+    assert capsys.readouterr().out.splitlines()[-1].endswith("; 1 cell(s) failed")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_the_machine_lacks_is_refused_before_any_cell(tmp_path, capsys):
+    assert main(["bench", "accuracy", *GRID, "--device", "cuda", "--out", str(tmp_path / "acc")]) == 2
+    assert capsys.readouterr().err.strip() == ("locallearn: error: device: cuda is not available on this machine; use "
+                                               "--device cpu.")
+    assert not (tmp_path / "acc").exists()
 
 
 def test_the_header_names_each_cells_device_and_gpu_model():
@@ -312,3 +325,22 @@ def test_a_rerun_that_no_longer_gives_an_option_is_refused(tmp_path, capsys):
         (cell / accuracy.CELL_REQUEST).unlink()
     assert main(["bench", "accuracy", *GRID, "--lr", "0.05", "--out", str(out)]) == 0
     assert main(["bench", "accuracy", *GRID, "--out", str(out)]) == 2
+
+
+def test_a_preset_gives_its_recipe_and_the_grid_its_axes(tmp_path, capsys):
+    out = tmp_path / "acc"
+    argv = ["bench", "accuracy", "--config", "quickstart/resnet32_digits_k4_R1E", "--models", "resnet20", "--methods",
+            "greedy", "--num-modules", "2", "--seeds", "0", "--epochs", "1", "--limit-train", "64", "--limit-test", "32",
+            "--device", "cpu", "--out", str(out)]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert ("bench accuracy: the recipe of preset quickstart/resnet32_digits_k4_R1E; its model, method, num_modules, "
+            "split, aux_head, local_loss, reconstruct, context, seed are set by the grid") in said
+    cell = yaml.safe_load((out / "cells" / "resnet20_greedy_k2_s0" / "config.yaml").read_text())
+    assert cell["net"]["aux_head"] == "linear" and cell["net"]["context"] == "R0"  # greedy's own, not ContSup's
+    assert cell["optim"]["batch_size"] == 64 and cell["optim"]["epochs"] == 1  # the preset's, and the flag over it
+    # a file of one's own is the recipe as written: an axis in it is refused
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("model: resnet20\nepochs: 1\n")
+    assert main([*argv[:2], "--config", str(mine), *argv[4:]]) == 2
+    assert "model is an axis of the grid, set by --models; drop it from the file" in capsys.readouterr().err

@@ -227,7 +227,9 @@ def _add_accuracy(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--contexts", default=None, help="context modes of the context methods (default: their own)")
     parser.add_argument("--local-losses", default=None, help="local losses of every local method (default: their own)")
     parser.add_argument("--seeds", default="0,1", help="seeds (default: 0,1)")
-    parser.add_argument("--config", metavar="FILE_OR_PRESET", default=None, help="the recipe as a config file")
+    parser.add_argument("--config", metavar="FILE_OR_PRESET", default=None,
+                        help="the recipe: a config file without the grid's axes, or a preset (locallearn list), of "
+                             "which the recipe is taken (dataset, epochs, batch size, rates, warm-up)")
     for flag, kind, help_text in (
         ("--dataset", str, "dataset (default: digits)"), ("--data-dir", str, "where its files are"),
         ("--epochs", int, "epochs of every cell"), ("--batch-size", int, "batch size"), ("--lr", float, "peak lr"),

@@ -88,6 +88,9 @@ class AccuracyGrid:
     local_losses: tuple[str, ...] | None = None  # None: each method's own
     seeds: tuple[int, ...] = (0, 1)
     recipe: dict[str, Any] = field(default_factory=dict, hash=False)
+    # recipe options that came from a --config file: dropped where no cell uses them, rather than refused (as
+    # `locallearn train` takes any option of a file, e.g. a preset's warm-up rate when --epochs leaves no warm-up)
+    from_file: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         for name in ("models", "methods", "num_modules", "seeds"):
@@ -169,7 +172,7 @@ def resolve_cells(grid: AccuracyGrid, out: Path) -> list[tuple[Cell, Config]]:
         except ValueError as err:
             raise ValueError(f"grid cell {cell.name}: {err}") from None
         resolved.append((cell, config))
-    unused = [key for key in grid.recipe if key not in used]
+    unused = [key for key in grid.recipe if key not in used and key not in grid.from_file]
     if unused:
         _, what, fix, _ = USED_BY[unused[0]]
         raise ValueError(f"{unused[0]}: no cell of the grid uses it (in each, it {what}); drop it, or {fix}.")

@@ -92,7 +92,8 @@ def bench_accuracy(
 ) -> int:
     """Test error of every method against K: a grid of real training runs (``bench.accuracy``)."""
     from locallearn.bench.accuracy import AccuracyGrid, run_accuracy
-    from locallearn.training.config import check_keys, load_yaml, requested_options
+    from locallearn.training.config import NET_FIELDS, check_keys, load_yaml, requested_options
+    from locallearn.training.runner import resolve_device
 
     flags = {k: v for k, v in recipe.items() if v is not None}
     given: dict[str, Any] = {}
@@ -110,10 +111,18 @@ def bench_accuracy(
     check_keys(given, "--option")
     # the --config file's options, and the flags and --option over them (as `locallearn train` lays its flags
     # over a file: another optimizer than the file's replaces the file's rates)
-    options, _ = requested_options(config, {**flags, **given})
+    options, preset = requested_options(config, {**flags, **given})
+    if preset is not None and not Path(str(config)).is_file():  # a preset names one run: its recipe is taken
+        dropped = [key for key in options if (key in NET_FIELDS or key in _AXES) and key not in {**flags, **given}]
+        options = {key: value for key, value in options.items() if key not in dropped}
+        if not quiet and dropped:
+            print(f"bench accuracy: the recipe of preset {config}; its {', '.join(dropped)} are set by the grid "
+                  f"(its axes, and each method's own options), not by the preset")
     for key in options:  # the flags and --option set no axis: these come from the --config file
         if key in _AXES:
             raise ValueError(f"--config {config}: {_set_by(key)}; drop it from the file.")
+    if "device" in options:  # every cell would fail on a device this machine lacks: refused before any
+        resolve_device(str(options["device"]))
     if threads is not None:
         torch.set_num_threads(threads)
     grid = AccuracyGrid(
@@ -124,6 +133,7 @@ def bench_accuracy(
         local_losses=parse_list(local_losses, "--local-losses") if local_losses else None,
         seeds=parse_list(seeds, "--seeds", int),
         recipe=options,
+        from_file=frozenset(options) - set(flags) - set(given),
     )
     index, count = _shard(shard)
     result = run_accuracy(grid, out, log=None if quiet else (lambda line: print(line, flush=True)),
@@ -134,7 +144,7 @@ def bench_accuracy(
         print(f"shard {shard}: {len(result['rows'])} cell(s) in {out}/cells{counts}; write the table with --collect")
     else:
         print(f"wrote {out}/accuracy.{{json,csv,md,png}}{counts}")
-    return 0
+    return 1 if any(r["status"] == "failed" for r in result["rows"]) else 0  # its reasons are in the table
 
 
 def _set_by(key: str) -> str:
