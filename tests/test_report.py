@@ -206,6 +206,10 @@ def test_report_command_writes_under_runs(tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "empty holds no run (no config.yaml)" in capsys.readouterr().err
+    # a file beside the runs (notes) is left out, said, and the runs are reported
+    (tmp_path / "runs" / "notes.txt").write_text("seed 1 was on a busy machine")
+    assert main(["report", *map(str, sorted((tmp_path / "runs").iterdir()))]) == 0
+    assert f"> report: {tmp_path / 'runs' / 'notes.txt'} is a file, not a run directory; left out" in capsys.readouterr().out
 
 
 def test_a_run_without_a_finished_epoch_is_left_out_with_a_warning(tmp_path, capsys):

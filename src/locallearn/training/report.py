@@ -182,8 +182,10 @@ class LeftOut(ValueError):
 def load_run(path: Path) -> RunResult:
     """What the report needs from one run directory (summary.json, or metrics.jsonl while unfinished)."""
     run = RunDir(Path(path))
+    if run.path.exists() and not run.path.is_dir():  # `report runs/*` over a folder that also holds notes
+        raise LeftOut(f"report: {run.path} is a file, not a run directory; left out")
     if not run.path.is_dir():
-        raise ValueError(f"report: {run.path} does not exist (or is not a directory); give run directories.")
+        raise ValueError(f"report: {run.path} does not exist; give run directories.")
     if not run.file(CONFIG).is_file():
         raise LeftOut(f"report: {run.path} holds no run (no {CONFIG}); left out")
     history = run.read_metrics()
