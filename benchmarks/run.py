@@ -23,6 +23,7 @@ import torch
 from locallearn.bench.grid import GridSpec
 from locallearn.bench.report import markdown, plot, targets_table, write_results
 from locallearn.bench.runner import RunOptions, add_arithmetic_ratios, environment, run_memory, run_speed
+from locallearn.training.runner import resolve_device
 from targets import evaluate, gpu_section  # this directory's: the project's own thresholds
 
 HERE = Path(__file__).resolve().parent
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = str(args.device).startswith("cuda")
     if args.gpu_only and not (gpu or args.quick):
         parser.error("--gpu-only needs --device cuda (or --quick, to check the script on a CPU)")
+    resolve_device(args.device)  # a device this machine lacks: refused before the CPU grids' minutes
 
     results = {}
 
@@ -175,8 +177,15 @@ def write(out: Path, kind: str, rows: list[dict], meta: dict, *, name: str | Non
 
 
 def _load(path: Path) -> tuple[list[dict], dict]:
-    data = json.loads(path.read_text())
-    return data["rows"], data["meta"]
+    if not path.is_file():
+        raise ValueError(f"--render-only: {path} does not exist; run the benchmarks into {path.parent} first "
+                         f"(without --render-only), or give the --out that holds them.")
+    try:
+        data = json.loads(path.read_text())
+        return data["rows"], data["meta"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"--render-only: {path} is not a results file of this script ({type(err).__name__}: "
+                         f"{err}); run the benchmarks again.") from None
 
 
 def _summarize(out: Path, results: dict, *, readme: bool) -> None:
@@ -207,4 +216,8 @@ def update_readme(results: dict) -> None:
 
 if __name__ == "__main__":
     torch.manual_seed(0)
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as err:  # bad input: one line, as the locallearn command says it
+        print(f"run.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

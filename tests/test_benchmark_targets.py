@@ -3,6 +3,7 @@ split against the papers' tables; FeatRecon against InfoPro-Transformer; what be
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -166,3 +167,24 @@ def test_conv_rates_finds_every_convolution_of_a_step_by_role(tmp_path):
     assert all(r["forward_gmacs"] > 0 and r["backward_gmacs"] > 0 for r in rows)
     assert {r["role"] for r in data["roles"]} == {"backbone", "head", "image encoder"}
     assert "| image encoder |" in (tmp_path / "cr.md").read_text()
+
+
+def test_the_script_says_bad_input_in_one_line(tmp_path):
+    """No traceback: a --render-only without results, a device the machine lacks (checked before any grid)."""
+    import subprocess
+
+    def script(*args):
+        done = subprocess.run([sys.executable, str(BENCHMARKS / "run.py"), *args], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(BENCHMARKS.parent / "src")}, timeout=300)
+        return done.returncode, done.stderr.strip()
+
+    assert script("--render-only", "--out", str(tmp_path)) == (
+        2, f"run.py: error: --render-only: {tmp_path / 'memory.json'} does not exist; run the benchmarks into "
+           f"{tmp_path} first (without --render-only), or give the --out that holds them.")
+    (tmp_path / "memory.json").write_text("{}")
+    code, err = script("--render-only", "--out", str(tmp_path))
+    assert code == 2 and err.startswith("run.py: error: --render-only:") and "is not a results file" in err
+    if not torch.cuda.is_available():
+        assert script("--device", "cuda", "--gpu-only", "--out", str(tmp_path / "gpu")) == (
+            2, "run.py: error: device: cuda is not available on this machine; use --device cpu.")
+        assert not (tmp_path / "gpu").exists()
