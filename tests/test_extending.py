@@ -133,6 +133,22 @@ def test_only_a_method_is_registered_as_one():
         register_method({"name": "x"})
 
 
+def test_a_misspelt_default_or_family_of_a_method_is_named_in_one_line(monkeypatch):
+    cases = [
+        (dict(defaults=dict(aux_haed="linear")),
+         r"^method typo: its defaults set 'aux_haed', which is not an option of the network; the options are "
+         r"NetConfig's fields: model, method, "),
+        (dict(defaults=dict(aux_head="linear"), family_defaults={"transformer": {"head": "token"}}),
+         r"^method typo: its family_defaults\['transformer'\] set 'head'"),
+        (dict(defaults=dict(aux_head="linear"), family_defaults={"transfomer": {}}),
+         r"^method typo: family_defaults names family 'transfomer'; the model families are cnn, transformer\.$"),
+    ]
+    for kwargs, words in cases:
+        monkeypatch.setitem(METHODS._entries, "typo", Method("typo", description="", **kwargs))
+        with pytest.raises(ValueError, match=words):
+            ll.build("resnet20", method="typo", num_modules=2)
+
+
 class Small(Backbone):
     """A backbone of one's own; ``mode`` breaks one part of the contract."""
 

@@ -29,7 +29,7 @@ from locallearn.data import DatasetSpec, describe_dataset
 from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
 from locallearn.losses import LOCAL_LOSSES, lambda_schedule, lookup_lambdas
-from locallearn.methods import METHODS
+from locallearn.methods import METHODS, Method
 from locallearn.models import OBJECT, Backbone, check_model, check_model_options, create_model, model_family, own_splits
 from locallearn.models.registry import FAMILY_HEADS
 from locallearn.split import SPLITS, paper_ks, table_cuts
@@ -140,7 +140,7 @@ def resolve_net(
     if family not in FAMILY_HEADS:
         raise ValueError(f"family: {name} says family {family!r}; valid families are {', '.join(FAMILY_HEADS)}.")
     values: dict[str, Any] = {**_DEFAULTS, "model_kwargs": {}}
-    values.update(METHODS.get(method).preset(family))
+    values.update(method_preset(METHODS.get(method), family))
     spec = dataset if isinstance(dataset, DatasetSpec) or dataset is None else describe_dataset(
         dataset, None, image_size=options.get("image_size"))
     values.update(dataset_defaults(spec, options))
@@ -156,6 +156,23 @@ def resolve_net(
         values["aux_head"] = FAMILY_HEADS[family]
     values["lambdas"], values["lambda_source"] = _lambdas(values, spec.name if spec is not None else None)
     return NetConfig(**values)
+
+
+def method_preset(method: Method, family: str) -> dict[str, Any]:
+    """``method.preset(family)``, its keys checked: a method's defaults name options of the network (the
+    fields of ``NetConfig``) and its family defaults the model families, so a misspelt key of a method of
+    one's own is refused in one line (it was a TypeError from ``NetConfig``, or a family silently ignored)."""
+    where = f"method {method.name}"
+    for family_name, values in [(None, method.defaults), *method.family_defaults.items()]:
+        if family_name is not None and family_name not in FAMILY_HEADS:
+            raise ValueError(f"{where}: family_defaults names family {family_name!r}; the model families are "
+                             f"{', '.join(FAMILY_HEADS)}.")
+        unknown = sorted(set(values) - set(NET_FIELDS))
+        if unknown:
+            what = "defaults" if family_name is None else f"family_defaults[{family_name!r}]"
+            raise ValueError(f"{where}: its {what} set {unknown[0]!r}, which is not an option of the network; "
+                             f"the options are NetConfig's fields: {', '.join(NET_FIELDS)}.")
+    return method.preset(family)
 
 
 def default_split(model: str | nn.Module, num_modules: Any = None, model_kwargs: Any = None) -> str:
