@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -131,7 +131,15 @@ class PipelineRunner:
         self.log = log
         # this run's id (config.yaml, on rank 0's file system): stage files of another run are never taken
         self.run_id = launcher.share(_run_id(run) if env.is_main else None) if resume else None
-        self.found = _sound_stage_files(_stage_checkpoints(self.stage_dir), self.run_id, log) if resume else {}
+        # this rank's stage (rank // replicas whatever the layout) is the only one whose files it reads; what it
+        # finds wrong with them is said by the main process, which alone prints
+        stage, warnings = env.rank // replicas, []
+        self.found = _sound_stage_files({stage: _stage_checkpoints(self.stage_dir).get(stage, {})}, self.run_id,
+                                        warnings.append) if resume else {}
+        said: list[Any] = [None] * env.world_size
+        dist.all_gather_object(said, warnings, group=env.ctrl)
+        for line in dict.fromkeys(line for lines in said for line in lines):  # replicas of a stage say it alike
+            log(line)
         self.layout = layout = _choose_layout(env, config, net, self.found)
         self.stage = layout.stage_of(env.rank)
         self.modules = layout.assignment[self.stage]
@@ -218,7 +226,7 @@ class PipelineRunner:
 
 
 # --- layout --------------------------------------------------------------------------------------------------
-def _choose_layout(env: DistEnv, config: Config, net: LocalNet, found: dict[int, dict[int, Path]]) -> Layout:
+def _choose_layout(env: DistEnv, config: Config, net: LocalNet, found: dict[int, dict[int, StageFile]]) -> Layout:
     """The stored layout when resuming from stage checkpoints of this world size and assignment; otherwise
     rank 0 assigns (timing the modules for "balanced") and broadcasts, so every rank uses the same. (A resume
     with another --pipeline-assign gets it: the stages then start from checkpoint.pt, ``_resume``.)"""
@@ -226,10 +234,10 @@ def _choose_layout(env: DistEnv, config: Config, net: LocalNet, found: dict[int,
     stages = check_layout(net.num_modules, env.world_size, replicas)
     chosen: list[Any] = [None]
     if env.is_main:
-        state = _latest_stage_state(found.get(0, {}))
-        stored = state["layout"] if state else None
+        latest = _latest(found.get(0, {}))
+        stored = latest.layout if latest else None
         if (stored is not None and stored["stages"] == stages and stored["data_parallel"] == replicas
-                and state["config"]["processes"]["pipeline_assign"] == config.processes.pipeline_assign):
+                and latest.pipeline_assign == config.processes.pipeline_assign):
             chosen[0] = [list(r) for r in stored["modules"]]
         else:
             how = parse_assign(config.processes.pipeline_assign)
@@ -241,9 +249,17 @@ def _choose_layout(env: DistEnv, config: Config, net: LocalNet, found: dict[int,
     return Layout(stages, replicas, tuple(range(a, b + 1) for a, b in chosen[0]))
 
 
-def _latest_stage_state(epochs: dict[int, Path]) -> dict | None:
-    """The latest of one stage's checkpoints ({epoch: path}), loaded."""
-    return load_state(epochs[max(epochs)]) if epochs else None
+class StageFile(NamedTuple):
+    """A sound stage checkpoint, with what choosing the layout needs of it (read once, when it was checked)."""
+
+    path: Path
+    layout: dict[str, Any] | None  # Layout.to_dict() of the run that wrote it
+    pipeline_assign: str | None
+
+
+def _latest(epochs: dict[int, StageFile]) -> StageFile | None:
+    """The latest of one stage's checkpoints ({epoch: file})."""
+    return epochs[max(epochs)] if epochs else None
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
@@ -265,10 +281,10 @@ def _stage_checkpoints(stage_dir: Path) -> dict[int, dict[int, Path]]:
     return found
 
 
-def _sound_stage_files(found: dict[int, dict[int, Path]], run_id: str, log: Log) -> dict[int, dict[int, Path]]:
+def _sound_stage_files(found: dict[int, dict[int, Path]], run_id: str, log: Log) -> dict[int, dict[int, StageFile]]:
     """The stage files that can be resumed from: readable, matching their digest, and of this run. A damaged
     one is named and left out, so its stage falls back to its older kept epoch."""
-    sound: dict[int, dict[int, Path]] = {}
+    sound: dict[int, dict[int, StageFile]] = {}
     for stage, epochs in found.items():
         for epoch, path in epochs.items():
             try:
@@ -279,7 +295,8 @@ def _sound_stage_files(found: dict[int, dict[int, Path]], run_id: str, log: Log)
             if run_id and state.get("run_id") != run_id:
                 log(f"warning: {path} was left by another run in this directory; it is not resumed from.")
                 continue
-            sound.setdefault(stage, {})[epoch] = path
+            assign = state.get("config", {}).get("processes", {}).get("pipeline_assign")
+            sound.setdefault(stage, {})[epoch] = StageFile(path, state.get("layout"), assign)
     return sound
 
 
@@ -309,7 +326,7 @@ def _resume(
     optimizer: torch.optim.Optimizer,
     groups: list[list[torch.nn.Parameter]],
     layout: Layout,
-    found: dict[int, dict[int, Path]],
+    found: dict[int, dict[int, StageFile]],
     merged_epoch: int | None,
     stage_dir: Path,
 ) -> dict[str, Any] | None:
@@ -317,20 +334,20 @@ def _resume(
     of it (epoch, history, the run's id and config), or None to start at epoch 1."""
     stage = layout.stage_of(env.rank)
     mine = found.get(stage, {})
-    same_layout = bool(mine) and _latest_stage_state(mine)["layout"] == layout.to_dict()
+    same_layout = bool(mine) and _latest(mine).layout == layout.to_dict()
     latest: list[Any] = [None] * env.world_size
     dist.all_gather_object(latest, max(mine) if mine and same_layout else 0, group=env.ctrl)
     from_stages = min(latest)
     if from_stages == 0 and not merged_epoch:
         return None
     if from_stages >= (merged_epoch or 0):
-        path = mine.get(from_stages)
-        if path is None:
+        file = mine.get(from_stages)
+        if file is None:
             raise ValueError(
                 f"--resume: stage {stage} has no sound checkpoint of epoch {from_stages} in {stage_dir}; the stage "
                 "checkpoints are incomplete, start the run over with --overwrite."
             )
-        state = load_state(path, env.device)
+        state = load_state(file.path, env.device)
         _load_owned(net, state["model"], layout, stage)
         optimizer.load_state_dict(state["optimizer"])
         histories: list[Any] = [state["history"] if env.is_main else None]
