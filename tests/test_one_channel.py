@@ -54,5 +54,11 @@ def test_channels_must_agree_with_the_data():
         ll.build("resnet20", method="e2e", dataset="fashion_mnist", in_channels=3)
     with pytest.raises(ValueError, match="in_channels is an option of its own"):
         ll.build("resnet20", method="e2e", model_kwargs={"in_channels": 1})
+    # so are the classes and the image size: a second value in model_kwargs built another network than the one
+    # config.yaml records (its classifier, or a ViT's position table)
+    for name, value in (("num_classes", 5), ("image_size", 64)):
+        with pytest.raises(ValueError, match=rf"^model_kwargs: {name} is an option of its own \({name}=\.\.\., or "
+                                             rf"the dataset's\), not a backbone argument; pass it as {name}\.$"):
+            ll.build("vit_tiny" if name == "image_size" else "resnet20", method="e2e", model_kwargs={name: value})
     with pytest.raises(ValueError, match="image_mean: expected one finite number"):
         ll.build("resnet20", method="e2e", in_channels=1, image_mean=(0.5, 0.5, 0.5))

@@ -71,10 +71,11 @@ class NetConfig:
         check_model(self.model)
         method = METHODS.get(self.method)
         check_fields(self)
-        if "in_channels" in self.model_kwargs:
+        own = next((name for name in ("in_channels", "num_classes", "image_size") if name in self.model_kwargs), None)
+        if own is not None:  # one value, which config.yaml records and build_net passes to the factory
             raise ValueError(
-                "model_kwargs: in_channels is an option of its own (in_channels=..., or the dataset's), not a "
-                "backbone argument; pass it as in_channels."
+                f"model_kwargs: {own} is an option of its own ({own}=..., or the dataset's), not a backbone "
+                f"argument; pass it as {own}."
             )
         check_model_options(self.model, self.model_kwargs)
         if method.single_module and self.num_modules != 1:

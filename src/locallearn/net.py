@@ -362,7 +362,7 @@ def build_net(config: NetConfig, model: nn.Module | None = None) -> LocalNet:
         wanted = {"num_classes": config.num_classes, "image_size": config.image_size, "in_channels": config.in_channels}
         for option, value in wanted.items():
             if value is not None and model_accepts(config.model, option):
-                kwargs.setdefault(option, value)
+                kwargs[option] = value  # NetConfig refuses them in model_kwargs: one value, the recorded one
         model = create_model(config.model, **kwargs)
     backbone = as_backbone(model, image_size=config.image_size, in_channels=config.in_channels, chain=not registered)
     if backbone.in_channels != config.in_channels:
