@@ -59,7 +59,7 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
         print(preview(resolved))
         return 0
     values = {**values, "parallel": resolved.processes.parallel}  # how this command runs, also when it resumes
-    if resolved.processes.parallel == "none":  # a pipeline run resumed in one process: no lock-step to keep
+    if resolved.processes.parallel != "pipeline":  # a pipeline run resumed otherwise: no lock-step to keep
         values["pipeline_sync"] = False
     if resolved.processes.parallel == "pipeline":  # one process per pipeline rank, under torchrun
         from locallearn.distributed import fit_pipeline

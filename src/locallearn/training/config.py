@@ -37,6 +37,7 @@ from locallearn.config import NET_FIELDS, RENAMED, NetConfig, plain, resolve_net
 from locallearn.data import describe_dataset, dataset_names
 from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
+from locallearn.losses import LOCAL_LOSSES
 from locallearn.validate import Bool, Choice, Float, Int, Optional, Text, check, check_fields
 
 AMP_MODES = ("none", "bf16")
@@ -161,7 +162,7 @@ class ProcessesConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.parallel == "none" and (self.data_parallel != 1 or self.pipeline_sync):
+        if self.parallel != "pipeline" and (self.data_parallel != 1 or self.pipeline_sync):
             flag = "--data-parallel" if self.data_parallel != 1 else "--pipeline-sync"
             raise ValueError(f"{flag} applies to --parallel pipeline; add --parallel pipeline (under torchrun) or drop it.")
 
@@ -180,7 +181,7 @@ class Config:
     processes: ProcessesConfig
 
     def __post_init__(self) -> None:
-        if self.run.channels_last and self.processes.parallel != "none":
+        if self.run.channels_last and self.processes.parallel == "pipeline":
             raise ValueError("channels_last: one process only (the pipeline sends and broadcasts tensors in the default "
                              "layout); pass --no-channels-last, or drop --parallel.")
 
@@ -223,7 +224,8 @@ _NET_HELP = {
                       "where the model has published cuts for this K, else auto)"),
     "aux_head": ("str", f"auxiliary head of the local modules: {', '.join(HEADS.names())}, or auto: the model "
                         "family's, 1c2f on CNNs and token on transformers (default: the method's)"),
-    "local_loss": ("str", "ce (softmax) or contrast (supervised contrastive) (default: the method's)"),
+    "local_loss": ("str", f"local loss: {', '.join(LOCAL_LOSSES.names())} (ce: softmax cross-entropy; contrast: "
+                          "supervised contrastive) (default: the method's)"),
     "reconstruct": ("bool", "InfoPro's image reconstruction in every local module (default: the method's)"),
     "context": ("str", "ContSup context mode: R0, E, R1, R1E, Rn, RnE (default: the method's)"),
     "num_classes": ("int", "classifier outputs (default: the dataset's)"),
@@ -240,8 +242,8 @@ _NET_HELP = {
     "model_kwargs": ("yaml", "extra backbone arguments as a YAML mapping"),
 }
 _OTHER_HELP = {
-    "dataset": ("str", "digits (bundled), fashion_mnist, cifar10, cifar100, svhn, stl10, or imagefolder (--data-dir "
-                "DIR with train/<class>/ and test/<class>/ images)"),
+    "dataset": ("str", f"{', '.join(dataset_names())} (digits is bundled; imagefolder reads --data-dir DIR with "
+                "train/<class>/ and test/<class>/ images)"),
     "data_dir": ("str", "where the dataset files are (locallearn data download NAME)"),
     "limit_train": ("int", "use only N training images, the first (of an image folder: the classes in turn) (smoke "
                            "runs)"),
@@ -265,7 +267,8 @@ _OTHER_HELP = {
     "compile": ("bool", "torch.compile every unit, head and encoder"),
     "channels_last": ("bool", "convolutions in channels-last memory format: faster on most CPUs and GPUs, sums in "
                               "another order (not bit-identical); one process only"),
-    "parallel": ("str", "none, or pipeline: one process per stage of local modules, under torchrun"),
+    "parallel": ("str", f"{', '.join(PARALLEL_MODES)} (pipeline: one process per stage of local modules, under "
+                 "torchrun)"),
     "pipeline_sync": ("bool", "pipeline in lock step: the same values, no overlap"),
     "pipeline_assign": ("str", "modules per stage: balanced (timed), even, or counts such as 2,2"),
     "data_parallel": ("int", "data-parallel replicas of each pipeline stage (DDP); ranks = stages x this"),
@@ -523,7 +526,7 @@ USED_BY = {
     "warmup_lr": (lambda c: c.optim.warmup_used > 0, "is where the warm-up starts, and this run has no warm-up "
                   "(warm-up epochs 0, or not fewer than the epochs)", "give --warmup-epochs below --epochs",
                   "give warmup_epochs below epochs"),
-    **{name: (lambda c: c.processes.parallel != "none", "sets up the pipeline, and this run is one process",
+    **{name: (lambda c: c.processes.parallel == "pipeline", "sets up the pipeline, and this run is not one",
               "add --parallel pipeline", "run locallearn train --parallel pipeline under torchrun")
        for name in ("pipeline_assign", "pipeline_sync", "data_parallel", "fault_timeout")},
 }

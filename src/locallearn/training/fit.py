@@ -300,12 +300,15 @@ def check_single_process(config: Config) -> None:
     """Refuse what one process cannot run: the pipeline, or a single-process run started as several ranks
     (torchrun without ``--parallel pipeline``: every rank would train the whole network into the same run
     directory)."""
-    if config.processes.parallel != "none":
+    if config.processes.parallel == "pipeline":
         raise ValueError(
             f"parallel: --parallel {config.processes.parallel} runs one process per rank: start it with torchrun "
             f"(`torchrun --nproc-per-node 2 -m locallearn train --parallel pipeline ...`), or from Python with "
             f"locallearn.distributed.fit_pipeline."
         )
+    if config.processes.parallel != "none":  # a runner of its own chooses its launcher (commands.train)
+        raise ValueError(f"parallel: --parallel {config.processes.parallel} runs with its own launcher, not in this "
+                         f"single process; start it with `locallearn train --parallel {config.processes.parallel}`.")
     world = os.environ.get("WORLD_SIZE")
     if world is not None and world.isdigit() and int(world) > 1:
         raise ValueError(
