@@ -115,6 +115,9 @@ def test_no_cycles():
             visit(m)
 
 
+NOT_OPTIMIZERS = {"case", "c"}  # bench.runner's Case objects, whose step() is one engine.train_step
+
+
 def test_only_the_engine_steps():
     """backward() and optimizer.step() are called in engine.py only (docs/architecture.md)."""
     for module, path in MODULES.items():
@@ -123,6 +126,9 @@ def test_only_the_engine_steps():
                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
         if module != "locallearn.engine":
             assert "backward" not in calls, f"{module} calls backward()"
-            steps = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                     and node.func.attr == "step" and "optim" in ast.unparse(node.func.value)]
-            assert not steps, f"{module} calls an optimizer's step()"
+            # every .step() call, whatever its receiver is named, but the benchmark's cases (a Case's step runs
+            # engine.train_step)
+            steps = [ast.unparse(node) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                     and isinstance(node.func, ast.Attribute) and node.func.attr == "step"
+                     and ast.unparse(node.func.value) not in NOT_OPTIMIZERS]
+            assert not steps, f"{module} calls {steps[0]}: an optimizer steps in engine.py only"

@@ -140,6 +140,8 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
 
 def _add_bench(commands: argparse._SubParsersAction) -> None:
     from locallearn.bench.commands import bench_memory, bench_speed
+    from locallearn.decoders import FEATURE_DECODERS
+    from locallearn.heads import HEADS
 
     bench = commands.add_parser(
         "bench", help="memory, speed and accuracy of every method against e2e; the pipeline's speed-up"
@@ -158,9 +160,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
                                  "balanced, auto, uniform, stages (default: default)")
         parser.add_argument("--contexts", default="R0,R1E", help="ContSup context modes (default: R0,R1E)")
         parser.add_argument("--feature-decoders", default="linear",
-                            help="FeatRecon's feature decoders: linear, conv, transformer (default: linear)")
+                            help=f"FeatRecon's feature decoders: {', '.join(FEATURE_DECODERS.names())} (default: linear)")
         parser.add_argument("--aux-heads", default=None,
-                            help="auxiliary heads of the local methods: linear, 1c2f, 4c1f, dgl, token "
+                            help=f"auxiliary heads of the local methods: {', '.join(HEADS.names())} "
                                  "(default: each method's own)")
         parser.add_argument("--batch-sizes", default="32", help="batch sizes (default: 32)")
         parser.add_argument("--image-size", type=int, default=None, help="input size (default: each model's own)")
