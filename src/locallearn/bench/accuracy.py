@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 import torch
 
+from locallearn.bench.grid import REFERENCE
 from locallearn.bench.report import write_csv
 from locallearn.methods import METHODS
 from locallearn.net import build_net
@@ -61,7 +62,6 @@ from locallearn.training.rundir import CONFIG, LOG, METRICS, RunDir
 from locallearn.validate import Int
 
 Log = Callable[[str], None]
-REFERENCE = "e2e"
 # options a cell takes from the grid's axes, and the AccuracyGrid field that sets them
 AXES = {"model": "models", "method": "methods", "num_modules": "num_modules", "context": "contexts",
         "local_loss": "local_losses", "seed": "seeds"}

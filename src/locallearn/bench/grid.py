@@ -41,7 +41,7 @@ from locallearn.models import MODELS, create_model, is_import_path, model_family
 from locallearn.split import SPLITS
 from locallearn.validate import Int
 
-REFERENCE = "e2e"
+REFERENCE = "e2e"  # every grid's reference: always run, every ratio is to it
 DEFAULT_SPLIT = "default"  # per model: the split a training run gets when none is given
 
 

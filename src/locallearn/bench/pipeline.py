@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch import nn
 
 import locallearn as ll
 from locallearn.bench.runner import RunOptions
@@ -53,6 +54,8 @@ from locallearn.distributed.pipeline import Layout, PipelineStage, make_groups, 
 from locallearn.engine import train_step
 from locallearn.methods import METHODS
 from locallearn.config import resolve_net
+from locallearn.training.config import OptimConfig
+from locallearn.training.runner import make_optimizer
 from locallearn.validate import Float, Int, Optional, Text, check, check_fields
 
 Log = Callable[[str], None]
@@ -131,8 +134,9 @@ class PipelineBench:
         return ll.build(**self.net_options())
 
 
-def make_optimizer(params) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+# every variant's optimizer: training's SGD (the papers' momentum, Nesterov, weight decay); the rate moves the
+# numbers, not the time
+BENCH_OPTIM = OptimConfig(lr=0.05)
 
 
 def make_batches(bench: PipelineBench, net: ll.LocalNet) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -185,7 +189,7 @@ def steady(done_s: list[float], batch_size: int) -> float:
 def single_process(result_path: str, bench: PipelineBench) -> None:
     """``single_1t`` / ``single_Nt`` (the thread count is set by the launcher)."""
     net = bench.build_net()
-    optimizer = make_optimizer(net.parameters())
+    optimizer = make_optimizer(net, BENCH_OPTIM)
     data = make_batches(bench, net)
     for images, labels in data[: bench.warmup]:
         train_step(net, images, labels, optimizer, checked=False)
@@ -227,7 +231,7 @@ def _train_rank(env, result_path: str, bench: PipelineBench, name: str, assignme
     layout = layout_of(name, bench, assignment)
     links, dp_group, _ = make_groups(layout, backend=env.backend, device_type="cpu")
     modules = layout.assignment[layout.stage_of(env.rank)]
-    optimizer = make_optimizer([p for part in stage_parts(net, modules) for p in part.parameters()])
+    optimizer = make_optimizer(nn.ModuleList(stage_parts(net, modules)), BENCH_OPTIM)
     stage = PipelineStage(
         net, layout, env.rank, optimizer, device=env.device, sync=name == "pipeline_sync", links=links,
         dp_group=dp_group, barrier_group=env.ctrl,
