@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 import locallearn
-from locallearn.config import NetConfig
 from locallearn.data import describe_dataset
 from locallearn.data.imagefolder import IMAGEFOLDER
 from locallearn.methods import METHODS
@@ -200,7 +199,7 @@ def list_command() -> int:
     print("method defaults (any option overrides them):")
     for name in METHODS.names():
         method = METHODS.get(name)
-        k = method.defaults.get("num_modules", NetConfig.num_modules)
+        k = method.num_modules
         options = ", ".join(f"{key}={value}" for key, value in method.defaults.items() if key != "num_modules")
         print(f"  {name}: {method.description}; K={k}; {options}")
     names = presets()

@@ -30,6 +30,7 @@ from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
 from locallearn.losses import LOCAL_LOSSES, lambda_schedule, lookup_lambdas
 from locallearn.methods import METHODS, Method
+from locallearn.methods.base import DEFAULT_NUM_MODULES
 from locallearn.models import OBJECT, Backbone, check_model, check_model_options, create_model, model_family, own_splits
 from locallearn.models.registry import FAMILY_HEADS
 from locallearn.split import SPLITS, paper_ks, table_cuts
@@ -45,7 +46,7 @@ class NetConfig:
 
     model: str = "resnet32"
     method: str = "contsup"
-    num_modules: int = field(default=4, metadata=check(Int(1)))  # K
+    num_modules: int = field(default=DEFAULT_NUM_MODULES, metadata=check(Int(1)))  # K
     split: str | tuple = "paper"  # a name of ``split.SPLITS`` or cuts ((stage, block), ...)
     aux_head: str | None = "1c2f"  # "auto": the model family's head (1c2f for CNNs, token for transformers)
     local_loss: str = "ce"  # "ce" or "contrast"

@@ -146,6 +146,9 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.detach().argmax(dim=1) == labels).float().mean()
 
 
+DEFAULT_NUM_MODULES = 4  # K of a run that gives none, of a method that sets none (NetConfig.num_modules)
+
+
 class Method:
     """A named local-learning method (module docstring). Subclass it, or use it as it is, to add one."""
 
@@ -167,6 +170,11 @@ class Method:
     def preset(self, family: str) -> dict[str, Any]:
         """The method's defaults on a model family: ``defaults`` ← ``family_defaults[family]``."""
         return {**self.defaults, **self.family_defaults.get(family, {})}
+
+    @property
+    def num_modules(self) -> int:
+        """K when a run does not give it: the method's own, else ``DEFAULT_NUM_MODULES``."""
+        return self.defaults.get("num_modules", DEFAULT_NUM_MODULES)
 
     @property
     def varies_context(self) -> bool:

@@ -208,7 +208,7 @@ def _methods_by_k() -> str:
 
     by_k: dict[int, list[str]] = {}
     for name in METHODS.names():
-        by_k.setdefault(METHODS.get(name).defaults.get("num_modules", NetConfig.num_modules), []).append(name)
+        by_k.setdefault(METHODS.get(name).num_modules, []).append(name)
     words = lambda names: ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
     return "; ".join(f"{words(names)} train{'s' if len(names) == 1 else ''} one module (K=1)" if k == 1 else
                      f"{words(names)} default{'s' if len(names) == 1 else ''} to K={k}"
