@@ -584,6 +584,18 @@ def test_eval_refuses_a_config_yaml_that_differs_from_the_checkpoints_options(tm
     assert main(["eval", str(run), "--device", "cpu"]) == 2
     assert one_line(capsys).endswith(f"eval: {run}/checkpoint.pt was written with other options than {run}/config.yaml "
                                      f"says: limit_test (32 → 300), lr (0.1 → 0.5); restore the run's own config.yaml.\n")
+    # load_net reads a run back through the same checks
+    from locallearn.training import load_net
+
+    with pytest.raises(ValueError, match=r"^load_net: .*checkpoint\.pt was written with other options than .*config\.yaml "
+                                         r"says: limit_test \(32 → 300\), lr \(0\.1 → 0\.5\)"):
+        load_net(run)
+    (run / "config.yaml").write_text(text)
+    assert not load_net(run).training
+    _flip_a_byte_in_the_weights(run / "checkpoint.pt")
+    with pytest.raises(ValueError, match=r"checkpoint\.pt is damaged.*`locallearn train --out .* --resume` trains "
+                                         r"that epoch again from it, then load_net works\.$"):
+        load_net(run)
 
 
 def test_report_names_a_config_yaml_without_the_options_it_reads_and_a_missing_directory(tmp_path, finished, capsys):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,18 @@ from locallearn.data.imagefolder import IMAGEFOLDER
 from locallearn.methods import METHODS
 from locallearn.net import build_net
 from locallearn.training.config import (
-    RESUMABLE_CHANGES,
     Config,
     check_used,
-    differing_options,
     dump_yaml,
     presets,
     read_options,
     requested_options,
     resolve,
 )
-from locallearn.training.fit import derived, fit, provenance, written_config
+from locallearn.training.api import trained_checkpoint
+from locallearn.training.fit import derived, fit, provenance
 from locallearn.training.report import write_report
-from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir, load_state
+from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
 from locallearn.training.runner import (
     READ_FIX,
     check_class_names,
@@ -120,29 +118,7 @@ def evaluate_run(
         if data_dir and options.get("dataset") == IMAGEFOLDER:  # other data: said so, not as a num_classes clash
             _refuse_more_classes(run, data_dir, options)
         raise
-    try:
-        checkpoint = run.load_checkpoint()
-    except ValueError as err:  # damaged: a resume retrains its epoch from the one before, where that is sound
-        if not run.file(PREVIOUS).is_file():
-            raise
-        try:
-            load_state(run.file(PREVIOUS))
-        except ValueError as second:
-            raise ValueError(f"{run.path}: {CHECKPOINT} and {PREVIOUS} are both damaged ({second}); no sound "
-                             f"checkpoint is left, so the weights are lost (metrics.jsonl and summary.json still "
-                             f"hold the results).") from None
-        raise ValueError(f"{str(err).rstrip('.')}; `locallearn train --out {shlex.quote(str(run.path))} --resume` trains that epoch "
-                         f"again from it, then eval works.") from None
-    if checkpoint is None and run.file(PREVIOUS).is_file():
-        raise ValueError(f"{run.path} has no {CHECKPOINT} (a write was interrupted), only {PREVIOUS}, of the epoch "
-                         f"before; `locallearn train --out {shlex.quote(str(run.path))} --resume` continues the run from it.")
-    if checkpoint is None:
-        raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
-    written = written_config(checkpoint, run.file(CHECKPOINT), data_dir=config.data.data_dir)
-    differing = differing_options(written, config, ignore=RESUMABLE_CHANGES) if written is not None else []
-    if differing:  # an edited config.yaml would rebuild another network, or test other data
-        raise ValueError(f"eval: {run.file(CHECKPOINT)} was written with other options than {run.file(CONFIG)} says: "
-                         f"{', '.join(differing)}; restore the run's own {CONFIG}.")
+    checkpoint = trained_checkpoint(run, config, reader="eval")
     torch_device = resolve_device(config.run.device)
     net = build_net(net_to_build(config.net, run))
     load_weights(net, checkpoint["model"], run.file(CHECKPOINT), READ_FIX)

@@ -20,6 +20,7 @@ starts from the first run's weights (said in a warning).
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -28,9 +29,17 @@ from torch import nn
 
 from locallearn.engine import NonFiniteLossError, label_error
 from locallearn.net import LocalNet, build_net
-from locallearn.training.config import PYTHON_DATA, check_used, read_options, resolve
-from locallearn.training.fit import fit
-from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
+from locallearn.training.config import (
+    PYTHON_DATA,
+    RESUMABLE_CHANGES,
+    Config,
+    check_used,
+    differing_options,
+    read_options,
+    resolve,
+)
+from locallearn.training.fit import fit, written_config
+from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir, load_state
 from locallearn.training.runner import READ_FIX, SingleProcess, load_weights, net_to_build
 
 
@@ -150,6 +159,38 @@ def first_batch(data: Iterable, what: str, model: str | nn.Module, *, amp: bool 
     return images, labels
 
 
+def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.device = "cpu", *,
+                       reader: str = "load_net") -> dict[str, Any]:
+    """The state of ``run``'s checkpoint.pt, for ``reader`` (``eval``, ``load_net``) to read the trained network
+    back: sound, and written with the options ``config`` (the run's config.yaml) gives, but where the run lives
+    and runs; otherwise refused in one line saying what is left and how to go on."""
+    where = shlex.quote(str(run.path))
+    try:
+        checkpoint = run.load_checkpoint(map_location)
+    except ValueError as err:  # damaged: a resume retrains its epoch from the one before, where that is sound
+        if not run.file(PREVIOUS).is_file():
+            raise
+        try:
+            load_state(run.file(PREVIOUS))
+        except ValueError as second:
+            raise ValueError(f"{run.path}: {CHECKPOINT} and {PREVIOUS} are both damaged ({second}); no sound "
+                             f"checkpoint is left, so the weights are lost (metrics.jsonl and summary.json still "
+                             f"hold the results).") from None
+        raise ValueError(f"{str(err).rstrip('.')}; `locallearn train --out {where} --resume` trains that epoch "
+                         f"again from it, then {reader} works.") from None
+    if checkpoint is None and run.file(PREVIOUS).is_file():
+        raise ValueError(f"{run.path} has no {CHECKPOINT} (a write was interrupted), only {PREVIOUS}, of the epoch "
+                         f"before; `locallearn train --out {where} --resume` continues the run from it.")
+    if checkpoint is None:
+        raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
+    written = written_config(checkpoint, run.file(CHECKPOINT), data_dir=config.data.data_dir)
+    differing = differing_options(written, config, ignore=RESUMABLE_CHANGES) if written is not None else []
+    if differing:  # an edited config.yaml would rebuild another network, or test other data
+        raise ValueError(f"{reader}: {run.file(CHECKPOINT)} was written with other options than {run.file(CONFIG)} says: "
+                         f"{', '.join(differing)}; restore the run's own {CONFIG}.")
+    return checkpoint
+
+
 def load_net(run_dir: str | Path, *, model: nn.Module | None = None, map_location: str = "cpu") -> LocalNet:
     """The network of a run with the weights of its checkpoint.pt, in eval mode. ``model``: the model object
     the run was trained with, when it was given as a Python object (its name cannot rebuild it)."""
@@ -157,9 +198,7 @@ def load_net(run_dir: str | Path, *, model: nn.Module | None = None, map_locatio
     if not run.file(CONFIG).is_file():
         raise ValueError(f"{run.path} holds no run (no {CONFIG}).")
     config = resolve(read_options(run.file(CONFIG)))
-    checkpoint = run.load_checkpoint(map_location)
-    if checkpoint is None:
-        raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
+    checkpoint = trained_checkpoint(run, config, map_location)
     net = build_net(net_to_build(config.net, run), model)
     load_weights(net, checkpoint["model"], run.file(CHECKPOINT), READ_FIX)
     return net.eval()
