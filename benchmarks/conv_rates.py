@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -140,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "conv_rates")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite OUT.md from OUT.json (the settings from its command line); run nothing")
     args = parser.parse_args(argv)
+    if args.render_only:
+        stored = json.loads(args.out.with_suffix(".json").read_text())
+        ran = parser.parse_args(shlex.split(stored["meta"]["command"])[2:])
+        args.out.with_suffix(".md").write_text(markdown(stored["rows"], stored["roles"], stored["meta"], _title(ran)))
+        return 0
     options = RunOptions(threads=args.threads)
     options.apply()
     torch.manual_seed(0)
@@ -150,13 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = time_convolutions(step_convolutions(net, images, labels), args.rounds)
     roles = by_role(rows)
     meta = environment(options, " ".join(["python benchmarks/conv_rates.py", *(sys.argv[1:] if argv is None else argv)]))
-    title = f"{args.model} ContSup {args.context} K={args.num_modules}, batch {args.batch_size}"
+    title = _title(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, roles=roles, rows=rows), indent=1) + "\n")
     text = markdown(rows, roles, meta, title)
     args.out.with_suffix(".md").write_text(text)
     print(text)
     return 0
+
+
+def _title(args: argparse.Namespace) -> str:
+    return f"{args.model} ContSup {args.context} K={args.num_modules}, batch {args.batch_size}"
 
 
 if __name__ == "__main__":

@@ -188,3 +188,14 @@ def test_the_script_says_bad_input_in_one_line(tmp_path):
         assert script("--device", "cuda", "--gpu-only", "--out", str(tmp_path / "gpu")) == (
             2, "run.py: error: device: cuda is not available on this machine; use --device cpu.")
         assert not (tmp_path / "gpu").exists()
+
+
+def test_the_committed_convolution_rates_are_what_their_json_renders(tmp_path):
+    """results/conv_rates*.md are generated: ``conv_rates.py --render-only`` gives them back from their JSON."""
+    import shutil
+
+    rates = _load("conv_rates")
+    for name in ("conv_rates", "conv_rates_R1"):
+        shutil.copy(BENCHMARKS / "results" / f"{name}.json", tmp_path / f"{name}.json")
+        assert rates.main(["--render-only", "--out", str(tmp_path / name)]) == 0
+        assert (tmp_path / f"{name}.md").read_text() == (BENCHMARKS / "results" / f"{name}.md").read_text(), name

@@ -311,10 +311,12 @@ def markdown_report(table: Table, *, plot: str | None = None) -> str:
         (
             "² `cuda_allocated`: torch.cuda.max_memory_allocated; `saved_tensors`: the peak bytes autograd holds "
             "for backward in one training step (CPU), with the tensors held between modules and the activations "
-            "recomputed under checkpointing (as `bench memory`).  "
+            "recomputed under checkpointing (as `bench memory`)."
         ),
-        "\\* unfinished run: reported at its last finished epoch.",
     ]
+    if not all(g.finished for g in table.groups):
+        lines[-1] += "  "
+        lines.append("\\* unfinished run: reported at its last finished epoch.")
     if table.warnings:
         lines += ["", *(f"> {w}" for w in table.warnings)]
     if plot:
