@@ -511,6 +511,56 @@ def test_damaged_checkpoints_of_a_pipeline_run_are_said_once_each_on_resume(tmp_
     assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2, 3]
 
 
+@pytest.mark.slow
+def test_a_resume_from_stage_files_ahead_of_checkpoint_pt_writes_it(tmp_path, capsys):
+    """Stopped between the last epoch's stage saves and its merged checkpoint.pt: the resume restores the stage
+    files and writes checkpoint.pt at once (it finished with checkpoint.pt, eval and load_net an epoch behind
+    the summary). Stage files alone are resumed by their own layout only, not started over by another."""
+    from locallearn.cli import main
+    from locallearn.training import RunDir
+
+    run = tmp_path / "pipe"
+    assert _join(spawn_local(_cli, 2, [*TRAIN, "--out", str(run)], stderr_dir=str(tmp_path)), 180) == [0, 0]
+    final = torch.load(run / "checkpoint.pt", weights_only=True)
+    (run / "checkpoint.pt").unlink()
+    (run / "checkpoint.prev.pt").rename(run / "checkpoint.pt")  # epoch 2: the merged save of epoch 3 never ran
+    (run / "summary.json").unlink()
+    procs = spawn_local(_cli, 2, [*TRAIN, "--out", str(run), "--resume"], stderr_dir=str(tmp_path))
+    assert _join(procs, 180) == [0, 0], (tmp_path / "rank0.err").read_text()[-2000:]
+    written = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert written["epoch"] == 3 and all(torch.equal(written["model"][k], v) for k, v in final["model"].items())
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    summary = RunDir(run).read_summary()
+    assert f"test accuracy {100 * summary['test_acc']:.2f}%" in capsys.readouterr().out
+    # no checkpoint.pt at all: another layout, or one process, refuses the stage files rather than starting over
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "summary.json"):
+        (run / name).unlink()
+    procs = spawn_local(_cli, 3, [*TRAIN, "--out", str(run), "--resume"], stderr_dir=str(tmp_path))
+    assert _join(procs, 180) == [2, 2, 2]
+    assert ("its pipeline stage files were written by 2 stages × 1 data-parallel (2 ranks), which alone can resume "
+            "from them; resume with 2 ranks") in (tmp_path / "rank0.err").read_text()
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    assert "has no checkpoint.pt, only the stage files of the pipeline that trained it" in capsys.readouterr().err
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2, 3]  # nothing was started over
+
+
+def _cli_of_rank(argvs):
+    """The command line of this rank, ``argvs[RANK]`` (nodes that typed different commands)."""
+    return _cli(argvs[int(os.environ["RANK"])])
+
+
+@pytest.mark.slow
+def test_ranks_started_with_and_without_resume_are_refused_in_one_line(tmp_path):
+    run = tmp_path / "pipe"
+    argv = [*TRAIN, "--out", str(run)]
+    procs = spawn_local(_cli_of_rank, 2, [argv + ["--resume"], argv], stderr_dir=str(tmp_path))
+    assert _join(procs, 120) == [2, 2]
+    said = (tmp_path / "rank0.err").read_text()
+    assert ("parallel: the ranks were started with different flags: rank 1 has resume=False (rank 0: True); start "
+            "every rank with the same command and options.") in said and "Traceback" not in said, said
+    assert not run.exists()
+
+
 def _pipeline_stopped_by_ctrl_c(run, tmp_path, once="checkpoint.pt"):
     """A 2-rank pipeline run of ``TRAIN`` into ``run``, stopped by Ctrl-C (to every rank, as torchrun passes it)
     once ``run/once`` exists; both ranks stop with status 130. Their standard error is in ``tmp_path``."""

@@ -46,7 +46,7 @@ from locallearn.distributed.pipeline import (
 )
 from locallearn.net import LocalNet, build_net, check_batch, check_logits
 from locallearn.training.config import Config, parse_assign, read_mapping, resolve, run_id_of
-from locallearn.training.fit import fit
+from locallearn.training.fit import fit, plural
 from locallearn.training.rundir import CONFIG, RunDir, load_state, save_state, seed_everything
 from locallearn.training.runner import (
     RESUME_FIX,
@@ -84,6 +84,8 @@ def fit_pipeline(
 
     def job():
         options = config.options()
+        # --resume and --overwrite decide what every rank does next (which collectives it joins): the same on all
+        check_same({"resume": resume, "overwrite": overwrite}, group=env.ctrl, what="flag")
         check_same({k: v for k, v in options.items() if k not in PER_RANK_OPTIONS}, group=env.ctrl)
         launcher = PipelineLauncher(env, {k: options[k] for k in PER_RANK_OPTIONS})
         summary = fit(config, resume=resume, overwrite=overwrite, requested=requested, log=log, launcher=launcher)
@@ -202,19 +204,46 @@ class PipelineRunner:
         _save_merged(env, run, self.net, self.optimizer, self.layout, self.groups, state)
 
     def restore(self, run: RunDir) -> dict[str, Any] | None:
-        merged = self.launcher.share(_checkpoint_epoch(run, self.log) if self.env.is_main else None)
-        return _resume(self.env, run, self.net, self.optimizer, self.groups, self.layout, self.found, merged,
-                       self.stage_dir)
+        env = self.env
+        merged = self.launcher.share(_checkpoint_epoch(run, self.log) if env.is_main else None)
+        state = _resume(env, run, self.net, self.optimizer, self.groups, self.layout, self.found, merged,
+                        self.stage_dir)
+        if state is not None and state["epoch"] > (merged or 0):
+            # restored from stage files ahead of checkpoint.pt (stopped between the stage saves and the merged
+            # one): write it now, or a run restored at its last epoch would finish with checkpoint.pt (eval,
+            # load_net, a resume of another layout) an epoch behind its summary
+            extra = dict(state)
+            if env.is_main:  # the merged checkpoint carries the main process's random state, as save() writes it
+                stage_state = load_state(self.found[self.stage][state["epoch"]].path)
+                extra.update({"rng": stage_state["rng"]} if "rng" in stage_state else {})
+            _save_merged(env, run, self.net, self.optimizer, self.layout, self.groups, extra)
+        if state is None:  # stage files of another layout, and no checkpoint.pt: refused rather than started over
+            latest = _latest(self.found.get(self.stage, {}))
+            layouts: list[Any] = [None] * env.world_size
+            dist.all_gather_object(layouts, latest.layout if latest else None, group=env.ctrl)
+            other = next((lay for lay in layouts if lay is not None and lay != self.layout.to_dict()), None)
+            if other is not None:  # every rank refuses here: the links are closed in step, as at the end of a run
+                self.close()
+                ranks = other["stages"] * other["data_parallel"]
+                raise ValueError(
+                    f"--resume: {run.path} has no sound checkpoint.pt, and its pipeline stage files were written by "
+                    f"{other['stages']} stages × {other['data_parallel']} data-parallel ({ranks} ranks), which "
+                    f"alone can resume from them; resume with {ranks} ranks (torchrun --nproc-per-node {ranks}), "
+                    f"or start over with --overwrite."
+                )
+        return state
 
     # --- reporting ----------------------------------------------------------------------------------------
     def describe(self) -> list[str]:
         layout, env = self.layout, self.env
-        stages = ", ".join(f"stage {s}: modules {r.start}-{r.stop - 1}" for s, r in enumerate(layout.assignment))
+        stages = ", ".join(f"stage {s}: " + (f"modules {r.start}-{r.stop - 1}" if len(r) > 1 else f"module {r.start}")
+                           for s, r in enumerate(layout.assignment))
         data = []
         if self.first:
             data = [data_line(self.train_loader, self.test_loader, env.device, self.config.net.num_classes)]
         return data + [
-            f"  pipeline: {env.world_size} ranks = {layout.stages} stages × {layout.replicas} data-parallel, {env.backend}, "
+            f"  pipeline: {plural(env.world_size, 'rank')} = {plural(layout.stages, 'stage')} × {layout.replicas} "
+            f"data-parallel, {env.backend}, "
             f"{'lock-step' if self.config.processes.pipeline_sync else 'overlapped'} schedule ({stages})"
         ]
 

@@ -150,6 +150,10 @@ class LocalRunner:
 
     def restore(self, run: RunDir) -> dict[str, Any] | None:
         state = run.load_checkpoint(fallback=True, log=self.log)
+        if state is None and run.has_checkpoint(stages=True):  # only a pipeline's stage files: not started over
+            raise ValueError(f"--resume: {run.path} has no checkpoint.pt, only the stage files of the pipeline that "
+                             f"trained it, which that pipeline alone can resume from; resume it with torchrun and "
+                             f"--parallel pipeline on as many ranks, or start over with --overwrite.")
         if state is not None:
             load_weights(self.net, state["model"], run.file(CHECKPOINT))
             optimizer_state = state["optimizer"]
