@@ -408,3 +408,16 @@ def test_a_second_ctrl_c_in_a_finalizer_after_the_line_is_not_printed(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 130
     assert proc.stderr == "locallearn: interrupted in epoch 2: ... is kept\n", proc.stderr
+
+
+def test_a_dry_run_under_torchrun_checks_the_ranks_and_prints_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    argv = ["train", "--parallel", "pipeline", "--model", "resnet20", "--out", str(tmp_path / "run"), "--dry-run"]
+    assert main([*argv, "--num-modules", "2"]) == 2  # the start of the real run refuses it: so does the dry run
+    assert "3 pipeline stages but the network has only 2 local modules" in capsys.readouterr().err
+    assert main([*argv, "--num-modules", "3", "--pipeline-assign", "1,2"]) == 2
+    assert "pipeline_assign: 2 module counts given for 3 pipeline stages" in capsys.readouterr().err
+    assert main([*argv, "--num-modules", "3"]) == 0 and "parallel: pipeline" in capsys.readouterr().out
+    monkeypatch.setenv("RANK", "2")  # the other ranks check, and leave the printing to rank 0
+    assert main([*argv, "--num-modules", "3"]) == 0 and capsys.readouterr().out == ""

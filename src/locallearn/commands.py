@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,14 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
     if not resume:  # a resume keeps the options the run was started with
         check_used(resolved, flags)  # the flags typed: a --config file (a preset, a run's config.yaml) may hold any
     if dry_run:
+        if resolved.processes.parallel == "pipeline" and "WORLD_SIZE" in os.environ:  # under torchrun: its checks
+            from locallearn.distributed.assign import check_assign, check_layout
+
+            ranks = int(os.environ["WORLD_SIZE"])
+            stages = check_layout(resolved.net.num_modules, ranks, resolved.processes.data_parallel)
+            check_assign(resolved.processes.pipeline_assign, stages, resolved.net.num_modules)
+            if os.environ.get("RANK", "0") != "0":  # one copy of the config, by rank 0
+                return 0
         print(preview(resolved))
         return 0
     values = {**values, "parallel": resolved.processes.parallel}  # how this command runs, also when it resumes
