@@ -31,7 +31,8 @@ def check_layout(num_modules: int, world_size: int, data_parallel: int) -> int:
     if stages > num_modules:
         raise ValueError(
             f"parallel: {world_size} ranks at --data-parallel {data_parallel} make {stages} pipeline stages but the "
-            f"network has only {num_modules} local modules; use at most {num_modules * data_parallel} ranks, "
+            f"network has only {num_modules} local module{'s' if num_modules > 1 else ''}; use at most "
+            f"{num_modules * data_parallel} rank{'s' if num_modules * data_parallel > 1 else ''}, "
             f"more modules (--num-modules), or a larger --data-parallel."
         )
     return stages

@@ -129,7 +129,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     done = len(history)
     parameters = sum(p.numel() for p in runner.net.parameters())
     if launcher.share(done == config.optim.epochs and run.finished if launcher.is_main else None):
-        log(f"{run.path} is already finished ({_plural(done, 'epoch')}); nothing to resume.")
+        log(f"{run.path} is already finished ({plural(done, 'epoch')}); nothing to resume.")
         runner.close()
         if not launcher.is_main:
             return None
@@ -398,7 +398,7 @@ def provenance() -> list[str]:
     return [
         "Resolved config of this run: every option of `locallearn train`, defaults included.",
         f"locallearn {v['locallearn']}, git {v['git']}, torch {v['torch']}, Python {platform.python_version()}, "
-        f"{_plural(torch.get_num_threads(), 'torch thread')}, {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"{plural(torch.get_num_threads(), 'torch thread')}, {time.strftime('%Y-%m-%d %H:%M:%S')}",
     ]
 
 
@@ -415,8 +415,8 @@ def derived(net: LocalNet, config: Config | None = None) -> list[str]:
         lines.append(f"warm-up: from {optim.warmup_lr:g}, above the peak lr {optim.lr:g}, down to it (give a lower "
                      f"--warmup-lr for a warm-up that rises)")
     if optim is not None and optim.warmup_epochs and not optim.warmup_used:
-        lines.append(f"warm-up: none — {_plural(optim.epochs, 'epoch')} {'leaves' if optim.epochs == 1 else 'leave'} "
-                     f"no room for {_plural(optim.warmup_epochs, 'warm-up epoch')}, so the learning rate is a cosine "
+        lines.append(f"warm-up: none — {plural(optim.epochs, 'epoch')} {'leaves' if optim.epochs == 1 else 'leave'} "
+                     f"no room for {plural(optim.warmup_epochs, 'warm-up epoch')}, so the learning rate is a cosine "
                      f"from its peak")
     return lines
 
@@ -439,7 +439,7 @@ def log_start(log: Log, config: Config, runner, run: RunDir, parameters: int, do
     options = [f"amp {config.run.amp}"] if config.run.amp != "none" else []
     options += ["compiled"] if config.run.compile else []
     options += ["channels-last"] if config.run.channels_last else []
-    log(f"  recipe: {_plural(optim.epochs, 'epoch')}, batch {optim.batch_size}, {settings}, "
+    log(f"  recipe: {plural(optim.epochs, 'epoch')}, batch {optim.batch_size}, {settings}, "
         f"{warmup}, seed {config.run.seed}" + "".join(f", {option}" for option in options))
     log(f"  network: {parameters:,} parameters, " + "; ".join(derived(runner.net, config)))
     if net.num_modules > 1:
@@ -461,14 +461,15 @@ def epoch_line(record: dict[str, Any], epochs: int) -> str:
     )
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``: a count and its word, in the plural where the count is not one."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def log_end(log: Log, summary: dict[str, Any], run: RunDir, config: Config) -> None:
     minutes, seconds = divmod(round(summary["total_time_s"]), 60)
     log(
-        f"done: test accuracy {100 * summary['test_acc']:.2f}% after {_plural(summary['epochs'], 'epoch')} "
+        f"done: test accuracy {100 * summary['test_acc']:.2f}% after {plural(summary['epochs'], 'epoch')} "
         f"(best {100 * summary['best_test_acc']:.2f}% at epoch {summary['best_epoch']}, selected on the test set), "
         f"{minutes} min {seconds} s, {summary['images_per_s']:.0f} img/s"
     )
