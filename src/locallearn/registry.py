@@ -1,5 +1,6 @@
-"""Name → object registries. Everything a user picks by name (models, methods, heads, losses, context
-modes, datasets, presets) lives in one of these, so unknown names fail the same way everywhere."""
+"""Name → object registries: models, methods, splits, heads, local losses, feature decoders, datasets and their
+sources each live in one, so unknown names fail the same way everywhere. (Context modes are parsed from their
+names, any Rn/RnE, by ``context.ContextMode.parse``; presets are the YAML files under ``configs/``.)"""
 
 from __future__ import annotations
 

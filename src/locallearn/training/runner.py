@@ -5,8 +5,9 @@ to do the work of each epoch. A ``Launcher`` says how processes are arranged (on
 rank in ``locallearn.distributed``) and builds the runner once the run's config is settled:
 
     Launcher:  is_main (writes the run directory and logs), share(value) (the main process's value on every
-               process), runner(config, run=..., resume=...) → Runner
+               process), runner(config, run=..., resume=..., log=...) → Runner
     Runner:    net   steps_per_epoch   class_names (the training data's, or None)
+               rebuilt (built from the run's record of its pretrained checkpoint: weights must be restored)
                train_epoch(epoch, lr_at) → train metrics     evaluate() → test metrics
                save(run, state)   restore(run) → state or None     describe() → log lines
                summary(history) → the runner's own summary fields      close()
