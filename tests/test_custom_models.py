@@ -427,6 +427,16 @@ def test_labels_beyond_the_classes_are_one_line_from_python(tmp_path):
               method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
 
 
+def test_train_from_a_rank_of_a_script_of_ones_own_runs_in_that_process(tmp_path, monkeypatch):
+    from locallearn.training import train
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # e.g. one run per rank, each into its own directory
+    data = [(torch.randn(8, 1, 16, 16), torch.arange(8) % 4)]
+    summary = train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "rank0", num_classes=4,
+                    method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
+    assert summary["epochs"] == 1
+
+
 def test_an_option_the_run_would_not_use_is_refused_from_python_as_from_the_command_line(tmp_path):
     from locallearn.training import train
 

@@ -542,6 +542,13 @@ def test_a_resume_from_stage_files_ahead_of_checkpoint_pt_writes_it(tmp_path, ca
     assert main(["train", "--out", str(run), "--resume"]) == 2
     assert "has no checkpoint.pt, only the stage files of the pipeline that trained it" in capsys.readouterr().err
     assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2, 3]  # nothing was started over
+    # their own layout with every stage file damaged: nothing sound to resume, results to lose: refused too
+    for path in (run / "pipeline").glob("stage*.pt"):
+        path.write_bytes(path.read_bytes()[:100])
+    procs = spawn_local(_cli, 2, [*TRAIN, "--out", str(run), "--resume"], stderr_dir=str(tmp_path))
+    assert _join(procs, 180) == [2, 2]
+    assert "holds results (3 epochs in metrics.jsonl) but no sound checkpoint" in (tmp_path / "rank0.err").read_text()
+    assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2, 3]
 
 
 def _cli_of_rank(argvs):

@@ -60,5 +60,7 @@ def test_channels_must_agree_with_the_data():
         with pytest.raises(ValueError, match=rf"^model_kwargs: {name} is an option of its own \({name}=\.\.\., or "
                                              rf"the dataset's\), not a backbone argument; pass it as {name}\.$"):
             ll.build("vit_tiny" if name == "image_size" else "resnet20", method="e2e", model_kwargs={name: value})
+    # the run's own value given again (runs of earlier releases, which allowed it) builds the same network
+    assert ll.build("resnet20", method="e2e", model_kwargs={"num_classes": 10}).config.num_classes == 10
     with pytest.raises(ValueError, match="image_mean: expected one finite number"):
         ll.build("resnet20", method="e2e", in_channels=1, image_mean=(0.5, 0.5, 0.5))

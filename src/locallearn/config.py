@@ -72,8 +72,11 @@ class NetConfig:
         check_model(self.model)
         method = METHODS.get(self.method)
         check_fields(self)
-        own = next((name for name in ("in_channels", "num_classes", "image_size") if name in self.model_kwargs), None)
-        if own is not None:  # one value, which config.yaml records and build_net passes to the factory
+        # one value, which config.yaml records and build_net passes to the factory (the same value given again
+        # there is accepted: runs of earlier releases, which allowed it, are read back)
+        own = next((name for name in ("in_channels", "num_classes", "image_size")
+                    if name in self.model_kwargs and self.model_kwargs[name] != getattr(self, name)), None)
+        if own is not None:
             raise ValueError(
                 f"model_kwargs: {own} is an option of its own ({own}=..., or the dataset's), not a backbone "
                 f"argument; pass it as {own}."

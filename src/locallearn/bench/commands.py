@@ -113,7 +113,11 @@ def bench_accuracy(
     # over a file: another optimizer than the file's replaces the file's rates)
     options, preset = requested_options(config, {**flags, **given})
     if preset is not None and not Path(str(config)).is_file():  # a preset names one run: its recipe is taken
-        dropped = [key for key in options if (key in NET_FIELDS or key in _AXES) and key not in {**flags, **given}]
+        # the grid sets the axes and each method its own options; what belongs to the preset's model (its
+        # model_kwargs, e.g. a ViT's patch size) stays where the grid trains that model only
+        own_model = list(parse_list(models, "--models")) == [options.get("model")]
+        dropped = [key for key in options if key not in {**flags, **given} and (
+            key in _AXES or (key in NET_FIELDS and not (own_model and key in ("model_kwargs", "image_size"))))]
         options = {key: value for key, value in options.items() if key not in dropped}
         if not quiet and dropped:
             print(f"bench accuracy: the recipe of preset {config}; its {', '.join(dropped)} are set by the grid "

@@ -81,9 +81,11 @@ def fit(
     run's data and network have been built. ``launcher``: how processes are arranged (default: this one
     process). The main process holds the run directory's lock throughout.
     """
-    launcher = launcher or SingleProcess()
-    if isinstance(launcher, SingleProcess):  # train() passes one with its data: the same check
+    if launcher is None:  # the command line's single process: not one of several ranks either
         check_single_process(config)
+    elif isinstance(launcher, SingleProcess):  # train(): one process, whichever rank of a script of one's own
+        check_single_process(config, ranks=False)
+    launcher = launcher or SingleProcess()
     log = log if launcher.is_main else _quiet
     run = RunDir(config.run.out)
     with run.lock() if launcher.is_main else contextlib.nullcontext(), interrupt.stop_between_batches():
@@ -296,7 +298,7 @@ def written_config(state: dict[str, Any], where: Path, *, data_dir: str) -> Conf
     return resolve({**flatten(state["config"], str(where)), "data_dir": data_dir})
 
 
-def check_single_process(config: Config) -> None:
+def check_single_process(config: Config, *, ranks: bool = True) -> None:
     """Refuse what one process cannot run: the pipeline, or a single-process run started as several ranks
     (torchrun without ``--parallel pipeline``: every rank would train the whole network into the same run
     directory)."""
@@ -310,7 +312,7 @@ def check_single_process(config: Config) -> None:
         raise ValueError(f"parallel: --parallel {config.processes.parallel} runs with its own launcher, not in this "
                          f"single process; start it with `locallearn train --parallel {config.processes.parallel}`.")
     world = os.environ.get("WORLD_SIZE")
-    if world is not None and world.isdigit() and int(world) > 1:
+    if ranks and world is not None and world.isdigit() and int(world) > 1:
         raise ValueError(
             f"parallel: this process is one of {world} ranks (torchrun) but --parallel is none, so every rank "
             "would train the whole network into the same run directory; add --parallel pipeline, or start one process."

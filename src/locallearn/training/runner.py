@@ -243,7 +243,10 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA when there is one; an explicit device must exist."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:  # torch's own message lists every device type it knows
+        raise ValueError(f"device: unknown device {device!r}; use cpu, cuda, cuda:N or auto.") from None
     if resolved.type == "cpu":
         return resolved
     backend = torch.backends.mps if resolved.type == "mps" else getattr(torch, resolved.type, None)  # torch.cuda, torch.xpu, ...
