@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="rewrite OUT.md from OUT.json (the settings from its command line); run nothing")
     args = parser.parse_args(argv)
     if args.render_only:
+        if not args.out.with_suffix(".json").is_file():
+            parser.error(f"--render-only: {args.out.with_suffix('.json')} does not exist; run the script first")
         stored = json.loads(args.out.with_suffix(".json").read_text())
         ran = parser.parse_args(shlex.split(stored["meta"]["command"])[2:])
         args.out.with_suffix(".md").write_text(markdown(stored["rows"], stored["roles"], stored["meta"], _title(ran)))
