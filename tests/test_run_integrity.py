@@ -329,7 +329,7 @@ def test_12_a_truncated_stage_file_is_named_and_an_older_epoch_is_used(tmp_path)
     save_state(new, {"format": 2, "run_id": "r", "epoch": 2})
     new.write_bytes(new.read_bytes()[:100])
     warnings = []
-    assert list(_sound_stage_files({0: {1: old, 2: new}}, "r", warnings.append)[0].items()) == [(1, (old, None, None))]
+    assert list(_sound_stage_files({0: {1: old, 2: new}}, "r", warnings.append)[0].items()) == [(1, (old, None, None, None))]
     assert "stage0-epoch2.pt cannot be read" in warnings[0] and "it is not resumed from" in warnings[0]
     with pytest.raises(ValueError, match="stage0-epoch2.pt cannot be read"):
         load_state(new)

@@ -212,10 +212,8 @@ class PipelineRunner:
             # restored from stage files ahead of checkpoint.pt (stopped between the stage saves and the merged
             # one): write it now, or a run restored at its last epoch would finish with checkpoint.pt (eval,
             # load_net, a resume of another layout) an epoch behind its summary
-            extra = dict(state)
-            if env.is_main:  # the merged checkpoint carries the main process's random state, as save() writes it
-                stage_state = load_state(self.found[self.stage][state["epoch"]].path)
-                extra.update({"rng": stage_state["rng"]} if "rng" in stage_state else {})
+            rng = self.found[self.stage][state["epoch"]].rng  # the merged checkpoint carries the main process's
+            extra = {**state, **({"rng": rng} if rng is not None else {})}  # random state, as save() writes it
             _save_merged(env, run, self.net, self.optimizer, self.layout, self.groups, extra)
         if state is None:  # stage files of another layout, and no checkpoint.pt: refused rather than started over
             latest = _latest(self.found.get(self.stage, {}))
@@ -288,11 +286,13 @@ def _choose_layout(env: DistEnv, config: Config, net: LocalNet, found: dict[int,
 
 
 class StageFile(NamedTuple):
-    """A sound stage checkpoint, with what choosing the layout needs of it (read once, when it was checked)."""
+    """A sound stage checkpoint, with what choosing the layout and writing checkpoint.pt from it need (read once,
+    when it was checked)."""
 
     path: Path
     layout: dict[str, Any] | None  # Layout.to_dict() of the run that wrote it
     pipeline_assign: str | None
+    rng: Any = None  # the writing rank's random state (rng_state), where the file holds it
 
 
 def _latest(epochs: dict[int, StageFile]) -> StageFile | None:
@@ -334,7 +334,7 @@ def _sound_stage_files(found: dict[int, dict[int, Path]], run_id: str, log: Log)
                 log(f"warning: {path} was left by another run in this directory; it is not resumed from.")
                 continue
             assign = state.get("config", {}).get("processes", {}).get("pipeline_assign")
-            sound.setdefault(stage, {})[epoch] = StageFile(path, state.get("layout"), assign)
+            sound.setdefault(stage, {})[epoch] = StageFile(path, state.get("layout"), assign, state.get("rng"))
     return sound
 
 
