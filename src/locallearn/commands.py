@@ -55,11 +55,9 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
         check_used(resolved, flags)  # the flags typed: a --config file (a preset, a run's config.yaml) may hold any
     if dry_run:
         if resolved.processes.parallel == "pipeline" and "WORLD_SIZE" in os.environ:  # under torchrun: its checks
-            from locallearn.distributed.assign import check_assign, check_layout
+            from locallearn.distributed.runner import check_start
 
-            ranks = int(os.environ["WORLD_SIZE"])
-            stages = check_layout(resolved.net.num_modules, ranks, resolved.processes.data_parallel)
-            check_assign(resolved.processes.pipeline_assign, stages, resolved.net.num_modules)
+            check_start(resolved, int(os.environ["WORLD_SIZE"]))
             if os.environ.get("RANK", "0") != "0":  # one copy of the config, by rank 0
                 return 0
         print(preview(resolved))

@@ -78,8 +78,7 @@ def fit_pipeline(
     """Train ``config`` (``parallel: pipeline``) as this rank of a torchrun job. Returns the summary on rank 0,
     None elsewhere."""
     info = env_from_environment()
-    stages = check_layout(config.net.num_modules, int(info["world_size"]), config.processes.data_parallel)
-    check_assign(config.processes.pipeline_assign, stages, config.net.num_modules)  # refused before any connection
+    check_start(config, int(info["world_size"]))  # refused before any connection
     env = init_distributed(device=config.run.device, fault_timeout_s=config.processes.fault_timeout)
 
     def job():
@@ -93,6 +92,14 @@ def fit_pipeline(
         return summary
 
     return run_guarded(env, job)
+
+
+def check_start(config: Config, world_size: int) -> None:
+    """What a pipeline of ``world_size`` ranks refuses before connecting (also ``train --dry-run`` under
+    torchrun): ranks that do not form stages of the network's modules, or ``--pipeline-assign`` counts that do
+    not fit them."""
+    stages = check_layout(config.net.num_modules, world_size, config.processes.data_parallel)
+    check_assign(config.processes.pipeline_assign, stages, config.net.num_modules)
 
 
 class PipelineLauncher:
