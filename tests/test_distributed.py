@@ -704,3 +704,20 @@ def test_a_stage_checkpoint_of_another_network_is_one_line():
     state.pop(key)
     with pytest.raises(ValueError, match=rf"^--resume: the checkpoint of stage 0 lacks '{key}'"):
         _load_owned(net, state, layout, 0)
+
+
+@pytest.mark.slow
+def test_resume_with_pipeline_assign_fits_the_runs_own_modules_not_the_flags_default(tmp_path):
+    """A run of K = 8 resumed with --pipeline-assign 3,5 and no --num-modules: the counts are checked against
+    the run's K (8), not the default K a flag-only config has (4), which refused them before any connection."""
+    from locallearn.training import fit, load_config
+
+    run = tmp_path / "k8"
+    flags = ["--model", "resnet20", "--num-modules", "8", "--split", "uniform", "--epochs", "1",
+             "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--out", str(run)]
+    fit(load_config(**_flags(["train", *flags])), log=lambda _: None)
+    argv = ["train", "--parallel", "pipeline", "--device", "cpu", "--fault-timeout", "3", "--out", str(run),
+            "--resume", "--pipeline-assign", "3,5"]
+    procs = spawn_local(_cli_printing_to, 2, str(tmp_path / "out0"), argv, stderr_dir=str(tmp_path))
+    assert _join(procs, 120) == [0, 0], (tmp_path / "rank0.err").read_text()[-2000:]
+    assert "already finished (1 epoch); nothing to resume" in (tmp_path / "out0").read_text()

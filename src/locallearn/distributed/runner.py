@@ -23,6 +23,7 @@ is later or the layout changed. The learning-rate schedule, data order and augme
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -46,7 +47,7 @@ from locallearn.distributed.pipeline import (
 )
 from locallearn.net import LocalNet, build_net, check_batch, check_logits
 from locallearn.training.config import Config, parse_assign, read_mapping, resolve, run_id_of
-from locallearn.training.fit import fit, plural
+from locallearn.training.fit import fit, open_run, plural
 from locallearn.training.rundir import CONFIG, METRICS, SUMMARY, RunDir, load_state, save_state, seed_everything
 from locallearn.training.runner import (
     RESUME_FIX,
@@ -78,7 +79,7 @@ def fit_pipeline(
     """Train ``config`` (``parallel: pipeline``) as this rank of a torchrun job. Returns the summary on rank 0,
     None elsewhere."""
     info = env_from_environment()
-    check_start(config, int(info["world_size"]))  # refused before any connection
+    check_start(_to_check(config, resume, requested), int(info["world_size"]))  # refused before any connection
     env = init_distributed(device=config.run.device, fault_timeout_s=config.processes.fault_timeout)
 
     def job():
@@ -100,6 +101,16 @@ def check_start(config: Config, world_size: int) -> None:
     not fit them."""
     stages = check_layout(config.net.num_modules, world_size, config.processes.data_parallel)
     check_assign(config.processes.pipeline_assign, stages, config.net.num_modules)
+
+
+def _to_check(config: Config, resume: bool, requested: dict[str, Any] | None) -> Config:
+    """The config whose modules the ranks must fit: with --resume, the run's own where this machine holds it
+    (its K, not the flags' default); otherwise, or where the run cannot be read here, the flags' (rank 0 then
+    says what is wrong with the run once the ranks are connected)."""
+    if resume:
+        with contextlib.suppress(ValueError, OSError):
+            return open_run(config, resume=True, overwrite=False, requested=requested)[0]
+    return config
 
 
 class PipelineLauncher:
