@@ -540,7 +540,19 @@ def test_a_resume_from_stage_files_ahead_of_checkpoint_pt_writes_it(tmp_path, ca
     assert ("its pipeline stage files were written by 2 stages × 1 data-parallel (2 ranks), which alone can resume "
             "from them; resume with 2 ranks") in (tmp_path / "rank0.err").read_text()
     assert main(["train", "--out", str(run), "--resume"]) == 2
-    assert "has no checkpoint.pt, only the stage files of the pipeline that trained it" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "has no checkpoint.pt, only the stage files of the pipeline that trained it" in said
+    assert f"resume it with `torchrun --nproc-per-node 2 -m locallearn train --parallel pipeline --out {run} --resume`" in said
+    assert main(["eval", str(run), "--device", "cpu"]) == 2  # eval says the same, not "no epoch finished"
+    assert f"`torchrun --nproc-per-node 2 -m locallearn train --parallel pipeline --out {run} --resume` writes it from them, then eval works" in capsys.readouterr().err
+    # the same ranks, another assignment of modules: told which one can resume them
+    stored = [b - a + 1 for a, b in torch.load(run / "pipeline" / "stage0-epoch3.pt", weights_only=True)["layout"]["modules"]]
+    other = "1,3" if stored != [1, 3] else "3,1"
+    procs = spawn_local(_cli, 2, [*TRAIN, "--out", str(run), "--resume", "--pipeline-assign", other],
+                        stderr_dir=str(tmp_path))
+    assert _join(procs, 180) == [2, 2]
+    assert f"which alone can resume from them; resume with --pipeline-assign {','.join(map(str, stored))}, or start " \
+        "over with --overwrite." in (tmp_path / "rank0.err").read_text()
     assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2, 3]  # nothing was started over
     # their own layout with every stage file damaged: nothing sound to resume, results to lose: refused too
     for path in (run / "pipeline").glob("stage*.pt"):

@@ -236,17 +236,23 @@ class PipelineRunner:
         if state is None:  # stage files of another layout, and no checkpoint.pt: refused rather than started over
             latest = _latest(self.found.get(self.stage, {}))
             layouts: list[Any] = [None] * env.world_size
-            dist.all_gather_object(layouts, latest.layout if latest else None, group=env.ctrl)
-            other = next((lay for lay in layouts if lay is not None and lay != self.layout.to_dict()), None)
+            dist.all_gather_object(layouts, (latest.layout, latest.pipeline_assign) if latest else None,
+                                   group=env.ctrl)
+            other, assign = next((found for found in layouts if found is not None
+                                  and found[0] != self.layout.to_dict()), (None, None))
             if other is not None:  # every rank refuses here: the links are closed in step, as at the end of a run
                 self.close()
                 ranks = other["stages"] * other["data_parallel"]
-                raise ValueError(
-                    f"--resume: {run.path} has no sound checkpoint.pt, and its pipeline stage files were written by "
-                    f"{other['stages']} stages × {other['data_parallel']} data-parallel ({ranks} ranks), which "
-                    f"alone can resume from them; resume with {ranks} ranks (torchrun --nproc-per-node {ranks}), "
-                    f"or start over with --overwrite."
-                )
+                if (other["stages"], other["data_parallel"]) == (self.layout.stages, self.layout.replicas):
+                    modules = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in other["modules"])
+                    how = (f"stages of modules {modules} (--pipeline-assign {assign or 'balanced'}), which alone "
+                           f"can resume from them; resume with --pipeline-assign {_assign_of(other['modules'])}")
+                else:
+                    how = (f"{other['stages']} stages × {other['data_parallel']} data-parallel ({ranks} ranks), "
+                           f"which alone can resume from them; resume with {ranks} ranks (torchrun "
+                           f"--nproc-per-node {ranks})")
+                raise ValueError(f"--resume: {run.path} has no sound checkpoint.pt, and its pipeline stage files "
+                                 f"were written by {how}, or start over with --overwrite.")
             # nothing sound to resume from (damaged or incomplete stage files), but results to lose: refused, as a
             # run without any checkpoint is (training.fit.open_run)
             results = self.launcher.share(_has_results(run) if env.is_main else None)
@@ -311,6 +317,11 @@ class StageFile(NamedTuple):
     layout: dict[str, Any] | None  # Layout.to_dict() of the run that wrote it
     pipeline_assign: str | None
     rng: Any = None  # the writing rank's random state (rng_state), where the file holds it
+
+
+def _assign_of(modules: list[list[int]]) -> str:
+    """The --pipeline-assign counts that give a stored layout's stages ([first, last] module of each)."""
+    return ",".join(str(b - a + 1) for a, b in modules)
 
 
 def _latest(epochs: dict[int, StageFile]) -> StageFile | None:

@@ -40,7 +40,7 @@ from locallearn.training.config import (
 )
 from locallearn.training.fit import fit, written_config
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir, load_state
-from locallearn.training.runner import READ_FIX, SingleProcess, load_weights, net_to_build
+from locallearn.training.runner import READ_FIX, SingleProcess, load_weights, net_to_build, pipeline_resume
 
 
 def train(
@@ -181,6 +181,9 @@ def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.de
     if checkpoint is None and run.file(PREVIOUS).is_file():
         raise ValueError(f"{run.path} has no {CHECKPOINT} (a write was interrupted), only {PREVIOUS}, of the epoch "
                          f"before; `locallearn train --out {where} --resume` continues the run from it.")
+    if checkpoint is None and run.has_checkpoint(stages=True):
+        raise ValueError(f"{run.path} has no {CHECKPOINT}, only the stage files of the pipeline that trained it; "
+                         f"{pipeline_resume(run)} writes it from them, then {reader} works.")
     if checkpoint is None:
         raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
     written = written_config(checkpoint, run.file(CHECKPOINT), data_dir=config.data.data_dir)

@@ -95,6 +95,17 @@ class RunDir:
             return True
         return stages and self.file(STAGES).is_dir() and any(self.file(STAGES).glob("stage*-epoch*.pt"))
 
+    def pipeline_ranks(self) -> int | None:
+        """How many ranks wrote the pipeline stage files here (stages × data-parallel, read from the newest sound
+        one), or None where there is none."""
+        paths = sorted(self.file(STAGES).glob("stage*-epoch*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for path in paths if self.file(STAGES).is_dir() else []:
+            with contextlib.suppress(ValueError):
+                layout = load_state(path).get("layout")
+                if layout:
+                    return int(layout["stages"]) * int(layout["data_parallel"])
+        return None
+
     def present(self) -> list[str]:
         """The run's own files (and the stage directory) that exist here."""
         return [name for name in (*RUN_FILES, STAGES) if self.file(name).exists()]

@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import shlex
 import time
 from typing import Any, Callable, Iterable, Protocol
 
@@ -153,8 +154,8 @@ class LocalRunner:
         state = run.load_checkpoint(fallback=True, log=self.log)
         if state is None and run.has_checkpoint(stages=True):  # only a pipeline's stage files: not started over
             raise ValueError(f"--resume: {run.path} has no checkpoint.pt, only the stage files of the pipeline that "
-                             f"trained it, which that pipeline alone can resume from; resume it with torchrun and "
-                             f"--parallel pipeline on as many ranks, or start over with --overwrite.")
+                             f"trained it, which that pipeline alone can resume from; {pipeline_resume(run)}, or "
+                             f"start over with --overwrite.")
         if state is not None:
             load_weights(self.net, state["model"], run.file(CHECKPOINT))
             optimizer_state = state["optimizer"]
@@ -217,6 +218,15 @@ def record_pretrained(run: RunDir, net: LocalNet, run_id: str) -> None:
     config = getattr(net.backbone, "pretrained_config", None)
     if config is not None:
         run.write_pretrained(json.loads(config.to_json_string(use_diff=False)), run_id)
+
+
+def pipeline_resume(run: RunDir) -> str:
+    """How to resume the run ``run`` from its pipeline stage files alone: the command, with the number of ranks
+    that wrote them."""
+    ranks = run.pipeline_ranks()
+    where = shlex.quote(str(run.path))
+    return (f"resume it with `torchrun --nproc-per-node {ranks or 'N'} -m locallearn train --parallel pipeline "
+            f"--out {where} --resume`" + ("" if ranks else " on as many ranks as trained it"))
 
 
 def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: Any, fix: str = RESUME_FIX) -> None:
