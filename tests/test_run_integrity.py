@@ -535,11 +535,11 @@ def test_a_resume_with_results_but_no_checkpoint_is_refused_and_keeps_them(tmp_p
     (run / "checkpoint.prev.pt").unlink()
     metrics = (run / "metrics.jsonl").read_text()
     assert main(["train", "--out", str(run), "--resume"]) == 2
-    assert "holds results (metrics.jsonl, summary.json) but no checkpoint.pt to continue from" in one_line(capsys)
+    assert "holds results (2 epochs in metrics.jsonl, summary.json) but no checkpoint.pt to continue from" in one_line(capsys)
     assert (run / "metrics.jsonl").read_text() == metrics and (run / "summary.json").is_file()
     (run / "summary.json").unlink()  # unfinished, two epochs logged: the checkpoints are lost all the same
     assert main(["train", "--out", str(run), "--resume"]) == 2
-    assert "holds results (metrics.jsonl) but no checkpoint.pt" in one_line(capsys)
+    assert "holds results (2 epochs in metrics.jsonl) but no checkpoint.pt" in one_line(capsys)
     (run / "pipeline").mkdir()  # a pipeline's stage checkpoints are something to continue from
     (run / "pipeline" / "stage0-epoch2.pt").write_bytes(b"")
     from locallearn.training.fit import open_run

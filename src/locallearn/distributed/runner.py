@@ -48,7 +48,7 @@ from locallearn.distributed.pipeline import (
 from locallearn.net import LocalNet, build_net, check_batch, check_logits
 from locallearn.training.config import Config, parse_assign, read_mapping, resolve, run_id_of
 from locallearn.training.fit import fit, open_run, plural
-from locallearn.training.rundir import CONFIG, METRICS, SUMMARY, RunDir, load_state, save_state, seed_everything
+from locallearn.training.rundir import CONFIG, RunDir, load_state, save_state, seed_everything
 from locallearn.training.runner import (
     RESUME_FIX,
     compile_parts,
@@ -255,10 +255,10 @@ class PipelineRunner:
                                  f"were written by {how}, or start over with --overwrite.")
             # nothing sound to resume from (damaged or incomplete stage files), but results to lose: refused, as a
             # run without any checkpoint is (training.fit.open_run)
-            results = self.launcher.share(_has_results(run) if env.is_main else None)
+            results = self.launcher.share(run.results() if env.is_main else None)
             if results:
                 self.close()
-                raise ValueError(f"--resume: {run.path} holds results ({results}) but no sound checkpoint to "
+                raise ValueError(f"--resume: {run.path} holds results ({', '.join(results)}) but no sound checkpoint to "
                                  f"continue from (the warnings above name the stage files left out), and starting "
                                  f"again would replace them; keep them and train elsewhere (another --out), or start "
                                  f"over with --overwrite.")
@@ -365,14 +365,6 @@ def _sound_stage_files(found: dict[int, dict[int, Path]], run_id: str, log: Log)
             assign = state.get("config", {}).get("processes", {}).get("pipeline_assign")
             sound.setdefault(stage, {})[epoch] = StageFile(path, state.get("layout"), assign, state.get("rng"))
     return sound
-
-
-def _has_results(run: RunDir) -> str:
-    """What results a run holds beyond a first epoch cut short: 'summary.json', 'N epochs', or ''."""
-    if run.finished:
-        return SUMMARY
-    logged = len(run.file(METRICS).read_bytes().splitlines()) if run.file(METRICS).is_file() else 0
-    return f"{logged} epochs in {METRICS}" if logged > 1 else ""
 
 
 def _run_id(run: RunDir) -> str:

@@ -38,8 +38,6 @@ from locallearn.training.rundir import (
     CHECKPOINT_FORMAT,
     CONFIG,
     METRICS,
-    PREVIOUS,
-    STAGES,
     SUMMARY,
     RunDir,
     rng_state,
@@ -219,12 +217,10 @@ def open_run(
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it over.")
     if resume and run.file(CONFIG).is_file():
-        # a checkpoint left: checkpoint.pt, the one before, or a pipeline's stage files. Without one, a run that
-        # logged more than its first epoch (a kill between an epoch's metrics and its checkpoint leaves one
-        # line) or finished has lost its checkpoints, and starting again would replace its results
-        results = [name for name in (METRICS, SUMMARY) if run.file(name).is_file() and run.file(name).stat().st_size]
-        logged = len(run.file(METRICS).read_bytes().splitlines()) if METRICS in results else 0
-        if (logged > 1 or SUMMARY in results) and not run.has_checkpoint(stages=True):
+        # a checkpoint left: checkpoint.pt, the one before, or a pipeline's stage files. Without one, a run with
+        # results has lost its checkpoints, and starting again would replace them
+        results = run.results()
+        if results and not run.has_checkpoint(stages=True):
             raise ValueError(
                 f"--resume: {run.path} holds results ({', '.join(results)}) but no {CHECKPOINT} to continue from, "
                 f"and starting again would replace them; keep them and train elsewhere (another --out), or "

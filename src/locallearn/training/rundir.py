@@ -88,6 +88,14 @@ class RunDir:
             return False
         return not (self.file(METRICS).is_file() and self.file(METRICS).read_bytes().strip())
 
+    def results(self) -> list[str]:
+        """The results held beyond a first epoch cut short (a kill between an epoch's metrics line and its
+        checkpoint leaves one line): 'N epochs in metrics.jsonl' where more than one is logged, 'summary.json'
+        where the run finished. Empty where starting the run again would replace nothing of worth."""
+        logged = len(self.file(METRICS).read_bytes().splitlines()) if self.file(METRICS).is_file() else 0
+        finished = self.finished and self.file(SUMMARY).stat().st_size > 0
+        return ([f"{logged} epochs in {METRICS}"] if logged > 1 else []) + ([SUMMARY] if finished else [])
+
     def has_checkpoint(self, *, stages: bool = False) -> bool:
         """A checkpoint of the whole network is here (sound or not); with ``stages`` (a pipeline's resume, which
         reads them) also a pipeline stage's checkpoint."""
