@@ -421,3 +421,12 @@ def test_a_dry_run_under_torchrun_checks_the_ranks_and_prints_once(tmp_path, mon
     assert main([*argv, "--num-modules", "3"]) == 0 and "parallel: pipeline" in capsys.readouterr().out
     monkeypatch.setenv("RANK", "2")  # the other ranks check, and leave the printing to rank 0
     assert main([*argv, "--num-modules", "3"]) == 0 and capsys.readouterr().out == ""
+    # without --parallel pipeline, every rank would train the whole network into one directory: refused, on every
+    # rank, as the real run is (each rank printed a config before)
+    single = ["train", "--model", "resnet20", "--out", str(tmp_path / "run"), "--dry-run"]
+    assert main(single) == 2 and capsys.readouterr() == ("", "")  # rank 2: refused; rank 0 says why
+    monkeypatch.setenv("RANK", "0")
+    assert main(single) == 2
+    assert "this process is one of 3 ranks (torchrun) but --parallel is none" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: a single-process run, printed
+    assert main(single) == 0 and "parallel: none" in capsys.readouterr().out

@@ -25,7 +25,7 @@ from locallearn.training.config import (
     resolve,
 )
 from locallearn.training.api import trained_checkpoint
-from locallearn.training.fit import derived, fit, provenance
+from locallearn.training.fit import check_single_process, derived, fit, provenance
 from locallearn.training.report import write_report
 from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
 from locallearn.training.runner import (
@@ -54,10 +54,13 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
     if not resume:  # a resume keeps the options the run was started with
         check_used(resolved, flags)  # the flags typed: a --config file (a preset, a run's config.yaml) may hold any
     if dry_run:
-        if resolved.processes.parallel == "pipeline" and "WORLD_SIZE" in os.environ:  # under torchrun: its checks
-            from locallearn.distributed.runner import check_start
+        if "WORLD_SIZE" in os.environ:  # under torchrun: the checks the run makes before it connects or trains
+            if resolved.processes.parallel == "pipeline":
+                from locallearn.distributed.runner import check_start
 
-            check_start(resolved, int(os.environ["WORLD_SIZE"]))
+                check_start(resolved, int(os.environ["WORLD_SIZE"]))
+            elif resolved.processes.parallel == "none":
+                check_single_process(resolved)  # several ranks of one process's run are refused
             if os.environ.get("RANK", "0") != "0":  # one copy of the config, by rank 0
                 return 0
         print(preview(resolved))
