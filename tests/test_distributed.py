@@ -444,7 +444,8 @@ def test_ctrl_c_of_a_pipeline_run_is_said_once_by_rank_0(tmp_path):
     said = [(tmp_path / f"rank{r}.err").read_text() for r in (0, 1)]
     lines = [line for line in said[0].splitlines() if line.startswith("locallearn")]
     assert len(lines) == 1 and lines[0].startswith("locallearn: interrupted in epoch "), said[0]
-    assert "is kept in" in lines[0] and "--resume` continues it" in lines[0]
+    assert "is kept in" in lines[0]  # the command that continues it is the pipeline's, on the ranks it ran on
+    assert f"`torchrun --nproc-per-node 2 -m locallearn train --parallel pipeline --out {run} --resume` continues it" in lines[0]
     assert "locallearn" not in said[1] and "Traceback" not in said[0] + said[1], said
 
 

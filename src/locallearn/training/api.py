@@ -20,7 +20,6 @@ starts from the first run's weights (said in a warning).
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -40,7 +39,7 @@ from locallearn.training.config import (
 )
 from locallearn.training.fit import fit, written_config
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir, load_state
-from locallearn.training.runner import READ_FIX, SingleProcess, load_weights, net_to_build, pipeline_resume
+from locallearn.training.runner import READ_FIX, SingleProcess, load_weights, net_to_build, pipeline_resume, resume_command
 
 
 def train(
@@ -164,7 +163,6 @@ def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.de
     """The state of ``run``'s checkpoint.pt, for ``reader`` (``eval``, ``load_net``) to read the trained network
     back: sound, and written with the options ``config`` (the run's config.yaml) gives, but where the run lives
     and runs; otherwise refused in one line saying what is left and how to go on."""
-    where = shlex.quote(str(run.path))
     try:
         checkpoint = run.load_checkpoint(map_location)
     except ValueError as err:  # damaged: a resume retrains its epoch from the one before, where that is sound
@@ -176,11 +174,11 @@ def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.de
             raise ValueError(f"{run.path}: {CHECKPOINT} and {PREVIOUS} are both damaged ({second}); no sound "
                              f"checkpoint is left, so the weights are lost (metrics.jsonl and summary.json still "
                              f"hold the results).") from None
-        raise ValueError(f"{str(err).rstrip('.')}; `locallearn train --out {where} --resume` trains that epoch "
+        raise ValueError(f"{str(err).rstrip('.')}; `{resume_command(run)}` trains that epoch "
                          f"again from it, then {reader} works.") from None
     if checkpoint is None and run.file(PREVIOUS).is_file():
         raise ValueError(f"{run.path} has no {CHECKPOINT} (a write was interrupted), only {PREVIOUS}, of the epoch "
-                         f"before; `locallearn train --out {where} --resume` continues the run from it.")
+                         f"before; `{resume_command(run)}` continues the run from it.")
     if checkpoint is None and run.has_checkpoint(stages=True):
         raise ValueError(f"{run.path} has no {CHECKPOINT}, only the stage files of the pipeline that trained it; "
                          f"{pipeline_resume(run)} writes it from them, then {reader} works.")

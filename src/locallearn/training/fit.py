@@ -50,6 +50,7 @@ from locallearn.training.runner import (
     SingleProcess,
     check_class_names,
     record_pretrained,
+    resume_command,
 )
 from locallearn.training.schedule import Schedule
 from locallearn.version import __version__
@@ -170,7 +171,9 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
             compiled_now = config.run.compile and epoch == done + 1  # a process compiles in its first steps
             log(epoch_line(record, config.optim.epochs) + ("  (time includes compiling)" if compiled_now else ""))
     except KeyboardInterrupt:  # a stop Ctrl-C requested (acted on between batches), or a second Ctrl-C, where it landed
-        resume_hint = (f"; `locallearn train --out {shlex.quote(str(run.path))} --resume` continues it"
+        pipeline = config.processes.parallel == "pipeline"  # the ranks it ran on (torchrun sets WORLD_SIZE)
+        again = resume_command(run, pipeline=pipeline, ranks=os.environ.get("WORLD_SIZE") if pipeline else None)
+        resume_hint = (f"; `{again}` continues it"
                        if saved or not run.untrained else "; the same command starts it over")  # (an epoch logged)
         kept = f"interrupted in epoch {saved + 1}: {_kept(run, saved)}"
         raise interrupt.Interrupted(f"{kept}{resume_hint}.", kept=kept) from None

@@ -220,13 +220,20 @@ def record_pretrained(run: RunDir, net: LocalNet, run_id: str) -> None:
         run.write_pretrained(json.loads(config.to_json_string(use_diff=False)), run_id)
 
 
+def resume_command(run: RunDir, *, pipeline: bool = False, ranks: int | str | None = None) -> str:
+    """The command that continues ``run``: one process, or (``pipeline``) torchrun with ``ranks`` ranks."""
+    where = shlex.quote(str(run.path))
+    if not pipeline:
+        return f"locallearn train --out {where} --resume"
+    return f"torchrun --nproc-per-node {ranks or 'N'} -m locallearn train --parallel pipeline --out {where} --resume"
+
+
 def pipeline_resume(run: RunDir) -> str:
     """How to resume the run ``run`` from its pipeline stage files alone: the command, with the number of ranks
     that wrote them."""
     ranks = run.pipeline_ranks()
-    where = shlex.quote(str(run.path))
-    return (f"resume it with `torchrun --nproc-per-node {ranks or 'N'} -m locallearn train --parallel pipeline "
-            f"--out {where} --resume`" + ("" if ranks else " on as many ranks as trained it"))
+    return (f"resume it with `{resume_command(run, pipeline=True, ranks=ranks)}`"
+            + ("" if ranks else " on as many ranks as trained it"))
 
 
 def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: Any, fix: str = RESUME_FIX) -> None:
