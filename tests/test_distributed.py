@@ -734,3 +734,22 @@ def test_resume_with_pipeline_assign_fits_the_runs_own_modules_not_the_flags_def
     procs = spawn_local(_cli_printing_to, 2, str(tmp_path / "out0"), argv, stderr_dir=str(tmp_path))
     assert _join(procs, 120) == [0, 0], (tmp_path / "rank0.err").read_text()[-2000:]
     assert "already finished (1 epoch); nothing to resume" in (tmp_path / "out0").read_text()
+
+
+def test_each_rank_of_a_machine_gets_its_own_gpu_or_every_rank_refuses(monkeypatch):
+    """Ranks beyond the GPUs shared one (LOCAL_RANK modulo the count), which NCCL cannot run; now every rank of a
+    machine with more processes than GPUs refuses in one line (the same on each, so rank 0 says it)."""
+    from locallearn.distributed.launch import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert [pick_device("cuda", r) for r in (0, 1)] == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    assert pick_device("cuda:1", 0) == torch.device("cuda", 1)  # a device named by index is taken as given
+    assert pick_device("cpu", 1) == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    for rank in (0, 2):
+        with pytest.raises(ValueError, match=r"^device: 3 ranks on this machine but 2 GPUs, and each rank needs its "
+                                             r"own; start at most 2 \(torchrun --nproc-per-node 2\), or train on the "
+                                             r"CPU \(--device cpu\)\.$"):
+            pick_device("cuda", rank)

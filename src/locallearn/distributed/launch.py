@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from locallearn.training.fit import plural
+
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 EXIT_FAILED = 1  # the exit status of every rank when one failed
 EXIT_INTERRUPTED = 130  # ... when one was stopped by Ctrl-C (the shell's status for SIGINT, as the CLI's)
@@ -83,7 +85,15 @@ def pick_device(device: str, local_rank: int) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device: {device} is not available on this machine; use --device cpu.")
         if resolved.index is None:
-            resolved = torch.device("cuda", local_rank % torch.cuda.device_count())
+            # one GPU per rank (NCCL cannot run two ranks of a job on one), checked against the processes torchrun
+            # starts on this machine, so that every rank refuses alike and rank 0 says why
+            count, ranks = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
+            if max(ranks, local_rank + 1) > count:
+                raise ValueError(
+                    f"device: {plural(max(ranks, local_rank + 1), 'rank')} on this machine but "
+                    f"{plural(count, 'GPU')}, and each rank needs its own; start at most {count} (torchrun "
+                    f"--nproc-per-node {count}), or train on the CPU (--device cpu).")
+            resolved = torch.device("cuda", local_rank)
     return resolved
 
 
