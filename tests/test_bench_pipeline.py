@@ -68,6 +68,36 @@ def test_a_run_that_does_not_finish_is_a_failed_run_and_the_exit_status_says_so(
     assert "| pipeline | 2 × 1 | failed |" in (out / "pipeline.md").read_text()
 
 
+@pytest.mark.slow
+def test_ctrl_c_writes_the_runs_measured_before_it(tmp_path, capsys, monkeypatch):
+    """A Ctrl-C in the second run of a round: the first run is written, marked interrupted (it was discarded)."""
+    out, calls, real = tmp_path / "bench", [], bp.run_variant
+
+    def stopped_at_the_second(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bp, "run_variant", stopped_at_the_second)
+    argv = ["bench", "pipeline", *TINY, "--variants", "single_1t,pipeline", "--out", str(out)]
+    assert main(argv) == 130
+    assert capsys.readouterr().err == (f"locallearn: interrupted in round 1: the runs measured before it are written "
+                                       f"to {out / 'pipeline.json'} and {out / 'pipeline.md'}, marked interrupted\n")
+    report = json.loads((out / "pipeline.json").read_text())
+    assert report["interrupted_in_round"] == 1 and calls == ["single_1t", "pipeline"]
+    assert report["variants"]["single_1t"]["runs"][0]["status"] == "ok" and report["variants"]["pipeline"]["runs"] == []
+    assert report["variants"]["pipeline"]["status"] == "not measured"
+    assert report["comparison"]["verdict"] == "no verdict: the pipeline was not measured (interrupted)"
+    md = (out / "pipeline.md").read_text()
+    assert "**Interrupted (Ctrl-C) in round 1**" in md and "| pipeline | 2 × 1 | not measured (interrupted) |" in md
+    calls.clear()  # stopped in the first run: nothing to write, and nothing is
+    monkeypatch.setattr(bp, "run_variant", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main([*argv[:-1], str(tmp_path / "none")]) == 130
+    assert "interrupted before any run was measured; nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
 # --- bad options ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "flags, expected",

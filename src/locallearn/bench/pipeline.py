@@ -55,6 +55,7 @@ from locallearn.engine import train_step
 from locallearn.methods import METHODS
 from locallearn.config import resolve_net
 from locallearn.training.config import OptimConfig
+from locallearn.training.interrupt import Interrupted
 from locallearn.training.runner import make_optimizer
 from locallearn.validate import Float, Int, Optional, Text, check, check_fields
 
@@ -303,7 +304,7 @@ def summarize(runs: list[dict], clean: float) -> dict:
     ok = [r for r in runs if r["status"] == "ok"]
     failed = len(runs) - len(ok)
     if not ok:
-        return {"status": "failed", "failed_runs": failed, "clean_runs": 0, "median_images_per_s": None,
+        return {"status": "failed" if runs else "not measured", "failed_runs": failed, "clean_runs": 0, "median_images_per_s": None,
                 "median_steady_images_per_s": None, "best_images_per_s": None, "runs": runs}
     quiet = [r for r in ok if r["foreign_cpu_share"] <= clean]
     counted = quiet or ok
@@ -355,11 +356,14 @@ def compare(variants: dict[str, dict]) -> dict:
     if "pipeline" not in variants:
         out["verdict"] = "no verdict: the pipeline variant was not run" + left_out
         return out
+    if variants["pipeline"]["status"] == "not measured":
+        out["verdict"] = "no verdict: the pipeline was not measured (interrupted)" + left_out
+        return out
     if "pipeline" not in done:
         out["verdict"] = "no verdict: the pipeline failed in every run" + left_out
         return out
     if not baselines:
-        missing = [b for b in BASELINES if b not in variants]
+        missing = [b for b in BASELINES if b not in variants or variants[b]["status"] == "not measured"]
         out["verdict"] = (f"no verdict: none of {_names(list(BASELINES))} ran to compare with"
                           + (f" ({_names(missing)} not run)" if missing else "") + left_out)
         return out
@@ -426,18 +430,25 @@ def run_pipeline_bench(bench: PipelineBench, out: Path | str, *, command: str | 
         return sum(r["status"] == "ok" and r["foreign_cpu_share"] <= bench.clean for r in results[name])
 
     names = list(bench.variants)  # a variant that fails is not run again: failures here are not a busy machine's
-    for round_ in range(1, bench.max_rounds + 1):
-        if not names or all(clean_runs(name) >= bench.repeats for name in names):
-            break
-        shift = (round_ - 1) % len(names)  # a slow spell of the machine does not always hit the same variant
-        for name in names[shift:] + names[:shift]:
-            run = run_variant(name, bench, assignment)
-            run["round"] = round_
-            results[name].append(run)
-            if run["status"] != "ok":
-                names.remove(name)
-            if log:
-                log(f"round {round_} {name:13s} " + _describe_run(run, clean_runs(name), bench.repeats))
+    stopped = None  # the round a Ctrl-C stopped: the runs measured before it are written, not discarded
+    try:
+        for round_ in range(1, bench.max_rounds + 1):
+            if not names or all(clean_runs(name) >= bench.repeats for name in names):
+                break
+            shift = (round_ - 1) % len(names)  # a slow spell of the machine does not always hit the same variant
+            for name in names[shift:] + names[:shift]:
+                stopped = round_
+                run = run_variant(name, bench, assignment)
+                run["round"] = round_
+                results[name].append(run)
+                if run["status"] != "ok":
+                    names.remove(name)
+                if log:
+                    log(f"round {round_} {name:13s} " + _describe_run(run, clean_runs(name), bench.repeats))
+            stopped = None
+    except KeyboardInterrupt:
+        if not any(results.values()):
+            raise Interrupted("interrupted before any run was measured; nothing was written") from None
     report = {
         "setting": {
             **asdict(bench), "variants": list(bench.variants), "net": bench.net_options(),
@@ -448,6 +459,7 @@ def run_pipeline_bench(bench: PipelineBench, out: Path | str, *, command: str | 
         "machine": {**machine_before, "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "variants": {name: summarize(runs, bench.clean) for name, runs in results.items()},
     }
+    report["interrupted_in_round"] = stopped
     report["comparison"] = compare(report["variants"])
     v = report["variants"]
     report["paired"] = {
@@ -458,6 +470,9 @@ def run_pipeline_bench(bench: PipelineBench, out: Path | str, *, command: str | 
     out.mkdir(parents=True, exist_ok=True)
     (out / "pipeline.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "pipeline.md").write_text(markdown(report))
+    if stopped is not None:
+        raise Interrupted(f"interrupted in round {stopped}: the runs measured before it are written to "
+                          f"{out / 'pipeline.json'} and {out / 'pipeline.md'}, marked interrupted")
     return report
 
 
@@ -486,6 +501,9 @@ def markdown(report: dict) -> str:
         f"{100 * s['clean']:.0f}% of the machine's CPU while it was measured; medians are over clean runs. Load "
         f"average before/after: {m['load_average']} / {m['load_average_after']}."
     )
+    if report.get("interrupted_in_round"):
+        setting += (f" **Interrupted (Ctrl-C) in round {report['interrupted_in_round']}**: the runs of that round "
+                    f"measured before the stop are included, the rest of the rounds are missing.")
     lines = [
         f"# Pipeline against the other uses of {s['ranks']} cores — {net['model']} {net['method']} "
         f"K={net['num_modules']}{context}, {net['split']} split",
@@ -504,6 +522,10 @@ def markdown(report: dict) -> str:
         if v["status"] == "failed":
             lines.append(f"| {name} | {sh['processes']} × {sh['threads']} | failed | – | – | – | "
                          f"0/{len(v['runs'])} | {v['runs'][-1]['reason'].replace('|', '/')} |")
+            continue
+        if v["status"] == "not measured":
+            lines.append(f"| {name} | {sh['processes']} × {sh['threads']} | not measured (interrupted) | – | – | – | "
+                         f"0/0 | – |")
             continue
         shares = ", ".join(f"{100 * x:.0f}%" for x in v["foreign_cpu_share"])
         failed = f" ({v['failed_runs']} failed)" if v["failed_runs"] else ""
