@@ -753,3 +753,24 @@ def test_each_rank_of_a_machine_gets_its_own_gpu_or_every_rank_refuses(monkeypat
                                              r"own; start at most 2 \(torchrun --nproc-per-node 2\), or train on the "
                                              r"CPU \(--device cpu\)\.$"):
             pick_device("cuda", rank)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_rank_started_alone_says_it_waits_and_times_out_in_one_line(rank):
+    """Ranks started by hand (no torchrun) waited in silence for ranks that never came, then ended in a
+    traceback: now a rank still waiting after WAIT_NOTICE_S says so, and the timeout is one ValueError."""
+    import subprocess
+    import sys
+
+    code = ("import locallearn.distributed.launch as l; l.WAIT_NOTICE_S = 0.5\n"
+            "try:\n    l.init_distributed(device='cpu', timeout_s=3, fault_timeout_s=None)\n"
+            "except ValueError as err:\n    print('refused:', err)\n")
+    env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    where = f"127.0.0.1:{env['MASTER_PORT']}"
+    assert (f"locallearn: rank {rank} of 2 is waiting for the other ranks to join at {where} (for up to 3 s); start "
+            "every rank with the same MASTER_ADDR and MASTER_PORT (torchrun starts them all).") in proc.stderr
+    assert proc.stdout.startswith(f"refused: parallel: rank {rank} of 2 waited 3 s at {where} and not every rank "
+                                  "joined ("), proc.stdout + proc.stderr[-2000:]

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from locallearn.training.fit import plural
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+WAIT_NOTICE_S = 30.0  # a rank still waiting for the others after this long says so
 EXIT_FAILED = 1  # the exit status of every rank when one failed
 EXIT_INTERRUPTED = 130  # ... when one was stopped by Ctrl-C (the shell's status for SIGINT, as the CLI's)
 _FAILURE = "failure"
@@ -97,6 +98,13 @@ def pick_device(device: str, local_rank: int) -> torch.device:
     return resolved
 
 
+def _not_joined(info: dict, where: str, timeout_s: float, err: Exception) -> ValueError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ValueError(f"parallel: rank {info['rank']} of {info['world_size']} waited {timeout_s:.0f} s at {where} and "
+                      f"not every rank joined ({first[:120]}); start every rank with the same MASTER_ADDR and "
+                      f"MASTER_PORT (torchrun starts them all).")
+
+
 def init_distributed(
     *, device: str = "auto", timeout_s: float = 1800.0, fault_timeout_s: float | None = 60.0
 ) -> DistEnv:
@@ -109,14 +117,27 @@ def init_distributed(
         torch.cuda.set_device(torch_device)
     timeout = datetime.timedelta(seconds=timeout_s)
     kwargs = {"device_id": torch_device} if backend == "nccl" else {}
+    where = f"{info['master_addr']}:{info['master_port']}"
+    notice = threading.Timer(WAIT_NOTICE_S, lambda: print(  # ranks started by hand wait for the others silently
+        f"locallearn: rank {info['rank']} of {info['world_size']} is waiting for the other ranks to join at {where} "
+        f"(for up to {timeout_s:.0f} s); start every rank with the same MASTER_ADDR and MASTER_PORT (torchrun "
+        f"starts them all).", file=sys.stderr, flush=True))
+    notice.daemon = True
+    notice.start()
     try:
         dist.init_process_group(backend, timeout=timeout, **kwargs)
     except dist.DistNetworkError as err:  # rank 0 hosts the store (started without torchrun) on a taken port
-        if "EADDRINUSE" not in str(err):
+        if "EADDRINUSE" in str(err):
+            raise ValueError(f"parallel: MASTER_PORT {info['master_port']} is taken on this machine by another "
+                             f"program, so rank {info['rank']} cannot host the job's store there; give every rank a "
+                             f"free MASTER_PORT.") from None
+        if "timed out" not in str(err):
             raise
-        raise ValueError(f"parallel: MASTER_PORT {info['master_port']} is taken on this machine by another program, "
-                         f"so rank {info['rank']} cannot host the job's store there; give every rank a free "
-                         f"MASTER_PORT.") from None
+        raise _not_joined(info, where, timeout_s, err) from None  # rank 0's store never came
+    except dist.DistStoreError as err:  # the other ranks did not come
+        raise _not_joined(info, where, timeout_s, err) from None
+    finally:
+        notice.cancel()
     ctrl = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
     env = DistEnv(
         rank=dist.get_rank(),
