@@ -774,3 +774,21 @@ def test_a_rank_started_alone_says_it_waits_and_times_out_in_one_line(rank):
             "every rank with the same MASTER_ADDR and MASTER_PORT (torchrun starts them all).") in proc.stderr
     assert proc.stdout.startswith(f"refused: parallel: rank {rank} of 2 waited 3 s at {where} and not every rank "
                                   "joined ("), proc.stdout + proc.stderr[-2000:]
+
+
+def test_a_rank_that_never_met_the_others_says_its_own_error(tmp_path, monkeypatch, capsys):
+    """Rank 0 relays the errors of the others once they have met; one before (the join timed out) is said by
+    the rank itself, whatever its rank (the CLI printed nothing on rank 1)."""
+    from locallearn.cli import main
+    from locallearn.distributed import runner
+    from locallearn.distributed.launch import NotJoined
+
+    def never_met(**_):
+        raise NotJoined("parallel: rank 1 of 2 waited 1800 s at 127.0.0.1:1 and not every rank joined (...)")
+
+    monkeypatch.setattr(runner, "init_distributed", never_met)
+    for name, value in dict(RANK="1", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
+        monkeypatch.setenv(name, value)
+    assert main([*TRAIN, "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == ("locallearn: error: parallel: rank 1 of 2 waited 1800 s at 127.0.0.1:1 and not "
+                                       "every rank joined (...)\n")

@@ -325,8 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _to_devnull(stdout)
         return 0
     except (ValueError, OSError) as err:
-        if not _other_rank():  # under torchrun every rank fails alike: rank 0 says it (a rank's own failure
-            text = os_message(err) if isinstance(err, OSError) else str(err)  # reaches rank 0 too)
+        # under torchrun every rank fails alike: rank 0 says it (a rank's own failure reaches rank 0 too, once
+        # the ranks have met; one before, every_rank, is said by the rank that met it)
+        if not _other_rank() or getattr(err, "every_rank", False):
+            text = os_message(err) if isinstance(err, OSError) else str(err)
             print(f"{PROG}: error: {' '.join(text.split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:

@@ -98,9 +98,15 @@ def pick_device(device: str, local_rank: int) -> torch.device:
     return resolved
 
 
+class NotJoined(ValueError):
+    """The ranks never met, so rank 0 cannot say it for the others (``cli``): every rank says its own."""
+
+    every_rank = True
+
+
 def _not_joined(info: dict, where: str, timeout_s: float, err: Exception) -> ValueError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return ValueError(f"parallel: rank {info['rank']} of {info['world_size']} waited {timeout_s:.0f} s at {where} and "
+    return NotJoined(f"parallel: rank {info['rank']} of {info['world_size']} waited {timeout_s:.0f} s at {where} and "
                       f"not every rank joined ({first[:120]}); start every rank with the same MASTER_ADDR and "
                       f"MASTER_PORT (torchrun starts them all).")
 
