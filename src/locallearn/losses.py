@@ -28,7 +28,7 @@ def supervised_contrastive(features: torch.Tensor, labels: torch.Tensor, *, temp
     An anchor without a positive contributes 0 and still counts in the mean over the batch, as in the
     InfoPro reference (so small batches with singleton classes give a smaller loss, never NaN).
     """
-    z = F.normalize(features.float(), dim=1)  # (B, D)
+    z = F.normalize(at_least_float32(features), dim=1)  # (B, D); float64 stays float64
     logits = z @ z.T / temperature  # (B, B)
     n = logits.shape[0]
     self_mask = torch.eye(n, dtype=torch.bool, device=logits.device)
