@@ -113,10 +113,12 @@ def test_compiled_training_compiles_each_call_once_and_matches_eager(dynamo, mon
     assert m_compiled["peak_memory_mb"] == m_eager["peak_memory_mb"]  # the meter counts eager's step
     for key in [k for k in m_eager if k.startswith("train_loss")]:
         assert m_compiled[key] == pytest.approx(m_eager[key], rel=1e-4), key
-    # weights after the steps: close (BatchNorm biases, near 0 and with gradients that are sums of many
-    # cancelling terms, differ most: by a few 1e-5 between summation orders)
+    # weights after the steps: close, relative to each tensor's largest entry (another summation order, amplified
+    # by train-mode BatchNorm on batches of 8: single weights of the deepest units differ by up to 1.2e-4 on
+    # AVX-512, 5e-4 of their tensor's largest entry; BatchNorm biases, near 0, by a few 1e-5)
     for (name, a), b in zip(eager.state_dict().items(), compiled.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name
+        a, b = a.double(), b.double()
+        assert float((a - b).abs().max()) <= 1e-3 * float(a.abs().max()) + 1e-4, name
     # the compiled inference forward against eager on the same weights
     assert evaluations[1]["test_loss"] == pytest.approx(evaluations[0]["test_loss"], rel=1e-4)
 
