@@ -252,6 +252,31 @@ def test_an_unfinished_seed_is_not_averaged_and_rows_of_other_recipes_or_heads_a
                               "epochs (2 vs 1); compare them with care"]
 
 
+def test_rows_of_other_recipes_are_said_when_one_method_already_names_an_option(tmp_path):
+    """Two contsup runs told apart by limit_train name it in their labels; a greedy and a featrecon row, trained on
+    other limits and epochs, have labels that do not: the warning still says so (it was dropped once any
+    method's labels named the option)."""
+    runs = [
+        fake_run(tmp_path / "greedy", accs=[0.8], method="greedy", limit_train=600, epochs=3),
+        fake_run(tmp_path / "featrecon", accs=[0.9], method="featrecon", limit_train=128),
+        fake_run(tmp_path / "c0", accs=[0.9], method="contsup"),
+        fake_run(tmp_path / "c1", accs=[0.9], method="contsup", limit_train=256),
+    ]
+    table = group_runs([load_run(p) for p in runs])
+    assert sorted(table.rows) == ["contsup R1E ce, limit_train=256", "contsup R1E ce, limit_train=None",
+                                  "featrecon ce linear", "greedy ce"]
+    assert table.warnings == [
+        "report: contsup R1E ce runs differ in limit_train (None vs 256) beside their method and K; shown as separate rows",
+        "report: the rows were not trained alike: they differ in limit_train (600 vs 128 vs None vs 256), epochs "
+        "(3 vs 1); compare them with care"]
+    # one unlabelled row at a value no labelled row names: said; at a value one names: the labels say it all
+    for lr, said in ((0.2, True), (0.1, False)):
+        e2e = fake_run(tmp_path / f"e2e{lr}", accs=[0.9], method="e2e", lr=lr)
+        table = group_runs([load_run(p) for p in (runs[2], fake_run(tmp_path / f"c{lr}", accs=[0.9],
+                                                                        method="contsup", lr=0.05), e2e)])
+        assert any("not trained alike: they differ in lr (0.1 vs 0.05" in w for w in table.warnings) == said
+
+
 def test_runs_on_two_image_folders_are_two_datasets_not_two_seeds(tmp_path):
     from PIL import Image
 

@@ -255,7 +255,7 @@ def group_runs(runs: list[RunResult]) -> Table:
     for g in groups:  # unfinished runs whose configuration also finished get a row of their own
         label = g.runs[0].method_label()
         by_method[label + ("" if g.finished or (label, g.num_modules) not in done else " (unfinished)")].append(g)
-    named: set[str] = set()  # options a row label names
+    named: dict[int, set[str]] = {}  # id of a group → the options its row label names
     for method, members in by_method.items():
         cells: dict[int, list[Group]] = defaultdict(list)
         for g in members:
@@ -264,8 +264,8 @@ def group_runs(runs: list[RunResult]) -> Table:
         shown = [o for o in differing if not set(IMPLIED_BY.get(o, ())) & set(differing)]
         if _collide(members, shown):  # a hidden option told two groups apart: name every option
             shown = differing
-        named.update(shown)
         for g in members:
+            named[id(g)] = set(shown)
             prefix = f"{g.config['model']} {g.config['dataset']}: " if with_setting else ""
             suffix = [f"{o}={_show(g.config.get(o))}" for o in shown if o not in ("model", "dataset")]
             g.label = prefix + ", ".join([method, *suffix])
@@ -274,8 +274,10 @@ def group_runs(runs: list[RunResult]) -> Table:
                 f"{o} ({' vs '.join(dict.fromkeys(_show(g.config.get(o)) for g in members))})" for o in shown
             )
             warnings.append(f"report: {method} runs differ in {values} beside their method and K; shown as separate rows")
-    recipe = [o for o in _option_order(groups) if o in _RECIPE and o not in named and _differ(groups, o)]
-    if recipe:  # rows of different methods trained on different recipes: each row is labelled by its method only
+    # rows trained on different recipes where the labels do not say it: the rows whose labels do not name an
+    # option must share one value of it, one that a labelled row names where there are such rows
+    recipe = [o for o in _option_order(groups) if o in _RECIPE and _differ(groups, o) and _unsaid(groups, o, named)]
+    if recipe:
         values = ", ".join(f"{o} ({' vs '.join(dict.fromkeys(_show(g.config.get(o)) for g in groups))})" for o in recipe)
         warnings.append(f"report: the rows were not trained alike: they differ in {values}; compare them with care")
     return Table(groups, warnings)
@@ -412,6 +414,13 @@ def _option_order(groups: list[Group]) -> list[str]:
 
 def _differ(groups: list[Group], option: str) -> bool:
     return len({_show(g.config.get(option)) for g in groups}) > 1
+
+
+def _unsaid(groups: list[Group], option: str, named: dict[int, set[str]]) -> bool:
+    """Whether rows differ in ``option`` where their labels do not show it (``named``: id → options a label names)."""
+    unlabelled = {_show(g.config.get(option)) for g in groups if option not in named[id(g)]}
+    labelled = {_show(g.config.get(option)) for g in groups if option in named[id(g)]}
+    return len(unlabelled) > 1 or bool(labelled and unlabelled - labelled)
 
 
 def _collide(groups: list[Group], shown: list[str]) -> bool:
