@@ -792,3 +792,27 @@ def test_a_rank_that_never_met_the_others_says_its_own_error(tmp_path, monkeypat
     assert main([*TRAIN, "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == ("locallearn: error: parallel: rank 1 of 2 waited 1800 s at 127.0.0.1:1 and not "
                                        "every rank joined (...)\n")
+
+
+@pytest.mark.slow
+def test_a_pipeline_resume_with_both_checkpoints_damaged_resumes_from_sound_stage_files(tmp_path):
+    """checkpoint.pt and checkpoint.prev.pt damaged, the stage files sound: the resume reads the stage files and
+    writes checkpoint.pt from them (it was refused and told to start over with --overwrite, which would have
+    deleted them), saying what was damaged and what it read instead."""
+    from locallearn.training import RunDir
+
+    run = tmp_path / "pipe"
+    assert _join(spawn_local(_cli, 2, [*TRAIN, "--out", str(run)], stderr_dir=str(tmp_path)), 180) == [0, 0]
+    final = torch.load(run / "checkpoint.pt", weights_only=True)
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (run / name).write_bytes((run / name).read_bytes()[:1000])
+    (run / "summary.json").unlink()
+    procs = spawn_local(_cli_printing_to, 2, str(tmp_path / "out0"), [*TRAIN, "--out", str(run), "--resume"],
+                        stderr_dir=str(tmp_path))
+    assert _join(procs, 180) == [0, 0], (tmp_path / "rank0.err").read_text()[-2000:]
+    said = (tmp_path / "out0").read_text()
+    assert f"warning: {run / 'checkpoint.pt'} cannot be read, it is damaged" in said
+    assert "; resuming from the pipeline's stage files (epoch 3) instead." in said
+    written = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert written["epoch"] == 3 and all(torch.equal(written["model"][k], v) for k, v in final["model"].items())
+    assert RunDir(run).finished and [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2, 3]

@@ -48,7 +48,7 @@ from locallearn.distributed.pipeline import (
 from locallearn.net import LocalNet, build_net, check_batch, check_logits
 from locallearn.training.config import Config, parse_assign, read_mapping, resolve, run_id_of
 from locallearn.training.fit import fit, open_run, plural
-from locallearn.training.rundir import CONFIG, RunDir, load_state, save_state, seed_everything
+from locallearn.training.rundir import CONFIG, PREVIOUS, RunDir, load_state, save_state, seed_everything
 from locallearn.training.runner import (
     RESUME_FIX,
     compile_parts,
@@ -223,9 +223,19 @@ class PipelineRunner:
 
     def restore(self, run: RunDir) -> dict[str, Any] | None:
         env = self.env
-        merged = self.launcher.share(_checkpoint_epoch(run, self.log) if env.is_main else None)
+        merged, problems = self.launcher.share(_checkpoint_epoch(run) if env.is_main else None)
         state = _resume(env, run, self.net, self.optimizer, self.groups, self.layout, self.found, merged,
                         self.stage_dir)
+        if problems and env.is_main:  # what was wrong with checkpoint.pt, and what the resume read instead
+            if state is None:
+                instead = "neither is resumed from"
+            elif state["from_stages"]:
+                instead = f"resuming from the pipeline's stage files (epoch {state['epoch']}) instead"
+            else:
+                instead = f"resuming from {PREVIOUS} (epoch {merged}) instead"
+            self.log(f"warning: {'; '.join(problems)}; {instead}.")
+        if state is not None:
+            del state["from_stages"]
         if state is not None and state["epoch"] > (merged or 0):
             # restored from stage files ahead of checkpoint.pt (stopped between the stage saves and the merged
             # one): write it now, or a run restored at its last epoch would finish with checkpoint.pt (eval,
@@ -419,12 +429,12 @@ def _resume(
         optimizer.load_state_dict(state["optimizer"])
         histories: list[Any] = [state["history"] if env.is_main else None]
         dist.broadcast_object_list(histories, src=0, group=env.ctrl)
-        return {**_identity(state), "epoch": from_stages, "history": list(histories[0])}
-    # later, or another layout; a fallback to checkpoint.prev.pt was said where its epoch was read (_checkpoint_epoch)
+        return {**_identity(state), "epoch": from_stages, "history": list(histories[0]), "from_stages": True}
+    # later, or another layout; a fallback to checkpoint.prev.pt is said by the caller (_checkpoint_epoch)
     merged = run.load_checkpoint(map_location=env.device, fallback=True, log=lambda _: None)
     _load_owned(net, merged["model"], layout, stage)
     optimizer.load_state_dict(_split_optimizer_state(merged["optimizer"], groups, optimizer))
-    return {**_identity(merged), "epoch": merged["epoch"], "history": list(merged["history"])}
+    return {**_identity(merged), "epoch": merged["epoch"], "history": list(merged["history"]), "from_stages": False}
 
 
 def _identity(state: dict[str, Any]) -> dict[str, Any]:
@@ -432,10 +442,13 @@ def _identity(state: dict[str, Any]) -> dict[str, Any]:
     return {k: state[k] for k in ("format", "run_id", "config", "class_names") if k in state}
 
 
-def _checkpoint_epoch(run: RunDir, log: Log) -> int | None:
-    """The epoch of the run's checkpoint.pt (the merged one; checkpoint.prev.pt if it is damaged), or None."""
-    state = run.load_checkpoint(fallback=True, log=log)
-    return None if state is None else state["epoch"]
+def _checkpoint_epoch(run: RunDir) -> tuple[int | None, list[str]]:
+    """The epoch of the run's sound merged checkpoint (checkpoint.pt, else checkpoint.prev.pt), or None, and what
+    is wrong with those that are not sound (said once the resume knows what it reads instead: stage files ahead
+    of them, or with neither sound, are resumed from all the same)."""
+    problems: list[str] = []
+    state = run.load_checkpoint(fallback=True, problems=problems)
+    return (None if state is None else state["epoch"]), problems
 
 
 def _load_owned(net: LocalNet, state: dict[str, torch.Tensor], layout: Layout, stage: int) -> None:

@@ -256,9 +256,12 @@ class RunDir:
         save_state(self.file(CHECKPOINT), state, previous=self.file(PREVIOUS))
 
     def load_checkpoint(self, map_location: torch.device | str = "cpu", *, fallback: bool = False,
-                        log: Callable[[str], None] | None = None) -> dict[str, Any] | None:
+                        log: Callable[[str], None] | None = None,
+                        problems: list[str] | None = None) -> dict[str, Any] | None:
         """The state of checkpoint.pt (None if there is none), its digest verified. A damaged one is refused in
-        one line — or, with ``fallback`` (a resume), replaced by checkpoint.prev.pt if that one is sound."""
+        one line — or, with ``fallback`` (a resume), replaced by checkpoint.prev.pt if that one is sound, which
+        ``log`` is told. ``problems`` (a pipeline's resume, which may have stage files to resume from instead):
+        what is wrong with each file is appended there, and a run without a sound one gives None, not an error."""
         path = self.file(CHECKPOINT)
         for name in (CHECKPOINT, PREVIOUS):  # a directory (or a pipe) there is no interrupted write: say what it is
             if self.file(name).exists() and not self.file(name).is_file():
@@ -278,8 +281,13 @@ class RunDir:
             try:
                 state = load_state(previous, map_location)
             except ValueError as second:
+                if problems is not None:
+                    problems += [str(err), str(second)]
+                    return None
                 raise ValueError(f"{err}; {second}; no sound checkpoint is left: start over with --overwrite.") from None
-            if log is not None:
+            if problems is not None:
+                problems.append(str(err))
+            elif log is not None:
                 log(f"warning: {err}; resuming from {previous.name} (epoch {state['epoch']}) instead.")
             return state
 
