@@ -215,6 +215,8 @@ def _step_parts():
         (lambda n, o, x, y: (n, o, x.double(), y), r"^images: torch.float64, but the network computes in torch.float32"),
         (lambda n, o, x, y: (n, o, x.numpy(), y), r"^images: expected a floating-point .* got ndarray"),
         (lambda n, o, x, y: (n, o, x[:0], y[:0]), r"^images: the batch is empty"),
+        (lambda n, o, x, y: (n, o, x[..., :28, :28], y), r"^images: 28×28, but the network was built for 32×32 images "
+                                                          r".*; resize them, or build it with image_size=28\.$"),
         (lambda n, o, x, y: (n, None, x, y), r"^optimizer: expected a torch.optim.Optimizer"),
         (lambda n, o, x, y: (torch.nn.Linear(2, 2), o, x, y), r"^net: expected a LocalNet"),
     ],

@@ -83,6 +83,11 @@ def check_inputs(net: LocalNet, images: torch.Tensor, labels: torch.Tensor, opti
     if images.shape[1] != net.config.in_channels:
         raise ValueError(f"images: {images.shape[1]} channels, but the network takes {net.config.in_channels}; give "
                          f"images of its channels, or build it with in_channels={images.shape[1]}.")
+    if tuple(images.shape[-2:]) != tuple(net.image_shape[1:]):
+        h, w = net.image_shape[1:]
+        raise ValueError(f"images: {images.shape[-2]}×{images.shape[-1]}, but the network was built for {h}×{w} "
+                         f"images (its cuts, heads and context encoders are sized for them); resize them, or build "
+                         f"it with image_size={images.shape[-1]}.")
     if (not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.uint8)
             or labels.shape != images.shape[:1]):  # the integer types cross-entropy takes
         got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__

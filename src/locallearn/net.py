@@ -50,6 +50,7 @@ class LocalNet(nn.Module):
 
         image_size = config.image_size or backbone.image_size
         image_shape = (backbone.in_channels, image_size, image_size)
+        self.image_shape = image_shape  # (C, H, W) the network was built for: its shapes, heads and encoders
         shapes = tuple(backbone.unit_shapes(image_size))
         self.boundary_shapes = [shapes[e] for e in self.ends]
         self.output_shape = shapes[-1]  # the last unit's (the logits' for a classifier), without the batch
