@@ -203,11 +203,24 @@ def test_07_a_damaged_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, fi
     with pytest.raises(ValueError, match=r"metrics.jsonl, line 1 is damaged \(NaN is not strict JSON, which "
                                          r"metrics.jsonl is written in\)"):
         RunDir(run).read_metrics()
-    old = json.loads(lines[1])  # a line of an earlier release: no checksum, and NaN where a value was not finite
+    good = lines[1]
+    old = json.loads(good)  # a line of an earlier release: no checksum, and NaN where a value was not finite
     old.pop("checksum")
-    old["test_loss"] = float("nan")
+    old["test_loss"], old["epoch"] = float("nan"), 1
     (run / "metrics.jsonl").write_text(json.dumps(old) + "\n")
-    assert RunDir(run).read_metrics()[0]["epoch"] == 2
+    assert RunDir(run).read_metrics()[0]["epoch"] == 1
+    # each line checks only itself: one removed, repeated or moved is named by the epochs' order
+    from locallearn.training.rundir import metrics_line
+
+    one = metrics_line({**{k: v for k, v in json.loads(good).items() if k != "checksum"}, "epoch": 1}).strip()
+    for text in (good, one + "\n" + one, one + "\n" + good + "\n" + good):
+        (run / "metrics.jsonl").write_text(text + "\n")
+        with pytest.raises(ValueError, match=r"metrics.jsonl, line \d is epoch \d where epoch \d belongs \(a line was "
+                                             r"removed, repeated or moved\); the checkpoint's history can rebuild it"):
+            RunDir(run).read_metrics()
+    (run / "metrics.jsonl").write_bytes(b"\xbe\x00garbage\n")  # not even text
+    with pytest.raises(ValueError, match=r"metrics.jsonl is damaged \(not UTF-8 text: byte 0\); the checkpoint's"):
+        RunDir(run).read_metrics()
     # but a line without a checksum among lines with one was edited: this release writes every line with one
     edited = json.loads(lines[0])
     edited.pop("checksum")
@@ -642,7 +655,9 @@ def test_a_damaged_summary_of_a_finished_run_is_made_again_by_a_resume(tmp_path,
     out = capsys.readouterr().out
     assert "is already finished (2 epochs)" in out and "summary.json cannot be read (" in out
     again, before = json.loads((run / "summary.json").read_text()), json.loads(text)
-    assert {k: v for k, v in again.items() if k != "versions"} == {k: v for k, v in before.items() if k != "versions"}
+    mine = ("versions", "checksum", "options")  # the options name where the run lives: the copy's --out
+    assert {k: v for k, v in again.items() if k not in mine} == {k: v for k, v in before.items() if k not in mine}
+    assert again["options"] == {**before["options"], "out": str(run)}
 
 
 def test_an_out_that_is_a_file_or_cannot_be_written_is_one_line(tmp_path, finished, capsys, monkeypatch):
@@ -708,3 +723,30 @@ def test_a_directory_where_the_checkpoint_belongs_is_named_and_nothing_is_remove
                                        f"away.\n")
     assert main(["train", "--out", str(run), "--resume"]) == 2
     assert (run / "summary.json").is_file() and (run / "metrics.jsonl").read_text()  # the results are kept
+
+
+def test_report_names_a_summary_or_config_yaml_that_no_longer_matches_the_run(tmp_path, finished, capsys):
+    """Each file checked only itself: an edited test accuracy in summary.json, or an edited lr in config.yaml,
+    was reported as the run's result. summary.json now has a checksum, and holds the options the run trained
+    with; report checks both, and that the summary and metrics.jsonl end at the same epoch and accuracy."""
+    report = ["report", "--out", str(tmp_path / "report")]
+    run = copy_run(finished, tmp_path / "acc")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "test_acc": 0.95625}, indent=2))
+    assert main([*report, str(run)]) == 2
+    assert one_line(capsys).endswith(f"summary.json is damaged (its checksum does not match); `locallearn train --out "
+                                     f"{run} --resume` writes it again from the checkpoint, or leave the run out.\n")
+    assert main(["train", "--out", str(run), "--resume"]) == 0  # which it does
+    assert main([*report, str(run)]) == 0
+    capsys.readouterr()
+    run = copy_run(finished, tmp_path / "lr")
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text.replace("  lr: 0.1\n", "  lr: 0.2\n"))
+    assert main([*report, str(run)]) == 2
+    assert one_line(capsys).endswith(f"report: {run}/config.yaml says other options than the run trained with "
+                                     f"(summary.json): lr (0.1 → 0.2); restore the run's own config.yaml, or leave the "
+                                     f"run out.\n")
+    run = copy_run(finished, tmp_path / "garbage")
+    (run / "summary.json").write_bytes(os.urandom(300))
+    assert main([*report, str(run)]) == 2
+    assert "summary.json cannot be read (" in one_line(capsys)

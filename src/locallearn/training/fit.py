@@ -379,6 +379,7 @@ def summarize(history: list[dict[str, Any]], *, config: Config, net: LocalNet, p
         "net": net.describe(),
         "device": device_name(next(net.parameters()).device),
         "versions": versions(),
+        "options": config.options(),  # what the run trained with: `report` checks config.yaml against it
     }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shlex
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any
 
 from locallearn.data.imagefolder import IMAGEFOLDER
 from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, read_mapping, read_options
-from locallearn.training.rundir import CONFIG, METRICS, RunDir, refuse_file
+from locallearn.training.rundir import CONFIG, METRICS, SUMMARY, RunDir, refuse_file
 
 DEFAULT_OUT = Path("runs") / "report"  # runs/ is ignored by git: a report never dirties a checkout
 # Options that may differ inside a group: the seed, and what does not change the computation.
@@ -199,6 +200,8 @@ def load_run(path: Path) -> RunResult:
     if missing:
         raise ValueError(f"report: {run.file(CONFIG)} lacks {', '.join(missing)} (edited or damaged); restore it, "
                          f"or leave the run out.")
+    if run.finished:
+        _check_summary(run, config, history[-1])
     if config["dataset"] == IMAGEFOLDER:  # a folder of one's own is named by where it is: two are two datasets
         config["dataset"] = f"{IMAGEFOLDER} {config.get('data_dir')}"
     config["torch_threads"] = run_threads(run, history)
@@ -217,6 +220,32 @@ def load_run(path: Path) -> RunResult:
         train_time_s=train_time,
         images_per_s=sum(r["images_per_s"] * r["train_time_s"] for r in history) / train_time,
     )
+
+
+def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) -> None:
+    """A finished run's summary.json against its metrics.jsonl and config.yaml, each of which only checks itself:
+    the same last epoch and accuracy, and the options it trained with (summaries of earlier releases do not
+    record them) where a resume may not change them."""
+    where = shlex.quote(str(run.path))
+    try:
+        summary = run.read_summary()
+    except ValueError as err:
+        raise ValueError(f"report: {err}; `locallearn train --out {where} --resume` writes it again from the "
+                         f"checkpoint, or leave the run out.") from None
+    # (a summary of more epochs than metrics.jsonl holds is one a resume that rewound the run left, or a line
+    # removed: either way the run is shown unfinished at its last logged epoch, marked so)
+    if summary.get("epochs", last["epoch"]) < last["epoch"] or (
+            summary.get("epochs") == last["epoch"] and summary.get("test_acc", last["test_acc"]) != last["test_acc"]):
+        raise ValueError(f"report: {run.path}: {SUMMARY} (epoch {summary.get('epochs')}, test accuracy "
+                         f"{summary.get('test_acc')}) and {METRICS} (epoch {last['epoch']}, {last['test_acc']}) "
+                         f"disagree; `locallearn train --out {where} --resume` writes {METRICS} again from the "
+                         f"checkpoint, or leave the run out.")
+    trained = summary.get("options") or {}
+    differing = [k for k in trained if k not in RESUMABLE_CHANGES and _show(trained[k]) != _show(config.get(k))]
+    if differing:
+        changes = ", ".join(f"{k} ({_show(trained[k])} → {_show(config.get(k))})" for k in differing)
+        raise ValueError(f"report: {run.file(CONFIG)} says other options than the run trained with ({SUMMARY}): "
+                         f"{changes}; restore the run's own {CONFIG}, or leave the run out.")
 
 
 def run_threads(run: RunDir, history: list[dict[str, Any]]) -> int | str | None:

@@ -5,7 +5,8 @@ loses or mixes results.
     RUN/metrics.jsonl       one JSON object per finished epoch, each with the checksum of its own content
     RUN/checkpoint.pt       the state after the last finished epoch, with a digest of its content
     RUN/checkpoint.prev.pt  the one before it (a resume falls back to it if checkpoint.pt is damaged)
-    RUN/summary.json        written when the run finishes; its presence is what "finished" means
+    RUN/summary.json        written when the run finishes; its presence is what "finished" means; with the
+                            options it trained with and the checksum of its own content
     RUN/train.log           the run's log, where it is not printed (cells of ``locallearn bench accuracy``)
     RUN/pretrained.json     the configuration of the transformers checkpoint the run started from, if any:
                             eval, a resume and load_net build that architecture and load the run's own
@@ -16,7 +17,7 @@ loses or mixes results.
 Every epoch appends its metrics line *before* replacing the checkpoint, and the checkpoint carries the
 metrics history itself. A kill at any moment therefore leaves a checkpoint that is never ahead of
 metrics.jsonl, and resuming rewrites metrics.jsonl from the checkpoint's history: no duplicate, missing or
-half-written epoch survives. Files are written to a temporary file of a unique name, created exclusively
+half-written epoch survives (and one put there by hand is named: the lines must hold epochs 1, 2, ...). Files are written to a temporary file of a unique name, created exclusively
 (never through a planted link), then renamed into place. Every checkpoint and stage file carries the
 run's id, so a resume can tell a file of this run from one an earlier run left behind. Checkpoints hold
 only tensors and plain Python values, so they load with ``torch.load(weights_only=True)``.
@@ -205,7 +206,12 @@ class RunDir:
         path = self.file(METRICS)
         if not path.is_file():
             return []
-        lines = [(number, line) for number, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is damaged (not UTF-8 text: byte {err.start}); the checkpoint's history can "
+                             f"rebuild it: resume the run.") from None
+        lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
         records, unchecked = [], []
         for number, line in lines:
             record, checked = parse_metrics_line(line, f"{path}, line {number}")
@@ -215,10 +221,18 @@ class RunDir:
         if unchecked and len(unchecked) < len(lines):
             raise ValueError(f"{path}, line {unchecked[0]} is damaged (it has no checksum, which every other line "
                              f"has); the checkpoint's history can rebuild it: resume the run.")
+        for expected, ((number, _), record) in enumerate(zip(lines, records), start=1):  # each line checks only itself
+            if record.get("epoch") != expected:
+                raise ValueError(f"{path}, line {number} is epoch {record.get('epoch')} where epoch {expected} belongs "
+                                 f"(a line was removed, repeated or moved); the checkpoint's history can rebuild it: "
+                                 f"resume the run.")
         return records
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        text = json.dumps(finite(summary), indent=2, default=_json_scalar, allow_nan=False) + "\n"
+        """summary.json: strict JSON, with ``checksum`` (the SHA-256 of its content in one line) last."""
+        record = json.loads(json.dumps(finite(summary), default=_json_scalar, allow_nan=False))
+        record["checksum"] = hashlib.sha256(json.dumps(record, allow_nan=False).encode()).hexdigest()
+        text = json.dumps(record, indent=2, allow_nan=False) + "\n"
         atomic_write(self.file(SUMMARY), lambda f: f.write(text.encode()))
 
     def write_pretrained(self, config: dict[str, Any], run_id: str) -> None:
@@ -248,6 +262,9 @@ class RunDir:
         summary = _read_json(path)
         if not isinstance(summary, dict):
             raise ValueError(f"{path} cannot be read (not a JSON object)")
+        checksum = summary.pop("checksum", None)  # summaries of earlier releases have none
+        if checksum is not None and hashlib.sha256(json.dumps(summary, allow_nan=False).encode()).hexdigest() != checksum:
+            raise ValueError(f"{path} is damaged (its checksum does not match)")
         return summary
 
     # --- checkpoints --------------------------------------------------------------------------------------
