@@ -617,6 +617,17 @@ def test_report_names_a_config_yaml_without_the_options_it_reads_and_a_missing_d
     (run / "config.yaml").write_text("\n".join(line for line in text.splitlines() if not line.startswith("  seed:")))
     assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 2
     assert f"report: {run}/config.yaml lacks seed (edited or damaged)" in one_line(capsys)
+    # a truncated config.yaml: named by a resume, eval and load_net too (defaults stood in for the options it
+    # lost, and the messages blamed the checkpoint, or the user's flags)
+    (run / "config.yaml").write_text(text[:300])
+    lost = f"{run}/config.yaml lacks model, dataset, method, num_modules, context, local_loss, reconstruct, split, seed, epochs (edited or damaged); restore the run's own config.yaml."
+    for argv in (["train", "--out", str(run), "--resume"], ["eval", str(run), "--device", "cpu"]):
+        assert main(argv) == 2
+        assert one_line(capsys).endswith(lost + "\n"), argv
+    from locallearn.training import load_net
+
+    with pytest.raises(ValueError, match="lacks model, dataset"):
+        load_net(run)
     assert main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
     assert "nowhere does not exist" in one_line(capsys)
 

@@ -20,7 +20,7 @@ from locallearn.training.config import (
     check_used,
     dump_yaml,
     presets,
-    read_options,
+    read_run_options,
     requested_options,
     resolve,
 )
@@ -121,7 +121,7 @@ def evaluate_run(
     run = RunDir(Path(run_dir))
     if not run.file(CONFIG).is_file():
         raise ValueError(f"{run.path} holds no run (no {CONFIG}); give a directory written by `locallearn train`.")
-    options = read_options(run.file(CONFIG))
+    options = read_run_options(run.file(CONFIG))
     try:
         config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
     except ValueError:

@@ -34,7 +34,7 @@ from locallearn.training.config import (
     Config,
     check_used,
     differing_options,
-    read_options,
+    read_run_options,
     resolve,
 )
 from locallearn.training.fit import fit, written_config
@@ -198,7 +198,7 @@ def load_net(run_dir: str | Path, *, model: nn.Module | None = None, map_locatio
     run = RunDir(Path(run_dir))
     if not run.file(CONFIG).is_file():
         raise ValueError(f"{run.path} holds no run (no {CONFIG}).")
-    config = resolve(read_options(run.file(CONFIG)))
+    config = resolve(read_run_options(run.file(CONFIG)))
     checkpoint = trained_checkpoint(run, config, map_location)
     net = build_net(net_to_build(config.net, run), model)
     load_weights(net, checkpoint["model"], run.file(CHECKPOINT), READ_FIX)

@@ -401,6 +401,24 @@ def read_options(path: Path | str) -> dict[str, Any]:
     return flatten(read_mapping(path), str(path))
 
 
+# Options every run's config.yaml records (those of earlier releases too): one that lacks any was edited or damaged
+RUN_OPTIONS = ("model", "dataset", "method", "num_modules", "context", "local_loss", "reconstruct", "split", "seed",
+               "epochs")
+
+
+def read_run_options(path: Path | str) -> dict[str, Any]:
+    """The flat options of a run's config.yaml, refused in one line where it lacks an option every run records
+    (a truncated or edited file: the defaults would stand in for them, and another network be built)."""
+    return check_run_options(read_options(path), path)
+
+
+def check_run_options(options: dict[str, Any], path: Path | str) -> dict[str, Any]:
+    missing = [key for key in RUN_OPTIONS if key not in options]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)} (edited or damaged); restore the run's own config.yaml.")
+    return options
+
+
 def read_mapping(path: Path | str) -> dict[str, Any]:
     """The mapping in a YAML config file (empty file: {}), duplicate keys refused."""
     path = Path(path)
@@ -604,6 +622,9 @@ __all__ = [
     "presets",
     "read_options",
     "requested_options",
+    "read_run_options",
+    "check_run_options",
+    "RUN_OPTIONS",
     "resolve",
     "resumed_config",
 ]

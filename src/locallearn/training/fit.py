@@ -25,6 +25,7 @@ from locallearn.training.config import (
     PYTHON_DATA,
     RESUMABLE_CHANGES,
     Config,
+    check_run_options,
     differing_options,
     dump_yaml,
     flatten,
@@ -230,7 +231,7 @@ def open_run(
                 f"start over with --overwrite."
             )
         mapping = read_mapping(run.file(CONFIG))
-        stored = flatten(mapping, str(run.file(CONFIG)))
+        stored = check_run_options(flatten(mapping, str(run.file(CONFIG))), run.file(CONFIG))
         wanted = config.options() if requested is None else requested
         return resumed_config(stored, wanted, out=config.run.out), False, run_id_of(mapping)
     if resume and run.started:

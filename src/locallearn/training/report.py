@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from locallearn.data.imagefolder import IMAGEFOLDER
-from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, read_mapping, read_options
+from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, read_mapping, read_run_options
 from locallearn.training.rundir import CONFIG, METRICS, SUMMARY, RunDir, refuse_file
 
 DEFAULT_OUT = Path("runs") / "report"  # runs/ is ignored by git: a report never dirties a checkout
@@ -172,7 +172,6 @@ _RECIPE = [f.name for section in ("data", "optim", "run", "processes") for f in 
            if f.name not in (*NOT_COMPARED, "dataset")]
 _RECIPE.append("torch_threads")  # not an option, but it changes the sums: compared like one (run_threads)
 # the options a report reads from every run's config.yaml (all of them written since the first release)
-_READ = ("model", "dataset", "method", "num_modules", "context", "local_loss", "reconstruct", "split", "seed", "epochs")
 
 
 class LeftOut(ValueError):
@@ -195,11 +194,10 @@ def load_run(path: Path) -> RunResult:
                          f"restore it, or leave the run out.")
     if not history:
         raise LeftOut(f"report: {run.path} has no finished epoch yet; left out")
-    config = read_options(run.file(CONFIG))
-    missing = [key for key in _READ if key not in config]
-    if missing:
-        raise ValueError(f"report: {run.file(CONFIG)} lacks {', '.join(missing)} (edited or damaged); restore it, "
-                         f"or leave the run out.")
+    try:
+        config = read_run_options(run.file(CONFIG))
+    except ValueError as err:
+        raise ValueError(f"report: {str(err).rstrip('.')}, or leave the run out.") from None
     if run.finished:
         _check_summary(run, config, history[-1])
     if config["dataset"] == IMAGEFOLDER:  # a folder of one's own is named by where it is: two are two datasets
