@@ -761,3 +761,11 @@ def test_report_names_a_summary_or_config_yaml_that_no_longer_matches_the_run(tm
     (run / "summary.json").write_bytes(os.urandom(300))
     assert main([*report, str(run)]) == 2
     assert "summary.json cannot be read (" in one_line(capsys)
+
+
+def test_a_resume_with_nothing_to_resume_says_it_starts_the_run(tmp_path, capsys):
+    """--resume starts a run that is not there (a job can always pass it), but a mistyped --out started a new
+    run without a word: now a note says so."""
+    assert train(tmp_path / "typo", "--resume", "--epochs", "1", "--limit-train", "32") == 0
+    assert (f"note: {tmp_path / 'typo'} holds no finished epoch to resume: the run starts at epoch 1 (--resume "
+            "starts a run that is not there yet).") in capsys.readouterr().out
