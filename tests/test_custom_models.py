@@ -526,6 +526,27 @@ def test_test_data_is_checked_like_the_training_data_before_training(tmp_path):
         assert not (tmp_path / "a").exists()  # refused before anything is written
 
 
+def test_reconstruction_from_normalised_batches_needs_their_normalisation(tmp_path):
+    """InfoPro reconstructs the [0, 1] image from the batches; a loader's normalised batches, without image_mean
+    and image_std, were taken as that image (the target clamped): refused naming them; with them, trained."""
+    from locallearn.training import train
+
+    torch.manual_seed(0)
+    batches = [((torch.rand(4, 1, 16, 16) - 0.5) / 0.25, torch.arange(4))]
+    options = dict(out=tmp_path / "a", num_classes=4, method="infopro", num_modules=2, epochs=1, device="cpu",
+                   log=lambda line: None)
+    with pytest.raises(ValueError, match=r"^image_mean: the local losses reconstruct the image in \[0, 1\] from the "
+                                         r"batches, but the first training batch holds values in \[-2, 2\] "
+                                         r"\(normalised by your loader\?\); pass image_mean=\.\.\. and image_std="):
+        train(sequential_cnn(in_channels=1, classes=4), batches, batches, **options)
+    assert not (tmp_path / "a").exists()
+    summary = train(sequential_cnn(in_channels=1, classes=4), batches, batches, image_mean=[0.5], image_std=[0.25],
+                    **options)
+    assert summary["epochs"] == 1
+    unit = [(torch.rand(4, 1, 16, 16), torch.arange(4))]  # [0, 1] images: the image itself, as before
+    assert train(sequential_cnn(in_channels=1, classes=4), unit, unit, **{**options, "out": tmp_path / "b"})["epochs"] == 1
+
+
 def test_a_generator_is_refused_before_its_first_batch_is_taken(tmp_path):
     from locallearn.training import train
 

@@ -97,6 +97,12 @@ def train(
                          f"first), not batch_size={options['batch_size']}; drop batch_size=, or batch your data so.")
     requested = {**options, "model": model, "dataset": PYTHON_DATA, "out": str(out)}
     config = resolve(requested)
+    low, high = float(images.min()), float(images.max())
+    if config.net.reconstruct and config.net.num_modules > 1 and config.net.image_mean is None and (low < 0 or high > 1):
+        raise ValueError(f"image_mean: the local losses reconstruct the image in [0, 1] from the batches, but the "
+                         f"first training batch holds values in [{low:.3g}, {high:.3g}] (normalised by your loader?); "
+                         f"pass image_mean=... and image_std=... of that normalisation, so that the target is the "
+                         f"image before it.")
     if not resume:  # a resume keeps the options the run was started with
         check_used(config, options, python=True)
     given = model if isinstance(model, nn.Module) else None
