@@ -29,6 +29,12 @@ def test_expansion_rules():
     assert len([c for c in local if c.method == "greedy"]) == 2 * 2
     assert all(c.image_size == 32 for c in configs)  # the model's own size
     assert GridSpec(image_size=64, **TINY).expand()[0].image_size == 64
+    assert spec.not_run() == [  # what the rules leave out is said (bench memory printed fewer rows unremarked)
+        "note: checkpoint trains the network as one module: it runs at K = 1 only; K = 2, 4 left out for it",
+        "note: contsup is a local method: it runs at K ≥ 2 only (at K = 1 it would be e2e); K = 1 left out for it",
+        "note: greedy is a local method: it runs at K ≥ 2 only (at K = 1 it would be e2e); K = 1 left out for it",
+    ]
+    assert GridSpec(methods=("contsup",), num_modules=(2, 4), **TINY).not_run() == []
 
 
 def test_the_default_split_is_each_models_training_default():

@@ -41,6 +41,8 @@ def _run(kind: str, out: Path, command: str | None, grid: dict, options: dict, q
     spec = grid_from_strings(**grid)
     run_options = RunOptions(**options)
     log = None if quiet else (lambda line: print(line, flush=True))
+    for note in spec.not_run():  # the grid's rules, said rather than silently applied
+        print(note, flush=True)
     runner = run_memory if kind == "memory" else run_speed
     rows = runner(spec, run_options, log=log)
     meta = environment(run_options, command or _command())

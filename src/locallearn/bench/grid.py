@@ -168,6 +168,20 @@ class GridSpec:
             configs = configs + [dataclasses.replace(c, compiled=True) for c in eager]
         return configs
 
+    def not_run(self) -> list[str]:
+        """What the grid asks for that ``expand`` leaves out by its rules, one line per method: K values a method
+        does not run at (e2e and checkpoint: K = 1 only; a local method: K ≥ 2)."""
+        notes = []
+        for name in self.methods:
+            single = METHODS.get(name).single_module
+            skipped = [k for k in self.num_modules if (k > 1) == single]
+            if skipped:
+                rule = "trains the network as one module: it runs at K = 1 only" if single else \
+                    "is a local method: it runs at K ≥ 2 only (at K = 1 it would be e2e)"
+                ks = ", ".join(map(str, skipped))
+                notes.append(f"note: {name} {rule}; K = {ks} left out for it")
+        return notes
+
     def _expand_eager(self) -> list[BenchConfig]:
         configs = []
         for model in self.models:
