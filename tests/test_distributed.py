@@ -816,3 +816,18 @@ def test_a_pipeline_resume_with_both_checkpoints_damaged_resumes_from_sound_stag
     written = torch.load(run / "checkpoint.pt", weights_only=True)
     assert written["epoch"] == 3 and all(torch.equal(written["model"][k], v) for k, v in final["model"].items())
     assert RunDir(run).finished and [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_file_where_the_stage_files_go_is_refused_before_training(tmp_path):
+    """A file named pipeline/ in the run directory failed at the first epoch's save, the epoch lost and the error
+    said once per rank; now it is refused at the start, in one line."""
+    run = tmp_path / "pipe"
+    run.mkdir()
+    (run / "pipeline").write_text("x")
+    procs = spawn_local(_cli, 2, [*TRAIN, "--out", str(run)], stderr_dir=str(tmp_path))
+    assert _join(procs, 120) == [2, 2]
+    said = [line for line in (tmp_path / "rank0.err").read_text().splitlines() if line.startswith("locallearn")]
+    assert said == [f"locallearn: error: {run / 'pipeline'} is not a directory (the pipeline keeps its stage "
+                    f"checkpoints there); move it away."], said
+    assert not (run / "metrics.jsonl").exists()

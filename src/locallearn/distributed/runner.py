@@ -148,6 +148,9 @@ class PipelineRunner:
                     f"{replicas} data-parallel replicas trains on a share of a batch)" if replicas > 1 else
                     "give --batch-size 2 or more")
         self.stage_dir = run.path / STAGE_DIR
+        if self.stage_dir.exists() and not self.stage_dir.is_dir():  # refused now, not at the first epoch's save
+            raise ValueError(f"{self.stage_dir} is not a directory (the pipeline keeps its stage checkpoints there); "
+                             f"move it away.")
         self.log = log
         # this run's id (config.yaml, on rank 0's file system): stage files of another run are never taken
         self.run_id = launcher.share(_run_id(run) if env.is_main else None) if resume else None
