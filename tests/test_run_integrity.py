@@ -769,3 +769,14 @@ def test_a_resume_with_nothing_to_resume_says_it_starts_the_run(tmp_path, capsys
     assert train(tmp_path / "typo", "--resume", "--epochs", "1", "--limit-train", "32") == 0
     assert (f"note: {tmp_path / 'typo'} holds no finished epoch to resume: the run starts at epoch 1 (--resume "
             "starts a run that is not there yet).") in capsys.readouterr().out
+
+
+def test_eval_of_a_run_stopped_between_its_first_metrics_line_and_checkpoint_says_so(tmp_path, finished, capsys):
+    run = copy_run(finished, tmp_path / "run")
+    for name in ("checkpoint.pt", "checkpoint.prev.pt", "summary.json"):
+        (run / name).unlink()
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    assert main(["eval", str(run), "--device", "cpu"]) == 2  # it said no epoch had finished, beside a logged one
+    assert one_line(capsys).endswith(f"{run} has no checkpoint.pt yet: no epoch of this run has been checkpointed "
+                                     f"(metrics.jsonl logs epoch 1, which a stop cut off before its checkpoint; "
+                                     f"`locallearn train --out {run} --resume` trains it again).\n")

@@ -189,7 +189,13 @@ def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.de
         raise ValueError(f"{run.path} has no {CHECKPOINT}, only the stage files of the pipeline that trained it; "
                          f"{pipeline_resume(run)} writes it from them, then {reader} works.")
     if checkpoint is None:
-        raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has finished.")
+        try:
+            logged = run.read_metrics()
+        except ValueError:  # damaged too: what is missing here is the checkpoint
+            logged = []
+        raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has been checkpointed"
+                         + (f" (metrics.jsonl logs epoch {logged[-1]['epoch']}, which a stop cut off before its "
+                            f"checkpoint; `{resume_command(run)}` trains it again)" if logged else "") + ".")
     written = written_config(checkpoint, run.file(CHECKPOINT), data_dir=config.data.data_dir)
     differing = differing_options(written, config, ignore=RESUMABLE_CHANGES) if written is not None else []
     if differing:  # an edited config.yaml would rebuild another network, or test other data
