@@ -173,7 +173,11 @@ def test_pixels_with_no_8_bit_equivalent_are_refused(tmp_path, mode, value, word
 
 
 def test_no_classes(tmp_path):
-    refused(tmp_path / "absent", "no classes", str(tmp_path / "absent" / "train"))
+    refused(tmp_path / "absent", f"imagefolder: --data-dir {tmp_path / 'absent'} does not exist (expected")
+    (tmp_path / "a file").write_text("x")
+    refused(tmp_path / "a file", f"--data-dir {tmp_path / 'a file'} is a file, not a folder")
+    (tmp_path / "empty").mkdir()
+    refused(tmp_path / "empty", "no classes", f"{tmp_path / 'empty' / 'train'} is not a folder")
     (tmp_path / "train").mkdir()
     (tmp_path / "test").mkdir()
     refused(tmp_path, "no classes", f"{tmp_path / 'train'} has no class folders")

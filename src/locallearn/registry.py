@@ -12,10 +12,11 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A dict of named entries whose lookup errors list the valid names."""
 
-    def __init__(self, kind: str, *, plural: str | None = None, ordered: bool = False) -> None:
+    def __init__(self, kind: str, *, plural: str | None = None, ordered: bool = False, other: str = "") -> None:
         self.kind = kind  # "model", "method", ... — used in error messages
         self.plural = plural or f"{kind}s"
         self.ordered = ordered  # names() in registration order (e.g. splits, most used first), else sorted
+        self.other = other  # what an unknown name may instead be, said after the valid names
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
@@ -34,7 +35,8 @@ class Registry(Generic[T]):
             return self._entries[name]
         except (KeyError, TypeError):
             raise ValueError(
-                f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self.names())}."
+                f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(self.names())}"
+                + (f"; {self.other}." if self.other else ".")
             ) from None
 
     def names(self) -> list[str]:

@@ -66,6 +66,9 @@ def scan_image_folder(root: Path | str | None) -> ImageFolder:
         raise DatasetError(f"{IMAGEFOLDER}: no folder given; pass --data-dir DIR ({_layout('DIR')}).")
     root = Path(root)
     train_dir = root / "train"
+    if not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DatasetError(f"{IMAGEFOLDER}: --data-dir {root} {what} ({_layout(root)}).")
     if not train_dir.is_dir():
         raise DatasetError(f"{IMAGEFOLDER}: no classes: {train_dir} is not a folder ({_layout(root)}).")
     classes = _class_names(train_dir)

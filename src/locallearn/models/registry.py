@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterable
 from locallearn.models.base import Backbone
 from locallearn.registry import Registry
 
-MODELS: Registry[Callable[..., Backbone]] = Registry("model")
+MODELS: Registry[Callable[..., Backbone]] = Registry(
+    "model", other="or a model of your own, package.module:factory (docs/custom-models.md)")
 # family → the auxiliary head ``aux_head="auto"`` picks: InfoPro's 1c2f for CNNs, FeatRecon's token head
 # (LayerNorm → token mean → Linear) for transformers. Method presets may also differ by family
 # (``Method.family_defaults``).
