@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -98,6 +99,8 @@ def test_eval_with_precise_batchnorm_leaves_the_checkpoint_as_it_was(run, capsys
     assert main(["eval", str(out), "--device", "cpu", "--precise-bn", "2"]) == 0
     assert "BatchNorm statistics recomputed on 2 training batches, not saved" in capsys.readouterr().out
     assert (out / "checkpoint.pt").read_bytes() == before
+    assert main(["eval", str(out), "--device", "cpu", "--precise-bn", "1000"]) == 0  # more than there are: said
+    assert re.search(r"recomputed on \d+ training batches \(all there are; 1000 asked\), not saved", capsys.readouterr().out)
     assert main(["eval", str(out), "--device", "cpu", "--precise-bn", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "at least one batch" in err

@@ -164,7 +164,9 @@ def eval_command(run_dir: Path, device: str = "auto", data_dir: str | None = Non
     recomputed = ""
     if result["precise_bn_batches"] is not None:
         batches = result["precise_bn_batches"]
-        recomputed = f"; BatchNorm statistics recomputed on {batches} training batch{'' if batches == 1 else 'es'}, not saved"
+        every = f" (all there are; {precise_bn} asked)" if batches < precise_bn else ""
+        recomputed = (f"; BatchNorm statistics recomputed on {batches} training batch{'' if batches == 1 else 'es'}"
+                      f"{every}, not saved")
     where = f" ({result['read_from']})" if result["read_from"] else ""  # the files found, which --data-dir may not hold
     print(
         f"{run_dir}: test accuracy {100 * result['test_acc']:.2f}% (test loss {result['test_loss']:.4g}) on "
