@@ -767,8 +767,10 @@ def test_a_resume_with_nothing_to_resume_says_it_starts_the_run(tmp_path, capsys
     """--resume starts a run that is not there (a job can always pass it), but a mistyped --out started a new
     run without a word: now a note says so."""
     assert train(tmp_path / "typo", "--resume", "--epochs", "1", "--limit-train", "32") == 0
-    assert (f"note: {tmp_path / 'typo'} holds no finished epoch to resume: the run starts at epoch 1 (--resume "
-            "starts a run that is not there yet).") in capsys.readouterr().out
+    assert (f"note: {tmp_path / 'typo'} holds no run to resume: it starts now (--resume starts a run that is not "
+            "there yet).") in capsys.readouterr().out
+    assert train(tmp_path / "typo", "--resume", "--epochs", "1", "--limit-train", "32") == 0  # there now: no note
+    assert "holds no run to resume" not in capsys.readouterr().out
 
 
 def test_eval_of_a_run_stopped_between_its_first_metrics_line_and_checkpoint_says_so(tmp_path, finished, capsys):

@@ -65,6 +65,9 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
                 return 0
         print(preview(resolved))
         return 0
+    if resume and not RunDir(resolved.run.out).started and os.environ.get("RANK", "0") == "0":  # a mistyped --out
+        print(f"note: {resolved.run.out} holds no run to resume: it starts now (--resume starts a run that is not "
+              f"there yet).", flush=True)
     values = {**values, "parallel": resolved.processes.parallel}  # how this command runs, also when it resumes
     if resolved.processes.parallel != "pipeline":  # a pipeline run resumed otherwise: no lock-step to keep
         values["pipeline_sync"] = False

@@ -109,9 +109,6 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     state = runner.restore(run) if resume else None
     if resume and state is None and runner.rebuilt:
         raise ValueError(NOT_RESTORED.format(run=run.path))
-    if resume and state is None and launcher.is_main:  # a mistyped --out would otherwise start a run unremarked
-        log(f"note: {run.path} holds no finished epoch to resume: the run starts at epoch 1 (--resume starts a run "
-            f"that is not there yet).")
     changed = check_same_run(config, run_id, state, run, runner.class_names) if state is not None else []
     if state is not None and launcher.is_main and run.file(CONFIG).is_file():  # float sums depend on the threads
         threads = read_mapping(run.file(CONFIG)).get("torch_threads")
