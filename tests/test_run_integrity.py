@@ -334,6 +334,26 @@ def test_12_a_full_disk_is_one_line_and_leaves_no_temporary(tmp_path, monkeypatc
     assert list(tmp_path.iterdir()) == []
 
 
+def test_12_a_disk_full_at_an_epochs_save_says_what_is_kept_and_how_to_go_on(tmp_path, monkeypatch, capsys):
+    real, calls = torch.save, []
+
+    def full_from_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 512 vs 448")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_from_the_second)
+    out = tmp_path / "run"
+    assert train(out) == 2
+    line = one_line(capsys)  # it named the file and the disk, not what was kept or how to continue
+    assert "cannot write" in line and "(the disk may be full or read-only: [enforce fail" in line
+    assert line.endswith(f"; epoch 2 is lost and the last good checkpoint (epoch 1) is kept in {out}; make room, then "
+                         f"`locallearn train --out {out} --resume` continues it.\n")
+    monkeypatch.setattr(torch, "save", real)
+    assert train(out, "--resume") == 0 and [r["epoch"] for r in RunDir(out).read_metrics()] == [1, 2]
+
+
 def test_12_a_truncated_stage_file_is_named_and_an_older_epoch_is_used(tmp_path):
     from locallearn.distributed.runner import _sound_stage_files
 

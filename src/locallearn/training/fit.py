@@ -164,17 +164,19 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
                 )
             record = epoch_record(epoch, lr, train, test)
             history.append(record)
-            if launcher.is_main:
-                run.append_metrics(record)  # metrics first: the checkpoint is never ahead of metrics.jsonl
-            runner.save(run, {"format": CHECKPOINT_FORMAT, "run_id": run_id, "epoch": epoch, "rng": rng_state(),
-                              "config": config.to_dict(), "history": history, "class_names": runner.class_names})
+            try:
+                if launcher.is_main:
+                    run.append_metrics(record)  # metrics first: the checkpoint is never ahead of metrics.jsonl
+                runner.save(run, {"format": CHECKPOINT_FORMAT, "run_id": run_id, "epoch": epoch, "rng": rng_state(),
+                                  "config": config.to_dict(), "history": history, "class_names": runner.class_names})
+            except OSError as err:  # a full disk: what is kept, and how to go on once there is room
+                raise OSError(f"{str(err).rstrip('.')}; epoch {epoch} is lost and {kept}; make room, then "
+                              f"`{_resume_command(run, config)}` continues it.") from None
             saved = epoch
             compiled_now = config.run.compile and epoch == done + 1  # a process compiles in its first steps
             log(epoch_line(record, config.optim.epochs) + ("  (time includes compiling)" if compiled_now else ""))
     except KeyboardInterrupt:  # a stop Ctrl-C requested (acted on between batches), or a second Ctrl-C, where it landed
-        pipeline = config.processes.parallel == "pipeline"  # the ranks it ran on (torchrun sets WORLD_SIZE)
-        again = resume_command(run, pipeline=pipeline, ranks=os.environ.get("WORLD_SIZE") if pipeline else None)
-        resume_hint = (f"; `{again}` continues it"
+        resume_hint = (f"; `{_resume_command(run, config)}` continues it"
                        if saved or not run.untrained else "; the same command starts it over")  # (an epoch logged)
         kept = f"interrupted in epoch {saved + 1}: {_kept(run, saved)}"
         raise interrupt.Interrupted(f"{kept}{resume_hint}.", kept=kept) from None
@@ -194,6 +196,13 @@ _DIVERGED = ("Check the data for non-finite values, or start the run again with 
 
 def _quiet(_: str) -> None:
     pass
+
+
+def _resume_command(run: RunDir, config: Config) -> str:
+    """The command that continues this run as it runs now: one process, or the pipeline on the ranks it ran on
+    (torchrun sets WORLD_SIZE)."""
+    pipeline = config.processes.parallel == "pipeline"
+    return resume_command(run, pipeline=pipeline, ranks=os.environ.get("WORLD_SIZE") if pipeline else None)
 
 
 def _kept(run: RunDir, saved: int) -> str:
