@@ -3,6 +3,7 @@ configuration) and a PNG of error against K, written under runs/report/ unless t
 
 from __future__ import annotations
 
+import shutil
 import statistics
 
 from matplotlib.container import ErrorbarContainer
@@ -227,6 +228,10 @@ def test_a_run_without_a_finished_epoch_is_left_out_with_a_warning(tmp_path, cap
     (tmp_path / "bench").mkdir()  # `locallearn report runs/*` where runs/ also holds a benchmark's folder
     assert main(["report", str(done), str(tmp_path / "bench"), "--out", str(tmp_path / "report")]) == 0
     assert f"report: {tmp_path / 'bench'} holds no run (no config.yaml); left out" in capsys.readouterr().err
+    (tmp_path / "folder" / "cells").mkdir(parents=True)  # a folder of runs (bench accuracy --out): the runs in it
+    shutil.copytree(done, tmp_path / "folder" / "cells" / "done")
+    assert main(["report", str(tmp_path / "folder"), "--out", str(tmp_path / "report")]) == 0
+    assert f"| {tmp_path / 'folder' / 'cells' / 'done'} |" in capsys.readouterr().out
     assert main(["report", str(started), str(tmp_path / "bench"), "--out", str(tmp_path / "report")]) == 2
     assert "report: none of the 2 directories holds a run with a finished epoch." in capsys.readouterr().err
     (done / "metrics.jsonl").unlink()

@@ -130,7 +130,9 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
              "against K; runs are averaged only when their options differ in nothing but the seed (a second run of the "
              "same seed is left out, with a warning)")
     parser = commands.add_parser("report", help=about, description=about)
-    parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path, help="run directories")
+    parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path,
+                        help="run directories, or folders of them (the runs one or two levels below, as in runs/ or "
+                             "a `bench accuracy --out`)")
     parser.add_argument(
         "--out", type=Path, default=None,
         help="write report.md and report.png here (default: runs/report/); the markdown is also printed",

@@ -398,7 +398,7 @@ def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Repo
     """``out/report.md`` (also returned) and ``out/report.png`` (default ``runs/report/``, which git ignores).
     The folder ``out`` itself is skipped when it is among ``run_dirs`` (``locallearn report runs/*``)."""
     folder = Path(out)
-    run_dirs = [Path(p) for p in run_dirs if not _is_report_folder(Path(p), folder)]
+    run_dirs = [run for p in run_dirs if not _is_report_folder(Path(p), folder) for run in _runs_in(Path(p))]
     if not run_dirs:
         raise ValueError("report: give at least one run directory.")
     runs, skipped = [], []
@@ -421,6 +421,15 @@ def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Repo
     md_path = folder / "report.md"
     md_path.write_text(markdown)
     return Report(markdown, md_path, png, table.warnings)
+
+
+def _runs_in(path: Path) -> list[Path]:
+    """``path`` where it is a run directory (or not a directory: load_run says what it is); a folder of runs
+    (``runs/``, a ``bench accuracy --out`` with its ``cells/``): the run directories one or two levels below."""
+    if not path.is_dir() or (path / CONFIG).is_file():
+        return [path]
+    found = sorted({c.parent for pattern in (f"*/{CONFIG}", f"*/*/{CONFIG}") for c in path.glob(pattern)})
+    return found or [path]
 
 
 def _is_report_folder(path: Path, folder: Path) -> bool:
