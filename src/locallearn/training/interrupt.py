@@ -1,4 +1,4 @@
-"""Ctrl-C that always stops a run, at a safe point.
+"""Ctrl-C (and SIGTERM) that always stops a run, at a safe point.
 
 Python delivers SIGINT as a ``KeyboardInterrupt`` raised wherever the main thread happens to be — inside a
 finalizer (``__del__``) it is printed as "Exception ignored" and lost, and the run goes on. So while a run
@@ -53,12 +53,16 @@ def stop_between_batches() -> Iterator[None]:
         if not isinstance(info.exc_value, KeyboardInterrupt):  # drop: silent, as the stop request it followed
             hook(info)  # is still pending, and stops the run at the next batch
 
-    previous, hook = signal.signal(signal.SIGINT, request), sys.unraisablehook
+    # SIGTERM (a scheduler ending a job, `kill`) is a stop request too: the run stops at the next batch as for
+    # Ctrl-C, saying what is kept, instead of dying where it was
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    hook = sys.unraisablehook
     sys.unraisablehook = unraisable
     _requested.clear()
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         sys.unraisablehook = hook
         _requested.clear()
