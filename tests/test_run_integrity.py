@@ -792,6 +792,12 @@ def test_report_names_a_summary_or_config_yaml_that_no_longer_matches_the_run(tm
     assert one_line(capsys).endswith(f"report: {run}/config.yaml says other options than the run trained with "
                                      f"(summary.json): lr (0.1 → 0.2); restore the run's own config.yaml, or leave the "
                                      f"run out.\n")
+    run = copy_run(finished, tmp_path / "older")  # a config.yaml of an earlier release lacks options added since
+    text = (run / "config.yaml").read_text()
+    assert "  schedule: epoch\n" in text
+    (run / "config.yaml").write_text(text.replace("  schedule: epoch\n", ""))
+    assert main([*report, str(run)]) == 0  # was refused: "schedule (epoch → None)"
+    capsys.readouterr()
     run = copy_run(finished, tmp_path / "garbage")
     (run / "summary.json").write_bytes(os.urandom(300))
     assert main([*report, str(run)]) == 2

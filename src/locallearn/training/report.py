@@ -223,7 +223,8 @@ def load_run(path: Path) -> RunResult:
 def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) -> None:
     """A finished run's summary.json against its metrics.jsonl and config.yaml, each of which only checks itself:
     the same last epoch and accuracy, and the options it trained with (summaries of earlier releases do not
-    record them) where a resume may not change them."""
+    record them) where a resume may not change them and config.yaml gives them (one written by an earlier
+    release lacks the options added since; the core ones are checked by ``read_run_options``)."""
     where = shlex.quote(str(run.path))
     try:
         summary = run.read_summary()
@@ -238,8 +239,8 @@ def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) ->
                          f"{summary.get('test_acc')}) and {METRICS} (epoch {last['epoch']}, {last['test_acc']}) "
                          f"disagree; `locallearn train --out {where} --resume` writes {METRICS} again from the "
                          f"checkpoint, or leave the run out.")
-    trained = summary.get("options") or {}
-    differing = [k for k in trained if k not in RESUMABLE_CHANGES and _show(trained[k]) != _show(config.get(k))]
+    trained = summary.get("options") or {}  # an option config.yaml lacks is one added since the run started
+    differing = [k for k in trained if k in config and k not in RESUMABLE_CHANGES and _show(trained[k]) != _show(config[k])]
     if differing:
         changes = ", ".join(f"{k} ({_show(trained[k])} → {_show(config.get(k))})" for k in differing)
         raise ValueError(f"report: {run.file(CONFIG)} says other options than the run trained with ({SUMMARY}): "
