@@ -186,8 +186,9 @@ def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.de
         raise ValueError(f"{run.path} has no {CHECKPOINT} (a write was interrupted), only {PREVIOUS}, of the epoch "
                          f"before; `{resume_command(run)}` continues the run from it.")
     if checkpoint is None and run.has_checkpoint(stages=True):
+        command, unknown = pipeline_resume(run)
         raise ValueError(f"{run.path} has no {CHECKPOINT}, only the stage files of the pipeline that trained it; "
-                         f"{pipeline_resume(run)} writes it from them, then {reader} works.")
+                         f"`{command}`{unknown} writes it from them, then {reader} works.")
     if checkpoint is None:
         try:
             logged = run.read_metrics()

@@ -200,9 +200,11 @@ def _quiet(_: str) -> None:
 
 def _resume_command(run: RunDir, config: Config) -> str:
     """The command that continues this run as it runs now: one process, or the pipeline on the ranks it ran on
-    (torchrun sets WORLD_SIZE)."""
-    pipeline = config.processes.parallel == "pipeline"
-    return resume_command(run, pipeline=pipeline, ranks=os.environ.get("WORLD_SIZE") if pipeline else None)
+    (torchrun sets WORLD_SIZE, and LOCAL_WORLD_SIZE per machine)."""
+    if config.processes.parallel != "pipeline":
+        return resume_command(run)
+    return resume_command(run, pipeline=True, ranks=os.environ.get("WORLD_SIZE"),
+                          per_node=os.environ.get("LOCAL_WORLD_SIZE"))
 
 
 def _kept(run: RunDir, saved: int) -> str:

@@ -153,9 +153,10 @@ class LocalRunner:
     def restore(self, run: RunDir) -> dict[str, Any] | None:
         state = run.load_checkpoint(fallback=True, log=self.log)
         if state is None and run.has_checkpoint(stages=True):  # only a pipeline's stage files: not started over
+            command, unknown = pipeline_resume(run)
             raise ValueError(f"--resume: {run.path} has no checkpoint.pt, only the stage files of the pipeline that "
-                             f"trained it, which that pipeline alone can resume from; {pipeline_resume(run)}, or "
-                             f"start over with --overwrite.")
+                             f"trained it, which that pipeline alone can resume from; resume it with "
+                             f"`{command}`{unknown}, or start over with --overwrite.")
         if state is not None:
             load_weights(self.net, state["model"], run.file(CHECKPOINT))
             optimizer_state = state["optimizer"]
@@ -220,20 +221,24 @@ def record_pretrained(run: RunDir, net: LocalNet, run_id: str) -> None:
         run.write_pretrained(json.loads(config.to_json_string(use_diff=False)), run_id)
 
 
-def resume_command(run: RunDir, *, pipeline: bool = False, ranks: int | str | None = None) -> str:
-    """The command that continues ``run``: one process, or (``pipeline``) torchrun with ``ranks`` ranks."""
+def resume_command(run: RunDir, *, pipeline: bool = False, ranks: int | str | None = None,
+                   per_node: int | str | None = None) -> str:
+    """The command that continues ``run``: one process, or (``pipeline``) torchrun with ``ranks`` ranks in all,
+    ``per_node`` on each machine where that is known and fewer (several machines)."""
     where = shlex.quote(str(run.path))
     if not pipeline:
         return f"locallearn train --out {where} --resume"
-    return f"torchrun --nproc-per-node {ranks or 'N'} -m locallearn train --parallel pipeline --out {where} --resume"
+    command = f"-m locallearn train --parallel pipeline --out {where} --resume"
+    if ranks and per_node and str(per_node) != str(ranks) and int(ranks) % int(per_node) == 0:
+        return f"torchrun --nnodes {int(ranks) // int(per_node)} --nproc-per-node {per_node} {command}"
+    return f"torchrun --nproc-per-node {ranks or 'N'} {command}"
 
 
-def pipeline_resume(run: RunDir) -> str:
-    """How to resume the run ``run`` from its pipeline stage files alone: the command, with the number of ranks
-    that wrote them."""
+def pipeline_resume(run: RunDir) -> tuple[str, str]:
+    """The command that resumes the run ``run`` from its pipeline stage files alone, with the number of ranks
+    that wrote them, and what to add where that number is unknown."""
     ranks = run.pipeline_ranks()
-    return (f"resume it with `{resume_command(run, pipeline=True, ranks=ranks)}`"
-            + ("" if ranks else " on as many ranks as trained it"))
+    return resume_command(run, pipeline=True, ranks=ranks), "" if ranks else " on as many ranks as trained it"
 
 
 def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: Any, fix: str = RESUME_FIX) -> None:
