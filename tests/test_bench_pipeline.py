@@ -232,3 +232,10 @@ def test_the_split_defaults_to_trains_paper_where_published_else_auto():
     assert bp.PipelineBench(model="resnet32", num_modules=4).net_options()["split"] == "paper"
     assert bp.PipelineBench(model="resnet20", num_modules=2).net_options()["split"] == "auto"
     assert bp.PipelineBench(model="resnet20", num_modules=2, split="uniform").net_options()["split"] == "uniform"
+
+
+def test_a_baseline_not_reached_before_a_ctrl_c_is_said_interrupted_not_unrun():
+    ok = {"status": "ok", "median_steady_images_per_s": 10.0, "median_images_per_s": 9.0, "clean_runs": 1}
+    variants = {"pipeline": ok, "single_1t": {"status": "not measured"}}
+    assert bp.compare(variants)["verdict"] == ("no verdict: none of single_1t, single_Nt and ddp ran to compare with "
+                                               "(single_Nt and ddp not run) (single_1t not measured: interrupted)")

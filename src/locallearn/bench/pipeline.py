@@ -363,9 +363,11 @@ def compare(variants: dict[str, dict]) -> dict:
         out["verdict"] = "no verdict: the pipeline failed in every run" + left_out
         return out
     if not baselines:
-        missing = [b for b in BASELINES if b not in variants or variants[b]["status"] == "not measured"]
+        missing = [b for b in BASELINES if b not in variants]
+        stopped = [b for b in BASELINES if b in variants and variants[b]["status"] == "not measured"]
         out["verdict"] = (f"no verdict: none of {_names(list(BASELINES))} ran to compare with"
-                          + (f" ({_names(missing)} not run)" if missing else "") + left_out)
+                          + (f" ({_names(missing)} not run)" if missing else "")
+                          + (f" ({_names(stopped)} not measured: interrupted)" if stopped else "") + left_out)
         return out
     pipe = done["pipeline"]
     best = max(baselines, key=lambda n: baselines[n]["median_steady_images_per_s"])

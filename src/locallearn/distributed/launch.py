@@ -33,8 +33,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from locallearn.training.fit import plural
-
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 WAIT_NOTICE_S = 30.0  # a rank still waiting for the others after this long says so
 EXIT_FAILED = 1  # the exit status of every rank when one failed
@@ -86,15 +84,15 @@ def pick_device(device: str, local_rank: int) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device: {device} is not available on this machine; use --device cpu.")
         if resolved.index is None:
-            # one GPU per rank (NCCL cannot run two ranks of a job on one), checked against the processes torchrun
-            # starts on this machine, so that every rank refuses alike and rank 0 says why
-            count, ranks = torch.cuda.device_count(), int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
-            if max(ranks, local_rank + 1) > count:
+            # one GPU per rank (NCCL cannot run two ranks of a job on one): where a machine's ranks (torchrun's
+            # LOCAL_WORLD_SIZE, the same on each, so rank 0 says it) see fewer GPUs than there are ranks, refused.
+            # One visible GPU is taken as each process's own (CUDA_VISIBLE_DEVICES per task)
+            count, local = torch.cuda.device_count(), os.environ.get("LOCAL_WORLD_SIZE", "")
+            if local.isdigit() and 1 < count < int(local):
                 raise ValueError(
-                    f"device: {plural(max(ranks, local_rank + 1), 'rank')} on this machine but "
-                    f"{plural(count, 'GPU')}, and each rank needs its own; start at most {count} (torchrun "
-                    f"--nproc-per-node {count}), or train on the CPU (--device cpu).")
-            resolved = torch.device("cuda", local_rank)
+                    f"device: {local} ranks on this machine but {count} GPUs, and each rank needs its own; start at "
+                    f"most {count} (torchrun --nproc-per-node {count}), or train on the CPU (--device cpu).")
+            resolved = torch.device("cuda", local_rank % count)
     return resolved
 
 
@@ -104,9 +102,9 @@ class NotJoined(ValueError):
     every_rank = True
 
 
-def _not_joined(info: dict, where: str, timeout_s: float, err: Exception) -> ValueError:
+def _not_joined(info: dict, where: str, waited_s: float, err: Exception) -> ValueError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return NotJoined(f"parallel: rank {info['rank']} of {info['world_size']} waited {timeout_s:.0f} s at {where} and "
+    return NotJoined(f"parallel: rank {info['rank']} of {info['world_size']} waited {waited_s:.0f} s at {where} and "
                       f"not every rank joined ({first[:120]}); start every rank with the same MASTER_ADDR and "
                       f"MASTER_PORT (torchrun starts them all).")
 
@@ -130,6 +128,7 @@ def init_distributed(
         f"starts them all).", file=sys.stderr, flush=True))
     notice.daemon = True
     notice.start()
+    started = time.monotonic()
     try:
         dist.init_process_group(backend, timeout=timeout, **kwargs)
     except dist.DistNetworkError as err:  # rank 0 hosts the store (started without torchrun) on a taken port
@@ -139,9 +138,9 @@ def init_distributed(
                              f"free MASTER_PORT.") from None
         if "timed out" not in str(err):
             raise
-        raise _not_joined(info, where, timeout_s, err) from None  # rank 0's store never came
+        raise _not_joined(info, where, time.monotonic() - started, err) from None  # rank 0's store never came
     except dist.DistStoreError as err:  # the other ranks did not come
-        raise _not_joined(info, where, timeout_s, err) from None
+        raise _not_joined(info, where, time.monotonic() - started, err) from None
     finally:
         notice.cancel()
     ctrl = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
