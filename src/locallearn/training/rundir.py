@@ -102,13 +102,16 @@ class RunDir:
         reads them) also a pipeline stage's checkpoint."""
         if self.file(CHECKPOINT).is_file() or self.file(PREVIOUS).is_file():
             return True
-        return stages and self.file(STAGES).is_dir() and any(self.file(STAGES).glob("stage*-epoch*.pt"))
+        return stages and bool(self._stage_files())
+
+    def _stage_files(self) -> list[Path]:
+        """The pipeline's stage checkpoints here (sound or not)."""
+        return list(self.file(STAGES).glob("stage*-epoch*.pt")) if self.file(STAGES).is_dir() else []
 
     def pipeline_ranks(self) -> int | None:
         """How many ranks wrote the pipeline stage files here (stages × data-parallel, read from the newest sound
         one), or None where there is none."""
-        paths = sorted(self.file(STAGES).glob("stage*-epoch*.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for path in paths if self.file(STAGES).is_dir() else []:
+        for path in sorted(self._stage_files(), key=lambda p: p.stat().st_mtime, reverse=True):
             with contextlib.suppress(ValueError):
                 layout = load_state(path).get("layout")
                 if layout:
@@ -231,7 +234,7 @@ class RunDir:
     def write_summary(self, summary: dict[str, Any]) -> None:
         """summary.json: strict JSON, with ``checksum`` (the SHA-256 of its content in one line) last."""
         record = json.loads(json.dumps(finite(summary), default=_json_scalar, allow_nan=False))
-        record["checksum"] = hashlib.sha256(json.dumps(record, allow_nan=False).encode()).hexdigest()
+        record["checksum"] = content_checksum(record)
         text = json.dumps(record, indent=2, allow_nan=False) + "\n"
         atomic_write(self.file(SUMMARY), lambda f: f.write(text.encode()))
 
@@ -263,7 +266,7 @@ class RunDir:
         if not isinstance(summary, dict):
             raise ValueError(f"{path} cannot be read (not a JSON object)")
         checksum = summary.pop("checksum", None)  # summaries of earlier releases have none
-        if checksum is not None and hashlib.sha256(json.dumps(summary, allow_nan=False).encode()).hexdigest() != checksum:
+        if checksum is not None and content_checksum(summary) != checksum:
             raise ValueError(f"{path} is damaged (its checksum does not match)")
         return summary
 
@@ -330,11 +333,16 @@ def _same_file(fd: int, path: Path) -> bool:
 
 
 # --- metrics lines -----------------------------------------------------------------------------------------
+def content_checksum(record: dict[str, Any]) -> str:
+    """The checksum a metrics line and summary.json carry: the SHA-256 of the record as one line of strict JSON."""
+    return hashlib.sha256(json.dumps(record, allow_nan=False).encode()).hexdigest()
+
+
 def metrics_line(record: dict[str, Any]) -> str:
     """One line of metrics.jsonl: strict JSON (a non-finite number is written as null) with ``checksum``,
     the SHA-256 of the line's own content, last."""
     body = json.dumps(finite(record), allow_nan=False)
-    checksum = hashlib.sha256(body.encode()).hexdigest()
+    checksum = hashlib.sha256(body.encode()).hexdigest()  # content_checksum's, of the string written
     return body[:-1] + f', "checksum": "{checksum}"}}\n' if body != "{}" else f'{{"checksum": "{checksum}"}}\n'
 
 
@@ -354,7 +362,7 @@ def parse_metrics_line(line: str, where: str) -> tuple[dict[str, Any], bool]:
     if not isinstance(record, dict):
         raise ValueError(f"{where} is damaged (not a JSON object).")
     checksum = record.pop("checksum", None)
-    if checksum is not None and hashlib.sha256(json.dumps(record, allow_nan=False).encode()).hexdigest() != checksum:
+    if checksum is not None and content_checksum(record) != checksum:
         raise ValueError(f"{where} is damaged (its checksum does not match); the checkpoint's history can rebuild "
                          f"it: resume the run.")
     return record, checksum is not None
