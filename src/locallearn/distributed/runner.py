@@ -227,18 +227,16 @@ class PipelineRunner:
     def restore(self, run: RunDir) -> dict[str, Any] | None:
         env = self.env
         merged, problems = self.launcher.share(_checkpoint_epoch(run) if env.is_main else None)
-        state = _resume(env, run, self.net, self.optimizer, self.groups, self.layout, self.found, merged,
-                        self.stage_dir)
+        state, from_stages = _resume(env, run, self.net, self.optimizer, self.groups, self.layout, self.found,
+                                     merged, self.stage_dir)
         if problems and env.is_main:  # what was wrong with checkpoint.pt, and what the resume read instead
             if state is None:
                 instead = "neither is resumed from"
-            elif state["from_stages"]:
+            elif from_stages:
                 instead = f"resuming from the pipeline's stage files (epoch {state['epoch']}) instead"
             else:
                 instead = f"resuming from {PREVIOUS} (epoch {merged}) instead"
             self.log(f"warning: {'; '.join(problems)}; {instead}.")
-        if state is not None:
-            del state["from_stages"]
         if state is not None and state["epoch"] > (merged or 0):
             # restored from stage files ahead of checkpoint.pt (stopped between the stage saves and the merged
             # one): write it now, or a run restored at its last epoch would finish with checkpoint.pt (eval,
@@ -409,9 +407,10 @@ def _resume(
     found: dict[int, dict[int, StageFile]],
     merged_epoch: int | None,
     stage_dir: Path,
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, bool]:
     """Load this rank's state for the epoch all stages can resume from; returns what ``training.fit`` needs
-    of it (epoch, history, the run's id and config), or None to start at epoch 1."""
+    of it (epoch, history, the run's id and config), or None to start at epoch 1, and whether it was read from
+    the stage files (else from the merged checkpoint)."""
     stage = layout.stage_of(env.rank)
     mine = found.get(stage, {})
     same_layout = bool(mine) and _latest(mine).layout == layout.to_dict()
@@ -419,7 +418,7 @@ def _resume(
     dist.all_gather_object(latest, max(mine) if mine and same_layout else 0, group=env.ctrl)
     from_stages = min(latest)
     if from_stages == 0 and not merged_epoch:
-        return None
+        return None, False
     if from_stages >= (merged_epoch or 0):
         file = mine.get(from_stages)
         if file is None:
@@ -432,12 +431,12 @@ def _resume(
         optimizer.load_state_dict(state["optimizer"])
         histories: list[Any] = [state["history"] if env.is_main else None]
         dist.broadcast_object_list(histories, src=0, group=env.ctrl)
-        return {**_identity(state), "epoch": from_stages, "history": list(histories[0]), "from_stages": True}
+        return {**_identity(state), "epoch": from_stages, "history": list(histories[0])}, True
     # later, or another layout; a fallback to checkpoint.prev.pt is said by the caller (_checkpoint_epoch)
     merged = run.load_checkpoint(map_location=env.device, fallback=True, log=lambda _: None)
     _load_owned(net, merged["model"], layout, stage)
     optimizer.load_state_dict(_split_optimizer_state(merged["optimizer"], groups, optimizer))
-    return {**_identity(merged), "epoch": merged["epoch"], "history": list(merged["history"]), "from_stages": False}
+    return {**_identity(merged), "epoch": merged["epoch"], "history": list(merged["history"])}, False
 
 
 def _identity(state: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shlex
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 from locallearn.data.imagefolder import IMAGEFOLDER
 from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, read_mapping, read_run_options
 from locallearn.training.rundir import CONFIG, METRICS, SUMMARY, RunDir, refuse_file
+from locallearn.training.runner import resume_command
 
 DEFAULT_OUT = Path("runs") / "report"  # runs/ is ignored by git: a report never dirties a checkout
 # Options that may differ inside a group: the seed, and what does not change the computation.
@@ -225,11 +225,11 @@ def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) ->
     the same last epoch and accuracy, and the options it trained with (summaries of earlier releases do not
     record them) where a resume may not change them and config.yaml gives them (one written by an earlier
     release lacks the options added since; the core ones are checked by ``read_run_options``)."""
-    where = shlex.quote(str(run.path))
+    again = resume_command(run)
     try:
         summary = run.read_summary()
     except ValueError as err:
-        raise ValueError(f"report: {err}; `locallearn train --out {where} --resume` writes it again from the "
+        raise ValueError(f"report: {err}; `{again}` writes it again from the "
                          f"checkpoint, or leave the run out.") from None
     # (a summary of more epochs than metrics.jsonl holds is one a resume that rewound the run left, or a line
     # removed: either way the run is shown unfinished at its last logged epoch, marked so)
@@ -237,7 +237,7 @@ def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) ->
             summary.get("epochs") == last["epoch"] and summary.get("test_acc", last["test_acc"]) != last["test_acc"]):
         raise ValueError(f"report: {run.path}: {SUMMARY} (epoch {summary.get('epochs')}, test accuracy "
                          f"{summary.get('test_acc')}) and {METRICS} (epoch {last['epoch']}, {last['test_acc']}) "
-                         f"disagree; `locallearn train --out {where} --resume` writes {METRICS} again from the "
+                         f"disagree; `{again}` writes {METRICS} again from the "
                          f"checkpoint, or leave the run out.")
     trained = summary.get("options") or {}  # an option config.yaml lacks is one added since the run started
     differing = [k for k in trained if k in config and k not in RESUMABLE_CHANGES and _show(trained[k]) != _show(config[k])]
