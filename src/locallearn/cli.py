@@ -112,6 +112,12 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--precise-bn", type=int, default=None, metavar="BATCHES",
                         help="first recompute BatchNorm statistics as the average over BATCHES training batches "
                              "(\"precise BN\"; the checkpoint is not changed)")
+    parser.add_argument("--per-class", action="store_true",
+                        help="also print each class's test images, accuracy and the class it is most often "
+                             "taken for")
+    parser.add_argument("--confusion", type=Path, default=None, metavar="FILE",
+                        help="write the confusion matrix (rows: true class, columns: predicted) to FILE: .csv "
+                             "for the counts, .png for a picture")
     parser.set_defaults(_run=eval_command)
 
 

@@ -15,6 +15,7 @@ from locallearn.data import describe_dataset
 from locallearn.data.imagefolder import IMAGEFOLDER
 from locallearn.methods import METHODS
 from locallearn.net import build_net
+from locallearn.training.classes import check_confusion_path, class_labels, per_class_table, write_confusion
 from locallearn.training.config import (
     Config,
     check_used,
@@ -117,10 +118,12 @@ def _out_note(run: RunDir) -> list[str]:
 
 
 def evaluate_run(
-    run_dir: Path, *, device: str = "auto", data_dir: str | None = None, precise_bn: int | None = None
+    run_dir: Path, *, device: str = "auto", data_dir: str | None = None, precise_bn: int | None = None,
+    confusion: bool = False,
 ) -> dict[str, Any]:
     """Test accuracy of a saved run: the net rebuilt from its config.yaml, weights from checkpoint.pt; with
-    ``precise_bn``, BatchNorm statistics recomputed first on that many training batches (not saved)."""
+    ``precise_bn``, BatchNorm statistics recomputed first on that many training batches (not saved); with
+    ``confusion``, also the confusion counts and ``class_names`` (training.classes)."""
     run = RunDir(Path(run_dir))
     if not run.file(CONFIG).is_file():
         raise ValueError(f"{run.path} holds no run (no {CONFIG}); give a directory written by `locallearn train`.")
@@ -144,7 +147,9 @@ def evaluate_run(
     used = None
     if precise_bn is not None:
         used = precise_batchnorm(net, load_data(config, train=True, device=torch_device), precise_bn)
-    result = evaluate(net, test, autocast_dtype=config.autocast_dtype)
+    result = evaluate(net, test, autocast_dtype=config.autocast_dtype, confusion=confusion)
+    if confusion:
+        result["class_names"] = class_labels(loader_class_names(test), config.net.num_classes)
     return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used,
             "test_images": len(test.images), "read_from": test.spec.read_from}
 
@@ -161,9 +166,15 @@ def _refuse_more_classes(run: RunDir, data_dir: str, options: dict[str, Any]) ->
                          f"{spec.num_classes} ({shown}); give the run's own data with --data-dir.")
 
 
-def eval_command(run_dir: Path, device: str = "auto", data_dir: str | None = None, precise_bn: int | None = None) -> int:
+def eval_command(
+    run_dir: Path, device: str = "auto", data_dir: str | None = None, precise_bn: int | None = None,
+    per_class: bool = False, confusion: Path | None = None,
+) -> int:
     """``locallearn eval RUN_DIR``."""
-    result = evaluate_run(run_dir, device=device, data_dir=data_dir, precise_bn=precise_bn)
+    if confusion is not None:
+        check_confusion_path(confusion)  # before the data is read
+    result = evaluate_run(run_dir, device=device, data_dir=data_dir, precise_bn=precise_bn,
+                          confusion=per_class or confusion is not None)
     recomputed = ""
     if result["precise_bn_batches"] is not None:
         batches = result["precise_bn_batches"]
@@ -176,6 +187,12 @@ def eval_command(run_dir: Path, device: str = "auto", data_dir: str | None = Non
         f"{result['test_images']} test images{where}, checkpoint after epoch {result['epoch']}/{result['epochs']}"
         f"{recomputed}"
     )
+    if per_class:
+        print(per_class_table(result["confusion"], result["class_names"]))
+    if confusion is not None:
+        title = f"{run_dir}: epoch {result['epoch']}, {result['test_images']} test images"
+        write_confusion(confusion, result["confusion"], result["class_names"], title=title)
+        print(f"confusion matrix (rows: true class, columns: predicted) written to {confusion}")
     return 0
 
 

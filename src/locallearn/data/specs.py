@@ -98,11 +98,18 @@ _FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 
+# Label i's name: CIFAR-10's batches.meta (label_names) and STL-10's class_names.txt, as the official files
+# list them.
+_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
+
 for _spec in (
-    DatasetSpec("cifar10", 10, 32, _CIFAR_MEAN, _CIFAR_STD, pad=4, pad_mode="reflect", flip=True, channels=3),
+    DatasetSpec("cifar10", 10, 32, _CIFAR_MEAN, _CIFAR_STD, pad=4, pad_mode="reflect", flip=True, channels=3,
+                class_names=_CIFAR10_CLASSES),
     DatasetSpec("cifar100", 100, 32, _CIFAR_MEAN, _CIFAR_STD, pad=4, pad_mode="reflect", flip=True, channels=3),
     DatasetSpec("svhn", 10, 32, _HALF, _HALF, pad=2, pad_mode="zeros", flip=False, channels=3),
-    DatasetSpec("stl10", 10, 96, _HALF, _HALF, pad=4, pad_mode="zeros", flip=True, channels=3),
+    DatasetSpec("stl10", 10, 96, _HALF, _HALF, pad=4, pad_mode="zeros", flip=True, channels=3,
+                class_names=_STL10_CLASSES),
     # scikit-learn's handwritten digits, upsampled to 32×32 (see data/digits.py); no flip: digits are not
     # mirror-symmetric.
     DatasetSpec("digits", 10, 32, _DIGITS_MEAN, _DIGITS_STD, pad=2, pad_mode="zeros", flip=False, channels=3),

@@ -607,14 +607,18 @@ def precise_batchnorm(net: nn.Module, loader: Iterable, batches: int) -> int:
 
 @torch.no_grad()
 def evaluate(
-    net: nn.Module, loader: BatchLoader, *, autocast_dtype: torch.dtype | None = None, log: Log | None = None
-) -> dict[str, float]:
-    """Test accuracy (fraction) and cross-entropy of the inference forward (auxiliary heads unused)."""
+    net: nn.Module, loader: BatchLoader, *, autocast_dtype: torch.dtype | None = None, log: Log | None = None,
+    confusion: bool = False,
+) -> dict[str, Any]:
+    """Test accuracy (fraction) and cross-entropy of the inference forward (auxiliary heads unused); with
+    ``confusion``, also ``"confusion"``: the (C, C) int64 counts of true class (row) against predicted
+    class (column), C the classifier's classes (training.classes)."""
     net.eval()
     device = next(net.parameters()).device
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     loss = torch.zeros((), dtype=torch.float64, device=device)
+    counts, classes = None, 0
     seen, full = 0, None
     with Progress(_length(loader), "evaluation", log=log) as progress:
         for images, labels in loader:
@@ -626,12 +630,20 @@ def evaluate(
                 loss += torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum").double()
             except IndexError as err:
                 raise label_error(labels, logits.shape[1], f"test batch {seen // full + 1}") or err from None
-            correct += (logits.argmax(dim=1) == labels).sum()
+            predicted = logits.argmax(dim=1)
+            correct += (predicted == labels).sum()
+            if confusion:
+                classes = logits.shape[1]
+                pairs = torch.bincount(labels * classes + predicted, minlength=classes * classes)  # (C·C,)
+                counts = pairs if counts is None else counts + pairs
             seen += len(labels)
             progress.update(1)
             interrupt.check()
     if not seen:
         raise ValueError("test data: it holds no batch; give at least one test batch.")
-    return {"test_acc": int(correct) / seen, "test_loss": float(loss) / seen}
+    result: dict[str, Any] = {"test_acc": int(correct) / seen, "test_loss": float(loss) / seen}
+    if confusion:
+        result["confusion"] = counts.view(classes, classes).cpu()  # (C, C): row = true class, column = predicted
+    return result
 
 

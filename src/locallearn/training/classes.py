@@ -1,0 +1,99 @@
+"""Where a classifier errs: per-class accuracy and the confusion matrix of a test set (``locallearn eval
+--per-class``, ``--confusion FILE``).
+
+The counts come from ``runner.evaluate(..., confusion=True)``: ``counts[t, p]`` is how many test images of
+true class t the network's inference forward put in class p (rows: truth, columns: prediction), so row t
+sums to the test images of class t and the diagonal to the correct ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+
+CONFUSION_SUFFIXES = (".csv", ".png")
+
+
+def class_labels(names: list[str] | None, num_classes: int) -> list[str]:
+    """The name of each of the classifier's classes: the dataset's where it names them, else the label
+    number (digits, SVHN, and the classes of a classifier wider than its data: ``--num-classes``)."""
+    names = list(names or ())[:num_classes]
+    return names + [str(c) for c in range(len(names), num_classes)]
+
+
+def per_class_table(counts: torch.Tensor, names: list[str]) -> str:
+    """One line per class: its test images, the fraction right, and the class it is most often taken for.
+
+    Classes without test images (a class the classifier has but the data lacks) are left out."""
+    counts = counts.to(torch.int64).cpu()
+    width = max(len("class"), *(len(n) for n in names))
+    lines = [f"{'class':<{width}}  {'images':>7}  {'accuracy':>8}  most often taken for"]
+    for t, name in enumerate(names):
+        row = counts[t]
+        total = int(row.sum())
+        if total == 0:
+            continue
+        wrong = row.clone()
+        wrong[t] = 0
+        p = int(wrong.argmax())
+        taken = f"{names[p]} ({100 * int(wrong[p]) / total:.2f}%)" if int(wrong[p]) else "–"
+        lines.append(f"{name:<{width}}  {total:>7}  {100 * int(row[t]) / total:>7.2f}%  {taken}")
+    return "\n".join(lines)
+
+
+def check_confusion_path(path: Path) -> None:
+    """Refuse, before any work, a file name ``write_confusion`` cannot write."""
+    if path.is_dir():
+        raise ValueError(f"--confusion {path} is a directory; give a file name such as {path / 'confusion.csv'}.")
+    if path.suffix.lower() not in CONFUSION_SUFFIXES:
+        raise ValueError(f"--confusion {path}: give a file ending in {' or '.join(CONFUSION_SUFFIXES)} "
+                         f"(the counts as a table, or a picture of them).")
+    if not path.parent.is_dir():
+        raise ValueError(f"--confusion {path}: the folder {path.parent} does not exist; create it or name another.")
+
+
+def write_confusion(path: Path, counts: torch.Tensor, names: list[str], *, title: str) -> None:
+    """``.csv``: the counts, a header row of predicted classes and one row per true class. ``.png``: each row
+    as fractions of its class's images, shaded, with the counts written in the cells up to 20 classes."""
+    check_confusion_path(path)
+    counts = counts.to(torch.int64).cpu()
+    if path.suffix.lower() == ".csv":
+        text = io.StringIO()
+        table = csv.writer(text, lineterminator="\n")
+        table.writerow(["true \\ predicted", *names])
+        for name, row in zip(names, counts.tolist()):
+            table.writerow([name, *row])
+        path.write_text(text.getvalue(), encoding="utf-8")
+        return
+    confusion_figure(counts, names, title=title).savefig(path, dpi=120)
+
+
+def confusion_figure(counts: torch.Tensor, names: list[str], *, title: str):
+    """The confusion matrix, each row divided by its class's test images (rows without images stay blank)."""
+    from matplotlib.figure import Figure  # the object API renders with Agg: no display, no global state
+
+    totals = counts.sum(dim=1, keepdim=True)  # (C, 1)
+    fractions = (counts.double() / totals.clamp(min=1)).numpy()  # (C, C), rows sum to 1
+    n = len(names)
+    side = min(max(4.0, 0.45 * n + 2.0), 16.0)
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, label="fraction of the true class's test images")
+    if n <= 50:
+        ax.set_xticks(range(n), names, rotation=90, fontsize="small")
+        ax.set_yticks(range(n), names, fontsize="small")
+    if n <= 20:
+        for t in range(n):
+            for p in range(n):
+                if counts[t, p]:
+                    dark = fractions[t, p] > 0.5
+                    ax.text(p, t, str(int(counts[t, p])), ha="center", va="center", fontsize="x-small",
+                            color="white" if dark else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize="medium")
+    return fig

@@ -1,0 +1,107 @@
+"""Where a classifier errs: `evaluate(..., confusion=True)` against a naive count, the per-class table, the
+confusion files, and `locallearn eval --per-class --confusion` on a finished run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from locallearn.cli import main
+from locallearn.data.specs import get_spec
+from locallearn.training.classes import check_confusion_path, class_labels, per_class_table, write_confusion
+from locallearn.training.runner import evaluate
+
+TINY = ["--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--limit-train", "64",
+        "--limit-test", "50", "--batch-size", "16", "--device", "cpu"]
+
+
+def test_confusion_counts_every_prediction_once_in_its_true_row():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 5))  # (N, 3, 2, 2) → (N, 5)
+    batches = [(torch.randn(n, 3, 2, 2), torch.randint(0, 5, (n,))) for n in (8, 8, 3)]  # any iterable of batches
+    result = evaluate(net, batches, confusion=True)
+    want = torch.zeros(5, 5, dtype=torch.int64)
+    with torch.no_grad():
+        for images, labels in batches:
+            for t, p in zip(labels.tolist(), net(images).argmax(dim=1).tolist()):
+                want[t, p] += 1
+    assert result["confusion"].dtype == torch.int64 and torch.equal(result["confusion"], want)
+    assert int(want.trace()) / 19 == result["test_acc"]
+    assert "confusion" not in evaluate(net, batches)  # only when asked
+
+
+def test_per_class_table_names_each_class_its_accuracy_and_its_most_frequent_mistake():
+    counts = torch.tensor([[8, 2, 0], [0, 0, 0], [1, 3, 6]])  # class "b" has no test images
+    lines = per_class_table(counts, ["a", "b", "cat"]).splitlines()
+    assert lines[0].split() == ["class", "images", "accuracy", "most", "often", "taken", "for"]
+    assert lines[1].split() == ["a", "10", "80.00%", "b", "(20.00%)"]
+    assert lines[2].split() == ["cat", "10", "60.00%", "b", "(30.00%)"]
+    assert len(lines) == 3  # "b" left out
+    assert per_class_table(torch.tensor([[4, 0], [0, 2]]), ["x", "y"]).splitlines()[1].split() == ["x", "4", "100.00%", "–"]
+
+
+def test_class_labels_are_the_datasets_names_else_label_numbers():
+    assert class_labels(["cat", "dog"], 2) == ["cat", "dog"]
+    assert class_labels(None, 3) == ["0", "1", "2"]
+    assert class_labels(["cat", "dog"], 4) == ["cat", "dog", "2", "3"]  # a classifier wider than its data
+    assert class_labels(list(get_spec("cifar10").class_names), 10)[0] == "airplane"
+    assert get_spec("stl10").class_names[7] == "monkey"
+
+
+def test_confusion_files(tmp_path):
+    counts = torch.tensor([[5, 1], [2, 7]])
+    write_confusion(tmp_path / "c.csv", counts, ["cat", "dog"], title="t")
+    rows = list(csv.reader(io.StringIO((tmp_path / "c.csv").read_text())))
+    assert rows == [["true \\ predicted", "cat", "dog"], ["cat", "5", "1"], ["dog", "2", "7"]]
+    write_confusion(tmp_path / "c.png", counts, ["cat", "dog"], title="t")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "d.csv").mkdir()
+    for path, words in ((tmp_path / "c.txt", "give a file ending in .csv or .png"),
+                        (tmp_path / "d.csv", "is a directory"),
+                        (tmp_path / "no" / "c.csv", "does not exist")):
+        with pytest.raises(ValueError, match=words):
+            check_confusion_path(path)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("classes") / "run"
+    capture = pytest.MonkeyPatch()
+    capture.setattr(sys, "stdout", io.StringIO())
+    try:
+        assert main(["train", *TINY, "--epochs", "1", "--out", str(out)]) == 0
+    finally:
+        capture.undo()
+    return out
+
+
+def test_eval_per_class_and_confusion_agree_with_the_runs_accuracy(run, tmp_path, capsys):
+    csv_path = tmp_path / "confusion.csv"
+    assert main(["eval", str(run), "--device", "cpu", "--per-class", "--confusion", str(csv_path)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    summary = json.loads((run / "summary.json").read_text())
+    assert f"test accuracy {100 * summary['test_acc']:.2f}%" in said[0]
+    table = said[1:12]
+    assert table[0].startswith("class") and [line.split()[0] for line in table[1:]] == [str(c) for c in range(10)]
+    assert said[12] == f"confusion matrix (rows: true class, columns: predicted) written to {csv_path}"
+    rows = list(csv.reader(io.StringIO(csv_path.read_text())))[1:]
+    counts = torch.tensor([[int(v) for v in row[1:]] for row in rows])
+    assert counts.shape == (10, 10) and int(counts.sum()) == 50  # --limit-test 50
+    assert int(counts.trace()) / 50 == pytest.approx(summary["test_acc"])
+    for line, row in zip(table[1:], counts):  # each class's images and accuracy, as the matrix has them
+        assert line.split()[1] == str(int(row.sum()))
+
+
+def test_eval_refuses_a_confusion_file_it_cannot_write_before_reading_the_data(run, tmp_path, capsys, monkeypatch):
+    import locallearn.commands
+
+    monkeypatch.setattr(locallearn.commands, "evaluate_run", lambda *a, **k: pytest.fail("evaluated"))
+    assert main(["eval", str(run), "--confusion", str(tmp_path / "c.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("locallearn: error: --confusion") and err.count("\n") == 1 and ".csv or .png" in err
