@@ -4,6 +4,7 @@ line before any training."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from pathlib import Path
@@ -365,3 +366,96 @@ def test_a_limit_keeps_the_classes_in_turn_not_the_first_classs_images(tmp_path)
                      batch_size=2, device="cpu")
     for train, kept in ((True, [0, 0, 1, 2]), (False, [0, 1, 2])):
         assert load_data(config, train=train, device=torch.device("cpu")).labels.tolist() == kept
+
+
+# --- a folder with train/ only: --test-fraction holds out part of each class -------------------------------
+
+
+def held_out_names(root: Path, fraction: float) -> dict[str, set[str]]:
+    from locallearn.data.imagefolder import scan_image_folder
+
+    folder = scan_image_folder(root, fraction)
+    names: dict[str, set[str]] = {name: set() for name in folder.classes}
+    for path, label in folder.test:
+        names[folder.classes[label]].add(path.relative_to(root / "train" / folder.classes[label]).as_posix())
+    return names
+
+
+def test_a_test_fraction_holds_out_that_fraction_of_each_class_and_trains_on_the_rest(tmp_path):
+    from locallearn.data.imagefolder import scan_image_folder
+
+    make_folder(tmp_path, splits=("train",), per_class=10)
+    next((tmp_path / "train" / "emu").glob("img9.*")).unlink()  # 9 emus: round(0.25 · 9) = 2
+    folder = scan_image_folder(tmp_path, 0.25)
+    every = scan_image_folder_items(tmp_path)
+    assert sorted(folder.train + folder.test) == sorted(every) and not set(folder.train) & set(folder.test)
+    assert [sum(1 for _, c in folder.test if c == k) for k in range(3)] == [2, 2, 2]  # round(2.5) = 2 (to even)
+    assert list(folder.train) == [item for item in every if item in folder.train]  # the folder's order kept
+    assert list(folder.test) == [item for item in every if item in folder.test]
+    assert [sum(1 for _, c in scan_image_folder(tmp_path, 0.01).test if c == k) for k in range(3)] == [1, 1, 1]
+
+    images, labels = load_split("imagefolder", tmp_path, train=False, image_size=8, test_fraction=0.25)
+    assert images.shape == (6, 3, 8, 8) and labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert len(load_split("imagefolder", tmp_path, train=True, image_size=8, test_fraction=0.25)[1]) == 23
+    spec = describe_dataset("imagefolder", tmp_path, test_fraction=0.25)
+    assert spec.read_from == (f"test images from {tmp_path / 'train'}: 6 of its 29 images, 0.25 of each class, "
+                              "held out (the same files in every run) and not trained on")
+
+
+def scan_image_folder_items(root: Path) -> list:
+    from locallearn.data.imagefolder import _items
+
+    return list(_items(root / "train", ("cat", "dog", "emu")))
+
+
+def test_the_held_out_files_depend_on_the_folder_alone(tmp_path):
+    """The same files wherever the folder is, whatever else is added: a hash of each file's path in its class."""
+    make_folder(tmp_path / "a", splits=("train",), per_class=12)
+    before = held_out_names(tmp_path / "a", 0.25)
+    for name, held in before.items():  # the 3 of 12 whose SHA-256 of their name is smallest
+        files = sorted(p.name for p in (tmp_path / "a" / "train" / name).iterdir())
+        assert held == set(sorted(files, key=lambda f: hashlib.sha256(f.encode()).hexdigest())[:3])
+    (tmp_path / "a").rename(tmp_path / "moved")
+    assert held_out_names(tmp_path / "moved", 0.25) == before
+    solid((1, 2, 3)).save(tmp_path / "moved" / "train" / "cat" / "zz_new.png")  # 13 cats: still 3 held out
+    after = held_out_names(tmp_path / "moved", 0.25)
+    assert after["dog"] == before["dog"] and len(after["cat"] - before["cat"]) <= 1 and len(after["cat"]) == 3
+
+
+def test_a_test_fraction_is_refused_where_it_cannot_apply(tmp_path):
+    make_folder(tmp_path / "both", per_class=3)
+    with pytest.raises(DatasetError) as err:
+        describe_dataset("imagefolder", tmp_path / "both", test_fraction=0.2)
+    one_line(err, "has its own test/ folder; test on it (drop --test-fraction)")
+    make_folder(tmp_path / "few", splits=("train",), per_class=1)
+    with pytest.raises(DatasetError) as err:
+        describe_dataset("imagefolder", tmp_path / "few", test_fraction=0.2)
+    one_line(err, "class cat has 1 image; holding out 0.2 of them would leave none to train on")
+    with pytest.raises(ValueError) as err:
+        describe_dataset("cifar10", tmp_path, test_fraction=0.1)
+    one_line(err, "dataset cifar10 has its own test split")
+    make_folder(tmp_path / "only", splits=("train",))
+    refused(tmp_path / "only", "or hold out part of train/ with --test-fraction 0.1")
+
+
+def test_a_run_on_a_held_out_fraction_records_it_and_eval_and_resume_use_it(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    make_folder(tmp_path / "data", splits=("train",), per_class=8)
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--test-fraction", "0.25",
+            "--image-size", "8", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size",
+            "4", "--epochs", "1", "--device", "cpu", "--out", str(run)]
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert "data: 18 train, 6 test images (test images from" in said and "6 of its 24 images, 0.25 of each" in said
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["test_fraction"] == 0.25
+    summary = json.loads((run / "summary.json").read_text())
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    said = capsys.readouterr().out
+    assert f"test accuracy {100 * summary['test_acc']:.2f}%" in said and "on 6 test images" in said
+    other = [a if a != "0.25" else "0.5" for a in args] + ["--resume"]
+    assert main(other) == 2
+    assert "test_fraction" in capsys.readouterr().err

@@ -157,7 +157,8 @@ def evaluate_run(
 def _refuse_more_classes(run: RunDir, data_dir: str, options: dict[str, Any]) -> None:
     """Refuse an image folder given to ``eval`` that holds more classes than the run was trained with (fewer
     is a run's own, trained with --num-classes above its folder's), naming at most five of them."""
-    spec = describe_dataset(IMAGEFOLDER, data_dir, image_size=options.get("image_size"))
+    spec = describe_dataset(IMAGEFOLDER, data_dir, image_size=options.get("image_size"),
+                            test_fraction=options.get("test_fraction"))
     classes = options.get("num_classes")
     if isinstance(classes, int) and spec.num_classes > classes:
         names = list(spec.class_names or ())

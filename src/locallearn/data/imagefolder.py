@@ -2,6 +2,11 @@
 
     DIR/train/<class>/<image>      DIR/test/<class>/<image>   (DIR/val/<class>/<image> when there is no test/)
 
+or, with ``test_fraction`` (``--test-fraction F``), DIR/train/<class>/<image> alone: a fraction F of each
+class's images is held out as the test split (``hold_out``: chosen by a hash of each file's path within its
+class folder, so the same files in every run and every process, whatever the seed, and a file added later
+does not move the others between the splits).
+
 The classes are the sorted names of the folders in train/ (label i is the i-th); test/ must have the same
 ones. Any format Pillow reads is taken by its extension (IMAGE_EXTENSIONS: PNG, JPEG, BMP, GIF, WebP, TIFF,
 PNM); other files (a README, .DS_Store) and hidden folders are ignored, and class folders are read
@@ -28,6 +33,7 @@ so 100,000 images take 300 MB (at S = 224, 15 GB). That suits user datasets of m
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -57,11 +63,13 @@ class ImageFolder:
     classes: tuple[str, ...]
     train: tuple[Item, ...]
     test: tuple[Item, ...]
-    test_dir: Path  # root/test, or root/val when there is no test/
+    test_dir: Path  # root/test, or root/val when there is no test/, or root/train with test_fraction
+    test_fraction: float | None = None  # the fraction of train/ held out as the test split, if so
 
 
-def scan_image_folder(root: Path | str | None) -> ImageFolder:
-    """List the classes and image files under ``root``, refusing any layout training could not use."""
+def scan_image_folder(root: Path | str | None, test_fraction: float | None = None) -> ImageFolder:
+    """List the classes and image files under ``root``, refusing any layout training could not use; with
+    ``test_fraction``, the test split is that fraction of each class of train/ (``hold_out``)."""
     if root is None:
         raise DatasetError(f"{IMAGEFOLDER}: no folder given; pass --data-dir DIR ({_layout('DIR')}).")
     root = Path(root)
@@ -82,10 +90,18 @@ def scan_image_folder(root: Path | str | None) -> ImageFolder:
             f"{IMAGEFOLDER}: {train_dir} has one class folder ({classes[0]}); a classifier needs at least two."
         )
     test_dir = next((root / name for name in TEST_SPLITS if (root / name).is_dir()), None)
+    if test_fraction is not None:
+        if test_dir is not None:
+            raise DatasetError(
+                f"{IMAGEFOLDER}: {root} has its own {test_dir.name}/ folder; test on it (drop --test-fraction), "
+                f"or move it away to hold out part of train/ instead."
+            )
+        train, test = hold_out(_items(train_dir, classes), classes, test_fraction, train_dir)
+        return ImageFolder(root, classes, train, test, train_dir, test_fraction)
     if test_dir is None:
         raise DatasetError(
             f"{IMAGEFOLDER}: {root} has no test/ or val/ folder; put held-out images in {root}/test/<class>/ "
-            "with the same class folders as train/."
+            "with the same class folders as train/, or hold out part of train/ with --test-fraction 0.1."
         )
     test_classes = _class_names(test_dir)
     if test_classes != classes:
@@ -117,8 +133,42 @@ def image_folder_spec(folder: ImageFolder, image_size: int = DEFAULT_IMAGE_SIZE)
     )
 
 
+def hold_out(
+    items: tuple[Item, ...], classes: tuple[str, ...], fraction: float, split_dir: Path
+) -> tuple[tuple[Item, ...], tuple[Item, ...]]:
+    """(train, test) of the ``items`` of ``split_dir``: of each class's n images, round(fraction · n) (at least 1) are the test split's.
+
+    Which ones: those whose SHA-256 of their path within the class folder is smallest. A hash instead of a
+    seeded shuffle makes the split a property of the folder alone (the same for every run seed, on every
+    process and machine), and adding or removing a file moves no other file between the splits. Both splits
+    keep the folder's order (classes in turn, files sorted). A class that would keep no training image is
+    refused."""
+    test: set[Path] = set()
+    for label, name in enumerate(classes):
+        files = [path for path, c in items if c == label]
+        k = max(1, round(fraction * len(files)))
+        if k >= len(files):
+            raise DatasetError(
+                f"{IMAGEFOLDER}: class {name} has {len(files)} image{'' if len(files) == 1 else 's'}; holding out "
+                f"{fraction:g} of them would leave none to train on; add images to it or lower --test-fraction."
+            )
+        rank = sorted(files, key=lambda p: _path_hash(p.relative_to(split_dir / name)))
+        test.update(rank[:k])
+    return (tuple(item for item in items if item[0] not in test),
+            tuple(item for item in items if item[0] in test))
+
+
+def _path_hash(relative: Path) -> tuple[str, str]:
+    posix = relative.as_posix()
+    return hashlib.sha256(posix.encode("utf-8")).hexdigest(), posix  # the path breaks a tie
+
+
 def _test_from(folder: ImageFolder) -> str:
     """Where the test split comes from, naming a held-out folder that is there but not read (val/ beside test/)."""
+    if folder.test_fraction is not None:
+        total = len(folder.train) + len(folder.test)
+        return (f"{folder.test_dir}: {len(folder.test)} of its {total} images, {folder.test_fraction:g} of each "
+                f"class, held out (the same files in every run) and not trained on")
     unread = [f"{name}/" for name in TEST_SPLITS
               if (folder.root / name).is_dir() and folder.root / name != folder.test_dir]
     return f"{folder.test_dir}" + (f"; {', '.join(unread)} not read" if unread else "")

@@ -262,16 +262,21 @@ def read_file(source: Source, file: DataFile, root: Path, *, strict: bool = True
     return part
 
 
-def describe_dataset(name: str, root: Path | str | None, *, image_size: int | None = None) -> DatasetSpec:
+def describe_dataset(
+    name: str, root: Path | str | None, *, image_size: int | None = None, test_fraction: float | None = None
+) -> DatasetSpec:
     """The spec of dataset ``name``: the registered one, or for imagefolder the one its folder under ``root``
     implies (classes and class names from the folder, ``image_size`` default DEFAULT_IMAGE_SIZE). Decodes
     no image; a folder training could not use is refused here, in one line.
 
-    ``image_size`` is an option of imagefolder only (its images are resized); for a fixed dataset it must be
-    None or the dataset's own size.
+    ``image_size`` and ``test_fraction`` (the part of train/ held out as the test split) are options of
+    imagefolder only; for a fixed dataset they must be None (or its own size), since it has its test split.
     """
     if name in FOLDER_DATASETS:
-        return image_folder_spec(scan_image_folder(root), _folder_image_size(image_size))
+        return image_folder_spec(scan_image_folder(root, test_fraction), _folder_image_size(image_size))
+    if test_fraction is not None:
+        raise ValueError(f"test_fraction: dataset {name} has its own test split; --test-fraction holds out part of "
+                         f"an {IMAGEFOLDER}'s train/ folder instead, so drop it.")
     spec = get_spec(name)
     if image_size is not None and image_size != spec.image_size:
         s = spec.image_size
@@ -293,20 +298,21 @@ def _folder_image_size(image_size: int | None) -> int:
 
 
 def load_split(
-    name: str, root: Path | str | None, train: bool, *, strict: bool = True, image_size: int | None = None
+    name: str, root: Path | str | None, train: bool, *, strict: bool = True, image_size: int | None = None,
+    test_fraction: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 (N, C, S, S) and labels int64 (N,) of the train or test split of dataset ``name``; C and
     S are those of ``describe_dataset(name, root, image_size=image_size)``.
 
     Every file is validated; a missing or corrupt one raises `DatasetError` naming it and the fix.
     ``strict`` requires the official number of images per file (turn it off only for test fixtures).
-    ``root`` is ignored for the bundled digits; ``image_size`` applies to imagefolder only.
+    ``root`` is ignored for the bundled digits; ``image_size`` and ``test_fraction`` apply to imagefolder only.
     """
-    spec = describe_dataset(name, root, image_size=image_size)
+    spec = describe_dataset(name, root, image_size=image_size, test_fraction=test_fraction)
     if name in BUNDLED:
         return load_digits_split(train)
     if name in FOLDER_DATASETS:
-        return load_image_folder_split(scan_image_folder(root), train, spec.image_size)
+        return load_image_folder_split(scan_image_folder(root, test_fraction), train, spec.image_size)
     source = get_source(name)
     root = Path(root)
     files = source.train if train else source.test

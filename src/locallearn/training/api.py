@@ -11,7 +11,7 @@ The batches are used as they come: normalise and augment them in your loader (th
 as ``iterable``). They must be iterable more than once (an epoch each); their first batch gives the input's
 channels and size (an ``in_channels`` / ``image_size`` given must match it) and the batch size the run records;
 ``num_classes`` is required; the data options of the command line (dataset, data_dir, limit_train,
-limit_test) are refused. Resume with the same data and ``resume=True``; the order of a DataLoader's batches is
+limit_test, test_fraction) are refused. Resume with the same data and ``resume=True``; the order of a DataLoader's batches is
 its own (seed its generator for repeatable runs). A model object is trained in place, from the weights it
 holds: ``seed`` does not initialise it (seed torch before building it), and passing it to another ``train``
 starts from the first run's weights (said in a warning).
@@ -127,7 +127,7 @@ def train(
 
 
 # What batches given from Python make meaningless: the data is the batches, as they come.
-_DATA_OPTIONS = ("dataset", "data_dir", "limit_train", "limit_test")
+_DATA_OPTIONS = ("dataset", "data_dir", "limit_train", "limit_test", "test_fraction")
 # The attribute that marks a model object train() has trained (its weights are then that run's).
 _TRAINED_BY = "_locallearn_trained_into"
 

@@ -104,6 +104,8 @@ class DataConfig:
     data_dir: str = field(default="data", metadata=check(Text()))
     limit_train: int | None = field(default=None, metadata=check(Optional(Int(2))))  # BatchNorm needs two images
     limit_test: int | None = field(default=None, metadata=check(Optional(Int(1))))
+    # of an image folder without test/: the part of each class of train/ held out as the test split
+    test_fraction: float | None = field(default=None, metadata=check(Optional(Float(above=0.0, below=1.0))))
 
     def __post_init__(self) -> None:
         if self.dataset not in dataset_names() and self.dataset != PYTHON_DATA:
@@ -243,11 +245,13 @@ _NET_HELP = {
 }
 _OTHER_HELP = {
     "dataset": ("str", f"{', '.join(dataset_names())} (digits is bundled; imagefolder reads --data-dir DIR with "
-                "train/<class>/ and test/<class>/ images)"),
+                "train/<class>/ and test/<class>/ images, or train/ alone with --test-fraction)"),
     "data_dir": ("str", "where the dataset files are (locallearn data download NAME)"),
     "limit_train": ("int", "use only N training images, the first (of an image folder: the classes in turn) (smoke "
                            "runs)"),
     "limit_test": ("int", "use only N test images, the first (of an image folder: the classes in turn)"),
+    "test_fraction": ("float", "imagefolder without test/: hold out this fraction of each class of train/ as the "
+                               "test split, the same files in every run (e.g. 0.1)"),
     "optimizer": ("str", "sgd (momentum, Nesterov: the papers' recipe) or adamw (no weight decay on biases, norms "
                          "and position tables: the usual transformer recipe) (default: sgd)"),
     "schedule": ("str", "epoch: the rate changes once per epoch (the papers'); step: at every step (default: epoch)"),
@@ -304,7 +308,8 @@ def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None
     # an absolute path in config.yaml: eval and --resume work from any directory (`data` means ./data here)
     data = sections["data"] = dataclasses.replace(sections["data"], data_dir=os.path.abspath(sections["data"].data_dir))
     # the dataset's spec (a user's image folder is described from its files: classes, and the size asked for)
-    spec = None if data.dataset == PYTHON_DATA else describe_dataset(data.dataset, data.data_dir, image_size=values.get("image_size"))
+    spec = None if data.dataset == PYTHON_DATA else describe_dataset(
+        data.dataset, data.data_dir, image_size=values.get("image_size"), test_fraction=data.test_fraction)
     net = resolve_net(values.get("model", "resnet32"), values.get("method", "contsup"), dataset=spec, **net_options)
     config = Config(net=net, **sections)
     if "out" not in values or values["out"] is None:

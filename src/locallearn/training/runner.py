@@ -311,14 +311,15 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
             f"dataset: this run trained on batches given from Python ({PYTHON_DATA}); pass them again "
             f"(locallearn.training.train(..., resume=True)), or evaluate from Python (locallearn.training.load_net)."
         )
-    images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size)
+    images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size,
+                                test_fraction=data.test_fraction)
     limit = data.limit_train if train else data.limit_test
     if limit is not None:
         keep = first_in_turn(labels, limit) if data.dataset == IMAGEFOLDER else slice(0, limit)
         images, labels = images[keep], labels[keep]
     # The run's normalisation (the dataset's unless image_mean/image_std say otherwise): the same constants
     # the network un-normalises with to get reconstruction targets.
-    spec = describe_dataset(data.dataset, data.data_dir, image_size=size)
+    spec = describe_dataset(data.dataset, data.data_dir, image_size=size, test_fraction=data.test_fraction)
     spec = dataclasses.replace(spec, mean=tuple(config.net.image_mean), std=tuple(config.net.image_std))
     return BatchLoader(
         images, labels, spec=spec, batch_size=config.optim.batch_size, train=train, seed=config.run.seed, device=device
