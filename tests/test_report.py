@@ -11,13 +11,14 @@ from matplotlib.container import ErrorbarContainer
 from locallearn.cli import main
 from locallearn.training import RunDir, resolve, write_report
 from locallearn.training.config import dump_yaml
-from locallearn.training.report import error_figure, group_runs, load_run
+from locallearn.training.report import curves_figure, error_figure, group_runs, load_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def fake_run(path, *, accs, finished=True, threads=None, **options):
-    """A run directory as `locallearn train` leaves it, with the given test accuracy per epoch."""
+def fake_run(path, *, accs, finished=True, threads=None, heads=None, **options):
+    """A run directory as `locallearn train` leaves it, with the given test accuracy per epoch (and, with
+    ``heads``, each module's head training accuracy at every epoch)."""
     options = {"model": "resnet32", "dataset": "cifar10", "epochs": len(accs) if finished else len(accs) + 2, **options}
     cfg = resolve(out=str(path), **options)
     run = RunDir(path)
@@ -25,7 +26,8 @@ def fake_run(path, *, accs, finished=True, threads=None, **options):
     history = [
         {"epoch": e, "lr": 0.1, "train_loss": 1.0, "test_acc": acc, "test_loss": 0.5, "epoch_time_s": 11.0,
          "train_time_s": 10.0, "images_per_s": 500.0, "peak_memory_mb": 100.0 * cfg.net.num_modules ** -0.5,
-         "peak_memory_kind": "saved_tensors", **({"torch_threads": threads} if threads else {})}
+         "peak_memory_kind": "saved_tensors", **({"torch_threads": threads} if threads else {}),
+         **{f"train_acc/{k}": a for k, a in enumerate(heads or [])}}
         for e, acc in enumerate(accs, start=1)
     ]
     run.write_metrics(history)
@@ -299,3 +301,28 @@ def test_runs_on_two_image_folders_are_two_datasets_not_two_seeds(tmp_path):
     assert {g.label: g.n for g in table.groups} == {
         f"resnet20 imagefolder {tmp_path / 'imgs'}: greedy ce uniform": 2,
         f"resnet20 imagefolder {tmp_path / 'imgs2'}: greedy ce uniform": 1}
+
+
+def test_curves_average_each_epoch_and_each_modules_head_over_seeds(tmp_path):
+    runs = [
+        fake_run(tmp_path / "a", accs=[0.5, 0.8, 0.9], method="contsup", num_modules=2, heads=[0.6, 0.9]),
+        fake_run(tmp_path / "b", accs=[0.7, 0.8, 0.7], method="contsup", num_modules=2, heads=[0.4, 0.7], seed=1),
+        fake_run(tmp_path / "c", accs=[0.6], method="contsup", num_modules=2, heads=[0.5, 0.5], seed=2, finished=False),
+        fake_run(tmp_path / "e2e", accs=[0.9, 0.95], method="e2e", heads=[0.99]),
+        fake_run(tmp_path / "i", accs=[0.9, 0.95], method="infopro", num_modules=2),  # contrastive: no head accuracy
+    ]
+    table = group_runs([load_run(r) for r in runs])
+    by_label = {(g.label, g.n): g for g in table.groups}
+    two = by_label["contsup R1E ce", 2]
+    assert [(e, round(err, 6)) for e, err in two.error_by_epoch()] == [(1, 40.0), (2, 20.0), (3, 20.0)]
+    assert [round(a, 6) for a in two.module_accuracy()] == [50.0, 80.0]
+    assert by_label["contsup R1E ce (unfinished)", 1].error_by_epoch() == [(1, 40.0)]
+    assert by_label["e2e", 1].module_accuracy() is None and by_label["infopro contrast rec", 1].module_accuracy() is None
+    figure = curves_figure(table)
+    errors, heads = figure.axes[:2]
+    assert len(errors.get_lines()) == 4 and len(heads.get_lines()) == 2  # every group; the local ones with heads
+    assert list(heads.get_lines()[0].get_xdata()) == [0.5, 1.0]  # module k of K at k/K
+    report = write_report(runs, out=tmp_path / "report")
+    assert report.curves_path == tmp_path / "report" / "curves.png"
+    assert report.curves_path.read_bytes().startswith(PNG_MAGIC)
+    assert "![test error against epoch; each module's head](curves.png)" in report.markdown.splitlines()

@@ -141,7 +141,7 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
                              "a `bench accuracy --out`)")
     parser.add_argument(
         "--out", type=Path, default=None,
-        help="write report.md and report.png here (default: runs/report/); the markdown is also printed",
+        help="write report.md, report.png and curves.png here (default: runs/report/); the markdown is also printed",
     )
     parser.set_defaults(_run=report_command)
 

@@ -219,11 +219,11 @@ def list_command() -> int:
 
 
 def report_command(run_dirs: list[Path], out: Path | None = None) -> int:
-    """``locallearn report RUN_DIR...``: OUT/report.md (default runs/report/, also printed) and OUT/report.png;
-    what could not be grouped, and where the files are, on stderr."""
+    """``locallearn report RUN_DIR...``: OUT/report.md (default runs/report/, also printed), OUT/report.png and
+    OUT/curves.png; what could not be grouped, and where the files are, on stderr."""
     report = write_report(run_dirs) if out is None else write_report(run_dirs, out=out)
     for warning in report.warnings:
         print(warning, file=sys.stderr)
     print(report.markdown, end="")
-    print(f"report: wrote {report.markdown_path} and {report.plot_path}", file=sys.stderr)
+    print(f"report: wrote {report.markdown_path}, {report.plot_path} and {report.curves_path}", file=sys.stderr)
     return 0

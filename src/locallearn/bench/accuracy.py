@@ -24,7 +24,8 @@ Outputs in ``--out``: ``accuracy.json`` (the grid, where and with what the cells
 cell: its resolved method options, final-epoch test error, best epoch labelled as selected on the test set,
 time, images/s, peak memory, parameters, torch threads and revision), ``accuracy.csv``, ``accuracy.md``
 (the papers' layout from ``training.report``: methods as rows, K as columns, mean ± std over seeds, e2e as
-the reference) and ``accuracy.png`` (test error against K with error bars). The machine, threads and
+the reference), ``accuracy.png`` (test error against K with error bars) and ``accuracy_curves.png`` (test
+error against epoch; each module's head accuracy against depth). The machine, threads and
 revision they state are the cells' own (their ``config.yaml`` and ``summary.json``), not those of the
 process that writes the table (a later ``--collect``, say).
 """
@@ -438,9 +439,11 @@ def cells_header(meta: dict) -> str:
 
 
 def write_accuracy(out: Path, rows: list[dict], meta: dict) -> dict[str, Path]:
-    """accuracy.json, .csv, .md and .png in ``out``."""
+    """accuracy.json, .csv, .md and .png, and accuracy_curves.png (test error against epoch, each module's head)
+    in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {ext: out / f"accuracy.{ext}" for ext in ("json", "csv", "md", "png")}
+    paths["curves"] = out / "accuracy_curves.png"
     paths["json"].write_text(json.dumps({"kind": "accuracy", "meta": meta, "rows": rows}, indent=1) + "\n")
     write_csv(paths["csv"], rows)
     done = [Path(r["run_dir"]) for r in rows if r["status"] == "ok"]
@@ -448,7 +451,9 @@ def write_accuracy(out: Path, rows: list[dict], meta: dict) -> dict[str, Path]:
     if done:
         report = write_report(done, out=out / "report")
         paths["png"].write_bytes(report.plot_path.read_bytes())
-        parts.append(report.markdown.replace("## ", "### ").replace("](report.png)", "](accuracy.png)"))
+        paths["curves"].write_bytes(report.curves_path.read_bytes())
+        parts.append(report.markdown.replace("## ", "### ").replace("](report.png)", "](accuracy.png)")
+                     .replace("](curves.png)", "](accuracy_curves.png)"))
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         parts.append("### Cells that did not finish\n\n" + "\n".join(f"- {r['cell']}: {r['reason']}" for r in failed) + "\n")

@@ -1,5 +1,6 @@
 """``locallearn report``: several run directories → a markdown table (method × K: final test error,
-mean ± std over seeds, with memory and time per run) and a PNG plot of test error against K.
+mean ± std over seeds, with memory and time per run), a PNG plot of test error against K, and one of each
+configuration's test error against epoch beside its modules' head accuracies against depth (curves.png).
 
 The result of a run is its **final-epoch** test error (docs/methods.md §7); the best epoch, selected on the
 test set, appears only in a labelled column. An unfinished run is reported at its last finished epoch and
@@ -59,6 +60,7 @@ class RunResult:
     peak_memory_kind: str
     train_time_s: float
     images_per_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl: one record per finished epoch
 
     @property
     def num_modules(self) -> int:
@@ -119,6 +121,22 @@ class Group:
         """``10.00 ± 1.41 (n=2)``; ``17.00 (n=1)`` for one run; ``*`` when a run is unfinished."""
         text = f"{self.mean:.2f}" + (f" ± {self.std:.2f}" if self.std is not None else "") + f" (n={self.n})"
         return text + ("" if self.finished else "*")
+
+    def error_by_epoch(self) -> list[tuple[int, float]]:
+        """(epoch, test error % averaged over the runs) for every epoch all the group's runs finished."""
+        last = min(r.epochs_done for r in self.runs)
+        return [(e, statistics.mean(100 * (1 - r.history[e - 1]["test_acc"]) for r in self.runs))
+                for e in range(1, last + 1)]
+
+    def module_accuracy(self) -> list[float] | None:
+        """The training accuracy (%) of each module's auxiliary head at the last epoch all runs finished,
+        averaged over the runs; None where a head gives no logits (a contrastive loss) or K = 1."""
+        last = min(r.epochs_done for r in self.runs)
+        keys = [f"train_acc/{k}" for k in range(self.num_modules)]
+        records = [r.history[last - 1] for r in self.runs]
+        if self.num_modules == 1 or not all(key in record for record in records for key in keys):
+            return None
+        return [statistics.mean(100 * record[key] for record in records) for key in keys]
 
 
 def _own_head(config: dict[str, Any]) -> str | None:
@@ -217,6 +235,7 @@ def load_run(path: Path) -> RunResult:
         peak_memory_kind=last["peak_memory_kind"],
         train_time_s=train_time,
         images_per_s=sum(r["images_per_s"] * r["train_time_s"] for r in history) / train_time,
+        history=history,
     )
 
 
@@ -311,7 +330,7 @@ def group_runs(runs: list[RunResult]) -> Table:
     return Table(groups, warnings)
 
 
-def markdown_report(table: Table, *, plot: str | None = None) -> str:
+def markdown_report(table: Table, *, plot: str | None = None, curves: str | None = None) -> str:
     ks = table.ks
     lines = [f"## Test error (%) at the final epoch — {table.setting}", ""]
     lines.append("| method | " + " | ".join(f"K={k}" for k in ks) + " |")
@@ -351,6 +370,8 @@ def markdown_report(table: Table, *, plot: str | None = None) -> str:
         lines += ["", *(f"> {w}" for w in table.warnings)]
     if plot:
         lines += ["", f"![test error against K]({plot})"]
+    if curves:
+        lines += ["", f"![test error against epoch; each module's head]({curves})"]
     return "\n".join(lines) + "\n"
 
 
@@ -387,16 +408,59 @@ def error_figure(table: Table):
     return fig
 
 
+def curves_figure(table: Table):
+    """Left: test error against epoch, one line per group (mean over its seeds). Right: each module's
+    auxiliary-head training accuracy at the last epoch, against the module's place in the network (module
+    k of K at k/K), one line per local group whose heads classify: where greedy learning stalls, the later
+    modules stop improving on the earlier ones (ContSup's motivation, docs/methods.md §5)."""
+    from matplotlib.figure import Figure  # the object API renders with Agg: no display, no global state
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    errors, heads = fig.subplots(1, 2)
+    colours = {label: f"C{i % 10}" for i, label in enumerate(table.rows)}
+    styles = ["-", "--", ":", "-."]
+    heads_drawn = False
+    for g in sorted(table.groups, key=lambda g: (_natural(g.label), g.num_modules)):
+        style = styles[table.ks.index(g.num_modules) % len(styles)]
+        name = f"{g.label}, K={g.num_modules} (n={g.n})"
+        epochs, error = zip(*g.error_by_epoch())
+        errors.plot(epochs, error, color=colours[g.label], linestyle=style, marker="." if len(epochs) < 30 else None,
+                    label=name)
+        accuracy = g.module_accuracy()
+        if accuracy is not None:
+            depth = [(k + 1) / g.num_modules for k in range(g.num_modules)]
+            heads.plot(depth, accuracy, color=colours[g.label], linestyle=style, marker="o", label=name)
+            heads_drawn = True
+    errors.set_title(f"Test error against epoch — {table.setting}", fontsize="medium")
+    errors.set_xlabel("epoch")
+    errors.xaxis.set_major_locator(MaxNLocator(integer=True))
+    errors.set_ylabel("test error (%), mean over seeds")
+    errors.grid(True, alpha=0.3)
+    errors.legend(fontsize="x-small")
+    heads.set_title("Each module's head at the last epoch", fontsize="medium")
+    heads.set_xlabel("depth of the module's output (module k of K at k/K)")
+    heads.set_ylabel("training accuracy of its head (%), mean over seeds")
+    heads.grid(True, alpha=0.3)
+    if heads_drawn:
+        heads.legend(fontsize="x-small")
+    else:
+        heads.text(0.5, 0.5, "no local run whose heads classify", ha="center", va="center", transform=heads.transAxes)
+    return fig
+
+
 @dataclass
 class Report:
     markdown: str
     markdown_path: Path
     plot_path: Path
     warnings: list[str]
+    curves_path: Path | None = None
 
 
 def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Report:
-    """``out/report.md`` (also returned) and ``out/report.png`` (default ``runs/report/``, which git ignores).
+    """``out/report.md`` (also returned), ``out/report.png`` and ``out/curves.png`` (default ``runs/report/``,
+    which git ignores).
     The folder ``out`` itself is skipped when it is among ``run_dirs`` (``locallearn report runs/*``)."""
     folder = Path(out)
     run_dirs = [run for p in run_dirs if not _is_report_folder(Path(p), folder) for run in _runs_in(Path(p))]
@@ -416,12 +480,13 @@ def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Repo
     table.warnings[:0] = skipped
     refuse_file(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    png = folder / "report.png"
+    png, curves = folder / "report.png", folder / "curves.png"
     error_figure(table).savefig(png, dpi=120)
-    markdown = markdown_report(table, plot=png.name)
+    curves_figure(table).savefig(curves, dpi=120)
+    markdown = markdown_report(table, plot=png.name, curves=curves.name)
     md_path = folder / "report.md"
     md_path.write_text(markdown)
-    return Report(markdown, md_path, png, table.warnings)
+    return Report(markdown, md_path, png, table.warnings, curves)
 
 
 def _runs_in(path: Path) -> list[Path]:
