@@ -381,61 +381,81 @@ def held_out_names(root: Path, fraction: float) -> dict[str, set[str]]:
     return names
 
 
-def test_a_test_fraction_holds_out_that_fraction_of_each_class_and_trains_on_the_rest(tmp_path):
-    from locallearn.data.imagefolder import scan_image_folder
+def place(name: str) -> float:
+    """The reference of hold_out's rule: a file's SHA-256 of its path in its class folder, as a number in [0, 1)."""
+    return int.from_bytes(hashlib.sha256(os.fsencode(name)).digest()[:8], "big") / 2**64
 
-    make_folder(tmp_path, splits=("train",), per_class=10)
-    next((tmp_path / "train" / "emu").glob("img9.*")).unlink()  # 9 emus: round(0.25 · 9) = 2
+
+def test_a_file_is_held_out_where_its_hash_falls_below_the_fraction(tmp_path):
+    from locallearn.data.imagefolder import _items, scan_image_folder
+
+    make_folder(tmp_path, splits=("train",), per_class=40)
     folder = scan_image_folder(tmp_path, 0.25)
-    every = scan_image_folder_items(tmp_path)
+    every = list(_items(tmp_path / "train", folder.classes))
     assert sorted(folder.train + folder.test) == sorted(every) and not set(folder.train) & set(folder.test)
-    assert [sum(1 for _, c in folder.test if c == k) for k in range(3)] == [2, 2, 2]  # round(2.5) = 2 (to even)
     assert list(folder.train) == [item for item in every if item in folder.train]  # the folder's order kept
     assert list(folder.test) == [item for item in every if item in folder.test]
-    assert [sum(1 for _, c in scan_image_folder(tmp_path, 0.01).test if c == k) for k in range(3)] == [1, 1, 1]
+    held = held_out_names(tmp_path, 0.25)
+    for name in folder.classes:
+        files = [p.name for p in (tmp_path / "train" / name).iterdir()]
+        assert held[name] == {f for f in files if place(f) < 0.25}
+        assert 4 <= len(held[name]) <= 18  # about a quarter of 40
 
     images, labels = load_split("imagefolder", tmp_path, train=False, image_size=8, test_fraction=0.25)
-    assert images.shape == (6, 3, 8, 8) and labels.tolist() == [0, 0, 1, 1, 2, 2]
-    assert len(load_split("imagefolder", tmp_path, train=True, image_size=8, test_fraction=0.25)[1]) == 23
+    n = sum(len(names) for names in held.values())
+    assert images.shape == (n, 3, 8, 8) and labels.tolist() == sorted(labels.tolist())
+    assert len(load_split("imagefolder", tmp_path, train=True, image_size=8, test_fraction=0.25)[1]) == 120 - n
     spec = describe_dataset("imagefolder", tmp_path, test_fraction=0.25)
-    assert spec.read_from == (f"test images from {tmp_path / 'train'}: 6 of its 29 images, 0.25 of each class, "
-                              "held out (the same files in every run) and not trained on")
+    assert spec.read_from == (f"test images from {tmp_path / 'train'}: {n} of its 120 images, about 0.25 of each "
+                              "class chosen by a hash of their names, held out and not trained on")
 
 
-def scan_image_folder_items(root: Path) -> list:
-    from locallearn.data.imagefolder import _items
+def test_every_class_keeps_an_image_in_each_split(tmp_path):
+    make_folder(tmp_path, splits=("train",), per_class=2)
+    for fraction in (1e-9, 0.5, 1 - 1e-9):  # none, some, or all below the threshold: one each side
+        held = held_out_names(tmp_path, fraction)
+        for name, names in held.items():
+            files = sorted((p.name for p in (tmp_path / "train" / name).iterdir()), key=place)
+            assert names == {files[0]}, (fraction, name)  # the one nearer the threshold from below
 
-    return list(_items(root / "train", ("cat", "dog", "emu")))
 
-
-def test_the_held_out_files_depend_on_the_folder_alone(tmp_path):
-    """The same files wherever the folder is, whatever else is added: a hash of each file's path in its class."""
+def test_the_held_out_files_depend_on_each_file_alone(tmp_path):
+    """The same files wherever the folder is and whatever is added: no file ever moves from train to test."""
     make_folder(tmp_path / "a", splits=("train",), per_class=12)
     before = held_out_names(tmp_path / "a", 0.25)
-    for name, held in before.items():  # the 3 of 12 whose SHA-256 of their name is smallest
-        files = sorted(p.name for p in (tmp_path / "a" / "train" / name).iterdir())
-        assert held == set(sorted(files, key=lambda f: hashlib.sha256(f.encode()).hexdigest())[:3])
     (tmp_path / "a").rename(tmp_path / "moved")
     assert held_out_names(tmp_path / "moved", 0.25) == before
-    solid((1, 2, 3)).save(tmp_path / "moved" / "train" / "cat" / "zz_new.png")  # 13 cats: still 3 held out
+    for i in range(20):
+        solid((1, 2, 3)).save(tmp_path / "moved" / "train" / "cat" / f"new{i}.png")
     after = held_out_names(tmp_path / "moved", 0.25)
-    assert after["dog"] == before["dog"] and len(after["cat"] - before["cat"]) <= 1 and len(after["cat"]) == 3
+    assert after["dog"] == before["dog"] and after["cat"] - before["cat"] == {
+        f"new{i}.png" for i in range(20) if place(f"new{i}.png") < 0.25}
+    assert before["cat"] <= after["cat"]
+
+
+def test_a_file_name_that_is_not_utf8_is_held_out_by_its_bytes(tmp_path):
+    make_folder(tmp_path, splits=("train",), per_class=3)
+    cat = tmp_path / "train" / "cat"
+    name = os.fsdecode(b"\xff.png")
+    (cat / name).write_bytes((cat / "img0.png").read_bytes())
+    held = held_out_names(tmp_path, 0.5)
+    assert (name in held["cat"]) == (place(name) < 0.5 or held["cat"] == {name})
 
 
 def test_a_test_fraction_is_refused_where_it_cannot_apply(tmp_path):
     make_folder(tmp_path / "both", per_class=3)
     with pytest.raises(DatasetError) as err:
         describe_dataset("imagefolder", tmp_path / "both", test_fraction=0.2)
-    one_line(err, "has its own test/ folder; test on it (drop --test-fraction)")
+    one_line(err, "has its own test/ folder, which a run with --test-fraction would leave unused; train without")
     make_folder(tmp_path / "few", splits=("train",), per_class=1)
     with pytest.raises(DatasetError) as err:
         describe_dataset("imagefolder", tmp_path / "few", test_fraction=0.2)
-    one_line(err, "class cat has 1 image; holding out 0.2 of them would leave none to train on")
+    one_line(err, "class cat has 1 image; --test-fraction needs at least 2 in every class (one for each split)")
     with pytest.raises(ValueError) as err:
         describe_dataset("cifar10", tmp_path, test_fraction=0.1)
     one_line(err, "dataset cifar10 has its own test split")
     make_folder(tmp_path / "only", splits=("train",))
-    refused(tmp_path / "only", "or hold out part of train/ with --test-fraction 0.1")
+    refused(tmp_path / "only", "or train with --test-fraction 0.1 to hold out part of train/")
 
 
 def test_a_run_on_a_held_out_fraction_records_it_and_eval_and_resume_use_it(tmp_path, capsys):
@@ -450,12 +470,13 @@ def test_a_run_on_a_held_out_fraction_records_it_and_eval_and_resume_use_it(tmp_
             "4", "--epochs", "1", "--device", "cpu", "--out", str(run)]
     assert main(args) == 0
     said = capsys.readouterr().out
-    assert "data: 18 train, 6 test images (test images from" in said and "6 of its 24 images, 0.25 of each" in said
+    n = len(load_split("imagefolder", tmp_path / "data", train=False, image_size=8, test_fraction=0.25)[1])
+    assert f"data: {24 - n} train, {n} test images (test images from" in said and f"{n} of its 24 images" in said
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["test_fraction"] == 0.25
     summary = json.loads((run / "summary.json").read_text())
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     said = capsys.readouterr().out
-    assert f"test accuracy {100 * summary['test_acc']:.2f}%" in said and "on 6 test images" in said
+    assert f"test accuracy {100 * summary['test_acc']:.2f}%" in said and f"on {n} test images" in said
     other = [a if a != "0.25" else "0.5" for a in args] + ["--resume"]
     assert main(other) == 2
     assert "test_fraction" in capsys.readouterr().err

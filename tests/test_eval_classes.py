@@ -41,8 +41,8 @@ def test_per_class_table_names_each_class_its_accuracy_and_its_most_frequent_mis
     lines = per_class_table(counts, ["a", "b", "cat"]).splitlines()
     assert lines[0].split() == ["class", "images", "accuracy", "most", "often", "taken", "for"]
     assert lines[1].split() == ["a", "10", "80.00%", "b", "(20.00%)"]
-    assert lines[2].split() == ["cat", "10", "60.00%", "b", "(30.00%)"]
-    assert len(lines) == 3  # "b" left out
+    assert lines[2].split() == ["b", "0", "–", "(no", "test", "images)"]
+    assert lines[3].split() == ["cat", "10", "60.00%", "b", "(30.00%)"]
     assert per_class_table(torch.tensor([[4, 0], [0, 2]]), ["x", "y"]).splitlines()[1].split() == ["x", "4", "100.00%", "–"]
 
 
@@ -59,12 +59,14 @@ def test_confusion_files(tmp_path):
     write_confusion(tmp_path / "c.csv", counts, ["cat", "dog"], title="t")
     rows = list(csv.reader(io.StringIO((tmp_path / "c.csv").read_text())))
     assert rows == [["true \\ predicted", "cat", "dog"], ["cat", "5", "1"], ["dog", "2", "7"]]
-    write_confusion(tmp_path / "c.png", counts, ["cat", "dog"], title="t")
+    write_confusion(tmp_path / "c.png", counts, ["price_$1_$2", "dog"], title="runs/$a$")  # no formula parsed
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "afile").write_text("")
     (tmp_path / "d.csv").mkdir()
     for path, words in ((tmp_path / "c.txt", "give a file ending in .csv or .png"),
                         (tmp_path / "d.csv", "is a directory"),
-                        (tmp_path / "no" / "c.csv", "does not exist")):
+                        (tmp_path / "no" / "c.csv", "does not exist"),
+                        (tmp_path / "afile" / "c.csv", "afile is a file, not a folder")):
         with pytest.raises(ValueError, match=words):
             check_confusion_path(path)
 

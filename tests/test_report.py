@@ -97,6 +97,21 @@ def test_runs_of_other_epochs_are_not_averaged(tmp_path, capsys):
     assert "(n=2)" not in report.markdown
 
 
+def test_a_run_of_an_earlier_release_averages_with_runs_that_record_an_option_added_since(tmp_path):
+    """Its config.yaml lacks the option (test_fraction, default None): the same configuration, not a group whose
+    row would share a label with another and hide it."""
+    import yaml
+
+    runs = [fake_run(tmp_path / f"s{seed}", accs=[acc], method="contsup", num_modules=4, seed=seed)
+            for seed, acc in ((0, 0.9), (1, 0.8), (2, 0.7))]
+    config = yaml.safe_load((runs[2] / "config.yaml").read_text())
+    del config["data"]["test_fraction"]
+    RunDir(runs[2]).write_config(dump_yaml(config))
+    for order in (runs, runs[::-1]):
+        report = write_report(order, out=tmp_path / "report")
+        assert table_rows(report.markdown) == ["| contsup R1E ce | 20.00 ± 10.00 (n=3) |"] and report.warnings == []
+
+
 def test_labels_name_only_the_difference(tmp_path):
     """Another dataset is named once, without the classes and statistics it implies; groups at other K
     take the same label, so each row stays one line across K."""

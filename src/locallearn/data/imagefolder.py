@@ -2,10 +2,10 @@
 
     DIR/train/<class>/<image>      DIR/test/<class>/<image>   (DIR/val/<class>/<image> when there is no test/)
 
-or, with ``test_fraction`` (``--test-fraction F``), DIR/train/<class>/<image> alone: a fraction F of each
-class's images is held out as the test split (``hold_out``: chosen by a hash of each file's path within its
-class folder, so the same files in every run and every process, whatever the seed, and a file added later
-does not move the others between the splits).
+or, with ``test_fraction`` (``--test-fraction F``), DIR/train/<class>/<image> alone: about a fraction F of
+each class's images is held out as the test split (``hold_out``: a file is held out where a hash of its path
+within its class folder falls below F, so the same files in every run and every process, whatever the seed,
+and a file added later moves no other between the splits).
 
 The classes are the sorted names of the folders in train/ (label i is the i-th); test/ must have the same
 ones. Any format Pillow reads is taken by its extension (IMAGE_EXTENSIONS: PNG, JPEG, BMP, GIF, WebP, TIFF,
@@ -93,15 +93,16 @@ def scan_image_folder(root: Path | str | None, test_fraction: float | None = Non
     if test_fraction is not None:
         if test_dir is not None:
             raise DatasetError(
-                f"{IMAGEFOLDER}: {root} has its own {test_dir.name}/ folder; test on it (drop --test-fraction), "
-                f"or move it away to hold out part of train/ instead."
+                f"{IMAGEFOLDER}: {root} has its own {test_dir.name}/ folder, which a run with --test-fraction would "
+                f"leave unused; train without --test-fraction to test on it, or move it away to hold out part of "
+                f"train/."
             )
         train, test = hold_out(_items(train_dir, classes), classes, test_fraction, train_dir)
         return ImageFolder(root, classes, train, test, train_dir, test_fraction)
     if test_dir is None:
         raise DatasetError(
             f"{IMAGEFOLDER}: {root} has no test/ or val/ folder; put held-out images in {root}/test/<class>/ "
-            "with the same class folders as train/, or hold out part of train/ with --test-fraction 0.1."
+            "with the same class folders as train/, or train with --test-fraction 0.1 to hold out part of train/."
         )
     test_classes = _class_names(test_dir)
     if test_classes != classes:
@@ -134,41 +135,48 @@ def image_folder_spec(folder: ImageFolder, image_size: int = DEFAULT_IMAGE_SIZE)
 
 
 def hold_out(
-    items: tuple[Item, ...], classes: tuple[str, ...], fraction: float, split_dir: Path
+    items: tuple[Item, ...], classes: tuple[str, ...], fraction: float, train_dir: Path
 ) -> tuple[tuple[Item, ...], tuple[Item, ...]]:
-    """(train, test) of the ``items`` of ``split_dir``: of each class's n images, round(fraction · n) (at least 1) are the test split's.
+    """(train, test) of the ``items`` of ``train_dir``: a file is the test split's where its place in the hash
+    order, ``hash_fraction`` of its path within its class folder, is below ``fraction``.
 
-    Which ones: those whose SHA-256 of their path within the class folder is smallest. A hash instead of a
-    seeded shuffle makes the split a property of the folder alone (the same for every run seed, on every
-    process and machine), and adding or removing a file moves no other file between the splits. Both splits
-    keep the folder's order (classes in turn, files sorted). A class that would keep no training image is
-    refused."""
+    Each file's side depends on its own path alone, not on a seed or on the other files: the split is the
+    same in every run and process, and a file added to the folder later moves no other file between the
+    splits, so a run evaluated or resumed on a grown folder never tests on an image it trained on. A class
+    whose files all fall on one side (likely only for a few images) gives its file nearest the threshold to
+    the other side: each class has at least one image in each split. A class of one image is refused. Both
+    splits keep the folder's order (classes in turn, files sorted)."""
+    by_class: dict[int, list[Path]] = {}
+    for path, label in items:
+        by_class.setdefault(label, []).append(path)
     test: set[Path] = set()
-    for label, name in enumerate(classes):
-        files = [path for path, c in items if c == label]
-        k = max(1, round(fraction * len(files)))
-        if k >= len(files):
+    for label, files in by_class.items():
+        name = classes[label]
+        if len(files) < 2:
             raise DatasetError(
-                f"{IMAGEFOLDER}: class {name} has {len(files)} image{'' if len(files) == 1 else 's'}; holding out "
-                f"{fraction:g} of them would leave none to train on; add images to it or lower --test-fraction."
+                f"{IMAGEFOLDER}: class {name} has 1 image; --test-fraction needs at least 2 in every class (one for "
+                f"each split); add images to {train_dir / name}."
             )
-        rank = sorted(files, key=lambda p: _path_hash(p.relative_to(split_dir / name)))
-        test.update(rank[:k])
+        ranked = sorted((hash_fraction(p.relative_to(train_dir / name)), p) for p in files)
+        held = sum(place < fraction for place, _ in ranked)
+        test.update(p for _, p in ranked[:min(max(held, 1), len(files) - 1)])
     return (tuple(item for item in items if item[0] not in test),
             tuple(item for item in items if item[0] in test))
 
 
-def _path_hash(relative: Path) -> tuple[str, str]:
-    posix = relative.as_posix()
-    return hashlib.sha256(posix.encode("utf-8")).hexdigest(), posix  # the path breaks a tie
+def hash_fraction(relative: Path) -> float:
+    """A file's place in [0, 1) in the order of the SHA-256 of its path within its class folder (its bytes as
+    the file system gives them: a name that is not UTF-8 is hashed too)."""
+    digest = hashlib.sha256(os.fsencode(relative.as_posix())).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 def _test_from(folder: ImageFolder) -> str:
     """Where the test split comes from, naming a held-out folder that is there but not read (val/ beside test/)."""
     if folder.test_fraction is not None:
         total = len(folder.train) + len(folder.test)
-        return (f"{folder.test_dir}: {len(folder.test)} of its {total} images, {folder.test_fraction:g} of each "
-                f"class, held out (the same files in every run) and not trained on")
+        return (f"{folder.test_dir}: {len(folder.test)} of its {total} images, about {folder.test_fraction:g} of "
+                f"each class chosen by a hash of their names, held out and not trained on")
     unread = [f"{name}/" for name in TEST_SPLITS
               if (folder.root / name).is_dir() and folder.root / name != folder.test_dir]
     return f"{folder.test_dir}" + (f"; {', '.join(unread)} not read" if unread else "")

@@ -25,9 +25,8 @@ def class_labels(names: list[str] | None, num_classes: int) -> list[str]:
 
 
 def per_class_table(counts: torch.Tensor, names: list[str]) -> str:
-    """One line per class: its test images, the fraction right, and the class it is most often taken for.
-
-    Classes without test images (a class the classifier has but the data lacks) are left out."""
+    """One line per class: its test images, the fraction right, and the class it is most often taken for
+    (a class without test images, one the classifier has but the test data lacks, says so)."""
     counts = counts.to(torch.int64).cpu()
     width = max(len("class"), *(len(n) for n in names))
     lines = [f"{'class':<{width}}  {'images':>7}  {'accuracy':>8}  most often taken for"]
@@ -35,6 +34,7 @@ def per_class_table(counts: torch.Tensor, names: list[str]) -> str:
         row = counts[t]
         total = int(row.sum())
         if total == 0:
+            lines.append(f"{name:<{width}}  {0:>7}  {'–':>8}  (no test images)")
             continue
         wrong = row.clone()
         wrong[t] = 0
@@ -52,7 +52,8 @@ def check_confusion_path(path: Path) -> None:
         raise ValueError(f"--confusion {path}: give a file ending in {' or '.join(CONFUSION_SUFFIXES)} "
                          f"(the counts as a table, or a picture of them).")
     if not path.parent.is_dir():
-        raise ValueError(f"--confusion {path}: the folder {path.parent} does not exist; create it or name another.")
+        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise ValueError(f"--confusion {path}: {path.parent} {what}; name a file in an existing folder.")
 
 
 def write_confusion(path: Path, counts: torch.Tensor, names: list[str], *, title: str) -> None:
@@ -75,6 +76,8 @@ def confusion_figure(counts: torch.Tensor, names: list[str], *, title: str):
     """The confusion matrix, each row divided by its class's test images (rows without images stay blank)."""
     from matplotlib.figure import Figure  # the object API renders with Agg: no display, no global state
 
+    names = [_literal(n) for n in names]
+    title = _literal(title)
     totals = counts.sum(dim=1, keepdim=True)  # (C, 1)
     fractions = (counts.double() / totals.clamp(min=1)).numpy()  # (C, C), rows sum to 1
     n = len(names)
@@ -97,3 +100,8 @@ def confusion_figure(counts: torch.Tensor, names: list[str], *, title: str):
     ax.set_ylabel("true class")
     ax.set_title(title, fontsize="medium")
     return fig
+
+
+def _literal(text: str) -> str:
+    """``text`` as matplotlib draws it verbatim: a ``$`` would start a formula (``price_$1_$2`` fails to render)."""
+    return text.replace("$", r"\$")

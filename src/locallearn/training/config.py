@@ -250,8 +250,9 @@ _OTHER_HELP = {
     "limit_train": ("int", "use only N training images, the first (of an image folder: the classes in turn) (smoke "
                            "runs)"),
     "limit_test": ("int", "use only N test images, the first (of an image folder: the classes in turn)"),
-    "test_fraction": ("float", "imagefolder without test/: hold out this fraction of each class of train/ as the "
-                               "test split, the same files in every run (e.g. 0.1)"),
+    "test_fraction": ("float", "imagefolder without test/: hold out about this fraction of each class of train/ "
+                               "as the test split, each file by a hash of its name, so files added later move no "
+                               "other (e.g. 0.1)"),
     "optimizer": ("str", "sgd (momentum, Nesterov: the papers' recipe) or adamw (no weight decay on biases, norms "
                          "and position tables: the usual transformer recipe) (default: sgd)"),
     "schedule": ("str", "epoch: the rate changes once per epoch (the papers'); step: at every step (default: epoch)"),

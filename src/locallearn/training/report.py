@@ -503,8 +503,11 @@ def _is_report_folder(path: Path, folder: Path) -> bool:
 
 
 def _compared(config: dict[str, Any]) -> str:
-    """A hashable key of the options that decide what a run computes."""
-    return json.dumps({k: v for k, v in config.items() if k not in NOT_COMPARED}, sort_keys=True, default=str)
+    """A hashable key of the options that decide what a run computes, as the labels show them (``_show``): an
+    option that is None and one a config.yaml lacks (an option added since its release, whose default is
+    None) are the same, as they are to ``_differ``, so that no two groups can share a label."""
+    return json.dumps({k: _show(v) for k, v in config.items() if k not in NOT_COMPARED and v is not None},
+                      sort_keys=True)
 
 
 def _option_order(groups: list[Group]) -> list[str]:

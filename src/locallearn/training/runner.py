@@ -633,10 +633,12 @@ def evaluate(
                 raise label_error(labels, logits.shape[1], f"test batch {seen // full + 1}") or err from None
             predicted = logits.argmax(dim=1)
             correct += (predicted == labels).sum()
-            if confusion:
-                classes = logits.shape[1]
-                pairs = torch.bincount(labels * classes + predicted, minlength=classes * classes)  # (C·C,)
-                counts = pairs if counts is None else counts + pairs
+            if confusion:  # accumulated on the device: no wait for it per batch (bincount would wait)
+                if counts is None:
+                    classes = logits.shape[1]
+                    counts = torch.zeros(classes * classes, dtype=torch.int64, device=device)  # (C·C,)
+                ones = torch.ones_like(labels)
+                counts.index_put_((labels * classes + predicted,), ones, accumulate=True)
             seen += len(labels)
             progress.update(1)
             interrupt.check()
