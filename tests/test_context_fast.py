@@ -194,11 +194,70 @@ def test_average_pool_is_the_identity_on_equal_grids(shape, size):
     assert average_pool(x, size) is x  # no kernel, no copy
 
 
-@pytest.mark.parametrize("shape, size", INTEGER + GENERAL)
-def test_average_pool_takes_the_general_path_where_grids_differ(shape, size, monkeypatch):
-    calls = []
-    adaptive = F.adaptive_avg_pool2d
-    monkeypatch.setattr(context.F, "adaptive_avg_pool2d", lambda x, s: calls.append(s) or adaptive(x, s))
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The bit patterns of a float tensor (so that −0 and +0 differ, and NaNs compare)."""
+    return t.detach().contiguous().view(torch.int32 if t.dtype == torch.float32 else torch.int64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape, size", INTEGER + [((8, 16, 32, 32), (16, 16)), ((2, 2, 6, 9), (3, 3))])
+def test_integer_ratios_give_the_adaptive_kernels_bits(shape, size, dtype):
+    """Outputs and input gradients identical bit for bit, on values of every scale, signed zeros and
+    non-finite values included."""
+    for scale in (1.0, 1e-38, 1e30):
+        x = torch.randn(shape, dtype=dtype) * scale
+        x[0, 0, 0, 0], x[-1, -1, -1, -1] = -0.0, float("inf")
+        x[0, -1, 0, 0] = float("nan")
+        g = torch.randn(shape[0], shape[1], *size, dtype=dtype) * scale
+        got, want = leaf(x), leaf(x)
+        y, want_y = average_pool(got, size), F.adaptive_avg_pool2d(want, size)
+        y.backward(g)
+        want_y.backward(g)
+        assert torch.equal(bits(y), bits(want_y)), (scale, "output")
+        assert torch.equal(bits(got.grad), bits(want.grad)), (scale, "input gradient")
+
+
+def path(x: torch.Tensor, size, monkeypatch) -> str:
+    """Which route average_pool takes for x: "integer" (IntegerAveragePool) or "adaptive" (F.adaptive_avg_pool2d
+    called directly)."""
+    taken = []
+    apply, adaptive = context.IntegerAveragePool.apply, F.adaptive_avg_pool2d
+    monkeypatch.setattr(context.IntegerAveragePool, "apply", lambda *a: taken.append("integer") or apply(*a))
+    monkeypatch.setattr(context.F, "adaptive_avg_pool2d", lambda x, s: taken.append("adaptive") or adaptive(x, s))
+    average_pool(x, size)
+    return taken[0]
+
+
+@pytest.mark.parametrize("shape, size", INTEGER)
+def test_integer_ratios_take_the_fast_path_on_cpu_float_nchw_tensors(shape, size, monkeypatch):
+    assert path(torch.randn(shape), size, monkeypatch) == "integer"
+    assert path(torch.randn(shape, dtype=torch.float64), size, monkeypatch) == "integer"
+
+
+@pytest.mark.parametrize("shape, size", GENERAL)
+def test_other_ratios_take_the_general_path(shape, size, monkeypatch):
+    assert path(torch.randn(shape), size, monkeypatch) == "adaptive"
+
+
+def test_the_fast_path_is_not_taken_where_the_kernel_rounds_otherwise(monkeypatch):
+    """Channels-last and reduced-precision tensors (the kernel accumulates those in float32), non-contiguous
+    views, and compiled graphs keep F.adaptive_avg_pool2d, whose numbers they already have."""
+    shape, size = (2, 8, 16, 16), (8, 8)
     x = torch.randn(shape)
-    torch.testing.assert_close(average_pool(x, size), adaptive(x, size), rtol=0, atol=0)
-    assert calls == [size]
+    assert path(x.contiguous(memory_format=torch.channels_last), size, monkeypatch) == "adaptive"
+    assert path(x.to(torch.bfloat16), size, monkeypatch) == "adaptive"
+    assert path(x.to(torch.float16), size, monkeypatch) == "adaptive"
+    assert path(torch.randn(2, 8, 16, 32)[..., ::2], size, monkeypatch) == "adaptive"
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert path(x, size, monkeypatch) == "adaptive"
+
+
+def test_the_fast_path_saves_no_tensor_for_backward():
+    saved = []
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        y = average_pool(x, (8, 8))
+        z = average_pool(x, (4, 4))  # 4×4 windows: the kernel's forward, the broadcast backward
+    assert saved == []
+    (y.sum() + z.sum()).backward()
+    assert torch.equal(x.grad, torch.full_like(x, 0.25 + 0.0625))
