@@ -21,6 +21,9 @@ def test_bench_memory_writes_every_output(tmp_path, capsys):
     assert all(r["status"] == "ok" for r in data["rows"])
     assert data["meta"]["command"].startswith("locallearn ") and data["meta"]["torch_threads"] >= 1
     assert data["meta"]["grid"]["models"] == ["resnet20"]
+    cpu = data["meta"]["cpu"]  # the CPU, named: step-time ratios differ between CPUs
+    assert cpu.endswith(f", {torch.backends.cpu.get_cpu_capability()}") and len(cpu) > len(", AVX2")
+    assert f"- machine: CPU ({cpu}; " in (tmp_path / "memory.md").read_text()
 
 
 def test_bench_compares_auxiliary_heads(tmp_path):

@@ -432,7 +432,8 @@ def cells_header(meta: dict) -> str:
         f"- cells trained on: {_described(cells['device'], _device)}; torch threads: "
         f"{_described(cells['torch_threads'])}",
         f"- cells' software: torch {_described(cells['torch'])}, revision {_described(cells['git_revision'])}",
-        f"- table written: {meta.get('date')}, {meta.get('platform')} ({meta.get('cpu_count')} CPU cores), "
+        f"- table written: {meta.get('date')}, {meta.get('platform')} ({meta.get('cpu_count')} CPU cores"
+        f"{'; ' + meta['cpu'] if meta.get('cpu') else ''}), "
         f"Python {meta.get('python')}, locallearn {meta.get('locallearn')}",
     ]
     return "\n".join(line for line in lines if line) + "\n"

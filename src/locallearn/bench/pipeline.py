@@ -497,7 +497,7 @@ def markdown(report: dict) -> str:
     setting = (
         f"Batch {s['batch_size']} (synthetic), {s['batches']} measured batches after {s['warmup']} warm-up, rounds of "
         f"interleaved runs until {s['repeats']} clean runs per variant (at most {s['max_rounds']} rounds); "
-        f"{m['cpu_count']} CPUs, torch {m['torch']}, Python {m['python']}, locallearn {m['locallearn']} (revision "
+        f"{m['cpu_count']} CPUs{' (' + m['cpu'] + ')' if m.get('cpu') else ''}, torch {m['torch']}, Python {m['python']}, locallearn {m['locallearn']} (revision "
         f"{m['git_revision']}), {m['date']}. Pipeline stages: {s['assignment']} (balanced on measured one-thread "
         f"module times {s['module_costs_s']} s). A run is *clean* when other processes used at most "
         f"{100 * s['clean']:.0f}% of the machine's CPU while it was measured; medians are over clean runs. Load "

@@ -67,7 +67,8 @@ def meta_lines(meta: dict) -> str:
     if not meta:
         return ""
     threads = meta.get("torch_threads")
-    cpu = f"CPU ({meta.get('cpu_count')} cores, {threads} torch thread{'' if threads == 1 else 's'})"
+    named = f"{meta['cpu']}; " if meta.get("cpu") else ""  # provenance.cpu_name (not recorded before it existed)
+    cpu = f"CPU ({named}{meta.get('cpu_count')} cores, {threads} torch thread{'' if threads == 1 else 's'})"
     device = meta.get("cuda_device") or cpu
     lines = [
         f"- command: `{meta['command'].strip()}`" if meta.get("command") else None,

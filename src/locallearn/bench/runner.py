@@ -36,7 +36,7 @@ from locallearn.bench.grid import REFERENCE, BenchConfig, GridSpec
 from locallearn.memory import CudaPeakMeter, StepMemoryMeter
 from locallearn.net import check_batch
 from locallearn.engine import train_step
-from locallearn.provenance import git_revision
+from locallearn.provenance import cpu_name, git_revision
 from locallearn.training.runner import compile_parts
 from locallearn.validate import Int, Optional
 
@@ -394,6 +394,7 @@ def environment(options: RunOptions, command: str | None = None) -> dict:
         command=command,
         platform=platform.platform(),
         processor=platform.processor() or platform.machine(),
+        cpu=cpu_name(),
         cpu_count=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
         python=platform.python_version(),
