@@ -808,10 +808,23 @@ def test_a_resume_with_nothing_to_resume_says_it_starts_the_run(tmp_path, capsys
     """--resume starts a run that is not there (a job can always pass it), but a mistyped --out started a new
     run without a word: now a note says so."""
     assert train(tmp_path / "typo", "--resume", "--epochs", "1", "--limit-train", "32") == 0
-    assert (f"note: {tmp_path / 'typo'} holds no run to resume: it starts now (--resume starts a run that is not "
+    assert (f"note: {tmp_path / 'typo'} holds no run to resume: it starts now (a resume starts a run that is not "
             "there yet).") in capsys.readouterr().out
     assert train(tmp_path / "typo", "--resume", "--epochs", "1", "--limit-train", "32") == 0  # there now: no note
     assert "holds no run to resume" not in capsys.readouterr().out
+
+
+def test_train_from_python_with_nothing_to_resume_says_it_starts_the_run(tmp_path):
+    from locallearn.training import train as train_python
+
+    batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+    said = []
+    options = dict(num_classes=3, method="greedy", num_modules=2, split="uniform", epochs=1, device="cpu", log=said.append)
+    train_python("resnet20", batches, batches, out=tmp_path / "typo", resume=True, **options)
+    assert f"note: {tmp_path / 'typo'} holds no run to resume: it starts now (a resume starts a run that is not there yet)." in said
+    said.clear()
+    train_python("resnet20", batches, batches, out=tmp_path / "typo", resume=True, **options)
+    assert not [line for line in said if "holds no run to resume" in line]
 
 
 def test_eval_of_a_run_stopped_between_its_first_metrics_line_and_checkpoint_says_so(tmp_path, finished, capsys):

@@ -26,7 +26,7 @@ from locallearn.training.config import (
     resolve,
 )
 from locallearn.training.api import trained_checkpoint
-from locallearn.training.fit import check_single_process, derived, fit, provenance
+from locallearn.training.fit import check_single_process, derived, fit, nothing_to_resume, provenance
 from locallearn.training.report import write_report
 from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
 from locallearn.training.runner import (
@@ -66,9 +66,9 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
                 return 0
         print(preview(resolved))
         return 0
-    if resume and not RunDir(resolved.run.out).started and os.environ.get("RANK", "0") == "0":  # a mistyped --out
-        print(f"note: {resolved.run.out} holds no run to resume: it starts now (--resume starts a run that is not "
-              f"there yet).", flush=True)
+    note = nothing_to_resume(resolved.run.out) if resume else None
+    if note and os.environ.get("RANK", "0") == "0":  # a mistyped --out
+        print(note, flush=True)
     values = {**values, "parallel": resolved.processes.parallel}  # how this command runs, also when it resumes
     if resolved.processes.parallel != "pipeline":  # a pipeline run resumed otherwise: no lock-step to keep
         values["pipeline_sync"] = False

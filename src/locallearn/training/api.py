@@ -37,7 +37,7 @@ from locallearn.training.config import (
     read_run_options,
     resolve,
 )
-from locallearn.training.fit import fit, written_config
+from locallearn.training.fit import fit, nothing_to_resume, written_config
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir, load_state
 from locallearn.training.runner import READ_FIX, SingleProcess, load_weights, net_to_build, pipeline_resume, resume_command
 
@@ -111,6 +111,9 @@ def train(
         log(f"warning: this model object was trained by an earlier train() into {earlier}: this run starts from "
             "those weights, not from a fresh initialisation (seed does not initialise an object you built); build "
             "a new model for each run.")
+    note = nothing_to_resume(out) if resume else None
+    if note:  # a mistyped out=
+        log(note)
     launcher = SingleProcess(data=(train_data, test_data), model=given)
     # a resume compares what was asked with the stored run (an option not given keeps its stored value, e.g. a
     # default changed since), as `locallearn train --resume` does

@@ -262,6 +262,14 @@ def open_run(
     return config, False, new_run_id()
 
 
+def nothing_to_resume(out: Path | str) -> str | None:
+    """The note a resume of ``out`` gives where no run was started there (a mistyped path: the run starts
+    now), else None."""
+    if RunDir(Path(out)).started:
+        return None
+    return f"note: {out} holds no run to resume: it starts now (a resume starts a run that is not there yet)."
+
+
 def new_run_id() -> str:
     return uuid.uuid4().hex
 
