@@ -11,6 +11,7 @@ K, on two backbones and on image sizes whose stage grids are equal (identity poo
 from __future__ import annotations
 
 import functools
+import warnings
 
 import pytest
 import torch
@@ -203,12 +204,13 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("shape, size", INTEGER + [((8, 16, 32, 32), (16, 16)), ((2, 2, 6, 9), (3, 3))])
 def test_integer_ratios_give_the_adaptive_kernels_bits(shape, size, dtype):
     """Outputs and input gradients identical bit for bit, on values of every scale, signed zeros and
-    non-finite values included."""
+    non-finite values included (one NaN per window: two NaNs may keep either payload)."""
     for scale in (1.0, 1e-38, 1e30):
         x = torch.randn(shape, dtype=dtype) * scale
         x[0, 0, 0, 0], x[-1, -1, -1, -1] = -0.0, float("inf")
         x[0, -1, 0, 0] = float("nan")
         g = torch.randn(shape[0], shape[1], *size, dtype=dtype) * scale
+        g[0, 0, 0, 0], g[-1, -1, -1, -1] = -0.0, -torch.finfo(dtype).tiny / 8  # −0, and a −0 after / r / s
         got, want = leaf(x), leaf(x)
         y, want_y = average_pool(got, size), F.adaptive_avg_pool2d(want, size)
         y.backward(g)
@@ -234,9 +236,32 @@ def test_integer_ratios_take_the_fast_path_on_cpu_float_nchw_tensors(shape, size
     assert path(torch.randn(shape, dtype=torch.float64), size, monkeypatch) == "integer"
 
 
-@pytest.mark.parametrize("shape, size", GENERAL)
-def test_other_ratios_take_the_general_path(shape, size, monkeypatch):
+@pytest.mark.parametrize("shape, size", GENERAL + [((2, 3, 3, 3), (1, 1)), ((2, 3, 8, 8), (1, 1))])
+def test_other_ratios_and_1x1_outputs_take_the_general_path(shape, size, monkeypatch):
+    """A 1×1 output is F.adaptive_avg_pool2d's mean, not its kernel: its backward divides once by H·W."""
     assert path(torch.randn(shape), size, monkeypatch) == "adaptive"
+
+
+def test_transforms_forward_mode_and_tracing_work_through_the_fast_path():
+    """torch.func (vmap, grad, jvp), forward-mode AD and torch.jit.trace, as with F.adaptive_avg_pool2d."""
+    x = torch.randn(3, 2, 8, 12, dtype=torch.float64)
+    want = F.adaptive_avg_pool2d(x, (4, 6))
+    assert torch.equal(torch.func.vmap(lambda t: average_pool(t[None], (4, 6))[0])(x), want)
+    tangent = torch.randn_like(x)
+    _, out_tangent = torch.func.jvp(lambda t: average_pool(t, (4, 6)), (x,), (tangent,))
+    assert torch.allclose(out_tangent, F.adaptive_avg_pool2d(tangent, (4, 6)))
+    grad = torch.func.grad(lambda t: average_pool(t, (4, 6)).pow(2).sum())(x)
+    assert torch.allclose(grad, torch.func.grad(lambda t: F.adaptive_avg_pool2d(t, (4, 6)).pow(2).sum())(x))
+    leaf_x = x.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: average_pool(t, (4, 6)), (leaf_x,), check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(lambda t: average_pool(t, (4, 6)), (leaf_x,))
+    encoder = context.ImageEncoder(3, (16, 8, 8)).eval()
+    image = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the grids are compared as Python values
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit itself: still in use
+        traced = torch.jit.trace(encoder, image)
+    assert torch.equal(traced(image), encoder(image))
 
 
 def test_the_fast_path_is_not_taken_where_the_kernel_rounds_otherwise(monkeypatch):

@@ -74,9 +74,10 @@ def average_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     numbers, bit for bit, by a faster route where one exists.
 
     x: (N, C, H, W) → (N, C, h, w) with (h, w) = size. Adaptive pooling averages, for output (i, j), the
-    input rows ⌊i·H/h⌋ .. ⌈(i+1)·H/h⌉−1 and the columns alike. PyTorch's CPU kernel sums each window's
-    elements one after another, row by row, from 0, divides the sum by the window's rows and then by its
-    columns, and in backward gives each input element its window's gradient divided likewise.
+    input rows ⌊i·H/h⌋ .. ⌈(i+1)·H/h⌉−1 and the columns alike. PyTorch's CPU adaptive kernel sums each
+    window's elements one after another, row by row, from 0, divides the sum by the window's rows and then by
+    its columns, and in backward adds each window's gradient, divided likewise, to a zeroed input gradient.
+    (A 1×1 output is not that kernel's: ``F.adaptive_avg_pool2d`` takes the mean, which rounds otherwise.)
 
     - Equal grids, (h, w) == (H, W): each window is the one element (i, j) and its average is that element;
       the pool is the identity, in value and in gradient, so x is returned as it is. PyTorch's kernel does
@@ -84,45 +85,78 @@ def average_pool(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
       backward for a (64, 16, 32, 32) map on one thread), which made the pool the largest single cost of the
       context path: most boundaries of a split sit inside a stage, where the two grids are equal.
     - Integer ratios, H = r·h and W = s·w (a boundary after a stride-2 stage; the image encoders of later
-      stages), on a CPU for float32/float64 NCHW tensors outside torch.compile: ``IntegerAveragePool``, the
-      kernel's own arithmetic in its own order on strided views (see there).
-    - Every other case (non-integer ratios, channels-last or reduced-precision tensors, GPUs, compiled
-      graphs, whose kernels round in their own ways) goes to ``F.adaptive_avg_pool2d``.
+      stages), where ``IntegerAveragePool.applies``: the kernel's own arithmetic in its own order on strided
+      views (see there).
+    - Every other case (non-integer ratios, a 1×1 output, channels-last or reduced-precision tensors, GPUs,
+      compiled or traced graphs, whose kernels round in their own ways) goes to ``F.adaptive_avg_pool2d``.
     """
     (H, W), (h, w) = x.shape[-2:], size
     if (H, W) == (h, w):
         return x
-    if H % h == 0 and W % w == 0 and IntegerAveragePool.applies(x):
+    if IntegerAveragePool.applies(x, size):
         return IntegerAveragePool.apply(x, H // h, W // w)
     return F.adaptive_avg_pool2d(x, size)
 
 
+STRIDED_SUM_MAX_WINDOW = 4  # elements per window up to which the forward sums strided views (2×2: faster)
+
+
 class IntegerAveragePool(torch.autograd.Function):
     """Average pooling over r×s windows (H = r·h, W = s·w) that computes what PyTorch's CPU adaptive kernel
-    computes, bit for bit, in less time (one thread, measured on (64, C, 32, 32) maps):
+    computes, bit for bit (NaNs stay NaN, their payloads aside), in less time (one thread; timings in
+    benchmarks/README.md, "What was tried"):
 
-    - forward, r·s ≤ 4 (the 2×2 windows after a stride-2 stage): ``sum = 0 + x[0, 0]``, then ``+= x[a, b]``
-      for a = 0..r−1, b = 0..s−1 in the kernel's order, each term a strided view of the whole map, then
-      ``sum / r / s``: the same additions in the same order, rounded alike (0 + x makes −0 the kernel's +0).
-      3.1 ms instead of 6.7 for (64, 32, 32, 32) → 16×16. With 4×4 windows the 16 strided passes cost more
-      than the kernel (9.9 ms against 6.1), so larger windows call it;
-    - backward, any r, s: every input element of window (i, j) receives ``g[i, j] / r / s``, as the kernel
-      gives it (it adds that to a zeroed gradient: 0 + v = v), here two broadcast copies: 3.0 ms instead
-      of 7.4 for (64, 32, 32, 32) ← 16×16, 3.6 instead of 6.6 for (64, 64, 32, 32) ← 8×8. It saves no
-      tensor: the kernel's backward keeps x alive (which the ReLU before it keeps anyway).
+    - forward, r·s ≤ STRIDED_SUM_MAX_WINDOW (the 2×2 windows after a stride-2 stage): ``sum = 0 + x[0, 0]``,
+      then ``+= x[a, b]`` for a = 0..r−1, b = 0..s−1 in the kernel's order, each term a strided view of the
+      whole map, then ``sum / r / s``: the same additions in the same order, rounded alike (0 + x turns −0
+      into the kernel's +0). Larger windows call the kernel: their many strided passes cost more than it;
+    - backward, any r, s: every input element of window (i, j) receives ``0 + g[i, j] / r / s``, as the
+      kernel gives it, here two broadcast copies; it saves no tensor (the kernel's backward keeps x alive,
+      which the ReLU before it keeps anyway);
+    - forward-mode AD (``jvp``: the same pooling of the tangent) and torch.func transforms (the vmap rule is
+      generated from these operations) work as with the kernel.
     """
 
-    @staticmethod
-    def applies(x: torch.Tensor) -> bool:
-        return (x.dim() == 4 and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-                and x.is_contiguous() and not torch.compiler.is_compiling())
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, r: int, s: int) -> torch.Tensor:
+    def applies(x: torch.Tensor, size: tuple[int, int]) -> bool:
+        """Whether pooling x to ``size`` is an integer-ratio pool this class reproduces bit for bit: a CPU
+        float32/float64 NCHW tensor, not a 1×1 output (``F.adaptive_avg_pool2d`` takes the mean there), outside
+        torch.compile and tracing (which keep the operator they know)."""
+        (H, W), (h, w) = x.shape[-2:], size
+        return (x.dim() == 4 and (h, w) != (1, 1) and H % h == 0 and W % w == 0 and x.device.type == "cpu"
+                and x.dtype in (torch.float32, torch.float64) and x.is_contiguous()
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
+    @staticmethod
+    def forward(x: torch.Tensor, r: int, s: int) -> torch.Tensor:
+        return IntegerAveragePool.pool(x, r, s)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        _, r, s = inputs
+        ctx.windows = (r, s)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        r, s = ctx.windows
+        N, C, h, w = grad.shape
+        share = grad / r / s + 0.0  # (N, C, h, w); + 0.0: the kernel adds to zeros, so −0 becomes +0
+        # copied out in two broadcasts, each window's row and then its rows: one 6-D broadcast copy took
+        # 1.4–1.6× as long (its innermost loop runs over the s or r copies only)
+        rows = share[..., None].expand(N, C, h, w, s).reshape(N, C, h, w * s)  # (N, C, h, W)
+        return rows[:, :, :, None, :].expand(N, C, h, r, w * s).reshape(N, C, h * r, w * s), None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent: torch.Tensor, *_) -> torch.Tensor:
+        return IntegerAveragePool.pool(x_tangent, *ctx.windows)
+
+    @staticmethod
+    def pool(x: torch.Tensor, r: int, s: int) -> torch.Tensor:
         N, C, H, W = x.shape
         h, w = H // r, W // s
-        ctx.windows = (r, s)
-        if r * s > 4:
+        if r * s > STRIDED_SUM_MAX_WINDOW:
             return F.adaptive_avg_pool2d(x, (h, w))
         windows = x.view(N, C, h, r, w, s)  # (N, C, h, r, w, s): element (a, b) of window (i, j) at [i, a, j, b]
         total = windows[:, :, :, 0, :, 0] + 0.0  # (N, C, h, w)
@@ -130,17 +164,7 @@ class IntegerAveragePool(torch.autograd.Function):
             for b in range(s):
                 if (a, b) != (0, 0):
                     total += windows[:, :, :, a, :, b]
-        return total / r / s
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        r, s = ctx.windows
-        N, C, h, w = grad.shape
-        share = grad / r / s  # (N, C, h, w)
-        # copied out in two broadcasts, each window's row and then its rows: one 6-D broadcast copy took
-        # 1.4–1.6× as long (its innermost loop runs over the s or r copies only)
-        rows = share[..., None].expand(N, C, h, w, s).reshape(N, C, h, w * s)  # (N, C, h, W)
-        return rows[:, :, :, None, :].expand(N, C, h, r, w * s).reshape(N, C, h * r, w * s), None, None
+        return total.div_(r).div_(s)
 
 
 class ImageEncoder(nn.Module):
