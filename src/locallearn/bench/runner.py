@@ -393,8 +393,7 @@ def environment(options: RunOptions, command: str | None = None) -> dict:
         date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         command=command,
         platform=platform.platform(),
-        processor=platform.processor() or platform.machine(),
-        cpu=cpu_name(),
+        cpu=cpu_name(),  # earlier runs recorded `processor`: platform.processor(), which says x86_64
         cpu_count=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
         python=platform.python_version(),

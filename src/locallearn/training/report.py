@@ -453,9 +453,9 @@ def curves_figure(table: Table):
 class Report:
     markdown: str
     markdown_path: Path
-    plot_path: Path
+    plot_path: Path  # test error against K
+    curves_path: Path  # test error against epoch; each module's head
     warnings: list[str]
-    curves_path: Path | None = None
 
 
 def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Report:
@@ -486,7 +486,7 @@ def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Repo
     markdown = markdown_report(table, plot=png.name, curves=curves.name)
     md_path = folder / "report.md"
     md_path.write_text(markdown)
-    return Report(markdown, md_path, png, table.warnings, curves)
+    return Report(markdown, md_path, png, curves, table.warnings)
 
 
 def _runs_in(path: Path) -> list[Path]:
