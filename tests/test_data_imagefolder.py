@@ -207,7 +207,17 @@ def test_an_unreadable_image_is_named(tmp_path, damage):
     path = tmp_path / "train" / "dog" / "z_broken.png"
     path.write_bytes({"garbage": b"\x89PNG not really", "truncated": good[: len(good) // 2], "empty": b""}[damage])
     message = refused(tmp_path, f"{path} is corrupt: not a readable image", "replace or remove it")
-    assert "Traceback" not in message
+    assert "Traceback" not in message and "BufferedReader" not in message
+
+
+def test_every_unreadable_image_is_named_at_once(tmp_path):
+    make_folder(tmp_path)
+    broken = [tmp_path / "train" / name / f"z_broken{i}.png" for i, name in enumerate(("cat", "dog", "dog"))]
+    for path in broken:
+        path.write_bytes(b"not an image")
+    refused(tmp_path, "imagefolder: 3 images are not readable: " + ", ".join(map(str, broken)),
+            "(the first: not a readable image (UnidentifiedImageError: cannot identify image file)",
+            "replace or remove them.")
 
 
 def test_a_pipe_named_like_an_image_is_refused_not_waited_on(tmp_path):
@@ -324,7 +334,8 @@ def test_a_run_is_not_resumed_or_evaluated_on_other_classes(tmp_path, capsys):
             solid((1, 2, 3)).save(more / split / name / "x.png")
     assert main(["eval", str(run), "--data-dir", str(more), "--device", "cpu"]) == 2
     assert capsys.readouterr().err == (f"locallearn: error: eval: {run} was trained with 3 classes but {more} holds 7 "
-                                       f"(c0, c1, c2, c3, c4, … (2 more)); give the run's own data with --data-dir.\n")
+                                       f"(c0, c1, c2, c3, c4, … (2 more)); give the run's own data with --data-dir, "
+                                       "or move the classes added since out of it.\n")
     assert main([*args, "--resume"]) == 0 and main(["eval", str(run), "--device", "cpu"]) == 0
 
 
@@ -410,13 +421,43 @@ def test_a_file_is_held_out_where_its_hash_falls_below_the_fraction(tmp_path):
                               "class chosen by a hash of their names, held out and not trained on")
 
 
-def test_every_class_keeps_an_image_in_each_split(tmp_path):
+def test_a_class_with_no_file_below_the_fraction_holds_out_its_smallest_hash(tmp_path):
     make_folder(tmp_path, splits=("train",), per_class=2)
-    for fraction in (1e-9, 0.5, 1 - 1e-9):  # none, some, or all below the threshold: one each side
-        held = held_out_names(tmp_path, fraction)
-        for name, names in held.items():
-            files = sorted((p.name for p in (tmp_path / "train" / name).iterdir()), key=place)
-            assert names == {files[0]}, (fraction, name)  # the one nearer the threshold from below
+    for name, names in held_out_names(tmp_path, 1e-9).items():  # no file below: one held out anyway
+        files = sorted((p.name for p in (tmp_path / "train" / name).iterdir()), key=place)
+        assert names == {files[0]}, name
+
+
+def test_a_class_whose_every_file_falls_below_the_fraction_is_refused(tmp_path):
+    """Keeping one for training would be undone by a file added later below it: a leak. Refused instead."""
+    make_folder(tmp_path, splits=("train",), per_class=2)
+    with pytest.raises(DatasetError) as err:
+        held_out_names(tmp_path, 1 - 1e-9)
+    one_line(err, "every image of class cat (2) falls in the held-out 1, which would leave it none to train on")
+
+
+def test_a_file_added_later_never_moves_a_training_image_into_the_test_split(tmp_path):
+    """Every order of arrival of a class's files (a growing folder): what was trained on stays trained on."""
+    from locallearn.data.imagefolder import hold_out
+
+    fraction = 0.5
+    candidates = [f"IMG_{i:04d}.JPG" for i in range(100)]
+    below = [n for n in candidates if place(n) < fraction]
+    above = [n for n in candidates if place(n) >= fraction]
+    # two below the fraction first (the class's every file: a rule that kept one for training would, when a
+    # file above arrived, move it into the test split), then others in turn
+    names = below[:2] + [above[0], below[2], above[1], above[2], below[3]]
+    for start in range(len(names) - 1):
+        trained: set[str] = set()
+        for n in range(start + 1, len(names) + 1):
+            items = tuple((tmp_path / "train" / "fish" / name, 0) for name in names[start:n])
+            try:
+                train, test = hold_out(items, ("fish",), fraction, tmp_path / "train")
+            except DatasetError:  # every file below the fraction so far: nothing trained yet
+                assert not trained
+                continue
+            assert not trained & {p.name for p, _ in test}, (start, n)
+            trained = {p.name for p, _ in train}
 
 
 def test_the_held_out_files_depend_on_each_file_alone(tmp_path):
@@ -440,6 +481,31 @@ def test_a_file_name_that_is_not_utf8_is_held_out_by_its_bytes(tmp_path):
     (cat / name).write_bytes((cat / "img0.png").read_bytes())
     held = held_out_names(tmp_path, 0.5)
     assert (name in held["cat"]) == (place(name) < 0.5 or held["cat"] == {name})
+
+
+def test_a_class_added_to_a_runs_own_folder_is_named_by_eval(tmp_path, capsys):
+    make_folder(tmp_path / "data", per_class=2)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
+                 "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs",
+                 "1", "--device", "cpu", "--out", str(run)]) == 0
+    for split in ("train", "test"):
+        (tmp_path / "data" / split / "fox").mkdir()
+        solid((5, 5, 5)).save(tmp_path / "data" / split / "fox" / "a.png")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"was trained with 3 classes but {tmp_path / 'data'} holds 4 (cat, dog, emu, fox)" in err
+
+
+def test_class_folders_without_train_are_named_with_the_fix(tmp_path):
+    for name, colour in COLOURS.items():
+        (tmp_path / name).mkdir()
+        solid(colour).save(tmp_path / name / "a.png")
+    with pytest.raises(DatasetError) as err:
+        describe_dataset("imagefolder", tmp_path, test_fraction=0.2)
+    one_line(err, f"{tmp_path} holds class folders (cat, dog, emu) but no train/ folder; move them into "
+                  f"{tmp_path / 'train'}/")
 
 
 def test_a_test_fraction_is_refused_where_it_cannot_apply(tmp_path):
@@ -477,6 +543,14 @@ def test_a_run_on_a_held_out_fraction_records_it_and_eval_and_resume_use_it(tmp_
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     said = capsys.readouterr().out
     assert f"test accuracy {100 * summary['test_acc']:.2f}%" in said and f"on {n} test images" in said
+    assert "note:" not in said and json.loads((run / "metrics.jsonl").read_text())["test_images"] == n
+    for i in range(40):  # the folder grows: the test set with it, which eval says
+        solid((9, 9, 9)).save(tmp_path / "data" / "train" / "dog" / f"new{i}.png")
+    grown = len(load_split("imagefolder", tmp_path / "data", train=False, image_size=8, test_fraction=0.25)[1])
+    assert grown > n
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    assert (f"note: the run tested on {n} images at epoch 1, this evaluation on {grown}: the test data has changed "
+            "since (a folder that grew, or --data-dir), so these figures are not the run's own.") in capsys.readouterr().out
     other = [a if a != "0.25" else "0.5" for a in args] + ["--resume"]
     assert main(other) == 2
     assert "test_fraction" in capsys.readouterr().err

@@ -131,8 +131,8 @@ def evaluate_run(
     try:
         config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
     except ValueError:
-        if data_dir and options.get("dataset") == IMAGEFOLDER:  # other data: said so, not as a num_classes clash
-            _refuse_more_classes(run, data_dir, options)
+        if options.get("dataset") == IMAGEFOLDER:  # other data, or a class added since: said so, not as a
+            _refuse_more_classes(run, data_dir or options.get("data_dir"), options)  # num_classes clash
         raise
     checkpoint = trained_checkpoint(run, config, reader="eval")
     torch_device = resolve_device(config.run.device)
@@ -150,8 +150,10 @@ def evaluate_run(
     result = evaluate(net, test, autocast_dtype=config.autocast_dtype, confusion=confusion)
     if confusion:
         result["class_names"] = class_labels(loader_class_names(test), config.net.num_classes)
+    trained = checkpoint.get("history") or [{}]
     return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used,
-            "test_images": len(test.images), "read_from": test.spec.read_from}
+            "test_images": len(test.images), "read_from": test.spec.read_from,
+            "run_test_images": trained[-1].get("test_images")}  # what the run tested on (earlier runs: None)
 
 
 def _refuse_more_classes(run: RunDir, data_dir: str, options: dict[str, Any]) -> None:
@@ -164,7 +166,8 @@ def _refuse_more_classes(run: RunDir, data_dir: str, options: dict[str, Any]) ->
         names = list(spec.class_names or ())
         shown = ", ".join(names[:5]) + (f", … ({len(names) - 5} more)" if len(names) > 5 else "")
         raise ValueError(f"eval: {run.path} was trained with {classes} classes but {data_dir} holds "
-                         f"{spec.num_classes} ({shown}); give the run's own data with --data-dir.")
+                         f"{spec.num_classes} ({shown}); give the run's own data with --data-dir, or move the "
+                         f"classes added since out of it.")
 
 
 def eval_command(
@@ -188,6 +191,10 @@ def eval_command(
         f"{result['test_images']} test images{where}, checkpoint after epoch {result['epoch']}/{result['epochs']}"
         f"{recomputed}"
     )
+    if result["run_test_images"] not in (None, result["test_images"]):
+        print(f"note: the run tested on {result['run_test_images']} images at epoch {result['epoch']}, this "
+              f"evaluation on {result['test_images']}: the test data has changed since (a folder that grew, or "
+              f"--data-dir), so these figures are not the run's own.")
     if per_class:
         print(per_class_table(result["confusion"], result["class_names"]))
     if confusion is not None:

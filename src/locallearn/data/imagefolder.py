@@ -78,6 +78,13 @@ def scan_image_folder(root: Path | str | None, test_fraction: float | None = Non
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise DatasetError(f"{IMAGEFOLDER}: --data-dir {root} {what} ({_layout(root)}).")
     if not train_dir.is_dir():
+        found = _class_names(root)
+        if found and any(_image_files(root / name) for name in found[:3]):  # the classes are DIR's own folders
+            raise DatasetError(
+                f"{IMAGEFOLDER}: {root} holds class folders ({', '.join(found[:3])}{', …' if len(found) > 3 else ''}) "
+                f"but no train/ folder; move them into {train_dir}/ (and hold out a test split with "
+                f"--test-fraction 0.1, or put one in {root}/test/)."
+            )
         raise DatasetError(f"{IMAGEFOLDER}: no classes: {train_dir} is not a folder ({_layout(root)}).")
     classes = _class_names(train_dir)
     if not classes:
@@ -141,11 +148,13 @@ def hold_out(
     order, ``hash_fraction`` of its path within its class folder, is below ``fraction``.
 
     Each file's side depends on its own path alone, not on a seed or on the other files: the split is the
-    same in every run and process, and a file added to the folder later moves no other file between the
-    splits, so a run evaluated or resumed on a grown folder never tests on an image it trained on. A class
-    whose files all fall on one side (likely only for a few images) gives its file nearest the threshold to
-    the other side: each class has at least one image in each split. A class of one image is refused. Both
-    splits keep the folder's order (classes in turn, files sorted)."""
+    same in every run and process, and a file added to the folder later never moves a training image into
+    the test split, so a run evaluated or resumed on a grown folder never tests on an image it trained on.
+    A class none of whose files falls below ``fraction`` (likely only for a few images) holds out its file
+    of the smallest hash, which a file added later below it may return to training (never the reverse); a
+    class all of whose files fall below is refused (keeping one of them for training is what a later file
+    could undo, and then the run would be tested on it). Both splits keep the folder's order (classes in
+    turn, files sorted)."""
     by_class: dict[int, list[Path]] = {}
     for path, label in items:
         by_class.setdefault(label, []).append(path)
@@ -159,7 +168,12 @@ def hold_out(
             )
         ranked = sorted((hash_fraction(p.relative_to(train_dir / name)), p) for p in files)
         held = sum(place < fraction for place, _ in ranked)
-        test.update(p for _, p in ranked[:min(max(held, 1), len(files) - 1)])
+        if held == len(files):
+            raise DatasetError(
+                f"{IMAGEFOLDER}: every image of class {name} ({len(files)}) falls in the held-out {fraction:g}, "
+                f"which would leave it none to train on; add images to {train_dir / name} or lower --test-fraction."
+            )
+        test.update(p for _, p in ranked[:max(held, 1)])
     return (tuple(item for item in items if item[0] not in test),
             tuple(item for item in items if item[0] in test))
 
@@ -188,8 +202,18 @@ def load_image_folder_split(
     """Decode every image of the split: uint8 (N, 3, S, S) and int64 labels (N,)."""
     items = folder.train if train else folder.test
     images = np.empty((len(items), 3, image_size, image_size), dtype=np.uint8)  # (N, 3, S, S)
+    corrupt: list[CorruptFileError] = []  # every one named at once, not one per run
     for i, (path, _) in enumerate(items):
-        images[i] = decode_image(path, image_size)
+        try:
+            images[i] = decode_image(path, image_size)
+        except CorruptFileError as err:
+            corrupt.append(err)
+    if len(corrupt) == 1:
+        raise corrupt[0]
+    if corrupt:
+        shown = ", ".join(str(err.path) for err in corrupt[:5]) + (f", … ({len(corrupt) - 5} more)" if len(corrupt) > 5 else "")
+        raise DatasetError(f"{IMAGEFOLDER}: {len(corrupt)} images are not readable: {shown} (the first: "
+                           f"{corrupt[0].reason}); replace or remove them.")
     labels = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
     return torch.from_numpy(images), torch.from_numpy(labels)
 
@@ -229,7 +253,8 @@ def decode_image(path: Path, size: int) -> np.ndarray:
         except DatasetError:
             raise
         except Exception as err:  # whatever the decoder trips on (truncated, not an image, too large)
-            why = f"not a readable image ({type(err).__name__}: {err}); replace or remove it"
+            detail = str(err).replace(f" {f!r}", "")  # Pillow names the file object: the path says it better
+            why = f"not a readable image ({type(err).__name__}: {detail}); replace or remove it"
             raise CorruptFileError(path, why) from None
     return np.asarray(square).transpose(2, 0, 1)  # (S, S, 3) → (3, S, S)
 

@@ -206,6 +206,7 @@ class PipelineRunner:
         return {
             "test_acc": sum(r["test_correct"] for r in last) / seen,
             "test_loss": sum(r["test_loss_sum"] for r in last) / seen,
+            "test_images": seen,
             "eval_time_s": max(r["eval_time_s"] for r in reports),
             "ranks": [{key: r[key] for key in RANK_FIELDS} for r in ranks],
         }

@@ -339,7 +339,7 @@ def check_single_process(config: Config, *, ranks: bool = True) -> None:
 
 
 # --- records ------------------------------------------------------------------------------------------------
-_TEST = ("test_acc", "test_loss", "eval_time_s")
+_TEST = ("test_acc", "test_loss", "test_images", "eval_time_s")
 _TIMING = ("train_time_s", "images_per_s", "peak_memory_mb", "peak_memory_kind", "train_images")
 
 
@@ -353,6 +353,7 @@ def epoch_record(epoch: int, lr: float, train: dict[str, Any], test: dict[str, A
         **per_step,
         "test_acc": test["test_acc"],
         "test_loss": test["test_loss"],
+        **({"test_images": test["test_images"]} if "test_images" in test else {}),  # eval compares it with its own
         "epoch_time_s": train["train_time_s"] + test["eval_time_s"],
         "train_time_s": train["train_time_s"],
         "images_per_s": train["images_per_s"],

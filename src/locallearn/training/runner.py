@@ -611,7 +611,8 @@ def evaluate(
     net: nn.Module, loader: BatchLoader, *, autocast_dtype: torch.dtype | None = None, log: Log | None = None,
     confusion: bool = False,
 ) -> dict[str, Any]:
-    """Test accuracy (fraction) and cross-entropy of the inference forward (auxiliary heads unused); with
+    """Test accuracy (fraction) and cross-entropy of the inference forward (auxiliary heads unused), and the
+    number of test images; with
     ``confusion``, also ``"confusion"``: the (C, C) int64 counts of true class (row) against predicted
     class (column), C the classifier's classes (training.classes)."""
     net.eval()
@@ -644,7 +645,7 @@ def evaluate(
             interrupt.check()
     if not seen:
         raise ValueError("test data: it holds no batch; give at least one test batch.")
-    result: dict[str, Any] = {"test_acc": int(correct) / seen, "test_loss": float(loss) / seen}
+    result: dict[str, Any] = {"test_acc": int(correct) / seen, "test_loss": float(loss) / seen, "test_images": seen}
     if confusion:
         result["confusion"] = counts.view(classes, classes).cpu()  # (C, C): row = true class, column = predicted
     return result
