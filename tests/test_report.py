@@ -16,6 +16,17 @@ from locallearn.training.report import curves_figure, error_figure, group_runs, 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def make_image_folder(root):
+    """A two-class image folder (train/ and test/), for runs whose dataset is an image folder."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(root / split / name / "0.png")
+    return root
+
+
 def fake_run(path, *, accs, finished=True, threads=None, heads=None, **options):
     """A run directory as `locallearn train` leaves it, with the given test accuracy per epoch (and, with
     ``heads``, each module's head training accuracy at every epoch)."""
@@ -110,6 +121,25 @@ def test_a_run_of_an_earlier_release_averages_with_runs_that_record_an_option_ad
     for order in (runs, runs[::-1]):
         report = write_report(order, out=tmp_path / "report")
         assert table_rows(report.markdown) == ["| contsup R1E ce | 20.00 ± 10.00 (n=3) |"] and report.warnings == []
+
+
+def test_runs_tested_on_different_numbers_of_images_are_not_averaged(tmp_path):
+    """An image folder that grew between two runs: their test sets differ, which their metrics record (a
+    fixed dataset's count follows from its options: not compared, so runs of earlier releases still group)."""
+    folder = tmp_path / "folder"
+    make_image_folder(folder)
+    runs = [fake_run(tmp_path / f"s{seed}", accs=[acc], method="contsup", num_modules=4, seed=seed,
+                     dataset="imagefolder", data_dir=str(folder), model="resnet20", split="uniform")
+            for seed, acc in ((0, 0.9), (1, 0.8), (2, 0.7))]
+    for run, images in zip(runs, (8, 8, 11)):
+        history = RunDir(run).read_metrics()
+        RunDir(run).write_metrics([{**record, "test_images": images} for record in history])
+    report = write_report(runs, out=tmp_path / "report")
+    assert table_rows(report.markdown) == ["| contsup R1E ce uniform, test_images=8 | 15.00 ± 7.07 (n=2) |",
+                                           "| contsup R1E ce uniform, test_images=11 | 30.00 (n=1) |"]
+    cifar = [fake_run(tmp_path / f"c{seed}", accs=[0.9], method="contsup", num_modules=4, seed=seed) for seed in (0, 1)]
+    RunDir(cifar[0]).write_metrics([{**r, "test_images": 10000} for r in RunDir(cifar[0]).read_metrics()])
+    assert table_rows(write_report(cifar, out=tmp_path / "report").markdown) == ["| contsup R1E ce | 10.00 ± 0.00 (n=2) |"]
 
 
 def test_labels_name_only_the_difference(tmp_path):

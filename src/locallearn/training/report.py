@@ -9,7 +9,8 @@ marked.
 Runs are averaged only when they are the same experiment: their options (the flat options of config.yaml)
 are equal except ``seed`` and the options that do not change what is computed (``RESUMABLE_CHANGES``:
 where a run lives and runs; an image folder's ``data_dir`` is its dataset, so it is compared), and they
-ran on the same number of CPU threads (``torch_threads``: float sums, and so results, depend on it). Each such
+ran on the same number of CPU threads (``torch_threads``: float sums, and so results, depend on it) and, on an
+image folder, were tested on as many images (``test_images``: a folder may grow). Each such
 *group* is one cell of the table, rows by method and columns by K as in the papers' tables. Groups that would share a cell but differ in something else (epochs, lr, dataset,
 ...) get rows of their own, labelled with the difference, and a warning names it.
 """
@@ -45,6 +46,7 @@ IMPLIED_BY = {
     "activation_segments": ("model",),
     "lambdas": ("model", "dataset"),
     "lambda_source": ("model", "dataset", "lambdas"),
+    "test_images": ("dataset", "data_dir", "limit_test", "test_fraction"),
 }
 
 
@@ -188,7 +190,7 @@ class Table:
 # dataset excepted: rows of several datasets are labelled with theirs)
 _RECIPE = [f.name for section in ("data", "optim", "run", "processes") for f in dataclasses.fields(SECTIONS[section])
            if f.name not in (*NOT_COMPARED, "dataset")]
-_RECIPE.append("torch_threads")  # not an option, but it changes the sums: compared like one (run_threads)
+_RECIPE += ["torch_threads", "test_images"]  # not options, but they change the result: compared like ones
 # the options a report reads from every run's config.yaml (all of them written since the first release)
 
 
@@ -220,6 +222,9 @@ def load_run(path: Path) -> RunResult:
         _check_summary(run, config, history[-1])
     if config["dataset"] == IMAGEFOLDER:  # a folder of one's own is named by where it is: two are two datasets
         config["dataset"] = f"{IMAGEFOLDER} {config.get('data_dir')}"
+        # and by how many test images it had: a folder that grew between two runs tested them on other images
+        # (a fixed dataset's count follows from its options; earlier releases did not record it: None)
+        config["test_images"] = history[-1].get("test_images")
     config["torch_threads"] = run_threads(run, history)
     last = history[-1]
     best = max(r["test_acc"] for r in history)
