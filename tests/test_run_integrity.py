@@ -822,6 +822,7 @@ def test_train_from_python_with_nothing_to_resume_says_it_starts_the_run(tmp_pat
     options = dict(num_classes=3, method="greedy", num_modules=2, split="uniform", epochs=1, device="cpu", log=said.append)
     train_python("resnet20", batches, batches, out=tmp_path / "typo", resume=True, **options)
     assert f"note: {tmp_path / 'typo'} holds no run to resume: it starts now (a resume starts a run that is not there yet)." in said
+    assert said[-1].endswith(f"`locallearn.training.load_net('{tmp_path / 'typo'}')` loads its network")  # a name
     said.clear()
     train_python("resnet20", batches, batches, out=tmp_path / "typo", resume=True, **options)
     assert not [line for line in said if "holds no run to resume" in line]

@@ -497,7 +497,8 @@ def log_end(log: Log, summary: dict[str, Any], run: RunDir, config: Config) -> N
         f"{minutes} min {seconds} s, {summary['images_per_s']:.0f} img/s"
     )
     if is_object_name(config.net.model) or config.data.dataset == PYTHON_DATA:  # nothing on disk rebuilds them
-        again = f"`locallearn.training.load_net({str(run.path)!r}, model=...)` loads its network"
+        model = ", model=..." if is_object_name(config.net.model) else ""  # a registered name rebuilds itself
+        again = f"`locallearn.training.load_net({str(run.path)!r}{model})` loads its network"
     else:
         again = f"`locallearn eval {shlex.quote(str(run.path))}` re-evaluates it"
     log(f"results: {run.path}/ (summary.json, metrics.jsonl, config.yaml, checkpoint.pt); {again}")
