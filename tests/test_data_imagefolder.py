@@ -534,10 +534,13 @@ def test_a_run_on_a_held_out_fraction_records_it_and_eval_and_resume_use_it(tmp_
     args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--test-fraction", "0.25",
             "--image-size", "8", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size",
             "4", "--epochs", "1", "--device", "cpu", "--out", str(run)]
+    assert main([*args, "--dry-run"]) == 0  # what the run would read, before it is trained
+    dry = capsys.readouterr().out
     assert main(args) == 0
     said = capsys.readouterr().out
     n = len(load_split("imagefolder", tmp_path / "data", train=False, image_size=8, test_fraction=0.25)[1])
     assert f"data: {24 - n} train, {n} test images (test images from" in said and f"{n} of its 24 images" in said
+    assert f"# data: {24 - n} train, {n} test images (test images from" in dry and f"{n} of its 24 images" in dry
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["test_fraction"] == 0.25
     summary = json.loads((run / "summary.json").read_text())
     assert main(["eval", str(run), "--device", "cpu"]) == 0

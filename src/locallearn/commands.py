@@ -12,7 +12,7 @@ import torch
 
 import locallearn
 from locallearn.data import describe_dataset
-from locallearn.data.imagefolder import IMAGEFOLDER
+from locallearn.data.imagefolder import IMAGEFOLDER, scan_image_folder
 from locallearn.methods import METHODS
 from locallearn.net import build_net
 from locallearn.training.classes import check_confusion_path, class_labels, per_class_table, write_confusion
@@ -101,9 +101,23 @@ def preview(config: Config) -> str:
         *derived(net, config),
         f"parameters: {sum(p.numel() for p in net.parameters()):,} (heads, decoders and context encoders included)",
         f"learning rate at the start of epochs: {rates}{per_step}",
+        *_folder_note(config),
         *_out_note(RunDir(config.run.out)),
     ]
     return dump_yaml({"torch_threads": torch.get_num_threads(), **config.to_dict()}, header=header)
+
+
+def _folder_note(config: Config) -> list[str]:
+    """An image folder's images, as a run of ``config`` would read them (listed, not decoded; limits applied):
+    what the folder and --test-fraction give, before anything is trained."""
+    data = config.data
+    if data.dataset != IMAGEFOLDER:  # the other datasets' counts are their official ones
+        return []
+    folder = scan_image_folder(data.data_dir, data.test_fraction)
+    train, test = len(folder.train), len(folder.test)
+    train, test = [min(n, limit) if limit else n for n, limit in ((train, data.limit_train), (test, data.limit_test))]
+    spec = describe_dataset(IMAGEFOLDER, data.data_dir, image_size=config.net.image_size, test_fraction=data.test_fraction)
+    return [f"data: {train} train, {test} test images ({spec.read_from})"]
 
 
 def _out_note(run: RunDir) -> list[str]:
