@@ -837,3 +837,22 @@ def test_eval_of_a_run_stopped_between_its_first_metrics_line_and_checkpoint_say
     assert one_line(capsys).endswith(f"{run} has no checkpoint.pt yet: no epoch of this run has been checkpointed "
                                      f"(metrics.jsonl logs epoch 1, which a stop cut off before its checkpoint; "
                                      f"`locallearn train --out {run} --resume` trains it again).\n")
+
+
+def test_train_from_python_records_class_names_and_a_resume_checks_them(tmp_path):
+    from locallearn.training import train as train_python
+
+    batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
+    options = dict(num_classes=3, method="greedy", num_modules=2, split="uniform", device="cpu", log=lambda _: None)
+    summary = train_python("resnet20", batches, batches, out=tmp_path / "run", epochs=1, class_names=["a", "b", "c"],
+                           **options)
+    assert summary["class_names"] == ["a", "b", "c"]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["class_names"] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="was trained on the classes a, b, c but the data given holds a, b, d"):
+        train_python("resnet20", batches, batches, out=tmp_path / "run", epochs=1, class_names=["a", "b", "d"],
+                     resume=True, **options)
+    for bad, words in ((["a", "b"], "class_names: has 2 names, but the run has 3 classes"),
+                       (["a", "a", "b"], "class_names: repeats a name"), ("abc", "expected a list of names")):
+        with pytest.raises(ValueError, match=words):
+            train_python("resnet20", batches, batches, out=tmp_path / "other", epochs=1, class_names=bad, **options)
+    assert not (tmp_path / "other").exists()

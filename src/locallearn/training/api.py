@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -51,11 +51,13 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    class_names: Sequence[str] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Train ``model`` (a registered name, a factory's import path, or your own ``Backbone`` /
     ``nn.Sequential``) on batches from Python into the run directory ``out``; returns the summary.
-    ``options``: any option of ``locallearn train`` (method, num_modules, epochs, lr, optimizer, ...)."""
+    ``class_names``: the name of label 0, 1, ... (recorded with the run, as an image folder's are, and checked
+    on a resume). ``options``: any option of ``locallearn train`` (method, num_modules, epochs, lr, ...)."""
     if not isinstance(out, (str, os.PathLike)) or not str(out):
         raise ValueError(f"out: expected the run directory, a path, got {out!r}.")
     if not callable(log):
@@ -114,7 +116,8 @@ def train(
     note = nothing_to_resume(out) if resume else None
     if note:  # a mistyped out=
         log(note)
-    launcher = SingleProcess(data=(train_data, test_data), model=given)
+    launcher = SingleProcess(data=(train_data, test_data), model=given,
+                             class_names=checked_class_names(class_names, config.net.num_classes))
     # a resume compares what was asked with the stored run (an option not given keeps its stored value, e.g. a
     # default changed since), as `locallearn train --resume` does
     try:
@@ -133,6 +136,20 @@ def train(
 _DATA_OPTIONS = ("dataset", "data_dir", "limit_train", "limit_test", "test_fraction")
 # The attribute that marks a model object train() has trained (its weights are then that run's).
 _TRAINED_BY = "_locallearn_trained_into"
+
+
+def checked_class_names(names: Sequence[str] | None, num_classes: int) -> list[str] | None:
+    """``train(class_names=...)``: one distinct string per class, refused in one line otherwise."""
+    if names is None:
+        return None
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"class_names: expected a list of names, one per label, got {names!r}.")
+    names = list(names)
+    if len(names) != num_classes or len(set(names)) != len(names):
+        what = "repeats a name" if len(set(names)) != len(names) else f"has {len(names)} names"
+        raise ValueError(f"class_names: {what}, but the run has {num_classes} classes; give one distinct name per "
+                         f"label 0..{num_classes - 1}.")
+    return names
 
 
 def first_batch(data: Iterable, what: str, model: str | nn.Module, *, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

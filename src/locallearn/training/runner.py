@@ -85,19 +85,21 @@ class Launcher(Protocol):
 
 class SingleProcess:
     """The launcher of a run in this process. ``data``: (train, test) iterables of (images, labels) batches to
-    use instead of the config's dataset (``training.train``); ``model``: a model object to cut instead of the
-    one the config names (a ``Backbone`` or an ``nn.Sequential``)."""
+    use instead of the config's dataset (``training.train``), ``class_names`` their labels' names; ``model``: a
+    model object to cut instead of the one the config names (a ``Backbone`` or an ``nn.Sequential``)."""
 
     is_main = True
 
-    def __init__(self, *, data: tuple[Iterable, Iterable] | None = None, model: nn.Module | None = None) -> None:
-        self.data, self.model = data, model
+    def __init__(self, *, data: tuple[Iterable, Iterable] | None = None, model: nn.Module | None = None,
+                 class_names: list[str] | None = None) -> None:
+        self.data, self.model, self.class_names = data, model, class_names
 
     def share(self, value: Any) -> Any:
         return value
 
     def runner(self, config: Config, *, run: RunDir, resume: bool, log: Log) -> LocalRunner:
-        return LocalRunner(config, log=log, data=self.data, model=self.model, rebuild_from=run if resume else None)
+        return LocalRunner(config, log=log, data=self.data, model=self.model, rebuild_from=run if resume else None,
+                           class_names=self.class_names)
 
 
 class LocalRunner:
@@ -105,9 +107,10 @@ class LocalRunner:
 
     def __init__(
         self, config: Config, *, log: Log = print, data: tuple[Iterable, Iterable] | None = None,
-        model: nn.Module | None = None, rebuild_from: RunDir | None = None,
+        model: nn.Module | None = None, rebuild_from: RunDir | None = None, class_names: list[str] | None = None,
     ) -> None:
-        """``rebuild_from``: the run being resumed (``net_to_build``)."""
+        """``rebuild_from``: the run being resumed (``net_to_build``); ``class_names``: the names of labels 0,
+        1, ... of batches given from Python (a dataset names its own)."""
         self.config, self.log = config, log
         self.device = resolve_device(config.run.device)
         # The data first: a missing dataset fails before anything else is built or written.
@@ -116,7 +119,7 @@ class LocalRunner:
             self.test_loader = load_data(config, train=False, device=self.device)
         else:
             self.train_loader, self.test_loader = data
-        self.class_names = loader_class_names(self.train_loader)
+        self.class_names = list(class_names) if class_names else loader_class_names(self.train_loader)
         seed_everything(config.run.seed)
         built = net_to_build(config.net, rebuild_from)
         self.rebuilt = built is not config.net  # the weights must then come from the run's checkpoint
