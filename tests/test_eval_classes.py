@@ -107,3 +107,61 @@ def test_eval_refuses_a_confusion_file_it_cannot_write_before_reading_the_data(r
     assert main(["eval", str(run), "--confusion", str(tmp_path / "c.jpg")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("locallearn: error: --confusion") and err.count("\n") == 1 and ".csv or .png" in err
+
+
+def test_predictions_are_each_test_images_label_prediction_and_confidence():
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    batches = [(torch.randn(n, 3, 2, 2), torch.randint(0, 4, (n,))) for n in (5, 3)]
+    result = evaluate(net, batches, predictions=True)
+    with torch.no_grad():
+        logits = torch.cat([net(x) for x, _ in batches])
+    assert torch.equal(result["labels"], torch.cat([y for _, y in batches]))
+    assert torch.equal(result["predicted"], logits.argmax(dim=1))
+    assert torch.allclose(result["confidence"], logits.softmax(dim=1).max(dim=1).values)
+
+
+def test_misclassified_rows_are_the_mistakes_most_confident_first(tmp_path):
+    from locallearn.training.classes import write_misclassified
+
+    result = {"labels": torch.tensor([0, 1, 1, 0]), "predicted": torch.tensor([1, 1, 0, 1]),
+              "confidence": torch.tensor([0.6, 0.9, 0.8, 0.7])}
+    assert write_misclassified(tmp_path / "w.csv", result, ["cat", "dog"], ["a.png", "b.png", "c.png", "d.png"]) == 3
+    rows = list(csv.reader(io.StringIO((tmp_path / "w.csv").read_text())))
+    assert rows == [["index", "file", "class", "predicted", "confidence"], ["2", "c.png", "dog", "cat", "0.8000"],
+                    ["3", "d.png", "cat", "dog", "0.7000"], ["0", "a.png", "cat", "dog", "0.6000"]]
+
+
+def test_eval_lists_an_image_folders_misclassified_files_by_their_own_class(tmp_path, capsys):
+    from PIL import Image
+
+    for name, colour in (("red", (220, 20, 20)), ("green", (20, 220, 20)), ("blue", (20, 20, 220))):
+        for split, n in (("train", 6), ("test", 5)):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                noise = torch.randint(0, 60, (8, 8, 3), generator=torch.Generator().manual_seed(i)).numpy()
+                Image.fromarray((noise + colour).clip(0, 255).astype("uint8")).save(tmp_path / "data" / split / name / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
+                 "--limit-test", "10", "--model", "resnet20", "--num-modules", "2", "--split", "uniform",
+                 "--batch-size", "6", "--epochs", "1", "--device", "cpu", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--device", "cpu", "--misclassified", str(tmp_path / "w.csv")]) == 0
+    said = capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "w.csv").read_text())))
+    assert len(rows) == round(10 * (1 - summary["test_acc"]))  # --limit-test 10: the classes in turn
+    assert f"{len(rows)} misclassified test image" in said
+    for row in rows:  # each file is the test image it names: its folder is its class
+        assert row["file"].startswith(str(tmp_path / "data" / "test")) and row["file"].split("/")[-2] == row["class"]
+        assert row["predicted"] != row["class"] and 0 < float(row["confidence"]) <= 1
+    assert [float(r["confidence"]) for r in rows] == sorted((float(r["confidence"]) for r in rows), reverse=True)
+    from locallearn.training.config import read_run_options, resolve
+    from locallearn.training.runner import load_data, split_files
+
+    config = resolve(read_run_options(run / "config.yaml"))
+    files, test = split_files(config, train=False), load_data(config, train=False, device=torch.device("cpu"))
+    assert len(files) == len(test.labels) == 10  # every test image's file, in the loader's order
+    assert [f.split("/")[-2] for f in files] == [test.spec.class_names[c] for c in test.labels.tolist()]
+    assert main(["eval", str(run), "--misclassified", str(tmp_path / "w.txt")]) == 2
+    assert "give a file ending in .csv" in capsys.readouterr().err

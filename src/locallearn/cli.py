@@ -118,6 +118,9 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--confusion", type=Path, default=None, metavar="FILE",
                         help="write the confusion matrix (rows: true class, columns: predicted) to FILE: .csv "
                              "for the counts, .png for a picture")
+    parser.add_argument("--misclassified", type=Path, default=None, metavar="FILE.csv",
+                        help="write every misclassified test image (its index, an image folder's file, its class, "
+                             "the class predicted, the confidence) to FILE.csv, the most confident mistakes first")
     parser.set_defaults(_run=eval_command)
 
 

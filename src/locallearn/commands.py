@@ -15,7 +15,14 @@ from locallearn.data import describe_dataset
 from locallearn.data.imagefolder import IMAGEFOLDER, scan_image_folder
 from locallearn.methods import METHODS
 from locallearn.net import build_net
-from locallearn.training.classes import check_confusion_path, class_labels, per_class_table, write_confusion
+from locallearn.training.classes import (
+    check_confusion_path,
+    check_misclassified_path,
+    class_labels,
+    per_class_table,
+    write_confusion,
+    write_misclassified,
+)
 from locallearn.training.config import (
     Config,
     check_used,
@@ -39,6 +46,7 @@ from locallearn.training.runner import (
     net_to_build,
     precise_batchnorm,
     resolve_device,
+    split_files,
     to_channels_last,
 )
 from locallearn.training.schedule import Schedule
@@ -133,11 +141,12 @@ def _out_note(run: RunDir) -> list[str]:
 
 def evaluate_run(
     run_dir: Path, *, device: str = "auto", data_dir: str | None = None, precise_bn: int | None = None,
-    confusion: bool = False,
+    confusion: bool = False, predictions: bool = False,
 ) -> dict[str, Any]:
     """Test accuracy of a saved run: the net rebuilt from its config.yaml, weights from checkpoint.pt; with
     ``precise_bn``, BatchNorm statistics recomputed first on that many training batches (not saved); with
-    ``confusion``, also the confusion counts and ``class_names`` (training.classes)."""
+    ``confusion``, also the confusion counts and ``class_names`` (training.classes); with ``predictions``,
+    each test image's label, prediction and confidence, and ``files`` (an image folder's, else None)."""
     run = RunDir(Path(run_dir))
     if not run.file(CONFIG).is_file():
         raise ValueError(f"{run.path} holds no run (no {CONFIG}); give a directory written by `locallearn train`.")
@@ -161,9 +170,11 @@ def evaluate_run(
     used = None
     if precise_bn is not None:
         used = precise_batchnorm(net, load_data(config, train=True, device=torch_device), precise_bn)
-    result = evaluate(net, test, autocast_dtype=config.autocast_dtype, confusion=confusion)
-    if confusion:
+    result = evaluate(net, test, autocast_dtype=config.autocast_dtype, confusion=confusion, predictions=predictions)
+    if confusion or predictions:
         result["class_names"] = class_labels(loader_class_names(test), config.net.num_classes)
+    if predictions:
+        result["files"] = split_files(config, train=False)
     trained = checkpoint.get("history") or [{}]
     return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used,
             "test_images": len(test.images), "read_from": test.spec.read_from,
@@ -186,13 +197,15 @@ def _refuse_more_classes(run: RunDir, data_dir: str, options: dict[str, Any]) ->
 
 def eval_command(
     run_dir: Path, device: str = "auto", data_dir: str | None = None, precise_bn: int | None = None,
-    per_class: bool = False, confusion: Path | None = None,
+    per_class: bool = False, confusion: Path | None = None, misclassified: Path | None = None,
 ) -> int:
     """``locallearn eval RUN_DIR``."""
     if confusion is not None:
         check_confusion_path(confusion)  # before the data is read
+    if misclassified is not None:
+        check_misclassified_path(misclassified)
     result = evaluate_run(run_dir, device=device, data_dir=data_dir, precise_bn=precise_bn,
-                          confusion=per_class or confusion is not None)
+                          confusion=per_class or confusion is not None, predictions=misclassified is not None)
     recomputed = ""
     if result["precise_bn_batches"] is not None:
         batches = result["precise_bn_batches"]
@@ -215,6 +228,10 @@ def eval_command(
         title = f"{run_dir}: epoch {result['epoch']}, {result['test_images']} test images"
         write_confusion(confusion, result["confusion"], result["class_names"], title=title)
         print(f"confusion matrix (rows: true class, columns: predicted) written to {confusion}")
+    if misclassified is not None:
+        rows = write_misclassified(misclassified, result, result["class_names"], result["files"])
+        print(f"{rows} misclassified test image{'' if rows == 1 else 's'}, the most confident first, written to "
+              f"{misclassified}")
     return 0
 
 

@@ -56,6 +56,35 @@ def check_confusion_path(path: Path) -> None:
         raise ValueError(f"--confusion {path}: {path.parent} {what}; name a file in an existing folder.")
 
 
+def check_misclassified_path(path: Path) -> None:
+    """Refuse, before any work, a file ``write_misclassified`` cannot write."""
+    if path.is_dir():
+        raise ValueError(f"--misclassified {path} is a directory; give a file name such as {path / 'wrong.csv'}.")
+    if path.suffix.lower() != ".csv":
+        raise ValueError(f"--misclassified {path}: give a file ending in .csv.")
+    if not path.parent.is_dir():
+        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise ValueError(f"--misclassified {path}: {path.parent} {what}; name a file in an existing folder.")
+
+
+def write_misclassified(path: Path, result: dict, names: list[str], files: list[str] | None) -> int:
+    """One CSV row per test image the network got wrong, the most confident mistakes first (where mislabelled
+    images and the hardest confusions show): its index in the test split, its file (an image folder's), its
+    class, the class predicted and the softmax probability given to it. Returns the number of rows."""
+    check_misclassified_path(path)
+    labels, predicted, confidence = result["labels"], result["predicted"], result["confidence"]
+    wrong = (predicted != labels).nonzero().flatten()
+    wrong = wrong[torch.argsort(confidence[wrong], descending=True, stable=True)]
+    text = io.StringIO()
+    table = csv.writer(text, lineterminator="\n")
+    table.writerow(["index", "file", "class", "predicted", "confidence"])
+    for i in wrong.tolist():
+        table.writerow([i, files[i] if files else "", names[int(labels[i])], names[int(predicted[i])],
+                        f"{float(confidence[i]):.4f}"])
+    path.write_text(text.getvalue(), encoding="utf-8")
+    return len(wrong)
+
+
 def write_confusion(path: Path, counts: torch.Tensor, names: list[str], *, title: str) -> None:
     """``.csv``: the counts, a header row of predicted classes and one row per true class. ``.png``: each row
     as fractions of its class's images, shaded, with the counts written in the cells up to 20 classes."""

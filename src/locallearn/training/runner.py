@@ -32,13 +32,13 @@ import torch
 from torch import nn
 
 from locallearn.data import BatchLoader, describe_dataset, load_split
-from locallearn.data.imagefolder import IMAGEFOLDER, first_in_turn
+from locallearn.data.imagefolder import IMAGEFOLDER, first_in_turn, scan_image_folder
 from locallearn.engine import NonFiniteLossError, first_non_finite, label_error, train_step
 from locallearn.memory import StepMemoryMeter
 from locallearn.config import NetConfig
 from locallearn.net import LocalNet, build_net, check_batch, check_logits, old_parameter_order
 from locallearn.training import interrupt
-from locallearn.training.config import PYTHON_DATA, Config, OptimConfig, read_mapping, run_id_of
+from locallearn.training.config import PYTHON_DATA, Config, DataConfig, OptimConfig, read_mapping, run_id_of
 from locallearn.training.progress import Progress
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PRETRAINED, RunDir, seed_everything
 
@@ -316,9 +316,8 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
         )
     images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size,
                                 test_fraction=data.test_fraction)
-    limit = data.limit_train if train else data.limit_test
-    if limit is not None:
-        keep = first_in_turn(labels, limit) if data.dataset == IMAGEFOLDER else slice(0, limit)
+    keep = kept(data, labels, train=train)
+    if keep is not None:
         images, labels = images[keep], labels[keep]
     # The run's normalisation (the dataset's unless image_mean/image_std say otherwise): the same constants
     # the network un-normalises with to get reconstruction targets.
@@ -327,6 +326,27 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
     return BatchLoader(
         images, labels, spec=spec, batch_size=config.optim.batch_size, train=train, seed=config.run.seed, device=device
     )
+
+
+def kept(data: DataConfig, labels: torch.Tensor, *, train: bool) -> torch.Tensor | slice | None:
+    """The images of a split that ``limit_train`` / ``limit_test`` keep (None: every one)."""
+    limit = data.limit_train if train else data.limit_test
+    if limit is None:
+        return None
+    return first_in_turn(labels, limit) if data.dataset == IMAGEFOLDER else slice(0, limit)
+
+
+def split_files(config: Config, *, train: bool) -> list[str] | None:
+    """The image file of each image of a split, in the loader's order (limits applied), for an image folder;
+    None for a dataset whose images are not files of their own."""
+    data = config.data
+    if data.dataset != IMAGEFOLDER:
+        return None
+    folder = scan_image_folder(data.data_dir, data.test_fraction)
+    items = folder.train if train else folder.test
+    order = torch.arange(len(items))  # (N,)
+    keep = kept(data, torch.tensor([label for _, label in items], dtype=torch.int64), train=train)
+    return [str(items[i][0]) for i in (order if keep is None else order[keep]).tolist()]
 
 
 def data_line(train: BatchLoader, test: BatchLoader, device: torch.device | str, outputs: int) -> str:
@@ -612,18 +632,21 @@ def precise_batchnorm(net: nn.Module, loader: Iterable, batches: int) -> int:
 @torch.no_grad()
 def evaluate(
     net: nn.Module, loader: BatchLoader, *, autocast_dtype: torch.dtype | None = None, log: Log | None = None,
-    confusion: bool = False,
+    confusion: bool = False, predictions: bool = False,
 ) -> dict[str, Any]:
     """Test accuracy (fraction) and cross-entropy of the inference forward (auxiliary heads unused), and the
     number of test images; with
     ``confusion``, also ``"confusion"``: the (C, C) int64 counts of true class (row) against predicted
-    class (column), C the classifier's classes (training.classes)."""
+    class (column), C the classifier's classes (training.classes); with ``predictions``, also per test image in
+    the loader's order ``"labels"``, ``"predicted"`` (int64) and ``"confidence"`` (the softmax probability of
+    the predicted class, float32), on the CPU."""
     net.eval()
     device = next(net.parameters()).device
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     correct = torch.zeros((), dtype=torch.int64, device=device)
     loss = torch.zeros((), dtype=torch.float64, device=device)
     counts, classes = None, 0
+    each: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (labels, predicted, confidence) per batch
     seen, full = 0, None
     with Progress(_length(loader), "evaluation", log=log) as progress:
         for images, labels in loader:
@@ -643,6 +666,9 @@ def evaluate(
                     counts = torch.zeros(classes * classes, dtype=torch.int64, device=device)  # (C·C,)
                 ones = torch.ones_like(labels)
                 counts.index_put_((labels * classes + predicted,), ones, accumulate=True)
+            if predictions:
+                confidence = logits.float().softmax(dim=1).gather(1, predicted[:, None])[:, 0]  # (B,)
+                each.append((labels.cpu(), predicted.cpu(), confidence.cpu()))
             seen += len(labels)
             progress.update(1)
             interrupt.check()
@@ -651,6 +677,8 @@ def evaluate(
     result: dict[str, Any] = {"test_acc": int(correct) / seen, "test_loss": float(loss) / seen, "test_images": seen}
     if confusion:
         result["confusion"] = counts.view(classes, classes).cpu()  # (C, C): row = true class, column = predicted
+    if predictions:
+        result.update(zip(("labels", "predicted", "confidence"), (torch.cat(parts) for parts in zip(*each))))
     return result
 
 
