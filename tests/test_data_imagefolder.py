@@ -508,6 +508,18 @@ def test_class_folders_without_train_are_named_with_the_fix(tmp_path):
                   f"{tmp_path / 'train'}/")
 
 
+def test_split_folders_of_other_names_are_not_taken_for_classes(tmp_path):
+    """Training/<class>/ and Testing/<class>/: class folders one level down; moving them into train/ would
+    make two classes of them. The general layout message, not the class-folder hint."""
+    for split in ("Training", "Testing"):
+        for name, colour in COLOURS.items():
+            (tmp_path / split / name).mkdir(parents=True)
+            solid(colour).save(tmp_path / split / name / "a.png")
+    with pytest.raises(DatasetError) as err:
+        describe_dataset("imagefolder", tmp_path, test_fraction=0.2)
+    assert "holds class folders" not in one_line(err, f"{tmp_path / 'train'} is not a folder")
+
+
 def test_a_test_fraction_is_refused_where_it_cannot_apply(tmp_path):
     make_folder(tmp_path / "both", per_class=3)
     with pytest.raises(DatasetError) as err:

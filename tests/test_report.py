@@ -137,6 +137,10 @@ def test_runs_tested_on_different_numbers_of_images_are_not_averaged(tmp_path):
     report = write_report(runs, out=tmp_path / "report")
     assert table_rows(report.markdown) == ["| contsup R1E ce uniform, test_images=8 | 15.00 ± 7.07 (n=2) |",
                                            "| contsup R1E ce uniform, test_images=11 | 30.00 (n=1) |"]
+    RunDir(runs[2]).write_metrics([{k: v for k, v in r.items() if k != "test_images"}  # an earlier release's:
+                                   for r in RunDir(runs[2]).read_metrics()])  # its count unknown, none compared
+    assert table_rows(write_report(runs, out=tmp_path / "report").markdown) == [
+        "| contsup R1E ce uniform | 20.00 ± 10.00 (n=3) |"]
     cifar = [fake_run(tmp_path / f"c{seed}", accs=[0.9], method="contsup", num_modules=4, seed=seed) for seed in (0, 1)]
     RunDir(cifar[0]).write_metrics([{**r, "test_images": 10000} for r in RunDir(cifar[0]).read_metrics()])
     assert table_rows(write_report(cifar, out=tmp_path / "report").markdown) == ["| contsup R1E ce | 10.00 ± 0.00 (n=2) |"]

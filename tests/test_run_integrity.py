@@ -840,19 +840,26 @@ def test_eval_of_a_run_stopped_between_its_first_metrics_line_and_checkpoint_say
 
 
 def test_train_from_python_records_class_names_and_a_resume_checks_them(tmp_path):
+    from checks import ctrl_c_before_checkpoint
     from locallearn.training import train as train_python
 
     batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
-    options = dict(num_classes=3, method="greedy", num_modules=2, split="uniform", device="cpu", log=lambda _: None)
-    summary = train_python("resnet20", batches, batches, out=tmp_path / "run", epochs=1, class_names=["a", "b", "c"],
-                           **options)
+    options = dict(num_classes=3, method="greedy", num_modules=2, split="uniform", device="cpu", log=lambda _: None,
+                   epochs=3)
+    names = lambda: torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["class_names"]  # noqa: E731
+    with ctrl_c_before_checkpoint(2), pytest.raises(KeyboardInterrupt):
+        train_python("resnet20", batches, batches, out=tmp_path / "run", class_names=["a", "b", "c"], **options)
+    assert names() == ["a", "b", "c"]
+    with ctrl_c_before_checkpoint(3), pytest.raises(KeyboardInterrupt):  # a resume given no names keeps the run's
+        train_python("resnet20", batches, batches, out=tmp_path / "run", resume=True, **options)
+    assert names() == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="but the data given holds a, b, d; pass the run's class_names=, or start"):
+        train_python("resnet20", batches, batches, out=tmp_path / "run", class_names=["a", "b", "d"], resume=True,
+                     **options)
+    summary = train_python("resnet20", batches, batches, out=tmp_path / "run", resume=True, **options)
     assert summary["class_names"] == ["a", "b", "c"]
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["class_names"] == ["a", "b", "c"]
-    with pytest.raises(ValueError, match="was trained on the classes a, b, c but the data given holds a, b, d"):
-        train_python("resnet20", batches, batches, out=tmp_path / "run", epochs=1, class_names=["a", "b", "d"],
-                     resume=True, **options)
     for bad, words in ((["a", "b"], "class_names: has 2 names, but the run has 3 classes"),
                        (["a", "a", "b"], "class_names: repeats a name"), ("abc", "expected a list of names")):
         with pytest.raises(ValueError, match=words):
-            train_python("resnet20", batches, batches, out=tmp_path / "other", epochs=1, class_names=bad, **options)
+            train_python("resnet20", batches, batches, out=tmp_path / "other", class_names=bad, **options)
     assert not (tmp_path / "other").exists()

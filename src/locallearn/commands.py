@@ -12,7 +12,7 @@ import torch
 
 import locallearn
 from locallearn.data import describe_dataset
-from locallearn.data.imagefolder import IMAGEFOLDER, scan_image_folder
+from locallearn.data.imagefolder import IMAGEFOLDER
 from locallearn.methods import METHODS
 from locallearn.net import build_net
 from locallearn.training.classes import (
@@ -121,9 +121,7 @@ def _folder_note(config: Config) -> list[str]:
     data = config.data
     if data.dataset != IMAGEFOLDER:  # the other datasets' counts are their official ones
         return []
-    folder = scan_image_folder(data.data_dir, data.test_fraction)
-    train, test = len(folder.train), len(folder.test)
-    train, test = [min(n, limit) if limit else n for n, limit in ((train, data.limit_train), (test, data.limit_test))]
+    train, test = len(split_files(config, train=True)), len(split_files(config, train=False))
     spec = describe_dataset(IMAGEFOLDER, data.data_dir, image_size=config.net.image_size, test_fraction=data.test_fraction)
     return [f"data: {train} train, {test} test images ({spec.read_from})"]
 
@@ -166,7 +164,7 @@ def evaluate_run(
         to_channels_last(net)
     test = load_data(config, train=False, device=torch_device)
     check_class_names(checkpoint.get("class_names"), loader_class_names(test), where=f"eval: {run.path}",
-                      fix="give the run's own data with --data-dir.")
+                      fix="give the run's own data with --data-dir, or put its folder's classes back as they were.")
     used = None
     if precise_bn is not None:
         used = precise_batchnorm(net, load_data(config, train=True, device=torch_device), precise_bn)

@@ -79,7 +79,7 @@ def scan_image_folder(root: Path | str | None, test_fraction: float | None = Non
         raise DatasetError(f"{IMAGEFOLDER}: --data-dir {root} {what} ({_layout(root)}).")
     if not train_dir.is_dir():
         found = _class_names(root)
-        if found and any(_image_files(root / name) for name in found[:3]):  # the classes are DIR's own folders
+        if found and any(_holds_images(root / name) for name in found[:3]):  # the classes are DIR's own folders
             raise DatasetError(
                 f"{IMAGEFOLDER}: {root} holds class folders ({', '.join(found[:3])}{', …' if len(found) > 3 else ''}) "
                 f"but no train/ folder; move them into {train_dir}/ (and hold out a test split with "
@@ -292,6 +292,13 @@ def _items(split_dir: Path, classes: tuple[str, ...]) -> tuple[Item, ...]:
             )
         items += [(path, label) for path in files]
     return tuple(items)
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether image files lie directly in ``folder`` (a class folder; a split folder such as Training/ holds
+    class folders instead)."""
+    return any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+               for p in folder.iterdir())
 
 
 def _image_files(class_dir: Path) -> list[Path]:

@@ -110,6 +110,8 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     if resume and state is None and runner.rebuilt:
         raise ValueError(NOT_RESTORED.format(run=run.path))
     changed = check_same_run(config, run_id, state, run, runner.class_names) if state is not None else []
+    if state is not None and runner.class_names is None and state.get("class_names"):
+        runner.class_names = state["class_names"]  # a resume from Python given no names keeps the run's
     if state is not None and launcher.is_main and run.file(CONFIG).is_file():  # float sums depend on the threads
         threads = read_mapping(run.file(CONFIG)).get("torch_threads")
         if threads is not None and threads != torch.get_num_threads():
@@ -284,8 +286,9 @@ def check_same_run(
     options the run was started with. Data whose classes are not the checkpoint's (another image folder
     behind the same --data-dir) is refused too: its labels would mean other classes."""
     where = run.file(CHECKPOINT)
-    check_class_names(state.get("class_names"), class_names, where=f"--resume: {run.path}",
-                      fix="point --data-dir at the run's data, or start a new run with another --out.")
+    fix = ("pass the run's class_names=, or start a new run with another out=." if config.data.dataset == PYTHON_DATA
+           else "point --data-dir at the run's data, or start a new run with another --out.")
+    check_class_names(state.get("class_names"), class_names, where=f"--resume: {run.path}", fix=fix)
     if run_id and state.get("run_id") not in (None, run_id):
         raise ValueError(
             f"--resume: {where} belongs to another run than {run.file(CONFIG)} (run id {state['run_id'][:8]}… against "

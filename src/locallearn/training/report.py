@@ -288,6 +288,9 @@ def group_runs(runs: list[RunResult]) -> Table:
     report holds several. Groups of one method label that would share a K cell yet differ in other options
     are kept apart: every such option is named in the labels of that method (``contsup R1E ce, epochs=1``;
     model and dataset in the prefix) and one warning per method label names the options and their values."""
+    if any(r.config.get("test_images", 0) is None for r in runs):  # a run of an earlier release on a folder:
+        for r in runs:  # its count is unknown, so no run's is compared (nor shown as "None")
+            r.config.pop("test_images", None)
     by_key: dict[tuple[str, bool], list[RunResult]] = {}
     for r in runs:  # an unfinished run is never averaged with finished ones: it stopped at another epoch
         by_key.setdefault((_compared(r.config), r.finished), []).append(r)
