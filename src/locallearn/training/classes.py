@@ -46,25 +46,23 @@ def per_class_table(counts: torch.Tensor, names: list[str]) -> str:
 
 def check_confusion_path(path: Path) -> None:
     """Refuse, before any work, a file name ``write_confusion`` cannot write."""
-    if path.is_dir():
-        raise ValueError(f"--confusion {path} is a directory; give a file name such as {path / 'confusion.csv'}.")
-    if path.suffix.lower() not in CONFUSION_SUFFIXES:
-        raise ValueError(f"--confusion {path}: give a file ending in {' or '.join(CONFUSION_SUFFIXES)} "
-                         f"(the counts as a table, or a picture of them).")
-    if not path.parent.is_dir():
-        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
-        raise ValueError(f"--confusion {path}: {path.parent} {what}; name a file in an existing folder.")
+    check_output_path(path, "--confusion", CONFUSION_SUFFIXES, "the counts as a table, or a picture of them")
 
 
 def check_misclassified_path(path: Path) -> None:
-    """Refuse, before any work, a file ``write_misclassified`` cannot write."""
+    """Refuse, before any work, a file name ``write_misclassified`` cannot write."""
+    check_output_path(path, "--misclassified", (".csv",), "a table")
+
+
+def check_output_path(path: Path, flag: str, suffixes: tuple[str, ...], what: str) -> None:
+    """A file ``flag`` may write: not a directory, ending in one of ``suffixes``, in a folder that exists."""
     if path.is_dir():
-        raise ValueError(f"--misclassified {path} is a directory; give a file name such as {path / 'wrong.csv'}.")
-    if path.suffix.lower() != ".csv":
-        raise ValueError(f"--misclassified {path}: give a file ending in .csv.")
+        raise ValueError(f"{flag} {path} is a directory; give a file name such as {path / ('out' + suffixes[0])}.")
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path}: give a file ending in {' or '.join(suffixes)} ({what}).")
     if not path.parent.is_dir():
-        what = "is a file, not a folder" if path.parent.exists() else "does not exist"
-        raise ValueError(f"--misclassified {path}: {path.parent} {what}; name a file in an existing folder.")
+        where = "is a file, not a folder" if path.parent.exists() else "does not exist"
+        raise ValueError(f"{flag} {path}: {path.parent} {where}; name a file in an existing folder.")
 
 
 def write_misclassified(path: Path, result: dict, names: list[str], files: list[str] | None) -> int:
