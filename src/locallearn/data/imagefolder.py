@@ -5,7 +5,7 @@
 or, with ``test_fraction`` (``--test-fraction F``), DIR/train/<class>/<image> alone: about a fraction F of
 each class's images is held out as the test split (``hold_out``: a file is held out where a hash of its path
 within its class folder falls below F, so the same files in every run and every process, whatever the seed,
-and a file added later moves no other between the splits).
+and a file added later never moves a training image into the test split).
 
 The classes are the sorted names of the folders in train/ (label i is the i-th); test/ must have the same
 ones. Any format Pillow reads is taken by its extension (IMAGE_EXTENSIONS: PNG, JPEG, BMP, GIF, WebP, TIFF,
@@ -297,18 +297,19 @@ def _items(split_dir: Path, classes: tuple[str, ...]) -> tuple[Item, ...]:
 def _holds_images(folder: Path) -> bool:
     """Whether image files lie directly in ``folder`` (a class folder; a split folder such as Training/ holds
     class folders instead)."""
-    return any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-               for p in folder.iterdir())
+    return any(_is_image_name(p.name) and p.is_file() for p in folder.iterdir())
+
+
+def _is_image_name(name: str) -> bool:
+    """A file the folder reader takes: not hidden, and an IMAGE_EXTENSIONS extension in any case."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _image_files(class_dir: Path) -> list[Path]:
     found = []
     for directory, subdirs, names in os.walk(class_dir):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]  # .ipynb_checkpoints and the like
-        found += [
-            Path(directory, n) for n in names
-            if not n.startswith(".") and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS
-        ]
+        found += [Path(directory, n) for n in names if _is_image_name(n)]
     return sorted(found, key=lambda p: p.relative_to(class_dir).as_posix())
 
 

@@ -251,8 +251,8 @@ _OTHER_HELP = {
                            "runs)"),
     "limit_test": ("int", "use only N test images, the first (of an image folder: the classes in turn)"),
     "test_fraction": ("float", "imagefolder without test/: hold out about this fraction of each class of train/ "
-                               "as the test split, each file by a hash of its name, so files added later move no "
-                               "other (e.g. 0.1)"),
+                               "as the test split, each file by a hash of its name, so files added later never "
+                               "move a training image into it (e.g. 0.1)"),
     "optimizer": ("str", "sgd (momentum, Nesterov: the papers' recipe) or adamw (no weight decay on biases, norms "
                          "and position tables: the usual transformer recipe) (default: sgd)"),
     "schedule": ("str", "epoch: the rate changes once per epoch (the papers'); step: at every step (default: epoch)"),
