@@ -124,6 +124,25 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(_run=eval_command)
 
 
+def _add_predict(commands: argparse._SubParsersAction) -> None:
+    from locallearn.commands import predict_command
+
+    about = "the classes a saved run gives to image files"
+    parser = commands.add_parser(
+        "predict", help=about, description=about + ", each read as the run's test images were read (resized, "
+        "centre square, normalised); one line per image, or a CSV table with --out")
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a directory written by `locallearn train`")
+    parser.add_argument("paths", metavar="IMAGE_OR_FOLDER", type=Path, nargs="+",
+                        help="image files, or folders whose image files (by extension, recursively) are read")
+    parser.add_argument("--top", type=int, default=1, metavar="K",
+                        help="the K most probable classes of each image (default: 1)")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE.csv",
+                        help="write the predictions to FILE.csv (file, class, probability, ...) instead of printing "
+                             "them")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    parser.set_defaults(_run=predict_command)
+
+
 def _add_list(commands: argparse._SubParsersAction) -> None:
     from locallearn.commands import list_command
 
@@ -267,7 +286,7 @@ def _add_accuracy(kinds: argparse._SubParsersAction) -> None:
 
 
 # Subcommand adders, in the order `locallearn --help` lists them.
-SUBCOMMANDS = [_add_train, _add_eval, _add_list, _add_report, _add_data, _add_bench]
+SUBCOMMANDS = [_add_train, _add_eval, _add_predict, _add_list, _add_report, _add_data, _add_bench]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,5 +1,5 @@
 """The subcommands of ``locallearn`` as plain functions (``cli.py`` only declares their arguments): ``train``
-(one process, or one pipeline rank under torchrun), ``eval``, ``list`` and ``report``."""
+(one process, or one pipeline rank under torchrun), ``eval``, ``predict``, ``list`` and ``report``."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ from locallearn.net import build_net
 from locallearn.training.classes import (
     check_confusion_path,
     check_misclassified_path,
+    check_output_path,
     class_labels,
     per_class_table,
     write_confusion,
     write_misclassified,
+    write_predictions,
 )
 from locallearn.training.config import (
     Config,
@@ -32,22 +34,18 @@ from locallearn.training.config import (
     requested_options,
     resolve,
 )
-from locallearn.training.api import trained_checkpoint
+from locallearn.training.api import trained_net
 from locallearn.training.fit import check_single_process, derived, fit, nothing_to_resume, provenance
+from locallearn.training.predict import predict
 from locallearn.training.report import write_report
-from locallearn.training.rundir import CHECKPOINT, CONFIG, RunDir
+from locallearn.training.rundir import CONFIG, RunDir
 from locallearn.training.runner import (
-    READ_FIX,
     check_class_names,
     evaluate,
     load_data,
     loader_class_names,
-    load_weights,
-    net_to_build,
     precise_batchnorm,
-    resolve_device,
     split_files,
-    to_channels_last,
 )
 from locallearn.training.schedule import Schedule
 
@@ -155,13 +153,8 @@ def evaluate_run(
         if options.get("dataset") == IMAGEFOLDER:  # other data, or a class added since: said so, not as a
             _refuse_more_classes(run, data_dir or options.get("data_dir"), options)  # num_classes clash
         raise
-    checkpoint = trained_checkpoint(run, config, reader="eval")
-    torch_device = resolve_device(config.run.device)
-    net = build_net(net_to_build(config.net, run))
-    load_weights(net, checkpoint["model"], run.file(CHECKPOINT), READ_FIX)
-    net.to(torch_device)
-    if config.run.channels_last:  # the run's layout: its sums in its order, so the figures are the run's
-        to_channels_last(net)
+    net, checkpoint = trained_net(run, config, reader="eval")
+    torch_device = next(net.parameters()).device
     test = load_data(config, train=False, device=torch_device)
     check_class_names(checkpoint.get("class_names"), loader_class_names(test), where=f"eval: {run.path}",
                       fix="give the run's own data with --data-dir, or put its folder's classes back as they were.")
@@ -231,6 +224,30 @@ def eval_command(
         print(f"{rows} misclassified test image{'' if rows == 1 else 's'}, the most confident first, written to "
               f"{misclassified}")
     return 0
+
+
+def predict_command(run_dir: Path, paths: list[Path], top: int = 1, out: Path | None = None,
+                    device: str = "auto") -> int:
+    """``locallearn predict RUN_DIR IMAGE_OR_FOLDER...``: a line per image (or a CSV row with ``out``); exit
+    status 1 when a file could not be read (each named, the others classified)."""
+    if out is not None:
+        check_output_path(out, "--out", (".csv",), "a table")
+    rows, unread = [], 0
+    for p in predict(run_dir, paths, top=top, device=device, log=print):
+        if p.error is not None:
+            unread += 1
+            print(f"{p.file}: not read: {p.error}", file=sys.stderr)
+        elif out is None:
+            print(f"{p.file}: " + ", ".join(f"{c} {100 * v:.1f}%" for c, v in zip(p.classes, p.probabilities)))
+        rows.append(p)
+    if out is not None:
+        write_predictions(out, rows)
+        print(f"{len(rows) - unread} image{'' if len(rows) - unread == 1 else 's'} classified by {run_dir}, "
+              f"written to {out}")
+    if unread:
+        print(f"predict: {unread} of {len(rows)} files could not be read (named above); the others were "
+              f"classified.", file=sys.stderr)
+    return 1 if unread else 0
 
 
 def list_command() -> int:

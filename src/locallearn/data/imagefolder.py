@@ -126,9 +126,15 @@ def scan_image_folder(root: Path | str | None, test_fraction: float | None = Non
 
 def image_folder_spec(folder: ImageFolder, image_size: int = DEFAULT_IMAGE_SIZE) -> DatasetSpec:
     """The spec of a scanned folder; the choices behind it are in this module's docstring."""
+    return classes_spec(folder.classes, image_size, read_from=f"test images from {_test_from(folder)}")
+
+
+def classes_spec(classes: tuple[str, ...], image_size: int, read_from: str | None = None) -> DatasetSpec:
+    """The spec of a folder of these classes at this size, the same for every folder: what a trained run needs
+    to read new images as its test images were read (``locallearn predict``), without its folder."""
     return DatasetSpec(
         IMAGEFOLDER,
-        len(folder.classes),
+        len(classes),
         image_size,
         IMAGENET_MEAN,
         IMAGENET_STD,
@@ -136,8 +142,8 @@ def image_folder_spec(folder: ImageFolder, image_size: int = DEFAULT_IMAGE_SIZE)
         pad_mode="reflect",
         flip=True,
         channels=3,
-        class_names=folder.classes,
-        read_from=f"test images from {_test_from(folder)}",
+        class_names=tuple(classes),
+        read_from=read_from,
     )
 
 
@@ -232,8 +238,11 @@ def first_in_turn(labels: torch.Tensor, n: int) -> torch.Tensor:
     return turn[:n].sort().values
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image file → uint8 (3, size, size): RGB, shorter side resized to ``size``, centre square kept."""
+def decode_image(path: Path, size: int, channels: int = 3) -> np.ndarray:
+    """One image file → uint8 (channels, size, size): RGB (3), or grey (1: Pillow's ITU-R 601 luma of that RGB,
+    for a greyscale dataset's run), shorter side resized to ``size``, centre square kept."""
+    if channels not in (1, 3):
+        raise ValueError(f"decode_image: channels must be 1 (grey) or 3 (RGB), got {channels}.")
     from PIL import Image, ImageOps  # Pillow is imported only when a folder is read
 
     # outside the try: an unreadable file (permissions, a broken link) is not a corrupt one. Opened without
@@ -256,6 +265,8 @@ def decode_image(path: Path, size: int) -> np.ndarray:
             detail = str(err).replace(f" {f!r}", "")  # Pillow names the file object: the path says it better
             why = f"not a readable image ({type(err).__name__}: {detail}); replace or remove it"
             raise CorruptFileError(path, why) from None
+    if channels == 1:
+        return np.asarray(square.convert("L"))[None]  # (1, S, S)
     return np.asarray(square).transpose(2, 0, 1)  # (S, S, 3) → (3, S, S)
 
 
@@ -284,7 +295,7 @@ def _items(split_dir: Path, classes: tuple[str, ...]) -> tuple[Item, ...]:
     """Every image file of the split with its label; classes in order, files sorted within a class."""
     items: list[Item] = []
     for label, name in enumerate(classes):
-        files = _image_files(split_dir / name)
+        files = image_files_in(split_dir / name)
         if not files:
             raise DatasetError(
                 f"{IMAGEFOLDER}: class folder {split_dir / name} holds no images "
@@ -297,19 +308,19 @@ def _items(split_dir: Path, classes: tuple[str, ...]) -> tuple[Item, ...]:
 def _holds_images(folder: Path) -> bool:
     """Whether image files lie directly in ``folder`` (a class folder; a split folder such as Training/ holds
     class folders instead)."""
-    return any(_is_image_name(p.name) and p.is_file() for p in folder.iterdir())
+    return any(is_image_name(p.name) and p.is_file() for p in folder.iterdir())
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
     """A file the folder reader takes: not hidden, and an IMAGE_EXTENSIONS extension in any case."""
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _image_files(class_dir: Path) -> list[Path]:
+def image_files_in(class_dir: Path) -> list[Path]:
     found = []
     for directory, subdirs, names in os.walk(class_dir):
         subdirs[:] = [d for d in subdirs if not d.startswith(".")]  # .ipynb_checkpoints and the like
-        found += [Path(directory, n) for n in names if _is_image_name(n)]
+        found += [Path(directory, n) for n in names if is_image_name(n)]
     return sorted(found, key=lambda p: p.relative_to(class_dir).as_posix())
 
 

@@ -39,7 +39,17 @@ from locallearn.training.config import (
 )
 from locallearn.training.fit import fit, nothing_to_resume, written_config
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir, load_state
-from locallearn.training.runner import READ_FIX, SingleProcess, load_weights, net_to_build, pipeline_resume, resume_command
+from locallearn.training.classes import class_labels
+from locallearn.training.runner import (
+    READ_FIX,
+    SingleProcess,
+    load_weights,
+    net_to_build,
+    pipeline_resume,
+    resolve_device,
+    resume_command,
+    to_channels_last,
+)
 
 
 def train(
@@ -226,13 +236,28 @@ def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.de
 
 
 def load_net(run_dir: str | Path, *, model: nn.Module | None = None, map_location: str = "cpu") -> LocalNet:
-    """The network of a run with the weights of its checkpoint.pt, in eval mode. ``model``: the model object
-    the run was trained with, when it was given as a Python object (its name cannot rebuild it)."""
+    """The network of a run with the weights of its checkpoint.pt, in eval mode, on ``map_location`` (a device:
+    cpu, cuda, cuda:N, auto). ``model``: the model object the run was trained with, when it was given as a
+    Python object (its name cannot rebuild it). An image folder's run needs no folder: config.yaml records its
+    classes and size. ``net.class_names``: the name of each class the run recorded (else the label numbers)."""
     run = RunDir(Path(run_dir))
     if not run.file(CONFIG).is_file():
         raise ValueError(f"{run.path} holds no run (no {CONFIG}).")
-    config = resolve(read_run_options(run.file(CONFIG)))
-    checkpoint = trained_checkpoint(run, config, map_location)
+    config = resolve(read_run_options(run.file(CONFIG)), read_folder=False, device=str(map_location))
+    return trained_net(run, config, model=model)[0]
+
+
+def trained_net(run: RunDir, config: Config, *, model: nn.Module | None = None,
+                reader: str = "load_net") -> tuple[LocalNet, dict[str, Any]]:
+    """``run``'s network with its checkpoint's weights, in eval mode, on ``config``'s device and in the run's
+    memory layout (so that its sums, and figures, are the run's), and the checkpoint; ``net.class_names`` is
+    the name of each class (``training.classes.class_labels`` of the names the run recorded)."""
+    device = resolve_device(config.run.device)
+    checkpoint = trained_checkpoint(run, config, device, reader=reader)
     net = build_net(net_to_build(config.net, run), model)
     load_weights(net, checkpoint["model"], run.file(CHECKPOINT), READ_FIX)
-    return net.eval()
+    net.to(device)
+    if config.run.channels_last:
+        to_channels_last(net)
+    net.class_names = class_labels(checkpoint.get("class_names"), config.net.num_classes)
+    return net.eval(), checkpoint

@@ -132,3 +132,22 @@ def confusion_figure(counts: torch.Tensor, names: list[str], *, title: str):
 def _literal(text: str) -> str:
     """``text`` as matplotlib draws it verbatim: a ``$`` would start a formula (``price_$1_$2`` fails to render)."""
     return text.replace("$", r"\$")
+
+
+def write_predictions(path: Path, predictions: list) -> None:
+    """One CSV row per file of ``locallearn predict`` (``training.predict.Prediction``): the file, then each of
+    its top classes and probability, most probable first, and ``error`` where it could not be read."""
+    top = max((len(p.classes) for p in predictions), default=1)
+    header = ["file", "class", "probability"]
+    for rank in range(2, top + 1):
+        header += [f"class_{rank}", f"probability_{rank}"]
+    text = io.StringIO()
+    table = csv.writer(text, lineterminator="\n")
+    table.writerow(header + ["error"])
+    for p in predictions:
+        cells = [str(p.file)]
+        for name, value in zip(p.classes, p.probabilities):
+            cells += [name, f"{value:.4f}"]
+        cells += [""] * (len(header) - len(cells))
+        table.writerow(cells + [p.error or ""])
+    path.write_text(text.getvalue(), encoding="utf-8")

@@ -35,6 +35,7 @@ import yaml
 
 from locallearn.config import NET_FIELDS, RENAMED, NetConfig, plain, resolve_net
 from locallearn.data import describe_dataset, dataset_names
+from locallearn.data.imagefolder import DEFAULT_IMAGE_SIZE, IMAGEFOLDER, classes_spec
 from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
 from locallearn.losses import LOCAL_LOSSES
@@ -288,10 +289,14 @@ OPTIONS = tuple(SECTION_OF) + tuple(ALIASES)
 FLAGS: dict[str, tuple[str, str]] = {**_NET_HELP, **_OTHER_HELP, **ALIASES}
 
 
-def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None, **more: Any) -> Config:
+def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None, read_folder: bool = True,
+            **more: Any) -> Config:
     """The config of flat ``options`` (and ``more``), every value explicit (module docstring).
 
-    ``out`` defaults to ``runs/<name>``, ``name`` the preset's, else ``model_method_kK[_context]_dataset``."""
+    ``out`` defaults to ``runs/<name>``, ``name`` the preset's, else ``model_method_kK[_context]_dataset``.
+    ``read_folder=False``: an image folder is described by the classes and size the options record (a trained
+    run's config.yaml) instead of its files, to read a trained network back where its folder is not
+    (``load_net``, ``predict``)."""
     values = {RENAMED.get(k, k): v for k, v in {**(options or {}), **more}.items()}
     check_keys(values, "options")
     net_options = {k: v for k, v in values.items() if SECTION_OF.get(k) == "net" and k not in ("model", "method")}
@@ -309,8 +314,14 @@ def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None
     # an absolute path in config.yaml: eval and --resume work from any directory (`data` means ./data here)
     data = sections["data"] = dataclasses.replace(sections["data"], data_dir=os.path.abspath(sections["data"].data_dir))
     # the dataset's spec (a user's image folder is described from its files: classes, and the size asked for)
-    spec = None if data.dataset == PYTHON_DATA else describe_dataset(
-        data.dataset, data.data_dir, image_size=values.get("image_size"), test_fraction=data.test_fraction)
+    if data.dataset == PYTHON_DATA:
+        spec = None
+    elif (data.dataset == IMAGEFOLDER and not read_folder and isinstance(values.get("num_classes"), int)
+          and isinstance(values.get("image_size"), (int, type(None)))):
+        spec = classes_spec(tuple(map(str, range(values["num_classes"]))), values.get("image_size") or DEFAULT_IMAGE_SIZE)
+    else:
+        spec = describe_dataset(
+            data.dataset, data.data_dir, image_size=values.get("image_size"), test_fraction=data.test_fraction)
     net = resolve_net(values.get("model", "resnet32"), values.get("method", "contsup"), dataset=spec, **net_options)
     config = Config(net=net, **sections)
     if "out" not in values or values["out"] is None:

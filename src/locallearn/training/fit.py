@@ -313,11 +313,11 @@ def check_same_run(
 
 def written_config(state: dict[str, Any], where: Path, *, data_dir: str) -> Config | None:
     """The options checkpoint ``state`` (read from ``where``) was written with, the data where it is now
-    (``data_dir``: resolving an image folder's options reads the folder, which may have moved); None for a
-    checkpoint of an earlier release, whose config form differs."""
+    (``data_dir``: the folder may have moved; an image folder is described by the classes and size the options
+    record, so its files are not read); None for a checkpoint of an earlier release, whose config form differs."""
     if state.get("format", CHECKPOINT_FORMAT) < CHECKPOINT_FORMAT or "config" not in state:
         return None
-    return resolve({**flatten(state["config"], str(where)), "data_dir": data_dir})
+    return resolve({**flatten(state["config"], str(where)), "data_dir": data_dir}, read_folder=False)
 
 
 def check_single_process(config: Config, *, ranks: bool = True) -> None:

@@ -1,0 +1,143 @@
+"""What a trained run says of new images: ``locallearn predict RUN IMAGE_OR_FOLDER...`` and ``predict`` from
+Python. Each image file is read as the run's test images were read — an image folder's way (RGB, shorter
+side resized to the run's size, centre square; data/imagefolder.py), grey for a greyscale dataset's run —
+normalised with the run's statistics, and passed through the inference forward (auxiliary heads unused);
+the answer is the most probable classes with their softmax probabilities.
+
+A run on batches from Python has no preprocessing locallearn knows: read it back with ``load_net`` and apply
+your own. An image folder's run needs no folder: config.yaml and the checkpoint record its classes and size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from locallearn.data import get_spec
+from locallearn.data.errors import DatasetError
+from locallearn.data.imagefolder import IMAGEFOLDER, classes_spec, decode_image, image_files_in
+from locallearn.data.loader import BatchLoader
+from locallearn.data.specs import DatasetSpec
+from locallearn.training.api import trained_net
+from locallearn.training.config import PYTHON_DATA, Config, read_run_options, resolve
+from locallearn.training.progress import Progress
+from locallearn.training.rundir import CONFIG, RunDir
+from locallearn.training.runner import Log
+
+BATCH = 256  # images decoded and classified at a time
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One file: its ``top`` classes, most probable first (names, label numbers, probabilities), or the reason
+    it could not be read (``error``; then the tuples are empty)."""
+
+    file: Path
+    classes: tuple[str, ...] = ()
+    labels: tuple[int, ...] = ()
+    probabilities: tuple[float, ...] = ()
+    error: str | None = None
+
+
+def predict(
+    run_dir: str | Path, paths: Iterable[str | Path], *, top: int = 1, device: str = "auto",
+    model: nn.Module | None = None, log: Log | None = None,
+) -> Iterator[Prediction]:
+    """The run's ``top`` classes for each image file of ``paths`` (a folder: every image file under it, by
+    extension, sorted), in that order, ``BATCH`` files at a time; an unreadable file is yielded with its
+    ``error``, not skipped. ``model``: the model object of a run trained on a Python object."""
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise ValueError(f"top: expected a number of classes >= 1, got {top!r}.")
+    run = RunDir(Path(run_dir))
+    if not run.file(CONFIG).is_file():
+        raise ValueError(f"predict: {run.path} holds no run (no {CONFIG}); give a directory written by "
+                         f"`locallearn train`.")
+    files = image_files(paths)  # every path checked before the network is read
+    config = resolve(read_run_options(run.file(CONFIG)), read_folder=False, device=device)
+    if config.data.dataset == PYTHON_DATA:
+        raise ValueError(f"predict: {run.path} was trained on batches given from Python, whose preprocessing (size, "
+                         f"normalisation) locallearn does not know; read it back with load_net({str(run.path)!r}) "
+                         f"and apply your own.")
+    net, _ = trained_net(run, config, model=model, reader="predict")
+    spec = input_spec(config, net.class_names)
+    top = min(top, len(net.class_names))
+    on = next(net.parameters()).device
+    amp = torch.autocast(on.type, dtype=config.autocast_dtype) if config.autocast_dtype else contextlib.nullcontext()
+    with Progress((len(files) + BATCH - 1) // BATCH, "prediction", log=log) as progress:
+        for start in range(0, len(files), BATCH):
+            chunk = files[start:start + BATCH]
+            images, read, errors = [], [], {}
+            for path in chunk:
+                try:
+                    images.append(decode_image(path, spec.image_size, spec.channels))
+                    read.append(path)
+                except (DatasetError, OSError) as err:
+                    errors[path] = _reason(err, path)
+            probabilities = _probabilities(net, spec, images, on, amp) if images else torch.empty(0, 0)
+            p, labels = probabilities.topk(top, dim=1) if images else (None, None)
+            rows = {path: i for i, path in enumerate(read)}
+            for path in chunk:
+                if path in errors:
+                    yield Prediction(path, error=errors[path])
+                    continue
+                i = rows[path]
+                chosen = [int(c) for c in labels[i]]
+                yield Prediction(path, tuple(net.class_names[c] for c in chosen), tuple(chosen),
+                                 tuple(float(v) for v in p[i]))
+            progress.update(1)
+
+
+def image_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The files to classify: each file as given, and every image file under each folder (by extension, hidden
+    files and folders left out), sorted; a path that does not exist, or a folder without images, is refused."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found = image_files_in(path)
+            if not found:
+                raise ValueError(f"predict: {path} holds no image files (read by extension: .png, .jpg, ...); "
+                                 f"give image files or a folder of them.")
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            raise ValueError(f"predict: {path} does not exist; give image files or folders of them.")
+    if not files:
+        raise ValueError("predict: no images given; give image files or folders of them.")
+    return files
+
+
+def input_spec(config: Config, class_names: list[str]) -> DatasetSpec:
+    """How the run's test images were made from pixels: size, channels and normalisation."""
+    if config.data.dataset == IMAGEFOLDER:
+        return classes_spec(tuple(class_names), config.net.image_size)
+    return get_spec(config.data.dataset)
+
+
+def _probabilities(net: nn.Module, spec: DatasetSpec, images: list[np.ndarray], device: torch.device,
+                   amp: contextlib.AbstractContextManager) -> torch.Tensor:
+    """Softmax probabilities (B, C) of decoded uint8 images, normalised as the run's test loader does."""
+    batch = torch.from_numpy(np.stack(images))  # (B, C, S, S) uint8
+    loader = BatchLoader(batch, torch.zeros(len(batch), dtype=torch.int64), spec=spec, batch_size=len(batch),
+                         train=False, seed=0, prefetch=0, device=device)
+    (x, _), = loader
+    with torch.no_grad(), amp:
+        logits = net(x)
+    return logits.float().softmax(dim=1).cpu()
+
+
+def _reason(err: Exception, path: Path) -> str:
+    text = str(err)
+    for prefix in (f"{path} is corrupt: ", f"{IMAGEFOLDER}: {path} "):
+        text = text.removeprefix(prefix)
+    return " ".join(text.split())

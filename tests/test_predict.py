@@ -1,0 +1,172 @@
+"""`locallearn predict` and `training.predict`: new image files read as the run's test images were read, so a
+run's predictions of its own test files are the ones `evaluate` makes of its test split; the run's folder is
+not needed; a greyscale run reads images as grey; bad input in one line, unreadable files named."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from locallearn.cli import main
+from locallearn.commands import evaluate_run
+from locallearn.data import SOURCES
+from locallearn.data.fixtures import write_fake_dataset
+from locallearn.data.imagefolder import decode_image
+from locallearn.training import load_net, train
+from locallearn.training.config import read_run_options, resolve
+from locallearn.training.predict import predict
+from locallearn.training.runner import evaluate, load_data, split_files
+
+COLOURS = (("blue", (20, 20, 220)), ("green", (20, 220, 20)), ("red", (220, 20, 20)))
+TINY = ["--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "6", "--epochs", "1",
+        "--device", "cpu"]
+
+
+def _write_folder(root, n_train=6, n_test=4):
+    from PIL import Image
+
+    for name, colour in COLOURS:
+        for split, n in (("train", n_train), ("test", n_test)):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                noise = np.random.default_rng(i).integers(0, 60, (9, 11, 3))  # not square: resized and cropped
+                Image.fromarray((noise + colour).clip(0, 255).astype("uint8")).save(root / split / name / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """An image-folder run (8×8, three colour classes) and a copy of its test folder made before the folder
+    itself is removed: predict needs the run alone."""
+    base = tmp_path_factory.mktemp("predict")
+    _write_folder(base / "data")
+    run = base / "run"
+    capture = pytest.MonkeyPatch()
+    capture.setattr("sys.stdout", io.StringIO())
+    try:
+        assert main(["train", "--dataset", "imagefolder", "--data-dir", str(base / "data"), "--image-size", "8",
+                     *TINY, "--out", str(run)]) == 0
+    finally:
+        capture.undo()
+    config = resolve(read_run_options(run / "config.yaml"), device="cpu")
+    net = load_net(run)
+    test = load_data(config, train=False, device=torch.device("cpu"))
+    result = evaluate(net, test, predictions=True)
+    files = [f.replace(str(base / "data"), str(base / "copy")) for f in split_files(config, train=False)]
+    shutil.copytree(base / "data" / "test", base / "copy" / "test")
+    shutil.rmtree(base / "data")
+    return run, base / "copy" / "test", result, files
+
+
+def test_predictions_of_a_runs_own_test_files_are_evaluates(folder_run):
+    run, test_dir, result, files = folder_run
+    got = {p.file: p for p in predict(run, [test_dir], top=3, device="cpu")}
+    assert sorted(str(f) for f in got) == sorted(files) and len(files) == 12
+    names = ["blue", "green", "red"]
+    for i, f in enumerate(files):
+        p = got[type(test_dir)(f)]
+        assert p.error is None and len(p.classes) == len(p.labels) == len(p.probabilities) == 3
+        assert p.labels[0] == int(result["predicted"][i]) and p.classes[0] == names[p.labels[0]]
+        assert p.probabilities[0] == pytest.approx(float(result["confidence"][i]), rel=1e-5)
+        assert list(p.probabilities) == sorted(p.probabilities, reverse=True) and sum(p.probabilities) == pytest.approx(1)
+
+
+def test_load_net_reads_an_image_folders_run_without_its_folder(folder_run):
+    run, *_ = folder_run
+    net = load_net(run)
+    assert net.class_names == ["blue", "green", "red"] and not net.training
+    with pytest.raises(ValueError, match="does not exist"):  # eval tests on the folder, which is gone
+        evaluate_run(run, device="cpu")
+
+
+def test_cli_prints_a_line_per_image_and_writes_a_table(folder_run, tmp_path, capsys):
+    run, test_dir, *_ = folder_run
+    assert main(["predict", str(run), str(test_dir / "red"), "--top", "2", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4 and lines[0].startswith(f"{test_dir / 'red' / '0.png'}: ")
+    first, second = lines[0].split(": ", 1)[1].split(", ")
+    assert first.split()[0] in ("blue", "green", "red") and first.endswith("%") and second.endswith("%")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), str(test_dir / "blue" / "1.png"), str(test_dir / "green"), "--top", "9",
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"5 images classified by {run}, written to {out}\n"
+    rows = list(csv.reader(io.StringIO(out.read_text())))
+    assert rows[0] == ["file", "class", "probability", "class_2", "probability_2", "class_3", "probability_3", "error"]
+    assert len(rows) == 6 and rows[1][0] == str(test_dir / "blue" / "1.png")  # the order given; --top 9: all 3
+    assert all(sorted(r[1:7:2]) == ["blue", "green", "red"] and r[7] == "" for r in rows[1:])
+
+
+def test_unreadable_files_are_named_and_the_others_classified(folder_run, tmp_path, capsys):
+    run, test_dir, *_ = folder_run
+    images = tmp_path / "images"
+    shutil.copytree(test_dir / "red", images)
+    (images / "broken.png").write_bytes(b"not an image")
+    (images / "notes.txt").write_text("not read: not an image name")
+    (images / ".hidden").mkdir()
+    shutil.copy(images / "0.png", images / ".hidden" / "0.png")
+    assert main(["predict", str(run), str(images)]) == 1
+    said = capsys.readouterr()
+    assert len(said.out.splitlines()) == 4  # 0..3.png; the hidden folder and the .txt are not images to read
+    err = said.err.splitlines()
+    assert err[0].startswith(f"{images / 'broken.png'}: not read: not a readable image")
+    assert err[1] == "predict: 1 of 5 files could not be read (named above); the others were classified."
+    rows = {p.file.name: p for p in predict(run, images)}
+    assert rows["broken.png"].classes == () and "not a readable image" in rows["broken.png"].error
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["{run}", "{tmp}/nothing.png"], "nothing.png does not exist; give image files or folders of them"),
+    (["{run}", "{tmp}"], "holds no image files"),
+    (["{tmp}", "{run}"], "holds no run (no config.yaml)"),
+    (["{run}", "{run}", "--top", "0"], "top: expected a number of classes >= 1, got 0"),
+    (["{run}", "{run}", "--out", "{tmp}/p.txt"], "--out {tmp}/p.txt: give a file ending in .csv"),
+])
+def test_bad_input_is_one_line(folder_run, tmp_path, capsys, argv, words):
+    run, *_ = folder_run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fill = {"run": str(run), "tmp": str(empty)}
+    assert main(["predict", *[a.format(**fill) for a in argv]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words.format(**fill) in err, err
+
+
+def test_a_run_on_batches_from_python_is_refused_with_the_way_to_read_it(tmp_path, capsys):
+    from torch import nn
+
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()),
+                          nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)))
+    data = [(torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1]))]
+    train(model, data, data, out=tmp_path / "run", num_classes=2, method="e2e", epochs=1, device="cpu", log=lambda s: None)
+    (tmp_path / "x.png").write_bytes((tmp_path / "run" / "config.yaml").read_bytes())  # never read
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "x.png")]) == 2
+    assert "trained on batches given from Python" in capsys.readouterr().err
+
+
+def test_a_greyscale_runs_images_are_read_grey(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    real = SOURCES.get("fashion_mnist")  # official counts of the small files written here
+    monkeypatch.setitem(SOURCES._entries, "fashion_mnist", dataclasses.replace(
+        real, train=tuple(dataclasses.replace(f, count=12) for f in real.train),
+        test=tuple(dataclasses.replace(f, count=6) for f in real.test)))
+    write_fake_dataset("fashion_mnist", tmp_path / "data", 12, 6)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "data"), *TINY,
+                 "--out", str(run)]) == 0
+    grey = np.random.default_rng(0).integers(0, 256, (28, 28)).astype("uint8")
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    Image.fromarray(np.stack([grey] * 3, axis=-1)).save(tmp_path / "rgb.png")  # the same picture in RGB
+    assert np.array_equal(decode_image(tmp_path / "g.png", 28, channels=1)[0], grey)
+    assert np.array_equal(decode_image(tmp_path / "rgb.png", 28, channels=1)[0], grey)
+    a, b = predict(run, [tmp_path / "g.png", tmp_path / "rgb.png"], top=10)
+    assert a.classes[0] in ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                            "Bag", "Ankle boot")
+    assert a.labels == b.labels and a.probabilities == b.probabilities
+    with pytest.raises(ValueError, match="channels must be 1"):
+        decode_image(tmp_path / "g.png", 28, channels=2)
