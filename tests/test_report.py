@@ -27,7 +27,7 @@ def make_image_folder(root):
     return root
 
 
-def fake_run(path, *, accs, finished=True, threads=None, heads=None, **options):
+def fake_run(path, *, accs, finished=True, threads=None, heads=None, test_images=None, **options):
     """A run directory as `locallearn train` leaves it, with the given test accuracy per epoch (and, with
     ``heads``, each module's head training accuracy at every epoch)."""
     options = {"model": "resnet32", "dataset": "cifar10", "epochs": len(accs) if finished else len(accs) + 2, **options}
@@ -38,6 +38,7 @@ def fake_run(path, *, accs, finished=True, threads=None, heads=None, **options):
         {"epoch": e, "lr": 0.1, "train_loss": 1.0, "test_acc": acc, "test_loss": 0.5, "epoch_time_s": 11.0,
          "train_time_s": 10.0, "images_per_s": 500.0, "peak_memory_mb": 100.0 * cfg.net.num_modules ** -0.5,
          "peak_memory_kind": "saved_tensors", **({"torch_threads": threads} if threads else {}),
+         **({"test_images": test_images} if test_images else {}),
          **{f"train_acc/{k}": a for k, a in enumerate(heads or [])}}
         for e, acc in enumerate(accs, start=1)
     ]
@@ -53,7 +54,7 @@ def make_runs(root):
         fake_run(root / "k2", accs=[0.88, 0.92], method="contsup", num_modules=2, context="R1E"),
         fake_run(root / "k4", accs=[0.85, 0.91], method="contsup", num_modules=4, context="R1E"),
         fake_run(root / "k4b", accs=[0.86, 0.89], method="contsup", num_modules=4, context="R1E", seed=1),
-        fake_run(root / "k4i", accs=[0.84, 0.83], method="infopro", num_modules=4),
+        fake_run(root / "k4i", accs=[0.84, 0.83], method="infopro", num_modules=4, test_images=10000),
         fake_run(root / "k8i", accs=[0.70], method="infopro", num_modules=8, finished=False, epochs=2),
     ]
 
@@ -83,7 +84,11 @@ def test_report_table_and_plot(tmp_path):
     assert "| e2e | 7.00 (n=1) |  |  |  |" in lines
     assert "| infopro contrast rec |  |  | 17.00 (n=1) | 30.00 (n=1)* |" in lines  # final (not best) epoch; * unfinished
     run_row = next(line for line in lines if line.startswith(f"| {tmp_path / 'k4i'} |"))
-    assert "| 4 | 0 | 2/2 | 17.00 | 16.00 | 50.0 (saved_tensors) | 20 s | 500 |" in run_row  # best epoch, labelled column
+    # best epoch in a labelled column; the test images of the epoch reported
+    assert "| 4 | 0 | 2/2 | 17.00 | 10000 | 16.00 | 50.0 (saved_tensors) | 20 s | 500 |" in run_row
+    e2e_row = next(line for line in lines if line.startswith(f"| {tmp_path / 'e2e'} |"))
+    assert "| 7.00 | – | 7.00 |" in e2e_row  # a run of an earlier release records no count
+    assert any(line.startswith("³ the test images of the epoch reported") for line in lines)
     assert sum(line.startswith(f"| {tmp_path}") for line in lines) == 6  # every run in the Runs table
     assert any("best epoch selected on the test set" in line for line in lines)
     assert "![test error against K](report.png)" in lines

@@ -347,15 +347,17 @@ def markdown_report(table: Table, *, plot: str | None = None, curves: str | None
         lines.append(f"| {label} | " + " | ".join(cells[k].cell() if k in cells else "" for k in ks) + " |")
     lines += ["", "## Runs", ""]
     lines.append(
-        "| run | method | K | seed | epochs | test error % | best test error %¹ | peak memory MiB² | train time | images/s |"
+        "| run | method | K | seed | epochs | test error % | test images³ | best test error %¹ | peak memory MiB² "
+        "| train time | images/s |"
     )
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for g in sorted(table.groups, key=lambda g: (_natural(g.label), g.num_modules)):
         for r in sorted(g.runs, key=lambda r: (r.config["seed"], str(r.path))):
             epochs = f"{r.epochs_done}/{r.config['epochs']}" + ("" if r.finished else "*")
             lines.append(
                 f"| {r.path} | {g.label} | {r.num_modules} | {r.config['seed']} | {epochs} | "
-                f"{r.test_error:.2f} | {r.best_error:.2f} | {r.peak_memory_mb:.1f} ({r.peak_memory_kind}) | "
+                f"{r.test_error:.2f} | {r.history[-1].get('test_images', '–')} | {r.best_error:.2f} | "
+                f"{r.peak_memory_mb:.1f} ({r.peak_memory_kind}) | "
                 f"{_duration(r.train_time_s)} | {r.images_per_s:.0f} |"
             )
     lines += [
@@ -368,8 +370,10 @@ def markdown_report(table: Table, *, plot: str | None = None, curves: str | None
         (
             "² `cuda_allocated`: torch.cuda.max_memory_allocated; `saved_tensors`: the peak bytes autograd holds "
             "for backward in one training step (CPU), with the tensors held between modules and the activations "
-            "recomputed under checkpointing (as `bench memory`)."
+            "recomputed under checkpointing (as `bench memory`).  "
         ),
+        "³ the test images of the epoch reported (with few, one image moves the error by 100 / that many points; "
+        "–: not recorded by the release that ran it).",
     ]
     if not all(g.finished for g in table.groups):
         lines[-1] += "  "
