@@ -56,3 +56,30 @@ def test_sigkill_in_epoch_two_then_resume_matches_an_uninterrupted_run(tmp_path)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     summary = json.loads((interrupted / "summary.json").read_text())
     assert summary["test_acc"] == json.loads((reference / "summary.json").read_text())["test_acc"]
+
+
+def test_sigkill_during_start_up_then_a_bare_resume_trains_the_run_that_was_asked_for(tmp_path):
+    """Killed while the data and network are built (before config.yaml is written), the run is resumed by
+    `train --out RUN --resume` alone with the options it was started with (its start record), not the
+    command's defaults, and ends as an uninterrupted run does."""
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    assert train(reference).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "locallearn", *ARGS, "--out", str(interrupted)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    deadline = time.monotonic() + 240
+    while not (interrupted / ".start.yaml").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it recorded its start"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (interrupted / "config.yaml").exists(), "killed too late: config.yaml was written"
+
+    resumed = subprocess.run([sys.executable, "-m", "locallearn", "train", "--out", str(interrupted), "--resume"],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resnet20 / contsup (K=2" in resumed.stdout and "holds no run to resume" not in resumed.stdout
+    assert deterministic(interrupted / "metrics.jsonl") == deterministic(reference / "metrics.jsonl")
+    assert not (interrupted / ".start.yaml").exists()  # config.yaml says it now
+    other = subprocess.run([sys.executable, "-m", "locallearn", *ARGS, "--out", str(tmp_path / "x"), "--epochs", "1"],
+                           capture_output=True, text=True, env=ENV, timeout=300)
+    assert other.returncode == 0 and not (tmp_path / "x" / ".start.yaml").exists()

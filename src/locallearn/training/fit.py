@@ -39,6 +39,7 @@ from locallearn.training.rundir import (
     CHECKPOINT_FORMAT,
     CONFIG,
     METRICS,
+    START,
     SUMMARY,
     RunDir,
     rng_state,
@@ -89,7 +90,13 @@ def fit(
     log = log if launcher.is_main else _quiet
     run = RunDir(config.run.out)
     with run.lock() if launcher.is_main else contextlib.nullcontext(), interrupt.stop_between_batches():
-        return _fit(config, run, launcher, resume=resume, overwrite=overwrite, requested=requested, log=log)
+        recorded = run.file(START).is_file()
+        try:
+            return _fit(config, run, launcher, resume=resume, overwrite=overwrite, requested=requested, log=log)
+        except ValueError:  # refused before it started (bad data, a network that cannot be built): nothing is left
+            if launcher.is_main and not recorded and not run.file(CONFIG).is_file():
+                run.file(START).unlink(missing_ok=True)
+            raise
 
 
 def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overwrite: bool,
@@ -125,6 +132,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
             # the header also says what was read and where (a dataset found outside --data-dir) and the processes
             header = provenance() + derived(runner.net, config) + [line.strip() for line in runner.describe()]
             run.write_config(dump_yaml({**record, **config.to_dict()}, header=header))
+        run.file(START).unlink(missing_ok=True)  # config.yaml says it now
         if run_id:  # at every start: a run of an earlier release, or one that holds another run's file, gets its own
             record_pretrained(run, runner.net, run_id)
         run.write_metrics(history)  # drops any epoch logged after the checkpoint was taken
@@ -221,6 +229,9 @@ def _opened(config: Config, resume: bool, overwrite: bool, requested: dict[str, 
         config, clear, run_id = open_run(config, resume=resume, overwrite=overwrite, requested=requested)
     except ValueError as err:
         return ("error", str(err))
+    run = RunDir(config.run.out)
+    if not run.file(CONFIG).is_file():  # a start: its options, before the data and network take their time
+        run.write_start(dump_yaml({"run_id": run_id, **config.to_dict()}))
     return ("ok", config.options(), clear, run_id)
 
 
@@ -233,6 +244,12 @@ def open_run(
     run = RunDir(config.run.out)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it over.")
+    if resume and not run.file(CONFIG).is_file() and run.file(START).is_file() and run.untrained:
+        # killed while its data and network were built: started again with the options it was started with
+        mapping = read_mapping(run.file(START))
+        stored = check_run_options(flatten(mapping, str(run.file(START))), run.file(START))
+        wanted = config.options() if requested is None else requested
+        return resumed_config(stored, wanted, out=config.run.out), False, run_id_of(mapping)
     if resume and run.file(CONFIG).is_file():
         # a checkpoint left: checkpoint.pt, the one before, or a pipeline's stage files. Without one, a run with
         # results has lost its checkpoints, and starting again would replace them

@@ -52,7 +52,10 @@ LOG = "train.log"  # a run's log, where its lines are not printed (``locallearn 
 STAGES = "pipeline"
 LOCK = ".lock"
 PRETRAINED = "pretrained.json"
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, SUMMARY, LOG, PRETRAINED)
+# the options of a run being started, written before its data and network are built and removed once config.yaml
+# is written: a run killed in between is resumed with them (not with the resume command's defaults)
+START = ".start.yaml"
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, SUMMARY, LOG, PRETRAINED, START)
 CHECKPOINT_FORMAT = 2  # 1: before local objectives were modules and checkpoints had digests (``net.py`` migrates)
 _TMP_SUFFIX = ".tmp"
 
@@ -123,10 +126,12 @@ class RunDir:
         return [name for name in (*RUN_FILES, STAGES) if self.file(name).exists()]
 
     def clear(self) -> None:
-        """Remove everything this run owns — its files, their temporaries, the stage checkpoints — and nothing
-        else: the directory may hold a user's own files."""
+        """Remove everything the run before owned — its files, their temporaries, the stage checkpoints — and
+        nothing else: the directory may hold a user's own files. The start record is the new run's (written
+        before this is called) and stays until its config.yaml is written."""
         for name in RUN_FILES:
-            self.file(name).unlink(missing_ok=True)
+            if name != START:
+                self.file(name).unlink(missing_ok=True)
         self.remove_temporaries()
         if self.file(STAGES).is_dir() and not self.file(STAGES).is_symlink():
             shutil.rmtree(self.file(STAGES))
@@ -188,6 +193,10 @@ class RunDir:
     def write_config(self, text: str) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.file(CONFIG), lambda f: f.write(text.encode()))
+
+    def write_start(self, text: str) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.file(START), lambda f: f.write(text.encode()))
 
     def write_metrics(self, records: list[dict[str, Any]]) -> None:
         """Replace metrics.jsonl by ``records`` (used when resuming)."""
