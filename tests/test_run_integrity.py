@@ -184,6 +184,8 @@ def test_07_a_damaged_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, fi
     out = capsys.readouterr().out
     assert "resuming from checkpoint.prev.pt (epoch 1)" in out
     assert [r["epoch"] for r in RunDir(run).read_metrics()] == [1, 2]
+    # the damaged file was replaced, not kept as the one before: checkpoint.prev.pt is still the sound epoch 1
+    assert load_state(run / "checkpoint.prev.pt")["epoch"] == 1 and load_state(run / "checkpoint.pt")["epoch"] == 2
     # both damaged (one emptied): named, with the way out
     (run / "summary.json").unlink()
     (run / "checkpoint.prev.pt").write_bytes(b"")

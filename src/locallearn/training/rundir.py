@@ -413,16 +413,36 @@ def _json_scalar(value: Any) -> Any:
 
 
 # --- states on disk -------------------------------------------------------------------------------------------
+# The checkpoint files this process wrote, as (st_mtime_ns, st_size) just after writing: a file that still has
+# its stamp is the one written, and sound; any other is read before it is kept as the one before.
+_WRITTEN: dict[Path, tuple[int, int]] = {}
+
+
 def save_state(path: Path, state: dict[str, Any], *, previous: Path | None = None) -> None:
     """``torch.save`` of ``state`` with its digest (``state_digest``), through a temporary file renamed into
-    place; with ``previous``, the file it replaces is kept there."""
+    place; with ``previous``, the file it replaces is kept there — if it is sound: a damaged one (which a
+    resume fell back past, to ``previous`` itself) is replaced, and ``previous`` stays the sound one."""
     state = {**state, "digest": state_digest({k: v for k, v in state.items() if k != "digest"})}
 
     def move_aside() -> None:
-        if previous is not None and path.exists():
+        if previous is not None and path.exists() and (_stamp(path) == _WRITTEN.get(path.resolve()) or _sound(path)):
             os.replace(path, previous)
 
     atomic_write(path, lambda f: torch.save(state, f), before_rename=move_aside)
+    _WRITTEN[path.resolve()] = _stamp(path)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size
+
+
+def _sound(path: Path) -> bool:
+    try:
+        load_state(path)
+    except ValueError:
+        return False
+    return True
 
 
 def load_state(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
