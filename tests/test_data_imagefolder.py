@@ -215,9 +215,20 @@ def test_every_unreadable_image_is_named_at_once(tmp_path):
     broken = [tmp_path / "train" / name / f"z_broken{i}.png" for i, name in enumerate(("cat", "dog", "dog"))]
     for path in broken:
         path.write_bytes(b"not an image")
-    refused(tmp_path, "imagefolder: 3 images are not readable: " + ", ".join(map(str, broken)),
-            "(the first: not a readable image (UnidentifiedImageError: cannot identify image file)",
-            "replace or remove them.")
+    message = refused(tmp_path, "imagefolder: 3 images are not readable: " + ", ".join(map(str, broken)),
+                      "(the first: not a readable image (UnidentifiedImageError: cannot identify image file)",
+                      "replace or remove them.")
+    assert "remove it" not in message  # the first one's reason without its own fix
+
+
+def test_unreadable_images_of_both_splits_are_named_at_once(tmp_path):
+    """A file of the test split that is no image at all is named with the training split's, so one round of
+    fixes clears both (a truncated one is found when the test split is decoded)."""
+    make_folder(tmp_path)
+    broken = [tmp_path / "train" / "cat" / "z0.png", tmp_path / "test" / "dog" / "z1.jpg", tmp_path / "test" / "emu" / "z2.png"]
+    for path in broken:
+        path.write_bytes(b"not an image")
+    refused(tmp_path, "imagefolder: 3 images are not readable: " + ", ".join(map(str, broken)))
 
 
 def test_a_pipe_named_like_an_image_is_refused_not_waited_on(tmp_path):
@@ -377,6 +388,25 @@ def test_a_limit_keeps_the_classes_in_turn_not_the_first_classs_images(tmp_path)
                      batch_size=2, device="cpu")
     for train, kept in ((True, [0, 0, 1, 2]), (False, [0, 1, 2])):
         assert load_data(config, train=train, device=torch.device("cpu")).labels.tolist() == kept
+
+
+def test_a_limit_decodes_only_the_images_it_keeps(tmp_path, monkeypatch):
+    """--limit-train 4 of a big folder reads 4 images, not the folder (a smoke run of a large dataset)."""
+    import locallearn.data.imagefolder as imagefolder
+    from locallearn.training.config import resolve
+    from locallearn.training.runner import load_data
+
+    make_folder(tmp_path, per_class=5)
+    decoded = []
+    real = imagefolder.decode_image
+    monkeypatch.setattr(imagefolder, "decode_image", lambda path, size, *a: decoded.append(path) or real(path, size, *a))
+    config = resolve(dataset="imagefolder", data_dir=str(tmp_path), model="resnet20", limit_train=4, device="cpu")
+    full = load_data(resolve(dataset="imagefolder", data_dir=str(tmp_path), model="resnet20", device="cpu"),
+                     train=True, device=torch.device("cpu"))
+    decoded.clear()
+    limited = load_data(config, train=True, device=torch.device("cpu"))
+    assert len(decoded) == 4 and limited.labels.tolist() == [0, 0, 1, 2]
+    assert torch.equal(limited.images, full.images[[0, 1, 5, 10]])  # the images first_in_turn keeps, as they were
 
 
 # --- a folder with train/ only: --test-fraction holds out part of each class -------------------------------

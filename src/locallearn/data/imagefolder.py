@@ -203,10 +203,16 @@ def _test_from(folder: ImageFolder) -> str:
 
 
 def load_image_folder_split(
-    folder: ImageFolder, train: bool, image_size: int = DEFAULT_IMAGE_SIZE
+    folder: ImageFolder, train: bool, image_size: int = DEFAULT_IMAGE_SIZE, limit: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode every image of the split: uint8 (N, 3, S, S) and int64 labels (N,)."""
+    """Decode the images of the split: uint8 (N, 3, S, S) and int64 labels (N,); with ``limit``, only the
+    ``limit`` images ``first_in_turn`` keeps are decoded. Every unreadable image is named in one error — of
+    the training split, also those of the test split whose file cannot even be opened as an image (found
+    without decoding it), so that one round of fixes clears both."""
     items = folder.train if train else folder.test
+    if limit is not None:
+        labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+        items = tuple(items[i] for i in first_in_turn(labels, limit).tolist())
     images = np.empty((len(items), 3, image_size, image_size), dtype=np.uint8)  # (N, 3, S, S)
     corrupt: list[CorruptFileError] = []  # every one named at once, not one per run
     for i, (path, _) in enumerate(items):
@@ -214,14 +220,35 @@ def load_image_folder_split(
             images[i] = decode_image(path, image_size)
         except CorruptFileError as err:
             corrupt.append(err)
+    if corrupt and train and folder.test_fraction is None:
+        corrupt += [err for err in map(_unopenable, (path for path, _ in folder.test)) if err is not None]
     if len(corrupt) == 1:
         raise corrupt[0]
     if corrupt:
         shown = ", ".join(str(err.path) for err in corrupt[:5]) + (f", … ({len(corrupt) - 5} more)" if len(corrupt) > 5 else "")
+        first = corrupt[0].reason.removesuffix("; replace or remove it")
         raise DatasetError(f"{IMAGEFOLDER}: {len(corrupt)} images are not readable: {shown} (the first: "
-                           f"{corrupt[0].reason}); replace or remove them.")
+                           f"{first}); replace or remove them.")
     labels = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
     return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def _unopenable(path: Path) -> CorruptFileError | None:
+    """Why ``path`` cannot be opened as an image (its header read, nothing decoded), or None."""
+    from PIL import Image
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None  # not a corrupt image: decoding it says what it is
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return CorruptFileError(path, "not a regular file (a pipe, a socket or a device); remove it")
+        try:
+            Image.open(f).close()
+        except Exception as err:
+            return CorruptFileError(path, f"not a readable image ({type(err).__name__}); replace or remove it")
+    return None
 
 
 def first_in_turn(labels: torch.Tensor, n: int) -> torch.Tensor:

@@ -299,10 +299,12 @@ def _folder_image_size(image_size: int | None) -> int:
 
 def load_split(
     name: str, root: Path | str | None, train: bool, *, strict: bool = True, image_size: int | None = None,
-    test_fraction: float | None = None,
+    test_fraction: float | None = None, limit: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 (N, C, S, S) and labels int64 (N,) of the train or test split of dataset ``name``; C and
-    S are those of ``describe_dataset(name, root, image_size=image_size)``.
+    S are those of ``describe_dataset(name, root, image_size=image_size)``. ``limit``: keep the first
+    ``limit`` images (of an image folder, read class by class, the classes taken in turn: ``first_in_turn``;
+    only those are decoded).
 
     Every file is validated; a missing or corrupt one raises `DatasetError` naming it and the fix.
     ``strict`` requires the official number of images per file (turn it off only for test fixtures).
@@ -310,9 +312,10 @@ def load_split(
     """
     spec = describe_dataset(name, root, image_size=image_size, test_fraction=test_fraction)
     if name in BUNDLED:
-        return load_digits_split(train)
+        x, y = load_digits_split(train)
+        return (x, y) if limit is None else (x[:limit], y[:limit])
     if name in FOLDER_DATASETS:
-        return load_image_folder_split(scan_image_folder(root, test_fraction), train, spec.image_size)
+        return load_image_folder_split(scan_image_folder(root, test_fraction), train, spec.image_size, limit)
     source = get_source(name)
     root = Path(root)
     files = source.train if train else source.test
@@ -338,4 +341,4 @@ def load_split(
     if x.shape[1:] != (spec.channels, spec.image_size, spec.image_size):
         c, s = spec.channels, spec.image_size
         raise DatasetError(f"{source.name}: images are {x.shape[1:]}, expected ({c}, {s}, {s}).")
-    return torch.from_numpy(x), torch.from_numpy(y)
+    return torch.from_numpy(x[:limit]), torch.from_numpy(y[:limit])

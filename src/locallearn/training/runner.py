@@ -315,10 +315,7 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
             f"(locallearn.training.train(..., resume=True)), or evaluate from Python (locallearn.training.load_net)."
         )
     images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size,
-                                test_fraction=data.test_fraction)
-    keep = kept(data, labels, train=train)
-    if keep is not None:
-        images, labels = images[keep], labels[keep]
+                                test_fraction=data.test_fraction, limit=data.limit_train if train else data.limit_test)
     # The run's normalisation (the dataset's unless image_mean/image_std say otherwise): the same constants
     # the network un-normalises with to get reconstruction targets.
     spec = describe_dataset(data.dataset, data.data_dir, image_size=size, test_fraction=data.test_fraction)
