@@ -364,7 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         if not _other_rank():  # torchrun passes Ctrl-C to every rank: rank 0 says what is kept
             print(f"{PROG}: {str(err) or 'interrupted'}", file=sys.stderr)  # a bare KeyboardInterrupt has no text
-        return 130
+        from locallearn.training import interrupt
+
+        return interrupt.exit_status()  # 130 after Ctrl-C, 143 after SIGTERM
     finally:
         sys.stdout = stdout
     return int(status or 0)
@@ -389,7 +391,7 @@ def console() -> int:
     except KeyboardInterrupt:  # a second press while main said what the first one stopped
         status = 130
     try:
-        if status == 130:
+        if status in (130, 143):
             signal.signal(signal.SIGINT, signal.SIG_IGN)
     except KeyboardInterrupt:  # a second press just after main returned
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -27,6 +27,13 @@ class Interrupted(KeyboardInterrupt):
 
 
 _requested = threading.Event()
+_by = [signal.SIGINT]  # the signal of the last stop requested
+
+
+def exit_status() -> int:
+    """The exit status of a command stopped by the last stop request: 128 + its signal (130 for Ctrl-C, 143
+    for SIGTERM, as schedulers expect)."""
+    return 128 + int(_by[0])
 
 
 def check() -> None:
@@ -45,6 +52,7 @@ def stop_between_batches() -> Iterator[None]:
         return
 
     def request(signum, frame) -> None:
+        _by[0] = signum
         if _requested.is_set():  # the second Ctrl-C: stop now
             raise KeyboardInterrupt
         _requested.set()
@@ -59,6 +67,7 @@ def stop_between_batches() -> Iterator[None]:
     hook = sys.unraisablehook
     sys.unraisablehook = unraisable
     _requested.clear()
+    _by[0] = signal.SIGINT
     try:
         yield
     finally:
