@@ -487,6 +487,22 @@ def test_a_model_object_trained_twice_is_said_to_start_from_the_first_runs_weigh
     assert not all(torch.equal(a, b) for a, b in zip(trained, model.parameters()))  # trained further, in place
 
 
+def test_the_start_line_says_how_many_batches_an_epoch_has_or_that_it_is_unknown(tmp_path):
+    from locallearn.training import train
+
+    batches = [(torch.randn(8, 1, 16, 16), torch.arange(8) % 4)] * 2
+
+    class Unsized:  # an iterable without len(), such as a stream
+        def __iter__(self):
+            return iter(batches)
+
+    common = dict(num_classes=4, method="greedy", num_modules=2, epochs=1, device="cpu")
+    for data, words, out in ((batches, "(2 per epoch)", "a"), (Unsized(), "(their number per epoch unknown)", "b")):
+        lines = []
+        train(sequential_cnn(in_channels=1, classes=4), data, batches, out=tmp_path / out, log=lines.append, **common)
+        assert any(line.startswith("  data: batches given from Python " + words) for line in lines), lines
+
+
 @pytest.mark.parametrize("images, labels, words", [
     (torch.zeros(4, 1, 16, 16, dtype=torch.uint8), torch.arange(4), "images must be floating point (normalised in "
                                                                     "your loader), got torch.uint8"),

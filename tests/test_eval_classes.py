@@ -165,3 +165,5 @@ def test_eval_lists_an_image_folders_misclassified_files_by_their_own_class(tmp_
     assert [f.split("/")[-2] for f in files] == [test.spec.class_names[c] for c in test.labels.tolist()]
     assert main(["eval", str(run), "--misclassified", str(tmp_path / "w.txt")]) == 2
     assert "give a file ending in .csv" in capsys.readouterr().err
+    assert main(["eval", str(run), "--confusion", str(tmp_path / "w.csv"), "--misclassified", str(tmp_path / "w.csv")]) == 2
+    assert "--confusion and --misclassified name the same file" in capsys.readouterr().err

@@ -195,6 +195,9 @@ def eval_command(
         check_confusion_path(confusion)  # before the data is read
     if misclassified is not None:
         check_misclassified_path(misclassified)
+    if confusion is not None and misclassified is not None and confusion.resolve() == misclassified.resolve():
+        raise ValueError(f"--confusion and --misclassified name the same file ({confusion}), and the second would "
+                         f"overwrite the first; give each its own file.")
     result = evaluate_run(run_dir, device=device, data_dir=data_dir, precise_bn=precise_bn,
                           confusion=per_class or confusion is not None, predictions=misclassified is not None)
     recomputed = ""

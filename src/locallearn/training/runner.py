@@ -171,7 +171,8 @@ class LocalRunner:
     def describe(self) -> list[str]:
         if isinstance(self.train_loader, BatchLoader) and isinstance(self.test_loader, BatchLoader):
             return [data_line(self.train_loader, self.test_loader, self.device, self.config.net.num_classes)]
-        return [f"  data: batches given from Python ({self.steps_per_epoch or 'unknown number of'} per epoch); {self.device}"]
+        per_epoch = f"{self.steps_per_epoch} per epoch" if self.steps_per_epoch else "their number per epoch unknown"
+        return [f"  data: batches given from Python ({per_epoch}); {self.device}"]
 
     def summary(self, history: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
