@@ -218,6 +218,16 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         assert err.count("\n") == 1 and words in err
 
 
+def test_a_usage_error_under_torchrun_is_said_by_rank_0_only(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, said in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as exit_:
+            main(["--parallel", "pipeline"])  # `train` forgotten: every rank fails alike
+        assert exit_.value.code == 2
+        assert ("invalid choice" in capsys.readouterr().err) == said
+
+
 def test_unknown_flag_in_a_real_process_has_no_traceback():
     proc = subprocess.run([sys.executable, "-m", "locallearn", "train", "--num-modules", "2", "--bogus"],
                           capture_output=True, text=True)

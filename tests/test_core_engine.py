@@ -174,6 +174,8 @@ def test_reconstruction_weights_follow_the_lambda_table():
         (lambda: ll.build("resnet32", local_loss="mse"), "unknown local loss 'mse'; valid"),
         (lambda: ll.build("resnet32", dataset="imagenet"), "unknown dataset 'imagenet'; valid"),
         (lambda: ll.build("resnet32", method="e2e", num_modules=4), "trains the network as one module"),
+        (lambda: ll.build("resnet32", method="e2e", context="R1"), "no boundary to supply context R1 to; drop --context, "
+                                                                    "or use a local method"),
         (lambda: ll.build("resnet32", num_module=4), "unknown option 'num_module'; valid options"),
         (lambda: ll.build("resnet32", reconstruct="False", dataset="cifar10"), "reconstruct must be true or false"),
         (lambda: ll.build("resnet32", method="e2e", activation_checkpointing="no"), "activation_checkpointing must be true or false"),

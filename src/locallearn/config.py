@@ -93,7 +93,12 @@ class NetConfig:
                 raise ValueError(f"aux_head: K={self.num_modules} needs an auxiliary head; valid: {', '.join(HEADS.names())}.")
             HEADS.get(self.aux_head)
         LOCAL_LOSSES.get(self.local_loss)
-        ContextMode.parse(self.context).check_modules(self.num_modules)
+        mode = ContextMode.parse(self.context)
+        if method.single_module and mode.uses_context:
+            raise ValueError(f"context: method {self.method!r} trains the network as one module, with no boundary to "
+                             f"supply context {self.context} to; drop --context, or use a local method "
+                             f"({', '.join(local_methods())}) with --num-modules K > 1.")
+        mode.check_modules(self.num_modules)
         if self.feature_decoder is not None:
             FEATURE_DECODERS.get(self.feature_decoder)
         for name in ("image_mean", "image_std"):
