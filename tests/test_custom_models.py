@@ -656,3 +656,33 @@ def test_a_python_run_resumes_with_the_options_it_was_started_with(tmp_path, mon
     with pytest.raises(ValueError, match=r"started with other options: lr \(0\.1 → 0\.001\)"):  # one given is compared
         (out / "summary.json").unlink()
         train(sequential_cnn(in_channels=1, classes=4), data, data, out=out, resume=True, lr=0.001, **common)
+
+
+def test_messages_of_a_run_from_python_name_its_keywords_not_command_line_flags(tmp_path, monkeypatch):
+    """From Python the fix is train(..., resume=True) or overwrite=True: a command line would refuse the run
+    (its batches come from Python), so a message that names `locallearn train --resume` sends the user astray."""
+    from locallearn.training import interrupt, train
+
+    data = [(torch.randn(8, 1, 16, 16), torch.arange(8) % 4)] * 2
+    common = dict(num_classes=4, method="greedy", num_modules=2, epochs=2, device="cpu", log=lambda line: None)
+    out = tmp_path / "run"
+    calls = []
+    real = interrupt.check
+
+    def ctrl_c_in_epoch_two():  # a stop requested once epoch 1 is checkpointed
+        calls.append(1)
+        if (out / "checkpoint.pt").exists():
+            raise interrupt.Interrupted("interrupted")
+        real()
+
+    monkeypatch.setattr(interrupt, "check", ctrl_c_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt) as err:
+        train(sequential_cnn(in_channels=1, classes=4), data, data, out=out, **common)
+    assert f"`train(model, train_data, test_data, out={str(out)!r}, resume=True)` continues it" in str(err.value)
+    monkeypatch.setattr(interrupt, "check", real)
+    with pytest.raises(ValueError) as err:
+        train(sequential_cnn(in_channels=1, classes=4), data, data, out=out, **common)
+    assert str(err.value) == (f"{out} already holds an unfinished run (resume=True continues it); pass overwrite=True "
+                              "to replace it, or choose another out=.")
+    with pytest.raises(ValueError, match="^resume=True and overwrite=True exclude each other"):
+        train(sequential_cnn(in_channels=1, classes=4), data, data, out=out, resume=True, overwrite=True, **common)

@@ -166,11 +166,11 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
                 train = runner.train_epoch(epoch, lambda step, e=epoch: schedule.at(e, step))
                 test = runner.evaluate()
             except NonFiniteLossError as err:
-                raise NonFiniteLossError(f"epoch {epoch}: {err}; training stopped and {kept}. {_DIVERGED}") from None
+                raise NonFiniteLossError(f"epoch {epoch}: {err}; training stopped and {kept}. {_diverged(config)}") from None
             if not math.isfinite(test["test_loss"]):  # a diverged network is never kept as a good state
                 raise NonFiniteLossError(
                     f"epoch {epoch}: the test loss is not finite ({test['test_loss']:.4g}); training stopped and {kept}. "
-                    f"{_DIVERGED}"
+                    f"{_diverged(config)}"
                 )
             record = epoch_record(epoch, lr, train, test)
             history.append(record)
@@ -199,9 +199,10 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     return summary
 
 
-# What to do about a diverged run: the learning rate is not a resumable change, so a new run
-_DIVERGED = ("Check the data for non-finite values, or start the run again with a lower learning rate (--overwrite, "
-             "or another --out).")
+def _diverged(config: Config) -> str:
+    """What to do about a diverged run: the learning rate is not a resumable change, so a new run."""
+    return (f"Check the data for non-finite values, or start the run again with a lower learning rate "
+            f"({option(config, 'overwrite')}, or another {option(config, 'out')}).")
 
 
 def _quiet(_: str) -> None:
@@ -210,7 +211,9 @@ def _quiet(_: str) -> None:
 
 def _resume_command(run: RunDir, config: Config) -> str:
     """The command that continues this run as it runs now: one process, or the pipeline on the ranks it ran on
-    (torchrun sets WORLD_SIZE, and LOCAL_WORLD_SIZE per machine)."""
+    (torchrun sets WORLD_SIZE, and LOCAL_WORLD_SIZE per machine); a run on batches from Python, the call."""
+    if config.data.dataset == PYTHON_DATA:
+        return f"train(model, train_data, test_data, out={str(run.path)!r}, resume=True)"
     if config.processes.parallel != "pipeline":
         return resume_command(run)
     return resume_command(run, pipeline=True, ranks=os.environ.get("WORLD_SIZE"),
@@ -242,8 +245,9 @@ def open_run(
     directory's run files must be cleared before training (they are not cleared here: the new run's inputs
     are checked first) and the run's id (the stored one when resuming, else a new one)."""
     run = RunDir(config.run.out)
+    resume_, overwrite_, out_ = (option(config, name) for name in ("resume", "overwrite", "out"))
     if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other: continue the run, or start it over.")
+        raise ValueError(f"{resume_} and {overwrite_} exclude each other: continue the run, or start it over.")
     if resume and not run.file(CONFIG).is_file() and run.file(START).is_file() and run.untrained:
         # killed while its data and network were built: started again with the options it was started with
         mapping = read_mapping(run.file(START))
@@ -256,9 +260,9 @@ def open_run(
         results = run.results()
         if results and not run.has_checkpoint(stages=True):
             raise ValueError(
-                f"--resume: {run.path} holds results ({', '.join(results)}) but no {CHECKPOINT} to continue from, "
-                f"and starting again would replace them; keep them and train elsewhere (another --out), or "
-                f"start over with --overwrite."
+                f"{resume_}: {run.path} holds results ({', '.join(results)}) but no {CHECKPOINT} to continue from, "
+                f"and starting again would replace them; keep them and train elsewhere (another {out_}), or "
+                f"start over with {overwrite_}."
             )
         mapping = read_mapping(run.file(CONFIG))
         stored = check_run_options(flatten(mapping, str(run.file(CONFIG))), run.file(CONFIG))
@@ -266,19 +270,25 @@ def open_run(
         return resumed_config(stored, wanted, out=config.run.out), False, run_id_of(mapping)
     if resume and run.started:
         raise ValueError(
-            f"--resume: {run.path} holds {', '.join(run.present())} but no {CONFIG}, so which run they belong to "
-            f"is unknown; put its {CONFIG} back, or start over with --overwrite."
+            f"{resume_}: {run.path} holds {', '.join(run.present())} but no {CONFIG}, so which run they belong to "
+            f"is unknown; put its {CONFIG} back, or start over with {overwrite_}."
         )
     if resume:  # never started, or killed before anything was written: start it
         return config, False, new_run_id()
     if run.started:
         if not overwrite and not run.untrained:  # one stopped in its first epoch is started over: nothing is lost
-            what = "a finished run" if run.finished else "an unfinished run (--resume continues it)"
-            raise ValueError(
-                f"{run.path} already holds {what}; pass --overwrite to replace it, or choose another --out."
-            )
+            what = "a finished run" if run.finished else f"an unfinished run ({resume_} continues it)"
+            raise ValueError(f"{run.path} already holds {what}; pass {overwrite_} to replace it, or choose another {out_}.")
         return config, True, new_run_id()
     return config, False, new_run_id()
+
+
+def option(config: Config, name: str) -> str:
+    """How a message names run option ``name``: the flag (``--overwrite``) on the command line, the keyword
+    (``overwrite=True``) for a run of ``locallearn.training.train`` on batches from Python."""
+    if config.data.dataset != PYTHON_DATA:
+        return f"--{name.replace('_', '-')}"
+    return f"{name}=True" if name in ("resume", "overwrite") else f"{name}="
 
 
 def nothing_to_resume(out: Path | str) -> str | None:
@@ -303,13 +313,14 @@ def check_same_run(
     options the run was started with. Data whose classes are not the checkpoint's (another image folder
     behind the same --data-dir) is refused too: its labels would mean other classes."""
     where = run.file(CHECKPOINT)
+    resume_, overwrite_ = option(config, "resume"), option(config, "overwrite")
     fix = ("pass the run's class_names=, or start a new run with another out=." if config.data.dataset == PYTHON_DATA
            else "point --data-dir at the run's data, or start a new run with another --out.")
-    check_class_names(state.get("class_names"), class_names, where=f"--resume: {run.path}", fix=fix)
+    check_class_names(state.get("class_names"), class_names, where=f"{resume_}: {run.path}", fix=fix)
     if run_id and state.get("run_id") not in (None, run_id):
         raise ValueError(
-            f"--resume: {where} belongs to another run than {run.file(CONFIG)} (run id {state['run_id'][:8]}… against "
-            f"{run_id[:8]}…); start over with --overwrite."
+            f"{resume_}: {where} belongs to another run than {run.file(CONFIG)} (run id {state['run_id'][:8]}… against "
+            f"{run_id[:8]}…); start over with {overwrite_}."
         )
     written = written_config(state, where, data_dir=config.data.data_dir)
     if written is None:
@@ -317,8 +328,8 @@ def check_same_run(
     differing = differing_options(written, config, ignore=RESUMABLE_CHANGES)
     if differing:
         raise ValueError(
-            f"--resume: {where} was written with other options than {run.file(CONFIG)} says: {', '.join(differing)}; "
-            f"restore the run's own {CONFIG}, or start over with --overwrite."
+            f"{resume_}: {where} was written with other options than {run.file(CONFIG)} says: {', '.join(differing)}; "
+            f"restore the run's own {CONFIG}, or start over with {overwrite_}."
         )
     runs_as = set(RESUMABLE_CHANGES) - {"out", "data_dir"}
     changes = differing_options(written, config, ignore=[k for k in config.options() if k not in runs_as])
