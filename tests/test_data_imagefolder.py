@@ -599,3 +599,8 @@ def test_a_run_on_a_held_out_fraction_records_it_and_eval_and_resume_use_it(tmp_
     other = [a if a != "0.25" else "0.5" for a in args] + ["--resume"]
     assert main(other) == 2
     assert "test_fraction" in capsys.readouterr().err
+    # the flag alone, laid over the run's own options (it named the default dataset: "dataset digits has its own")
+    assert main(["train", "--out", str(run), "--resume", "--test-fraction", "0.5"]) == 2
+    assert capsys.readouterr().err == (f"locallearn: error: --resume: the run in {run} was started with other "
+                                       "options: test_fraction (0.25 → 0.5); resume it with its own options, or "
+                                       "start a new run with another --out.\n")

@@ -26,6 +26,7 @@ from locallearn.training.classes import (
     write_predictions,
 )
 from locallearn.training.config import (
+    RESUMABLE_CHANGES,
     Config,
     check_used,
     dump_yaml,
@@ -35,7 +36,14 @@ from locallearn.training.config import (
     resolve,
 )
 from locallearn.training.api import trained_net
-from locallearn.training.fit import check_single_process, derived, fit, nothing_to_resume, provenance
+from locallearn.training.fit import (
+    check_single_process,
+    derived,
+    fit,
+    nothing_to_resume,
+    provenance,
+    recorded_options,
+)
 from locallearn.training.predict import predict
 from locallearn.training.report import write_report
 from locallearn.training.rundir import CONFIG, RunDir
@@ -57,7 +65,16 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
     if dry_run and (resume or overwrite):
         raise ValueError("--dry-run reads no run and writes nothing, so --resume and --overwrite do not apply; drop them.")
     values, preset = requested_options(config, flags)
-    resolved = resolve(values, name=preset)
+    # a resume's flags change the run it continues: laid over its options, not over the defaults (--test-fraction
+    # alone named the default dataset); open_run then says which of them a resume may not change
+    recorded = recorded_options(values["out"]) if resume and values.get("out") is not None else None
+    recorded = {k: v for k, v in (recorded or {}).items() if k == "data_dir" or k not in RESUMABLE_CHANGES}  # not how
+    try:  # it ran: how this command runs it
+        resolved = resolve({**recorded, **values}, name=preset)
+    except ValueError:  # options that cannot go together (data parallelism in one process): open_run names them
+        if not recorded:
+            raise
+        resolved = resolve(values, name=preset)
     if not resume:  # a resume keeps the options the run was started with
         check_used(resolved, flags)  # the flags typed: a --config file (a preset, a run's config.yaml) may hold any
     if dry_run:

@@ -283,6 +283,19 @@ def open_run(
     return config, False, new_run_id()
 
 
+def recorded_options(out: Path | str) -> dict[str, Any] | None:
+    """The options the run in ``out`` was started with (its config.yaml, or the start record of a run stopped
+    before it wrote one), or None where it has none that reads soundly (``open_run`` then says what is wrong)."""
+    run = RunDir(Path(out))
+    for name in (CONFIG, START):
+        if run.file(name).is_file():
+            try:
+                return check_run_options(flatten(read_mapping(run.file(name)), str(run.file(name))), run.file(name))
+            except (ValueError, OSError):
+                return None
+    return None
+
+
 def option(config: Config, name: str) -> str:
     """How a message names run option ``name``: the flag (``--overwrite``) on the command line, the keyword
     (``overwrite=True``) for a run of ``locallearn.training.train`` on batches from Python."""
