@@ -604,3 +604,25 @@ def test_a_run_on_a_held_out_fraction_records_it_and_eval_and_resume_use_it(tmp_
     assert capsys.readouterr().err == (f"locallearn: error: --resume: the run in {run} was started with other "
                                        "options: test_fraction (0.25 → 0.5); resume it with its own options, or "
                                        "start a new run with another --out.\n")
+
+
+def test_a_resume_on_a_training_folder_that_grew_says_so(tmp_path, capsys):
+    """Each epoch records the images it trained on; a resume whose folder has more (test images copied into
+    train/, say) trains on, and says that the run is no longer the one it was."""
+    import json
+
+    make_folder(tmp_path / "data", per_class=4)
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
+            "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2",
+            "--device", "cpu", "--out", str(run)]
+    with ctrl_c_before_checkpoint(2):
+        assert main(args) == 130
+    capsys.readouterr()
+    for i in range(3):
+        solid(COLOURS["dog"]).save(tmp_path / "data" / "train" / "dog" / f"more{i}.png")
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    said = capsys.readouterr().out
+    assert ("note: epoch 2 trained on 15 images, epoch 1 on 12: the training data has changed since the run "
+            "started") in said
+    assert [json.loads(line)["train_images"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [12, 15]

@@ -173,6 +173,11 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
                     f"{_diverged(config)}"
                 )
             record = epoch_record(epoch, lr, train, test)
+            before = history[-1].get("train_images") if history else None  # (runs of earlier releases: None)
+            if before is not None and record.get("train_images") not in (None, before):  # a resume on grown data
+                log(f"note: epoch {epoch} trained on {record['train_images']} images, epoch {epoch - 1} on {before}: "
+                    f"the training data has changed since the run started (a folder that grew, or --data-dir), so "
+                    f"it is no longer the run an uninterrupted one would be.")
             history.append(record)
             try:
                 if launcher.is_main:
@@ -384,7 +389,7 @@ def check_single_process(config: Config, *, ranks: bool = True) -> None:
 
 # --- records ------------------------------------------------------------------------------------------------
 _TEST = ("test_acc", "test_loss", "test_images", "eval_time_s")
-_TIMING = ("train_time_s", "images_per_s", "peak_memory_mb", "peak_memory_kind", "train_images")
+_TIMING = ("train_time_s", "images_per_s", "peak_memory_mb", "peak_memory_kind")
 
 
 def epoch_record(epoch: int, lr: float, train: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
