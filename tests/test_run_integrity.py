@@ -300,7 +300,7 @@ def test_11_sigterm_stops_as_ctrl_c_does(tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("locallearn: interrupted in epoch ") and f"locallearn train --out {out} --resume" in last
+    assert last.startswith("locallearn: stopped by SIGTERM in epoch ") and f"locallearn train --out {out} --resume" in last
     assert "Traceback" not in stderr
 
 
@@ -865,3 +865,18 @@ def test_train_from_python_records_class_names_and_a_resume_checks_them(tmp_path
         with pytest.raises(ValueError, match=words):
             train_python("resnet20", batches, batches, out=tmp_path / "other", class_names=bad, **options)
     assert not (tmp_path / "other").exists()
+
+
+def test_a_stop_is_said_by_its_signal_and_under_torchrun_with_torchruns_part(monkeypatch):
+    import signal as signals
+
+    from locallearn.training import interrupt
+
+    monkeypatch.setattr(interrupt, "_by", [signals.SIGINT])
+    assert (interrupt.stopped_how(), interrupt.exit_status()) == ("interrupted", 130)
+    monkeypatch.setattr(interrupt, "_by", [signals.SIGTERM])
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert (interrupt.stopped_how(), interrupt.exit_status()) == ("stopped by SIGTERM", 143)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun stops the other ranks so when one fails
+    assert interrupt.stopped_how() == ("stopped by SIGTERM (a scheduler ending the job, or torchrun stopping every "
+                                       "rank when one failed)")

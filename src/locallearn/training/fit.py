@@ -193,7 +193,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     except KeyboardInterrupt:  # a stop Ctrl-C requested (acted on between batches), or a second Ctrl-C, where it landed
         resume_hint = (f"; `{_resume_command(run, config)}` continues it"
                        if saved or not run.untrained else "; the same command starts it over")  # (an epoch logged)
-        kept = f"interrupted in epoch {saved + 1}: {_kept(run, saved)}"
+        kept = f"{interrupt.stopped_how()} in epoch {saved + 1}: {_kept(run, saved)}"
         raise interrupt.Interrupted(f"{kept}{resume_hint}.", kept=kept) from None
     runner.close()
     if not launcher.is_main:

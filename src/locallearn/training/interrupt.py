@@ -11,6 +11,7 @@ request stops the run at the next batch.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -28,6 +29,17 @@ class Interrupted(KeyboardInterrupt):
 
 _requested = threading.Event()
 _by = [signal.SIGINT]  # the signal of the last stop requested
+
+
+def stopped_how() -> str:
+    """How the last stop is said: "interrupted" (Ctrl-C), or "stopped by SIGTERM" — which, under torchrun, is
+    also how torchrun stops the other ranks when one has failed (its own lines name that one)."""
+    if _by[0] != signal.SIGTERM:
+        return "interrupted"
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        return "stopped by SIGTERM (a scheduler ending the job, or torchrun stopping every rank when one failed)"
+    return "stopped by SIGTERM"
 
 
 def exit_status() -> int:
