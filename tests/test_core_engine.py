@@ -349,3 +349,18 @@ def test_an_optimizer_of_the_models_parameters_is_refused_naming_the_fix():
     for p in net.objectives[0].parameters():
         p.requires_grad_(False)  # frozen parameters need not be held
     ll.train_step(net, images, labels, torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1))
+
+
+def test_inference_on_images_of_another_shape_is_one_line():
+    """net(x) with the wrong channels or size was the error of whichever layer met it first (a context
+    encoder's sum, a convolution's channels)."""
+    net = ll.build("resnet20", method="contsup", num_modules=2, split="uniform", context="R1E").eval()
+    with torch.no_grad():
+        assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+        for x, words in ((torch.zeros(2, 3, 28, 28), r"images: 3×28×28 \(channels × height × width\), but the network "
+                                                     "was built for 3×32×32"),
+                         (torch.zeros(2, 1, 32, 32), "images: 1×32×32"),
+                         (torch.zeros(3, 32, 32), r"expected a \(batch, channels, height, width\) tensor, got \(3, 32, 32\)")):
+            with pytest.raises(ValueError, match=words) as err:
+                net(x)
+            assert "\n" not in str(err.value)

@@ -211,7 +211,17 @@ class LocalNet(nn.Module):
         return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Inference: logits through backbone and context path; auxiliary heads and decoders are not run."""
+        """Inference: logits through backbone and context path; auxiliary heads and decoders are not run.
+        ``images``: (batch, channels, height, width) of the channels and size the network was built for (else
+        refused in one line, not with the error of whichever layer meets them first)."""
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"images: expected a (batch, channels, height, width) tensor, got {got}.")
+        if tuple(images.shape[1:]) != tuple(self.image_shape):
+            c, h, w = self.image_shape
+            raise ValueError(f"images: {images.shape[1]}×{images.shape[2]}×{images.shape[3]} (channels × height × "
+                             f"width), but the network was built for {c}×{h}×{w} (its cuts, heads and context "
+                             f"encoders are sized for them); resize the images, or build the network for theirs.")
         return self.forward_modules(range(self.num_modules), images, self.begin(images))
 
     # --- structure ---------------------------------------------------------------------------------
