@@ -22,6 +22,7 @@ weight decay is elementwise, so per-stage optimizers over disjoint parameters eq
 from __future__ import annotations
 
 import contextlib
+import itertools
 import resource
 import sys
 import time
@@ -315,13 +316,19 @@ class PipelineStage:
                     f"pipeline: stage {self.stage} expected a {kind.name} batch, got {message.kind.name}: the ranks are "
                     "out of step."
                 )
-            t = message.tensors
+            # each tensor in a storage of its own, not a view of the one payload: a later module that keeps only
+            # the labels (its loss) or the image (its context encoders) kept the whole payload alive, which the
+            # memory meter rightly charged (a stage's peak above the whole network's in one process)
+            t = {name: v.clone() for name, v in message.tensors.items()}
+            index = message.index
+            del message  # the payload is freed here
             history = {int(name[5:]): v for name, v in t.items() if name.startswith("hist/")}
-            yield message.index, t["h"], ForwardState(image=t.get("image"), labels=t["labels"], history=history), t["labels"]
+            yield index, t["h"], ForwardState(image=t.get("image"), labels=t["labels"], history=history), t["labels"]
 
     def _train_batch(self, stats: PhaseStats, inputs, state: ForwardState, labels) -> torch.Tensor:
         first_step = stats.batches == 0 and self.meter_memory and self.device.type != "cuda"
-        meter = SavedTensorMeter(self.net.parameters()) if first_step else None
+        # parameters and buffers (BatchNorm statistics) are not activations: left out, as in one process
+        meter = SavedTensorMeter(itertools.chain(self.net.parameters(), self.net.buffers())) if first_step else None
         begin = time.perf_counter()
         with meter or contextlib.nullcontext():
             metrics, h = train_modules(
