@@ -167,3 +167,24 @@ def test_eval_lists_an_image_folders_misclassified_files_by_their_own_class(tmp_
     assert "give a file ending in .csv" in capsys.readouterr().err
     assert main(["eval", str(run), "--confusion", str(tmp_path / "w.csv"), "--misclassified", str(tmp_path / "w.csv")]) == 2
     assert "--confusion and --misclassified name the same file" in capsys.readouterr().err
+
+
+def test_cifar100s_names_are_read_from_its_official_meta_file(tmp_path):
+    """CIFAR-100 names its 100 classes in cifar-100-python/meta (fine_label_names, Python 2 pickled bytes):
+    read from there (not typed from memory; sources disagree on one), and a missing or damaged meta file
+    leaves the label numbers rather than refusing the data."""
+    import pickle
+
+    from locallearn.data import describe_dataset
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    assert describe_dataset("cifar100", tmp_path).class_names is None  # no meta file
+    names = [f"class_{i}".encode() for i in range(100)]
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": names, b"coarse_label_names": names[:20]},
+                                               protocol=2))
+    assert describe_dataset("cifar100", tmp_path).class_names == tuple(f"class_{i}" for i in range(100))
+    for damaged in (pickle.dumps({b"fine_label_names": names[:99]}, protocol=2), b"\x80\x02not a pickle",
+                    pickle.dumps({b"fine_label_names": [b"same"] * 100}, protocol=2)):
+        (folder / "meta").write_bytes(damaged)
+        assert describe_dataset("cifar100", tmp_path).class_names is None

@@ -108,6 +108,27 @@ def read_cifar(path: Path, *, max_count: int, label_key: bytes, num_classes: int
     return Part(images, labels)
 
 
+def read_cifar_names(path: Path, *, key: bytes, count: int) -> tuple[str, ...] | None:
+    """The class names a CIFAR ``meta`` / ``batches.meta`` file lists under ``key`` (CIFAR-100's
+    ``fine_label_names``), or None where the file is missing or does not hold ``count`` of them: names only
+    label the results, so a damaged file leaves the label numbers, not a refused run."""
+    try:
+        if path.stat().st_size > 64 * 1024:  # the official meta file is under 2 KB
+            return None
+        with open(path, "rb") as f:
+            meta = _ArrayUnpickler(f, encoding="bytes").load()
+    except Exception:
+        return None
+    names = meta.get(key) if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != count or not all(isinstance(n, (bytes, str)) for n in names):
+        return None
+    try:
+        names = [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+    except UnicodeDecodeError:
+        return None
+    return tuple(names) if len(set(names)) == count and all(names) else None
+
+
 # --- SVHN ----------------------------------------------------------------------------------------------
 
 

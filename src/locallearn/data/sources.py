@@ -28,6 +28,7 @@ from locallearn.data.errors import CorruptFileError, DatasetError
 from locallearn.data.formats import (
     Part,
     read_cifar,
+    read_cifar_names,
     read_idx_images,
     read_idx_labels,
     read_stl_images,
@@ -288,6 +289,9 @@ def describe_dataset(
         place = data_dir(get_source(name), root)
         if place != Path(root):
             spec = dataclasses.replace(spec, read_from=f"files from {place}, not --data-dir itself")
+        if spec.class_names is None and name == "cifar100":  # its 100 names, from the official meta file
+            spec = dataclasses.replace(spec, class_names=read_cifar_names(
+                place / _CIFAR100 / "meta", key=b"fine_label_names", count=spec.num_classes))
     return spec
 
 
