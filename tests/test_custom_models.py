@@ -686,3 +686,23 @@ def test_messages_of_a_run_from_python_name_its_keywords_not_command_line_flags(
                               "to replace it, or choose another out=.")
     with pytest.raises(ValueError, match="^resume=True and overwrite=True exclude each other"):
         train(sequential_cnn(in_channels=1, classes=4), data, data, out=out, resume=True, overwrite=True, **common)
+
+
+def test_batches_from_python_of_varying_number_get_no_note_of_changed_data(tmp_path):
+    """An epoch's image count is compared only across a resume, and not for batches from Python, which may
+    vary by design (the note named --data-dir, a flag such a run does not have)."""
+    from locallearn.training import train
+
+    batch = (torch.randn(4, 1, 16, 16), torch.arange(4) % 4)
+
+    class Varying:
+        calls = 0
+
+        def __iter__(self):
+            Varying.calls += 1
+            return iter([batch] * (2 + Varying.calls % 2))
+
+    lines = []
+    train(sequential_cnn(in_channels=1, classes=4), Varying(), [batch], out=tmp_path / "run", num_classes=4,
+          method="greedy", num_modules=2, epochs=3, device="cpu", log=lines.append)
+    assert not any("training data has changed" in line for line in lines)

@@ -626,3 +626,14 @@ def test_a_resume_on_a_training_folder_that_grew_says_so(tmp_path, capsys):
     assert ("note: epoch 2 trained on 15 images, epoch 1 on 12: the training data has changed since the run "
             "started") in said
     assert [json.loads(line)["train_images"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [12, 15]
+
+
+def test_with_a_test_limit_only_the_test_files_it_keeps_are_named(tmp_path):
+    make_folder(tmp_path, per_class=3)
+    for path in (tmp_path / "train" / "cat" / "img0.png", tmp_path / "test" / "dog" / "img2.bmp",
+                 tmp_path / "test" / "cat" / "img0.png"):
+        path.write_bytes(b"not an image")
+    with pytest.raises(DatasetError) as err:  # --limit-test 3: each class's first test image, so not dog/img2
+        load_split("imagefolder", tmp_path, train=True, limit=4, test_limit=3)
+    message = one_line(err, "imagefolder: 2 images are not readable: ")
+    assert str(tmp_path / "test" / "cat" / "img0.png") in message and "img2" not in message

@@ -114,6 +114,7 @@ def test_unreadable_files_are_named_and_the_others_classified(folder_run, tmp_pa
     assert len(said.out.splitlines()) == 4  # 0..3.png; the hidden folder and the .txt are not images to read
     err = said.err.splitlines()
     assert err[0].startswith(f"{images / 'broken.png'}: not read: not a readable image")
+    assert "remove it" not in err[0]  # a file to classify is not a dataset to repair
     assert err[1] == "predict: 1 of 5 files could not be read (named above); the others were classified."
     rows = {p.file.name: p for p in predict(run, images)}
     assert rows["broken.png"].classes == () and "not a readable image" in rows["broken.png"].error
@@ -170,3 +171,34 @@ def test_a_greyscale_runs_images_are_read_grey(tmp_path, capsys, monkeypatch):
     assert a.labels == b.labels and a.probabilities == b.probabilities
     with pytest.raises(ValueError, match="channels must be 1"):
         decode_image(tmp_path / "g.png", 28, channels=2)
+
+
+def test_a_runs_own_normalisation_is_used_where_it_set_one(tmp_path):
+    """--image-mean / --image-std replace the dataset's statistics in the run's loaders: predict reads new
+    images with them too (with the dataset's it gave other probabilities than eval)."""
+    from PIL import Image
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--limit-train", "64", "--limit-test", "8", "--image-mean", "0.9,0.9,0.9",
+                 "--image-std", "0.05,0.05,0.05", "--out", str(run)]) == 0
+    config = resolve(read_run_options(run / "config.yaml"), device="cpu")
+    test = load_data(config, train=False, device=torch.device("cpu"))
+    result = evaluate(load_net(run), test, predictions=True)
+    files = []
+    for i, x in enumerate(test.images):  # the digits test images as PNG files, at the run's size already
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(x.permute(1, 2, 0).numpy()).save(files[-1])
+    got = list(predict(run, files))
+    assert [p.labels[0] for p in got] == result["predicted"].tolist()
+    assert [p.probabilities[0] for p in got] == pytest.approx(result["confidence"].tolist(), rel=1e-5)
+
+
+def test_a_folder_is_read_through_its_links_each_real_folder_once(folder_run, tmp_path):
+    run, test_dir, *_ = folder_run
+    (tmp_path / "top").mkdir()
+    shutil.copy(test_dir / "red" / "0.png", tmp_path / "top" / "a.png")
+    (tmp_path / "top" / "linked").symlink_to(test_dir / "blue")  # 4 images
+    (tmp_path / "top" / "again").symlink_to(test_dir / "blue")  # the same folder: read once
+    (tmp_path / "top" / "up").symlink_to(tmp_path / "top")  # a loop
+    got = [p.file for p in predict(run, tmp_path / "top")]
+    assert len(got) == 5 and got[0] == tmp_path / "top" / "a.png"

@@ -877,6 +877,76 @@ def test_a_stop_is_said_by_its_signal_and_under_torchrun_with_torchruns_part(mon
     monkeypatch.setattr(interrupt, "_by", [signals.SIGTERM])
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert (interrupt.stopped_how(), interrupt.exit_status()) == ("stopped by SIGTERM", 143)
+    assert interrupt.exit_status() == 130  # read once
+    monkeypatch.setattr(interrupt, "_by", [signals.SIGTERM])
     monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun stops the other ranks so when one fails
     assert interrupt.stopped_how() == ("stopped by SIGTERM (a scheduler ending the job, or torchrun stopping every "
                                        "rank when one failed)")
+
+
+
+def test_the_checkpoint_a_save_replaces_is_kept_as_the_one_before_only_if_sound(tmp_path, monkeypatch):
+    """A checkpoint.pt this process wrote or read soundly becomes checkpoint.prev.pt without being read again;
+    one it knows nothing of (another process's) is read first, kept if sound, and replaced if damaged, so
+    checkpoint.prev.pt is never a damaged file."""
+    from locallearn.training import rundir
+
+    path, previous = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.prev.pt"
+    state = {"format": rundir.CHECKPOINT_FORMAT, "epoch": 1, "model": {"w": torch.ones(3)}}
+    save_state(path, state, previous=previous)
+    save_state(path, {**state, "epoch": 2}, previous=previous)  # written here: rotated without a read
+    assert load_state(previous)["epoch"] == 1 and load_state(path)["epoch"] == 2
+    reads = []
+    monkeypatch.setattr(rundir, "_WRITTEN", {})  # as in a new process, which did not write it
+    real = rundir.load_state
+    monkeypatch.setattr(rundir, "load_state", lambda p, *a: reads.append(p) or real(p, *a))
+    save_state(path, {**state, "epoch": 3}, previous=previous)  # sound: read once, kept
+    assert reads == [path] and load_state(previous)["epoch"] == 2 and load_state(path)["epoch"] == 3
+    monkeypatch.setattr(rundir, "_WRITTEN", {})
+    path.write_bytes(path.read_bytes()[:100])  # damaged (a resume fell back past it): replaced, not kept
+    save_state(path, {**state, "epoch": 4}, previous=previous)
+    assert load_state(previous)["epoch"] == 2 and load_state(path)["epoch"] == 4
+    monkeypatch.setattr(rundir, "_WRITTEN", {})
+    reads.clear()
+    assert rundir.RunDir(tmp_path).load_checkpoint()["epoch"] == 4  # read soundly: stamped
+    save_state(path, {**state, "epoch": 5}, previous=previous)
+    assert reads == [path] and load_state(previous)["epoch"] == 4  # the one read by load_checkpoint, no other
+
+
+def test_a_start_record_outlives_a_refused_start_and_gives_way_to_options_asked_for(tmp_path, capsys, monkeypatch):
+    """A run stopped while it was built leaves .start.yaml: a later start that is refused (its data missing)
+    leaves that record as it was, so `--resume` still continues the run first asked for; a resume that asks
+    for other options starts those instead (nothing was trained: a grid's cell rerun with another recipe)."""
+    import yaml
+
+    from locallearn.training.runner import SingleProcess
+
+    out = tmp_path / "run"
+    real = SingleProcess.runner
+
+    def stopped_while_built(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SingleProcess, "runner", stopped_while_built)
+    assert main(["train", *TINY, "--lr", "0.05", "--epochs", "1", "--out", str(out)]) == 130
+    record = (out / ".start.yaml").read_bytes()
+    assert yaml.safe_load(record)["optim"]["lr"] == 0.05 and not (out / "config.yaml").exists()
+    monkeypatch.setattr(SingleProcess, "runner", real)
+    assert main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "none"), "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert (out / ".start.yaml").read_bytes() == record  # the refused start's options did not replace it
+    assert main(["train", "--out", str(out), "--resume", "--lr", "0.2"]) == 0  # other options: those start
+    assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["lr"] == 0.2
+    assert not (out / ".start.yaml").exists()
+
+
+def test_a_stop_between_batches_by_sigterm_says_so():
+    import signal as signals
+
+    from locallearn.training import interrupt
+
+    with interrupt.stop_between_batches():
+        os.kill(os.getpid(), signals.SIGTERM)  # a stop requested, acted on at the next check
+        with pytest.raises(interrupt.Interrupted, match="^stopped by SIGTERM"):
+            interrupt.check()
+    assert interrupt.exit_status() == 143

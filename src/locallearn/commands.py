@@ -253,7 +253,7 @@ def predict_command(run_dir: Path, paths: list[Path], top: int = 1, out: Path | 
     if out is not None:
         check_output_path(out, "--out", (".csv",), "a table")
     rows, unread = [], 0
-    for p in predict(run_dir, paths, top=top, device=device, log=print):
+    for p in predict(run_dir, paths, top=top, device=device, log=lambda line: print(line, file=sys.stderr)):
         if p.error is not None:
             unread += 1
             print(f"{p.file}: not read: {p.error}", file=sys.stderr)

@@ -203,16 +203,14 @@ def _test_from(folder: ImageFolder) -> str:
 
 
 def load_image_folder_split(
-    folder: ImageFolder, train: bool, image_size: int = DEFAULT_IMAGE_SIZE, limit: int | None = None
+    folder: ImageFolder, train: bool, image_size: int = DEFAULT_IMAGE_SIZE, limit: int | None = None,
+    test_limit: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode the images of the split: uint8 (N, 3, S, S) and int64 labels (N,); with ``limit``, only the
     ``limit`` images ``first_in_turn`` keeps are decoded. Every unreadable image is named in one error — of
-    the training split, also those of the test split whose file cannot even be opened as an image (found
-    without decoding it), so that one round of fixes clears both."""
-    items = folder.train if train else folder.test
-    if limit is not None:
-        labels = torch.tensor([label for _, label in items], dtype=torch.int64)
-        items = tuple(items[i] for i in first_in_turn(labels, limit).tolist())
+    the training split, also those of the test split (the ``test_limit`` it keeps) whose file cannot even be
+    opened as an image (found without decoding it), so that one round of fixes clears both."""
+    items = _kept_items(folder.train if train else folder.test, limit)
     images = np.empty((len(items), 3, image_size, image_size), dtype=np.uint8)  # (N, 3, S, S)
     corrupt: list[CorruptFileError] = []  # every one named at once, not one per run
     for i, (path, _) in enumerate(items):
@@ -221,7 +219,8 @@ def load_image_folder_split(
         except CorruptFileError as err:
             corrupt.append(err)
     if corrupt and train and folder.test_fraction is None:
-        corrupt += [err for err in map(_unopenable, (path for path, _ in folder.test)) if err is not None]
+        corrupt += [err for err in map(_unopenable, (path for path, _ in _kept_items(folder.test, test_limit)))
+                    if err is not None]
     if len(corrupt) == 1:
         raise corrupt[0]
     if corrupt:
@@ -231,6 +230,14 @@ def load_image_folder_split(
                            f"{first}); replace or remove them.")
     labels = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
     return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def _kept_items(items: tuple[Item, ...], limit: int | None) -> tuple[Item, ...]:
+    """The items a limit keeps (``first_in_turn``), in the split's order; all of them without one."""
+    if limit is None:
+        return items
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+    return tuple(items[i] for i in first_in_turn(labels, limit).tolist())
 
 
 def _unopenable(path: Path) -> CorruptFileError | None:
@@ -344,9 +351,18 @@ def is_image_name(name: str) -> bool:
 
 
 def image_files_in(class_dir: Path) -> list[Path]:
+    """Every image file under ``class_dir``, recursively — through linked folders too, each real folder once
+    (a link back up would loop) — hidden files and folders left out, sorted by their path in ``class_dir``."""
     found = []
-    for directory, subdirs, names in os.walk(class_dir):
-        subdirs[:] = [d for d in subdirs if not d.startswith(".")]  # .ipynb_checkpoints and the like
+    seen = {os.path.realpath(class_dir)}
+    for directory, subdirs, names in os.walk(class_dir, followlinks=True):
+        kept = []
+        for d in sorted(subdirs):  # (hidden folders: .ipynb_checkpoints and the like)
+            real = os.path.realpath(os.path.join(directory, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                kept.append(d)
+        subdirs[:] = kept
         found += [Path(directory, n) for n in names if is_image_name(n)]
     return sorted(found, key=lambda p: p.relative_to(class_dir).as_posix())
 

@@ -303,12 +303,13 @@ def _folder_image_size(image_size: int | None) -> int:
 
 def load_split(
     name: str, root: Path | str | None, train: bool, *, strict: bool = True, image_size: int | None = None,
-    test_fraction: float | None = None, limit: int | None = None,
+    test_fraction: float | None = None, limit: int | None = None, test_limit: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 (N, C, S, S) and labels int64 (N,) of the train or test split of dataset ``name``; C and
     S are those of ``describe_dataset(name, root, image_size=image_size)``. ``limit``: keep the first
     ``limit`` images (of an image folder, read class by class, the classes taken in turn: ``first_in_turn``;
-    only those are decoded).
+    only those are decoded). ``test_limit``: the test split's limit, for an image folder's training split to
+    name the test files it would read that are not images at all with its own unreadable ones.
 
     Every file is validated; a missing or corrupt one raises `DatasetError` naming it and the fix.
     ``strict`` requires the official number of images per file (turn it off only for test fixtures).
@@ -319,7 +320,8 @@ def load_split(
         x, y = load_digits_split(train)
         return (x, y) if limit is None else (x[:limit], y[:limit])
     if name in FOLDER_DATASETS:
-        return load_image_folder_split(scan_image_folder(root, test_fraction), train, spec.image_size, limit)
+        return load_image_folder_split(scan_image_folder(root, test_fraction), train, spec.image_size, limit,
+                                       test_limit)
     source = get_source(name)
     root = Path(root)
     files = source.train if train else source.test

@@ -210,11 +210,11 @@ def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.de
             raise ValueError(f"{run.path}: {CHECKPOINT} and {PREVIOUS} are both damaged ({second}); no sound "
                              f"checkpoint is left, so the weights are lost (metrics.jsonl and summary.json still "
                              f"hold the results).") from None
-        raise ValueError(f"{str(err).rstrip('.')}; `{resume_command(run)}` trains that epoch "
+        raise ValueError(f"{str(err).rstrip('.')}; `{resume_command(run, python=config.data.dataset == PYTHON_DATA)}` trains that epoch "
                          f"again from it, then {reader} works.") from None
     if checkpoint is None and run.file(PREVIOUS).is_file():
         raise ValueError(f"{run.path} has no {CHECKPOINT} (a write was interrupted), only {PREVIOUS}, of the epoch "
-                         f"before; `{resume_command(run)}` continues the run from it.")
+                         f"before; `{resume_command(run, python=config.data.dataset == PYTHON_DATA)}` continues the run from it.")
     if checkpoint is None and run.has_checkpoint(stages=True):
         command, unknown = pipeline_resume(run)
         raise ValueError(f"{run.path} has no {CHECKPOINT}, only the stage files of the pipeline that trained it; "
@@ -226,7 +226,7 @@ def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.de
             logged = []
         raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has been checkpointed"
                          + (f" (metrics.jsonl logs epoch {logged[-1]['epoch']}, which a stop cut off before its "
-                            f"checkpoint; `{resume_command(run)}` trains it again)" if logged else "") + ".")
+                            f"checkpoint; `{resume_command(run, python=config.data.dataset == PYTHON_DATA)}` trains it again)" if logged else "") + ".")
     written = written_config(checkpoint, run.file(CHECKPOINT), data_dir=config.data.data_dir)
     differing = differing_options(written, config, ignore=RESUMABLE_CHANGES) if written is not None else []
     if differing:  # an edited config.yaml would rebuild another network, or test other data
@@ -253,7 +253,7 @@ def trained_net(run: RunDir, config: Config, *, model: nn.Module | None = None,
     memory layout (so that its sums, and figures, are the run's), and the checkpoint; ``net.class_names`` is
     the name of each class (``training.classes.class_labels`` of the names the run recorded)."""
     device = resolve_device(config.run.device)
-    checkpoint = trained_checkpoint(run, config, device, reader=reader)
+    checkpoint = trained_checkpoint(run, config, reader=reader)  # on the CPU: the optimizer state stays there
     net = build_net(net_to_build(config.net, run), model)
     load_weights(net, checkpoint["model"], run.file(CHECKPOINT), READ_FIX)
     net.to(device)

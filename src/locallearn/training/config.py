@@ -596,6 +596,14 @@ RESUMABLE_CHANGES = ("out", "data_dir", "device", "compile", "channels_last", "p
                      "pipeline_assign", "fault_timeout")
 
 
+def option(dataset: str | None, name: str) -> str:
+    """How a message names run option ``name`` of a run on ``dataset``: the flag (``--overwrite``) on the
+    command line, the keyword (``overwrite=True``) for a run of ``training.train`` on batches from Python."""
+    if dataset != PYTHON_DATA:
+        return f"--{name.replace('_', '-')}"
+    return f"{name}=True" if name in ("resume", "overwrite") else f"{name}="
+
+
 def resumed_config(stored: Mapping[str, Any], requested: Mapping[str, Any], *, out: str) -> Config:
     """The config of a run being resumed: the stored options, with the options asked for now laid over them —
     which must not change anything (except ``RESUMABLE_CHANGES``). ``locallearn train --out RUN --resume``
@@ -609,9 +617,10 @@ def resumed_config(stored: Mapping[str, Any], requested: Mapping[str, Any], *, o
     after = resolve({**stored, **requested, "out": out})
     changed = differing_options(before, after, ignore=RESUMABLE_CHANGES)
     if changed:
+        resume_, out_ = option(stored.get("dataset"), "resume"), option(stored.get("dataset"), "out")
         raise ValueError(
-            f"--resume: the run in {out} was started with other options: {', '.join(changed)}; resume it with "
-            f"its own options, or start a new run with another --out."
+            f"{resume_}: the run in {out} was started with other options: {', '.join(changed)}; resume it with "
+            f"its own options, or start a new run with another {out_}."
         )
     return after
 

@@ -29,6 +29,7 @@ from locallearn.training.config import (
     differing_options,
     dump_yaml,
     flatten,
+    option,
     read_mapping,
     resolve,
     resumed_config,
@@ -90,12 +91,15 @@ def fit(
     log = log if launcher.is_main else _quiet
     run = RunDir(config.run.out)
     with run.lock() if launcher.is_main else contextlib.nullcontext(), interrupt.stop_between_batches():
-        recorded = run.file(START).is_file()
+        recorded = run.file(START).read_bytes() if launcher.is_main and run.file(START).is_file() else None
         try:
             return _fit(config, run, launcher, resume=resume, overwrite=overwrite, requested=requested, log=log)
-        except ValueError:  # refused before it started (bad data, a network that cannot be built): nothing is left
-            if launcher.is_main and not recorded and not run.file(CONFIG).is_file():
-                run.file(START).unlink(missing_ok=True)
+        except ValueError:  # refused before it started (bad data, a network that cannot be built): the directory
+            if launcher.is_main and not run.file(CONFIG).is_file():  # is left as it was, an earlier start's record
+                if recorded is None:  # included (a killed start that `--resume` still continues)
+                    run.file(START).unlink(missing_ok=True)
+                else:
+                    run.write_start(recorded.decode())
             raise
 
 
@@ -173,8 +177,12 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
                     f"{_diverged(config)}"
                 )
             record = epoch_record(epoch, lr, train, test)
-            before = history[-1].get("train_images") if history else None  # (runs of earlier releases: None)
-            if before is not None and record.get("train_images") not in (None, before):  # a resume on grown data
+            # a resume's first epoch against the epoch before (of an earlier session; earlier releases: None): a
+            # dataset's count follows from its options, so another is data that changed (batches from Python may
+            # vary by design)
+            before = history[-1].get("train_images") if history and epoch == done + 1 else None
+            if (before is not None and record.get("train_images") not in (None, before)
+                    and config.data.dataset != PYTHON_DATA):
                 log(f"note: epoch {epoch} trained on {record['train_images']} images, epoch {epoch - 1} on {before}: "
                     f"the training data has changed since the run started (a folder that grew, or --data-dir), so "
                     f"it is no longer the run an uninterrupted one would be.")
@@ -207,7 +215,7 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
 def _diverged(config: Config) -> str:
     """What to do about a diverged run: the learning rate is not a resumable change, so a new run."""
     return (f"Check the data for non-finite values, or start the run again with a lower learning rate "
-            f"({option(config, 'overwrite')}, or another {option(config, 'out')}).")
+            f"({option(config.data.dataset, 'overwrite')}, or another {option(config.data.dataset, 'out')}).")
 
 
 def _quiet(_: str) -> None:
@@ -218,7 +226,7 @@ def _resume_command(run: RunDir, config: Config) -> str:
     """The command that continues this run as it runs now: one process, or the pipeline on the ranks it ran on
     (torchrun sets WORLD_SIZE, and LOCAL_WORLD_SIZE per machine); a run on batches from Python, the call."""
     if config.data.dataset == PYTHON_DATA:
-        return f"train(model, train_data, test_data, out={str(run.path)!r}, resume=True)"
+        return resume_command(run, python=True)
     if config.processes.parallel != "pipeline":
         return resume_command(run)
     return resume_command(run, pipeline=True, ranks=os.environ.get("WORLD_SIZE"),
@@ -250,15 +258,19 @@ def open_run(
     directory's run files must be cleared before training (they are not cleared here: the new run's inputs
     are checked first) and the run's id (the stored one when resuming, else a new one)."""
     run = RunDir(config.run.out)
-    resume_, overwrite_, out_ = (option(config, name) for name in ("resume", "overwrite", "out"))
+    resume_, overwrite_, out_ = (option(config.data.dataset, name) for name in ("resume", "overwrite", "out"))
     if resume and overwrite:
         raise ValueError(f"{resume_} and {overwrite_} exclude each other: continue the run, or start it over.")
     if resume and not run.file(CONFIG).is_file() and run.file(START).is_file() and run.untrained:
-        # killed while its data and network were built: started again with the options it was started with
+        # killed while its data and network were built: started again with the options it was started with —
+        # or, asked for others (a grid's cell rerun with another recipe), with those: nothing was trained
         mapping = read_mapping(run.file(START))
         stored = check_run_options(flatten(mapping, str(run.file(START))), run.file(START))
         wanted = config.options() if requested is None else requested
-        return resumed_config(stored, wanted, out=config.run.out), False, run_id_of(mapping)
+        try:
+            return resumed_config(stored, wanted, out=config.run.out), False, run_id_of(mapping)
+        except ValueError:
+            return config, False, new_run_id()
     if resume and run.file(CONFIG).is_file():
         # a checkpoint left: checkpoint.pt, the one before, or a pipeline's stage files. Without one, a run with
         # results has lost its checkpoints, and starting again would replace them
@@ -301,14 +313,6 @@ def recorded_options(out: Path | str) -> dict[str, Any] | None:
     return None
 
 
-def option(config: Config, name: str) -> str:
-    """How a message names run option ``name``: the flag (``--overwrite``) on the command line, the keyword
-    (``overwrite=True``) for a run of ``locallearn.training.train`` on batches from Python."""
-    if config.data.dataset != PYTHON_DATA:
-        return f"--{name.replace('_', '-')}"
-    return f"{name}=True" if name in ("resume", "overwrite") else f"{name}="
-
-
 def nothing_to_resume(out: Path | str) -> str | None:
     """The note a resume of ``out`` gives where no run was started there (a mistyped path: the run starts
     now), else None."""
@@ -331,7 +335,7 @@ def check_same_run(
     options the run was started with. Data whose classes are not the checkpoint's (another image folder
     behind the same --data-dir) is refused too: its labels would mean other classes."""
     where = run.file(CHECKPOINT)
-    resume_, overwrite_ = option(config, "resume"), option(config, "overwrite")
+    resume_, overwrite_ = option(config.data.dataset, "resume"), option(config.data.dataset, "overwrite")
     fix = ("pass the run's class_names=, or start a new run with another out=." if config.data.dataset == PYTHON_DATA
            else "point --data-dir at the run's data, or start a new run with another --out.")
     check_class_names(state.get("class_names"), class_names, where=f"{resume_}: {run.path}", fix=fix)

@@ -44,15 +44,16 @@ def stopped_how() -> str:
 
 def exit_status() -> int:
     """The exit status of a command stopped by the last stop request: 128 + its signal (130 for Ctrl-C, 143
-    for SIGTERM, as schedulers expect)."""
-    return 128 + int(_by[0])
+    for SIGTERM, as schedulers expect). Read once: the next stop is Ctrl-C's until a signal says otherwise."""
+    status, _by[0] = 128 + int(_by[0]), signal.SIGINT
+    return status
 
 
 def check() -> None:
     """Raise ``Interrupted`` if a stop was requested (call between batches)."""
     if _requested.is_set():
         _requested.clear()
-        raise Interrupted("interrupted")
+        raise Interrupted(stopped_how())
 
 
 @contextlib.contextmanager

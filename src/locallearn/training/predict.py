@@ -11,6 +11,7 @@ your own. An image folder's run needs no folder: config.yaml and the checkpoint 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -118,10 +119,13 @@ def image_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def input_spec(config: Config, class_names: list[str]) -> DatasetSpec:
-    """How the run's test images were made from pixels: size, channels and normalisation."""
+    """How the run's test images were made from pixels: size, channels and normalisation (the run's own
+    image_mean / image_std, as its test loader used them: ``runner.load_data``)."""
     if config.data.dataset == IMAGEFOLDER:
-        return classes_spec(tuple(class_names), config.net.image_size)
-    return get_spec(config.data.dataset)
+        spec = classes_spec(tuple(class_names), config.net.image_size)
+    else:
+        spec = get_spec(config.data.dataset)
+    return dataclasses.replace(spec, mean=tuple(config.net.image_mean), std=tuple(config.net.image_std))
 
 
 def _probabilities(net: nn.Module, spec: DatasetSpec, images: list[np.ndarray], device: torch.device,
@@ -137,7 +141,11 @@ def _probabilities(net: nn.Module, spec: DatasetSpec, images: list[np.ndarray], 
 
 
 def _reason(err: Exception, path: Path) -> str:
-    text = str(err)
+    """Why ``path`` was not read, without the file's name (the line names it) or the image folder's fix (a
+    file to classify is not a dataset to repair)."""
+    text = " ".join(str(err).split())
     for prefix in (f"{path} is corrupt: ", f"{IMAGEFOLDER}: {path} "):
         text = text.removeprefix(prefix)
-    return " ".join(text.split())
+    for fix in ("; replace or remove it", "; remove it"):
+        text = text.removesuffix(fix)
+    return text

@@ -301,7 +301,9 @@ class RunDir:
         try:
             if not path.is_file():
                 raise ValueError(f"{path} is missing (a write was interrupted)")
-            return load_state(path, map_location)
+            state = load_state(path, map_location)
+            _WRITTEN[path.resolve()] = _stamp(path)  # read soundly: the next save keeps it without reading it again
+            return state
         except ValueError as err:
             previous = self.file(PREVIOUS)
             if not fallback or not previous.is_file():
@@ -413,8 +415,8 @@ def _json_scalar(value: Any) -> Any:
 
 
 # --- states on disk -------------------------------------------------------------------------------------------
-# The checkpoint files this process wrote, as (st_mtime_ns, st_size) just after writing: a file that still has
-# its stamp is the one written, and sound; any other is read before it is kept as the one before.
+# The checkpoint files this process wrote or read soundly, as (st_mtime_ns, st_size) then: a file that still has
+# its stamp is sound; any other is read before it is kept as the one before.
 _WRITTEN: dict[Path, tuple[int, int]] = {}
 
 

@@ -226,9 +226,12 @@ def record_pretrained(run: RunDir, net: LocalNet, run_id: str) -> None:
 
 
 def resume_command(run: RunDir, *, pipeline: bool = False, ranks: int | str | None = None,
-                   per_node: int | str | None = None) -> str:
+                   per_node: int | str | None = None, python: bool = False) -> str:
     """The command that continues ``run``: one process, or (``pipeline``) torchrun with ``ranks`` ranks in all,
-    ``per_node`` on each machine where that is known and fewer (several machines)."""
+    ``per_node`` on each machine where that is known and fewer (several machines); ``python``: the call that
+    continues a run of ``training.train`` on batches from Python."""
+    if python:
+        return f"train(model, train_data, test_data, out={str(run.path)!r}, resume=True)"
     where = shlex.quote(str(run.path))
     if not pipeline:
         return f"locallearn train --out {where} --resume"
@@ -316,7 +319,8 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
             f"(locallearn.training.train(..., resume=True)), or evaluate from Python (locallearn.training.load_net)."
         )
     images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size,
-                                test_fraction=data.test_fraction, limit=data.limit_train if train else data.limit_test)
+                                test_fraction=data.test_fraction, limit=data.limit_train if train else data.limit_test,
+                                test_limit=data.limit_test)
     # The run's normalisation (the dataset's unless image_mean/image_std say otherwise): the same constants
     # the network un-normalises with to get reconstruction targets.
     spec = describe_dataset(data.dataset, data.data_dir, image_size=size, test_fraction=data.test_fraction)
