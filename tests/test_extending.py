@@ -128,6 +128,27 @@ def test_what_an_objective_returns_is_checked_in_one_line(method, objective, wor
         ll.train_step(net, torch.randn(4, 3, 32, 32), torch.arange(4), torch.optim.SGD(net.parameters(), lr=0.01))
 
 
+class DetachedHead(LocalObjective):
+    """A loss of its own parameters on h.detach(): it trains its head, never the module's units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, h, inputs, state):
+        return (self.scale * h.detach().mean()).pow(2), {}
+
+
+def test_a_loss_that_does_not_reach_the_modules_output_is_refused_in_one_line(method):
+    name = method("detached", lambda shared: [DetachedHead() for _ in shared])
+    net = ll.build("resnet20", method=name, num_modules=2, split="uniform")
+    with pytest.raises(ValueError, match=r"^method detached: objective 0's loss does not depend on the module's output "
+                                         r"h \(was it computed from h\.detach\(\)\?\), so module 0's units would never "
+                                         r"learn; compute it from h; see docs/architecture\.md") as err:
+        ll.train_step(net, torch.randn(4, 3, 32, 32), torch.arange(4), torch.optim.SGD(net.parameters(), lr=0.01))
+    assert "\n" not in str(err.value)
+
+
 def test_only_a_method_is_registered_as_one():
     with pytest.raises(TypeError, match=r"^register_method takes a Method .* got dict"):
         register_method({"name": "x"})

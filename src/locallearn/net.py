@@ -51,6 +51,7 @@ class LocalNet(nn.Module):
         image_size = config.image_size or backbone.image_size
         image_shape = (backbone.in_channels, image_size, image_size)
         self.image_shape = image_shape  # (C, H, W) the network was built for: its shapes, heads and encoders
+        self._graph_checked: set[int] = set()  # the objectives whose loss was seen to reach their module's output
         shapes = tuple(backbone.unit_shapes(image_size))
         self.boundary_shapes = [shapes[e] for e in self.ends]
         self.output_shape = shapes[-1]  # the last unit's (the logits' for a classifier), without the batch
@@ -199,6 +200,14 @@ class LocalNet(nn.Module):
                 f"of tensors, got {_described(out)}; see docs/architecture.md, adding a method."
             )
         loss, metrics = out
+        if k not in self._graph_checked and h.requires_grad and h.grad_fn is not None:  # once per objective
+            if not _reaches(loss, h.grad_fn):
+                raise ValueError(
+                    f"method {self.config.method}: objective {k}'s loss does not depend on the module's output h (was "
+                    f"it computed from h.detach()?), so module {k}'s units would never learn; compute it from h; see "
+                    f"docs/architecture.md, adding a method."
+                )
+            self._graph_checked.add(k)
         return loss, {**{name: value.detach() for name, value in metrics.items()}, "loss": loss.detach()}
 
     def forward_modules(self, modules: range, x: torch.Tensor, state: ForwardState) -> torch.Tensor:
@@ -349,6 +358,21 @@ def check_batch(net: LocalNet, batch_size: int, fix: str = "give --batch-size 2 
             raise ValueError(f"batch_size: the contrastive local loss pulls together images of a class within a "
                              f"batch, and a batch of {batch_size} has no pair (its loss is 0, so the local modules "
                              f"would not learn); {fix}.")
+
+
+def _reaches(loss: torch.Tensor, node: object) -> bool:
+    """Whether back-propagating ``loss`` passes through autograd node ``node`` (a walk of its graph that stops
+    there: the few nodes of a head, or at most one module's)."""
+    seen, frontier = set(), [loss.grad_fn]
+    while frontier:
+        current = frontier.pop()
+        if current is None or current in seen:
+            continue
+        if current is node:
+            return True
+        seen.add(current)
+        frontier += [nxt for nxt, _ in current.next_functions]
+    return False
 
 
 def _described(value: object) -> str:
