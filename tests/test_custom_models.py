@@ -706,3 +706,17 @@ def test_batches_from_python_of_varying_number_get_no_note_of_changed_data(tmp_p
     train(sequential_cnn(in_channels=1, classes=4), Varying(), [batch], out=tmp_path / "run", num_classes=4,
           method="greedy", num_modules=2, epochs=3, device="cpu", log=lines.append)
     assert not any("training data has changed" in line for line in lines)
+
+
+def test_a_resume_from_python_with_another_model_names_the_keyword_fix(tmp_path):
+    from locallearn.training import train
+
+    data = [(torch.randn(8, 1, 16, 16), torch.arange(8) % 4)]
+    common = dict(num_classes=4, method="greedy", num_modules=2, device="cpu", log=lambda line: None)
+    train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "run", epochs=2, **common)
+    (tmp_path / "run" / "summary.json").unlink()  # as if stopped before its end
+    wider = sequential_cnn(in_channels=1, classes=4)
+    wider[0][0] = nn.Conv2d(1, 16, 5, padding=2)  # another kernel: the checkpoint's weights do not fit
+    with pytest.raises(ValueError, match="start over with overwrite=True") as err:
+        train(wider, data, data, out=tmp_path / "run", epochs=2, resume=True, **common)
+    assert "--overwrite" not in str(err.value)

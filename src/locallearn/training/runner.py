@@ -161,7 +161,9 @@ class LocalRunner:
                              f"trained it, which that pipeline alone can resume from; resume it with "
                              f"`{command}`{unknown}, or start over with --overwrite.")
         if state is not None:
-            load_weights(self.net, state["model"], run.file(CHECKPOINT))
+            python = self.config.data.dataset == PYTHON_DATA  # train(..., resume=True): its keywords
+            load_weights(self.net, state["model"], run.file(CHECKPOINT),
+                         RESUME_FIX.replace("--overwrite", "overwrite=True") if python else RESUME_FIX)
             optimizer_state = state["optimizer"]
             if state["format"] == 1:  # parameters were ordered otherwise then (net.old_parameter_order)
                 optimizer_state = reorder_optimizer_state(optimizer_state, old_parameter_order(self.net))
