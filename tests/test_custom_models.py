@@ -720,3 +720,25 @@ def test_a_resume_from_python_with_another_model_names_the_keyword_fix(tmp_path)
     with pytest.raises(ValueError, match="start over with overwrite=True") as err:
         train(wider, data, data, out=tmp_path / "run", epochs=2, resume=True, **common)
     assert "--overwrite" not in str(err.value)
+
+
+def test_a_module_whose_every_parameter_is_frozen_runs_forward_only(tmp_path):
+    """A frozen pretrained part cut into a module of its own (its last unit, here: no head of its own) has
+    nothing to train: it runs forward, the other modules learn (it was PyTorch's 'element 0 of tensors does
+    not require grad' in a traceback)."""
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU()),
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)),
+    )
+    model[2].requires_grad_(False)  # the last module: the classifier unit alone, with no head of its own
+    net = ll.build(model, method="greedy", num_modules=3, split="uniform", num_classes=4, image_size=16,
+                   in_channels=1)
+    assert net.bounds[-1] == (2, 3)
+    before = [p.detach().clone() for p in net.parameters()]
+    x, y = torch.randn(4, 1, 16, 16), torch.arange(4)
+    stats = ll.train_step(net, x, y, torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1))
+    assert torch.isfinite(stats["loss/2"])
+    changed = [not torch.equal(a, b) for a, b in zip(before, net.parameters())]
+    frozen = [not p.requires_grad for p in net.parameters()]
+    assert any(changed) and not any(c for c, f in zip(changed, frozen) if f)

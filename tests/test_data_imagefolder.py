@@ -637,3 +637,23 @@ def test_with_a_test_limit_only_the_test_files_it_keeps_are_named(tmp_path):
         load_split("imagefolder", tmp_path, train=True, limit=4, test_limit=3)
     message = one_line(err, "imagefolder: 2 images are not readable: ")
     assert str(tmp_path / "test" / "cat" / "img0.png") in message and "img2" not in message
+
+
+def test_links_inside_a_class_folder_are_not_followed(tmp_path):
+    """A training image is known by its path in its class folder (the held-out split hashes it): a link to a
+    real folder must not rename its files, and a link out of the class (to another class, or to test/) must
+    not add images to it."""
+    from locallearn.data.imagefolder import scan_image_folder
+
+    make_folder(tmp_path, per_class=4)
+    shots = tmp_path / "train" / "cat" / "z_shots"
+    shots.mkdir()
+    for name in ("img0.png", "img1.jpg"):
+        (tmp_path / "train" / "cat" / name).rename(shots / name)
+    before = scan_image_folder(tmp_path)
+    (tmp_path / "train" / "cat" / "a_more").symlink_to("z_shots")  # sorts before the real folder
+    (tmp_path / "train" / "cat" / "up").symlink_to("..")  # every other class
+    (tmp_path / "train" / "cat" / "held").symlink_to(tmp_path / "test" / "cat")
+    after = scan_image_folder(tmp_path)
+    assert (after.train, after.test) == (before.train, before.test)  # the same files, by the same paths
+    assert shots / "img0.png" in [path for path, _ in after.train] and len(after.train) == 12

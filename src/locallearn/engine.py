@@ -169,7 +169,8 @@ def train_modules(
     for k in modules:
         with amp:
             loss, parts, h = objective(k, h, state)
-        loss.backward()
+        if loss.requires_grad:  # a module whose every parameter is frozen has nothing to train: forward only
+            loss.backward()
         metrics.update({f"{name}/{k}": value for name, value in parts.items()})
         del loss
     found = first_non_finite([metrics[f"loss/{k}"] for k in modules]) if finite else None
@@ -235,7 +236,8 @@ def time_modules(
                     torch.cuda.synchronize(images.device)
                 start = time.perf_counter()
                 loss, _, h = module_objective(net, k, inputs, state)
-                loss.backward()
+                if loss.requires_grad:  # (a module with every parameter frozen runs forward only)
+                    loss.backward()
                 if cuda:
                     torch.cuda.synchronize(images.device)
                 if rep:  # the first pass is a warm-up

@@ -350,19 +350,23 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def image_files_in(class_dir: Path) -> list[Path]:
-    """Every image file under ``class_dir``, recursively — through linked folders too, each real folder once
-    (a link back up would loop) — hidden files and folders left out, sorted by their path in ``class_dir``."""
+def image_files_in(class_dir: Path, follow_links: bool = False) -> list[Path]:
+    """Every image file under ``class_dir``, recursively, hidden files and folders left out, sorted by their path
+    in ``class_dir``. Linked folders inside it are not followed — a training folder's files are known by their
+    path, which the held-out split hashes, and a link could give one image two paths, two classes or both
+    splits — unless ``follow_links`` (files to classify: each real folder once, a link back up would loop)."""
     found = []
     seen = {os.path.realpath(class_dir)}
-    for directory, subdirs, names in os.walk(class_dir, followlinks=True):
-        kept = []
-        for d in sorted(subdirs):  # (hidden folders: .ipynb_checkpoints and the like)
-            real = os.path.realpath(os.path.join(directory, d))
-            if not d.startswith(".") and real not in seen:
-                seen.add(real)
-                kept.append(d)
-        subdirs[:] = kept
+    for directory, subdirs, names in os.walk(class_dir, followlinks=follow_links):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]  # .ipynb_checkpoints and the like
+        if follow_links:  # real folders first, then links by name: a folder reached twice is read once
+            kept = []
+            for d in sorted(subdirs, key=lambda d: (os.path.islink(os.path.join(directory, d)), d)):
+                real = os.path.realpath(os.path.join(directory, d))
+                if real not in seen:
+                    seen.add(real)
+                    kept.append(d)
+            subdirs[:] = kept
         found += [Path(directory, n) for n in names if is_image_name(n)]
     return sorted(found, key=lambda p: p.relative_to(class_dir).as_posix())
 

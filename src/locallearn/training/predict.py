@@ -104,7 +104,7 @@ def image_files(paths: Iterable[str | Path]) -> list[Path]:
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            found = image_files_in(path)
+            found = image_files_in(path, follow_links=True)
             if not found:
                 raise ValueError(f"predict: {path} holds no image files (read by extension: .png, .jpg, ...); "
                                  f"give image files or a folder of them.")
