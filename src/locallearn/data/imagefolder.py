@@ -10,7 +10,7 @@ and a file added later never moves a training image into the test split).
 The classes are the sorted names of the folders in train/ (label i is the i-th); test/ must have the same
 ones. Any format Pillow reads is taken by its extension (IMAGE_EXTENSIONS: PNG, JPEG, BMP, GIF, WebP, TIFF,
 PNM); other files (a README, .DS_Store) and hidden folders are ignored, and class folders are read
-recursively. Everything is checked before any image is used: a missing split, no classes, a class without
+recursively (not through linked folders: ``image_files_in``). Everything is checked before any image is used: a missing split, no classes, a class without
 images, train/test classes that differ, an unreadable image (named) are each one `DatasetError` line.
 
 Choices, the same for every folder (so a run is described by its folder and ``image_size`` alone):
