@@ -742,3 +742,18 @@ def test_a_module_whose_every_parameter_is_frozen_runs_forward_only(tmp_path):
     changed = [not torch.equal(a, b) for a, b in zip(before, net.parameters())]
     frozen = [not p.requires_grad for p in net.parameters()]
     assert any(changed) and not any(c for c, f in zip(changed, frozen) if f)
+
+
+def test_a_resume_from_python_with_both_checkpoints_damaged_names_the_keyword_fix(tmp_path):
+    from locallearn.training import train
+
+    data = [(torch.randn(8, 1, 16, 16), torch.arange(8) % 4)]
+    common = dict(num_classes=4, method="greedy", num_modules=2, device="cpu", log=lambda line: None, epochs=2)
+    model = sequential_cnn(in_channels=1, classes=4)
+    train(model, data, data, out=tmp_path / "run", **common)
+    (tmp_path / "run" / "summary.json").unlink()
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (tmp_path / "run" / name).write_bytes(b"")
+    with pytest.raises(ValueError, match="no sound checkpoint is left: start over with overwrite=True") as err:
+        train(model, data, data, out=tmp_path / "run", resume=True, **common)
+    assert "--overwrite" not in str(err.value)

@@ -154,14 +154,19 @@ class LocalRunner:
         run.save_checkpoint({**state, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict()})
 
     def restore(self, run: RunDir) -> dict[str, Any] | None:
-        state = run.load_checkpoint(fallback=True, log=self.log)
+        python = self.config.data.dataset == PYTHON_DATA  # train(..., resume=True): its keywords, not flags
+        try:
+            state = run.load_checkpoint(fallback=True, log=self.log)
+        except ValueError as err:
+            if not python:
+                raise
+            raise ValueError(str(err).replace("--overwrite", "overwrite=True")) from None
         if state is None and run.has_checkpoint(stages=True):  # only a pipeline's stage files: not started over
             command, unknown = pipeline_resume(run)
             raise ValueError(f"--resume: {run.path} has no checkpoint.pt, only the stage files of the pipeline that "
                              f"trained it, which that pipeline alone can resume from; resume it with "
                              f"`{command}`{unknown}, or start over with --overwrite.")
         if state is not None:
-            python = self.config.data.dataset == PYTHON_DATA  # train(..., resume=True): its keywords
             load_weights(self.net, state["model"], run.file(CHECKPOINT),
                          RESUME_FIX.replace("--overwrite", "overwrite=True") if python else RESUME_FIX)
             optimizer_state = state["optimizer"]
