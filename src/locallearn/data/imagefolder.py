@@ -210,7 +210,7 @@ def load_image_folder_split(
     ``limit`` images ``first_in_turn`` keeps are decoded. Every unreadable image is named in one error — of
     the training split, also those of the test split (the ``test_limit`` it keeps) whose file cannot even be
     opened as an image (found without decoding it), so that one round of fixes clears both."""
-    items = _kept_items(folder.train if train else folder.test, limit)
+    items = kept_items(folder.train if train else folder.test, limit)
     images = np.empty((len(items), 3, image_size, image_size), dtype=np.uint8)  # (N, 3, S, S)
     corrupt: list[CorruptFileError] = []  # every one named at once, not one per run
     for i, (path, _) in enumerate(items):
@@ -219,7 +219,7 @@ def load_image_folder_split(
         except CorruptFileError as err:
             corrupt.append(err)
     if corrupt and train and folder.test_fraction is None:
-        corrupt += [err for err in map(_unopenable, (path for path, _ in _kept_items(folder.test, test_limit)))
+        corrupt += [err for err in map(_unopenable, (path for path, _ in kept_items(folder.test, test_limit)))
                     if err is not None]
     if len(corrupt) == 1:
         raise corrupt[0]
@@ -232,7 +232,7 @@ def load_image_folder_split(
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def _kept_items(items: tuple[Item, ...], limit: int | None) -> tuple[Item, ...]:
+def kept_items(items: tuple[Item, ...], limit: int | None) -> tuple[Item, ...]:
     """The items a limit keeps (``first_in_turn``), in the split's order; all of them without one."""
     if limit is None:
         return items

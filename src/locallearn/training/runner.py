@@ -32,13 +32,13 @@ import torch
 from torch import nn
 
 from locallearn.data import BatchLoader, describe_dataset, load_split
-from locallearn.data.imagefolder import IMAGEFOLDER, first_in_turn, scan_image_folder
+from locallearn.data.imagefolder import IMAGEFOLDER, kept_items, scan_image_folder
 from locallearn.engine import NonFiniteLossError, first_non_finite, label_error, train_step
 from locallearn.memory import StepMemoryMeter
 from locallearn.config import NetConfig
 from locallearn.net import LocalNet, build_net, check_batch, check_logits, old_parameter_order
 from locallearn.training import interrupt
-from locallearn.training.config import PYTHON_DATA, Config, DataConfig, OptimConfig, read_mapping, run_id_of
+from locallearn.training.config import PYTHON_DATA, Config, OptimConfig, read_mapping, run_id_of
 from locallearn.training.progress import Progress
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PRETRAINED, RunDir, seed_everything
 
@@ -337,14 +337,6 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
     )
 
 
-def kept(data: DataConfig, labels: torch.Tensor, *, train: bool) -> torch.Tensor | slice | None:
-    """The images of a split that ``limit_train`` / ``limit_test`` keep (None: every one)."""
-    limit = data.limit_train if train else data.limit_test
-    if limit is None:
-        return None
-    return first_in_turn(labels, limit) if data.dataset == IMAGEFOLDER else slice(0, limit)
-
-
 def split_files(config: Config, *, train: bool) -> list[str] | None:
     """The image file of each image of a split, in the loader's order (limits applied), for an image folder;
     None for a dataset whose images are not files of their own."""
@@ -352,10 +344,8 @@ def split_files(config: Config, *, train: bool) -> list[str] | None:
     if data.dataset != IMAGEFOLDER:
         return None
     folder = scan_image_folder(data.data_dir, data.test_fraction)
-    items = folder.train if train else folder.test
-    order = torch.arange(len(items))  # (N,)
-    keep = kept(data, torch.tensor([label for _, label in items], dtype=torch.int64), train=train)
-    return [str(items[i][0]) for i in (order if keep is None else order[keep]).tolist()]
+    items = kept_items(folder.train if train else folder.test, data.limit_train if train else data.limit_test)
+    return [str(path) for path, _ in items]
 
 
 def data_line(train: BatchLoader, test: BatchLoader, device: torch.device | str, outputs: int) -> str:
