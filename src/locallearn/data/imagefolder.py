@@ -245,12 +245,12 @@ def _unopenable(path: Path) -> CorruptFileError | None:
     from PIL import Image
 
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        f = _open_image_file(path)
+    except CorruptFileError as err:
+        return err
     except OSError:
         return None  # not a corrupt image: decoding it says what it is
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return CorruptFileError(path, "not a regular file (a pipe, a socket or a device); remove it")
+    with f:
         try:
             Image.open(f).close()
         except Exception as err:
@@ -279,13 +279,8 @@ def decode_image(path: Path, size: int, channels: int = 3) -> np.ndarray:
         raise ValueError(f"decode_image: channels must be 1 (grey) or 3 (RGB), got {channels}.")
     from PIL import Image, ImageOps  # Pillow is imported only when a folder is read
 
-    # outside the try: an unreadable file (permissions, a broken link) is not a corrupt one. Opened without
-    # blocking, so that a pipe named like an image is refused instead of waiting for a writer forever.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise CorruptFileError(path, "not a regular file (a pipe, a socket or a device); remove it")
-    with os.fdopen(fd, "rb") as f:
+    # outside the try: an unreadable file (permissions, a broken link) is not a corrupt one
+    with _open_image_file(path) as f:
         try:
             with Image.open(f) as image:
                 # JPEG only: decode at the smallest of 1/1, 1/2, 1/4, 1/8 scale that is still >= size on
@@ -302,6 +297,17 @@ def decode_image(path: Path, size: int, channels: int = 3) -> np.ndarray:
     if channels == 1:
         return np.asarray(square.convert("L"))[None]  # (1, S, S)
     return np.asarray(square).transpose(2, 0, 1)  # (S, S, 3) → (3, S, S)
+
+
+def _open_image_file(path: Path):
+    """``path`` opened for reading in binary; OSError where it cannot be (permissions, a broken link: not a
+    corrupt image), CorruptFileError where it is no regular file. Opened without blocking, so that a pipe named
+    like an image is refused instead of waiting for a writer forever."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CorruptFileError(path, "not a regular file (a pipe, a socket or a device); remove it")
+    return os.fdopen(fd, "rb")
 
 
 def _to_rgb(image, path: Path):
