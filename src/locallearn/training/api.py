@@ -199,6 +199,7 @@ def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.de
     """The state of ``run``'s checkpoint.pt, for ``reader`` (``eval``, ``load_net``) to read the trained network
     back: sound, and written with the options ``config`` (the run's config.yaml) gives, but where the run lives
     and runs; otherwise refused in one line saying what is left and how to go on."""
+    again = resume_command(run, python=config.data.dataset == PYTHON_DATA)  # what continues the run
     try:
         checkpoint = run.load_checkpoint(map_location)
     except ValueError as err:  # damaged: a resume retrains its epoch from the one before, where that is sound
@@ -210,11 +211,11 @@ def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.de
             raise ValueError(f"{run.path}: {CHECKPOINT} and {PREVIOUS} are both damaged ({second}); no sound "
                              f"checkpoint is left, so the weights are lost (metrics.jsonl and summary.json still "
                              f"hold the results).") from None
-        raise ValueError(f"{str(err).rstrip('.')}; `{resume_command(run, python=config.data.dataset == PYTHON_DATA)}` trains that epoch "
+        raise ValueError(f"{str(err).rstrip('.')}; `{again}` trains that epoch "
                          f"again from it, then {reader} works.") from None
     if checkpoint is None and run.file(PREVIOUS).is_file():
         raise ValueError(f"{run.path} has no {CHECKPOINT} (a write was interrupted), only {PREVIOUS}, of the epoch "
-                         f"before; `{resume_command(run, python=config.data.dataset == PYTHON_DATA)}` continues the run from it.")
+                         f"before; `{again}` continues the run from it.")
     if checkpoint is None and run.has_checkpoint(stages=True):
         command, unknown = pipeline_resume(run)
         raise ValueError(f"{run.path} has no {CHECKPOINT}, only the stage files of the pipeline that trained it; "
@@ -226,7 +227,7 @@ def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.de
             logged = []
         raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has been checkpointed"
                          + (f" (metrics.jsonl logs epoch {logged[-1]['epoch']}, which a stop cut off before its "
-                            f"checkpoint; `{resume_command(run, python=config.data.dataset == PYTHON_DATA)}` trains it again)" if logged else "") + ".")
+                            f"checkpoint; `{again}` trains it again)" if logged else "") + ".")
     written = written_config(checkpoint, run.file(CHECKPOINT), data_dir=config.data.data_dir)
     differing = differing_options(written, config, ignore=RESUMABLE_CHANGES) if written is not None else []
     if differing:  # an edited config.yaml would rebuild another network, or test other data

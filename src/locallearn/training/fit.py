@@ -264,8 +264,7 @@ def open_run(
     if resume and not run.file(CONFIG).is_file() and run.file(START).is_file() and run.untrained:
         # killed while its data and network were built: started again with the options it was started with —
         # or, asked for others (a grid's cell rerun with another recipe), with those: nothing was trained
-        mapping = read_mapping(run.file(START))
-        stored = check_run_options(flatten(mapping, str(run.file(START))), run.file(START))
+        mapping, stored = _record(run.file(START))
         wanted = config.options() if requested is None else requested
         try:
             return resumed_config(stored, wanted, out=config.run.out), False, run_id_of(mapping)
@@ -281,8 +280,7 @@ def open_run(
                 f"and starting again would replace them; keep them and train elsewhere (another {out_}), or "
                 f"start over with {overwrite_}."
             )
-        mapping = read_mapping(run.file(CONFIG))
-        stored = check_run_options(flatten(mapping, str(run.file(CONFIG))), run.file(CONFIG))
+        mapping, stored = _record(run.file(CONFIG))
         wanted = config.options() if requested is None else requested
         return resumed_config(stored, wanted, out=config.run.out), False, run_id_of(mapping)
     if resume and run.started:
@@ -307,10 +305,17 @@ def recorded_options(out: Path | str) -> dict[str, Any] | None:
     for name in (CONFIG, START):
         if run.file(name).is_file():
             try:
-                return check_run_options(flatten(read_mapping(run.file(name)), str(run.file(name))), run.file(name))
+                return _record(run.file(name))[1]
             except (ValueError, OSError):
                 return None
     return None
+
+
+def _record(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's record (config.yaml, or the start record): its mapping as written (with the run's id) and the
+    flat options it gives, checked."""
+    mapping = read_mapping(path)
+    return mapping, check_run_options(flatten(mapping, str(path)), path)
 
 
 def nothing_to_resume(out: Path | str) -> str | None:
