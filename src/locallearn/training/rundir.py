@@ -285,12 +285,13 @@ class RunDir:
         save_state(self.file(CHECKPOINT), state, previous=self.file(PREVIOUS))
 
     def load_checkpoint(self, map_location: torch.device | str = "cpu", *, fallback: bool = False,
-                        log: Callable[[str], None] | None = None,
-                        problems: list[str] | None = None) -> dict[str, Any] | None:
+                        log: Callable[[str], None] | None = None, problems: list[str] | None = None,
+                        overwrite: str = "--overwrite") -> dict[str, Any] | None:
         """The state of checkpoint.pt (None if there is none), its digest verified. A damaged one is refused in
         one line — or, with ``fallback`` (a resume), replaced by checkpoint.prev.pt if that one is sound, which
         ``log`` is told. ``problems`` (a pipeline's resume, which may have stage files to resume from instead):
-        what is wrong with each file is appended there, and a run without a sound one gives None, not an error."""
+        what is wrong with each file is appended there, and a run without a sound one gives None, not an error.
+        ``overwrite``: how the refusal names starting over (``overwrite=True`` for a run from Python)."""
         path = self.file(CHECKPOINT)
         for name in (CHECKPOINT, PREVIOUS):  # a directory (or a pipe) there is no interrupted write: say what it is
             if self.file(name).exists() and not self.file(name).is_file():
@@ -315,7 +316,7 @@ class RunDir:
                 if problems is not None:
                     problems += [str(err), str(second)]
                     return None
-                raise ValueError(f"{err}; {second}; no sound checkpoint is left: start over with --overwrite.") from None
+                raise ValueError(f"{err}; {second}; no sound checkpoint is left: start over with {overwrite}.") from None
             if problems is not None:
                 problems.append(str(err))
             elif log is not None:

@@ -38,7 +38,7 @@ from locallearn.memory import StepMemoryMeter
 from locallearn.config import NetConfig
 from locallearn.net import LocalNet, build_net, check_batch, check_logits, old_parameter_order
 from locallearn.training import interrupt
-from locallearn.training.config import PYTHON_DATA, Config, OptimConfig, read_mapping, run_id_of
+from locallearn.training.config import PYTHON_DATA, Config, OptimConfig, option, read_mapping, run_id_of
 from locallearn.training.progress import Progress
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PRETRAINED, RunDir, seed_everything
 
@@ -154,21 +154,15 @@ class LocalRunner:
         run.save_checkpoint({**state, "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict()})
 
     def restore(self, run: RunDir) -> dict[str, Any] | None:
-        python = self.config.data.dataset == PYTHON_DATA  # train(..., resume=True): its keywords, not flags
-        try:
-            state = run.load_checkpoint(fallback=True, log=self.log)
-        except ValueError as err:
-            if not python:
-                raise
-            raise ValueError(str(err).replace("--overwrite", "overwrite=True")) from None
+        dataset = self.config.data.dataset  # a run from Python: the fixes name train()'s keywords, not flags
+        state = run.load_checkpoint(fallback=True, log=self.log, overwrite=option(dataset, "overwrite"))
         if state is None and run.has_checkpoint(stages=True):  # only a pipeline's stage files: not started over
             command, unknown = pipeline_resume(run)
             raise ValueError(f"--resume: {run.path} has no checkpoint.pt, only the stage files of the pipeline that "
                              f"trained it, which that pipeline alone can resume from; resume it with "
                              f"`{command}`{unknown}, or start over with --overwrite.")
         if state is not None:
-            load_weights(self.net, state["model"], run.file(CHECKPOINT),
-                         RESUME_FIX.replace("--overwrite", "overwrite=True") if python else RESUME_FIX)
+            load_weights(self.net, state["model"], run.file(CHECKPOINT), resume_fix(dataset))
             optimizer_state = state["optimizer"]
             if state["format"] == 1:  # parameters were ordered otherwise then (net.old_parameter_order)
                 optimizer_state = reorder_optimizer_state(optimizer_state, old_parameter_order(self.net))
@@ -197,7 +191,12 @@ def _length(loader: Iterable) -> int | None:
 
 
 # What to do when a checkpoint's weights do not fit the network built now: resuming, and reading a run back
-RESUME_FIX = ("resume it with the options and model code it was trained with, or start over with --overwrite")
+def resume_fix(dataset: str | None = None) -> str:
+    """What to do about a checkpoint that does not fit the network a resume built (of a run on ``dataset``)."""
+    return f"resume it with the options and model code it was trained with, or start over with {option(dataset, 'overwrite')}"
+
+
+RESUME_FIX = resume_fix()
 READ_FIX = ("the network built from its config.yaml is not the one it trained: load it with the model code it was "
             "trained with (a factory's or a model object's code may have changed since)")
 
