@@ -73,13 +73,9 @@ def write_misclassified(path: Path, result: dict, names: list[str], files: list[
     labels, predicted, confidence = result["labels"], result["predicted"], result["confidence"]
     wrong = (predicted != labels).nonzero().flatten()
     wrong = wrong[torch.argsort(confidence[wrong], descending=True, stable=True)]
-    text = io.StringIO()
-    table = csv.writer(text, lineterminator="\n")
-    table.writerow(["index", "file", "class", "predicted", "confidence"])
-    for i in wrong.tolist():
-        table.writerow([i, files[i] if files else "", names[int(labels[i])], names[int(predicted[i])],
-                        f"{float(confidence[i]):.4f}"])
-    path.write_text(text.getvalue(), encoding="utf-8")
+    write_csv(path, [["index", "file", "class", "predicted", "confidence"]] + [
+        [i, files[i] if files else "", names[int(labels[i])], names[int(predicted[i])], f"{float(confidence[i]):.4f}"]
+        for i in wrong.tolist()])
     return len(wrong)
 
 
@@ -89,12 +85,7 @@ def write_confusion(path: Path, counts: torch.Tensor, names: list[str], *, title
     check_confusion_path(path)
     counts = counts.to(torch.int64).cpu()
     if path.suffix.lower() == ".csv":
-        text = io.StringIO()
-        table = csv.writer(text, lineterminator="\n")
-        table.writerow(["true \\ predicted", *names])
-        for name, row in zip(names, counts.tolist()):
-            table.writerow([name, *row])
-        path.write_text(text.getvalue(), encoding="utf-8")
+        write_csv(path, [["true \\ predicted", *names]] + [[name, *row] for name, row in zip(names, counts.tolist())])
         return
     confusion_figure(counts, names, title=title).savefig(path, dpi=120)
 
@@ -141,13 +132,17 @@ def write_predictions(path: Path, predictions: list) -> None:
     header = ["file", "class", "probability"]
     for rank in range(2, top + 1):
         header += [f"class_{rank}", f"probability_{rank}"]
-    text = io.StringIO()
-    table = csv.writer(text, lineterminator="\n")
-    table.writerow(header + ["error"])
+    rows = [header + ["error"]]
     for p in predictions:
         cells = [str(p.file)]
         for name, value in zip(p.classes, p.probabilities):
             cells += [name, f"{value:.4f}"]
-        cells += [""] * (len(header) - len(cells))
-        table.writerow(cells + [p.error or ""])
+        rows.append(cells + [""] * (len(header) - len(cells)) + [p.error or ""])
+    write_csv(path, rows)
+
+
+def write_csv(path: Path, rows: list[list]) -> None:
+    """``rows`` (the header first) as a UTF-8 CSV file, lines ending in a bare newline."""
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
     path.write_text(text.getvalue(), encoding="utf-8")

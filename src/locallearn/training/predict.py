@@ -74,24 +74,20 @@ def predict(
     with Progress((len(files) + BATCH - 1) // BATCH, "prediction", log=log) as progress:
         for start in range(0, len(files), BATCH):
             chunk = files[start:start + BATCH]
-            images, read, errors = [], [], {}
+            images, errors = [], {}
             for path in chunk:
                 try:
                     images.append(decode_image(path, spec.image_size, spec.channels))
-                    read.append(path)
                 except (DatasetError, OSError) as err:
                     errors[path] = _reason(err, path)
-            probabilities = _probabilities(net, spec, images, on, amp) if images else torch.empty(0, 0)
-            p, labels = probabilities.topk(top, dim=1) if images else (None, None)
-            rows = {path: i for i, path in enumerate(read)}
-            for path in chunk:
+            best = zip(*_probabilities(net, spec, images, on, amp).topk(top, dim=1)) if images else iter(())
+            for path in chunk:  # in the order given; the decoded ones in order among them
                 if path in errors:
                     yield Prediction(path, error=errors[path])
                     continue
-                i = rows[path]
-                chosen = [int(c) for c in labels[i]]
-                yield Prediction(path, tuple(net.class_names[c] for c in chosen), tuple(chosen),
-                                 tuple(float(v) for v in p[i]))
+                p, labels = next(best)
+                chosen = tuple(int(c) for c in labels)
+                yield Prediction(path, tuple(net.class_names[c] for c in chosen), chosen, tuple(float(v) for v in p))
             progress.update(1)
 
 
