@@ -657,3 +657,64 @@ def test_links_inside_a_class_folder_are_not_followed(tmp_path):
     after = scan_image_folder(tmp_path)
     assert (after.train, after.test) == (before.train, before.test)  # the same files, by the same paths
     assert shots / "img0.png" in [path for path, _ in after.train] and len(after.train) == 12
+
+
+# --- decoding in threads ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_decoding_in_threads_gives_the_bytes_and_errors_of_one_by_one(tmp_path, monkeypatch, threads):
+    """decode_images over several windows of files in flight: the arrays decode_image gives one at a time, in
+    the files' order, and an unreadable file's error in its place."""
+    import locallearn.data.imagefolder as imagefolder
+    from locallearn.data.errors import CorruptFileError
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(41):
+        path = tmp_path / f"{i:03d}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(rng.integers(0, 256, (20 + i % 7, 17, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    for broken in (paths[5], paths[22]):
+        broken.write_bytes(b"not an image")
+    expected = []
+    for path in paths:
+        try:
+            expected.append(imagefolder.decode_image(path, 8, 1))
+        except CorruptFileError as err:
+            expected.append(err)
+    monkeypatch.setattr(imagefolder, "decode_threads", lambda: threads)
+    monkeypatch.setattr(imagefolder, "IN_FLIGHT", 4)  # windows of 4 × threads files: several of them
+    got = list(imagefolder.decode_images(paths, 8, 1))
+    assert len(got) == len(paths)
+    for path, want, image in zip(paths, expected, got):
+        if isinstance(want, CorruptFileError):
+            assert isinstance(image, CorruptFileError) and image.path == path
+        else:
+            assert image.dtype == np.uint8 and image.shape == (1, 8, 8) and np.array_equal(image, want), path
+
+
+def test_an_error_not_caught_is_raised_and_a_caught_one_given_in_place(tmp_path, monkeypatch):
+    import locallearn.data.imagefolder as imagefolder
+
+    make_folder(tmp_path)
+    good = tmp_path / "train" / "cat" / "img0.png"
+    link = tmp_path / "gone.png"
+    link.symlink_to(tmp_path / "nothing-here.png")
+    monkeypatch.setattr(imagefolder, "decode_threads", lambda: 2)
+    with pytest.raises(FileNotFoundError):
+        list(imagefolder.decode_images([good, link, good], 8))
+    first, missing, last = imagefolder.decode_images([good, link, good], 8, catch=(OSError,))
+    assert isinstance(missing, FileNotFoundError) and np.array_equal(first, last)
+
+
+def test_decoding_threads_are_this_processs_share_of_its_cores(monkeypatch):
+    import locallearn.data.imagefolder as imagefolder
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert imagefolder.decode_threads() == 8  # at most 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert imagefolder.decode_threads() == 3  # torchrun's 4 processes on this machine share its 12 cores
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert imagefolder.decode_threads() == 1

@@ -510,7 +510,7 @@ def test_20_noise(tmp_path, finished, capsys, monkeypatch):
     assert main(["train", "--method", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
     # progress lines in a log (stdout not a terminal)
-    from locallearn.training.progress import Progress
+    from locallearn.progress import Progress
 
     logged = []
     with Progress(3, "epoch 1/1", log=logged.append, every_s=0.0) as progress:
@@ -526,6 +526,14 @@ def test_20_noise(tmp_path, finished, capsys, monkeypatch):
         assert progress.bar is None
         progress.update(1)
     assert logged
+    # on a terminal a bar, drawn by torchrun's rank 0 alone (the others would draw over it)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    monkeypatch.setenv("RANK", "0")
+    with Progress(2, "decoding training images", unit="image") as progress:
+        assert progress.bar is not None
+    monkeypatch.setenv("RANK", "1")
+    with Progress(2, "decoding training images", unit="image") as progress:
+        assert progress.bar is None
     # no stray names in the package
     assert not {"Any", "annotations"} & set(dir(locallearn))
 

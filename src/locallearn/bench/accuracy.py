@@ -57,7 +57,7 @@ from locallearn.training.config import (
     resolve,
 )
 from locallearn.training.fit import fit
-from locallearn.training.progress import Progress
+from locallearn.progress import Progress
 from locallearn.training.report import run_threads, write_report
 from locallearn.training.rundir import CONFIG, LOG, METRICS, RunDir
 from locallearn.validate import Int

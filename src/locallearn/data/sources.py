@@ -304,6 +304,7 @@ def _folder_image_size(image_size: int | None) -> int:
 def load_split(
     name: str, root: Path | str | None, train: bool, *, strict: bool = True, image_size: int | None = None,
     test_fraction: float | None = None, limit: int | None = None, test_limit: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 (N, C, S, S) and labels int64 (N,) of the train or test split of dataset ``name``; C and
     S are those of ``describe_dataset(name, root, image_size=image_size)``. ``limit``: keep the first
@@ -313,7 +314,8 @@ def load_split(
 
     Every file is validated; a missing or corrupt one raises `DatasetError` naming it and the fix.
     ``strict`` requires the official number of images per file (turn it off only for test fixtures).
-    ``root`` is ignored for the bundled digits; ``image_size`` and ``test_fraction`` apply to imagefolder only.
+    ``root`` is ignored for the bundled digits; ``image_size``, ``test_fraction`` and ``log`` (where an image
+    folder's decoding progress goes when standard error is not a terminal) apply to imagefolder only.
     """
     spec = describe_dataset(name, root, image_size=image_size, test_fraction=test_fraction)
     if name in BUNDLED:
@@ -321,7 +323,7 @@ def load_split(
         return (x, y) if limit is None else (x[:limit], y[:limit])
     if name in FOLDER_DATASETS:
         return load_image_folder_split(scan_image_folder(root, test_fraction), train, spec.image_size, limit,
-                                       test_limit)
+                                       test_limit, log=log)
     source = get_source(name)
     root = Path(root)
     files = source.train if train else source.test

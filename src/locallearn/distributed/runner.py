@@ -174,8 +174,8 @@ class PipelineRunner:
         if config.run.compile:
             compile_parts(net)
         self.first = self.stage == 0
-        self.train_loader = load_data(config, train=True, device=env.device) if self.first else None
-        self.test_loader = load_data(config, train=False, device=env.device) if self.first else None
+        self.train_loader = load_data(config, train=True, device=env.device, log=log) if self.first else None
+        self.test_loader = load_data(config, train=False, device=env.device, log=log) if self.first else None
         self.steps_per_epoch = launcher.share(len(self.train_loader) if env.is_main else None)
         self.class_names = launcher.share(loader_class_names(self.train_loader) if env.is_main else None)
         self.stage_runner = PipelineStage(

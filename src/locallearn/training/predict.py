@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,16 +24,15 @@ from torch import nn
 
 from locallearn.data import get_spec
 from locallearn.data.errors import DatasetError
-from locallearn.data.imagefolder import IMAGEFOLDER, classes_spec, decode_image, image_files_in
+from locallearn.data.imagefolder import IMAGEFOLDER, classes_spec, decode_images, image_files_in
 from locallearn.data.loader import BatchLoader
 from locallearn.data.specs import DatasetSpec
 from locallearn.training.api import trained_net
 from locallearn.training.config import PYTHON_DATA, Config, read_run_options, resolve
-from locallearn.training.progress import Progress
 from locallearn.training.rundir import CONFIG, RunDir
 from locallearn.training.runner import Log
 
-BATCH = 256  # images decoded and classified at a time
+BATCH = 256  # images classified at a time
 
 
 @dataclass(frozen=True)
@@ -71,24 +71,19 @@ def predict(
     top = min(top, len(net.class_names))
     on = next(net.parameters()).device
     amp = torch.autocast(on.type, dtype=config.autocast_dtype) if config.autocast_dtype else contextlib.nullcontext()
-    with Progress((len(files) + BATCH - 1) // BATCH, "prediction", log=log) as progress:
-        for start in range(0, len(files), BATCH):
-            chunk = files[start:start + BATCH]
-            images, errors = [], {}
-            for path in chunk:
-                try:
-                    images.append(decode_image(path, spec.image_size, spec.channels))
-                except (DatasetError, OSError) as err:
-                    errors[path] = _reason(err, path)
-            best = zip(*_probabilities(net, spec, images, on, amp).topk(top, dim=1)) if images else iter(())
-            for path in chunk:  # in the order given; the decoded ones in order among them
-                if path in errors:
-                    yield Prediction(path, error=errors[path])
-                    continue
-                p, labels = next(best)
-                chosen = tuple(int(c) for c in labels)
-                yield Prediction(path, tuple(net.class_names[c] for c in chosen), chosen, tuple(float(v) for v in p))
-            progress.update(1)
+    decoded = decode_images(files, spec.image_size, spec.channels, what="prediction", log=log,
+                            catch=(DatasetError, OSError))  # an unreadable file is answered, not raised
+    for start in range(0, len(files), BATCH):
+        chunk = list(zip(files[start:start + BATCH], itertools.islice(decoded, BATCH)))
+        images = [image for _, image in chunk if not isinstance(image, Exception)]
+        best = zip(*_probabilities(net, spec, images, on, amp).topk(top, dim=1)) if images else iter(())
+        for path, image in chunk:  # in the order given; the decoded ones in order among them
+            if isinstance(image, Exception):
+                yield Prediction(path, error=_reason(image, path))
+                continue
+            p, labels = next(best)
+            chosen = tuple(int(c) for c in labels)
+            yield Prediction(path, tuple(net.class_names[c] for c in chosen), chosen, tuple(float(v) for v in p))
 
 
 def image_files(paths: Iterable[str | Path]) -> list[Path]:

@@ -39,7 +39,7 @@ from locallearn.config import NetConfig
 from locallearn.net import LocalNet, build_net, check_batch, check_logits, old_parameter_order
 from locallearn.training import interrupt
 from locallearn.training.config import PYTHON_DATA, Config, OptimConfig, option, read_mapping, run_id_of
-from locallearn.training.progress import Progress
+from locallearn.progress import Progress
 from locallearn.training.rundir import CHECKPOINT, CONFIG, PRETRAINED, RunDir, seed_everything
 
 Log = Callable[[str], None]
@@ -115,8 +115,8 @@ class LocalRunner:
         self.device = resolve_device(config.run.device)
         # The data first: a missing dataset fails before anything else is built or written.
         if data is None:
-            self.train_loader = load_data(config, train=True, device=self.device)
-            self.test_loader = load_data(config, train=False, device=self.device)
+            self.train_loader = load_data(config, train=True, device=self.device, log=log)
+            self.test_loader = load_data(config, train=False, device=self.device, log=log)
         else:
             self.train_loader, self.test_loader = data
         self.class_names = list(class_names) if class_names else loader_class_names(self.train_loader)
@@ -315,9 +315,10 @@ def param_groups(net: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoader:
+def load_data(config: Config, *, train: bool, device: torch.device, log: Log | None = None) -> BatchLoader:
     """The train or test split as a BatchLoader; ``limit_train`` / ``limit_test`` keep the first N images (of an
-    image folder, read class by class, N taking the classes in turn: ``first_in_turn``)."""
+    image folder, read class by class, N taking the classes in turn: ``first_in_turn``). ``log``: where an
+    image folder's decoding progress goes when standard error is not a terminal."""
     data, size = config.data, config.net.image_size
     if data.dataset == PYTHON_DATA:
         raise ValueError(
@@ -326,7 +327,7 @@ def load_data(config: Config, *, train: bool, device: torch.device) -> BatchLoad
         )
     images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size,
                                 test_fraction=data.test_fraction, limit=data.limit_train if train else data.limit_test,
-                                test_limit=data.limit_test)
+                                test_limit=data.limit_test, log=log)
     # The run's normalisation (the dataset's unless image_mean/image_std say otherwise): the same constants
     # the network un-normalises with to get reconstruction targets.
     spec = describe_dataset(data.dataset, data.data_dir, image_size=size, test_fraction=data.test_fraction)

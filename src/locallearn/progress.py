@@ -3,6 +3,7 @@ line every ``every_s`` seconds instead, so a job's log is never silent for a who
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Callable
@@ -21,7 +22,8 @@ class Progress:
         self.done = 0
         self.start = self.last_line = time.perf_counter()
         self.bar = None
-        if sys.stderr.isatty() and sys.stdout.isatty():  # `train > log`: the log gets the lines, not a bar
+        # `train > log`: the log gets the lines, not a bar; under torchrun, rank 0 alone draws one
+        if sys.stderr.isatty() and sys.stdout.isatty() and os.environ.get("RANK", "0") == "0":
             self.bar = tqdm(total=total, desc=what, unit=unit, leave=False, file=sys.stderr)
 
     def __enter__(self) -> "Progress":
