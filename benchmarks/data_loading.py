@@ -1,5 +1,7 @@
 """Is data loading a bottleneck? Times BatchLoader (training augmentation: crop, flip, normalise) against a
-ResNet-32 forward+backward pass at the papers' batch sizes (docs/methods.md §7), on synthetic uint8 images.
+ResNet-32 forward+backward pass at the papers' batch sizes (docs/methods.md §7), on synthetic uint8 images;
+and an image folder's decoding (``decode_images``) in one thread against ``decode_threads()`` threads, on
+photo-sized JPEGs written here, in interleaved rounds.
 
     python benchmarks/data_loading.py [--threads N] [--out results.json]
 
@@ -12,12 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
+
+import numpy as np
 
 import torch
 from torch import nn
 
 from locallearn.data import BatchLoader, get_spec
+from locallearn.data import imagefolder
 
 
 def resnet32(num_classes: int = 10) -> nn.Module:
@@ -88,11 +95,55 @@ def time_step(name: str, batch_size: int, repeats: int) -> list[float]:
     return times
 
 
+def time_decoding(files: int, sizes: tuple[int, ...], rounds: int) -> list[dict]:
+    """Images/s of ``decode_images`` over ``files`` 500×375 JPEGs (a photograph's size; smooth gradients
+    and noise, quality 90) at each output size, one thread against ``decode_threads()``, alternating in
+    ``rounds`` rounds after one warm-up round of each; and whether both gave the same bytes."""
+    from PIL import Image
+
+    threads = imagefolder.decode_threads()
+    rng = np.random.default_rng(0)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(files):
+            ramp = np.linspace(0, 200, 500)[None, :, None] + rng.integers(0, 40, (375, 500, 3))
+            paths.append(Path(tmp) / f"{i}.jpg")
+            Image.fromarray(ramp.astype(np.uint8)).save(paths[-1], quality=90)
+        real = imagefolder.decode_threads
+        try:
+            for size in sizes:
+                times: dict[int, list[float]] = {1: [], threads: []}
+                decoded = {}
+                for r in range(rounds + 1):
+                    for n in times:
+                        imagefolder.decode_threads = lambda n=n: n
+                        start = time.perf_counter()
+                        decoded[n] = np.stack(list(imagefolder.decode_images(paths, size)))
+                        if r:  # round 0 is the warm-up
+                            times[n].append(time.perf_counter() - start)
+                one, many = statistics.median(times[1]), statistics.median(times[threads])
+                results.append({
+                    "decode_size": size, "files": files, "decode_threads": threads,
+                    "one_thread_images_per_s": files / one, "threads_images_per_s": files / many,
+                    "speedup": one / many, "same_bytes": bool(np.array_equal(decoded[1], decoded[threads])),
+                })
+                r = results[-1]
+                print(f"decoding {files} JPEGs 500×375 → {size}: 1 thread {r['one_thread_images_per_s']:6.0f} "
+                      f"images/s, {threads} threads {r['threads_images_per_s']:6.0f} images/s "
+                      f"({r['speedup']:.2f}×; same bytes: {r['same_bytes']})")
+        finally:
+            imagefolder.decode_threads = real
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--batches", type=int, default=10, help="batches per loader epoch")
     parser.add_argument("--steps", type=int, default=2, help="timed ResNet-32 steps")
+    parser.add_argument("--decode-files", type=int, default=400, help="JPEGs of the decoding part (0: skip it)")
+    parser.add_argument("--decode-rounds", type=int, default=5, help="interleaved rounds of the decoding part")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     if args.threads:
@@ -116,6 +167,8 @@ def main() -> None:
             f"prefetching {r['loader_prefetch_ms_per_batch']:.1f} ms/batch) | ResNet-32 step "
             f"{r['resnet32_step_ms']:8.0f} ms | loader share {100 * r['loader_share_of_step']:.2f}%"
         )
+    if args.decode_files:
+        results += time_decoding(args.decode_files, (32, 224), args.decode_rounds)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=2)
