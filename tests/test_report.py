@@ -169,10 +169,7 @@ def test_labels_name_only_the_difference(tmp_path):
     other = fake_run(tmp_path / "e", accs=[0.5], method="contsup", num_modules=4, context="R1E", dataset="cifar100")
     table = group_runs([load_run(p) for p in (runs[1], other)])
     assert list(table.rows) == ["resnet32 cifar10: contsup R1E ce", "resnet32 cifar100: contsup R1E ce"]
-    assert table.warnings == [
-        "report: contsup R1E ce runs differ in dataset (cifar10 vs cifar100) beside their method and K; shown as "
-        + "separate rows"
-    ]
+    assert table.warnings == []  # the rows' prefixes say the dataset
     assert table.setting == "resnet32, cifar10 + cifar100"
 
 
@@ -380,3 +377,20 @@ def test_curves_average_each_epoch_and_each_modules_head_over_seeds(tmp_path):
     assert report.curves_path == tmp_path / "report" / "curves.png"
     assert report.curves_path.read_bytes().startswith(PNG_MAGIC)
     assert "![test error against epoch; each module's head](curves.png)" in report.markdown.splitlines()
+
+
+def test_rows_of_other_models_are_not_told_apart_by_what_differs_between_models_nor_by_split_at_k1(tmp_path):
+    """A grid over two models: each e2e row is prefixed by its model, and the split (which one module does not
+    use) is neither in its label nor a reason to keep two e2e runs of one model apart."""
+    runs = [fake_run(tmp_path / "r20", accs=[0.9], method="e2e", model="resnet20", split="auto"),
+            fake_run(tmp_path / "r32", accs=[0.8], method="e2e", model="resnet32", split="paper"),
+            fake_run(tmp_path / "r20g", accs=[0.7], method="greedy", num_modules=2, model="resnet20", split="auto"),
+            fake_run(tmp_path / "r32g", accs=[0.6], method="greedy", num_modules=2, model="resnet32")]
+    table = group_runs([load_run(p) for p in runs])
+    assert list(table.rows) == ["resnet20 cifar10: e2e", "resnet32 cifar10: e2e", "resnet20 cifar10: greedy ce auto",
+                                "resnet32 cifar10: greedy ce"]
+    assert table.warnings == []
+    seeds = [fake_run(tmp_path / f"s{seed}", accs=[acc], method="e2e", split=split, seed=seed)
+             for seed, acc, split in ((0, 0.9, "auto"), (1, 0.8, "paper"))]
+    table = group_runs([load_run(p) for p in seeds])
+    assert [(g.label, g.n) for g in table.groups] == [("e2e", 2)] and table.warnings == []

@@ -11,8 +11,10 @@ are equal except ``seed`` and the options that do not change what is computed (`
 where a run lives and runs; an image folder's ``data_dir`` is its dataset, so it is compared), and they
 ran on the same number of CPU threads (``torch_threads``: float sums, and so results, depend on it) and, on an
 image folder, were tested on as many images (``test_images``: a folder may grow). Each such
-*group* is one cell of the table, rows by method and columns by K as in the papers' tables. Groups that would share a cell but differ in something else (epochs, lr, dataset,
-...) get rows of their own, labelled with the difference, and a warning names it.
+*group* is one cell of the table, rows by method and columns by K as in the papers' tables. Groups that would share a cell but differ in something else (epochs, lr,
+...) get rows of their own, labelled with the difference, and a warning names it. Rows of several models or
+datasets are prefixed by theirs, so only groups of one model and dataset are told apart; an option a single
+module does not use (its split; training.config's ``USED_BY``) neither tells e2e runs apart nor labels them.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from locallearn.data.imagefolder import IMAGEFOLDER
-from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, read_mapping, read_run_options
+from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, USED_BY, read_mapping, read_run_options
 from locallearn.training.rundir import CONFIG, METRICS, SUMMARY, RunDir, refuse_file
 from locallearn.training.runner import resume_command
 
@@ -285,9 +288,10 @@ def group_runs(runs: list[RunResult]) -> Table:
     """Runs → groups of one configuration (all options equal but ``NOT_COMPARED``), each with its row label.
 
     A group's row is its method label (``RunResult.method_label``), prefixed by model and dataset when the
-    report holds several. Groups of one method label that would share a K cell yet differ in other options
-    are kept apart: every such option is named in the labels of that method (``contsup R1E ce, epochs=1``;
-    model and dataset in the prefix) and one warning per method label names the options and their values."""
+    report holds several. Groups of one method label, model, dataset and K that differ in other options are
+    kept apart: every such option (but those a K = 1 group does not use, ``_unused``) is named in the labels
+    of that method (``contsup R1E ce, epochs=1``) and one warning per method label names the options and their
+    values."""
     if any(r.config.get("test_images", 0) is None for r in runs):  # a run of an earlier release on a folder:
         for r in runs:  # its count is unknown, so no run's is compared (nor shown as "None")
             r.config.pop("test_images", None)
@@ -306,23 +310,28 @@ def group_runs(runs: list[RunResult]) -> Table:
     groups = [Group(members) for members in by_key.values()]
     with_setting = len({(g.config["model"], g.config["dataset"]) for g in groups}) > 1
     by_method: dict[str, list[Group]] = defaultdict(list)
-    done = {(g.runs[0].method_label(), g.num_modules) for g in groups if g.finished}
+    done = {(_setting(g), g.runs[0].method_label(), g.num_modules) for g in groups if g.finished}
     for g in groups:  # unfinished runs whose configuration also finished get a row of their own
         label = g.runs[0].method_label()
-        by_method[label + ("" if g.finished or (label, g.num_modules) not in done else " (unfinished)")].append(g)
+        unfinished = not g.finished and (_setting(g), label, g.num_modules) in done
+        by_method[label + (" (unfinished)" if unfinished else "")].append(g)
     named: dict[int, set[str]] = {}  # id of a group → the options its row label names
     for method, members in by_method.items():
-        cells: dict[int, list[Group]] = defaultdict(list)
+        # a cell: the groups one label would put in one place of the table. Rows of several models or datasets
+        # are prefixed by theirs, so only groups of one model, dataset and K are told apart, by the options
+        # that their module count uses (a split at K = 1 does nothing: e2e of two models differ in it)
+        cells: dict[tuple, list[Group]] = defaultdict(list)
         for g in members:
-            cells[g.num_modules].append(g)
-        differing = [o for o in _option_order(members) if any(_differ(c, o) for c in cells.values() if len(c) > 1)]
+            cells[(*_setting(g), g.num_modules)].append(g)
+        differing = [o for o in _option_order(members)
+                     if any(_differ(c, o) and o not in _unused(c[0].config) for c in cells.values() if len(c) > 1)]
         shown = [o for o in differing if not set(IMPLIED_BY.get(o, ())) & set(differing)]
         if _collide(members, shown):  # a hidden option told two groups apart: name every option
             shown = differing
         for g in members:
-            named[id(g)] = set(shown)
+            named[id(g)] = set(shown) - _unused(g.config)
             prefix = f"{g.config['model']} {g.config['dataset']}: " if with_setting else ""
-            suffix = [f"{o}={_show(g.config.get(o))}" for o in shown if o not in ("model", "dataset")]
+            suffix = [f"{o}={_show(g.config.get(o))}" for o in shown if o in named[id(g)]]
             g.label = prefix + ", ".join([method, *suffix])
         if shown:
             values = ", ".join(
@@ -517,9 +526,34 @@ def _is_report_folder(path: Path, folder: Path) -> bool:
 def _compared(config: dict[str, Any]) -> str:
     """A hashable key of the options that decide what a run computes, as the labels show them (``_show``): an
     option that is None and one a config.yaml lacks (an option added since its release, whose default is
-    None) are the same, as they are to ``_differ``, so that no two groups can share a label."""
-    return json.dumps({k: _show(v) for k, v in config.items() if k not in NOT_COMPARED and v is not None},
-                      sort_keys=True)
+    None) are the same, as they are to ``_differ``, so that no two groups can share a label. Options the run
+    does not use (``_unused``) are not compared: e2e runs that differ only in their split are seeds of one."""
+    unused = _unused(config)
+    return json.dumps({k: _show(v) for k, v in config.items()
+                       if k not in NOT_COMPARED and k not in unused and v is not None}, sort_keys=True)
+
+
+def _unused(config: dict[str, Any]) -> set[str]:
+    """The options a single-module run does not use: its ``split`` (one module has no cut) and those
+    ``USED_BY`` (training.config) says apply only to local modules, or to what the run does not do (a run of an
+    earlier release, which lacks an option a rule reads, keeps that rule's option). Empty for K > 1."""
+    if config.get("num_modules") != 1:
+        return set()
+    flat = SimpleNamespace(**config)  # the rules read config sections; the flat options hold every field
+    sections = SimpleNamespace(**{name: flat for name in SECTIONS})
+    unused = {"split"}
+    for name, (applies, *_) in USED_BY.items():
+        try:
+            if not applies(sections):
+                unused.add(name)
+        except AttributeError:  # an option (or derived value) the flat options do not hold: keep it compared
+            pass
+    return unused
+
+
+def _setting(group: Group) -> tuple[str, str]:
+    """A group's model and dataset: the prefix of its row's label where a report holds several."""
+    return group.config["model"], group.config["dataset"]
 
 
 def _option_order(groups: list[Group]) -> list[str]:
@@ -541,10 +575,10 @@ def _unsaid(groups: list[Group], option: str, named: dict[int, set[str]]) -> boo
 
 
 def _collide(groups: list[Group], shown: list[str]) -> bool:
-    """Whether two groups of one K would still get the same label from ``shown``."""
+    """Whether two groups of one model, dataset and K would still get the same label from ``shown``."""
     seen = set()
     for g in groups:
-        key = (g.num_modules, *(_show(g.config.get(o)) for o in shown))
+        key = (*_setting(g), g.num_modules, *(_show(g.config.get(o)) for o in shown if o not in _unused(g.config)))
         if key in seen:
             return True
         seen.add(key)
