@@ -394,3 +394,42 @@ def test_rows_of_other_models_are_not_told_apart_by_what_differs_between_models_
              for seed, acc, split in ((0, 0.9, "auto"), (1, 0.8, "paper"))]
     table = group_runs([load_run(p) for p in seeds])
     assert [(g.label, g.n) for g in table.groups] == [("e2e", 2)] and table.warnings == []
+
+
+def test_a_damaged_run_is_left_out_of_the_report_of_the_others_and_alone_is_an_error(tmp_path, capsys):
+    """One tampered summary.json among several runs: the others are reported, the damaged one is named with
+    what is wrong (``Report.damaged``, for the exit status); given alone, it is today's one-line error."""
+    import json
+
+    runs = make_runs(tmp_path)
+    summary = runs[1] / "summary.json"
+    summary.write_text(summary.read_text().replace("0.92", "0.99"))  # its checksum no longer matches
+    report = write_report(runs, out=tmp_path / "report")
+    assert f"| {runs[1]} |" not in report.markdown and f"| {runs[2]} |" in report.markdown
+    assert report.damaged == [f"report: {summary} is damaged (its checksum does not match); `locallearn train --out "
+                              f"{runs[1]} --resume` writes it again from the checkpoint; left out of this report"]
+    assert report.warnings[0] == report.damaged[0] and f"> {report.damaged[0]}" in report.markdown.splitlines()
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "cli")]) in (0, 1)  # 1 once commands.py says it
+    assert report.damaged[0] in capsys.readouterr().err
+    assert main(["report", str(runs[1]), "--out", str(tmp_path / "cli")]) == 2
+    assert capsys.readouterr().err.startswith(f"locallearn: error: report: {summary} is damaged")
+    json.loads(summary.read_text())  # (still JSON: only the checksum tells)
+
+
+def test_runs_deeper_than_a_folder_is_searched_are_said_and_how_to_report_them(tmp_path, capsys):
+    """`report DIR` reports the runs one or two levels below DIR; the cells of a `bench accuracy --out` inside
+    DIR are three levels down: not reported (the documented depth), but counted, with the folder to give."""
+    near = fake_run(tmp_path / "runs" / "e2e", accs=[0.9], method="e2e")
+    cells = tmp_path / "runs" / "acc" / "cells"
+    for seed, name in enumerate(("a", "b")):
+        fake_run(cells / name, accs=[0.8], method="greedy", num_modules=2, seed=seed)
+    report = write_report([tmp_path / "runs"], out=tmp_path / "report")
+    assert [f"| {near} |" in report.markdown, f"| {cells / 'a'} |" in report.markdown] == [True, False]
+    assert report.warnings == [f"report: 2 run directories more than two levels below {tmp_path / 'runs'} left out "
+                               "(a folder's runs are those one or two levels down); to report them, give the "
+                               f"folder: {tmp_path / 'runs' / 'acc'}"]
+    assert f"| {cells / 'b'} |" in write_report([tmp_path / "runs" / "acc"], out=tmp_path / "report").markdown
+    shutil.rmtree(near)
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no run (no config.yaml); left out: no run to report; 2 run directories more than two" in err

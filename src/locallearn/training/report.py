@@ -202,6 +202,17 @@ class LeftOut(ValueError):
     (``write_report`` leaves it out, saying so, where other directories hold runs)."""
 
 
+class Damaged(ValueError):
+    """A run whose files cannot be read or disagree (a summary.json edited by hand, a damaged metrics.jsonl):
+    alone, an error; beside reportable runs, ``write_report`` leaves it out and says why, so that one bad run
+    among many does not cost the report of the others (``Report.damaged``: the command's exit status says it)."""
+
+    @property
+    def left_out(self) -> str:
+        """The error as the report's warning: what is wrong, the fix, and that this report left the run out."""
+        return f"{str(self).rstrip('.').removesuffix(', or leave the run out')}; left out of this report"
+
+
 def load_run(path: Path) -> RunResult:
     """What the report needs from one run directory (summary.json, or metrics.jsonl while unfinished)."""
     run = RunDir(Path(path))
@@ -211,16 +222,19 @@ def load_run(path: Path) -> RunResult:
         raise ValueError(f"report: {run.path} does not exist; give run directories.")
     if not run.file(CONFIG).is_file():
         raise LeftOut(f"report: {run.path} holds no run (no {CONFIG}); left out")
-    history = run.read_metrics()
+    try:
+        history = run.read_metrics()
+    except ValueError as err:  # a line damaged or edited: its own message names it and the fix
+        raise Damaged(f"report: {err}") from None
     if not history and run.finished:
-        raise ValueError(f"report: {run.path} is finished but has no epochs in {METRICS} (missing or emptied); "
+        raise Damaged(f"report: {run.path} is finished but has no epochs in {METRICS} (missing or emptied); "
                          f"restore it, or leave the run out.")
     if not history:
         raise LeftOut(f"report: {run.path} has no finished epoch yet; left out")
     try:
         config = read_run_options(run.file(CONFIG))
     except ValueError as err:
-        raise ValueError(f"report: {str(err).rstrip('.')}, or leave the run out.") from None
+        raise Damaged(f"report: {str(err).rstrip('.')}, or leave the run out.") from None
     if run.finished:
         _check_summary(run, config, history[-1])
     if config["dataset"] == IMAGEFOLDER:  # a folder of one's own is named by where it is: two are two datasets
@@ -256,13 +270,13 @@ def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) ->
     try:
         summary = run.read_summary()
     except ValueError as err:
-        raise ValueError(f"report: {err}; `{again}` writes it again from the "
+        raise Damaged(f"report: {err}; `{again}` writes it again from the "
                          f"checkpoint, or leave the run out.") from None
     # (a summary of more epochs than metrics.jsonl holds is one a resume that rewound the run left, or a line
     # removed: either way the run is shown unfinished at its last logged epoch, marked so)
     if summary.get("epochs", last["epoch"]) < last["epoch"] or (
             summary.get("epochs") == last["epoch"] and summary.get("test_acc", last["test_acc"]) != last["test_acc"]):
-        raise ValueError(f"report: {run.path}: {SUMMARY} (epoch {summary.get('epochs')}, test accuracy "
+        raise Damaged(f"report: {run.path}: {SUMMARY} (epoch {summary.get('epochs')}, test accuracy "
                          f"{summary.get('test_acc')}) and {METRICS} (epoch {last['epoch']}, {last['test_acc']}) "
                          f"disagree; `{again}` writes {METRICS} again from the "
                          f"checkpoint, or leave the run out.")
@@ -270,7 +284,7 @@ def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) ->
     differing = [k for k in trained if k in config and k not in RESUMABLE_CHANGES and _show(trained[k]) != _show(config[k])]
     if differing:
         changes = ", ".join(f"{k} ({_show(trained[k])} → {_show(config.get(k))})" for k in differing)
-        raise ValueError(f"report: {run.file(CONFIG)} says other options than the run trained with ({SUMMARY}): "
+        raise Damaged(f"report: {run.file(CONFIG)} says other options than the run trained with ({SUMMARY}): "
                          f"{changes}; restore the run's own {CONFIG}, or leave the run out.")
 
 
@@ -477,28 +491,40 @@ class Report:
     plot_path: Path  # test error against K
     curves_path: Path  # test error against epoch; each module's head
     warnings: list[str]
+    damaged: list[str] = field(default_factory=list)  # the warnings of runs left out as damaged (also in warnings)
 
 
 def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Report:
     """``out/report.md`` (also returned), ``out/report.png`` and ``out/curves.png`` (default ``runs/report/``,
     which git ignores).
-    The folder ``out`` itself is skipped when it is among ``run_dirs`` (``locallearn report runs/*``)."""
+    The folder ``out`` itself is skipped when it is among ``run_dirs`` (``locallearn report runs/*``). A damaged
+    run beside reportable ones is left out with a warning (``Report.damaged``); alone, it is an error."""
     folder = Path(out)
-    run_dirs = [run for p in run_dirs if not _is_report_folder(Path(p), folder) for run in _runs_in(Path(p))]
-    if not run_dirs:
+    found, deeper = [], []
+    for p in run_dirs:
+        if not _is_report_folder(Path(p), folder):
+            runs_here, note = _runs_in(Path(p))
+            found += runs_here
+            deeper += [note] if note else []
+    if not found:
         raise ValueError("report: give at least one run directory.")
-    runs, skipped = [], []
-    for path in run_dirs:  # `report runs/*` goes on past a run stopped in its first epoch, or a folder of
-        # something else (runs/bench), saying so
+    runs, skipped, damaged = [], [], []
+    for path in found:  # `report runs/*` goes on past a run stopped in its first epoch, or a folder of
+        # something else (runs/bench), saying so; and past a damaged run, which the exit status says
         try:
             runs.append(load_run(path))
         except LeftOut as err:
             skipped.append(str(err))
+        except Damaged as err:
+            damaged.append(err)
+    if not runs and damaged:
+        raise damaged[0]
     if not runs:
-        raise ValueError(f"{skipped[0]}: no run to report." if len(skipped) == 1 else
-                         f"report: none of the {len(skipped)} directories holds a run with a finished epoch.")
+        nothing = (f"{skipped[0]}: no run to report" if len(skipped) == 1 else
+                   f"report: none of the {len(skipped)} directories holds a run with a finished epoch")
+        raise ValueError("; ".join([nothing, *deeper]) + ".")
     table = group_runs(runs)
-    table.warnings[:0] = skipped
+    table.warnings[:0] = [err.left_out for err in damaged] + skipped + [f"report: {note}" for note in deeper]
     refuse_file(folder)
     folder.mkdir(parents=True, exist_ok=True)
     png, curves = folder / "report.png", folder / "curves.png"
@@ -507,16 +533,31 @@ def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Repo
     markdown = markdown_report(table, plot=png.name, curves=curves.name)
     md_path = folder / "report.md"
     md_path.write_text(markdown)
-    return Report(markdown, md_path, png, curves, table.warnings)
+    return Report(markdown, md_path, png, curves, table.warnings, [err.left_out for err in damaged])
 
 
-def _runs_in(path: Path) -> list[Path]:
+DEEPER = 4  # how many levels below the two searched a folder is looked through for runs left out, to say so
+
+
+def _runs_in(path: Path) -> tuple[list[Path], str | None]:
     """``path`` where it is a run directory (or not a directory: load_run says what it is); a folder of runs
-    (``runs/``, a ``bench accuracy --out`` with its ``cells/``): the run directories one or two levels below."""
+    (``runs/``, a ``bench accuracy --out`` with its ``cells/``): the run directories one or two levels below,
+    and a line naming the runs deeper down (a folder of ``bench accuracy`` outputs: their cells are three
+    levels down), which are not reported, with the folders to give instead (None where there are none)."""
     if not path.is_dir() or (path / CONFIG).is_file():
-        return [path]
+        return [path], None
     found = sorted({c.parent for pattern in (f"*/{CONFIG}", f"*/*/{CONFIG}") for c in path.glob(pattern)})
-    return found or [path]
+    deeper = sorted({c.parent for depth in range(3, 3 + DEEPER) for c in path.glob("*/" * depth + CONFIG)
+                     if not any(run in c.parents for run in found)})  # (a run's own subfolders are its business)
+    note = None
+    if deeper:
+        folders = list(dict.fromkeys(str(run.parents[1]) for run in deeper))
+        named = " ".join(folders[:3]) + (f" ... ({len(folders)} folders)" if len(folders) > 3 else "")
+        note = (f"{len(deeper)} run director{'y' if len(deeper) == 1 else 'ies'} more than two levels below "
+                f"{path} left out (a folder's runs are those one or two levels down); to report "
+                f"{'it' if len(deeper) == 1 else 'them'}, give {'the folder' if len(folders) == 1 else 'the folders'}: "
+                f"{named}")
+    return found or [path], note
 
 
 def _is_report_folder(path: Path, folder: Path) -> bool:
