@@ -433,3 +433,30 @@ def test_runs_deeper_than_a_folder_is_searched_are_said_and_how_to_report_them(t
     assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err
     assert "holds no run (no config.yaml); left out: no run to report; 2 run directories more than two" in err
+
+
+def test_the_report_says_where_and_with_what_its_runs_trained(tmp_path):
+    """Train time and images/s mean nothing without the device, threads and software: the header gives each
+    from the runs' own records (summary.json, else config.yaml's header), one value where all agree, else each
+    value with its number of runs; the CPU, which runs do not record, is said to be the report's."""
+    import yaml
+
+    from locallearn.provenance import cpu_name
+
+    runs = make_runs(tmp_path)
+    for run, threads in zip(runs, (1, 1, 1, 2, 1, 1)):
+        RunDir(run).write_metrics([{**r, "torch_threads": threads} for r in RunDir(run).read_metrics()])
+    for run, device in zip(runs[:5], ("cpu", "cpu", "cpu", "cuda: NVIDIA H200", "cpu")):
+        RunDir(run).write_summary({"test_acc": RunDir(run).read_metrics()[-1]["test_acc"], "device": device,
+                                   "versions": {"locallearn": "0.1.0", "torch": "2.13.0", "git": "abc1234"}})
+    config = (runs[5] / "config.yaml").read_text()  # unfinished: its config.yaml's header says it
+    header = "# Resolved config.\n# locallearn 0.1.0, git def5678, torch 2.12.0, Python 3.11.7, 1 torch thread, now\n"
+    RunDir(runs[5]).write_config(header + config)
+    assert yaml.safe_load(header + config) == yaml.safe_load(config)
+    lines = write_report(runs, out=tmp_path / "report").markdown.splitlines()
+    assert lines[2:5] == [
+        "- trained on: CPU (5 runs), CUDA: NVIDIA H200 (1 run); torch threads: 1 (5 runs), 2 (1 run)",
+        "- software: torch 2.13.0 (5 runs), 2.12.0 (1 run), locallearn revision abc1234 (5 runs), def5678 (1 run)",
+        f"- CPU: not recorded by runs; this report was written on {cpu_name()}, {__import__('os').cpu_count()} cores"]
+    lines = write_report(runs[:2], out=tmp_path / "report").markdown.splitlines()
+    assert lines[2:4] == ["- trained on: CPU; torch threads: 1", "- software: torch 2.13.0, locallearn revision abc1234"]

@@ -1,5 +1,6 @@
 """``locallearn report``: several run directories → a markdown table (method × K: final test error,
-mean ± std over seeds, with memory and time per run), a PNG plot of test error against K, and one of each
+mean ± std over seeds, with memory and time per run, under a header of where and with what the runs trained:
+device, torch threads, torch and revision), a PNG plot of test error against K, and one of each
 configuration's test error against epoch beside its modules' head accuracies against depth (curves.png).
 
 The result of a run is its **final-epoch** test error (docs/methods.md §7); the best epoch, selected on the
@@ -21,15 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from locallearn.data.imagefolder import IMAGEFOLDER
+from locallearn.provenance import cpu_name
 from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, USED_BY, read_mapping, read_run_options
 from locallearn.training.rundir import CONFIG, METRICS, SUMMARY, RunDir, refuse_file
 from locallearn.training.runner import resume_command
@@ -66,6 +69,8 @@ class RunResult:
     train_time_s: float
     images_per_s: float
     history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl: one record per finished epoch
+    # where and with what it trained (``recorded``): device, torch and git_revision; None where not recorded
+    provenance: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def num_modules(self) -> int:
@@ -235,8 +240,7 @@ def load_run(path: Path) -> RunResult:
         config = read_run_options(run.file(CONFIG))
     except ValueError as err:
         raise Damaged(f"report: {str(err).rstrip('.')}, or leave the run out.") from None
-    if run.finished:
-        _check_summary(run, config, history[-1])
+    summary = _check_summary(run, config, history[-1]) if run.finished else None
     if config["dataset"] == IMAGEFOLDER:  # a folder of one's own is named by where it is: two are two datasets
         config["dataset"] = f"{IMAGEFOLDER} {config.get('data_dir')}"
         # and by how many test images it had: a folder that grew between two runs tested them on other images
@@ -258,17 +262,36 @@ def load_run(path: Path) -> RunResult:
         train_time_s=train_time,
         images_per_s=sum(r["images_per_s"] * r["train_time_s"] for r in history) / train_time,
         history=history,
+        provenance=recorded(run, summary, history),
     )
 
 
-def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) -> None:
+def recorded(run: RunDir, summary: dict[str, Any] | None, history: list[dict[str, Any]]) -> dict[str, str | None]:
+    """Where and with what ``run`` trained, from its own records: summary.json's device and versions (the
+    process that finished it), else config.yaml's header (the one that started it: ``locallearn 0.1.0, git
+    7918594, torch 2.13.0+cpu, ...``) and, for the device, its peak memory's kind (CUDA's, or the CPU's saved
+    tensors). The CPU is not among them: a run does not record it."""
+    versions = (summary or {}).get("versions") or {}
+    torch, git = versions.get("torch"), versions.get("git")
+    if torch is None or git is None:
+        header = run.file(CONFIG).read_text(encoding="utf-8", errors="replace").splitlines()[:3]
+        found = next((m for line in header if (m := re.match(r"# locallearn \S+, git (\S+), torch (\S+),", line))),
+                     None)
+        if found:
+            git, torch = git or found[1], torch or found[2]
+    device = (summary or {}).get("device") or ("cuda" if history[-1].get("peak_memory_kind") == "cuda_allocated"
+                                               else "cpu")
+    return {"device": device, "torch": torch, "git_revision": git}
+
+
+def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
     """A finished run's summary.json against its metrics.jsonl and config.yaml, each of which only checks itself:
     the same last epoch and accuracy, and the options it trained with (summaries of earlier releases do not
     record them) where a resume may not change them and config.yaml gives them (one written by an earlier
-    release lacks the options added since; the core ones are checked by ``read_run_options``)."""
+    release lacks the options added since; the core ones are checked by ``read_run_options``). Returns it."""
     again = resume_command(run)
     try:
-        summary = run.read_summary()
+        summary = run.read_summary() or {}
     except ValueError as err:
         raise Damaged(f"report: {err}; `{again}` writes it again from the "
                          f"checkpoint, or leave the run out.") from None
@@ -286,6 +309,7 @@ def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) ->
         changes = ", ".join(f"{k} ({_show(trained[k])} → {_show(config.get(k))})" for k in differing)
         raise Damaged(f"report: {run.file(CONFIG)} says other options than the run trained with ({SUMMARY}): "
                          f"{changes}; restore the run's own {CONFIG}, or leave the run out.")
+    return summary
 
 
 def run_threads(run: RunDir, history: list[dict[str, Any]]) -> int | str | None:
@@ -361,9 +385,43 @@ def group_runs(runs: list[RunResult]) -> Table:
     return Table(groups, warnings)
 
 
+def described(counts: dict[Any, int], show=str, noun: str = "run") -> str:
+    """One value where all agree, else each with its number: ``1`` or ``1 (6 runs), 2 (1 run)`` (None: not
+    recorded, by a release from before it was)."""
+    def named(value: Any) -> str:
+        return "not recorded" if value is None else show(value)
+
+    if len(counts) == 1:
+        return named(next(iter(counts)))
+    return ", ".join(f"{named(v)} ({n} {noun}{'' if n == 1 else 's'})" for v, n in counts.items())
+
+
+def _device(name: str) -> str:
+    """A run's device as summary.json names it, for the header: ``CPU``, ``CUDA: NVIDIA H200``."""
+    kind, _, model = name.partition(":")
+    return kind.upper() + (f":{model}" if model else "")
+
+
+def provenance_lines(runs: list[RunResult]) -> list[str]:
+    """Where and with what the runs trained (their own records), so that train time and images/s can be read:
+    the device, torch threads, torch and revision; and, as runs do not record their CPU, the one this report is
+    written on, said as such."""
+    def counts(values) -> dict[Any, int]:
+        return dict(Counter(values).most_common())
+
+    devices = counts(r.provenance.get("device") for r in runs)
+    return [
+        f"- trained on: {described(devices, _device)}; torch threads: "
+        f"{described(counts(r.config.get('torch_threads') for r in runs))}",
+        f"- software: torch {described(counts(r.provenance.get('torch') for r in runs))}, locallearn revision "
+        f"{described(counts(r.provenance.get('git_revision') for r in runs))}",
+        f"- CPU: not recorded by runs; this report was written on {cpu_name()}, {os.cpu_count()} cores",
+    ]
+
+
 def markdown_report(table: Table, *, plot: str | None = None, curves: str | None = None) -> str:
     ks = table.ks
-    lines = [f"## Test error (%) at the final epoch — {table.setting}", ""]
+    lines = [f"## Test error (%) at the final epoch — {table.setting}", "", *provenance_lines(table.runs), ""]
     lines.append("| method | " + " | ".join(f"K={k}" for k in ks) + " |")
     lines.append("|---|" + "---:|" * len(ks))
     for label, cells in table.rows.items():
