@@ -236,7 +236,7 @@ def test_plot_error_bars_and_e2e_reference(tmp_path):
     e2e = next(line for line in ax.get_lines() if line.get_label().startswith("e2e"))
     assert list(e2e.get_ydata()) == [6.0, 6.0]
     assert len(ax.patches) == 1
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]  # (under the axes, not over the points)
     assert legend == ["e2e (K=1, n=2)", "contsup R1E ce", "infopro contrast rec"]
     report = write_report(runs, out=tmp_path / "report")
     assert report.plot_path.read_bytes().startswith(PNG_MAGIC)
@@ -460,3 +460,67 @@ def test_the_report_says_where_and_with_what_its_runs_trained(tmp_path):
         f"- CPU: not recorded by runs; this report was written on {cpu_name()}, {__import__('os').cpu_count()} cores"]
     lines = write_report(runs[:2], out=tmp_path / "report").markdown.splitlines()
     assert lines[2:4] == ["- trained on: CPU; torch threads: 1", "- software: torch 2.13.0, locallearn revision abc1234"]
+
+
+def drawn(fig):
+    """The renderer of ``fig`` drawn as it is saved, for the extents of what it holds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def test_plots_of_many_rows_keep_their_legend_off_the_data_and_their_titles_whole(tmp_path):
+    """Rows labelled with long differences (several models, datasets, recipes): the legend is under the axes,
+    not over the points, and titles and labels lie inside the figure."""
+    runs = [fake_run(tmp_path / f"r{i}", accs=[0.5, 0.6 + i / 100], method=method, num_modules=k, model=model,
+                     dataset=dataset, limit_train=limit, heads=[0.5] * k)
+            for i, (method, k, model, dataset, limit) in enumerate([
+                ("e2e", 1, "resnet20", "digits", 400), ("e2e", 1, "resnet20", "fashion_mnist", 640),
+                ("greedy", 2, "resnet20", "digits", 400), ("greedy", 2, "resnet20", "digits", 300),
+                ("greedy", 4, "resnet20", "fashion_mnist", 640), ("greedy", 2, "resnet32", "fashion_mnist", 500),
+                ("contsup", 4, "resnet32", "digits", 400), ("greedy", 4, "resnet20", "digits", 300)])]
+    table = group_runs([load_run(p) for p in runs])
+    for fig in (error_figure(table), curves_figure(table)):
+        renderer = drawn(fig)
+        axes = [ax for ax in fig.axes if ax.get_visible()]
+        assert all(ax.get_legend() is None for ax in axes) and len(fig.legends) == 1
+        legend = fig.legends[0].get_window_extent(renderer)
+        assert not any(legend.overlaps(ax.get_window_extent(renderer)) for ax in axes)
+        for text in [fig.legends[0].get_window_extent(renderer)] + [
+                t.get_window_extent(renderer) for ax in axes for t in (ax.title, ax.xaxis.label, ax.yaxis.label)]:
+            assert fig.bbox.x0 <= text.x0 and text.x1 <= fig.bbox.x1 and fig.bbox.y0 <= text.y0 and text.y1 <= fig.bbox.y1
+    legend = [t.get_text() for t in error_figure(table).legends[0].get_texts()]
+    assert legend[0] == "resnet20 digits: e2e (K=1, n=1)" and len(legend) == len(table.rows)
+
+
+def bench_row(model, method, k, value, **extra):
+    return {"model": model, "method": method, "num_modules": k, "split": "auto" if k > 1 else None, "context": "R0",
+            "batch_size": 32, "status": "ok", "peak_activation_bytes_per_sample": value * 2**20, "time_ratio": value,
+            **extra}
+
+
+def test_bench_plots_read_every_value_and_say_where_they_were_measured():
+    """Memory on a log axis: labelled ticks enclose every value (e2e's line sat above the top one), and a
+    reference line's value is written beside it; the title names the CPU, its cores and the torch threads."""
+    from locallearn.bench.report import figure
+
+    rows = [bench_row(model, "e2e", 1, 1.5 * scale) for model, scale in (("resnet20", 1), ("resnet32", 3))]
+    rows += [bench_row(model, "greedy", k, v * scale) for model, scale in (("resnet20", 1), ("resnet32", 0.2))
+             for k, v in ((2, 0.89), (4, 0.497))]
+    meta = {"cpu": "Intel(R) Xeon(R) Processor, AVX512", "cpu_count": 2, "torch_threads": 1, "cuda_device": None,
+            "torch": "2.13.0"}
+    fig = figure(memory=rows, speed=rows, meta=meta)
+    renderer = drawn(fig)
+    for ax, model in zip(fig.axes[:2], ("resnet20", "resnet32")):
+        values = [r["peak_activation_bytes_per_sample"] / 2**20 for r in rows if r["model"] == model]
+        low, high = ax.get_ylim()
+        labelled = [t for t, label in zip(ax.get_yticks(), ax.get_yticklabels()) if low <= t <= high and label.get_text()]
+        assert min(labelled) <= min(values) and max(values) <= max(labelled), (model, labelled, values)
+        assert f"{max(values):.3g}" in [t.get_text() for t in ax.texts]  # e2e's line, its value beside it
+    for ax in fig.axes:
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert not legend.overlaps(ax.get_window_extent(renderer)) and fig.bbox.y0 <= legend.y0
+    assert "Intel(R) Xeon(R) Processor, AVX512, 2 cores, 1 torch thread" in fig.get_suptitle()
+    assert figure(speed=rows).get_suptitle() == ""  # (no meta: nothing said)

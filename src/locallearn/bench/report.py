@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import textwrap
 from pathlib import Path
 
 from locallearn.methods import METHODS
@@ -168,22 +169,27 @@ def row_md(cells: list[str]) -> str:
 
 
 # --- plot --------------------------------------------------------------------------------------------
-def plot(path: Path | str, *, memory: list[dict] | None = None, speed: list[dict] | None = None) -> None:
+def plot(path: Path | str, *, memory: list[dict] | None = None, speed: list[dict] | None = None,
+         meta: dict | None = None) -> None:
     """Memory (MiB per sample) and/or time (× e2e) against K, one line per method/context/split, one
-    column of panels per model; single-module methods (e2e, checkpoint) as horizontal lines."""
-    import matplotlib
+    column of panels per model; single-module methods (e2e, checkpoint) as horizontal lines, their value
+    written beside them. ``meta`` (``write_results``'): the machine, threads and torch, in the figure's title,
+    as a step time means nothing without them."""
+    figure(memory=memory, speed=speed, meta=meta).savefig(path, dpi=110, bbox_inches="tight")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
+
+def figure(*, memory: list[dict] | None = None, speed: list[dict] | None = None, meta: dict | None = None):
+    """``plot``'s figure."""
+    from matplotlib.figure import Figure  # the object API renders with Agg: no display, no global state
 
     panels = [(rows, label, fn) for rows, label, fn in (
         (memory, "peak activations, MiB / sample", lambda r: r["peak_activation_bytes_per_sample"] / MIB),
         (speed, "step time ÷ e2e", lambda r: r["time_ratio"]),
     ) if rows]
     models = list(dict.fromkeys(r["model"] for rows, _, _ in panels for r in rows))
-    fig, axes = plt.subplots(len(panels), max(1, len(models)), figsize=(6.5 * max(1, len(models)), 4.2 * len(panels)),
-                             squeeze=False)
+    # constrained layout keeps each panel's legend (under it) and title in the figure
+    fig = Figure(figsize=(6.5 * max(1, len(models)), 5 * len(panels)), layout="constrained")
+    axes = fig.subplots(len(panels), max(1, len(models)), squeeze=False)
     for p, (rows, ylabel, value) in enumerate(panels):
         for m, model in enumerate(models):
             ax, own = axes[p][m], [r for r in rows if r["model"] == model]
@@ -191,15 +197,43 @@ def plot(path: Path | str, *, memory: list[dict] | None = None, speed: list[dict
                 ax.axis("off")  # this benchmark did not run this model
                 continue
             _plot_panel(ax, own, value)
-            if p == 0 and memory:
-                ax.set_yscale("log")  # K = 16 differs by fractions of a MiB where e2e holds several
-                ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-                ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            if p == 0 and memory:  # K = 16 differs by fractions of a MiB where e2e holds several
+                _log_axis(ax, [value(r) for r in own if r["status"] == "ok" and value(r) is not None])
             ax.set_title(f"{model}, batch {', '.join(sorted({str(r['batch_size']) for r in own}, key=int))}")
             ax.set_ylabel(ylabel)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    machine = _machine(meta)
+    if machine:
+        fig.suptitle(textwrap.fill(f"measured on {machine}", 105 * max(1, len(models))), fontsize="small")
+    return fig
+
+
+def _machine(meta: dict | None) -> str | None:
+    """Where the rows were measured, for the plot's title: the GPU, or the CPU with its cores and torch threads
+    (a step time's ratios differ between CPUs and thread counts); None without ``meta``."""
+    if not meta:
+        return None
+    threads = meta.get("torch_threads")
+    cpu = f"CPU {meta['cpu']}" if meta.get("cpu") else "CPU"  # provenance.cpu_name (not recorded before it existed)
+    where = meta.get("cuda_device") or f"{cpu}, {meta.get('cpu_count')} cores"
+    return f"{where}, {threads} torch thread{'' if threads == 1 else 's'}; torch {meta.get('torch')}"
+
+
+def _log_axis(ax, values: list[float]) -> None:
+    """A log y axis whose labelled ticks enclose every value (the default's stopped below e2e's line, whose
+    value could not be read): 1–9, or 1, 2, 5, or 1 times the powers of ten, by how many decades it spans."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_yscale("log")
+    lo, hi = min(values), max(values)
+    decades = math.log10(hi / lo)
+    steps = range(1, 10) if decades <= 0.7 else (1, 2, 5) if decades <= 2.5 else (1,)
+    ticks = [m * 10.0**e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1) for m in steps]
+    bottom = max(t for t in ticks if t <= lo * (1 + 1e-9))
+    top = min(t for t in ticks if t >= hi * (1 - 1e-9))
+    shown = [t for t in ticks if bottom <= t <= top]
+    ax.set_yticks(shown, [f"{t:g}" for t in shown])
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(bottom / 1.03, top * 1.03)
 
 
 def _plot_panel(ax, rows: list[dict], value) -> None:
@@ -222,6 +256,8 @@ def _plot_panel(ax, rows: list[dict], value) -> None:
         if all(k == 1 for k, _ in points):
             color = "black" if label.startswith("e2e") else "grey"
             ax.axhline(points[0][1], linestyle=":" if compiled else "--", linewidth=1.2, color=color, label=label)
+            ax.annotate(f"{points[0][1]:.3g}", (1, points[0][1]), xycoords=("axes fraction", "data"), xytext=(3, 0),
+                        textcoords="offset points", va="center", fontsize=7, color=color)
         else:  # a compiled line: its eager twin's colour, dashed, open markers
             (line,) = ax.plot([k for k, _ in points], [v for _, v in points], marker="o", label=label,
                               color=colors.get(eager_twin.get(label, "")), linestyle="--" if compiled else "-",
@@ -232,4 +268,4 @@ def _plot_panel(ax, rows: list[dict], value) -> None:
     ax.set_xticklabels([str(k) for k in ks])
     ax.set_xlabel("K (local modules)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)  # under the axes

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import statistics
+import textwrap
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -493,12 +494,35 @@ def error_figure(table: Table):
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.minorticks_off()
-    ax.set_title(f"Test error against K — {table.setting}")
+    ax.set_title(_wrap(f"Test error against K — {table.setting}", 60))
     ax.set_xlabel("K (local modules)")
-    ax.set_ylabel("test error (%), final epoch (mean ± std over seeds)")
+    ax.set_ylabel("test error (%), final epoch\n(mean ± std over seeds)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    _legend_below(fig, ax.get_legend_handles_labels(), width=LEGEND_WIDTH)
     return fig
+
+
+# the characters of a legend's line across a 7-inch figure, in its type; longer labels are wrapped
+LEGEND_WIDTH = 100
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)) or text
+
+
+def _legend_below(fig, handles_labels, *, width: int, columns: int = 1) -> None:
+    """The figure's legend under its axes, labels wrapped at ``width`` characters, the figure taller by what
+    it takes (x-small type: about 0.17 inch a line), so that the axes keep their height: inside the axes a
+    legend of many rows (labels naming what tells them apart) covered the points."""
+    handles, labels = handles_labels
+    if not handles:
+        return
+    labels = [_wrap(label, width) for label in labels]
+    per_column = -(-len(labels) // columns)
+    lines = max(sum(label.count("\n") + 1 for label in labels[c * per_column:(c + 1) * per_column])
+                for c in range(columns))
+    fig.set_figheight(fig.get_figheight() + 0.3 + 0.17 * lines)
+    fig.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize="x-small", frameon=False)
 
 
 def curves_figure(table: Table):
@@ -509,6 +533,8 @@ def curves_figure(table: Table):
     from matplotlib.figure import Figure  # the object API renders with Agg: no display, no global state
     from matplotlib.ticker import MaxNLocator
 
+    columns = 1 if len(table.groups) <= 6 else 2
+    width = 2 * LEGEND_WIDTH // columns - 10
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     errors, heads = fig.subplots(1, 2)
     colours = {label: f"C{i % 10}" for i, label in enumerate(table.rows)}
@@ -525,20 +551,20 @@ def curves_figure(table: Table):
             depth = [(k + 1) / g.num_modules for k in range(g.num_modules)]
             heads.plot(depth, accuracy, color=colours[g.label], linestyle=style, marker="o", label=name)
             heads_drawn = True
-    errors.set_title(f"Test error against epoch — {table.setting}", fontsize="medium")
+    errors.set_title(_wrap(f"Test error against epoch — {table.setting}", 60), fontsize="medium")
     errors.set_xlabel("epoch")
-    errors.xaxis.set_major_locator(MaxNLocator(integer=True))
+    errors.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    errors.set_xlim(0.5, max(g.runs[0].epochs_done for g in table.groups) + 0.5)  # one epoch: ticks at 1, not 0.99
     errors.set_ylabel("test error (%), mean over seeds")
     errors.grid(True, alpha=0.3)
-    errors.legend(fontsize="x-small")
     heads.set_title("Each module's head at the last epoch", fontsize="medium")
     heads.set_xlabel("depth of the module's output (module k of K at k/K)")
-    heads.set_ylabel("training accuracy of its head (%), mean over seeds")
+    heads.set_ylabel("training accuracy of its head (%),\nmean over seeds")
     heads.grid(True, alpha=0.3)
-    if heads_drawn:
-        heads.legend(fontsize="x-small")
-    else:
+    if not heads_drawn:
         heads.text(0.5, 0.5, "no local run whose heads classify", ha="center", va="center", transform=heads.transAxes)
+    # one legend for both panels, under them: every group has its line on the left, the same on the right
+    _legend_below(fig, errors.get_legend_handles_labels(), width=width, columns=columns)
     return fig
 
 
@@ -586,8 +612,8 @@ def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Repo
     refuse_file(folder)
     folder.mkdir(parents=True, exist_ok=True)
     png, curves = folder / "report.png", folder / "curves.png"
-    error_figure(table).savefig(png, dpi=120)
-    curves_figure(table).savefig(curves, dpi=120)
+    error_figure(table).savefig(png, dpi=120, bbox_inches="tight")  # (nothing drawn is cut off at the edges)
+    curves_figure(table).savefig(curves, dpi=120, bbox_inches="tight")
     markdown = markdown_report(table, plot=png.name, curves=curves.name)
     md_path = folder / "report.md"
     md_path.write_text(markdown)
