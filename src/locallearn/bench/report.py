@@ -224,6 +224,9 @@ def _log_axis(ax, values: list[float]) -> None:
     from matplotlib.ticker import NullFormatter
 
     ax.set_yscale("log")
+    values = [v for v in values if v > 0]  # (a log axis has no place for nothing)
+    if not values:
+        return
     lo, hi = min(values), max(values)
     decades = math.log10(hi / lo)
     steps = range(1, 10) if decades <= 0.7 else (1, 2, 5) if decades <= 2.5 else (1,)
