@@ -30,8 +30,8 @@ def test_expansion_rules():
     assert names[0] == "resnet32_e2e_k1_s0" and names[len(names) // 2] == "resnet32_e2e_k1_s1"  # seed by seed
     assert all(n.endswith("_s0") for n in names[: len(names) // 2])
     assert "resnet32_checkpoint_k1_s0" in names and "resnet32_greedy_k1_s0" not in names
-    assert {n for n in names if "contsup" in n} == {f"resnet32_contsup_{c}_k{k}_s{s}" for c in ("E", "R1E")
-                                                     for k in (4, 16) for s in (0, 1)}
+    assert {n for n in names if "contsup" in n} == {f"resnet32_contsup_{c}k{k}_s{s}" for c in ("E_", "")
+                                                     for k in (4, 16) for s in (0, 1)}  # R1E: ContSup's own
     assert not any("greedy_E" in n for n in names)  # contexts multiply ContSup only
     losses = AccuracyGrid(methods=("greedy", "infopro"), num_modules=(4,), local_losses=("ce", "contrast"), seeds=(0,))
     assert {c.options.get("local_loss") for c in losses.cells() if c.options["method"] != "e2e"} == {"ce", "contrast"}
@@ -191,12 +191,14 @@ def test_a_recipe_option_goes_to_the_cells_that_use_it_and_rows_carry_resolved_o
     check_used(e2e, cell.options)  # `locallearn train` with the e2e cell's options: nothing it does not use
     assert {config.net.aux_head for name, (_, config) in cells.items() if "e2e" not in name} == {"1c2f"}
     with pytest.raises(ValueError, match=r"aux_head: no cell of the grid uses it \(in each, it is a local module's"):
-        resolve_cells(AccuracyGrid(methods=("e2e",), recipe=recipe), tmp_path / "acc")
+        resolve_cells(AccuracyGrid(methods=("e2e",), recipe={"aux_head": "1c2f"}), tmp_path / "acc")
+    with pytest.raises(ValueError, match=r"split: no cell of the grid uses it \(in each, it is where the local modules"):
+        resolve_cells(AccuracyGrid(methods=("e2e", "checkpoint"), recipe=recipe), tmp_path / "acc")
     # rows and the CSV name the values each cell trains with (its method's defaults resolved), and every option
     # that tells cells apart beyond them (InfoPro's image reconstruction and its λ)
     rows = run_accuracy(grid, tmp_path / "acc", log=None, train=False)["rows"]
     shown = {r["method"]: (r["context"], r["local_loss"], r["aux_head"], r["reconstruct"]) for r in rows}
-    assert shown == {"e2e": ("R0", "ce", None, False), "greedy": ("R0", "ce", "1c2f", False),
+    assert shown == {"e2e": ("R0", None, None, False), "greedy": ("R0", "ce", "1c2f", False),
                      "contsup": ("R1E", "ce", "1c2f", False), "infopro": ("R0", "contrast", "1c2f", True)}
     assert {r["method"]: r["lambdas"] is not None for r in rows} == {"e2e": False, "greedy": False, "contsup": False,
                                                                       "infopro": True}
@@ -345,3 +347,63 @@ def test_a_preset_gives_its_recipe_and_the_grid_its_axes(tmp_path, capsys):
     mine.write_text("model: resnet20\nepochs: 1\n")
     assert main([*argv[:2], "--config", str(mine), *argv[4:]]) == 2
     assert "model is an axis of the grid, set by --models; drop it from the file" in capsys.readouterr().err
+
+
+def test_a_grid_finds_its_cells_by_what_they_train_not_how_the_axes_were_spelled(tmp_path, capsys, keep_threads):
+    """A grid naming an axis at the method's own value (--local-losses ce for greedy) is the grid that leaves it
+    out: the same cells, found, not trained again; a cell named the earlier releases' way is found too. And what
+    keeps a grid's table honest: where each configuration was cut, one writer per --out, and no cell resumed on
+    other torch threads than its epochs trained on."""
+    out = tmp_path / "acc"
+    assert main(["bench", "accuracy", *GRID, "--out", str(out)]) == 0
+    cells = out / "cells"
+    assert sorted(p.name for p in cells.iterdir()) == ["resnet20_e2e_k1_s0", "resnet20_greedy_k2_s0"]
+    trained = (cells / "resnet20_greedy_k2_s0" / "checkpoint.pt").stat().st_mtime_ns
+    assert main(["bench", "accuracy", *GRID, "--local-losses", "ce", "--out", str(out)]) == 0
+    assert sorted(p.name for p in cells.iterdir()) == ["resnet20_e2e_k1_s0", "resnet20_greedy_k2_s0"]
+    assert (cells / "resnet20_greedy_k2_s0" / "checkpoint.pt").stat().st_mtime_ns == trained
+    (cells / "resnet20_greedy_k2_s0").rename(cells / "resnet20_greedy_ce_k2_s0")  # an earlier release's name
+    assert main(["bench", "accuracy", *GRID, "--out", str(out)]) == 0
+    rows = json.loads((out / "accuracy.json").read_text())["rows"]
+    assert rows[1]["run_dir"] == str(cells / "resnet20_greedy_ce_k2_s0") and rows[1]["status"] == "ok"
+    assert sorted(p.name for p in cells.iterdir()) == ["resnet20_e2e_k1_s0", "resnet20_greedy_ce_k2_s0"]
+    # where each configuration was cut: in the rows and the table
+    assert rows[1]["split"] == "uniform" and rows[1]["cuts"] and rows[0].get("split") is None  # K = 1: no split
+    md = (out / "accuracy.md").read_text()
+    cuts = " ".join(f"({','.join(map(str, c))})" for c in rows[1]["cuts"])
+    assert "### Where each configuration was cut" in md and f"| resnet20 | 2 | greedy ce linear | uniform | {cuts} |" in md
+    # one process writes a grid's table: a second one into the same --out is refused before it trains
+    capsys.readouterr()
+    with RunDir(out).lock():
+        assert main(["bench", "accuracy", *GRID, "--out", str(out)]) == 2
+    assert f"{out} is being written by another locallearn process (pid {os.getpid()})" in capsys.readouterr().err
+    # a cell part-trained on these threads is not resumed on others (it would be of two thread counts)
+    (cells / "resnet20_greedy_ce_k2_s0" / "summary.json").unlink()
+    assert main(["bench", "accuracy", *GRID, "--threads", str(keep_threads + 1), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"grid cell resnet20_greedy_k2_s0: its epoch 1 trained on {keep_threads} torch " \
+        f"thread" in err and f"this command runs {keep_threads + 1}" in err and f"--threads {keep_threads}," in err
+    torch.set_num_threads(keep_threads)
+    assert main(["bench", "accuracy", *GRID, "--threads", str(keep_threads), "--out", str(out)]) == 0
+    assert RunDir(cells / "resnet20_greedy_ce_k2_s0").finished
+
+
+def test_an_e2e_cell_an_earlier_release_gave_a_split_is_still_this_grids(tmp_path, capsys):
+    """A split does nothing at K = 1: the grid no longer gives one to its e2e cell (``locallearn train`` refuses
+    --split there), and an e2e cell an earlier release trained with the grid's --split is no other run for it."""
+    from locallearn.training.fit import fit
+
+    out = tmp_path / "acc"
+    e2e = out / "cells" / "resnet20_e2e_k1_s0"
+    options = {**RECIPE, "model": "resnet20", "method": "e2e", "num_modules": 1, "seed": 0}  # as the grid gave it
+    fit(resolve({**options, "out": str(e2e)}), log=lambda line: None)
+    (e2e / accuracy.CELL_REQUEST).write_text(json.dumps({"options": options}))
+    trained = (e2e / "checkpoint.pt").stat().st_mtime_ns
+    assert main(["bench", "accuracy", *GRID, "--split", "auto", "--out", str(out)]) == 0
+    assert (e2e / "checkpoint.pt").stat().st_mtime_ns == trained
+    rows = json.loads((out / "accuracy.json").read_text())["rows"]
+    assert [(r["cell"], r["status"], r.get("split")) for r in rows] == [
+        ("resnet20_e2e_k1_s0", "ok", None), ("resnet20_greedy_k2_s0", "ok", "auto")]
+    assert "e2e, split" not in (out / "accuracy.md").read_text()
+    assert main(["train", "--method", "e2e", "--split", "uniform", "--out", str(tmp_path / "x")]) == 2
+    assert "split: --split is where the local modules are cut, and this run trains one module" in capsys.readouterr().err

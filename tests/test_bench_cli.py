@@ -10,6 +10,7 @@ from locallearn.cli import main
 
 GRID = ["--models", "resnet20", "--methods", "e2e,checkpoint,contsup", "--num-modules", "1,2",
         "--splits", "uniform", "--contexts", "R0", "--batch-sizes", "2", "--warmup", "0", "--quiet"]
+NO_CONTEXTS = [a for i, a in enumerate(GRID) if "--contexts" not in GRID[i - 1:i + 1]]  # for methods without context
 
 
 def test_bench_memory_writes_every_output(tmp_path, capsys):
@@ -27,7 +28,7 @@ def test_bench_memory_writes_every_output(tmp_path, capsys):
 
 
 def test_bench_compares_auxiliary_heads(tmp_path):
-    argv = ["bench", "memory", *GRID, "--methods", "greedy", "--num-modules", "2", "--aux-heads", "linear,4c1f"]
+    argv = ["bench", "memory", *NO_CONTEXTS, "--methods", "greedy", "--num-modules", "2", "--aux-heads", "linear,4c1f"]
     assert main([*argv, "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "memory.json").read_text())["rows"]
     assert [(r["method"], r["aux_head"]) for r in rows] == [("e2e", None), ("greedy", "linear"), ("greedy", "4c1f")]
@@ -37,7 +38,7 @@ def test_bench_compares_auxiliary_heads(tmp_path):
 def test_a_configuration_that_cannot_train_at_a_batch_size_is_skipped_and_the_grid_goes_on(tmp_path):
     """DGL's heads hold a BatchNorm1d, which cannot normalise one image: the row says so (it used to stop the
     grid with torch's error and write nothing)."""
-    argv = ["bench", "memory", *GRID, "--methods", "dgl", "--num-modules", "2", "--batch-sizes", "1,2"]
+    argv = ["bench", "memory", *NO_CONTEXTS, "--methods", "dgl", "--num-modules", "2", "--batch-sizes", "1,2"]
     assert main([*argv, "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "memory.json").read_text())["rows"]
     assert [(r["method"], r["batch_size"], r["status"]) for r in rows] == [
@@ -77,10 +78,14 @@ def test_bad_grid_values_fail_in_one_line_before_running(tmp_path, capsys, flag,
 def test_an_out_that_a_file_stands_in_is_one_line_with_the_fix(tmp_path, capsys):
     (tmp_path / "afile").write_text("mine")
     args = ["--models", "resnet20", "--methods", "e2e", "--batch-sizes", "2"]
-    for out, why in ((tmp_path / "afile", "file exists"), (tmp_path / "afile" / "sub", "not a directory")):
-        assert main(["bench", "memory", *args, "--out", str(out)]) == 2
-        assert capsys.readouterr().err == (f"locallearn: error: {out}: {why}; a file stands where a directory is "
-                                           f"needed; give another path.\n")
+    for kind in ("memory", "speed", "accuracy", "pipeline"):  # refused before anything is measured or trained
+        out = tmp_path / "afile"
+        assert main(["bench", kind, "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"locallearn: error: out: {out} is a file, not a directory; choose another --out.\n"
+    out = tmp_path / "afile" / "sub"
+    assert main(["bench", "memory", *args, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"locallearn: error: {out}: not a directory; a file stands where a directory is "
+                                       f"needed; give another path.\n")
     assert (tmp_path / "afile").read_text() == "mine"
 
 
@@ -95,3 +100,68 @@ def test_bench_memory_on_cuda_reports_allocator_peak(tmp_path):
     rows = json.loads((tmp_path / "memory.json").read_text())["rows"]
     assert all(r["peak_allocated_bytes"] > 0 and r["step_allocated_bytes"] > 0 for r in rows)
     assert all(r["peak_activation_bytes"] > 0 for r in rows)  # meter (a) works on CUDA too
+
+
+def test_a_ctrl_c_writes_the_rows_measured_before_it(tmp_path, capsys, monkeypatch):
+    """memory: the configurations measured before the Ctrl-C, whole; speed: the rounds every configuration of
+    the group completed (paired), each step's time kept; both marked interrupted, exit status 130."""
+    import locallearn.bench.runner as runner
+
+    calls = []
+    real_memory, real_step = runner.measure_memory, runner._timed_step
+
+    def memory(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_memory(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "measure_memory", memory)
+    assert main(["bench", "memory", *GRID, "--out", str(tmp_path / "m")]) == 130
+    err = capsys.readouterr().err
+    assert err == (f"locallearn: interrupted after 1 of 3 configurations: the 1 measured are written to "
+                   f"{tmp_path / 'm' / 'memory.md'}; the same command measures the whole grid.\n")
+    data = json.loads((tmp_path / "m" / "memory.json").read_text())
+    assert [r["method"] for r in data["rows"]] == ["e2e"] and data["rows"][0]["status"] == "ok"
+    assert data["meta"]["interrupted"] == "interrupted after 1 of 3 configurations"
+    assert "**Interrupted** (interrupted after 1 of 3 configurations)" in (tmp_path / "m" / "memory.md").read_text()
+    steps = []
+
+    def step(case):
+        steps.append(1)
+        if len(steps) == 3 * 2 + 1:  # in round 3 of 3 configurations
+            raise KeyboardInterrupt
+        return real_step(case)
+
+    monkeypatch.setattr(runner, "_timed_step", step)
+    assert main(["bench", "speed", *GRID, "--rounds", "5", "--out", str(tmp_path / "s")]) == 130
+    assert "interrupted after 3 of 3 configurations, the last 3 timed in 2 of 5 rounds: the 3 measured are written" \
+        in capsys.readouterr().err
+    rows = json.loads((tmp_path / "s" / "speed.json").read_text())["rows"]
+    assert [(r["method"], r["rounds"], len(r["step_times_s"])) for r in rows] == [
+        ("e2e", 2, 2), ("checkpoint", 2, 2), ("contsup", 2, 2)]
+    e2e = rows[0]["step_times_s"]  # the paired ratios, recomputed from the stored steps
+    for row in rows:
+        paired = sorted(t / e for t, e in zip(row["step_times_s"], e2e))
+        assert row["time_ratio_min"] == pytest.approx(paired[0], rel=1e-3)
+        assert row["time_ratio_max"] == pytest.approx(paired[-1], rel=1e-3)
+    # nothing measured at all: nothing written
+    steps.clear()
+    monkeypatch.setattr(runner, "_timed_step", lambda case: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["bench", "speed", *GRID, "--rounds", "5", "--out", str(tmp_path / "none")]) == 130
+    assert "interrupted after 0 of 3 configurations: nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("kind", ["memory", "speed"])
+@pytest.mark.parametrize("flags, words", [
+    (["--methods", "greedy", "--contexts", "R1E,E"], "--contexts: no method of the grid supplies context"),
+    (["--methods", "greedy", "--feature-decoders", "conv"], "--feature-decoders: no method of the grid reconstructs"),
+    (["--methods", "e2e,checkpoint", "--splits", "uniform"], "--splits: no method of the grid trains local modules"),
+    (["--methods", "checkpoint", "--aux-heads", "linear"], "--aux-heads: no method of the grid trains local modules"),
+])
+def test_an_axis_no_method_of_the_grid_uses_is_refused(tmp_path, capsys, kind, flags, words):
+    assert main(["bench", kind, "--models", "resnet20", *flags, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "drop them, or add a method that uses them" in err
+    assert not (tmp_path / "b").exists()

@@ -185,11 +185,11 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--models", default="resnet110", help="models (default: resnet110)")
         parser.add_argument("--methods", default="e2e,checkpoint,contsup", help="methods; e2e is always added")
         parser.add_argument("--num-modules", default="1,2,4,8,16", help="K values (default: 1,2,4,8,16)")
-        parser.add_argument("--splits", default="default",
+        parser.add_argument("--splits", default=None,
                             help="default (paper where the model has published cuts for the K, else auto), paper, "
                                  "balanced, auto, uniform, stages (default: default)")
-        parser.add_argument("--contexts", default="R0,R1E", help="ContSup context modes (default: R0,R1E)")
-        parser.add_argument("--feature-decoders", default="linear",
+        parser.add_argument("--contexts", default=None, help="ContSup context modes (default: R0,R1E)")
+        parser.add_argument("--feature-decoders", default=None,
                             help=f"FeatRecon's feature decoders: {', '.join(FEATURE_DECODERS.names())} (default: linear)")
         parser.add_argument("--aux-heads", default=None,
                             help=f"auxiliary heads of the local methods: {', '.join(HEADS.names())} "

@@ -6,7 +6,11 @@ trained by ``training.fit`` with the same recipe and budget (the options given f
 - an interrupted grid resumes: a finished cell is skipped, an unfinished one resumed (``fit(resume=True)``);
   a cell directory holding a run of other options (the grid rerun with another recipe, or without an option
   it gave the cell: each cell records them in ``grid-cell.json``) is refused up front, while an option the
-  grid never gave keeps the cell's stored value (a default changed since);
+  grid never gave keeps the cell's stored value (a default changed since); so is a cell part-trained on other
+  torch threads than this process's (``check_threads``); cells are named by what they train (``_cell_name``),
+  so a grid that names an axis at its default value finds the cells of one that left it out;
+- one process writes a grid's table: a second into the same ``out`` is refused while one runs (``RunDir.lock``
+  of ``out``; ``--shard`` processes write no table and take no such lock);
 - every cell can be re-evaluated, reported or resumed on its own (``locallearn eval``, ``report``, ``train``).
 
 Expansion rules (as the memory and speed grids'): ``e2e`` is always included, at K = 1, as the reference;
@@ -147,10 +151,43 @@ class AccuracyGrid:
         ]
 
 
-def _cell_name(options: dict[str, Any]) -> str:
+def _cell_name(options: dict[str, Any], *, defaults: bool = False) -> str:
+    """``resnet32_contsup_E_k16_s0``: model, method, the context and local loss where they are not the method's
+    own on that model (so that a grid naming an axis at its default value, ``--local-losses ce``, finds the
+    cells of one that left it out), K and seed; ``defaults``: with them (the names of earlier releases, which
+    named an axis whenever the grid gave it: ``_cell_dir`` still finds those)."""
+    own = {} if defaults else _method_defaults(options["method"], options["model"])
     parts = [options["model"], options["method"]]
-    parts += [options[k] for k in ("context", "local_loss") if options.get(k)]
+    parts += [options[k] for k in ("context", "local_loss") if options.get(k) and options[k] != own.get(k)]
     return "_".join([*parts, f"k{options['num_modules']}", f"s{options['seed']}"])
+
+
+def _method_defaults(method: str, model: str) -> dict[str, Any]:
+    """The method's own options on the model's family (empty where either is unknown: the grid's checks say so)."""
+    from locallearn.models import model_family
+
+    try:
+        return METHODS.get(method).preset(model_family(model))
+    except (ValueError, KeyError, ImportError):
+        return {}
+
+
+def _cell_dir(cell: Cell, out: Path) -> Path:
+    """Where a cell runs: OUT/cells/NAME, or where an earlier release named the same cell otherwise (its axes at
+    their default values named), the directory that exists."""
+    path = out / "cells" / cell.name
+    if path.exists():
+        return path
+    own = _method_defaults(cell.options["method"], cell.options["model"])
+    for key in ("context", "local_loss"):  # each axis left out of the name, and both, named at its default
+        own.setdefault(key, None)
+    given = {k: cell.options.get(k) or own[k] for k in ("context", "local_loss")}
+    for named in (("context",), ("local_loss",), ("context", "local_loss")):
+        options = {**cell.options, **{k: v for k, v in given.items() if k in named}}
+        earlier = out / "cells" / _cell_name(options, defaults=True)
+        if earlier.is_dir():
+            return earlier
+    return path
 
 
 def resolve_cells(grid: AccuracyGrid, out: Path) -> list[tuple[Cell, Config]]:
@@ -185,7 +222,7 @@ def resolve_cells(grid: AccuracyGrid, out: Path) -> list[tuple[Cell, Config]]:
 
 def _resolve(cell: Cell, out: Path) -> Config:
     try:
-        return resolve({**cell.options, "out": str(out / "cells" / cell.name)})
+        return resolve({**cell.options, "out": str(_cell_dir(cell, out))})
     except ValueError as err:
         raise ValueError(f"grid cell {cell.name}: {err}") from None
 
@@ -240,7 +277,7 @@ def check_cell(cell: Cell, config: Config) -> Config:
     changed = differing_options(before, kept, ignore=RESUMABLE_CHANGES)
     now, then = config.options(), before.options()
     changed += [f"{key} ({then[key]!r} → {now[key]!r})" for key in (given_then or {})
-                if key not in cell.options and key in now and then.get(key) != now[key]]
+                if key not in cell.options and key in now and then.get(key) != now[key] and _used(key, config)]
     changed.sort(key=lambda change: change.split(" ", 1)[0] not in cell.options)
     if changed:
         raise ValueError(
@@ -248,6 +285,12 @@ def check_cell(cell: Cell, config: Config) -> Config:
             f"{', ...' if len(changed) > 3 else ''}); give this recipe another --out, or delete that one."
         )
     return kept
+
+
+def _used(key: str, config: Config) -> bool:
+    """Whether option ``key`` does anything in ``config``'s run (``USED_BY``): an option an earlier release's grid
+    gave a cell that does not use it (the split of an e2e cell) is no difference between two of its runs."""
+    return key not in USED_BY or USED_BY[key][0](config)
 
 
 def cell_request(cell: Cell, config: Config) -> dict[str, Any]:
@@ -273,9 +316,9 @@ def varying_options(configs: list[Config]) -> list[str]:
     """The options, beyond a row's own (``ROW_OPTIONS``, seed, out), whose resolved value differs between
     cells (a method's decoder, λ, reconstruction...): the rows carry them, so that what sets cells apart is
     in accuracy.csv and .json."""
-    first, *others = [config.options() for config in configs]
-    return [key for key in first if key not in (*ROW_OPTIONS, "seed", "out")
-            and any(options[key] != first[key] for options in others)]
+    options = [config.options() for config in configs]
+    return [key for key in options[0] if key not in (*ROW_OPTIONS, "seed", "out")
+            and len({repr(o[key] if _used(key, config) else None) for o, config in zip(options, configs)}) > 1]
 
 
 def run_accuracy(
@@ -296,9 +339,20 @@ def run_accuracy(
     A Ctrl-C stops the grid with a line that says what is kept and that the same command resumes it."""
     out = Path(out)
     index, count = shard
+    if count > 1:  # shards share the grid (each cell has its own lock) and write no table
+        return _run_cells(grid, out, log=log, command=command, train=train, shard=shard)
+    with RunDir(out).lock():  # one process writes the table: a second grid into this --out is refused up front
+        return _run_cells(grid, out, log=log, command=command, train=train, shard=shard)
+
+
+def _run_cells(grid: AccuracyGrid, out: Path, *, log: Log | None, command: str | None, train: bool,
+               shard: tuple[int, int]) -> dict:
+    index, count = shard
     every = resolve_cells(grid, out)
     varying = varying_options([config for _, config in every])
     cells = every[index - 1 :: count]
+    if train:
+        check_threads(cells)
     rows = []
     say = log or (lambda line: None)
     with Progress(len(cells), "accuracy grid", unit="cell") as progress:  # a bar on a terminal; a line per cell
@@ -310,7 +364,7 @@ def run_accuracy(
                 raise interrupt.Interrupted(_stopped(cell, err, command)) from None  # is the one to rerun
             rows.append(row)
             say(f"[{i}/{len(cells)}] {cell.name}: " + (
-                f"test error {row['test_error']:.2f}%, trained in {row['total_time_s']:.0f} s" if row["status"] == "ok"
+                f"test error {row['test_error']:.2f}%, trained in {row['train_time_s']:.0f} s" if row["status"] == "ok"
                 else f"{row['status']}: {row['reason']}") + f" ({time.perf_counter() - start:.0f} s in this command)")
             progress.update(1)
     meta = environment(grid, command, rows)
@@ -319,11 +373,32 @@ def run_accuracy(
     return {"meta": meta, "rows": rows}
 
 
+def check_threads(cells: list[tuple[Cell, Config]]) -> None:
+    """Refuse to resume a cell on other torch threads than its epochs so far trained on: float sums, and so its
+    numbers and times, depend on them, and a cell of two thread counts is comparable with no other (a grid
+    resumed with another --threads). A finished cell, or one without a finished epoch, is never refused."""
+    now = torch.get_num_threads()
+    for cell, config in cells:
+        run = RunDir(config.run.out)
+        if run.finished or not run.file(METRICS).is_file():
+            continue
+        epochs = run.read_metrics()
+        threads = epochs[-1].get("torch_threads", run_threads(run, epochs)) if epochs else None  # the latest
+        if isinstance(threads, int) and threads != now:
+            raise ValueError(
+                f"grid cell {cell.name}: its epoch {epochs[-1].get('epoch', len(epochs))} trained on {threads} torch "
+                f"thread{'s' if threads != 1 else ''} and this command runs {now} (float sums, and so "
+                f"the cell's numbers and times, depend on them); resume the grid with --threads {threads}, or give it "
+                f"another --out."
+            )
+
+
 def _row(cell: Cell, config: Config, varying: list[str], train: bool) -> dict[str, Any]:
     """A cell's row: its resolved options, and its results once trained (here, unless ``train`` is False)."""
     run = RunDir(config.run.out)
     options = config.options()
-    row = {"cell": cell.name, **{k: options[k] for k in (*ROW_OPTIONS, *varying, "seed")}, "run_dir": str(run.path),
+    shown = (*ROW_OPTIONS, *varying, "seed", *(("split",) if config.net.num_modules > 1 and "split" not in varying else ()))
+    row = {"cell": cell.name, **{k: options[k] if _used(k, config) else None for k in shown}, "run_dir": str(run.path),
            "status": "ok", "reason": None}
     if not (train or run.finished):
         row.update(status="not run", reason="not finished; run the grid without --collect to train it")
@@ -374,6 +449,7 @@ def _result(run: RunDir) -> dict[str, Any]:
         "peak_memory_mb": summary["peak_memory_mb"],
         "peak_memory_kind": summary["peak_memory_kind"],
         "parameters": summary["parameters"],
+        "cuts": summary.get("net", {}).get("cuts"),  # where the split (auto: computed per network) cut it
         # where and with what it trained: the process that finished it (torch threads: each epoch's, ``_row``);
         # a run from before summary.json named its device: CUDA where its peak memory is CUDA's
         "device": summary.get("device") or ("cuda" if summary["peak_memory_kind"] == "cuda_allocated" else "cpu"),
@@ -439,6 +515,32 @@ def cells_header(meta: dict) -> str:
     return "\n".join(line for line in lines if line) + "\n"
 
 
+def cuts_section(rows: list[dict]) -> str | None:
+    """Where each finished local configuration was cut (the seeds of one share its cuts), so that a K column
+    compares what it says: a computed split (``auto``, ``balanced`` without a table) balances each method's
+    own network, heads and encoders included, so two methods at one K may be cut at other places."""
+    seen: dict[tuple, tuple[str, str]] = {}
+    for r in rows:
+        if r["status"] == "ok" and r["num_modules"] > 1 and r.get("cuts") is not None:
+            label = " ".join(str(r[k]) for k in ("method", "context", "local_loss", "aux_head")
+                             if r.get(k) and not (k == "context" and r[k] == "R0"))
+            cuts = " ".join(f"({','.join(map(str, c))})" if isinstance(c, list) else str(c) for c in r["cuts"])
+            seen.setdefault((r["model"], r["num_modules"], label), (str(r.get("split")), cuts))
+    if not seen:
+        return None
+    lines = ["### Where each configuration was cut\n", "| model | K | method | split | cuts |",
+             "|---|---:|---|---|---|"]
+    lines += [f"| {model} | {k} | {label} | {split} | {cuts} |" for (model, k, label), (split, cuts) in seen.items()]
+    differ = sorted({(model, k) for (model, k, _), (_, cuts) in seen.items()
+                     if len({c for (m2, k2, _), (_, c) in seen.items() if (m2, k2) == (model, k)}) > 1})
+    if differ:
+        where = ", ".join(f"{model} K = {k}" for model, k in differ)
+        lines.append(f"\nThe methods are cut at different places at {where}: a computed split balances each method's "
+                     "own network (its heads and context encoders included); give --split uniform, or a table's "
+                     "split where the model has one, to cut every method alike.")
+    return "\n".join(lines) + "\n"
+
+
 def write_accuracy(out: Path, rows: list[dict], meta: dict) -> dict[str, Path]:
     """accuracy.json, .csv, .md and .png, and accuracy_curves.png (test error against epoch, each module's head)
     in ``out``."""
@@ -455,6 +557,9 @@ def write_accuracy(out: Path, rows: list[dict], meta: dict) -> dict[str, Path]:
         paths["curves"].write_bytes(report.curves_path.read_bytes())
         parts.append(report.markdown.replace("## ", "### ").replace("](report.png)", "](accuracy.png)")
                      .replace("](curves.png)", "](accuracy_curves.png)"))
+    cuts = cuts_section(rows)
+    if cuts:
+        parts.append(cuts)
     failed = [r for r in rows if r["status"] != "ok"]
     if failed:
         parts.append("### Cells that did not finish\n\n" + "\n".join(f"- {r['cell']}: {r['reason']}" for r in failed) + "\n")

@@ -15,39 +15,88 @@ import torch
 
 from locallearn.bench.grid import GridSpec, parse_list
 from locallearn.bench.report import write_results
-from locallearn.bench.runner import RunOptions, environment, run_memory, run_speed
+from locallearn.bench.runner import RunOptions, Stopped, environment, run_memory, run_speed
+from locallearn.training.interrupt import Interrupted, stopped_how
+from locallearn.training.rundir import RunDir
+from locallearn.validate import Int
 
 
 def grid_from_strings(
-    *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
-    image_size: int | None = None, feature_decoders: str = "linear", aux_heads: str | None = None,
+    *, models: str, methods: str, num_modules: str, splits: str | None, contexts: str | None, batch_sizes: str,
+    image_size: int | None = None, feature_decoders: str | None = None, aux_heads: str | None = None,
     compile: bool = False,
 ) -> GridSpec:
-    return GridSpec(
+    """The grid of ``bench memory`` / ``speed`` from its flags; a flag left out (None) takes GridSpec's default,
+    and one given that no method of the grid would use is refused (``_check_used``), as ``bench accuracy``
+    refuses it: the table would look as if it had been applied."""
+    given = {"splits": splits, "contexts": contexts, "feature_decoders": feature_decoders, "aux_heads": aux_heads}
+    spec = GridSpec(
         models=parse_list(models, "--models"),
         methods=parse_list(methods, "--methods"),
         num_modules=parse_list(num_modules, "--num-modules", int),
-        splits=parse_list(splits, "--splits"),
-        contexts=parse_list(contexts, "--contexts"),
-        feature_decoders=parse_list(feature_decoders, "--feature-decoders"),
+        **({"splits": parse_list(splits, "--splits")} if splits else {}),
+        **({"contexts": parse_list(contexts, "--contexts")} if contexts else {}),
+        **({"feature_decoders": parse_list(feature_decoders, "--feature-decoders")} if feature_decoders else {}),
         aux_heads=parse_list(aux_heads, "--aux-heads") if aux_heads else (None,),
         batch_sizes=parse_list(batch_sizes, "--batch-sizes", int),
         image_size=image_size,
         compiled=(False, True) if compile else (False,),
     )
+    _check_used(spec, [name for name, value in given.items() if value])
+    return spec
+
+
+def _check_used(spec: GridSpec, given: list[str]) -> None:
+    """Refuse a grid axis the user gave that no method of the grid has (contexts without a context method, ...)."""
+    from locallearn.methods import METHODS
+
+    def methods_where(has) -> list[str]:
+        return [name for name in METHODS.names() if has(METHODS.get(name))]
+
+    local = lambda m: not m.single_module  # noqa: E731
+    rules = {  # axis → (the methods it applies to, what they do)
+        "splits": (local, "trains local modules, so they would change nothing"),
+        "aux_heads": (local, "trains local modules, so they would change nothing"),
+        "contexts": (lambda m: m.varies_context, "supplies context, so they would change nothing"),
+        "feature_decoders": (lambda m: m.varies_feature_decoder, "reconstructs features, so they would change nothing"),
+    }
+    for axis in given:
+        applies, what = rules[axis]
+        if any(applies(METHODS.get(name)) and (axis != "splits" or max(spec.num_modules) > 1) for name in spec.methods):
+            continue
+        flag = "--" + axis.replace("_", "-")
+        raise ValueError(f"{flag}: no method of the grid {what}; drop them, or add a method that uses them "
+                         f"({', '.join(methods_where(applies))}).")
 
 
 def _run(kind: str, out: Path, command: str | None, grid: dict, options: dict, quiet: bool) -> int:
+    """Measure the grid and write its tables into ``out``, held by this process alone (``RunDir.lock``: a
+    second command into the same --out, or an --out that is a file, is refused before anything is measured).
+    A Ctrl-C writes the rows measured so far, marked as such, and exits as an interrupt."""
     spec = grid_from_strings(**grid)
     run_options = RunOptions(**options)
     log = None if quiet else (lambda line: print(line, flush=True))
     for note in spec.not_run():  # the grid's rules, said rather than silently applied
         print(note, flush=True)
     runner = run_memory if kind == "memory" else run_speed
-    rows = runner(spec, run_options, log=log)
-    meta = environment(run_options, command or _command())
-    meta["grid"] = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(spec).items()}
-    paths = write_results(out, kind, rows, meta)
+    with RunDir(out).lock():
+        stopped = None
+        try:
+            rows = runner(spec, run_options, log=log)
+        except Stopped as err:
+            rows, stopped = err.rows, err
+        meta = environment(run_options, command or _command())
+        meta["grid"] = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(spec).items()}
+        sections = ()
+        if stopped is not None:
+            meta["interrupted"] = stopped.describe(stopped_how())
+            sections = (f"**Interrupted** ({meta['interrupted']}): the table holds the rows measured before it"
+                        + (" (a speed group's over the rounds all of its configurations completed)"
+                           if kind == "speed" else "") + "; the same command measures the whole grid.\n",)
+        paths = write_results(out, kind, rows, meta, sections=sections) if rows or stopped is None else {}
+    if stopped is not None:
+        kept = f"the {len(rows)} measured are written to {paths['md']}" if paths else "nothing was written"
+        raise Interrupted(f"{meta['interrupted']}: {kept}; the same command measures the whole grid.")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
@@ -130,7 +179,7 @@ def bench_accuracy(
     if "device" in options:  # every cell would fail on a device this machine lacks: refused before any
         resolve_device(str(options["device"]))
     if threads is not None:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(Int(1)("threads", threads))
     grid = AccuracyGrid(
         models=parse_list(models, "--models"),
         methods=parse_list(methods, "--methods"),
@@ -181,8 +230,9 @@ def bench_pipeline(
         batch_size=batch_size, batches=batches, warmup=warmup, repeats=repeats, max_rounds=max_rounds,
         variants=parse_list(variants, "--variants"), idle=idle, clean=clean, run_timeout=run_timeout,
     )
-    report = run_pipeline_bench(bench, out, command=command or _command(),
-                                log=None if quiet else (lambda line: print(line, flush=True)))
+    with RunDir(out).lock():  # an --out that is a file, or one another command writes, is refused first
+        report = run_pipeline_bench(bench, out, command=command or _command(),
+                                    log=None if quiet else (lambda line: print(line, flush=True)))
     medians = {name: v["median_steady_images_per_s"] for name, v in report["variants"].items()}
     print("steady-state images/s (medians): " + ", ".join(
         f"{name} {'failed' if x is None else format(x, '.1f')}" for name, x in medians.items()))

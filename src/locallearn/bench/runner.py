@@ -37,6 +37,7 @@ from locallearn.memory import CudaPeakMeter, StepMemoryMeter
 from locallearn.net import check_batch
 from locallearn.engine import train_step
 from locallearn.provenance import cpu_name, git_revision
+from locallearn.training.interrupt import Interrupted
 from locallearn.training.runner import compile_parts
 from locallearn.validate import Int, Optional
 
@@ -65,6 +66,7 @@ SPEED_FIELDS = (
     "time_ratio_min",
     "time_ratio_max",
     "rounds",
+    "step_times_s",  # every timed step, round by round: the paired ratios can be recomputed from these
     "inference_macs",
     "train_flops",
     "macs_ratio",
@@ -213,21 +215,44 @@ def _configs(grid: GridSpec | list[BenchConfig]) -> list[BenchConfig]:
     return list(dict.fromkeys(grid.expand() if isinstance(grid, GridSpec) else grid))
 
 
+class Stopped(Interrupted):
+    """A Ctrl-C (or SIGTERM) in the middle of a grid: ``rows`` are the configurations measured before it, whole
+    (a speed group's rows over the rounds every one of its configurations completed), for the caller to write."""
+
+    def __init__(self, rows: list[dict], total: int, cut: tuple[int, int, int] | None = None) -> None:
+        super().__init__(f"interrupted after {len(rows)} of {total} configurations")
+        self.rows, self.total = rows, total
+        self.cut = cut  # a speed group cut short: (its rows kept, the rounds they completed, the rounds asked)
+
+    def describe(self, how: str = "interrupted") -> str:
+        """``interrupted after 4 of 9 configurations, the last 2 timed in 5 of 7 rounds``."""
+        text = f"{how} after {len(self.rows)} of {self.total} configurations"
+        if self.cut and self.cut[0]:
+            kept, done, asked = self.cut
+            text += f", the last {kept} timed in {done} of {asked} rounds"
+        return text
+
+
 def run_memory(grid: GridSpec | list[BenchConfig], options: RunOptions, *, log: Log | None = None) -> list[dict]:
+    """One row per configuration (``measure_memory``); a Ctrl-C raises `Stopped` with the rows measured."""
     options.apply()
     configs = _configs(grid)
     rows = []
-    for i, config in enumerate(configs, 1):
-        row = new_row(config, options, MEMORY_FIELDS)
-        rows.append(row)
-        case = _build_or_skip(config, options, row)
-        if case is not None:
-            measured = _unless_oom(row, lambda c=case: measure_memory(c, options))
-            row.update(measured or {})
-        del case
-        _free(options.device)
-        if log:
-            log(f"[{i}/{len(configs)}] {_describe(config)}: {_memory_summary(row)}")
+    try:
+        for i, config in enumerate(configs, 1):
+            row = new_row(config, options, MEMORY_FIELDS)
+            case = _build_or_skip(config, options, row)
+            if case is not None:
+                measured = _unless_oom(row, lambda c=case: measure_memory(c, options))
+                row.update(measured or {})
+            del case
+            _free(options.device)
+            rows.append(row)
+            if log:
+                log(f"[{i}/{len(configs)}] {_describe(config)}: {_memory_summary(row)}")
+    except KeyboardInterrupt:
+        add_memory_ratios(rows)
+        raise Stopped(rows, len(configs)) from None
     add_memory_ratios(rows)
     return rows
 
@@ -257,13 +282,22 @@ def _timed_step(case: _Case) -> float:
 
 
 def run_speed(grid: GridSpec | list[BenchConfig], options: RunOptions, *, log: Log | None = None) -> list[dict]:
+    """One row per configuration, timed in interleaved rounds within its group (model and batch size); a
+    Ctrl-C raises `Stopped` with the groups done and the rounds of the current group that every one of its
+    configurations completed (none where not one round was)."""
     options.apply()
     rows: list[dict] = []
     groups: dict[tuple, list[BenchConfig]] = {}
-    for config in _configs(grid):
+    configs = _configs(grid)
+    for config in configs:
         groups.setdefault(config.group, []).append(config)
-    for configs in groups.values():
-        rows += _speed_group(configs, options, log)
+    try:
+        for members in groups.values():
+            rows += _speed_group(members, options, log)
+    except Stopped as err:
+        raise Stopped(rows + err.rows, len(configs), err.cut) from None
+    except KeyboardInterrupt:
+        raise Stopped(rows, len(configs)) from None
     return rows
 
 
@@ -281,19 +315,27 @@ def _speed_group(configs: list[BenchConfig], options: RunOptions, log: Log | Non
         del case
         _free(options.device)
     times: dict[int, list[float]] = {i: [] for i in cases}
-    for r in range(options.rounds):
-        order = list(cases)
-        order = order[r % len(order) :] + order[: r % len(order)] if order else order
-        for i in order:
-            seconds = _unless_oom(rows[i], lambda: _timed_step(cases[i]))
-            if seconds is None:
-                del cases[i], times[i]
-                _free(options.device)
-            else:
-                times[i].append(seconds)
-        if log:
-            first = configs[0]
-            log(f"  round {r + 1}/{options.rounds} of {first.model} batch {first.batch_size}: {len(cases)} running")
+    completed, stopped = 0, False
+    try:
+        for r in range(options.rounds):
+            order = list(cases)
+            order = order[r % len(order) :] + order[: r % len(order)] if order else order
+            for i in order:
+                seconds = _unless_oom(rows[i], lambda: _timed_step(cases[i]))
+                if seconds is None:
+                    del cases[i], times[i]
+                    _free(options.device)
+                else:
+                    times[i].append(seconds)
+            completed = r + 1
+            if log:
+                first = configs[0]
+                log(f"  round {r + 1}/{options.rounds} of {first.model} batch {first.batch_size}: {len(cases)} running")
+    except KeyboardInterrupt:
+        stopped = True  # kept: the rows timed in whole rounds (paired), and those that failed before timing
+        keep = [i for i in range(len(rows)) if (completed and i in times) or rows[i]["status"] != "ok"]
+        times = {keep.index(i): t[:completed] for i, t in times.items() if i in keep}
+        rows, configs = [rows[i] for i in keep], [configs[i] for i in keep]
     cases.clear()
     _free(options.device)
     ref = next((i for i, c in enumerate(configs) if c.method == REFERENCE and not c.compiled and i in times), None)
@@ -304,6 +346,7 @@ def _speed_group(configs: list[BenchConfig], options: RunOptions, log: Log | Non
             step_time_q25_s=float(np.percentile(t, 25)),
             step_time_q75_s=float(np.percentile(t, 75)),
             rounds=len(t),
+            step_times_s=[round(x, 6) for x in t],
         )
         if ref is not None:
             paired = np.asarray(t) / np.asarray(times[ref])  # per round: this step ÷ e2e's step of that round
@@ -319,6 +362,8 @@ def _speed_group(configs: list[BenchConfig], options: RunOptions, log: Log | Non
     if log:
         for config, row in zip(configs, rows):
             log(f"{_describe(config)}: {_speed_summary(row)}")
+    if stopped:
+        raise Stopped(rows, len(rows), (len(times), completed, options.rounds))
     return rows
 
 

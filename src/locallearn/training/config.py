@@ -545,6 +545,7 @@ USED_BY = {
     **{name: (applies, f"is {what}, and this run trains one module", "use a local method with --num-modules 2 or more",
               "use a local method with num_modules=2 or more")
        for name, applies, what in (
+           ("split", lambda c: c.net.num_modules > 1, "where the local modules are cut"),
            ("aux_head", lambda c: c.net.num_modules > 1, "a local module's head"),
            ("local_loss", lambda c: c.net.num_modules > 1, "the local modules' loss"),
            ("reconstruct", lambda c: c.net.num_modules > 1 or not c.net.reconstruct, "the local modules' image "
