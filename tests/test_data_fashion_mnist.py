@@ -104,7 +104,9 @@ def test_root_comes_before_debian_and_a_split_is_never_mixed(tmp_path, debian, s
     # not patched up with Debian's labels of other images.
     with pytest.raises(DatasetError) as err:
         load_split("fashion_mnist", root, train=False)
-    one_line(err, f"missing {root / 't10k-labels-idx1-ubyte.gz'}")
+    message = one_line(err, f"missing {root / 't10k-labels-idx1-ubyte.gz'}",
+                       f"complete or remove the partial copy in {root}: {debian} holds every file")
+    assert "apt-get" not in message  # Debian's copy is installed: installing it is no fix
     for path in root.iterdir():
         path.unlink()
     from_debian, _ = load_split("fashion_mnist", root, train=False)

@@ -718,3 +718,12 @@ def test_decoding_threads_are_this_processs_share_of_its_cores(monkeypatch):
     assert imagefolder.decode_threads() == 3  # torchrun's 4 processes on this machine share its 12 cores
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert imagefolder.decode_threads() == 1
+
+
+def test_a_split_folder_given_for_its_parent_names_the_parent(tmp_path):
+    make_folder(tmp_path)
+    for split in ("train", "test"):
+        with pytest.raises(DatasetError) as err:
+            describe_dataset("imagefolder", tmp_path / split)
+        one_line(err, f"--data-dir {tmp_path / split} is a split folder itself; give the folder that holds train/: "
+                      f"--data-dir {tmp_path}.")

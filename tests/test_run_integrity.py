@@ -157,6 +157,19 @@ def _flip_a_byte_in_the_weights(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def test_07_a_damaged_only_checkpoint_says_what_to_do(tmp_path, finished, capsys):
+    """No checkpoint.prev.pt to fall back to (stopped in epoch 2): eval and a resume each name their fix."""
+    run = copy_run(finished, tmp_path / "run")
+    (run / "checkpoint.prev.pt").unlink()
+    (run / "summary.json").unlink()  # an unfinished run
+    _flip_a_byte_in_the_weights(run / "checkpoint.pt")
+    assert main(["eval", str(run), "--device", "cpu"]) == 2
+    assert one_line(capsys).endswith("; restore it from a copy of the run, or train the run again.\n")
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    assert one_line(capsys).endswith("; no earlier checkpoint is kept, so nothing is left to resume: start over with "
+                                     "--overwrite.\n")
+
+
 def test_07_a_damaged_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, finished, capsys):
     run = copy_run(finished, tmp_path / "run")
     _flip_a_byte_in_the_weights(run / "checkpoint.pt")
@@ -410,9 +423,15 @@ def test_12_bad_options_are_one_line(tmp_path, finished, capsys):
         cases.append((["train", "--model", "resnet20", "--device", "mps", "--out", str(tmp_path / "e")],
                       "device: mps is not available on this machine; use --device cpu."))
         cases.append((["eval", str(finished), "--device", "mps"], "device: mps is not available on this machine"))
+    cases.append((["eval", str(finished), "--data-dir", str(tmp_path)], f"eval: {finished} trained on digits, which "
+                  "ships inside a package (scikit-learn), so --data-dir would change nothing; drop it."))
     # an option the run would not use: refused, not recorded as if it were part of the run
-    tiny = ["train", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--out", str(tmp_path / "d")]
+    tiny = ["train", "--model", "resnet20", "--num-modules", "2", "--out", str(tmp_path / "d")]
     for extra, words in (
+        (["--method", "e2e", "--num-modules", "1", "--split", "uniform"], "split: --split is where the local modules "
+                                                                          "are cut, and this run trains one module"),
+        (["--data-dir", str(tmp_path)], "data_dir: --data-dir is where a dataset's files are read, and this run's "
+                                        "dataset ships inside a package (scikit-learn's digits)"),
         (["--lambdas", "1,2,3,4"], "lambdas: --lambdas weighs image reconstruction, which this run does not do, so "
                                    "it would change nothing but config.yaml; drop it, or add --reconstruct."),
         (["--temperature", "0.5"], "add --local-loss contrast"),

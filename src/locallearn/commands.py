@@ -13,6 +13,7 @@ import torch
 import locallearn
 from locallearn.data import describe_dataset
 from locallearn.data.imagefolder import IMAGEFOLDER
+from locallearn.data.sources import BUNDLED
 from locallearn.methods import METHODS
 from locallearn.net import build_net
 from locallearn.training.classes import (
@@ -164,6 +165,9 @@ def evaluate_run(
     if not run.file(CONFIG).is_file():
         raise ValueError(f"{run.path} holds no run (no {CONFIG}); give a directory written by `locallearn train`.")
     options = read_run_options(run.file(CONFIG))
+    if data_dir and options.get("dataset") in BUNDLED:
+        raise ValueError(f"eval: {run.path} trained on {options['dataset']}, which ships inside a package "
+                         f"(scikit-learn), so --data-dir would change nothing; drop it.")
     try:
         config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
     except ValueError:

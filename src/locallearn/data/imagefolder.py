@@ -85,6 +85,9 @@ def scan_image_folder(root: Path | str | None, test_fraction: float | None = Non
         what = "is a file, not a folder" if root.exists() else "does not exist"
         raise DatasetError(f"{IMAGEFOLDER}: --data-dir {root} {what} ({_layout(root)}).")
     if not train_dir.is_dir():
+        if root.name in ("train", *TEST_SPLITS) and (root.parent / "train").is_dir():  # DIR/train given for DIR
+            raise DatasetError(f"{IMAGEFOLDER}: --data-dir {root} is a split folder itself; give the folder that "
+                               f"holds train/: --data-dir {root.parent}.")
         found = _class_names(root)
         if found and any(_holds_images(root / name) for name in found[:3]):  # the classes are DIR's own folders
             raise DatasetError(

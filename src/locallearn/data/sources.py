@@ -248,12 +248,17 @@ def read_file(source: Source, file: DataFile, root: Path, *, strict: bool = True
     """Read one file of ``source``; ``strict`` also requires the official image count."""
     path = locate(source, file, root)
     if path is None:
+        place = data_dir(source, root)
         expected = ", ".join(" or ".join((f.path, *f.also)) for f in source.files)
         elsewhere = ", ".join(map(str, source.places(Path(root))[1:]))
+        whole = next((other for other in source.places(Path(root))
+                      if other != place and all(_find(other, f) for f in source.files)), None)
+        fix = (f"complete or remove the partial copy in {place}: {whole} holds every file, and is read where "
+               f"{place} holds none" if whole is not None else download_hint(source.name, root))
         raise DatasetError(
-            f"{source.name}: missing {Path(root) / file.path} (expected under {root}: {expected}"
+            f"{source.name}: missing {place / file.path} (expected under {root}: {expected}"
             + (f"; also looked in {elsewhere}" if elsewhere else "")
-            + f"); {download_hint(source.name, root)}."
+            + f"); {fix}."
         )
     part = file.read(path, max_count=file.count)
     if strict and len(part) != file.count:

@@ -35,6 +35,7 @@ import yaml
 
 from locallearn.config import NET_FIELDS, RENAMED, NetConfig, plain, resolve_net
 from locallearn.data import describe_dataset, dataset_names
+from locallearn.data.sources import BUNDLED
 from locallearn.data.imagefolder import DEFAULT_IMAGE_SIZE, IMAGEFOLDER, classes_spec
 from locallearn.decoders import FEATURE_DECODERS
 from locallearn.heads import HEADS
@@ -537,6 +538,9 @@ def _check_values(values: Mapping[str, Any], path: Path, *, skip: Mapping[str, A
 # Options that only some runs use: option → (whether a run uses it, what it is and why this run does not use it, the fix as a flag of
 # `locallearn train`, the fix as an option of locallearn.training.train)
 USED_BY = {
+    "data_dir": (lambda c: c.data.dataset not in BUNDLED, "is where a dataset's files are read, and this run's "
+                 "dataset ships inside a package (scikit-learn's digits)", "choose a dataset read from files "
+                 "(--dataset fashion_mnist, cifar10, imagefolder, ...)", "choose a dataset read from files"),
     "lambdas": (lambda c: c.net.reconstruct and c.net.num_modules > 1, "weighs image reconstruction, which this run "
                 "does not do", "add --reconstruct", "add reconstruct=True"),
     "temperature": (lambda c: c.net.local_loss == "contrast" and c.net.num_modules > 1, "is the contrastive loss's, "

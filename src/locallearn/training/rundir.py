@@ -308,7 +308,12 @@ class RunDir:
         except ValueError as err:
             previous = self.file(PREVIOUS)
             if not fallback or not previous.is_file():
-                hint = f"; {previous.name} holds the epoch before it" if previous.is_file() else ""
+                if previous.is_file():
+                    hint = f"; {previous.name} holds the epoch before it"
+                elif fallback:  # a resume with nothing to fall back to
+                    hint = f"; no earlier checkpoint is kept, so nothing is left to resume: start over with {overwrite}"
+                else:
+                    hint = "; restore it from a copy of the run, or train the run again"
                 raise ValueError(f"{err}{hint}.") from None
             try:
                 state = load_state(previous, map_location)
