@@ -87,7 +87,8 @@ def test_a_tiny_grid_writes_rows_table_and_plot_and_resumes(tmp_path, capsys, ke
     revision = data["rows"][0]["git_revision"]
     assert data["meta"]["torch_threads"] == keep_threads and data["meta"]["git_revision"] == revision
     md = (shards / "accuracy.md").read_text()
-    assert f"- cells trained on: CPU; torch threads: {keep_threads}\n" in md and f"revision {revision}\n" in md
+    assert f"- trained on: CPU; torch threads: {keep_threads}\n" in md and f"revision {revision}\n" in md
+    assert f"- CPU: {data['meta']['cpu']}\n" in md  # each cell's summary.json names its CPU
     torch.set_num_threads(keep_threads)
     # cells that trained with other threads and another revision: each value, with its number of cells
     cell = RunDir(shards / "cells" / "resnet20_greedy_k2_s1")  # each epoch records its threads
@@ -102,8 +103,8 @@ def test_a_tiny_grid_writes_rows_table_and_plot_and_resumes(tmp_path, capsys, ke
     row = {r["cell"]: r for r in data["rows"]}["resnet20_greedy_k2_s1"]
     assert (row["torch_threads"], row["git_revision"]) == (keep_threads + 1, "0123abc")
     md = (shards / "accuracy.md").read_text()
-    assert f"torch threads: {keep_threads} (3 cells), {keep_threads + 1} (1 cell)\n" in md
-    assert f"revision {revision} (3 cells), 0123abc (1 cell)\n" in md
+    assert f"torch threads: {keep_threads} (3 runs), {keep_threads + 1} (1 run)\n" in md
+    assert f"revision {revision} (3 runs), 0123abc (1 run)\n" in md
     with open(shards / "accuracy.csv") as f:
         threads = {r["cell"]: r["torch_threads"] for r in csv.DictReader(f)}
     assert threads["resnet20_greedy_k2_s1"] == str(keep_threads + 1)
@@ -261,15 +262,6 @@ def test_a_device_the_machine_lacks_is_refused_before_any_cell(tmp_path, capsys)
     assert capsys.readouterr().err.strip() == ("locallearn: error: device: cuda is not available on this machine; use "
                                                "--device cpu.")
     assert not (tmp_path / "acc").exists()
-
-
-def test_the_header_names_each_cells_device_and_gpu_model():
-    from locallearn.bench.accuracy import cells_header
-
-    cells = {"device": {"cuda: NVIDIA H200": 3, "cpu": 1}, "torch_threads": {"1": 4}, "torch": {"2.13.0": 4},
-             "git_revision": {"abc": 4}}
-    md = cells_header({"cells": cells, "date": "d", "platform": "p", "cpu_count": 2, "python": "3", "locallearn": "0"})
-    assert "- cells trained on: CUDA: NVIDIA H200 (3 cells), CPU (1 cell); torch threads: 1\n" in md
 
 
 def test_cells_trained_before_a_default_changed_keep_their_options_and_resume(tmp_path, monkeypatch):

@@ -149,6 +149,9 @@ def test_runs_tested_on_different_numbers_of_images_are_not_averaged(tmp_path):
     cifar = [fake_run(tmp_path / f"c{seed}", accs=[0.9], method="contsup", num_modules=4, seed=seed) for seed in (0, 1)]
     RunDir(cifar[0]).write_metrics([{**r, "test_images": 10000} for r in RunDir(cifar[0]).read_metrics()])
     assert table_rows(write_report(cifar, out=tmp_path / "report").markdown) == ["| contsup R1E ce | 10.00 ± 0.00 (n=2) |"]
+    # a folder's runs beside a fixed dataset's: the folder's count is not compared with the others' absence
+    mixed = write_report([runs[0], runs[1], cifar[1]], out=tmp_path / "report")
+    assert not any("test_images" in warning for warning in mixed.warnings), mixed.warnings
 
 
 def test_labels_name_only_the_difference(tmp_path):
@@ -409,7 +412,7 @@ def test_a_damaged_run_is_left_out_of_the_report_of_the_others_and_alone_is_an_e
     assert report.damaged == [f"report: {summary} is damaged (its checksum does not match); `locallearn train --out "
                               f"{runs[1]} --resume` writes it again from the checkpoint; left out of this report"]
     assert report.warnings[0] == report.damaged[0] and f"> {report.damaged[0]}" in report.markdown.splitlines()
-    assert main(["report", *map(str, runs), "--out", str(tmp_path / "cli")]) in (0, 1)  # 1 once commands.py says it
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "cli")]) == 1  # a run was left out
     assert report.damaged[0] in capsys.readouterr().err
     assert main(["report", str(runs[1]), "--out", str(tmp_path / "cli")]) == 2
     assert capsys.readouterr().err.startswith(f"locallearn: error: report: {summary} is damaged")
@@ -457,9 +460,15 @@ def test_the_report_says_where_and_with_what_its_runs_trained(tmp_path):
     assert lines[2:5] == [
         "- trained on: CPU (5 runs), CUDA: NVIDIA H200 (1 run); torch threads: 1 (5 runs), 2 (1 run)",
         "- software: torch 2.13.0 (5 runs), 2.12.0 (1 run), locallearn revision abc1234 (5 runs), def5678 (1 run)",
-        f"- CPU: not recorded by runs; this report was written on {cpu_name()}, {__import__('os').cpu_count()} cores"]
+        f"- CPU: not recorded by these runs; this report was written on {cpu_name()}, "
+        f"{__import__('os').cpu_count()} cores"]
     lines = write_report(runs[:2], out=tmp_path / "report").markdown.splitlines()
     assert lines[2:4] == ["- trained on: CPU; torch threads: 1", "- software: torch 2.13.0, locallearn revision abc1234"]
+    for run, cpu in zip(runs[:2], ("Intel Xeon, AVX512", "AMD EPYC, AVX2")):  # summary.json names its CPU
+        summary = RunDir(run).read_summary()
+        RunDir(run).write_summary({**summary, "cpu": cpu})
+    lines = write_report(runs[:2], out=tmp_path / "report").markdown.splitlines()
+    assert lines[4] == "- CPU: Intel Xeon, AVX512 (1 run), AMD EPYC, AVX2 (1 run)"
 
 
 def drawn(fig):

@@ -297,10 +297,11 @@ def list_command() -> int:
 
 def report_command(run_dirs: list[Path], out: Path | None = None) -> int:
     """``locallearn report RUN_DIR...``: OUT/report.md (default runs/report/, also printed), OUT/report.png and
-    OUT/curves.png; what could not be grouped, and where the files are, on stderr."""
+    OUT/curves.png; what could not be grouped, and where the files are, on stderr. Exit status 1 when a damaged
+    run was left out of the report of the others (scripts notice), 0 otherwise."""
     report = write_report(run_dirs) if out is None else write_report(run_dirs, out=out)
     for warning in report.warnings:
         print(warning, file=sys.stderr)
     print(report.markdown, end="")
     print(f"report: wrote {report.markdown_path}, {report.plot_path} and {report.curves_path}", file=sys.stderr)
-    return 0
+    return 1 if report.damaged else 0

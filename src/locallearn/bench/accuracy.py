@@ -484,30 +484,12 @@ def environment(grid: AccuracyGrid, command: str | None, rows: list[dict] = ()) 
     return meta
 
 
-def _described(counts: dict[str, int], show: Callable[[str], str] = str) -> str:
-    """One value, or each value with its number of cells: ``1`` or ``1 (6 cells), 2 (2 cells)``."""
-    if not counts:
-        return "not recorded (no cell finished)"
-    if len(counts) == 1:
-        return show(next(iter(counts)))
-    return ", ".join(f"{show(v)} ({n} cell{'' if n == 1 else 's'})" for v, n in counts.items())
-
-
-def _device(name: str) -> str:
-    """A cell's device for the header: ``CPU``, ``CUDA: NVIDIA H200``."""
-    kind, _, model = name.partition(":")
-    return kind.upper() + (f":{model}" if model else "")
-
-
 def cells_header(meta: dict) -> str:
-    """The markdown header of a grid (``bench/report.meta_lines`` describes one process; a grid's cells each
-    record their own): the command, then where and with what the cells trained (their own records)."""
-    cells = meta["cells"]
+    """The markdown header of a grid: its command and the process that wrote the table. Where and with what the
+    cells trained (device, threads, CPU, software: each cell's own records) is the report's header below it
+    (``training.report.provenance_lines``), as it is of any report of runs."""
     lines = [
         f"- command: `{meta['command'].strip()}`" if meta.get("command") else None,
-        f"- cells trained on: {_described(cells['device'], _device)}; torch threads: "
-        f"{_described(cells['torch_threads'])}",
-        f"- cells' software: torch {_described(cells['torch'])}, revision {_described(cells['git_revision'])}",
         f"- table written: {meta.get('date')}, {meta.get('platform')} ({meta.get('cpu_count')} CPU cores"
         f"{'; ' + meta['cpu'] if meta.get('cpu') else ''}), "
         f"Python {meta.get('python')}, locallearn {meta.get('locallearn')}",

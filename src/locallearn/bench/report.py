@@ -34,7 +34,7 @@ def write_results(
     paths["json"].write_text(json.dumps(record, indent=1) + "\n")
     write_csv(paths["csv"], rows)
     paths["md"].write_text(markdown(kind, rows, meta, targets, sections))
-    plot(paths["png"], **{kind: rows})
+    plot(paths["png"], **{kind: rows}, meta=meta)
     return paths
 
 

@@ -19,7 +19,7 @@ import torch
 
 from locallearn.models.registry import is_object_name
 from locallearn.net import LocalNet
-from locallearn.provenance import git_revision
+from locallearn.provenance import cpu_name, git_revision
 from locallearn.training import interrupt
 from locallearn.training.config import (
     PYTHON_DATA,
@@ -457,6 +457,7 @@ def summarize(history: list[dict[str, Any]], *, config: Config, net: LocalNet, p
         "dataset": config.data.dataset,
         "net": net.describe(),
         "device": device_name(next(net.parameters()).device),
+        "cpu": cpu_name(),  # the host's, with the SIMD level torch uses: CPU times and float sums depend on it
         "versions": versions(),
         "options": config.options(),  # what the run trained with: `report` checks config.yaml against it
     }

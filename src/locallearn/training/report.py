@@ -282,7 +282,7 @@ def recorded(run: RunDir, summary: dict[str, Any] | None, history: list[dict[str
             git, torch = git or found[1], torch or found[2]
     device = (summary or {}).get("device") or ("cuda" if history[-1].get("peak_memory_kind") == "cuda_allocated"
                                                else "cpu")
-    return {"device": device, "torch": torch, "git_revision": git}
+    return {"device": device, "cpu": (summary or {}).get("cpu"), "torch": torch, "git_revision": git}
 
 
 def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
@@ -373,15 +373,13 @@ def group_runs(runs: list[RunResult]) -> Table:
             suffix = [f"{o}={_show(g.config.get(o))}" for o in shown if o in named[id(g)]]
             g.label = prefix + ", ".join([method, *suffix])
         if shown:
-            values = ", ".join(
-                f"{o} ({' vs '.join(dict.fromkeys(_show(g.config.get(o)) for g in members))})" for o in shown
-            )
+            values = ", ".join(_values(members, o) for o in shown)
             warnings.append(f"report: {method} runs differ in {values} beside their method and K; shown as separate rows")
     # rows trained on different recipes where the labels do not say it: the rows whose labels do not name an
     # option must share one value of it, one that a labelled row names where there are such rows
     recipe = [o for o in _option_order(groups) if o in _RECIPE and _differ(groups, o) and _unsaid(groups, o, named)]
     if recipe:
-        values = ", ".join(f"{o} ({' vs '.join(dict.fromkeys(_show(g.config.get(o)) for g in groups))})" for o in recipe)
+        values = ", ".join(_values(groups, o) for o in recipe)
         warnings.append(f"report: the rows were not trained alike: they differ in {values}; compare them with care")
     return Table(groups, warnings)
 
@@ -397,8 +395,8 @@ def described(counts: dict[Any, int], show=str, noun: str = "run") -> str:
     return ", ".join(f"{named(v)} ({n} {noun}{'' if n == 1 else 's'})" for v, n in counts.items())
 
 
-def _device(name: str) -> str:
-    """A run's device as summary.json names it, for the header: ``CPU``, ``CUDA: NVIDIA H200``."""
+def device_label(name: str) -> str:
+    """A run's device as summary.json names it, for a header: ``CPU``, ``CUDA: NVIDIA H200``."""
     kind, _, model = name.partition(":")
     return kind.upper() + (f":{model}" if model else "")
 
@@ -411,12 +409,14 @@ def provenance_lines(runs: list[RunResult]) -> list[str]:
         return dict(Counter(values).most_common())
 
     devices = counts(r.provenance.get("device") for r in runs)
+    cpus = counts(r.provenance.get("cpu") for r in runs)
     return [
-        f"- trained on: {described(devices, _device)}; torch threads: "
+        f"- trained on: {described(devices, device_label)}; torch threads: "
         f"{described(counts(r.config.get('torch_threads') for r in runs))}",
         f"- software: torch {described(counts(r.provenance.get('torch') for r in runs))}, locallearn revision "
         f"{described(counts(r.provenance.get('git_revision') for r in runs))}",
-        f"- CPU: not recorded by runs; this report was written on {cpu_name()}, {os.cpu_count()} cores",
+        f"- CPU: {described(cpus)}" if set(cpus) != {None} else  # summary.json records it since it names it
+        f"- CPU: not recorded by these runs; this report was written on {cpu_name()}, {os.cpu_count()} cores",
     ]
 
 
@@ -688,12 +688,27 @@ def _option_order(groups: list[Group]) -> list[str]:
     return [o for o in known + sorted(set(names) - set(known)) if o not in NOT_COMPARED]
 
 
+# recorded for some runs only (an image folder's: a fixed dataset's count follows from its options): compared
+# among the runs that have it, not against the others' absence
+_SOME_RUNS = ("test_images",)
+
+
+def _having(groups: list[Group], option: str) -> list[Group]:
+    return [g for g in groups if option not in _SOME_RUNS or option in g.config]
+
+
 def _differ(groups: list[Group], option: str) -> bool:
-    return len({_show(g.config.get(option)) for g in groups}) > 1
+    return len({_show(g.config.get(option)) for g in _having(groups, option)}) > 1
+
+
+def _values(groups: list[Group], option: str) -> str:
+    """``option (a vs b)``: its values among ``groups``, for a warning."""
+    return f"{option} ({' vs '.join(dict.fromkeys(_show(g.config.get(option)) for g in _having(groups, option)))})"
 
 
 def _unsaid(groups: list[Group], option: str, named: dict[int, set[str]]) -> bool:
     """Whether rows differ in ``option`` where their labels do not show it (``named``: id → options a label names)."""
+    groups = _having(groups, option)
     unlabelled = {_show(g.config.get(option)) for g in groups if option not in named[id(g)]}
     labelled = {_show(g.config.get(option)) for g in groups if option in named[id(g)]}
     return len(unlabelled) > 1 or bool(labelled and unlabelled - labelled)
