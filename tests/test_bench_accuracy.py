@@ -399,3 +399,19 @@ def test_an_e2e_cell_an_earlier_release_gave_a_split_is_still_this_grids(tmp_pat
     assert "e2e, split" not in (out / "accuracy.md").read_text()
     assert main(["train", "--method", "e2e", "--split", "uniform", "--out", str(tmp_path / "x")]) == 2
     assert "split: --split is where the local modules are cut, and this run trains one module" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("before, now", [
+    (dict(contexts=("R0", "R1E")), dict(contexts=("R0", "R1E"), local_losses=("ce",))),
+    (dict(local_losses=("ce",)), dict(contexts=("R0", "R1E"))),
+    (dict(contexts=("R1E",), local_losses=("ce",)), dict()),
+])
+def test_a_cell_named_by_an_earlier_release_is_found_whichever_axes_it_named(tmp_path, before, now):
+    """Earlier releases named an axis whenever the grid gave one: a grid of today finds such a cell whichever of
+    its axes at the method's own value that name carries."""
+    grid = dict(methods=("contsup",), num_modules=(4,), seeds=(0,))
+    for cell in AccuracyGrid(**grid, **before).cells():
+        (tmp_path / "cells" / accuracy._cell_name(cell.options, defaults=True)).mkdir(parents=True)
+    cell = next(c for c in AccuracyGrid(**grid, **now).cells() if c.name == "resnet32_contsup_k4_s0")
+    found = accuracy._cell_dir(cell, tmp_path)
+    assert found.is_dir() and found.name != cell.name, sorted(p.name for p in (tmp_path / "cells").iterdir())

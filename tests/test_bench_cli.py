@@ -2,6 +2,7 @@
 grid values before anything runs."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -116,15 +117,22 @@ def test_a_ctrl_c_writes_the_rows_measured_before_it(tmp_path, capsys, monkeypat
             raise KeyboardInterrupt
         return real_memory(*args, **kwargs)
 
+    assert main(["bench", "memory", *GRID, "--out", str(tmp_path / "m")]) == 0  # a complete table first
+    complete = (tmp_path / "m" / "memory.json").read_text()
     monkeypatch.setattr(runner, "measure_memory", memory)
     assert main(["bench", "memory", *GRID, "--out", str(tmp_path / "m")]) == 130
     err = capsys.readouterr().err
     assert err == (f"locallearn: interrupted after 1 of 3 configurations: the 1 measured are written to "
-                   f"{tmp_path / 'm' / 'memory.md'}; the same command measures the whole grid.\n")
-    data = json.loads((tmp_path / "m" / "memory.json").read_text())
+                   f"{tmp_path / 'm' / 'memory-interrupted.md'}; the same command measures the whole grid.\n")
+    data = json.loads((tmp_path / "m" / "memory-interrupted.json").read_text())
     assert [r["method"] for r in data["rows"]] == ["e2e"] and data["rows"][0]["status"] == "ok"
     assert data["meta"]["interrupted"] == "interrupted after 1 of 3 configurations"
-    assert "**Interrupted** (interrupted after 1 of 3 configurations)" in (tmp_path / "m" / "memory.md").read_text()
+    assert "**Interrupted** (interrupted after 1 of 3 configurations)" in \
+        (tmp_path / "m" / "memory-interrupted.md").read_text()
+    assert (tmp_path / "m" / "memory.json").read_text() == complete  # the earlier complete table is kept
+    monkeypatch.setattr(runner, "measure_memory", real_memory)
+    assert main(["bench", "memory", *GRID, "--out", str(tmp_path / "m")]) == 0  # complete again: the partial goes
+    assert not list((tmp_path / "m").glob("memory-interrupted.*"))
     steps = []
 
     def step(case):
@@ -137,7 +145,7 @@ def test_a_ctrl_c_writes_the_rows_measured_before_it(tmp_path, capsys, monkeypat
     assert main(["bench", "speed", *GRID, "--rounds", "5", "--out", str(tmp_path / "s")]) == 130
     assert "interrupted after 3 of 3 configurations, the last 3 timed in 2 of 5 rounds: the 3 measured are written" \
         in capsys.readouterr().err
-    rows = json.loads((tmp_path / "s" / "speed.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "s" / "speed-interrupted.json").read_text())["rows"]
     assert [(r["method"], r["rounds"], len(r["step_times_s"])) for r in rows] == [
         ("e2e", 2, 2), ("checkpoint", 2, 2), ("contsup", 2, 2)]
     e2e = rows[0]["step_times_s"]  # the paired ratios, recomputed from the stored steps
@@ -153,15 +161,40 @@ def test_a_ctrl_c_writes_the_rows_measured_before_it(tmp_path, capsys, monkeypat
     assert not (tmp_path / "none").exists()
 
 
+def test_a_sigterm_keeps_the_rows_measured_as_ctrl_c_does(tmp_path, capsys, monkeypatch):
+    import signal
+
+    import locallearn.bench.runner as runner
+
+    real = runner.measure_memory
+    calls = []
+
+    def memory(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler ending the job
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "measure_memory", memory)
+    assert main(["bench", "memory", *GRID, "--out", str(tmp_path / "m")]) == 143
+    assert capsys.readouterr().err.startswith("locallearn: stopped by SIGTERM after 1 of 3 configurations: the 1 "
+                                              "measured are written to")
+    assert len(json.loads((tmp_path / "m" / "memory-interrupted.json").read_text())["rows"]) == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+
+
 @pytest.mark.parametrize("kind", ["memory", "speed"])
 @pytest.mark.parametrize("flags, words", [
     (["--methods", "greedy", "--contexts", "R1E,E"], "--contexts: no method of the grid supplies context"),
     (["--methods", "greedy", "--feature-decoders", "conv"], "--feature-decoders: no method of the grid reconstructs"),
     (["--methods", "e2e,checkpoint", "--splits", "uniform"], "--splits: no method of the grid trains local modules"),
     (["--methods", "checkpoint", "--aux-heads", "linear"], "--aux-heads: no method of the grid trains local modules"),
+    (["--methods", "greedy", "--num-modules", "1", "--splits", "auto"], "--splits: the grid's only K is 1, where no "
+                                                                       "method trains local modules"),
+    (["--methods", "contsup", "--num-modules", "1", "--contexts", "R0"], "--contexts: the grid's only K is 1"),
 ])
 def test_an_axis_no_method_of_the_grid_uses_is_refused(tmp_path, capsys, kind, flags, words):
     assert main(["bench", kind, "--models", "resnet20", *flags, "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and words in err and "drop them, or add a method that uses them" in err
+    assert err.count("\n") == 1 and words in err and "drop them, or add" in err
     assert not (tmp_path / "b").exists()

@@ -105,7 +105,9 @@ def test_root_comes_before_debian_and_a_split_is_never_mixed(tmp_path, debian, s
     with pytest.raises(DatasetError) as err:
         load_split("fashion_mnist", root, train=False)
     message = one_line(err, f"missing {root / 't10k-labels-idx1-ubyte.gz'}",
-                       f"complete or remove the partial copy in {root}: {debian} holds every file")
+                       f"complete the partial copy in {root}, or remove its {root / 'train-images-idx3-ubyte.gz'}, "
+                       f"{root / 'train-labels-idx1-ubyte.gz'}, {root / 't10k-images-idx3-ubyte.gz'}: {debian} holds "
+                       f"every file")
     assert "apt-get" not in message  # Debian's copy is installed: installing it is no fix
     for path in root.iterdir():
         path.unlink()

@@ -685,13 +685,35 @@ def test_decoding_in_threads_gives_the_bytes_and_errors_of_one_by_one(tmp_path, 
             expected.append(err)
     monkeypatch.setattr(imagefolder, "decode_threads", lambda: threads)
     monkeypatch.setattr(imagefolder, "IN_FLIGHT", 4)  # windows of 4 × threads files: several of them
+    monkeypatch.setattr(imagefolder, "PROBE_FILES", 3)  # 3 files in this thread, then the others in threads
+    monkeypatch.setattr(imagefolder, "THREADS_FROM_S", 0.0)  # however fast these small images decode
+    pool = []
+    real_pool = imagefolder.ThreadPoolExecutor
+    monkeypatch.setattr(imagefolder, "ThreadPoolExecutor", lambda *a, **k: pool.append(a) or real_pool(*a, **k))
     got = list(imagefolder.decode_images(paths, 8, 1))
+    assert pool == ([] if threads == 1 else [(threads,)])
     assert len(got) == len(paths)
     for path, want, image in zip(paths, expected, got):
         if isinstance(want, CorruptFileError):
             assert isinstance(image, CorruptFileError) and image.path == path
         else:
             assert image.dtype == np.uint8 and image.shape == (1, 8, 8) and np.array_equal(image, want), path
+
+
+def test_small_images_are_decoded_in_one_thread(tmp_path, monkeypatch):
+    """Files that decode faster than THREADS_FROM_S each (mostly Python, which holds the GIL) stay in this
+    thread after the probe: threads would only contend for the GIL."""
+    import locallearn.data.imagefolder as imagefolder
+
+    paths = []
+    for i in range(40):
+        paths.append(tmp_path / f"{i}.png")
+        solid((i, 2 * i, 3 * i), (6, 5)).save(paths[-1])
+    monkeypatch.setattr(imagefolder, "decode_threads", lambda: 4)
+    monkeypatch.setattr(imagefolder, "ThreadPoolExecutor", lambda *a, **k: pytest.fail("a pool for small images"))
+    monkeypatch.setattr(imagefolder, "THREADS_FROM_S", 10.0)  # any file is "small" here
+    images = list(imagefolder.decode_images(paths, 4))
+    assert [tuple(int(v) for v in image[:, 0, 0]) for image in images] == [(i, 2 * i, 3 * i) for i in range(40)]
 
 
 def test_an_error_not_caught_is_raised_and_a_caught_one_given_in_place(tmp_path, monkeypatch):
@@ -702,6 +724,8 @@ def test_an_error_not_caught_is_raised_and_a_caught_one_given_in_place(tmp_path,
     link = tmp_path / "gone.png"
     link.symlink_to(tmp_path / "nothing-here.png")
     monkeypatch.setattr(imagefolder, "decode_threads", lambda: 2)
+    monkeypatch.setattr(imagefolder, "PROBE_FILES", 1)  # the missing file is the pool's
+    monkeypatch.setattr(imagefolder, "THREADS_FROM_S", 0.0)
     with pytest.raises(FileNotFoundError):
         list(imagefolder.decode_images([good, link, good], 8))
     first, missing, last = imagefolder.decode_images([good, link, good], 8, catch=(OSError,))

@@ -170,6 +170,17 @@ def test_07_a_damaged_only_checkpoint_says_what_to_do(tmp_path, finished, capsys
                                      "--overwrite.\n")
 
 
+def test_07_a_pipelines_resume_is_told_what_is_wrong_not_refused(tmp_path, finished):
+    """``problems`` (a pipeline's resume, which may have stage files instead): a damaged checkpoint.pt with no
+    checkpoint.prev.pt is reported there, and no state is returned, rather than a refusal to resume."""
+    run = copy_run(finished, tmp_path / "run")
+    (run / "checkpoint.prev.pt").unlink()
+    _flip_a_byte_in_the_weights(run / "checkpoint.pt")
+    problems: list[str] = []
+    assert RunDir(run).load_checkpoint(fallback=True, problems=problems) is None
+    assert len(problems) == 1 and "checkpoint.pt is damaged" in problems[0] and "start over" not in problems[0]
+
+
 def test_07_a_damaged_checkpoint_is_refused_and_a_resume_falls_back(tmp_path, finished, capsys):
     run = copy_run(finished, tmp_path / "run")
     _flip_a_byte_in_the_weights(run / "checkpoint.pt")
@@ -423,6 +434,8 @@ def test_12_bad_options_are_one_line(tmp_path, finished, capsys):
         cases.append((["train", "--model", "resnet20", "--device", "mps", "--out", str(tmp_path / "e")],
                       "device: mps is not available on this machine; use --device cpu."))
         cases.append((["eval", str(finished), "--device", "mps"], "device: mps is not available on this machine"))
+    cases.append((["train", "--out", str(finished), "--resume", "--data-dir", str(tmp_path)],
+                  "data_dir: --data-dir is where a dataset's files are read, and this run's dataset ships inside"))
     cases.append((["eval", str(finished), "--data-dir", str(tmp_path)], f"eval: {finished} trained on digits, which "
                   "ships inside a package (scikit-learn), so --data-dir would change nothing; drop it."))
     # an option the run would not use: refused, not recorded as if it were part of the run

@@ -78,6 +78,8 @@ def train(*, config: str | None = None, resume: bool = False, overwrite: bool = 
         resolved = resolve(values, name=preset)
     if not resume:  # a resume keeps the options the run was started with
         check_used(resolved, flags)  # the flags typed: a --config file (a preset, a run's config.yaml) may hold any
+    else:  # but may move its data (a resume's own option): not a dataset's that has no files
+        check_used(resolved, {"data_dir": flags.get("data_dir")})
     if dry_run:
         if "WORLD_SIZE" in os.environ:  # under torchrun: the checks the run makes before it connects or trains
             if resolved.processes.parallel == "pipeline":

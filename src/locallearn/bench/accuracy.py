@@ -37,6 +37,7 @@ process that writes the table (a later ``--collect``, say).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from collections import Counter
@@ -173,20 +174,20 @@ def _method_defaults(method: str, model: str) -> dict[str, Any]:
 
 
 def _cell_dir(cell: Cell, out: Path) -> Path:
-    """Where a cell runs: OUT/cells/NAME, or where an earlier release named the same cell otherwise (its axes at
-    their default values named), the directory that exists."""
+    """Where a cell runs: OUT/cells/NAME, or where an earlier release named the same cell otherwise — it named
+    an axis whenever its grid gave one, so any of the axes at the method's own value may be in that name —
+    the directory that exists."""
     path = out / "cells" / cell.name
     if path.exists():
         return path
     own = _method_defaults(cell.options["method"], cell.options["model"])
-    for key in ("context", "local_loss"):  # each axis left out of the name, and both, named at its default
-        own.setdefault(key, None)
-    given = {k: cell.options.get(k) or own[k] for k in ("context", "local_loss")}
-    for named in (("context",), ("local_loss",), ("context", "local_loss")):
-        options = {**cell.options, **{k: v for k, v in given.items() if k in named}}
-        earlier = out / "cells" / _cell_name(options, defaults=True)
-        if earlier.is_dir():
-            return earlier
+    at_default = [k for k in ("context", "local_loss") if own.get(k) and cell.options.get(k, own[k]) == own[k]]
+    base = {k: v for k, v in cell.options.items() if k not in at_default}  # the axes named in any case stay
+    for count in range(1, len(at_default) + 1):
+        for named in itertools.combinations(at_default, count):
+            earlier = out / "cells" / _cell_name({**base, **{k: own[k] for k in named}}, defaults=True)
+            if earlier.is_dir():
+                return earlier
     return path
 
 

@@ -16,7 +16,7 @@ import torch
 from locallearn.bench.grid import GridSpec, parse_list
 from locallearn.bench.report import write_results
 from locallearn.bench.runner import RunOptions, Stopped, environment, run_memory, run_speed
-from locallearn.training.interrupt import Interrupted, stopped_how
+from locallearn.training.interrupt import Interrupted, sigterm_raises, stopped_how
 from locallearn.training.rundir import RunDir
 from locallearn.validate import Int
 
@@ -62,11 +62,13 @@ def _check_used(spec: GridSpec, given: list[str]) -> None:
     }
     for axis in given:
         applies, what = rules[axis]
-        if any(applies(METHODS.get(name)) and (axis != "splits" or max(spec.num_modules) > 1) for name in spec.methods):
-            continue
         flag = "--" + axis.replace("_", "-")
-        raise ValueError(f"{flag}: no method of the grid {what}; drop them, or add a method that uses them "
-                         f"({', '.join(methods_where(applies))}).")
+        if max(spec.num_modules) < 2:  # every method then runs as one module (local ones are left out)
+            raise ValueError(f"{flag}: the grid's only K is 1, where no method trains local modules, so they would "
+                             f"change nothing; drop them, or add a K of 2 or more to --num-modules.")
+        if not any(applies(METHODS.get(name)) for name in spec.methods):
+            raise ValueError(f"{flag}: no method of the grid {what}; drop them, or add a method that uses them "
+                             f"({', '.join(methods_where(applies))}).")
 
 
 def _run(kind: str, out: Path, command: str | None, grid: dict, options: dict, quiet: bool) -> int:
@@ -82,7 +84,8 @@ def _run(kind: str, out: Path, command: str | None, grid: dict, options: dict, q
     with RunDir(out).lock():
         stopped = None
         try:
-            rows = runner(spec, run_options, log=log)
+            with sigterm_raises():  # a scheduler's stop keeps the rows measured, as Ctrl-C does
+                rows = runner(spec, run_options, log=log)
         except Stopped as err:
             rows, stopped = err.rows, err
         meta = environment(run_options, command or _command())
@@ -93,7 +96,12 @@ def _run(kind: str, out: Path, command: str | None, grid: dict, options: dict, q
             sections = (f"**Interrupted** ({meta['interrupted']}): the table holds the rows measured before it"
                         + (" (a speed group's over the rounds all of its configurations completed)"
                            if kind == "speed" else "") + "; the same command measures the whole grid.\n",)
-        paths = write_results(out, kind, rows, meta, sections=sections) if rows or stopped is None else {}
+        # an interrupted grid's rows go beside a complete table of an earlier command, not over it
+        name = f"{kind}-interrupted" if stopped is not None else kind
+        paths = write_results(out, kind, rows, meta, sections=sections, name=name) if rows or stopped is None else {}
+        if stopped is None:  # the whole grid: a table of an earlier, interrupted command is stale
+            for ext in ("json", "csv", "md", "png"):
+                (Path(out) / f"{kind}-interrupted.{ext}").unlink(missing_ok=True)
     if stopped is not None:
         kept = f"the {len(rows)} measured are written to {paths['md']}" if paths else "nothing was written"
         raise Interrupted(f"{meta['interrupted']}: {kept}; the same command measures the whole grid.")

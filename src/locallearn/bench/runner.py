@@ -216,7 +216,8 @@ def _configs(grid: GridSpec | list[BenchConfig]) -> list[BenchConfig]:
 
 
 class Stopped(Interrupted):
-    """A Ctrl-C (or SIGTERM) in the middle of a grid: ``rows`` are the configurations measured before it, whole
+    """A Ctrl-C (or a SIGTERM, under ``interrupt.sigterm_raises``) in the middle of a grid: ``rows`` are the
+    configurations measured before it, whole
     (a speed group's rows over the rounds every one of its configurations completed), for the caller to write."""
 
     def __init__(self, rows: list[dict], total: int, cut: tuple[int, int, int] | None = None) -> None:

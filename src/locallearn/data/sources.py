@@ -253,8 +253,9 @@ def read_file(source: Source, file: DataFile, root: Path, *, strict: bool = True
         elsewhere = ", ".join(map(str, source.places(Path(root))[1:]))
         whole = next((other for other in source.places(Path(root))
                       if other != place and all(_find(other, f) for f in source.files)), None)
-        fix = (f"complete or remove the partial copy in {place}: {whole} holds every file, and is read where "
-               f"{place} holds none" if whole is not None else download_hint(source.name, root))
+        partial = [str(found) for f in source.files if (found := _find(place, f)) is not None]
+        fix = (f"complete the partial copy in {place}, or remove its {', '.join(partial)}: {whole} holds every file, "
+               f"and is read where {place} holds none" if whole is not None else download_hint(source.name, root))
         raise DatasetError(
             f"{source.name}: missing {place / file.path} (expected under {root}: {expected}"
             + (f"; also looked in {elsewhere}" if elsewhere else "")

@@ -88,3 +88,24 @@ def stop_between_batches() -> Iterator[None]:
             signal.signal(sig, handler)
         sys.unraisablehook = hook
         _requested.clear()
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``KeyboardInterrupt`` where the main thread is, as Ctrl-C does, so work
+    that keeps what it did on Ctrl-C (a benchmark's measured rows) keeps it when a scheduler stops it too;
+    ``stopped_how`` and ``exit_status`` then say SIGTERM (143). Outside the main thread it runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame) -> None:
+        _by[0] = signum
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    _by[0] = signal.SIGINT
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

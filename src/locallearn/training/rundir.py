@@ -307,6 +307,9 @@ class RunDir:
             return state
         except ValueError as err:
             previous = self.file(PREVIOUS)
+            if problems is not None and not previous.is_file():  # a pipeline's resume may have stage files
+                problems.append(str(err))
+                return None
             if not fallback or not previous.is_file():
                 if previous.is_file():
                     hint = f"; {previous.name} holds the epoch before it"
