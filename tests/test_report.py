@@ -533,3 +533,13 @@ def test_bench_plots_read_every_value_and_say_where_they_were_measured():
         assert not legend.overlaps(ax.get_window_extent(renderer)) and fig.bbox.y0 <= legend.y0
     assert "Intel(R) Xeon(R) Processor, AVX512, 2 cores, 1 torch thread" in fig.get_suptitle()
     assert figure(speed=rows).get_suptitle() == ""  # (no meta: nothing said)
+
+
+def test_every_row_of_a_plot_has_its_own_colour_and_marker():
+    """Beyond matplotlib's ten colours (curves of 24 configurations repeated them), tab20's, then markers."""
+    from locallearn.training.report import row_styles
+
+    for n in (3, 10, 12, 20, 45):
+        styles = row_styles([f"row {i}" for i in range(n)])
+        assert len({(str(colour), marker) for colour, marker in styles.values()}) == n
+    assert row_styles(["a", "b"]) == {"a": ("C0", "o"), "b": ("C1", "o")}  # a few rows: the colours as before

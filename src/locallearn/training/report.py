@@ -469,6 +469,20 @@ def markdown_report(table: Table, *, plot: str | None = None, curves: str | None
     return "\n".join(lines) + "\n"
 
 
+MARKERS = "osD^vPX*h<>p"
+
+
+def row_styles(labels: list[str]) -> dict[str, tuple[Any, str]]:
+    """Each row's colour and marker, distinct for every row: matplotlib's ten colours up to ten rows, tab20's
+    twenty up to twenty, then the marker tells apart the rows that share a colour."""
+    if len(labels) <= 10:
+        return {label: (f"C{i}", "o") for i, label in enumerate(labels)}
+    from matplotlib import colormaps
+
+    palette = colormaps["tab20"]
+    return {label: (palette(i % 20), MARKERS[(i // 20) % len(MARKERS)]) for i, label in enumerate(labels)}
+
+
 def error_figure(table: Table):
     """Test error against K (log₂ axis), one line per row with ± std error bars where n > 1; rows with
     K = 1 only (e2e) are drawn as horizontal reference lines with a ± std band."""
@@ -477,8 +491,9 @@ def error_figure(table: Table):
     ks = table.ks
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    for i, (label, cells) in enumerate(table.rows.items()):
-        color = f"C{i % 10}"  # one colour per row, reference lines included
+    styles = row_styles(list(table.rows))
+    for label, cells in table.rows.items():
+        color, marker = styles[label]  # one colour per row, reference lines included
         groups = [cells[k] for k in sorted(cells)]
         if list(cells) == [1] and len(ks) > 1:
             g = groups[0]
@@ -486,7 +501,7 @@ def error_figure(table: Table):
             if g.std is not None:
                 ax.axhspan(g.mean - g.std, g.mean + g.std, color=color, alpha=0.15, linewidth=0)
             continue
-        ax.plot([g.num_modules for g in groups], [g.mean for g in groups], color=color, marker="o", label=label)
+        ax.plot([g.num_modules for g in groups], [g.mean for g in groups], color=color, marker=marker, label=label)
         spread = [g for g in groups if g.std is not None]
         if spread:
             ax.errorbar([g.num_modules for g in spread], [g.mean for g in spread], yerr=[g.std for g in spread],
@@ -537,7 +552,7 @@ def curves_figure(table: Table):
     width = 2 * LEGEND_WIDTH // columns - 10
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     errors, heads = fig.subplots(1, 2)
-    colours = {label: f"C{i % 10}" for i, label in enumerate(table.rows)}
+    colours = {label: colour for label, (colour, _) in row_styles(list(table.rows)).items()}
     styles = ["-", "--", ":", "-."]
     heads_drawn = False
     for g in sorted(table.groups, key=lambda g: (_natural(g.label), g.num_modules)):
