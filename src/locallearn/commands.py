@@ -13,7 +13,6 @@ import torch
 import locallearn
 from locallearn.data import describe_dataset
 from locallearn.data.imagefolder import IMAGEFOLDER
-from locallearn.data.sources import BUNDLED
 from locallearn.methods import METHODS
 from locallearn.net import build_net
 from locallearn.training.classes import (
@@ -28,6 +27,7 @@ from locallearn.training.classes import (
 )
 from locallearn.training.config import (
     RESUMABLE_CHANGES,
+    USED_BY,
     Config,
     check_used,
     dump_yaml,
@@ -167,15 +167,15 @@ def evaluate_run(
     if not run.file(CONFIG).is_file():
         raise ValueError(f"{run.path} holds no run (no {CONFIG}); give a directory written by `locallearn train`.")
     options = read_run_options(run.file(CONFIG))
-    if data_dir and options.get("dataset") in BUNDLED:
-        raise ValueError(f"eval: {run.path} trained on {options['dataset']}, which ships inside a package "
-                         f"(scikit-learn), so --data-dir would change nothing; drop it.")
     try:
         config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
     except ValueError:
         if options.get("dataset") == IMAGEFOLDER:  # other data, or a class added since: said so, not as a
             _refuse_more_classes(run, data_dir or options.get("data_dir"), options)  # num_classes clash
         raise
+    if data_dir and not USED_BY["data_dir"][0](config):  # the rule `train` refuses an unused --data-dir by
+        raise ValueError(f"eval: {run.path} trained on {config.data.dataset}, which ships inside a package "
+                         f"(scikit-learn), so --data-dir would change nothing; drop it.")
     net, checkpoint = trained_net(run, config, reader="eval")
     torch_device = next(net.parameters()).device
     test = load_data(config, train=False, device=torch_device)

@@ -384,7 +384,9 @@ def check_threads(cells: list[tuple[Cell, Config]]) -> None:
         if run.finished or not run.file(METRICS).is_file():
             continue
         epochs = run.read_metrics()
-        threads = epochs[-1].get("torch_threads", run_threads(run, epochs)) if epochs else None  # the latest
+        if not epochs:
+            continue
+        threads = epochs[-1].get("torch_threads") or run_threads(run, epochs)  # the latest (config.yaml's before)
         if isinstance(threads, int) and threads != now:
             raise ValueError(
                 f"grid cell {cell.name}: its epoch {epochs[-1].get('epoch', len(epochs))} trained on {threads} torch "

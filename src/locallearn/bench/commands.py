@@ -55,10 +55,10 @@ def _check_used(spec: GridSpec, given: list[str]) -> None:
 
     local = lambda m: not m.single_module  # noqa: E731
     rules = {  # axis → (the methods it applies to, what they do)
-        "splits": (local, "trains local modules, so they would change nothing"),
-        "aux_heads": (local, "trains local modules, so they would change nothing"),
-        "contexts": (lambda m: m.varies_context, "supplies context, so they would change nothing"),
-        "feature_decoders": (lambda m: m.varies_feature_decoder, "reconstructs features, so they would change nothing"),
+        "splits": (local, "trains local modules"),
+        "aux_heads": (local, "trains local modules"),
+        "contexts": (lambda m: m.varies_context, "supplies context"),
+        "feature_decoders": (lambda m: m.varies_feature_decoder, "reconstructs features"),
     }
     for axis in given:
         applies, what = rules[axis]
@@ -67,7 +67,8 @@ def _check_used(spec: GridSpec, given: list[str]) -> None:
             raise ValueError(f"{flag}: the grid's only K is 1, where no method trains local modules, so they would "
                              f"change nothing; drop them, or add a K of 2 or more to --num-modules.")
         if not any(applies(METHODS.get(name)) for name in spec.methods):
-            raise ValueError(f"{flag}: no method of the grid {what}; drop them, or add a method that uses them "
+            raise ValueError(f"{flag}: no method of the grid {what}, so they would change nothing; drop them, or add "
+                             f"a method that uses them "
                              f"({', '.join(methods_where(applies))}).")
 
 

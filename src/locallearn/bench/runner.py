@@ -221,9 +221,9 @@ class Stopped(Interrupted):
     (a speed group's rows over the rounds every one of its configurations completed), for the caller to write."""
 
     def __init__(self, rows: list[dict], total: int, cut: tuple[int, int, int] | None = None) -> None:
-        super().__init__(f"interrupted after {len(rows)} of {total} configurations")
         self.rows, self.total = rows, total
         self.cut = cut  # a speed group cut short: (its rows kept, the rounds they completed, the rounds asked)
+        super().__init__(self.describe())
 
     def describe(self, how: str = "interrupted") -> str:
         """``interrupted after 4 of 9 configurations, the last 2 timed in 5 of 7 rounds``."""

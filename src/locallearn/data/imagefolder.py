@@ -305,20 +305,21 @@ def decode_images(
         except catch as err:
             return err
 
+    def one_by_one(some: list[Path]) -> Iterator[np.ndarray | Exception]:
+        for path in some:
+            yield decode(path)
+            progress.update(1)
+
     threads = decode_threads()
     with Progress(len(paths), what, log=log, unit="image") as progress:
         probe = len(paths) if threads == 1 else min(PROBE_FILES, len(paths))
         began = time.perf_counter()
-        for path in paths[:probe]:
-            yield decode(path)
-            progress.update(1)
+        yield from one_by_one(paths[:probe])
         rest = paths[probe:]
         if not rest:
             return
         if (time.perf_counter() - began) / probe < THREADS_FROM_S:  # small images: threads would only contend
-            for path in rest:
-                yield decode(path)
-                progress.update(1)
+            yield from one_by_one(rest)
             return
         # A bounded window of files in flight, not one future per file: a folder of millions stays cheap.
         with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:

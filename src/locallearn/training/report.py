@@ -384,7 +384,7 @@ def group_runs(runs: list[RunResult]) -> Table:
     return Table(groups, warnings)
 
 
-def described(counts: dict[Any, int], show=str, noun: str = "run") -> str:
+def described(counts: dict[Any, int], show=str) -> str:
     """One value where all agree, else each with its number: ``1`` or ``1 (6 runs), 2 (1 run)`` (None: not
     recorded, by a release from before it was)."""
     def named(value: Any) -> str:
@@ -392,7 +392,7 @@ def described(counts: dict[Any, int], show=str, noun: str = "run") -> str:
 
     if len(counts) == 1:
         return named(next(iter(counts)))
-    return ", ".join(f"{named(v)} ({n} {noun}{'' if n == 1 else 's'})" for v, n in counts.items())
+    return ", ".join(f"{named(v)} ({n} run{'' if n == 1 else 's'})" for v, n in counts.items())
 
 
 def device_label(name: str) -> str:
@@ -674,14 +674,14 @@ def _compared(config: dict[str, Any]) -> str:
 
 
 def _unused(config: dict[str, Any]) -> set[str]:
-    """The options a single-module run does not use: its ``split`` (one module has no cut) and those
-    ``USED_BY`` (training.config) says apply only to local modules, or to what the run does not do (a run of an
-    earlier release, which lacks an option a rule reads, keeps that rule's option). Empty for K > 1."""
+    """The options a single-module run does not use: those ``USED_BY`` (training.config) says apply only to
+    local modules (its split: one module has no cut), or to what the run does not do (a run of an earlier
+    release, which lacks an option a rule reads, keeps that rule's option). Empty for K > 1."""
     if config.get("num_modules") != 1:
         return set()
     flat = SimpleNamespace(**config)  # the rules read config sections; the flat options hold every field
     sections = SimpleNamespace(**{name: flat for name in SECTIONS})
-    unused = {"split"}
+    unused = set()
     for name, (applies, *_) in USED_BY.items():
         try:
             if not applies(sections):
