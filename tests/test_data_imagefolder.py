@@ -595,7 +595,8 @@ def test_a_run_on_a_held_out_fraction_records_it_and_eval_and_resume_use_it(tmp_
     assert grown > n
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     assert (f"note: the run tested on {n} images at epoch 1, this evaluation on {grown}: the test data has changed "
-            "since (a folder that grew, or --data-dir), so these figures are not the run's own.") in capsys.readouterr().out
+            "since (a folder that grew, a file replaced, --data-dir, or another Pillow decoding the images), so these "
+            "figures are not the run's own.") in capsys.readouterr().out
     other = [a if a != "0.25" else "0.5" for a in args] + ["--resume"]
     assert main(other) == 2
     assert "test_fraction" in capsys.readouterr().err
@@ -626,6 +627,36 @@ def test_a_resume_on_a_training_folder_that_grew_says_so(tmp_path, capsys):
     assert ("note: epoch 2 trained on 15 images, epoch 1 on 12: the training data has changed since the run "
             "started") in said
     assert [json.loads(line)["train_images"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [12, 15]
+
+
+def test_a_file_replaced_by_another_image_is_told_by_resume_and_eval_though_the_count_is_the_same(tmp_path, capsys):
+    """Each epoch records a fingerprint of the images it trained and tested on (``train_data``, ``test_data``):
+    an image replaced in place keeps the counts, which alone said nothing."""
+    import json
+
+    make_folder(tmp_path / "data", per_class=4)
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
+            "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2",
+            "--device", "cpu", "--out", str(run)]
+    with ctrl_c_before_checkpoint(2):
+        assert main(args) == 130
+    capsys.readouterr()
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert len(first["train_data"]) == len(first["test_data"]) == 16
+    replaced = next((tmp_path / "data" / "train" / "dog").iterdir())
+    solid((1, 2, 3)).save(replaced)  # the same name, other pixels
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert ("note: epoch 2 trained on other images than epoch 1 (as many, 12, but other pixels, labels or order): "
+            "the training data has changed since the run started") in capsys.readouterr().out
+    second = json.loads((run / "metrics.jsonl").read_text().splitlines()[1])
+    assert second["train_data"] != first["train_data"] and second["test_data"] == first["test_data"]
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    assert "note:" not in capsys.readouterr().out  # the test images are the ones the run tested on
+    solid((4, 5, 6)).save(next((tmp_path / "data" / "test" / "cat").iterdir()))
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    assert ("note: the run tested on other images at epoch 2 than this evaluation (as many, 12, but other pixels, "
+            "labels or order): the test data has changed since") in capsys.readouterr().out
 
 
 def test_with_a_test_limit_only_the_test_files_it_keeps_are_named(tmp_path):

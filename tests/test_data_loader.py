@@ -268,3 +268,23 @@ def test_a_last_training_batch_of_one_image_is_dropped():
     images, labels = torch.zeros(66, 3, 32, 32, dtype=torch.uint8), torch.zeros(66, dtype=torch.int64)
     two = BatchLoader(images, labels, spec=spec, batch_size=64, train=True, seed=0, prefetch=0)
     assert [len(y) for _, y in two] == [64, 2]
+
+
+def test_the_fingerprint_tells_any_change_of_pixels_labels_count_or_order():
+    spec = get_spec("cifar10")
+    images, labels = data(spec, 12)
+
+    def fingerprint(x, y, **kwargs):
+        return BatchLoader(x, y, spec=spec, **{"batch_size": 4, "train": True, "seed": 0, **kwargs}).fingerprint
+
+    same = fingerprint(images, labels)
+    assert len(same) == 16 and int(same, 16) >= 0
+    assert fingerprint(images.clone(), labels.clone(), seed=5, train=False, batch_size=5) == same  # not the loader's
+    one_pixel = images.clone()
+    one_pixel[7, 2, 31, 0] ^= 1
+    other_label = labels.clone()
+    other_label[3] = (other_label[3] + 1) % 10
+    order = torch.arange(12).roll(1)
+    changed = {fingerprint(one_pixel, labels), fingerprint(images, other_label), fingerprint(images[:11], labels[:11]),
+               fingerprint(images[order], labels[order])}
+    assert same not in changed and len(changed) == 4

@@ -39,6 +39,7 @@ from locallearn.training.config import (
 from locallearn.training.api import trained_net
 from locallearn.training.fit import (
     check_single_process,
+    data_change,
     derived,
     fit,
     nothing_to_resume,
@@ -192,7 +193,8 @@ def evaluate_run(
     trained = checkpoint.get("history") or [{}]
     return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used,
             "test_images": len(test.images), "read_from": test.spec.read_from,
-            "run_test_images": trained[-1].get("test_images")}  # what the run tested on (earlier runs: None)
+            "test_change": data_change(trained[-1], result, "test"),  # against what the run tested on
+            "run_test_images": trained[-1].get("test_images")}
 
 
 def _refuse_more_classes(run: RunDir, data_dir: str, options: dict[str, Any]) -> None:
@@ -235,10 +237,14 @@ def eval_command(
         f"{result['test_images']} test images{where}, checkpoint after epoch {result['epoch']}/{result['epochs']}"
         f"{recomputed}"
     )
-    if result["run_test_images"] not in (None, result["test_images"]):
-        print(f"note: the run tested on {result['run_test_images']} images at epoch {result['epoch']}, this "
-              f"evaluation on {result['test_images']}: the test data has changed since (a folder that grew, or "
-              f"--data-dir), so these figures are not the run's own.")
+    if result["test_change"]:
+        what = (f"{result['run_test_images']} images at epoch {result['epoch']}, this evaluation on "
+                f"{result['test_images']}" if result["test_change"] == "count" else
+                f"other images at epoch {result['epoch']} than this evaluation (as many, {result['test_images']}, "
+                f"but other pixels, labels or order)")
+        print(f"note: the run tested on {what}: the test data has changed since (a folder that grew, a file "
+              f"replaced, --data-dir, or another Pillow decoding the images), so these figures are not the run's "
+              f"own.")
     if per_class:
         print(per_class_table(result["confusion"], result["class_names"]))
     if confusion is not None:

@@ -56,6 +56,7 @@ from locallearn.training.runner import (
     epoch_metrics,
     load_data,
     loader_class_names,
+    loader_fingerprint,
     make_optimizer,
     net_to_build,
 )
@@ -192,21 +193,25 @@ class PipelineRunner:
             self.train_loader.set_epoch(epoch)
         train = self.stage_runner.train_phase(self.train_loader, lr_at=lr_at)
         reports: list[Any] = [None] * self.env.world_size
-        dist.all_gather_object(reports, _train_report(self.env, self.stage_runner, train), group=self.env.ctrl)
+        report = {**_train_report(self.env, self.stage_runner, train), "train_data": loader_fingerprint(self.train_loader)}
+        dist.all_gather_object(reports, report, group=self.env.ctrl)
         self._train_reports = reports
         return _merged_train(reports, self.net.num_modules)
 
     def evaluate(self) -> dict[str, Any]:
         test = self.stage_runner.eval_phase(self.test_loader)
         reports: list[Any] = [None] * self.env.world_size
-        dist.all_gather_object(reports, _test_report(self.stage_runner, test), group=self.env.ctrl)
+        report = {**_test_report(self.stage_runner, test), "test_data": loader_fingerprint(self.test_loader)}
+        dist.all_gather_object(reports, report, group=self.env.ctrl)
         last = [r for r in reports if r["last"]]
         seen = sum(r["test_images"] for r in last)
         ranks = [{**train, "peak_rss_mb": test["peak_rss_mb"]} for train, test in zip(self._train_reports, reports)]
+        data = next(r["test_data"] for r in reports if r["test_data"] is not None)  # the first stage's loader's
         return {
             "test_acc": sum(r["test_correct"] for r in last) / seen,
             "test_loss": sum(r["test_loss_sum"] for r in last) / seen,
             "test_images": seen,
+            "test_data": data,
             "eval_time_s": max(r["eval_time_s"] for r in reports),
             "ranks": [{key: r[key] for key in RANK_FIELDS} for r in ranks],
         }
@@ -602,6 +607,7 @@ def _merged_train(reports: list[dict], num_modules: int) -> dict[str, Any]:
     return epoch_metrics(
         means, num_modules, seen=images, elapsed=train_time,
         peak_bytes=max(r["peak_memory_mb"] for r in reports) * 2**20, peak_kind=reports[0]["peak_memory_kind"],
+        data=by_stage[0][0].get("train_data"),
     )
 
 

@@ -177,15 +177,14 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
                     f"{_diverged(config)}"
                 )
             record = epoch_record(epoch, lr, train, test)
-            # a resume's first epoch against the epoch before (of an earlier session; earlier releases: None): a
-            # dataset's count follows from its options, so another is data that changed (batches from Python may
-            # vary by design)
-            before = history[-1].get("train_images") if history and epoch == done + 1 else None
-            if (before is not None and record.get("train_images") not in (None, before)
-                    and config.data.dataset != PYTHON_DATA):
-                log(f"note: epoch {epoch} trained on {record['train_images']} images, epoch {epoch - 1} on {before}: "
-                    f"the training data has changed since the run started (a folder that grew, or --data-dir), so "
-                    f"it is no longer the run an uninterrupted one would be.")
+            if history and epoch == done + 1 and config.data.dataset != PYTHON_DATA:
+                change, before = data_change(history[-1], record, "train"), history[-1].get("train_images")
+                if change:
+                    what = (f"{record['train_images']} images, epoch {epoch - 1} on {before}" if change == "count" else
+                            f"other images than epoch {epoch - 1} (as many, {before}, but other pixels, labels or order)")
+                    log(f"note: epoch {epoch} trained on {what}: the training data has changed since the run started "
+                        f"(a folder that grew, a file replaced, or --data-dir), so it is no longer the run an "
+                        f"uninterrupted one would be.")
             history.append(record)
             try:
                 if launcher.is_main:
@@ -397,8 +396,20 @@ def check_single_process(config: Config, *, ranks: bool = True) -> None:
 
 
 # --- records ------------------------------------------------------------------------------------------------
-_TEST = ("test_acc", "test_loss", "test_images", "eval_time_s")
+_TEST = ("test_acc", "test_loss", "test_images", "test_data", "eval_time_s")
 _TIMING = ("train_time_s", "images_per_s", "peak_memory_mb", "peak_memory_kind")
+
+
+def data_change(before: dict[str, Any], now: dict[str, Any], split: str) -> str | None:
+    """How the ``split`` ("train" or "test") of ``now`` differs from that of ``before`` (two records, or an
+    evaluation's result): "count" (``{split}_images``), else "content" (``{split}_data``, the split's
+    ``BatchLoader.fingerprint``: as many images, but other pixels, labels or order); None where they agree or a
+    record lacks the figure (an earlier release's). A dataset's split follows from its options, so either is
+    data that changed (batches from Python may vary by design: callers do not ask)."""
+    for change, key in (("count", f"{split}_images"), ("content", f"{split}_data")):
+        if None not in (before.get(key), now.get(key)) and before[key] != now[key]:
+            return change
+    return None
 
 
 def epoch_record(epoch: int, lr: float, train: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
@@ -411,7 +422,8 @@ def epoch_record(epoch: int, lr: float, train: dict[str, Any], test: dict[str, A
         **per_step,
         "test_acc": test["test_acc"],
         "test_loss": test["test_loss"],
-        **({"test_images": test["test_images"]} if "test_images" in test else {}),  # eval compares it with its own
+        # eval compares these with its own test data's
+        **{key: test[key] for key in ("test_images", "test_data") if key in test},
         "epoch_time_s": train["train_time_s"] + test["eval_time_s"],
         "train_time_s": train["train_time_s"],
         "images_per_s": train["images_per_s"],

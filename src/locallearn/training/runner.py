@@ -555,6 +555,7 @@ def train_one_epoch(
     elapsed = time.perf_counter() - start
     means = {key: float(value) / seen for key, value in totals.items()}
     return epoch_metrics(means, net.num_modules, seen=seen, elapsed=elapsed, peak_bytes=peak_bytes,
+                         data=loader_fingerprint(loader),
                          peak_kind="cuda_allocated" if on_cuda else "saved_tensors")
 
 
@@ -564,23 +565,32 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def epoch_metrics(
-    means: dict[str, float], num_modules: int, *, seen: int, elapsed: float, peak_bytes: float, peak_kind: str
+    means: dict[str, float], num_modules: int, *, seen: int, elapsed: float, peak_bytes: float, peak_kind: str,
+    data: str | None = None,
 ) -> dict[str, Any]:
     """The train part of a metrics line, from the epoch's means of the step's metrics: ``train_loss`` (the
     sum of the module losses), ``train_acc`` (the network's own, last module's accuracy), then every
-    per-module metric (``loss/k``, ``acc/k``, ``task/k``, ``rec/k``, ...) module by module; throughput and memory."""
+    per-module metric (``loss/k``, ``acc/k``, ``task/k``, ``rec/k``, ...) module by module; the images seen and,
+    for a dataset's split, its ``BatchLoader.fingerprint`` (``data``: ``train_data``); throughput and memory."""
     out: dict[str, Any] = {"train_loss": means.pop("loss"), "train_acc": None}
     for key in sorted(means, key=lambda key: (int(key.rsplit("/", 1)[1]), key)):
         out[f"train_{key}"] = means[key]
     out["train_acc"] = out.get(f"train_acc/{num_modules - 1}")
+    out["train_images"] = seen
+    if data is not None:
+        out["train_data"] = data
     out.update(
-        train_images=seen,
         train_time_s=elapsed,
         images_per_s=seen / elapsed if elapsed else 0.0,
         peak_memory_mb=peak_bytes / 2**20,
         peak_memory_kind=peak_kind,
     )
     return out
+
+
+def loader_fingerprint(loader: Iterable | None) -> str | None:
+    """A dataset split's ``BatchLoader.fingerprint``; None for batches given from Python (or no loader)."""
+    return loader.fingerprint if isinstance(loader, BatchLoader) else None
 
 
 def check_finite(losses: list[torch.Tensor], *, first: int, batches: int | None = None) -> None:
@@ -674,6 +684,8 @@ def evaluate(
     if not seen:
         raise ValueError("test data: it holds no batch; give at least one test batch.")
     result: dict[str, Any] = {"test_acc": int(correct) / seen, "test_loss": float(loss) / seen, "test_images": seen}
+    if loader_fingerprint(loader) is not None:
+        result["test_data"] = loader_fingerprint(loader)
     if confusion:
         result["confusion"] = counts.view(classes, classes).cpu()  # (C, C): row = true class, column = predicted
     if predictions:
