@@ -659,6 +659,52 @@ def test_a_file_replaced_by_another_image_is_told_by_resume_and_eval_though_the_
             "labels or order): the test data has changed since") in capsys.readouterr().out
 
 
+def test_the_run_directory_lists_the_test_images_it_tests_on(tmp_path, capsys):
+    """test_files.json: an image folder's test images (held out by --test-fraction, or test/ with --limit-test),
+    their paths within --data-dir and labels in the order tested; written again when a resume finds the folder
+    changed; not written for a fixed dataset."""
+    import json
+
+    from locallearn.data.imagefolder import hold_out, scan_image_folder
+
+    data = make_folder(tmp_path / "data", splits=("train",), per_class=8)
+    solid(COLOURS["emu"]).save(data / "train" / "emu" / "é ü.png")  # any name, kept as it is
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(data), "--test-fraction", "0.3", "--image-size",
+            "8", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs",
+            "2", "--device", "cpu", "--out", str(run)]
+    with ctrl_c_before_checkpoint(2):
+        assert main(args) == 130
+    listed = json.loads((run / "test_files.json").read_text())
+    folder = scan_image_folder(data, 0.3)
+    assert listed["files"] == [[p.relative_to(data).as_posix(), label] for p, label in folder.test]
+    assert listed["images"] == len(folder.test) == len(load_split("imagefolder", data, train=False, image_size=8,
+                                                                  test_fraction=0.3)[1])
+    assert (listed["data_dir"], listed["test_fraction"], listed["class_names"]) == (str(data), 0.3, ["cat", "dog", "emu"])
+    _, test = hold_out(folder.train + folder.test, folder.classes, 0.3, data / "train")  # the held-out rule's own
+    assert [[p.relative_to(data).as_posix(), label] for p, label in test] == listed["files"]
+    for i in range(30):  # the folder grows: the resume lists it as it now is
+        solid(COLOURS["cat"]).save(data / "train" / "cat" / f"more{i}.png")
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert "test_files.json" in capsys.readouterr().out  # the results line names it
+    grown = json.loads((run / "test_files.json").read_text())
+    assert grown["images"] > listed["images"] and grown["files"] == [
+        [p.relative_to(data).as_posix(), label] for p, label in scan_image_folder(data, 0.3).test]
+    # a test/ folder with --limit-test: the images kept, classes in turn
+    other = make_folder(tmp_path / "other", per_class=3)
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(other), "--limit-test", "4", "--image-size", "8",
+                 "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs",
+                 "1", "--device", "cpu", "--out", str(tmp_path / "limited")]) == 0
+    limited = json.loads((tmp_path / "limited" / "test_files.json").read_text())
+    assert [label for _, label in limited["files"]] == [0, 0, 1, 2] and limited["limit_test"] == 4
+    assert all(path.startswith("test/") for path, _ in limited["files"])
+    assert main(["train", "--out", str(tmp_path / "limited"), "--overwrite", "--epochs", "1", "--limit-train", "8",
+                 "--limit-test", "8", "--model", "resnet20", "--num-modules", "2", "--batch-size", "4", "--device",
+                 "cpu"]) == 0  # the bundled digits replace it: no file list of theirs, none of the folder's left
+    assert not (tmp_path / "limited" / "test_files.json").exists()
+
+
 def test_with_a_test_limit_only_the_test_files_it_keeps_are_named(tmp_path):
     make_folder(tmp_path, per_class=3)
     for path in (tmp_path / "train" / "cat" / "img0.png", tmp_path / "test" / "dog" / "img2.bmp",

@@ -42,6 +42,7 @@ from locallearn.training.rundir import (
     METRICS,
     START,
     SUMMARY,
+    TEST_FILES,
     RunDir,
     rng_state,
     set_rng_state,
@@ -54,6 +55,7 @@ from locallearn.training.runner import (
     check_class_names,
     record_pretrained,
     resume_command,
+    test_files,
 )
 from locallearn.training.schedule import Schedule
 from locallearn.version import __version__
@@ -140,6 +142,9 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         if run_id:  # at every start: a run of an earlier release, or one that holds another run's file, gets its own
             record_pretrained(run, runner.net, run_id)
         run.write_metrics(history)  # drops any epoch logged after the checkpoint was taken
+        listed = test_files(config)
+        if listed is not None:
+            run.write_test_files(listed)
         if len(history) < config.optim.epochs and run.finished:  # resumed from before the end: not finished now
             run.file(SUMMARY).unlink()
     done = len(history)
@@ -572,4 +577,5 @@ def log_end(log: Log, summary: dict[str, Any], run: RunDir, config: Config) -> N
         again = f"`locallearn.training.load_net({str(run.path)!r}{model})` loads its network"
     else:
         again = f"`locallearn eval {shlex.quote(str(run.path))}` re-evaluates it"
-    log(f"results: {run.path}/ (summary.json, metrics.jsonl, config.yaml, checkpoint.pt); {again}")
+    files = ", ".join(name for name in (SUMMARY, METRICS, CONFIG, CHECKPOINT, TEST_FILES) if run.file(name).is_file())
+    log(f"results: {run.path}/ ({files}); {again}")

@@ -11,6 +11,9 @@ loses or mixes results.
     RUN/pretrained.json     the configuration of the transformers checkpoint the run started from, if any:
                             eval, a resume and load_net build that architecture and load the run's own
                             weights, without the checkpoint (which may have moved, or be a hub name offline)
+    RUN/test_files.json     an image folder's test images (paths within --data-dir, labels), in the order they are
+                            tested: the held-out split of --test-fraction, to evaluate anything else on; written at
+                            every start, so after a resume on a folder that changed it lists the folder as it is
     RUN/pipeline/           per-stage checkpoints of a module-parallel run (``locallearn.distributed``)
     RUN/.lock               held (an OS file lock) by the one process that writes the run
 
@@ -52,10 +55,11 @@ LOG = "train.log"  # a run's log, where its lines are not printed (``locallearn 
 STAGES = "pipeline"
 LOCK = ".lock"
 PRETRAINED = "pretrained.json"
+TEST_FILES = "test_files.json"  # an image folder's test images (``write_test_files``)
 # the options of a run being started, written before its data and network are built and removed once config.yaml
 # is written: a run killed in between is resumed with them (not with the resume command's defaults)
 START = ".start.yaml"
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, SUMMARY, LOG, PRETRAINED, START)
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, PREVIOUS, SUMMARY, LOG, PRETRAINED, TEST_FILES, START)
 CHECKPOINT_FORMAT = 2  # 1: before local objectives were modules and checkpoints had digests (``net.py`` migrates)
 _TMP_SUFFIX = ".tmp"
 
@@ -250,6 +254,13 @@ class RunDir:
     def write_pretrained(self, config: dict[str, Any], run_id: str) -> None:
         text = json.dumps({"run_id": run_id, "config": config}, indent=2, sort_keys=True, default=_json_scalar) + "\n"
         atomic_write(self.file(PRETRAINED), lambda f: f.write(text.encode()))
+
+    def write_test_files(self, record: dict[str, Any]) -> None:
+        """test_files.json: ``record`` (``training.runner.test_files``) as JSON, one file to a line."""
+        body = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in record.items() if key != "files")
+        files = ",\n".join(f"    {json.dumps(item)}" for item in record["files"])
+        text = "{\n" + body + ',\n  "files": [\n' + files + "\n  ]\n}\n"
+        atomic_write(self.file(TEST_FILES), lambda f: f.write(text.encode()))
 
     def read_pretrained(self, run_id: str) -> dict[str, Any] | None:
         """The checkpoint configuration this run recorded (``write_pretrained``); None where it has none, or

@@ -348,6 +348,20 @@ def split_files(config: Config, *, train: bool) -> list[str] | None:
     return [str(path) for path, _ in items]
 
 
+def test_files(config: Config) -> dict[str, Any] | None:
+    """What test_files.json records of an image folder's test split, as a run of ``config`` reads it (limits
+    applied): the folder, how the split was made, and each image's path within the folder (``/``-separated) with
+    its label, in the order the images are tested; None for a dataset whose images are not files of their own."""
+    data = config.data
+    if data.dataset != IMAGEFOLDER:
+        return None
+    folder = scan_image_folder(data.data_dir, data.test_fraction)
+    items = kept_items(folder.test, data.limit_test)
+    return {"data_dir": str(folder.root.resolve()), "test_fraction": data.test_fraction, "limit_test": data.limit_test,
+            "class_names": list(folder.classes), "images": len(items),
+            "files": [[path.relative_to(folder.root).as_posix(), label] for path, label in items]}
+
+
 def data_line(train: BatchLoader, test: BatchLoader, device: torch.device | str, outputs: int) -> str:
     """The start line that says what a run trains and tests on, and a classifier wider than the data's
     classes (``--num-classes`` above them: accepted, its extra outputs are never a label)."""
