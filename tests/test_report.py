@@ -154,6 +154,27 @@ def test_runs_tested_on_different_numbers_of_images_are_not_averaged(tmp_path):
     assert not any("test_images" in warning for warning in mixed.warnings), mixed.warnings
 
 
+def test_runs_tested_on_as_many_but_other_images_are_not_averaged(tmp_path):
+    """An image replaced in a folder between two runs keeps the count; the fingerprint of the test images
+    (``test_data``) tells them apart, where runs record it (an earlier release's did not: none compared)."""
+    folder = tmp_path / "folder"
+    make_image_folder(folder)
+    runs = [fake_run(tmp_path / f"s{seed}", accs=[acc], method="contsup", num_modules=4, seed=seed,
+                     dataset="imagefolder", data_dir=str(folder), model="resnet20", split="uniform")
+            for seed, acc in ((0, 0.9), (1, 0.8), (2, 0.7))]
+    for run, data in zip(runs, ("aaaa000011112222", "aaaa000011112222", "bbbb000011112222")):
+        history = RunDir(run).read_metrics()
+        RunDir(run).write_metrics([{**record, "test_images": 8, "test_data": data} for record in history])
+    report = write_report(runs, out=tmp_path / "report")
+    assert table_rows(report.markdown) == ["| contsup R1E ce uniform, test_data=aaaa000011112222 | 15.00 ± 7.07 (n=2) |",
+                                           "| contsup R1E ce uniform, test_data=bbbb000011112222 | 30.00 (n=1) |"]
+    assert any("test_data (aaaa000011112222 vs bbbb000011112222)" in warning for warning in report.warnings)
+    RunDir(runs[2]).write_metrics([{k: v for k, v in r.items() if k != "test_data"}  # an earlier release's
+                                   for r in RunDir(runs[2]).read_metrics()])
+    assert table_rows(write_report(runs, out=tmp_path / "report").markdown) == [
+        "| contsup R1E ce uniform | 20.00 ± 10.00 (n=3) |"]
+
+
 def test_labels_name_only_the_difference(tmp_path):
     """Another dataset is named once, without the classes and statistics it implies; groups at other K
     take the same label, so each row stays one line across K."""

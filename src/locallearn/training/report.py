@@ -11,7 +11,8 @@ Runs are averaged only when they are the same experiment: their options (the fla
 are equal except ``seed`` and the options that do not change what is computed (``RESUMABLE_CHANGES``:
 where a run lives and runs; an image folder's ``data_dir`` is its dataset, so it is compared), and they
 ran on the same number of CPU threads (``torch_threads``: float sums, and so results, depend on it) and, on an
-image folder, were tested on as many images (``test_images``: a folder may grow). Each such
+image folder, were tested on the same images (``test_images``, then ``test_data``, their fingerprint: a folder
+may grow, or an image be replaced). Each such
 *group* is one cell of the table, rows by method and columns by K as in the papers' tables. Groups that would share a cell but differ in something else (epochs, lr,
 ...) get rows of their own, labelled with the difference, and a warning names it. Rows of several models or
 datasets are prefixed by theirs, so only groups of one model and dataset are told apart; an option a single
@@ -54,6 +55,7 @@ IMPLIED_BY = {
     "lambdas": ("model", "dataset"),
     "lambda_source": ("model", "dataset", "lambdas"),
     "test_images": ("dataset", "data_dir", "limit_test", "test_fraction"),
+    "test_data": ("dataset", "data_dir", "limit_test", "test_fraction", "test_images"),
 }
 
 
@@ -199,7 +201,7 @@ class Table:
 # dataset excepted: rows of several datasets are labelled with theirs)
 _RECIPE = [f.name for section in ("data", "optim", "run", "processes") for f in dataclasses.fields(SECTIONS[section])
            if f.name not in (*NOT_COMPARED, "dataset")]
-_RECIPE += ["torch_threads", "test_images"]  # not options, but they change the result: compared like ones
+_RECIPE += ["torch_threads", "test_images", "test_data"]  # not options, but they change the result: compared like ones
 # the options a report reads from every run's config.yaml (all of them written since the first release)
 
 
@@ -244,9 +246,10 @@ def load_run(path: Path) -> RunResult:
     summary = _check_summary(run, config, history[-1]) if run.finished else None
     if config["dataset"] == IMAGEFOLDER:  # a folder of one's own is named by where it is: two are two datasets
         config["dataset"] = f"{IMAGEFOLDER} {config.get('data_dir')}"
-        # and by how many test images it had: a folder that grew between two runs tested them on other images
-        # (a fixed dataset's count follows from its options; earlier releases did not record it: None)
-        config["test_images"] = history[-1].get("test_images")
+        # and by the test images it had: a folder that grew, or an image replaced, between two runs tested them on
+        # other images (a fixed dataset's follow from its options; earlier releases did not record them: None)
+        for key in _SOME_RUNS:
+            config[key] = history[-1].get(key)
     config["torch_threads"] = run_threads(run, history)
     last = history[-1]
     best = max(r["test_acc"] for r in history)
@@ -331,9 +334,10 @@ def group_runs(runs: list[RunResult]) -> Table:
     kept apart: every such option (but those a K = 1 group does not use, ``_unused``) is named in the labels
     of that method (``contsup R1E ce, epochs=1``) and one warning per method label names the options and their
     values."""
-    if any(r.config.get("test_images", 0) is None for r in runs):  # a run of an earlier release on a folder:
-        for r in runs:  # its count is unknown, so no run's is compared (nor shown as "None")
-            r.config.pop("test_images", None)
+    for key in _SOME_RUNS:
+        if any(r.config.get(key, 0) is None for r in runs):  # a run of an earlier release on a folder:
+            for r in runs:  # its figure is unknown, so no run's is compared (nor shown as "None")
+                r.config.pop(key, None)
     by_key: dict[tuple[str, bool], list[RunResult]] = {}
     for r in runs:  # an unfinished run is never averaged with finished ones: it stopped at another epoch
         by_key.setdefault((_compared(r.config), r.finished), []).append(r)
@@ -705,7 +709,7 @@ def _option_order(groups: list[Group]) -> list[str]:
 
 # recorded for some runs only (an image folder's: a fixed dataset's count follows from its options): compared
 # among the runs that have it, not against the others' absence
-_SOME_RUNS = ("test_images",)
+_SOME_RUNS = ("test_images", "test_data")
 
 
 def _having(groups: list[Group], option: str) -> list[Group]:
