@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import locallearn as ll
+from locallearn.models.custom import WHOLE
 from locallearn.cli import main
 from locallearn.training import RunDir
 
@@ -213,6 +214,46 @@ def test_cuts_that_give_tokens_get_heads_that_read_tokens_and_one_line_refusals_
 def test_units_of_something_that_is_not_a_module_is_one_line():
     with pytest.raises(ValueError, match=r"^units: expected the model \(an nn.Module\) to cut, got str"):
         ll.units("resnet32", ["a"])
+
+
+class _Between(nn.Module):
+    """c1 → c2 → c3 → head, with a skip connection (c1's output added to c3's) or a ReLU between c2 and c3."""
+
+    def __init__(self, skip: bool = False, relu: bool = False, returns: str = "logits"):
+        super().__init__()
+        self.skip, self.relu, self.returns = skip, relu, returns
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.c2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Dropout(0.5))
+        self.c3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+
+    def forward(self, x):
+        a = self.c1(x)
+        b = self.c2(a)
+        b = nn.functional.relu(b) if self.relu else b
+        logits = self.head(self.c3(b) + (a if self.skip else 0))
+        return {"logits": logits} if self.returns == "dict" else logits
+
+
+def test_units_that_leave_out_what_the_forward_does_between_them_are_refused():
+    """A skip connection across units, or a function applied between them, is a network the units alone do not
+    compute: training would train another model than the user's, silently. Compared once, in eval mode, with
+    the model's own forward; the modes of the model are kept as they were."""
+    for options in (dict(skip=True), dict(relu=True)):
+        model = _Between(**options)
+        with pytest.raises(ValueError, match=r"^model: the units \(c1, c2, c3, head\) run one after another do not "
+                                             r"compute _Between's forward \(its logits differ by up to .* a skip "
+                                             r"connection, or a function such as F.relu"):
+            ll.build(ll.units(model, ["c1", "c2", "c3", "head"]), method="greedy", num_modules=2, in_channels=1,
+                     image_size=12)
+        assert all(m.training for m in model.modules())  # put back in training mode
+    plain = _Between()
+    net = ll.build(ll.units(plain, ["c1", "c2", "c3", "head"]), method="greedy", num_modules=2, in_channels=1,
+                   image_size=12)
+    assert all(m.training for m in plain.modules()) and not any(WHOLE in m.__dict__ for m in net.modules())
+    # a forward whose output is not the units' logits cannot be compared: built as before
+    ll.build(ll.units(_Between(skip=True, returns="dict"), ["c1", "c2", "c3", "head"]), method="greedy",
+             num_modules=2, in_channels=1, image_size=12)
 
 
 def test_units_that_do_not_chain_are_refused_naming_both():

@@ -1,5 +1,6 @@
 """A user's own network as units: any ``nn.Sequential`` (its children are the units) or the named
-submodules of a nested model (``units(model, [...])``), checked by one dry run.
+submodules of a nested model (``units(model, [...])``), checked by one dry run (and, for ``units``, against the
+model's own forward: ``check_forward``).
 
     net = ll.build(nn.Sequential(stem, block1, block2, head), method="contsup", num_modules=3, image_size=32)
     net = ll.build(ll.units(resnet, ["stem", "layer1", "layer2", "layer3", "layer4", "head"]), method="infopro",
@@ -119,7 +120,52 @@ def units(model: nn.Module, names: Iterable[str | tuple[str, nn.Module]]) -> nn.
             f"units: {len(left)} parameter(s) of {type(model).__name__} belong to no unit (first: {left[0]}); add the "
             f"submodule that holds them, or they would never be trained."
         )
-    return nn.Sequential(chosen)
+    cut = nn.Sequential(chosen)
+    cut.__dict__[WHOLE] = model  # not a submodule: compared with once, by ``check_forward``
+    return cut
+
+
+WHOLE = "_locallearn_whole_model"  # the model ``units`` cut, kept on its Sequential for ``check_forward``
+
+
+def check_forward(backbone: Backbone, whole: nn.Module, names: list[str]) -> None:
+    """Refuse units that do not compute ``whole``'s own forward: in eval mode, a random batch through the units
+    in turn against ``whole(batch)``. A forward that adds a unit's input to a later unit's output (a skip
+    connection) or applies a function between units (``F.relu``, ``torch.flatten``) computes a network the units
+    alone do not, which training would then train instead, without a word. Nothing is compared where ``whole``
+    cannot take the batch alone or does not return logits of the units' shape (a forward of other arguments, an
+    output object)."""
+    modes = [(m, m.training) for m in (*whole.modules(), *backbone.modules())]
+    param = next(backbone.parameters(), None)
+    kwargs = {"device": param.device, "dtype": param.dtype} if param is not None else {}
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, backbone.in_channels, backbone.image_size, backbone.image_size, generator=generator).to(**kwargs)
+    whole.eval()
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            chained = x
+            for unit in backbone.units:
+                chained = unit(chained)
+            try:
+                own = whole(x)
+            except Exception:  # a forward that takes more than the image: nothing to compare with
+                return
+    finally:
+        for module, training in modes:
+            module.training = training
+    if not isinstance(own, torch.Tensor) or own.shape != chained.shape or own.dtype != chained.dtype:
+        return
+    scale = max(float(own.abs().max()), 1.0)
+    difference = float((own - chained).abs().max())
+    if not difference <= 1e-4 * scale:  # NaN differs too
+        raise ValueError(
+            f"model: the units ({', '.join(names)}) run one after another do not compute {type(whole).__name__}'s "
+            f"forward (its logits differ by up to {difference:.3g} on a random batch): the forward does something "
+            f"between them — a skip connection, or a function such as F.relu or torch.flatten — that training would "
+            f"leave out; put each such step inside a unit (a (name, module) pair of your own), so that the units "
+            f"alone compute the model."
+        )
 
 
 def _deepest_parent(model: nn.Module, name: str, submodules: dict) -> tuple[str, nn.Module]:
@@ -171,5 +217,9 @@ def as_backbone(model: nn.Module, *, image_size: int | None, in_channels: int, c
             "image_size: a model of your own needs the input size for its dry run; pass image_size=... (and "
             "in_channels=...), or dataset=..."
         )
-    return ModuleBackbone(OrderedDict(model.named_children()), image_size=image_size, in_channels=in_channels,
-                          family=getattr(model, "family", "cnn"))
+    backbone = ModuleBackbone(OrderedDict(model.named_children()), image_size=image_size, in_channels=in_channels,
+                              family=getattr(model, "family", "cnn"))
+    whole = model.__dict__.get(WHOLE)  # a model cut by ``units``
+    if whole is not None:
+        check_forward(backbone, whole, [str(k) for k in backbone.unit_keys])
+    return backbone
