@@ -233,6 +233,25 @@ def test_train_step_refuses_bad_arguments_in_one_line_and_changes_nothing(change
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # weights and BatchNorm statistics
 
 
+@pytest.mark.parametrize("options, words", [
+    (dict(method="dgl"), r"BatchNorm1d at objectives\.0\.head"),
+    (dict(method="contsup", local_loss="contrast", context="R0"), r"the contrastive local loss"),
+])
+def test_a_batch_of_one_image_is_refused_where_the_network_needs_two_and_changes_nothing(options, words):
+    """DGL's heads normalise features over the batch (BatchNorm1d), and the contrastive loss needs a pair: a
+    batch of one (a DataLoader's last) failed deep in torch, after the modules before had stepped."""
+    torch.manual_seed(0)
+    net = ll.build("resnet20", num_modules=2, split="uniform", image_size=16, **options)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(ValueError, match=rf"^batch_size: .*{words}.*; give batches of 2 or more images \(a "
+                                         rf"DataLoader's drop_last=True leaves out a last batch of one\)\.$"):
+        ll.train_step(net, torch.randn(1, 3, 16, 16), torch.tensor([3]), optimizer)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    greedy = ll.build("resnet20", method="greedy", num_modules=2, split="uniform", image_size=16)
+    ll.train_step(greedy, torch.randn(1, 3, 16, 16), torch.tensor([3]), torch.optim.SGD(greedy.parameters(), lr=0.1))
+
+
 def test_uint8_labels_train_as_cross_entropy_takes_them():
     net, optimizer, x, y = _step_parts()
     assert torch.isfinite(ll.train_step(net, x, y.to(torch.uint8), optimizer)["loss"])
