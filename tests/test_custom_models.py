@@ -504,7 +504,8 @@ def test_an_option_the_run_would_not_use_is_refused_from_python_as_from_the_comm
     with pytest.raises(ValueError, match=r"^in_channels: the first training batch's images have in_channels=1, not 3"):
         train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "c", in_channels=3, **common)
     # one process: the pipeline's options are refused, not recorded for a run that trains without them
-    with pytest.raises(ValueError, match=r"^parallel: --parallel pipeline runs one process per rank"):
+    with pytest.raises(ValueError, match=r"^parallel: locallearn.training.train runs in this one process, so not as a "
+                                         r"pipeline; a pipeline trains a dataset or an image folder"):
         train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "c", parallel="pipeline", **common)
     assert not (tmp_path / "c").exists()
     summary = train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "d", image_size=None,

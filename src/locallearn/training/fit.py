@@ -383,6 +383,13 @@ def check_single_process(config: Config, *, ranks: bool = True) -> None:
     """Refuse what one process cannot run: the pipeline, or a single-process run started as several ranks
     (torchrun without ``--parallel pipeline``: every rank would train the whole network into the same run
     directory)."""
+    if config.processes.parallel == "pipeline" and not ranks:  # train(): batches or a model object from Python
+        raise ValueError(
+            "parallel: locallearn.training.train runs in this one process, so not as a pipeline; a pipeline trains "
+            "a dataset or an image folder, its model named (a registered name, or 'package.module:factory'), with "
+            "`torchrun --nproc-per-node 2 -m locallearn train --parallel pipeline ...` (from Python: "
+            "locallearn.distributed.fit_pipeline with such a config)."
+        )
     if config.processes.parallel == "pipeline":
         raise ValueError(
             f"parallel: --parallel {config.processes.parallel} runs one process per rank: start it with torchrun "
