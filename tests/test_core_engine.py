@@ -169,6 +169,8 @@ def test_reconstruction_weights_follow_the_lambda_table():
     "call, message",
     [
         (lambda: ll.build("resnet33"), "unknown model 'resnet33'; valid models: "),
+        (lambda: ll.build("mycnn"), r"package.module:factory \(docs/custom-models.md\); a name given to register_model "
+                                    r"is known only in the process that registered it\.$"),
         (lambda: ll.build("resnet32", method="infopr"), "unknown method 'infopr'; valid methods: "),
         (lambda: ll.build("resnet32", aux_head="2c2f"), "unknown auxiliary head '2c2f'; valid"),
         (lambda: ll.build("resnet32", local_loss="mse"), "unknown local loss 'mse'; valid"),

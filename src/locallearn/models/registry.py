@@ -22,7 +22,8 @@ from locallearn.models.base import Backbone
 from locallearn.registry import Registry
 
 MODELS: Registry[Callable[..., Backbone]] = Registry(
-    "model", other="or a model of your own, package.module:factory (docs/custom-models.md)")
+    "model", other="or a model of your own, package.module:factory (docs/custom-models.md); a name given to "
+    "register_model is known only in the process that registered it")
 # family → the auxiliary head ``aux_head="auto"`` picks: InfoPro's 1c2f for CNNs, FeatRecon's token head
 # (LayerNorm → token mean → Linear) for transformers. Method presets may also differ by family
 # (``Method.family_defaults``).
