@@ -562,6 +562,30 @@ def test_batches_of_the_wrong_types_are_one_line_from_python(tmp_path, images, l
     assert not (tmp_path / "a").exists()
 
 
+def test_a_dataset_numpy_batches_and_batches_of_three_are_each_named_from_python(tmp_path):
+    """What a user passes by mistake: the Dataset itself (items are single images), NumPy arrays, a loader of
+    (images, labels, extra) — each said as what it is, not as a shape or as "expected a DataLoader"."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from locallearn.training import train
+
+    images, labels = torch.randn(8, 1, 16, 16), torch.arange(8) % 4
+    cases = [
+        (TensorDataset(images, labels), "a Dataset gives one image at a time (the first of shape (1, 16, 16)), not "
+                                        "batches; wrap it in a DataLoader, e.g. DataLoader(data, batch_size=64"),
+        ([(images.numpy(), labels)], "images must be a torch tensor, got ndarray of shape (8, 1, 16, 16); e.g. "
+                                     "torch.as_tensor(images)"),
+        (DataLoader(TensorDataset(images, labels, labels), batch_size=4),
+         "batches must be (images, labels) pairs, got batches of 3 (Tensor, Tensor, Tensor); e.g. a collate_fn"),
+    ]
+    for data, words in cases:
+        with pytest.raises(ValueError) as err:
+            train(sequential_cnn(in_channels=1, classes=4), data, data, out=tmp_path / "a", num_classes=4,
+                  method="greedy", num_modules=2, epochs=1, device="cpu", log=lambda line: None)
+        assert str(err.value).startswith(f"training data: {words}") and "\n" not in str(err.value)
+        assert not (tmp_path / "a").exists()
+
+
 def test_test_data_is_checked_like_the_training_data_before_training(tmp_path):
     from locallearn.training import train
 

@@ -173,11 +173,23 @@ def first_batch(data: Iterable, what: str, model: str | nn.Module, *, amp: bool 
     if isinstance(batch, dict):
         raise ValueError(f"{what}: batches must be (images, labels) pairs, got a dict with keys "
                          f"{', '.join(map(str, batch))}; e.g. a collate_fn returning (batch['image'], batch['label']).")
+    if isinstance(batch, (tuple, list)) and len(batch) != 2:
+        kinds = ", ".join(type(part).__name__ for part in batch[:4]) + (", …" if len(batch) > 4 else "")
+        raise ValueError(f"{what}: batches must be (images, labels) pairs, got batches of {len(batch)} ({kinds}); "
+                         f"e.g. a collate_fn that returns (images, labels) alone.")
     try:
         images, labels = batch
     except (TypeError, ValueError):
         raise ValueError(f"{what}: expected an iterable of (images, labels) batches, e.g. a DataLoader.") from None
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[-1] != images.shape[-2]:
+    single = isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.DataLoader)
+    if single and getattr(images, "dim", lambda: 0)() == 3:  # a Dataset's items are single images
+        raise ValueError(f"{what}: a Dataset gives one image at a time (the first of shape {tuple(images.shape)}), "
+                         f"not batches; wrap it in a DataLoader, e.g. DataLoader(data, batch_size=64, shuffle=True).")
+    if not isinstance(images, torch.Tensor):
+        raise ValueError(f"{what}: images must be a torch tensor, got {type(images).__name__}"
+                         f"{f' of shape {tuple(images.shape)}' if hasattr(images, 'shape') else ''}; e.g. "
+                         f"torch.as_tensor(images), or a DataLoader over a TensorDataset.")
+    if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
         raise ValueError(f"{what}: images must be a (batch, channels, size, size) tensor, got "
                          f"{getattr(images, 'shape', type(images).__name__)}.")
     param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
