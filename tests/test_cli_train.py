@@ -443,3 +443,29 @@ def test_a_dry_run_under_torchrun_checks_the_ranks_and_prints_once(tmp_path, mon
     assert "this process is one of 3 ranks (torchrun) but --parallel is none" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: a single-process run, printed
     assert main(single) == 0 and "parallel: none" in capsys.readouterr().out
+
+
+def test_a_home_folder_written_as_a_tilde_is_the_home_folder(tmp_path, monkeypatch, capsys):
+    """`--out '~/runs/x'` in quotes, or `out: ~/runs/x` / `data_dir: ~/data` in a YAML file, reach no shell to
+    expand them: they were a folder named "~" in the working directory (the run "missing", and `rm -rf ~` the
+    clean-up that deletes the home folder)."""
+    home, here = tmp_path / "home", tmp_path / "here"
+    here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    assert main(["train", *TINY, "--out", "~/runs/x"]) == 0
+    assert f"run directory: {home / 'runs' / 'x'} " in capsys.readouterr().out
+    assert (home / "runs" / "x" / "summary.json").is_file() and not (here / "~").exists()
+    assert main(["eval", "~/runs/x"]) == 0 and main(["train", "--out", "~/runs/x", "--resume"]) == 0
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 200, 30))):
+            (home / "pics" / split / name).mkdir(parents=True)
+            Image.new("RGB", (12, 12), colour).save(home / "pics" / split / name / "a.png")
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset: imagefolder\ndata_dir: ~/pics\nout: ~/runs/y\nimage_size: 8\nbatch_size: 2\n")
+    assert main(["train", "--config", str(config), "--model", "resnet20", "--num-modules", "2", "--split", "uniform",
+                 "--device", "cpu", "--dry-run"]) == 0
+    said = capsys.readouterr().out
+    assert f"out: {home / 'runs' / 'y'}" in said and f"data_dir: {home / 'pics'}" in said and not (here / "~").exists()

@@ -309,11 +309,14 @@ def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None
             given = {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in values.items() if SECTION_OF.get(k) == section}
             if section == "run" and given.get("out") is None:
                 given.pop("out", None)
+            elif section == "run" and isinstance(given["out"], str):  # "~/runs/x" from a YAML file or in quotes:
+                given["out"] = os.path.expanduser(given["out"])  # the home folder, not a folder named "~" here
             if section == "optim":  # the options that depend on the optimizer take its defaults
                 given = {**OPTIMIZER_DEFAULTS.get(given.get("optimizer", "sgd"), {}), **given}
             sections[section] = cls(**given)
     # an absolute path in config.yaml: eval and --resume work from any directory (`data` means ./data here)
-    data = sections["data"] = dataclasses.replace(sections["data"], data_dir=os.path.abspath(sections["data"].data_dir))
+    data = sections["data"] = dataclasses.replace(
+        sections["data"], data_dir=os.path.abspath(os.path.expanduser(sections["data"].data_dir)))
     # the dataset's spec (a user's image folder is described from its files: classes, and the size asked for)
     if data.dataset == PYTHON_DATA:
         spec = None

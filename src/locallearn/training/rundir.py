@@ -73,7 +73,7 @@ class RunDir:
     path: Path
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "path", Path(os.path.expanduser(self.path)))  # "~/runs/x" given in quotes
 
     def file(self, name: str) -> Path:
         return self.path / name
