@@ -705,6 +705,32 @@ def test_the_run_directory_lists_the_test_images_it_tests_on(tmp_path, capsys):
     assert not (tmp_path / "limited" / "test_files.json").exists()
 
 
+def test_a_resume_on_a_folder_with_a_class_added_since_says_so_as_eval_does(tmp_path, capsys):
+    """A class folder added to train/ and test/ after the run started: its resume was refused as
+    "num_classes: dataset imagefolder has 3 classes, got num_classes=2", an option the user never gave."""
+    make_folder(tmp_path / "data", per_class=2)
+    for name in ("cat", "dog", "emu"):
+        for split in ("train", "test"):
+            for i in range(2):
+                solid(COLOURS[name]).save(tmp_path / "data" / split / name / f"more{i}.png")
+    (tmp_path / "aside").mkdir()
+    os.rename(tmp_path / "data" / "train" / "emu", tmp_path / "aside" / "train_emu")
+    os.rename(tmp_path / "data" / "test" / "emu", tmp_path / "aside" / "test_emu")
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
+            "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2",
+            "--device", "cpu", "--out", str(run)]
+    with ctrl_c_before_checkpoint(2):
+        assert main(args) == 130
+    os.rename(tmp_path / "aside" / "train_emu", tmp_path / "data" / "train" / "emu")
+    os.rename(tmp_path / "aside" / "test_emu", tmp_path / "data" / "test" / "emu")
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    assert capsys.readouterr().err == (f"locallearn: error: --resume: the run in {run} trained on 2 classes but "
+                                       f"{tmp_path / 'data'} now holds 3 (cat, dog, emu); resume it on the run's own "
+                                       f"data (--data-dir), or move the classes added since out of it.\n")
+
+
 def test_with_a_test_limit_only_the_test_files_it_keeps_are_named(tmp_path):
     make_folder(tmp_path, per_class=3)
     for path in (tmp_path / "train" / "cat" / "img0.png", tmp_path / "test" / "dog" / "img2.bmp",

@@ -621,7 +621,17 @@ def resumed_config(stored: Mapping[str, Any], requested: Mapping[str, Any], *, o
                          f"its config.yaml), which one process cannot continue (its BatchNorm sees other batches); "
                          f"resume it under torchrun with --parallel pipeline.")
     moved = {"data_dir": requested["data_dir"]} if requested.get("data_dir") is not None else {}
-    before = resolve({**stored, **moved})  # resolving an image folder's options reads it, where it is now
+    try:
+        before = resolve({**stored, **moved})  # resolving an image folder's options reads it, where it is now
+    except ValueError as err:
+        if stored.get("dataset") == IMAGEFOLDER and str(err).startswith("num_classes: "):  # classes added since
+            data_dir = os.path.abspath(os.path.expanduser(moved.get("data_dir", stored.get("data_dir", "data"))))
+            names = list(describe_dataset(IMAGEFOLDER, data_dir, test_fraction=stored.get("test_fraction")).class_names)
+            shown = ", ".join(names[:5]) + (f", … ({len(names) - 5} more)" if len(names) > 5 else "")
+            raise ValueError(f"--resume: the run in {out} trained on {stored.get('num_classes')} classes but {data_dir} "
+                             f"now holds {len(names)} ({shown}); resume it on the run's own data (--data-dir), or move "
+                             f"the classes added since out of it.") from None
+        raise
     after = resolve({**stored, **requested, "out": out})
     changed = differing_options(before, after, ignore=RESUMABLE_CHANGES)
     if changed:
