@@ -109,6 +109,42 @@ def test_eval_refuses_a_confusion_file_it_cannot_write_before_reading_the_data(r
     assert err.startswith("locallearn: error: --confusion") and err.count("\n") == 1 and ".csv or .png" in err
 
 
+@pytest.mark.parametrize("option, name", [("--confusion", "c.csv"), ("--confusion", "c.png"),
+                                          ("--misclassified", "m.csv")])
+def test_a_full_disk_names_the_file_and_leaves_no_empty_one(run, tmp_path, capsys, monkeypatch, option, name):
+    """A result file is written whole or not at all: a full disk left a 0-byte file and said only
+    "[Errno 28] No space left on device"."""
+    import errno
+
+    import locallearn.training.rundir as rundir
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "fsync", full)
+    path = tmp_path / name
+    assert main(["eval", str(run), "--device", "cpu", option, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"locallearn: error: cannot write {path} (the disk may be full or read-only: ") and \
+        "No space left on device" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary
+
+
+def test_a_report_on_a_full_disk_names_the_file(run, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import locallearn.training.rundir as rundir
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "fsync", full)
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"locallearn: error: cannot write {tmp_path / 'rep' / 'report.png'} (the disk may be full")
+    assert list((tmp_path / "rep").iterdir()) == []
+
+
 def test_predictions_are_each_test_images_label_prediction_and_confidence():
     torch.manual_seed(1)
     net = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from locallearn.training.rundir import write_output
+
 CONFUSION_SUFFIXES = (".csv", ".png")
 
 
@@ -87,7 +89,14 @@ def write_confusion(path: Path, counts: torch.Tensor, names: list[str], *, title
     if path.suffix.lower() == ".csv":
         write_csv(path, [["true \\ predicted", *names]] + [[name, *row] for name, row in zip(names, counts.tolist())])
         return
-    confusion_figure(counts, names, title=title).savefig(path, dpi=120)
+    save_figure(confusion_figure(counts, names, title=title), path, dpi=120)
+
+
+def save_figure(figure, path: Path, **options) -> None:
+    """``figure.savefig`` into ``path`` (its format from the suffix) through ``write_output``."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip(".").lower() or "png", **options)
+    write_output(path, buffer.getvalue())
 
 
 def confusion_figure(counts: torch.Tensor, names: list[str], *, title: str):
@@ -145,4 +154,4 @@ def write_csv(path: Path, rows: list[list]) -> None:
     """``rows`` (the header first) as a UTF-8 CSV file, lines ending in a bare newline."""
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
-    path.write_text(text.getvalue(), encoding="utf-8")
+    write_output(path, text.getvalue().encode("utf-8"))

@@ -36,7 +36,8 @@ from typing import Any
 from locallearn.data.imagefolder import IMAGEFOLDER
 from locallearn.provenance import cpu_name
 from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, USED_BY, read_mapping, read_run_options
-from locallearn.training.rundir import CONFIG, METRICS, SUMMARY, RunDir, refuse_file
+from locallearn.training.classes import save_figure
+from locallearn.training.rundir import CONFIG, METRICS, SUMMARY, RunDir, refuse_file, write_output
 from locallearn.training.runner import resume_command
 
 DEFAULT_OUT = Path("runs") / "report"  # runs/ is ignored by git: a report never dirties a checkout
@@ -631,11 +632,11 @@ def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Repo
     refuse_file(folder)
     folder.mkdir(parents=True, exist_ok=True)
     png, curves = folder / "report.png", folder / "curves.png"
-    error_figure(table).savefig(png, dpi=120, bbox_inches="tight")  # (nothing drawn is cut off at the edges)
-    curves_figure(table).savefig(curves, dpi=120, bbox_inches="tight")
+    save_figure(error_figure(table), png, dpi=120, bbox_inches="tight")  # (nothing drawn is cut off at the edges)
+    save_figure(curves_figure(table), curves, dpi=120, bbox_inches="tight")
     markdown = markdown_report(table, plot=png.name, curves=curves.name)
     md_path = folder / "report.md"
-    md_path.write_text(markdown)
+    write_output(md_path, markdown.encode())
     return Report(markdown, md_path, png, curves, table.warnings, [err.left_out for err in damaged])
 
 

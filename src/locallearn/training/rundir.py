@@ -528,6 +528,12 @@ def _feed(digest, obj: Any) -> None:
         digest.update(f"{type(obj).__name__}:{obj!r}".encode())
 
 
+def write_output(path: Path | str, data: bytes) -> None:
+    """A command's result file (a table, a figure, a list) through ``atomic_write``: whole or not at all, and a
+    full disk said as "cannot write PATH (...)" rather than a bare errno beside an empty file."""
+    atomic_write(Path(path), lambda f: f.write(data))
+
+
 def atomic_write(path: Path, write: Callable[[Any], Any], *, before_rename: Callable[[], None] | None = None) -> None:
     """Write through a temporary file of a unique name, created exclusively beside ``path`` (a planted link
     is never followed), fsync it, then rename it over ``path``: readers (and a resumed run) see the old file or
