@@ -881,6 +881,21 @@ def test_eval_of_a_run_stopped_between_its_first_metrics_line_and_checkpoint_say
                                      f"`locallearn train --out {run} --resume` trains it again).\n")
 
 
+def test_eval_of_a_finished_run_whose_checkpoints_were_removed_says_the_weights_are_gone(tmp_path, finished, capsys):
+    """Checkpoints deleted to save disk: eval said a stop had cut the last epoch off and that --resume would
+    train it again, which --resume then refused (the run holds results)."""
+    run = copy_run(finished, tmp_path / "run")
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (run / name).unlink()
+    epochs = len((run / "metrics.jsonl").read_text().splitlines())
+    assert main(["eval", str(run), "--device", "cpu"]) == 2
+    assert one_line(capsys) == (f"locallearn: error: {run} has neither checkpoint.pt nor checkpoint.prev.pt though it "
+                                f"trained {epochs} epochs: its weights were removed, so eval has no network to read (its "
+                                f"results stay in metrics.jsonl and summary.json, which `locallearn report` reads); to "
+                                f"evaluate it, train it again into another --out.\n")
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+
+
 def test_train_from_python_records_class_names_and_a_resume_checks_them(tmp_path):
     from checks import ctrl_c_before_checkpoint
     from locallearn.training import train as train_python

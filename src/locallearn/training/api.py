@@ -38,7 +38,7 @@ from locallearn.training.config import (
     resolve,
 )
 from locallearn.training.fit import fit, nothing_to_resume, written_config
-from locallearn.training.rundir import CHECKPOINT, CONFIG, PREVIOUS, RunDir, load_state
+from locallearn.training.rundir import CHECKPOINT, CONFIG, METRICS, PREVIOUS, SUMMARY, RunDir, load_state
 from locallearn.training.classes import class_labels
 from locallearn.training.runner import (
     READ_FIX,
@@ -237,6 +237,12 @@ def trained_checkpoint(run: RunDir, config: Config, map_location: str | torch.de
             logged = run.read_metrics()
         except ValueError:  # damaged too: what is missing here is the checkpoint
             logged = []
+        if run.results():  # epochs that were checkpointed once (a resume refuses such a run): the files were removed
+            kept = " and ".join(name for name in (METRICS, SUMMARY) if run.file(name).is_file())
+            raise ValueError(f"{run.path} has neither {CHECKPOINT} nor {PREVIOUS} though it trained "
+                             f"{f'{len(logged)} epoch' + ('s' if len(logged) != 1 else '') if logged else 'its epochs'}: its weights were removed, so {reader} has no network to read (its results stay "
+                             f"in {kept}, which `locallearn report` reads); to evaluate it, train it again into "
+                             f"another --out.")
         raise ValueError(f"{run.path} has no checkpoint.pt yet: no epoch of this run has been checkpointed"
                          + (f" (metrics.jsonl logs epoch {logged[-1]['epoch']}, which a stop cut off before its "
                             f"checkpoint; `{again}` trains it again)" if logged else "") + ".")
