@@ -831,9 +831,25 @@ def test_report_names_a_summary_or_config_yaml_that_no_longer_matches_the_run(tm
     text = (run / "config.yaml").read_text()
     (run / "config.yaml").write_text(text.replace("  lr: 0.1\n", "  lr: 0.2\n"))
     assert main([*report, str(run)]) == 2
-    assert one_line(capsys).endswith(f"report: {run}/config.yaml says other options than the run trained with "
-                                     f"(summary.json): lr (0.1 → 0.2); restore the run's own config.yaml, or leave the "
-                                     f"run out.\n")
+    assert one_line(capsys).endswith(f"report: {run}: config.yaml and summary.json disagree on the options the run "
+                                     f"trained with (summary.json → config.yaml: lr (0.1 → 0.2)), so one of them is "
+                                     f"another run's; `locallearn eval {run}` refuses a config.yaml other than the "
+                                     f"checkpoint's: restore that one, else remove summary.json and `locallearn train "
+                                     f"--out {run} --resume` writes it again, or leave the run out.\n")
+    assert main(["eval", str(run), "--device", "cpu"]) == 2 and "restore the run's own config.yaml" in one_line(capsys)
+    # the other way round: summary.json copied from another run; the advice given, followed, mends it
+    (run / "config.yaml").write_text(text)
+    other = copy_run(finished, tmp_path / "other")
+    (other / "config.yaml").write_text(text.replace("  lr: 0.1\n", "  lr: 0.2\n"))
+    assert main(["train", "--out", str(other), "--overwrite", "--epochs", "1"]) == 0  # another run, lr 0.2
+    (run / "summary.json").write_bytes((other / "summary.json").read_bytes())
+    assert main([*report, str(run)]) == 2
+    said = one_line(capsys)  # the other run stopped at another epoch: said as that
+    assert "summary.json (epoch 1, " in said and "and summary.json too once it is removed (if it is another run's)" in said
+    assert main(["eval", str(run), "--device", "cpu"]) == 0  # config.yaml is the checkpoint's: summary.json is not
+    (run / "summary.json").unlink()
+    assert main(["train", "--out", str(run), "--resume"]) == 0 and main([*report, str(run)]) == 0
+    capsys.readouterr()
     run = copy_run(finished, tmp_path / "older")  # a config.yaml of an earlier release lacks options added since
     text = (run / "config.yaml").read_text()
     assert "  schedule: epoch\n" in text

@@ -300,20 +300,26 @@ def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) ->
     except ValueError as err:
         raise Damaged(f"report: {err}; `{again}` writes it again from the "
                          f"checkpoint, or leave the run out.") from None
-    # (a summary of more epochs than metrics.jsonl holds is one a resume that rewound the run left, or a line
-    # removed: either way the run is shown unfinished at its last logged epoch, marked so)
+    # Which file is not the run's own, the checkpoint tells: a resume writes metrics.jsonl again from its history
+    # (even of a finished run) and, once summary.json is removed, summary.json too; eval checks config.yaml
+    # against it. (A summary of more epochs than metrics.jsonl holds is one a resume that rewound the run left,
+    # killed between its two writes, or a line removed: either way the run is shown unfinished at its last
+    # logged epoch, marked so.)
+    rewrite = (f"`{again}` writes {METRICS} again from the checkpoint, and {SUMMARY} too once it is removed (if it "
+               f"is another run's), or leave the run out")
     if summary.get("epochs", last["epoch"]) < last["epoch"] or (
             summary.get("epochs") == last["epoch"] and summary.get("test_acc", last["test_acc"]) != last["test_acc"]):
         raise Damaged(f"report: {run.path}: {SUMMARY} (epoch {summary.get('epochs')}, test accuracy "
-                         f"{summary.get('test_acc')}) and {METRICS} (epoch {last['epoch']}, {last['test_acc']}) "
-                         f"disagree; `{again}` writes {METRICS} again from the "
-                         f"checkpoint, or leave the run out.")
+                      f"{summary.get('test_acc')}) and {METRICS} (epoch {last['epoch']}, {last['test_acc']}) "
+                      f"disagree; {rewrite}.")
     trained = summary.get("options") or {}  # an option config.yaml lacks is one added since the run started
     differing = [k for k in trained if k in config and k not in RESUMABLE_CHANGES and _show(trained[k]) != _show(config[k])]
     if differing:
         changes = ", ".join(f"{k} ({_show(trained[k])} → {_show(config.get(k))})" for k in differing)
-        raise Damaged(f"report: {run.file(CONFIG)} says other options than the run trained with ({SUMMARY}): "
-                         f"{changes}; restore the run's own {CONFIG}, or leave the run out.")
+        raise Damaged(f"report: {run.path}: {CONFIG} and {SUMMARY} disagree on the options the run trained with "
+                      f"({SUMMARY} → {CONFIG}: {changes}), so one of them is another run's; `locallearn eval "
+                      f"{run.path}` refuses a {CONFIG} other than the checkpoint's: restore that one, else remove "
+                      f"{SUMMARY} and `{again}` writes it again, or leave the run out.")
     return summary
 
 
