@@ -74,14 +74,14 @@ def test_01_overwrite_clears_stage_files_and_stale_stage_files_are_not_resumed(t
     assert "other.pt was left by another run" in warnings[0]
 
 
-def test_02_resume_without_config_refuses_and_keeps_everything(tmp_path, finished, capsys):
+def test_02_resume_without_config_writes_it_from_the_checkpoint_and_keeps_everything(tmp_path, finished, capsys):
     run = copy_run(finished, tmp_path / "run")
     (run / "config.yaml").unlink()
-    before = sorted(p.name for p in run.iterdir())
-    assert main(["train", "--out", str(run), "--resume"]) == 2
-    err = one_line(capsys)
-    assert "checkpoint.pt" in err and "but no config.yaml" in err
-    assert sorted(p.name for p in run.iterdir()) == before
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["train", "--out", str(run), "--resume"]) == 0  # refused before (and --overwrite advised)
+    assert "is already finished" in capsys.readouterr().out
+    after = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert after.pop("config.yaml") and after == before
 
 
 def test_03_overwrite_checks_the_new_inputs_before_clearing(tmp_path, finished, capsys):
@@ -910,6 +910,36 @@ def test_eval_of_a_finished_run_whose_checkpoints_were_removed_says_the_weights_
                                 f"results stay in metrics.jsonl and summary.json, which `locallearn report` reads); to "
                                 f"evaluate it, train it again into another --out.\n")
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+
+
+def test_a_lost_config_yaml_is_written_again_from_the_checkpoint_by_a_resume(tmp_path, finished, capsys):
+    """The checkpoint holds the run's options and id: a run without its config.yaml was "no run" to eval,
+    report and predict, and --resume advised --overwrite, which deletes every trained epoch."""
+    import yaml
+
+    run = copy_run(finished, tmp_path / "run")
+    original = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").unlink()
+    assert main(["eval", str(run), "--device", "cpu"]) == 2
+    assert one_line(capsys) == (f"locallearn: error: {run} holds no run (no config.yaml); its checkpoint.pt holds the "
+                                f"run's options: `locallearn train --out {run} --resume` writes config.yaml again "
+                                f"from it.\n")
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert "is already finished" in capsys.readouterr().out
+    assert yaml.safe_load((run / "config.yaml").read_text()) == original  # options, run id and threads
+    assert (run / "config.yaml").read_text().startswith("# written again from checkpoint.pt (epoch ")
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    capsys.readouterr()
+    # without a checkpoint there is nothing to write it from: the refusal stands, and says no more
+    (run / "config.yaml").unlink()
+    for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+        (run / name).unlink()
+    assert main(["eval", str(run), "--device", "cpu"]) == 2
+    assert one_line(capsys) == (f"locallearn: error: {run} holds no run (no config.yaml); give a directory written "
+                                f"by `locallearn train`.\n")
+    assert main(["train", "--out", str(run), "--resume"]) == 2
+    assert "but no config.yaml, so which run they belong to is unknown" in one_line(capsys)
 
 
 def test_train_from_python_records_class_names_and_a_resume_checks_them(tmp_path):

@@ -166,7 +166,8 @@ def evaluate_run(
     each test image's label, prediction and confidence, and ``files`` (an image folder's, else None)."""
     run = RunDir(Path(run_dir))
     if not run.file(CONFIG).is_file():
-        raise ValueError(f"{run.path} holds no run (no {CONFIG}); give a directory written by `locallearn train`.")
+        raise ValueError(run.no_config() + ("." if run.has_checkpoint() else
+                                            "; give a directory written by `locallearn train`."))
     options = read_run_options(run.file(CONFIG))
     try:
         config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})

@@ -261,7 +261,7 @@ def load_net(run_dir: str | Path, *, model: nn.Module | None = None, map_locatio
     classes and size. ``net.class_names``: the name of each class the run recorded (else the label numbers)."""
     run = RunDir(Path(run_dir))
     if not run.file(CONFIG).is_file():
-        raise ValueError(f"{run.path} holds no run (no {CONFIG}).")
+        raise ValueError(run.no_config() + ".")
     config = resolve(read_run_options(run.file(CONFIG)), read_folder=False, device=str(map_location))
     return trained_net(run, config, model=model)[0]
 

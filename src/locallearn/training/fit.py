@@ -274,6 +274,8 @@ def open_run(
             return resumed_config(stored, wanted, out=config.run.out), False, run_id_of(mapping)
         except ValueError:
             return config, False, new_run_id()
+    if resume and not run.file(CONFIG).is_file() and run.has_checkpoint():
+        restore_config(run)  # lost, but the checkpoint holds the run's options and id
     if resume and run.file(CONFIG).is_file():
         # a checkpoint left: checkpoint.pt, the one before, or a pipeline's stage files. Without one, a run with
         # results has lost its checkpoints, and starting again would replace them
@@ -313,6 +315,24 @@ def recorded_options(out: Path | str) -> dict[str, Any] | None:
             except (ValueError, OSError):
                 return None
     return None
+
+
+def restore_config(run: RunDir) -> bool:
+    """Write ``run``'s lost config.yaml again from its checkpoint (checkpoint.pt, else checkpoint.prev.pt),
+    which holds the options the run was started with and its id, with the thread count of its last epoch;
+    False where no sound checkpoint of this release's form holds them (nothing is written then)."""
+    try:
+        state = run.load_checkpoint(fallback=True, log=lambda line: None)
+    except ValueError:
+        return False
+    if not state or "config" not in state or not state.get("run_id"):
+        return False
+    history = state.get("history") or [{}]
+    record = {"run_id": state["run_id"], "torch_threads": history[-1].get("torch_threads", torch.get_num_threads())}
+    header = [f"written again from {CHECKPOINT} (epoch {state.get('epoch')}) after {CONFIG} was lost: the run's "
+              f"options and id; not the header it started with (versions, cuts, data read)"]
+    run.write_config(dump_yaml({**record, **state["config"]}, header=header))
+    return True
 
 
 def _record(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -58,8 +58,8 @@ def predict(
         raise ValueError(f"top: expected a number of classes >= 1, got {top!r}.")
     run = RunDir(Path(run_dir))
     if not run.file(CONFIG).is_file():
-        raise ValueError(f"predict: {run.path} holds no run (no {CONFIG}); give a directory written by "
-                         f"`locallearn train`.")
+        raise ValueError(run.no_config("predict: ") + ("." if run.has_checkpoint() else
+                                                        "; give a directory written by `locallearn train`."))
     files = image_files(paths)  # every path checked before the network is read
     config = resolve(read_run_options(run.file(CONFIG)), read_folder=False, device=device)
     if config.data.dataset == PYTHON_DATA:

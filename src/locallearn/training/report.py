@@ -230,7 +230,7 @@ def load_run(path: Path) -> RunResult:
     if not run.path.is_dir():
         raise ValueError(f"report: {run.path} does not exist; give run directories.")
     if not run.file(CONFIG).is_file():
-        raise LeftOut(f"report: {run.path} holds no run (no {CONFIG}); left out")
+        raise LeftOut(run.no_config("report: ") + "; left out")
     try:
         history = run.read_metrics()
     except ValueError as err:  # a line damaged or edited: its own message names it and the fix

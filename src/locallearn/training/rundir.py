@@ -78,6 +78,12 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def no_config(self, reader: str = "") -> str:
+        """The refusal of a directory without config.yaml, naming the way back where a checkpoint is left."""
+        back = (f"; its {CHECKPOINT} holds the run's options: `locallearn train --out {self.path} --resume` writes "
+                f"{CONFIG} again from it" if self.has_checkpoint() else "")
+        return f"{reader}{self.path} holds no run (no {CONFIG}){back}"
+
     @property
     def finished(self) -> bool:
         return self.file(SUMMARY).is_file()
