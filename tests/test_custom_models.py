@@ -251,6 +251,23 @@ def test_units_that_leave_out_what_the_forward_does_between_them_are_refused():
     net = ll.build(ll.units(plain, ["c1", "c2", "c3", "head"]), method="greedy", num_modules=2, in_channels=1,
                    image_size=12)
     assert all(m.training for m in plain.modules()) and not any(WHOLE in m.__dict__ for m in net.modules())
+    # what is not refused: log-probabilities (a forward ending in log_softmax, as cross-entropy takes logits), a
+    # unit random even in eval mode (nothing to compare), a unit replaced after units() (the model is stale)
+    class LogProbabilities(_Between):
+        def forward(self, x):
+            return nn.functional.log_softmax(super().forward(x), dim=1)
+
+    class Noisy(nn.Module):
+        def forward(self, x):
+            return nn.functional.dropout(x, 0.1)  # training=True whatever the mode
+
+    noisy = _Between(skip=True)
+    noisy.c3 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), Noisy())
+    replaced = ll.units(_Between(skip=True), ["c1", "c2", "c3", "head"])
+    replaced.c3 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+    for cut in (ll.units(LogProbabilities(), ["c1", "c2", "c3", "head"]), ll.units(noisy, ["c1", "c2", "c3", "head"]),
+                replaced):
+        ll.build(cut, method="greedy", num_modules=2, in_channels=1, image_size=12)
     # a forward whose output is not the units' logits cannot be compared: built as before
     ll.build(ll.units(_Between(skip=True, returns="dict"), ["c1", "c2", "c3", "head"]), method="greedy",
              num_modules=2, in_channels=1, image_size=12)

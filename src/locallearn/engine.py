@@ -93,9 +93,11 @@ def check_inputs(net: LocalNet, images: torch.Tensor, labels: torch.Tensor, opti
         got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"labels: expected an int64 (or uint8) tensor of class indices, one per image "
                          f"({len(images)},), got {got}; e.g. labels.long().")
-    # a batch of one image: a BatchNorm1d (DGL's heads) cannot normalise it, nor has the contrastive loss a pair
-    check_batch(net, len(images), "give batches of 2 or more images (a DataLoader's drop_last=True leaves out a "
-                                  "last batch of one)")
+    # a batch of one image: a BatchNorm1d (DGL's heads) cannot normalise it (the contrastive loss of one image is
+    # 0 with zero gradients: harmless, so not refused here, where a DataLoader's last batch may be one image)
+    if len(images) < 2 and any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules()):
+        check_batch(net, len(images), "give batches of 2 or more images (a DataLoader's drop_last=True leaves out a "
+                                      "last batch of one)")
     if values:
         error = label_error(labels, net.config.num_classes, "the batch")
         if error is not None:

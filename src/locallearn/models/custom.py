@@ -121,7 +121,7 @@ def units(model: nn.Module, names: Iterable[str | tuple[str, nn.Module]]) -> nn.
             f"submodule that holds them, or they would never be trained."
         )
     cut = nn.Sequential(chosen)
-    cut.__dict__[WHOLE] = model  # not a submodule: compared with once, by ``check_forward``
+    cut.__dict__[WHOLE] = (model, list(chosen.values()))  # not a submodule: compared with once, by ``check_forward``
     return cut
 
 
@@ -134,7 +134,8 @@ def check_forward(backbone: Backbone, whole: nn.Module, names: list[str]) -> Non
     connection) or applies a function between units (``F.relu``, ``torch.flatten``) computes a network the units
     alone do not, which training would then train instead, without a word. Nothing is compared where ``whole``
     cannot take the batch alone or does not return logits of the units' shape (a forward of other arguments, an
-    output object)."""
+    output object), nor where it is random in eval mode (two calls differ); log-probabilities (a forward ending in
+    log_softmax) are the units' logits as cross-entropy takes them."""
     modes = [(m, m.training) for m in (*whole.modules(), *backbone.modules())]
     param = next(backbone.parameters(), None)
     kwargs = {"device": param.device, "dtype": param.dtype} if param is not None else {}
@@ -144,11 +145,11 @@ def check_forward(backbone: Backbone, whole: nn.Module, names: list[str]) -> Non
     backbone.eval()
     try:
         with torch.no_grad():
-            chained = x
+            chained = x.clone()
             for unit in backbone.units:
                 chained = unit(chained)
             try:
-                own = whole(x)
+                own, again = whole(x.clone()), whole(x.clone())
             except Exception:  # a forward that takes more than the image: nothing to compare with
                 return
     finally:
@@ -156,8 +157,10 @@ def check_forward(backbone: Backbone, whole: nn.Module, names: list[str]) -> Non
             module.training = training
     if not isinstance(own, torch.Tensor) or own.shape != chained.shape or own.dtype != chained.dtype:
         return
+    if not isinstance(again, torch.Tensor) or not torch.equal(own, again):  # random even in eval mode
+        return
     scale = max(float(own.abs().max()), 1.0)
-    difference = float((own - chained).abs().max())
+    difference = min(float((own - chained).abs().max()), float((own - chained.log_softmax(dim=-1)).abs().max()))
     if not difference <= 1e-4 * scale:  # NaN differs too
         raise ValueError(
             f"model: the units ({', '.join(names)}) run one after another do not compute {type(whole).__name__}'s "
@@ -219,7 +222,7 @@ def as_backbone(model: nn.Module, *, image_size: int | None, in_channels: int, c
         )
     backbone = ModuleBackbone(OrderedDict(model.named_children()), image_size=image_size, in_channels=in_channels,
                               family=getattr(model, "family", "cnn"))
-    whole = model.__dict__.get(WHOLE)  # a model cut by ``units``
-    if whole is not None:
+    whole, cut = model.__dict__.get(WHOLE, (None, None))  # a model cut by ``units``, unless a unit was replaced since
+    if whole is not None and len(cut) == len(backbone.units) and all(a is b for a, b in zip(cut, backbone.units)):
         check_forward(backbone, whole, [str(k) for k in backbone.unit_keys])
     return backbone
