@@ -691,6 +691,10 @@ def test_the_run_directory_lists_the_test_images_it_tests_on(tmp_path, capsys):
     grown = json.loads((run / "test_files.json").read_text())
     assert grown["images"] > listed["images"] and grown["files"] == [
         [p.relative_to(data).as_posix(), label] for p, label in scan_image_folder(data, 0.3).test]
+    for i in range(30):  # the run is finished: a resume trains nothing, and keeps the list of what it tested on
+        solid(COLOURS["dog"]).save(data / "train" / "dog" / f"more{i}.png")
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    assert json.loads((run / "test_files.json").read_text()) == grown
     # a test/ folder with --limit-test: the images kept, classes in turn
     other = make_folder(tmp_path / "other", per_class=3)
     assert main(["train", "--dataset", "imagefolder", "--data-dir", str(other), "--limit-test", "4", "--image-size", "8",

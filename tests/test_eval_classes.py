@@ -130,6 +130,17 @@ def test_a_full_disk_names_the_file_and_leaves_no_empty_one(run, tmp_path, capsy
     assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary
 
 
+def test_a_result_file_given_as_a_link_is_written_to_its_target_and_stays_a_link(tmp_path):
+    from locallearn.training.rundir import write_output
+
+    target = tmp_path / "real.csv"
+    target.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    write_output(link, b"new")
+    assert link.is_symlink() and target.read_text() == "new"
+
+
 def test_a_report_on_a_full_disk_names_the_file(run, tmp_path, capsys, monkeypatch):
     import errno
 

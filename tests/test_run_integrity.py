@@ -922,12 +922,13 @@ def test_a_lost_config_yaml_is_written_again_from_the_checkpoint_by_a_resume(tmp
     (run / "config.yaml").unlink()
     assert main(["eval", str(run), "--device", "cpu"]) == 2
     assert one_line(capsys) == (f"locallearn: error: {run} holds no run (no config.yaml); its checkpoint.pt holds the "
-                                f"run's options: `locallearn train --out {run} --resume` writes config.yaml again "
-                                f"from it.\n")
+                                f"run's options: its resume (`locallearn train --out {run} --resume`, or train(..., "
+                                f"resume=True) for a run from Python) writes config.yaml again from it, and continues "
+                                f"the run if it is unfinished.\n")
     assert main(["train", "--out", str(run), "--resume"]) == 0
     assert "is already finished" in capsys.readouterr().out
     assert yaml.safe_load((run / "config.yaml").read_text()) == original  # options, run id and threads
-    assert (run / "config.yaml").read_text().startswith("# written again from checkpoint.pt (epoch ")
+    assert (run / "config.yaml").read_text().startswith("# written again from the checkpoint of epoch ")
     assert main(["eval", str(run), "--device", "cpu"]) == 0
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
     capsys.readouterr()

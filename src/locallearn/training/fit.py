@@ -142,8 +142,8 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         if run_id:  # at every start: a run of an earlier release, or one that holds another run's file, gets its own
             record_pretrained(run, runner.net, run_id)
         run.write_metrics(history)  # drops any epoch logged after the checkpoint was taken
-        listed = test_files(config)
-        if listed is not None:
+        listed = test_files(config) if len(history) < config.optim.epochs or not run.file(TEST_FILES).is_file() else None
+        if listed is not None:  # not over the list of a finished run's tests by a resume that trains nothing
             run.write_test_files(listed)
         if len(history) < config.optim.epochs and run.finished:  # resumed from before the end: not finished now
             run.file(SUMMARY).unlink()
@@ -325,11 +325,11 @@ def restore_config(run: RunDir) -> bool:
         state = run.load_checkpoint(fallback=True, log=lambda line: None)
     except ValueError:
         return False
-    if not state or "config" not in state or not state.get("run_id"):
-        return False
+    if not state or "config" not in state or not state.get("run_id") or state.get("format", CHECKPOINT_FORMAT) < CHECKPOINT_FORMAT:
+        return False  # (an earlier release's checkpoint holds its config in another form)
     history = state.get("history") or [{}]
     record = {"run_id": state["run_id"], "torch_threads": history[-1].get("torch_threads", torch.get_num_threads())}
-    header = [f"written again from {CHECKPOINT} (epoch {state.get('epoch')}) after {CONFIG} was lost: the run's "
+    header = [f"written again from the checkpoint of epoch {state.get('epoch')} after {CONFIG} was lost: the run's "
               f"options and id; not the header it started with (versions, cuts, data read)"]
     run.write_config(dump_yaml({**record, **state["config"]}, header=header))
     return True

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import statistics
 import textwrap
 from collections import Counter, defaultdict
@@ -35,7 +36,7 @@ from typing import Any
 
 from locallearn.data.imagefolder import IMAGEFOLDER
 from locallearn.provenance import cpu_name
-from locallearn.training.config import OPTIONS, RESUMABLE_CHANGES, SECTIONS, USED_BY, read_mapping, read_run_options
+from locallearn.training.config import OPTIONS, PYTHON_DATA, RESUMABLE_CHANGES, SECTIONS, USED_BY, read_mapping, read_run_options
 from locallearn.training.classes import save_figure
 from locallearn.training.rundir import CONFIG, METRICS, SUMMARY, RunDir, refuse_file, write_output
 from locallearn.training.runner import resume_command
@@ -294,7 +295,8 @@ def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) ->
     the same last epoch and accuracy, and the options it trained with (summaries of earlier releases do not
     record them) where a resume may not change them and config.yaml gives them (one written by an earlier
     release lacks the options added since; the core ones are checked by ``read_run_options``). Returns it."""
-    again = resume_command(run)
+    python = config.get("dataset") == PYTHON_DATA  # continued and read back from Python, not by the command line
+    again = resume_command(run, python=python)
     try:
         summary = run.read_summary() or {}
     except ValueError as err:
@@ -317,10 +319,15 @@ def _check_summary(run: RunDir, config: dict[str, Any], last: dict[str, Any]) ->
     if differing:
         changes = ", ".join(f"{k} ({_show(trained[k])} → {_show(config.get(k))})" for k in differing)
         raise Damaged(f"report: {run.path}: {CONFIG} and {SUMMARY} disagree on the options the run trained with "
-                      f"({SUMMARY} → {CONFIG}: {changes}), so one of them is another run's; `locallearn eval "
-                      f"{run.path}` refuses a {CONFIG} other than the checkpoint's: restore that one, else remove "
-                      f"{SUMMARY} and `{again}` writes it again, or leave the run out.")
+                      f"({SUMMARY} → {CONFIG}: {changes}), so one of them is another run's; "
+                      f"`{_reader(run, python)}` refuses a {CONFIG} other than the checkpoint's: restore that one, "
+                      f"else remove {SUMMARY} and `{again}` writes it again, or leave the run out.")
     return summary
+
+
+def _reader(run: RunDir, python: bool) -> str:
+    """The command (or call, for a run from Python) that reads ``run``'s network back, checking config.yaml."""
+    return f"load_net({str(run.path)!r}, model=...)" if python else f"locallearn eval {shlex.quote(str(run.path))}"
 
 
 def run_threads(run: RunDir, history: list[dict[str, Any]]) -> int | str | None:

@@ -37,6 +37,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -80,8 +81,9 @@ class RunDir:
 
     def no_config(self, reader: str = "") -> str:
         """The refusal of a directory without config.yaml, naming the way back where a checkpoint is left."""
-        back = (f"; its {CHECKPOINT} holds the run's options: `locallearn train --out {self.path} --resume` writes "
-                f"{CONFIG} again from it" if self.has_checkpoint() else "")
+        back = (f"; its {CHECKPOINT} holds the run's options: its resume (`locallearn train --out "
+                f"{shlex.quote(str(self.path))} --resume`, or train(..., resume=True) for a run from Python) writes "
+                f"{CONFIG} again from it, and continues the run if it is unfinished" if self.has_checkpoint() else "")
         return f"{reader}{self.path} holds no run (no {CONFIG}){back}"
 
     @property
@@ -537,7 +539,7 @@ def _feed(digest, obj: Any) -> None:
 def write_output(path: Path | str, data: bytes) -> None:
     """A command's result file (a table, a figure, a list) through ``atomic_write``: whole or not at all, and a
     full disk said as "cannot write PATH (...)" rather than a bare errno beside an empty file."""
-    atomic_write(Path(path), lambda f: f.write(data))
+    atomic_write(Path(os.path.realpath(path)), lambda f: f.write(data))  # through a link the user made, to its target
 
 
 def atomic_write(path: Path, write: Callable[[Any], Any], *, before_rename: Callable[[], None] | None = None) -> None:
@@ -547,8 +549,8 @@ def atomic_write(path: Path, write: Callable[[Any], Any], *, before_rename: Call
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
     # exclusive (O_EXCL: a planted link is never followed); mode 0666 less the umask, as any file the user
     # makes (mkstemp's 0600 kept a shared server's collaborators from reading results)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
