@@ -292,9 +292,10 @@ def test_nothing_to_download_or_check(tmp_path, capsys):
     assert capsys.readouterr().err.count("\n") == 1
 
 
-def _stopped_in_epoch_2(data: Path, run: Path) -> list[str]:
-    """A 2-epoch run on the folder ``data``, stopped by Ctrl-C before epoch 2's checkpoint; its arguments."""
-    args = ["train", "--dataset", "imagefolder", "--data-dir", str(data), "--image-size", "8", "--model",
+def _stopped_in_epoch_2(data: Path, run: Path, *options: str) -> list[str]:
+    """A 2-epoch run on the folder ``data`` (and ``options``), stopped by Ctrl-C before epoch 2's checkpoint; its
+    arguments."""
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(data), *options, "--image-size", "8", "--model",
             "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2", "--device",
             "cpu", "--out", str(run)]
     with ctrl_c_before_checkpoint(2):
@@ -614,11 +615,7 @@ def test_a_resume_on_a_training_folder_that_grew_says_so(tmp_path, capsys):
 
     make_folder(tmp_path / "data", per_class=4)
     run = tmp_path / "run"
-    args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
-            "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2",
-            "--device", "cpu", "--out", str(run)]
-    with ctrl_c_before_checkpoint(2):
-        assert main(args) == 130
+    _stopped_in_epoch_2(tmp_path / "data", run)
     capsys.readouterr()
     for i in range(3):
         solid(COLOURS["dog"]).save(tmp_path / "data" / "train" / "dog" / f"more{i}.png")
@@ -636,11 +633,7 @@ def test_a_file_replaced_by_another_image_is_told_by_resume_and_eval_though_the_
 
     make_folder(tmp_path / "data", per_class=4)
     run = tmp_path / "run"
-    args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
-            "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2",
-            "--device", "cpu", "--out", str(run)]
-    with ctrl_c_before_checkpoint(2):
-        assert main(args) == 130
+    _stopped_in_epoch_2(tmp_path / "data", run)
     capsys.readouterr()
     first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     assert len(first["train_data"]) == len(first["test_data"]) == 16
@@ -670,11 +663,7 @@ def test_the_run_directory_lists_the_test_images_it_tests_on(tmp_path, capsys):
     data = make_folder(tmp_path / "data", splits=("train",), per_class=8)
     solid(COLOURS["emu"]).save(data / "train" / "emu" / "é ü.png")  # any name, kept as it is
     run = tmp_path / "run"
-    args = ["train", "--dataset", "imagefolder", "--data-dir", str(data), "--test-fraction", "0.3", "--image-size",
-            "8", "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs",
-            "2", "--device", "cpu", "--out", str(run)]
-    with ctrl_c_before_checkpoint(2):
-        assert main(args) == 130
+    _stopped_in_epoch_2(data, run, "--test-fraction", "0.3")
     listed = json.loads((run / "test_files.json").read_text())
     folder = scan_image_folder(data, 0.3)
     assert listed["files"] == [[p.relative_to(data).as_posix(), label] for p, label in folder.test]
@@ -721,11 +710,7 @@ def test_a_resume_on_a_folder_with_a_class_added_since_says_so_as_eval_does(tmp_
     os.rename(tmp_path / "data" / "train" / "emu", tmp_path / "aside" / "train_emu")
     os.rename(tmp_path / "data" / "test" / "emu", tmp_path / "aside" / "test_emu")
     run = tmp_path / "run"
-    args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--image-size", "8",
-            "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "2",
-            "--device", "cpu", "--out", str(run)]
-    with ctrl_c_before_checkpoint(2):
-        assert main(args) == 130
+    _stopped_in_epoch_2(tmp_path / "data", run)
     os.rename(tmp_path / "aside" / "train_emu", tmp_path / "data" / "train" / "emu")
     os.rename(tmp_path / "aside" / "test_emu", tmp_path / "data" / "test" / "emu")
     capsys.readouterr()

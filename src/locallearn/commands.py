@@ -48,7 +48,7 @@ from locallearn.training.fit import (
 )
 from locallearn.training.predict import predict
 from locallearn.training.report import write_report
-from locallearn.training.rundir import CONFIG, RunDir
+from locallearn.training.rundir import CONFIG, WRITTEN_BY_TRAIN, RunDir
 from locallearn.training.runner import (
     check_class_names,
     evaluate,
@@ -166,8 +166,7 @@ def evaluate_run(
     each test image's label, prediction and confidence, and ``files`` (an image folder's, else None)."""
     run = RunDir(Path(run_dir))
     if not run.file(CONFIG).is_file():
-        raise ValueError(run.no_config() + ("." if run.has_checkpoint() else
-                                            "; give a directory written by `locallearn train`."))
+        raise ValueError(run.no_config(otherwise=WRITTEN_BY_TRAIN) + ".")
     options = read_run_options(run.file(CONFIG))
     try:
         config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})

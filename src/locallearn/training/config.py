@@ -315,8 +315,7 @@ def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None
                 given = {**OPTIMIZER_DEFAULTS.get(given.get("optimizer", "sgd"), {}), **given}
             sections[section] = cls(**given)
     # an absolute path in config.yaml: eval and --resume work from any directory (`data` means ./data here)
-    data = sections["data"] = dataclasses.replace(
-        sections["data"], data_dir=os.path.abspath(os.path.expanduser(sections["data"].data_dir)))
+    data = sections["data"] = dataclasses.replace(sections["data"], data_dir=absolute_dir(sections["data"].data_dir))
     # the dataset's spec (a user's image folder is described from its files: classes, and the size asked for)
     if data.dataset == PYTHON_DATA:
         spec = None
@@ -331,6 +330,12 @@ def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None
     if "out" not in values or values["out"] is None:
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(Path("runs") / (name or default_name(config)))))
     return config
+
+
+def absolute_dir(path: str) -> str:
+    """A data folder as config.yaml records it: absolute (eval and --resume work from any directory), a home
+    folder written as ``~`` expanded (from a YAML file or in quotes, no shell does it)."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def default_name(config: Config) -> str:
@@ -625,7 +630,7 @@ def resumed_config(stored: Mapping[str, Any], requested: Mapping[str, Any], *, o
         before = resolve({**stored, **moved})  # resolving an image folder's options reads it, where it is now
     except ValueError as err:
         if stored.get("dataset") == IMAGEFOLDER and str(err).startswith("num_classes: "):  # classes added since
-            data_dir = os.path.abspath(os.path.expanduser(moved.get("data_dir", stored.get("data_dir", "data"))))
+            data_dir = absolute_dir(moved.get("data_dir", stored.get("data_dir", "data")))
             names = list(describe_dataset(IMAGEFOLDER, data_dir, test_fraction=stored.get("test_fraction")).class_names)
             shown = ", ".join(names[:5]) + (f", … ({len(names) - 5} more)" if len(names) > 5 else "")
             raise ValueError(f"--resume: the run in {out} trained on {stored.get('num_classes')} classes but {data_dir} "

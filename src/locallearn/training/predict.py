@@ -29,7 +29,7 @@ from locallearn.data.loader import BatchLoader
 from locallearn.data.specs import DatasetSpec
 from locallearn.training.api import trained_net
 from locallearn.training.config import PYTHON_DATA, Config, read_run_options, resolve
-from locallearn.training.rundir import CONFIG, RunDir
+from locallearn.training.rundir import CONFIG, WRITTEN_BY_TRAIN, RunDir
 from locallearn.training.runner import Log
 
 BATCH = 256  # images classified at a time
@@ -58,8 +58,7 @@ def predict(
         raise ValueError(f"top: expected a number of classes >= 1, got {top!r}.")
     run = RunDir(Path(run_dir))
     if not run.file(CONFIG).is_file():
-        raise ValueError(run.no_config("predict: ") + ("." if run.has_checkpoint() else
-                                                        "; give a directory written by `locallearn train`."))
+        raise ValueError(run.no_config("predict: ", otherwise=WRITTEN_BY_TRAIN) + ".")
     files = image_files(paths)  # every path checked before the network is read
     config = resolve(read_run_options(run.file(CONFIG)), read_folder=False, device=device)
     if config.data.dataset == PYTHON_DATA:

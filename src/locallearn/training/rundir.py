@@ -56,6 +56,7 @@ LOG = "train.log"  # a run's log, where its lines are not printed (``locallearn 
 STAGES = "pipeline"
 LOCK = ".lock"
 PRETRAINED = "pretrained.json"
+WRITTEN_BY_TRAIN = "give a directory written by `locallearn train`"  # ``RunDir.no_config``'s usual fix
 TEST_FILES = "test_files.json"  # an image folder's test images (``write_test_files``)
 # the options of a run being started, written before its data and network are built and removed once config.yaml
 # is written: a run killed in between is resumed with them (not with the resume command's defaults)
@@ -79,11 +80,13 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
-    def no_config(self, reader: str = "") -> str:
-        """The refusal of a directory without config.yaml, naming the way back where a checkpoint is left."""
+    def no_config(self, reader: str = "", otherwise: str = "") -> str:
+        """The refusal of a directory without config.yaml, naming the way back where a checkpoint is left, else
+        ``otherwise`` (a fix of the caller's, e.g. "give a directory written by ...")."""
         back = (f"; its {CHECKPOINT} holds the run's options: its resume (`locallearn train --out "
                 f"{shlex.quote(str(self.path))} --resume`, or train(..., resume=True) for a run from Python) writes "
-                f"{CONFIG} again from it, and continues the run if it is unfinished" if self.has_checkpoint() else "")
+                f"{CONFIG} again from it, and continues the run if it is unfinished" if self.has_checkpoint() else
+                f"; {otherwise}" if otherwise else "")
         return f"{reader}{self.path} holds no run (no {CONFIG}){back}"
 
     @property

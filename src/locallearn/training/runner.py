@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from locallearn.data import BatchLoader, describe_dataset, load_split
-from locallearn.data.imagefolder import IMAGEFOLDER, kept_items, scan_image_folder
+from locallearn.data.imagefolder import IMAGEFOLDER, ImageFolder, Item, kept_items, scan_image_folder
 from locallearn.engine import NonFiniteLossError, first_non_finite, label_error, train_step
 from locallearn.memory import StepMemoryMeter
 from locallearn.config import NetConfig
@@ -337,26 +337,30 @@ def load_data(config: Config, *, train: bool, device: torch.device, log: Log | N
     )
 
 
-def split_files(config: Config, *, train: bool) -> list[str] | None:
-    """The image file of each image of a split, in the loader's order (limits applied), for an image folder;
-    None for a dataset whose images are not files of their own."""
+def split_items(config: Config, *, train: bool) -> tuple[ImageFolder, tuple[Item, ...]] | None:
+    """An image folder's scan and the (file, label) of each image of a split, in the loader's order (limits
+    applied); None for a dataset whose images are not files of their own."""
     data = config.data
     if data.dataset != IMAGEFOLDER:
         return None
     folder = scan_image_folder(data.data_dir, data.test_fraction)
-    items = kept_items(folder.train if train else folder.test, data.limit_train if train else data.limit_test)
-    return [str(path) for path, _ in items]
+    return folder, kept_items(folder.train if train else folder.test, data.limit_train if train else data.limit_test)
+
+
+def split_files(config: Config, *, train: bool) -> list[str] | None:
+    """The image file of each image of a split (``split_items``), as strings; None for a dataset's."""
+    found = split_items(config, train=train)
+    return None if found is None else [str(path) for path, _ in found[1]]
 
 
 def test_files(config: Config) -> dict[str, Any] | None:
     """What test_files.json records of an image folder's test split, as a run of ``config`` reads it (limits
     applied): the folder, how the split was made, and each image's path within the folder (``/``-separated) with
     its label, in the order the images are tested; None for a dataset whose images are not files of their own."""
-    data = config.data
-    if data.dataset != IMAGEFOLDER:
+    found = split_items(config, train=False)
+    if found is None:
         return None
-    folder = scan_image_folder(data.data_dir, data.test_fraction)
-    items = kept_items(folder.test, data.limit_test)
+    (folder, items), data = found, config.data
     return {"data_dir": str(folder.root.resolve()), "test_fraction": data.test_fraction, "limit_test": data.limit_test,
             "class_names": list(folder.classes), "images": len(items),
             "files": [[path.relative_to(folder.root).as_posix(), label] for path, label in items]}
@@ -698,8 +702,9 @@ def evaluate(
     if not seen:
         raise ValueError("test data: it holds no batch; give at least one test batch.")
     result: dict[str, Any] = {"test_acc": int(correct) / seen, "test_loss": float(loss) / seen, "test_images": seen}
-    if loader_fingerprint(loader) is not None:
-        result["test_data"] = loader_fingerprint(loader)
+    fingerprint = loader_fingerprint(loader)
+    if fingerprint is not None:
+        result["test_data"] = fingerprint
     if confusion:
         result["confusion"] = counts.view(classes, classes).cpu()  # (C, C): row = true class, column = predicted
     if predictions:
