@@ -463,9 +463,15 @@ def test_a_home_folder_written_as_a_tilde_is_the_home_folder(tmp_path, monkeypat
         for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 200, 30))):
             (home / "pics" / split / name).mkdir(parents=True)
             Image.new("RGB", (12, 12), colour).save(home / "pics" / split / name / "a.png")
-    config = tmp_path / "c.yaml"
-    config.write_text("dataset: imagefolder\ndata_dir: ~/pics\nout: ~/runs/y\nimage_size: 8\nbatch_size: 2\n")
-    assert main(["train", "--config", str(config), "--model", "resnet20", "--num-modules", "2", "--split", "uniform",
+    (home / "c.yaml").write_text("dataset: imagefolder\ndata_dir: ~/pics\nout: ~/runs/y\nimage_size: 8\nbatch_size: 2\n")
+    assert main(["train", "--config", "~/c.yaml", "--model", "resnet20", "--num-modules", "2", "--split", "uniform",
                  "--device", "cpu", "--dry-run"]) == 0
     said = capsys.readouterr().out
     assert f"out: {home / 'runs' / 'y'}" in said and f"data_dir: {home / 'pics'}" in said and not (here / "~").exists()
+    # every other path argument too: the files eval, predict and report write, and the images predict reads
+    (home / "out").mkdir()
+    assert main(["eval", "~/runs/x", "--confusion", "~/out/c.csv", "--misclassified", "~/out/m.csv"]) == 0
+    assert main(["predict", "~/runs/x", "~/pics/test", "--out", "~/out/p.csv"]) == 0
+    assert main(["report", "~/runs/x", "--out", "~/out/r.md"]) == 0
+    assert sorted(p.name for p in (home / "out").iterdir()) == ["c.csv", "m.csv", "p.csv", "r.md"]
+    assert not (here / "~").exists()

@@ -32,9 +32,15 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
         parser = actions.add_parser(action, help=help_text, description=help_text)
         parser.add_argument("name", metavar="NAME", help=f"dataset: {', '.join(DATASETS.names())}")
         parser.add_argument(
-            "--root", type=Path, default=Path(DEFAULT_ROOT), help=f"data directory (default: {DEFAULT_ROOT})"
+            "--root", type=_path, default=Path(DEFAULT_ROOT), help=f"data directory (default: {DEFAULT_ROOT})"
         )
         parser.set_defaults(_run=run)
+
+
+def _path(text: str) -> Path:
+    """A path argument, ``~`` expanded: a quoted ``"~/x"`` or ``--out=~/x`` (which the shell leaves as typed)
+    means the home folder, as it does unquoted, not a folder named "~" here."""
+    return Path(os.path.expanduser(text))
 
 
 def _floats(text: str) -> list[float]:
@@ -106,7 +112,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
     about = "test accuracy of a saved run"
     parser = commands.add_parser("eval", help=about, description=about)
-    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a directory written by `locallearn train`")
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=_path, help="a directory written by `locallearn train`")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--data-dir", default=None, help="dataset directory (default: the run's data_dir)")
     parser.add_argument("--precise-bn", type=int, default=None, metavar="BATCHES",
@@ -115,10 +121,10 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--per-class", action="store_true",
                         help="also print each class's test images, accuracy and the class it is most often "
                              "taken for")
-    parser.add_argument("--confusion", type=Path, default=None, metavar="FILE",
+    parser.add_argument("--confusion", type=_path, default=None, metavar="FILE",
                         help="write the confusion matrix (rows: true class, columns: predicted) to FILE: .csv "
                              "for the counts, .png for a picture")
-    parser.add_argument("--misclassified", type=Path, default=None, metavar="FILE.csv",
+    parser.add_argument("--misclassified", type=_path, default=None, metavar="FILE.csv",
                         help="write every misclassified test image (its index, an image folder's file, its class, "
                              "the class predicted, the confidence) to FILE.csv, the most confident mistakes first")
     parser.set_defaults(_run=eval_command)
@@ -131,12 +137,12 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "predict", help=about, description=about + ", each read as the run's test images were read (resized, "
         "centre square, normalised); one line per image, or a CSV table with --out")
-    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="a directory written by `locallearn train`")
-    parser.add_argument("paths", metavar="IMAGE_OR_FOLDER", type=Path, nargs="+",
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=_path, help="a directory written by `locallearn train`")
+    parser.add_argument("paths", metavar="IMAGE_OR_FOLDER", type=_path, nargs="+",
                         help="image files, or folders whose image files (by extension, recursively) are read")
     parser.add_argument("--top", type=int, default=1, metavar="K",
                         help="the K most probable classes of each image (default: 1)")
-    parser.add_argument("--out", type=Path, default=None, metavar="FILE.csv",
+    parser.add_argument("--out", type=_path, default=None, metavar="FILE.csv",
                         help="write the predictions to FILE.csv (file, class, probability, ...) instead of printing "
                              "them")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
@@ -158,11 +164,11 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
              "against K; runs are averaged only when their options differ in nothing but the seed (a second run of the "
              "same seed is left out, with a warning)")
     parser = commands.add_parser("report", help=about, description=about)
-    parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=Path,
+    parser.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", type=_path,
                         help="run directories, or folders of them (the runs one or two levels below, as in runs/ or "
                              "a `bench accuracy --out`)")
     parser.add_argument(
-        "--out", type=Path, default=None,
+        "--out", type=_path, default=None,
         help="write report.md, report.png and curves.png here (default: runs/report/); the markdown is also printed",
     )
     parser.set_defaults(_run=report_command)
@@ -204,7 +210,7 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
                                 help="torch.compile every network (compiled on the untimed warm-up steps)")
         parser.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--out", type=Path, default=Path("runs") / "bench",
+        parser.add_argument("--out", type=_path, default=Path("runs") / "bench",
                             help="output directory (default: runs/bench, ignored by git)")
         parser.add_argument("--quiet", action="store_true", help="no progress lines")
         parser.set_defaults(_run=run)
@@ -241,7 +247,7 @@ def _add_pipeline(kinds: argparse._SubParsersAction) -> None:
                         help="a run counts when other processes used at most this share of the CPU (default: 0.05)")
     parser.add_argument("--run-timeout", type=float, default=900.0,
                         help="seconds before a run's processes are killed and the run counted as failed (default: 900)")
-    parser.add_argument("--out", type=Path, default=Path("runs") / "bench" / "pipeline",
+    parser.add_argument("--out", type=_path, default=Path("runs") / "bench" / "pipeline",
                         help="writes pipeline.json and pipeline.md here (default: runs/bench/pipeline)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(_run=bench_pipeline)
@@ -275,7 +281,7 @@ def _add_accuracy(kinds: argparse._SubParsersAction) -> None:
     parser.add_argument("--option", action="append", metavar="KEY=VALUE",
                         help="any other option of `locallearn train`, for the cells that use it (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
-    parser.add_argument("--out", type=Path, default=Path("runs") / "bench" / "accuracy", help="output directory")
+    parser.add_argument("--out", type=_path, default=Path("runs") / "bench" / "accuracy", help="output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="train only cells I, I+N, I+2N, ... of the grid (N processes or machines on one --out)")

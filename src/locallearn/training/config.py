@@ -486,8 +486,8 @@ def presets() -> list[str]:
 
 
 def find_config(name_or_path: str) -> Path:
-    """A config file by path, or a shipped preset by name (with or without ``.yaml``)."""
-    path = Path(name_or_path)
+    """A config file by path (``~`` expanded), or a shipped preset by name (with or without ``.yaml``)."""
+    path = Path(os.path.expanduser(name_or_path))
     if path.is_file():
         return path
     preset = PRESET_DIR / (name_or_path if name_or_path.endswith(".yaml") else f"{name_or_path}.yaml")
