@@ -3,6 +3,7 @@ named submodules with ``ll.units``, a factory's import path on the command line 
 the refusals: units that do not chain, a module or attribute that does not exist, a factory that returns no
 nn.Module."""
 
+import json
 import os
 import signal
 import sys
@@ -565,8 +566,8 @@ def test_the_start_line_says_how_many_batches_an_epoch_has_or_that_it_is_unknown
 @pytest.mark.parametrize("images, labels, words", [
     (torch.zeros(4, 1, 16, 16, dtype=torch.uint8), torch.arange(4), "images must be floating point (normalised in "
                                                                     "your loader), got torch.uint8"),
-    (torch.zeros(4, 1, 16, 16), torch.arange(4).float(), "labels must be an int64 tensor of class indices, one per "
-                                                          "image (4,), got torch.float32 (4,); e.g. labels.long()."),
+    (torch.zeros(4, 1, 16, 16), torch.arange(4).float(), "labels must be an int64 (or uint8) tensor of class indices, "
+                                                          "one per image (4,), got torch.float32 (4,); e.g. labels.long()."),
     (torch.zeros(4, 1, 16, 16), torch.arange(4).view(4, 1), "got torch.int64 (4, 1)"),
 ])
 def test_batches_of_the_wrong_types_are_one_line_from_python(tmp_path, images, labels, words):
@@ -840,3 +841,24 @@ def test_a_resume_from_python_with_both_checkpoints_damaged_names_the_keyword_fi
     with pytest.raises(ValueError, match="no sound checkpoint is left: start over with overwrite=True") as err:
         train(model, data, data, out=tmp_path / "run", resume=True, **common)
     assert "--overwrite" not in str(err.value)
+
+
+def test_uint8_labels_train_as_train_step_takes_them(tmp_path):
+    """train_step takes uint8 class indices (cross-entropy does); train() refused them at its first batch. The
+    same batches with int64 or uint8 labels train the same network to the same results."""
+    from locallearn.training import train
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(16, 1, 16, 16, generator=g), torch.arange(16) % 4
+    common = dict(num_classes=4, method="greedy", num_modules=2, epochs=2, batch_size=8, device="cpu", seed=0,
+                  log=lambda line: None)
+    results = []
+    for kind, out in ((torch.int64, "a"), (torch.uint8, "b")):
+        data = [(images[:8], labels[:8].to(kind)), (images[8:], labels[8:].to(kind))]
+        torch.manual_seed(0)
+        model = sequential_cnn(in_channels=1, classes=4)
+        train(model, data, data, out=tmp_path / out, **common)
+        results.append(([p.detach().clone() for p in model.parameters()],
+                        {key: json.loads((tmp_path / out / "summary.json").read_text())[key] for key in ("test_acc", "test_loss")}))
+    (weights_a, test_a), (weights_b, test_b) = results
+    assert test_a == test_b and all(torch.equal(a, b) for a, b in zip(weights_a, weights_b))

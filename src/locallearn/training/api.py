@@ -165,7 +165,7 @@ def checked_class_names(names: Sequence[str] | None, num_classes: int) -> list[s
 def first_batch(data: Iterable, what: str, model: str | nn.Module, *, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The first (images, labels) batch of ``data``, checked: a (batch, channels, size, size) floating-point
     tensor of the model's dtype (float32 unless the model object is in another; with ``amp``, also float16 or
-    bfloat16) and int64 labels, one each."""
+    bfloat16) and int64 (or uint8) labels, one each."""
     try:
         batch = next(iter(data))
     except StopIteration:
@@ -199,9 +199,10 @@ def first_batch(data: Iterable, what: str, model: str | nn.Module, *, amp: bool 
                          "e.g. images.float() / 255, then the dataset's mean and std.")
     if images.dtype != dtype and not (amp and images.dtype in (torch.float16, torch.bfloat16)):
         raise ValueError(f"{what}: images are {images.dtype} but the model computes in {dtype}; e.g. images.to({dtype}).")
-    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
+    if (not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.uint8)
+            or labels.shape != images.shape[:1]):  # the integer types train_step (cross-entropy) takes
         got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"{what}: labels must be an int64 tensor of class indices, one per image "
+        raise ValueError(f"{what}: labels must be an int64 (or uint8) tensor of class indices, one per image "
                          f"({images.shape[0]},), got {got}; e.g. labels.long().")
     return images, labels
 
