@@ -862,3 +862,18 @@ def test_uint8_labels_train_as_train_step_takes_them(tmp_path):
                         {key: json.loads((tmp_path / out / "summary.json").read_text())[key] for key in ("test_acc", "test_loss")}))
     (weights_a, test_a), (weights_b, test_b) = results
     assert test_a == test_b and all(torch.equal(a, b) for a, b in zip(weights_a, weights_b))
+
+
+def test_building_leaves_every_submodule_in_the_mode_it_was_in():
+    """The checks ll.units and ll.build run (an eval-mode forward through the units, and the model's own forward
+    beside them) give each submodule its own mode back, not the top module's: a BatchNorm the user put in eval
+    mode stays there, and the rest stays in training mode."""
+    model = sequential_cnn()
+    model[1][1].eval()
+    ll.build(model, method="greedy", num_modules=2, image_size=16)
+    nested = nn.Sequential()
+    nested.add_module("body", sequential_cnn())
+    nested.body[1][1].eval()
+    ll.units(nested, ["body.0", "body.1", "body.2", "body.3", "body.4"])
+    for net in (model, nested.body):
+        assert [m.training for m in net.modules()].count(False) == 1 and not net[1][1].training

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from locallearn.methods import ForwardState
+from locallearn.models.base import modes_kept
 from locallearn.net import LocalNet, check_batch
 
 # (k, inputs, state) -> (loss, metrics, h): module k's training computation (see module_objective)
@@ -228,29 +229,27 @@ def time_modules(
     measuring changes nothing a run computes."""
     saved_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     rng = torch.random.get_rng_state()
-    was_training = net.training
-    net.train()
     cuda = images.device.type == "cuda"
     times: list[list[float]] = [[] for _ in range(net.num_modules)]
     try:
-        for rep in range(repeats + 1):
-            state = net.begin(images, labels)
-            inputs = images
-            for k in range(net.num_modules):
-                if cuda:
-                    torch.cuda.synchronize(images.device)
-                start = time.perf_counter()
-                loss, _, h = module_objective(net, k, inputs, state)
-                if loss.requires_grad:  # (a module with every parameter frozen runs forward only)
-                    loss.backward()
-                if cuda:
-                    torch.cuda.synchronize(images.device)
-                if rep:  # the first pass is a warm-up
-                    times[k].append(time.perf_counter() - start)
-                inputs = h.detach()
+        with modes_kept(net, training=True):
+            for rep in range(repeats + 1):
+                state = net.begin(images, labels)
+                inputs = images
+                for k in range(net.num_modules):
+                    if cuda:
+                        torch.cuda.synchronize(images.device)
+                    start = time.perf_counter()
+                    loss, _, h = module_objective(net, k, inputs, state)
+                    if loss.requires_grad:  # (a module with every parameter frozen runs forward only)
+                        loss.backward()
+                    if cuda:
+                        torch.cuda.synchronize(images.device)
+                    if rep:  # the first pass is a warm-up
+                        times[k].append(time.perf_counter() - start)
+                    inputs = h.detach()
     finally:
         net.zero_grad(set_to_none=True)
         net.load_state_dict(saved_state)
         torch.random.set_rng_state(rng)
-        net.train(was_training)
     return [statistics.median(t) for t in times]

@@ -8,8 +8,25 @@ docs/methods.md §2.2 names cut points. The last unit is the classifier (feature
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 from torch import nn
+
+
+@contextlib.contextmanager
+def modes_kept(*modules: nn.Module, training: bool) -> Iterator[None]:
+    """Put ``modules`` in training or eval mode for the block, then give every submodule back its own mode
+    (``module.train(was)`` would set them all to the top module's, undoing a BatchNorm the user froze)."""
+    modes = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.train(training)
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
 
 
 class Backbone(nn.Module):
@@ -46,15 +63,11 @@ class Backbone(nn.Module):
         Eval mode, so BatchNorm running statistics are untouched.
         """
         size = image_size or self.image_size
-        was_training = self.training
-        self.eval()
-        try:
+        with modes_kept(self, training=False):
             param = next(self.parameters())
             x = torch.zeros(1, self.in_channels, size, size, device=param.device, dtype=param.dtype)
             shapes = []
             for unit in self.units:
                 x = unit(x)
                 shapes.append(tuple(x.shape[1:]))
-        finally:
-            self.train(was_training)
         return shapes

@@ -22,7 +22,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from locallearn.models.base import Backbone
+from locallearn.models.base import Backbone, modes_kept
 
 
 class ModuleBackbone(Backbone):
@@ -43,36 +43,31 @@ class ModuleBackbone(Backbone):
 
 def check_chain(backbone: Backbone, names: list[str]) -> None:
     """One eval-mode forward of a blank batch of 2 through the units, refusing a pair that does not chain."""
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        param = next(backbone.parameters(), None)
-        kwargs = {"device": param.device, "dtype": param.dtype} if param is not None else {}
-        x = torch.zeros(2, backbone.in_channels, backbone.image_size, backbone.image_size, **kwargs)
-        with torch.no_grad():
-            for i, unit in enumerate(backbone.units):
-                try:
-                    x = unit(x)
-                except torch.OutOfMemoryError:
-                    raise
-                except (RuntimeError, ValueError, TypeError, IndexError) as err:  # a shape error of the unit's own code
-                    what = (f"unit {names[i]} ({type(unit).__name__}) cannot take the output of unit {names[i - 1]} "
-                            f"({type(backbone.units[i - 1]).__name__})" if i else
-                            f"unit {names[0]} ({type(unit).__name__}) cannot take the input image")
-                    hint = ("; if the model is right, give the data's in_channels and image_size, else make it take the "
-                            "data's images (a factory with in_channels and image_size parameters receives them)"
-                            if i == 0 else
-                            "; the units must chain, the last mapping features to logits")
-                    raise ValueError(
-                        f"model: {what}, of shape {tuple(x.shape[1:])} ({' '.join(str(err).split())[:160]}){hint}."
-                    ) from None
-                if not isinstance(x, torch.Tensor):
-                    raise ValueError(
-                        f"model: unit {names[i]} ({type(unit).__name__}) returns {type(x).__name__}, not a tensor; "
-                        f"every unit must map a tensor to a tensor."
-                    )
-    finally:
-        backbone.train(was_training)
+    param = next(backbone.parameters(), None)
+    kwargs = {"device": param.device, "dtype": param.dtype} if param is not None else {}
+    x = torch.zeros(2, backbone.in_channels, backbone.image_size, backbone.image_size, **kwargs)
+    with modes_kept(backbone, training=False), torch.no_grad():
+        for i, unit in enumerate(backbone.units):
+            try:
+                x = unit(x)
+            except torch.OutOfMemoryError:
+                raise
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:  # a shape error of the unit's own code
+                what = (f"unit {names[i]} ({type(unit).__name__}) cannot take the output of unit {names[i - 1]} "
+                        f"({type(backbone.units[i - 1]).__name__})" if i else
+                        f"unit {names[0]} ({type(unit).__name__}) cannot take the input image")
+                hint = ("; if the model is right, give the data's in_channels and image_size, else make it take the "
+                        "data's images (a factory with in_channels and image_size parameters receives them)"
+                        if i == 0 else
+                        "; the units must chain, the last mapping features to logits")
+                raise ValueError(
+                    f"model: {what}, of shape {tuple(x.shape[1:])} ({' '.join(str(err).split())[:160]}){hint}."
+                ) from None
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(
+                    f"model: unit {names[i]} ({type(unit).__name__}) returns {type(x).__name__}, not a tensor; "
+                    f"every unit must map a tensor to a tensor."
+                )
     if x.dim() != 2:
         raise ValueError(
             f"model: the last unit ({names[-1]}, {type(backbone.units[-1]).__name__}) returns shape {tuple(x.shape[1:])}; "
@@ -136,25 +131,18 @@ def check_forward(backbone: Backbone, whole: nn.Module, names: list[str]) -> Non
     cannot take the batch alone or does not return logits of the units' shape (a forward of other arguments, an
     output object), nor where it is random in eval mode (two calls differ); log-probabilities (a forward ending in
     log_softmax) are the units' logits as cross-entropy takes them."""
-    modes = [(m, m.training) for m in (*whole.modules(), *backbone.modules())]
     param = next(backbone.parameters(), None)
     kwargs = {"device": param.device, "dtype": param.dtype} if param is not None else {}
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, backbone.in_channels, backbone.image_size, backbone.image_size, generator=generator).to(**kwargs)
-    whole.eval()
-    backbone.eval()
-    try:
-        with torch.no_grad():
-            chained = x.clone()
-            for unit in backbone.units:
-                chained = unit(chained)
-            try:
-                own, again = whole(x.clone()), whole(x.clone())
-            except Exception:  # a forward that takes more than the image: nothing to compare with
-                return
-    finally:
-        for module, training in modes:
-            module.training = training
+    with modes_kept(whole, backbone, training=False), torch.no_grad():
+        chained = x.clone()
+        for unit in backbone.units:
+            chained = unit(chained)
+        try:
+            own, again = whole(x.clone()), whole(x.clone())
+        except Exception:  # a forward that takes more than the image: nothing to compare with
+            return
     if not isinstance(own, torch.Tensor) or own.shape != chained.shape or own.dtype != chained.dtype:
         return
     if not isinstance(again, torch.Tensor) or not torch.equal(own, again):  # random even in eval mode
