@@ -877,3 +877,15 @@ def test_building_leaves_every_submodule_in_the_mode_it_was_in():
     ll.units(nested, ["body.0", "body.1", "body.2", "body.3", "body.4"])
     for net in (model, nested.body):
         assert [m.training for m in net.modules()].count(False) == 1 and not net[1][1].training
+
+
+def test_a_model_ending_in_softmax_is_refused_and_one_ending_in_log_softmax_is_not():
+    """Cross-entropy of probabilities (a final nn.Softmax) trains a network that barely learns, without a word;
+    log-probabilities are what cross-entropy takes anyway."""
+    model = sequential_cnn()
+    model[4].append(nn.Softmax(dim=1))
+    with pytest.raises(ValueError, match=r"^model: the last unit \(4, Sequential\) returns probabilities \(each row "
+                                         r"sums to 1: a Softmax at the end\?\).*remove the final Softmax"):
+        ll.build(model, method="greedy", num_modules=2, image_size=16)
+    model[4][-1] = nn.LogSoftmax(dim=1)
+    ll.build(model, method="greedy", num_modules=2, image_size=16)

@@ -73,6 +73,12 @@ def check_chain(backbone: Backbone, names: list[str]) -> None:
             f"model: the last unit ({names[-1]}, {type(backbone.units[-1]).__name__}) returns shape {tuple(x.shape[1:])}; "
             f"it must map features to logits (batch, classes), e.g. a pooling, flatten and Linear."
         )
+    if x.shape[1] > 1 and bool((x >= 0).all()) and torch.allclose(x.sum(1), torch.ones_like(x[:, 0]), atol=1e-4):
+        raise ValueError(
+            f"model: the last unit ({names[-1]}, {type(backbone.units[-1]).__name__}) returns probabilities (each "
+            f"row sums to 1: a Softmax at the end?); the network's and the modules' cross-entropy take logits: remove "
+            f"the final Softmax (a LogSoftmax may stay)."
+        )
 
 
 def units(model: nn.Module, names: Iterable[str | tuple[str, nn.Module]]) -> nn.Sequential:
