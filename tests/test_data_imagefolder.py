@@ -16,7 +16,7 @@ from PIL import Image
 
 from locallearn.cli import main
 from locallearn.data import BatchLoader, DatasetError, check, describe_dataset, download, load_split
-from locallearn.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
+from locallearn.data.imagefolder import GREY_MEAN, GREY_STD, IMAGENET_MEAN, IMAGENET_STD
 
 from checks import ctrl_c_before_checkpoint
 
@@ -154,6 +154,62 @@ def test_batches_are_normalised_with_imagenet_statistics(tmp_path):
     (x, _), = list(loader)
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     assert torch.allclose(x, (images.float() / 255 - mean) / std, atol=1e-5)
+
+
+def test_a_folder_read_in_grey_is_one_channel_of_the_luma_normalised_with_imagenets_in_grey(tmp_path):
+    """--in-channels 1: each image Pillow's ITU-R 601 luma of its RGB (colour, grey or 16-bit alike), one
+    channel, normalised with ImageNet's constants through the same weights."""
+    make_folder(tmp_path)
+    Image.new("I;16", (30, 30), 128 * 257).save(tmp_path / "train" / "cat" / "z_16bit.png")
+    spec = describe_dataset("imagefolder", tmp_path, image_size=16, in_channels=1)
+    assert (spec.channels, spec.mean, spec.std) == (1, GREY_MEAN, GREY_STD)
+    assert GREY_MEAN == (round(0.299 * 0.485 + 0.587 * 0.456 + 0.114 * 0.406, 4),) == (0.459,)
+    grey, labels = load_split("imagefolder", tmp_path, train=True, image_size=16, in_channels=1)
+    rgb, _ = load_split("imagefolder", tmp_path, train=True, image_size=16)
+    assert grey.shape == (7, 1, 16, 16) and grey.dtype == torch.uint8 and labels.tolist() == [0, 0, 0, 1, 1, 2, 2]
+    for g, c in zip(grey, rgb, strict=True):  # the luma of the RGB the same file gives, as Pillow rounds it
+        luma = Image.fromarray(c.permute(1, 2, 0).numpy()).convert("L")
+        assert torch.equal(g[0], torch.tensor(np.asarray(luma)))
+    assert (grey[2] == 128).all()  # the 16-bit file: scaled, not clipped
+    loader = BatchLoader(grey, labels, spec=spec, batch_size=7, train=False, seed=0, prefetch=0)
+    (x, _), = list(loader)
+    assert torch.allclose(x, (grey.float() / 255 - GREY_MEAN[0]) / GREY_STD[0], atol=1e-5)
+
+
+def test_a_grey_run_trains_evaluates_and_predicts_in_one_channel(tmp_path, capsys):
+    make_folder(tmp_path / "pics", per_class=3)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "pics"), "--in-channels", "1",
+                 "--image-size", "8", "--model", "resnet20", "--num-modules", "2", "--split", "uniform",
+                 "--batch-size", "4", "--epochs", "1", "--device", "cpu", "--out", str(run)]) == 0
+    assert "in_channels: 1" in (run / "config.yaml").read_text()
+    import locallearn.training as training
+
+    net = training.load_net(run)
+    assert net.image_shape == (1, 8, 8)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--misclassified", str(tmp_path / "m.csv")]) == 0
+    evaluated = capsys.readouterr().out
+    assert main(["predict", str(run), str(tmp_path / "pics" / "test"), "--out", str(tmp_path / "p.csv")]) == 0
+    predicted = (tmp_path / "p.csv").read_text().splitlines()[1:]
+    assert len(predicted) == 9  # the test images, read in grey as the run's test images were
+    said = {file: (label, probability) for file, label, probability, _ in (line.split(",") for line in predicted)}
+    wrong = [line.split(",") for line in (tmp_path / "m.csv").read_text().splitlines()[1:]]
+    assert all(said[file] == (guess, confidence) for _, file, _, guess, confidence in wrong)  # as eval saw them
+    right = sum(label == Path(file).parent.name for file, (label, _) in said.items())
+    assert right == 9 - len(wrong) and f"test accuracy {100 * right / 9:.2f}%" in evaluated, evaluated
+
+
+def test_in_channels_of_an_image_folder_is_1_or_3_and_of_a_fixed_dataset_its_own(tmp_path):
+    make_folder(tmp_path)
+    for bad in (2, 4, 0):
+        with pytest.raises(ValueError, match=f"^in_channels: imagefolder reads its images as RGB \\(3\\) or grey "
+                                             f"\\(1\\), got {bad}.$"):
+            describe_dataset("imagefolder", tmp_path, in_channels=bad)
+    with pytest.raises(ValueError, match="^in_channels: dataset cifar10 has 3-channel images, got in_channels=1; "
+                                         "only imagefolder reads its images in the channels asked for.$"):
+        describe_dataset("cifar10", tmp_path, in_channels=1)
+    assert describe_dataset("cifar10", tmp_path, in_channels=3).channels == 3
 
 
 # --- refused before training, one line each ----------------------------------------------------------------

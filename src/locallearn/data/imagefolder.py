@@ -16,7 +16,9 @@ images, train/test classes that differ, an unreadable image (named) are each one
 Choices, the same for every folder (so a run is described by its folder and ``image_size`` alone):
 - RGB: every image is converted to 3 channels of 8 bits (greyscale repeated, alpha dropped, EXIF rotation
   applied; 16-bit pixels scaled from 0..65535 and floating-point ones from 0..1, where Pillow's own
-  conversion would clip them to white).
+  conversion would clip them to white). With ``in_channels`` 1 (``--in-channels 1``), grey instead: one
+  channel, Pillow's ITU-R 601 luma of that RGB (a third of the memory and of the first layer's arithmetic,
+  for scans, X-rays and documents).
 - Size: the shorter side is resized to ``image_size`` (default 32, the CIFAR networks' input) and the centre
   square kept, so the aspect ratio is never distorted; bicubic, which Pillow antialiases when shrinking.
 - Augmentation: CIFAR's, scaled with the size: pad by image_size // 8 (4 at 32) reflected, random crop,
@@ -25,12 +27,14 @@ Choices, the same for every folder (so a run is described by its folder and ``im
 - Limits: the split is read class by class, so ``--limit-train N`` / ``--limit-test N`` keep N images taking
   the classes in turn (``first_in_turn``), every class where N allows, not the first class's N.
 - Normalisation: ImageNet's mean and std, the usual constants for natural photographs of unknown statistics;
-  computing the folder's own would mean decoding every image before the spec is known.
+  computing the folder's own would mean decoding every image before the spec is known. Grey: the same
+  constants through the luma weights (``GREY_MEAN``, ``GREY_STD``: the mean's weighted sum, and the stds'
+  as if the channels moved together).
 - Decoding: in ``decode_threads()`` threads where images take long enough to decode (Pillow releases the GIL
   while it decodes and resizes; small images, mostly Python, in one thread: ``THREADS_FROM_S``), in the
   folder's order, with a progress bar on a terminal (a line every 30 s in a log): the same bytes as one by one.
 
-The whole split is held in memory as uint8 (N, 3, S, S), like the other datasets: 3 KB per image at S = 32,
+The whole split is held in memory as uint8 (N, C, S, S), like the other datasets: 3 KB per image at S = 32,
 so 100,000 images take 300 MB (at S = 224, 15 GB). That suits user datasets of moderate size.
 """
 
@@ -57,6 +61,9 @@ IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pbm", ".pgm", ".png", ".p
 DEFAULT_IMAGE_SIZE = 32
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, Pillow's convert("L")
+GREY_MEAN = (round(sum(w * m for w, m in zip(LUMA, IMAGENET_MEAN)), 4),)  # 0.459
+GREY_STD = (round(sum(w * s for w, s in zip(LUMA, IMAGENET_STD)), 4),)  # 0.2256
 TEST_SPLITS = ("test", "val")  # the held-out split's folder, in order of preference
 IN_FLIGHT = 64  # files decoded ahead of the one yielded, per decoding thread (``decode_images``)
 # ``decode_images`` times its first PROBE_FILES files in this thread, and decodes the rest in threads only where
@@ -141,24 +148,28 @@ def scan_image_folder(root: Path | str | None, test_fraction: float | None = Non
     return ImageFolder(root, classes, _items(train_dir, classes), _items(test_dir, classes), test_dir)
 
 
-def image_folder_spec(folder: ImageFolder, image_size: int = DEFAULT_IMAGE_SIZE) -> DatasetSpec:
+def image_folder_spec(folder: ImageFolder, image_size: int = DEFAULT_IMAGE_SIZE, channels: int = 3) -> DatasetSpec:
     """The spec of a scanned folder; the choices behind it are in this module's docstring."""
-    return classes_spec(folder.classes, image_size, read_from=f"test images from {_test_from(folder)}")
+    return classes_spec(folder.classes, image_size, channels, read_from=f"test images from {_test_from(folder)}")
 
 
-def classes_spec(classes: tuple[str, ...], image_size: int, read_from: str | None = None) -> DatasetSpec:
-    """The spec of a folder of these classes at this size, the same for every folder: what a trained run needs
-    to read new images as its test images were read (``locallearn predict``), without its folder."""
+def classes_spec(classes: tuple[str, ...], image_size: int, channels: int = 3,
+                 read_from: str | None = None) -> DatasetSpec:
+    """The spec of a folder of these classes at this size and channels (3: RGB, 1: grey), the same for every
+    folder: what a trained run needs to read new images as its test images were read (``locallearn
+    predict``), without its folder."""
+    if channels not in (1, 3):
+        raise ValueError(f"in_channels: {IMAGEFOLDER} reads its images as RGB (3) or grey (1), got {channels}.")
     return DatasetSpec(
         IMAGEFOLDER,
         len(classes),
         image_size,
-        IMAGENET_MEAN,
-        IMAGENET_STD,
+        IMAGENET_MEAN if channels == 3 else GREY_MEAN,
+        IMAGENET_STD if channels == 3 else GREY_STD,
         pad=image_size // 8,
         pad_mode="reflect",
         flip=True,
-        channels=3,
+        channels=channels,
         class_names=tuple(classes),
         read_from=read_from,
     )
@@ -221,18 +232,18 @@ def _test_from(folder: ImageFolder) -> str:
 
 def load_image_folder_split(
     folder: ImageFolder, train: bool, image_size: int = DEFAULT_IMAGE_SIZE, limit: int | None = None,
-    test_limit: int | None = None, log: Callable[[str], None] | None = None,
+    test_limit: int | None = None, log: Callable[[str], None] | None = None, channels: int = 3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode the images of the split: uint8 (N, 3, S, S) and int64 labels (N,); with ``limit``, only the
+    """Decode the images of the split: uint8 (N, C, S, S), RGB or grey, and int64 labels (N,); with ``limit``, only the
     ``limit`` images ``first_in_turn`` keeps are decoded. Every unreadable image is named in one error — of
     the training split, also those of the test split (the ``test_limit`` it keeps) whose file cannot even be
     opened as an image (found without decoding it), so that one round of fixes clears both. ``log``: where
     the progress line goes when standard error is not a terminal."""
     items = kept_items(folder.train if train else folder.test, limit)
-    images = np.empty((len(items), 3, image_size, image_size), dtype=np.uint8)  # (N, 3, S, S)
+    images = np.empty((len(items), channels, image_size, image_size), dtype=np.uint8)  # (N, C, S, S)
     corrupt: list[CorruptFileError] = []  # every one named at once, not one per run
     what = f"decoding {'training' if train else 'test'} images"
-    for i, image in enumerate(decode_images([path for path, _ in items], image_size, what=what, log=log)):
+    for i, image in enumerate(decode_images([path for path, _ in items], image_size, channels, what=what, log=log)):
         if isinstance(image, CorruptFileError):
             corrupt.append(image)
         else:

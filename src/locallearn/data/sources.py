@@ -270,17 +270,20 @@ def read_file(source: Source, file: DataFile, root: Path, *, strict: bool = True
 
 
 def describe_dataset(
-    name: str, root: Path | str | None, *, image_size: int | None = None, test_fraction: float | None = None
+    name: str, root: Path | str | None, *, image_size: int | None = None, test_fraction: float | None = None,
+    in_channels: int | None = None,
 ) -> DatasetSpec:
     """The spec of dataset ``name``: the registered one, or for imagefolder the one its folder under ``root``
-    implies (classes and class names from the folder, ``image_size`` default DEFAULT_IMAGE_SIZE). Decodes
-    no image; a folder training could not use is refused here, in one line.
+    implies (classes and class names from the folder, ``image_size`` default DEFAULT_IMAGE_SIZE, RGB unless
+    ``in_channels`` is 1). Decodes no image; a folder training could not use is refused here, in one line.
 
-    ``image_size`` and ``test_fraction`` (the part of train/ held out as the test split) are options of
-    imagefolder only; for a fixed dataset they must be None (or its own size), since it has its test split.
+    ``image_size``, ``in_channels`` and ``test_fraction`` (the part of train/ held out as the test split) are
+    options of imagefolder only; for a fixed dataset they must be None (or its own size and channels), since
+    it has its images and its test split.
     """
     if name in FOLDER_DATASETS:
-        return image_folder_spec(scan_image_folder(root, test_fraction), _folder_image_size(image_size))
+        return image_folder_spec(scan_image_folder(root, test_fraction), _folder_image_size(image_size),
+                                 3 if in_channels is None else in_channels)
     if test_fraction is not None:
         raise ValueError(f"test_fraction: dataset {name} has its own test split; --test-fraction holds out part of "
                          f"an {IMAGEFOLDER}'s train/ folder instead, so drop it.")
@@ -290,6 +293,11 @@ def describe_dataset(
         raise ValueError(
             f"image_size: dataset {name} delivers {s}×{s} images, got image_size={image_size}; only "
             f"{IMAGEFOLDER} resizes its images."
+        )
+    if in_channels is not None and in_channels != spec.channels:
+        raise ValueError(
+            f"in_channels: dataset {name} has {spec.channels}-channel images, got in_channels={in_channels}; only "
+            f"{IMAGEFOLDER} reads its images in the channels asked for."
         )
     if root is not None and name in SOURCES:  # found in root/<folder> or Debian's folder: say where
         place = data_dir(get_source(name), root)
@@ -310,26 +318,27 @@ def _folder_image_size(image_size: int | None) -> int:
 def load_split(
     name: str, root: Path | str | None, train: bool, *, strict: bool = True, image_size: int | None = None,
     test_fraction: float | None = None, limit: int | None = None, test_limit: int | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, in_channels: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 (N, C, S, S) and labels int64 (N,) of the train or test split of dataset ``name``; C and
-    S are those of ``describe_dataset(name, root, image_size=image_size)``. ``limit``: keep the first
+    S are those of ``describe_dataset(name, root, image_size=image_size, in_channels=in_channels)``. ``limit``: keep the first
     ``limit`` images (of an image folder, read class by class, the classes taken in turn: ``first_in_turn``;
     only those are decoded). ``test_limit``: the test split's limit, for an image folder's training split to
     name the test files it would read that are not images at all with its own unreadable ones.
 
     Every file is validated; a missing or corrupt one raises `DatasetError` naming it and the fix.
     ``strict`` requires the official number of images per file (turn it off only for test fixtures).
-    ``root`` is ignored for the bundled digits; ``image_size``, ``test_fraction`` and ``log`` (where an image
-    folder's decoding progress goes when standard error is not a terminal) apply to imagefolder only.
+    ``root`` is ignored for the bundled digits; ``image_size``, ``in_channels``, ``test_fraction`` and ``log``
+    (where an image folder's decoding progress goes when standard error is not a terminal) apply to imagefolder
+    only.
     """
-    spec = describe_dataset(name, root, image_size=image_size, test_fraction=test_fraction)
+    spec = describe_dataset(name, root, image_size=image_size, test_fraction=test_fraction, in_channels=in_channels)
     if name in BUNDLED:
         x, y = load_digits_split(train)
         return (x, y) if limit is None else (x[:limit], y[:limit])
     if name in FOLDER_DATASETS:
         return load_image_folder_split(scan_image_folder(root, test_fraction), train, spec.image_size, limit,
-                                       test_limit, log=log)
+                                       test_limit, log=log, channels=spec.channels)
     source = get_source(name)
     root = Path(root)
     files = source.train if train else source.test

@@ -234,7 +234,7 @@ _NET_HELP = {
     "context": ("str", "ContSup context mode: R0, E, R1, R1E, Rn, RnE (default: the method's)"),
     "num_classes": ("int", "classifier outputs (default: the dataset's)"),
     "image_size": ("int", "input size S (default: the dataset's; imagefolder resizes its images to it, default 32)"),
-    "in_channels": ("int", "channels of the input image (default: the dataset's)"),
+    "in_channels": ("int", "channels of the input image (default: the dataset's; imagefolder reads 3, RGB, or 1, grey)"),
     "image_mean": ("floats", "per-channel mean of the [0, 1] image, e.g. 0.5,0.5,0.5 (default: the dataset's)"),
     "image_std": ("floats", "per-channel std of the [0, 1] image (default: the dataset's)"),
     "lambdas": ("floats", "λxx_first,λxy_first,λxx_last,λxy_last of reconstruction (default: docs/methods.md §4's tables)"),
@@ -321,10 +321,11 @@ def resolve(options: Mapping[str, Any] | None = None, *, name: str | None = None
         spec = None
     elif (data.dataset == IMAGEFOLDER and not read_folder and isinstance(values.get("num_classes"), int)
           and isinstance(values.get("image_size"), (int, type(None)))):
-        spec = classes_spec(tuple(map(str, range(values["num_classes"]))), values.get("image_size") or DEFAULT_IMAGE_SIZE)
+        spec = classes_spec(tuple(map(str, range(values["num_classes"]))), values.get("image_size") or DEFAULT_IMAGE_SIZE,
+                            values.get("in_channels") or 3)
     else:
-        spec = describe_dataset(
-            data.dataset, data.data_dir, image_size=values.get("image_size"), test_fraction=data.test_fraction)
+        spec = describe_dataset(data.dataset, data.data_dir, image_size=values.get("image_size"),
+                                test_fraction=data.test_fraction, in_channels=values.get("in_channels"))
     net = resolve_net(values.get("model", "resnet32"), values.get("method", "contsup"), dataset=spec, **net_options)
     config = Config(net=net, **sections)
     if "out" not in values or values["out"] is None:

@@ -112,7 +112,7 @@ def input_spec(config: Config, class_names: list[str]) -> DatasetSpec:
     """How the run's test images were made from pixels: size, channels and normalisation (the run's own
     image_mean / image_std, as its test loader used them: ``runner.load_data``)."""
     if config.data.dataset == IMAGEFOLDER:
-        spec = classes_spec(tuple(class_names), config.net.image_size)
+        spec = classes_spec(tuple(class_names), config.net.image_size, config.net.in_channels)
     else:
         spec = get_spec(config.data.dataset)
     return dataclasses.replace(spec, mean=tuple(config.net.image_mean), std=tuple(config.net.image_std))

@@ -325,12 +325,14 @@ def load_data(config: Config, *, train: bool, device: torch.device, log: Log | N
             f"dataset: this run trained on batches given from Python ({PYTHON_DATA}); pass them again "
             f"(locallearn.training.train(..., resume=True)), or evaluate from Python (locallearn.training.load_net)."
         )
-    images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size,
+    channels = config.net.in_channels
+    images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size, in_channels=channels,
                                 test_fraction=data.test_fraction, limit=data.limit_train if train else data.limit_test,
                                 test_limit=data.limit_test, log=log)
     # The run's normalisation (the dataset's unless image_mean/image_std say otherwise): the same constants
     # the network un-normalises with to get reconstruction targets.
-    spec = describe_dataset(data.dataset, data.data_dir, image_size=size, test_fraction=data.test_fraction)
+    spec = describe_dataset(data.dataset, data.data_dir, image_size=size, test_fraction=data.test_fraction,
+                            in_channels=channels)
     spec = dataclasses.replace(spec, mean=tuple(config.net.image_mean), std=tuple(config.net.image_std))
     return BatchLoader(
         images, labels, spec=spec, batch_size=config.optim.batch_size, train=train, seed=config.run.seed, device=device
