@@ -210,14 +210,15 @@ def _step_parts():
         (lambda n, o, x, y: (n, o, x * float("nan"), y), r"^images: the batch holds NaN or infinite values"),
         (lambda n, o, x, y: (n, o, x, torch.tensor([0, 1, 2, 10])), r"^labels: the batch holds label 10 but the "
                                                                      r"network has 10 classes"),
-        (lambda n, o, x, y: (n, o, x, y.float()), r"^labels: expected an int64 \(or uint8\) tensor of class indices"),
+        (lambda n, o, x, y: (n, o, x, y.float()), r"^labels must be an int64 \(or uint8\) tensor of class indices"),
         (lambda n, o, x, y: (n, o, x, torch.tensor([0, -1, 2, 3])), r"^labels: the batch holds label -1; labels are "
                                                                      r"class indices 0\.\.9, every image labelled\.$"),
-        (lambda n, o, x, y: (n, o, x, y[None]), r"^labels: expected an int64 \(or uint8\) tensor"),
+        (lambda n, o, x, y: (n, o, x, y[None]), r"^labels must be an int64 \(or uint8\) tensor"),
         (lambda n, o, x, y: (n, o, x[:, :1], y), r"^images: 1 channels, but the network takes 3"),
-        (lambda n, o, x, y: (n, o, (x * 100).to(torch.uint8), y), r"^images: expected a floating-point"),
-        (lambda n, o, x, y: (n, o, x.double(), y), r"^images: torch.float64, but the network computes in torch.float32"),
-        (lambda n, o, x, y: (n, o, x.numpy(), y), r"^images: expected a floating-point .* got ndarray"),
+        (lambda n, o, x, y: (n, o, (x * 100).to(torch.uint8), y), r"^images must be floating point \(normalised in "
+                                                                   r"your loader\), got torch.uint8"),
+        (lambda n, o, x, y: (n, o, x.double(), y), r"^images are torch.float64 but the network computes in torch.float32"),
+        (lambda n, o, x, y: (n, o, x.numpy(), y), r"^images must be a torch tensor, got ndarray of shape"),
         (lambda n, o, x, y: (n, o, x[:0], y[:0]), r"^images: the batch is empty"),
         (lambda n, o, x, y: (n, o, x[..., :28, :28], y), r"^images: 28×28, but the network was built for 32×32 images "
                                                           r".*; resize them, or build it with image_size=28\.$"),

@@ -613,7 +613,7 @@ def test_test_data_is_checked_like_the_training_data_before_training(tmp_path):
         ([{"image": torch.randn(4, 1, 16, 16), "label": torch.arange(4)}],
          "test data: batches must be (images, labels) pairs, got a dict with keys image, label"),
         ([(torch.randn(4, 1, 16, 16).double(), torch.arange(4))],
-         "test data: images are torch.float64 but the model computes in torch.float32; e.g. images.to(torch.float32)."),
+         "test data: images are torch.float64 but the network computes in torch.float32; e.g. images.to(torch.float32)."),
         ([(torch.randn(4, 3, 16, 16), torch.arange(4))], "test data: images of shape (3, 16, 16), the training data's "
                                                          "(1, 16, 16); give both at the channels and size"),
         ([(torch.randn(4, 1, 12, 12), torch.arange(4))], "test data: images of shape (1, 12, 12)"),

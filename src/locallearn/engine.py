@@ -71,16 +71,8 @@ def check_inputs(net: LocalNet, images: torch.Tensor, labels: torch.Tensor, opti
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ValueError(f"optimizer: expected a torch.optim.Optimizer over net.parameters(), got "
                          f"{type(optimizer).__name__}.")
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images: expected a floating-point (batch, channels, height, width) tensor, got {got}; "
-                         f"e.g. torch.as_tensor(x).float().")
-    if not len(images):
-        raise ValueError("images: the batch is empty; give at least one image.")
     param = next((p for p in net.parameters() if p.is_floating_point()), None)
-    if param is not None and images.dtype != param.dtype and not autocast:
-        raise ValueError(f"images: {images.dtype}, but the network computes in {param.dtype}; e.g. "
-                         f"images.to({param.dtype}).")
+    check_tensors(images, labels, dtype=param.dtype if param is not None else None, autocast=autocast)
     if images.shape[1] != net.config.in_channels:
         raise ValueError(f"images: {images.shape[1]} channels, but the network takes {net.config.in_channels}; give "
                          f"images of its channels, or build it with in_channels={images.shape[1]}.")
@@ -89,11 +81,6 @@ def check_inputs(net: LocalNet, images: torch.Tensor, labels: torch.Tensor, opti
         raise ValueError(f"images: {images.shape[-2]}×{images.shape[-1]}, but the network was built for {h}×{w} "
                          f"images (its cuts, heads and context encoders are sized for them); resize them, or build "
                          f"it with image_size={images.shape[-1]}.")
-    if (not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.uint8)
-            or labels.shape != images.shape[:1]):  # the integer types cross-entropy takes
-        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"labels: expected an int64 (or uint8) tensor of class indices, one per image "
-                         f"({len(images)},), got {got}; e.g. labels.long().")
     # a batch of one image: a BatchNorm1d (DGL's heads) cannot normalise it (the contrastive loss of one image is
     # 0 with zero gradients: harmless, so not refused here, where a DataLoader's last batch may be one image)
     if len(images) < 2 and any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules()):
@@ -106,6 +93,35 @@ def check_inputs(net: LocalNet, images: torch.Tensor, labels: torch.Tensor, opti
         if not bool(torch.isfinite(images).all()):
             raise ValueError("images: the batch holds NaN or infinite values; nothing was trained (check the data "
                              "and its normalisation).")
+
+
+def check_tensors(images: object, labels: object, *, dtype: torch.dtype | None, autocast: bool = False,
+                  where: str = "") -> None:
+    """A batch's tensors alone, each refused in one line (``where`` first) naming the fix: images a non-empty
+    floating-point (batch, channels, height, width) tensor of ``dtype`` (any floating dtype under ``autocast``),
+    labels int64 or uint8 class indices (the integer types cross-entropy takes), one per image. What also
+    needs the network (channels, size) is ``check_inputs``'s; what needs a DataLoader's first batch,
+    ``training.api.first_batch``'s."""
+    if not isinstance(images, torch.Tensor):
+        shape = f" of shape {tuple(images.shape)}" if hasattr(images, "shape") else ""
+        raise ValueError(f"{where}images must be a torch tensor, got {type(images).__name__}{shape}; e.g. "
+                         f"torch.as_tensor(images), or a DataLoader over a TensorDataset.")
+    if images.dim() != 4:
+        raise ValueError(f"{where}images must be a (batch, channels, height, width) tensor, got shape "
+                         f"{tuple(images.shape)}.")
+    if not images.is_floating_point():
+        raise ValueError(f"{where}images must be floating point (normalised in your loader), got {images.dtype}; "
+                         f"e.g. images.float() / 255, then the dataset's mean and std.")
+    if not len(images):
+        raise ValueError(f"{where}images: the batch is empty; give at least one image.")
+    if dtype is not None and images.dtype != dtype and not autocast:
+        raise ValueError(f"{where}images are {images.dtype} but the network computes in {dtype}; e.g. "
+                         f"images.to({dtype}).")
+    if (not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.uint8)
+            or labels.shape != images.shape[:1]):
+        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"{where}labels must be an int64 (or uint8) tensor of class indices, one per image "
+                         f"({len(images)},), got {got}; e.g. labels.long().")
 
 
 def label_error(labels: torch.Tensor, classes: int, where: str) -> ValueError | None:

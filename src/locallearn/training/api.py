@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from locallearn.engine import NonFiniteLossError, label_error
+from locallearn.engine import NonFiniteLossError, check_tensors, label_error
 from locallearn.net import LocalNet, build_net
 from locallearn.training.config import (
     PYTHON_DATA,
@@ -163,9 +163,10 @@ def checked_class_names(names: Sequence[str] | None, num_classes: int) -> list[s
 
 
 def first_batch(data: Iterable, what: str, model: str | nn.Module, *, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first (images, labels) batch of ``data``, checked: a (batch, channels, size, size) floating-point
-    tensor of the model's dtype (float32 unless the model object is in another; with ``amp``, also float16 or
-    bfloat16) and int64 (or uint8) labels, one each."""
+    """The first (images, labels) batch of ``data``, checked as ``train_step`` checks a batch
+    (``engine.check_tensors``: images of the model's dtype, float32 unless the model object is in another, any
+    floating dtype with ``amp``; int64 or uint8 labels, one each), and square, the size the network is built
+    for."""
     try:
         batch = next(iter(data))
     except StopIteration:
@@ -185,25 +186,12 @@ def first_batch(data: Iterable, what: str, model: str | nn.Module, *, amp: bool 
     if single and getattr(images, "dim", lambda: 0)() == 3:  # a Dataset's items are single images
         raise ValueError(f"{what}: a Dataset gives one image at a time (the first of shape {tuple(images.shape)}), "
                          f"not batches; wrap it in a DataLoader, e.g. DataLoader(data, batch_size=64, shuffle=True).")
-    if not isinstance(images, torch.Tensor):
-        raise ValueError(f"{what}: images must be a torch tensor, got {type(images).__name__}"
-                         f"{f' of shape {tuple(images.shape)}' if hasattr(images, 'shape') else ''}; e.g. "
-                         f"torch.as_tensor(images), or a DataLoader over a TensorDataset.")
-    if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"{what}: images must be a (batch, channels, size, size) tensor, got "
-                         f"{getattr(images, 'shape', type(images).__name__)}.")
     param = next(model.parameters(), None) if isinstance(model, nn.Module) else None
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    if not images.is_floating_point():
-        raise ValueError(f"{what}: images must be floating point (normalised in your loader), got {images.dtype}; "
-                         "e.g. images.float() / 255, then the dataset's mean and std.")
-    if images.dtype != dtype and not (amp and images.dtype in (torch.float16, torch.bfloat16)):
-        raise ValueError(f"{what}: images are {images.dtype} but the model computes in {dtype}; e.g. images.to({dtype}).")
-    if (not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.uint8)
-            or labels.shape != images.shape[:1]):  # the integer types train_step (cross-entropy) takes
-        got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"{what}: labels must be an int64 (or uint8) tensor of class indices, one per image "
-                         f"({images.shape[0]},), got {got}; e.g. labels.long().")
+    check_tensors(images, labels, dtype=dtype, autocast=amp, where=f"{what}: ")  # what train_step checks too
+    if images.shape[-1] != images.shape[-2]:  # the network is built for image_size × image_size
+        raise ValueError(f"{what}: images must be square, (batch, channels, size, size), got shape "
+                         f"{tuple(images.shape)}; crop or resize them in your loader.")
     return images, labels
 
 
