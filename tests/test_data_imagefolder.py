@@ -570,6 +570,31 @@ def test_a_file_name_that_is_not_utf8_is_held_out_by_its_bytes(tmp_path):
     assert (name in held["cat"]) == (place(name) < 0.5 or held["cat"] == {name})
 
 
+def test_names_that_are_not_utf8_reach_every_result_file(tmp_path, capsys):
+    """A class folder and a file named in Latin-1 (an archive made on Windows) trained, but eval's CSV files,
+    predict's and report's failed ('utf-8' codec can't encode) and the confusion PNG with a traceback. The CSV
+    files hold the names as the file system has them (the bytes that open the file); the figure draws �."""
+    make_folder(tmp_path / "pics", per_class=2)
+    latin = os.fsdecode(b"caf\xe9")
+    for split in ("train", "test"):
+        (tmp_path / "pics" / split / "cat").rename(tmp_path / "pics" / split / latin)
+    odd = tmp_path / "pics" / "test" / "dog" / os.fsdecode(b"x\xff.png")
+    odd.write_bytes(next((tmp_path / "pics" / "test" / "dog").iterdir()).read_bytes())
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "pics"), "--image-size", "8",
+                 "--model", "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs",
+                 "1", "--device", "cpu", "--out", str(run)]) == 0
+    assert main(["eval", str(run), "--confusion", str(out / "c.csv"), "--misclassified", str(out / "m.csv")]) == 0
+    assert main(["eval", str(run), "--confusion", str(out / "c.png")]) == 0
+    assert main(["predict", str(run), str(odd), "--out", str(out / "p.csv")]) == 0
+    assert main(["report", str(run), "--out", str(out / "r.md")]) == 0
+    assert b"caf\xe9" in (out / "c.csv").read_bytes() and os.fsencode(odd) in (out / "p.csv").read_bytes()
+    assert (out / "c.png").read_bytes().startswith(b"\x89PNG") and (out / "r.md").stat().st_size
+    misclassified = (out / "m.csv").read_bytes()
+    assert b"x\xff.png" in misclassified or os.fsencode(odd) not in misclassified
+
+
 def test_a_class_added_to_a_runs_own_folder_is_named_by_eval(tmp_path, capsys):
     make_folder(tmp_path / "data", per_class=2)
     run = tmp_path / "run"

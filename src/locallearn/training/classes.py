@@ -130,8 +130,9 @@ def confusion_figure(counts: torch.Tensor, names: list[str], *, title: str):
 
 
 def _literal(text: str) -> str:
-    """``text`` as matplotlib draws it verbatim: a ``$`` would start a formula (``price_$1_$2`` fails to render)."""
-    return text.replace("$", r"\$")
+    """``text`` as matplotlib draws it verbatim: a ``$`` would start a formula (``price_$1_$2`` fails to render),
+    and a name that is not UTF-8 (a folder ``caf\xe9`` from a Latin-1 archive) its undecodable bytes as �."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("$", r"\$")
 
 
 def write_predictions(path: Path, predictions: list) -> None:
@@ -151,7 +152,8 @@ def write_predictions(path: Path, predictions: list) -> None:
 
 
 def write_csv(path: Path, rows: list[list]) -> None:
-    """``rows`` (the header first) as a UTF-8 CSV file, lines ending in a bare newline."""
+    """``rows`` (the header first) as a UTF-8 CSV file, lines ending in a bare newline; a file or class name that
+    is not UTF-8 is written as the file system's own bytes (``surrogateescape``), the path that opens it."""
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
-    write_output(path, text.getvalue().encode("utf-8"))
+    write_output(path, text.getvalue().encode("utf-8", "surrogateescape"))

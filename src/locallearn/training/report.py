@@ -649,7 +649,7 @@ def write_report(run_dirs: list[Path], *, out: Path | str = DEFAULT_OUT) -> Repo
     save_figure(curves_figure(table), curves, dpi=120, bbox_inches="tight")
     markdown = markdown_report(table, plot=png.name, curves=curves.name)
     md_path = folder / "report.md"
-    write_output(md_path, markdown.encode())
+    write_output(md_path, markdown.encode("utf-8", "surrogateescape"))  # a folder's name as the file system has it
     return Report(markdown, md_path, png, curves, table.warnings, [err.left_out for err in damaged])
 
 
