@@ -118,6 +118,9 @@ def test_unreadable_files_are_named_and_the_others_classified(folder_run, tmp_pa
     assert err[1] == "predict: 1 of 5 files could not be read (named above); the others were classified."
     rows = {p.file.name: p for p in predict(run, images)}
     assert rows["broken.png"].classes == () and "not a readable image" in rows["broken.png"].error
+    assert main(["predict", str(run), str(images / "broken.png")]) == 1  # nothing else: no "others" to speak of
+    assert capsys.readouterr().err.splitlines()[1] == ("predict: 1 of 1 files could not be read (named above); none "
+                                                       "was classified.")
 
 
 @pytest.mark.parametrize("argv, words", [

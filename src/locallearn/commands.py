@@ -277,8 +277,8 @@ def predict_command(run_dir: Path, paths: list[Path], top: int = 1, out: Path | 
         print(f"{len(rows) - unread} image{'' if len(rows) - unread == 1 else 's'} classified by {run_dir}, "
               f"written to {out}")
     if unread:
-        print(f"predict: {unread} of {len(rows)} files could not be read (named above); the others were "
-              f"classified.", file=sys.stderr)
+        others = "the others were classified" if unread < len(rows) else "none was classified"
+        print(f"predict: {unread} of {len(rows)} files could not be read (named above); {others}.", file=sys.stderr)
     return 1 if unread else 0
 
 
