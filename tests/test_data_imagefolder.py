@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 
 from pathlib import Path
 
@@ -312,6 +313,49 @@ def test_a_truncated_jpeg_is_named(tmp_path):
     Image.fromarray(noise).save(path, quality=95)
     path.write_bytes(path.read_bytes()[:3000])
     refused(tmp_path, f"{path} is corrupt: not a readable image", train=False)
+
+
+def test_a_linked_file_that_puts_an_image_in_two_classes_or_splits_is_refused(tmp_path):
+    """Linked files are read (a folder of links into an image store is a dataset), but a link into the test split
+    (or another class) made the same image both a training and a test image, or gave it two labels."""
+    make_folder(tmp_path / "store", splits=("train",))
+    store = tmp_path / "store" / "train"
+    links = tmp_path / "links"
+    for split in ("train", "test"):
+        for name in COLOURS:
+            (links / split / name).mkdir(parents=True)
+            for image in (store / name).iterdir():
+                (links / split / name / image.name).symlink_to(image if split == "train" else image.resolve())
+    (links / "test" / "cat" / "img0.png").rename(links / "test" / "cat" / "mine.png")  # keep names distinct
+    for name in COLOURS:  # the test split's own images: copies, not the training files
+        for link in (links / "test" / name).iterdir():
+            target = link.resolve()
+            link.unlink()
+            link.write_bytes(target.read_bytes())
+    assert len(load_split("imagefolder", links, train=True)[0]) == 6  # links into a store: read
+    (links / "train" / "cat" / "twice.png").symlink_to(store / "cat" / "img0.png")  # the same class twice: weighed
+    assert len(load_split("imagefolder", links, train=True)[0]) == 7
+    leak = links / "test" / "dog" / "leak.png"
+    leak.symlink_to(links / "train" / "dog" / "img0.bmp")
+    with pytest.raises(DatasetError) as err:
+        describe_dataset("imagefolder", links)
+    one_line(err, f"{links / 'train' / 'dog' / 'img0.bmp'} and {leak} are one image file", "the train split's "
+             "class dog and the test split's class dog; remove the link")
+    leak.unlink()
+    (links / "train" / "emu" / "also_cat.png").symlink_to(store / "cat" / "img1.jpg")
+    with pytest.raises(DatasetError) as err:
+        describe_dataset("imagefolder", links)
+    one_line(err, "the train split's class cat and the train split's class emu")
+    (links / "train" / "emu" / "also_cat.png").unlink()
+    # with --test-fraction, two names of one file in one class are hashed apart: one held out, one trained on
+    name = next(f"again{i}.bmp" for i in range(10_000) if place(f"again{i}.bmp") < 0.01)
+    assert place("img0.bmp") > 0.01
+    (links / "train" / "dog" / name).symlink_to(store / "dog" / "img0.bmp")
+    shutil.rmtree(links / "test")
+    (links / "train" / "cat" / "twice.png").unlink()
+    with pytest.raises(DatasetError) as err:
+        describe_dataset("imagefolder", links, test_fraction=place(name) + 1e-9)
+    one_line(err, "are one image file", "the train split's class dog and the test split's class dog")
 
 
 def test_train_and_test_classes_differ(tmp_path):

@@ -129,7 +129,7 @@ def scan_image_folder(root: Path | str | None, test_fraction: float | None = Non
                 f"train/."
             )
         train, test = hold_out(_items(train_dir, classes), classes, test_fraction, train_dir)
-        return ImageFolder(root, classes, train, test, train_dir, test_fraction)
+        return _one_image_one_place(ImageFolder(root, classes, train, test, train_dir, test_fraction))
     if test_dir is None:
         raise DatasetError(
             f"{IMAGEFOLDER}: {root} has no test/ or val/ folder; put held-out images in {root}/test/<class>/ "
@@ -145,7 +145,35 @@ def scan_image_folder(root: Path | str | None, test_fraction: float | None = Non
             f"{IMAGEFOLDER}: {train_dir} and {test_dir} have different classes ({'; '.join(differences)}); "
             "both need the same class folders."
         )
-    return ImageFolder(root, classes, _items(train_dir, classes), _items(test_dir, classes), test_dir)
+    return _one_image_one_place(ImageFolder(root, classes, _items(train_dir, classes), _items(test_dir, classes),
+                                            test_dir))
+
+
+def _one_image_one_place(folder: ImageFolder) -> ImageFolder:
+    """``folder``, unless a linked file makes one image file both a training and a test image, or an image of
+    two classes: the run would be tested on what it trained on, or taught two labels for one image. Linked
+    files are read (a folder of links into an image store is a usual way to make a dataset, and two links
+    to one file in the same class and split only weigh it twice); the real path of each is compared with
+    every other file's."""
+    real_dirs: dict[str, str] = {}
+    seen: dict[str, tuple[Path, int, str]] = {}
+    for split, items in (("train", folder.train), ("test", folder.test)):
+        for path, label in items:
+            name = os.fspath(path)
+            if os.path.islink(name):
+                real = os.path.realpath(name)
+            else:  # the folders inside a class folder are not followed links: the parent's real path says it
+                parent, base = os.path.split(name)
+                real = os.path.join(real_dirs.setdefault(parent, os.path.realpath(parent)), base)
+            other = seen.setdefault(real, (path, label, split))
+            if other[1:] != (label, split):
+                where = (f"the {other[2]} split's class {folder.classes[other[1]]} and the {split} split's class "
+                         f"{folder.classes[label]}")
+                raise DatasetError(
+                    f"{IMAGEFOLDER}: {other[0]} and {path} are one image file ({real}, reached through a link), in "
+                    f"{where}; remove the link, or give it its own copy where it belongs."
+                )
+    return folder
 
 
 def image_folder_spec(folder: ImageFolder, image_size: int = DEFAULT_IMAGE_SIZE, channels: int = 3) -> DatasetSpec:
@@ -437,7 +465,8 @@ def image_files_in(class_dir: Path, follow_links: bool = False) -> list[Path]:
     """Every image file under ``class_dir``, recursively, hidden files and folders left out, sorted by their path
     in ``class_dir``. Linked folders inside it are not followed — a training folder's files are known by their
     path, which the held-out split hashes, and a link could give one image two paths, two classes or both
-    splits — unless ``follow_links`` (files to classify: each real folder once, a link back up would loop)."""
+    splits — unless ``follow_links`` (files to classify: each real folder once, a link back up would loop).
+    Linked files are listed; ``scan_image_folder`` refuses one that puts an image in two classes or splits."""
     found = []
     seen = {os.path.realpath(class_dir)}
     for directory, subdirs, names in os.walk(class_dir, followlinks=follow_links):
