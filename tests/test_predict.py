@@ -205,3 +205,63 @@ def test_a_folder_is_read_through_its_links_each_real_folder_once(folder_run, tm
     (tmp_path / "top" / "up").symlink_to(tmp_path / "top")  # a loop
     got = [p.file for p in predict(run, tmp_path / "top")]
     assert len(got) == 5 and got[0] == tmp_path / "top" / "a.png"
+
+
+def test_eval_scores_a_run_on_other_labelled_images_as_on_its_own_test_split(folder_run, tmp_path, capsys):
+    """`eval RUN --images DIR`: a folder of class folders, each image read as the run's test images were and
+    labelled by its folder's name — the run's own test folder (its data folder gone) gives evaluate's own
+    predictions; a folder of some classes only is scored on those; folders of other names are refused."""
+    run, test_dir, result, files = folder_run
+    scored = evaluate_run(run, device="cpu", images=test_dir, predictions=True)
+    assert scored["files"] == files and scored["test_images"] == 12 and scored["test_change"] is None
+    assert torch.equal(scored["predicted"], result["predicted"]) and torch.equal(scored["labels"], result["labels"])
+    assert torch.allclose(scored["confidence"], result["confidence"]) and scored["test_acc"] == result["test_acc"]
+    some = tmp_path / "some"
+    shutil.copytree(test_dir / "red", some / "red")
+    (some / "red" / "nested").mkdir()
+    shutil.copy(test_dir / "red" / "0.png", some / "red" / "nested" / "extra.png")
+    assert main(["eval", str(run), "--images", str(some), "--misclassified", str(tmp_path / "m.csv"),
+                 "--device", "cpu"]) == 0
+    said = capsys.readouterr().out
+    assert f"on 5 test images (labelled images from {some})" in said
+    rows = list(csv.reader((tmp_path / "m.csv").open()))[1:]
+    assert all(row[2] == "red" and row[1].startswith(str(some / "red")) for row in rows)
+    for layout, words in (
+        ({"cat": 1}, "its folder cat names no class of the run; its folders must be named by the run's classes "
+                     "(blue, green, red)."),
+        ({"test": 1}, f"names no class of the run (give {tmp_path / 'bad' / 'test'} itself)"),
+        ({"red": 0}, f"{tmp_path / 'bad' / 'red'} holds no image files"),
+        ({}, "it holds no class folders"),
+    ):
+        shutil.rmtree(tmp_path / "bad", ignore_errors=True)
+        (tmp_path / "bad").mkdir()
+        for name, count in layout.items():
+            (tmp_path / "bad" / name).mkdir()
+            for i in range(count):
+                shutil.copy(test_dir / "red" / "0.png", tmp_path / "bad" / name / f"{i}.png")
+        assert main(["eval", str(run), "--images", str(tmp_path / "bad"), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
+    (some / "red" / "broken.png").write_bytes(b"not an image")
+    assert main(["eval", str(run), "--images", str(some), "--device", "cpu"]) == 2
+    assert f"1 file is not a readable image: {some / 'red' / 'broken.png'} (" in capsys.readouterr().err
+    assert main(["eval", str(run), "--images", str(some), "--data-dir", str(some)]) == 2
+    assert "give one of them" in capsys.readouterr().err
+
+
+def test_eval_on_a_folder_laid_out_otherwise_names_images(tmp_path, capsys):
+    """A run trained with --test-fraction, given --data-dir of a folder with its own test/: the refusal said
+    only how to train; it now names --images, the way to score the run on those images."""
+    _write_folder(tmp_path / "data", n_test=0)
+    shutil.rmtree(tmp_path / "data" / "test")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "data"), "--test-fraction", "0.3",
+                 "--image-size", "8", *TINY, "--out", str(run)]) == 0
+    _write_folder(tmp_path / "other")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data-dir", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.rstrip().endswith("; to score the run on other labelled images "
+                                                          "(DIR/<class>/<image>), give --images DIR instead of --data-dir.")
+    assert main(["eval", str(run), "--images", str(tmp_path / "other" / "test")]) == 0
+    assert "on 12 test images (labelled images from" in capsys.readouterr().out

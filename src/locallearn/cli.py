@@ -115,6 +115,10 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", type=_path, help="a directory written by `locallearn train`")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     parser.add_argument("--data-dir", default=None, help="dataset directory (default: the run's data_dir)")
+    parser.add_argument("--images", type=_path, default=None, metavar="DIR",
+                        help="score the run on other labelled images instead of its test split: DIR/<class>/<image>, "
+                             "the folders named by the run's classes (some may be missing), each image read as the "
+                             "run's test images were")
     parser.add_argument("--precise-bn", type=int, default=None, metavar="BATCHES",
                         help="first recompute BatchNorm statistics as the average over BATCHES training batches "
                              "(\"precise BN\"; the checkpoint is not changed)")

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 import locallearn
-from locallearn.data import describe_dataset
+from locallearn.data import BatchLoader, DatasetError, describe_dataset
 from locallearn.data.imagefolder import IMAGEFOLDER
 from locallearn.methods import METHODS
 from locallearn.net import build_net
@@ -26,6 +26,7 @@ from locallearn.training.classes import (
     write_predictions,
 )
 from locallearn.training.config import (
+    PYTHON_DATA,
     RESUMABLE_CHANGES,
     USED_BY,
     Config,
@@ -46,7 +47,7 @@ from locallearn.training.fit import (
     provenance,
     recorded_options,
 )
-from locallearn.training.predict import predict
+from locallearn.training.predict import input_spec, labelled_images, predict
 from locallearn.training.report import write_report
 from locallearn.training.rundir import CONFIG, WRITTEN_BY_TRAIN, RunDir
 from locallearn.training.runner import (
@@ -158,22 +159,36 @@ def _out_note(run: RunDir) -> list[str]:
 
 def evaluate_run(
     run_dir: Path, *, device: str = "auto", data_dir: str | None = None, precise_bn: int | None = None,
-    confusion: bool = False, predictions: bool = False,
+    confusion: bool = False, predictions: bool = False, images: Path | None = None,
 ) -> dict[str, Any]:
     """Test accuracy of a saved run: the net rebuilt from its config.yaml, weights from checkpoint.pt; with
     ``precise_bn``, BatchNorm statistics recomputed first on that many training batches (not saved); with
     ``confusion``, also the confusion counts and ``class_names`` (training.classes); with ``predictions``,
-    each test image's label, prediction and confidence, and ``files`` (an image folder's, else None)."""
+    each test image's label, prediction and confidence, and ``files`` (an image folder's, else None). With
+    ``images``, on the labelled images of that folder of class folders instead of the run's test split."""
     run = RunDir(Path(run_dir))
     if not run.file(CONFIG).is_file():
         raise ValueError(run.no_config(otherwise=WRITTEN_BY_TRAIN) + ".")
     options = read_run_options(run.file(CONFIG))
+    if images is not None:
+        if data_dir:
+            raise ValueError("eval: --images scores the run on a folder of labelled images, --data-dir says where "
+                             "its own dataset is now; give one of them.")
+        return _evaluate_on(run, options, images, device=device, precise_bn=precise_bn, confusion=confusion,
+                            predictions=predictions)
     try:
         config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
-    except ValueError:
-        if options.get("dataset") == IMAGEFOLDER:  # other data, or a class added since: said so, not as a
-            _refuse_more_classes(run, data_dir or options.get("data_dir"), options)  # num_classes clash
-        raise
+    except ValueError as err:
+        if options.get("dataset") != IMAGEFOLDER:
+            raise
+        try:  # a class added since: said so, not as a num_classes clash
+            _refuse_more_classes(run, data_dir or options.get("data_dir"), options)
+        except DatasetError as layout:  # the folder's own layout refused (as resolve would have)
+            err = layout
+        if data_dir:  # a folder laid out otherwise than the run's, perhaps meant as other images to score on
+            raise ValueError(f"{str(err).rstrip('.')}; to score the run on other labelled images "
+                             f"(DIR/<class>/<image>), give --images DIR instead of --data-dir.") from None
+        raise err from None
     if data_dir and not USED_BY["data_dir"][0](config):  # the rule `train` refuses an unused --data-dir by
         raise ValueError(f"eval: {run.path} trained on {config.data.dataset}, which ships inside a package "
                          f"(scikit-learn), so --data-dir would change nothing; drop it.")
@@ -197,6 +212,34 @@ def evaluate_run(
             "run_test_images": trained[-1].get("test_images")}
 
 
+def _evaluate_on(run: RunDir, options: dict[str, Any], folder: Path, *, device: str, precise_bn: int | None,
+                 confusion: bool, predictions: bool) -> dict[str, Any]:
+    """``evaluate_run`` on the labelled images of ``folder`` (``predict.labelled_images``), read as the run's test
+    images were; the run's own folder is not needed (but for ``precise_bn``, which reads its training data)."""
+    config = resolve(options, read_folder=False, device=device)
+    if config.data.dataset == PYTHON_DATA:
+        raise ValueError(f"eval: {run.path} was trained on batches given from Python, whose preprocessing locallearn "
+                         f"does not know; evaluate it from Python (locallearn.training.load_net).")
+    net, checkpoint = trained_net(run, config, reader="eval")
+    torch_device = next(net.parameters()).device
+    spec = input_spec(config, net.class_names)
+    files, pixels, labels = labelled_images(folder, net.class_names, spec)
+    test = BatchLoader(pixels, labels, spec=spec, batch_size=config.optim.batch_size, train=False,
+                       seed=config.run.seed, device=torch_device)
+    used = None
+    if precise_bn is not None:
+        used = precise_batchnorm(net, load_data(resolve(options, device=device), train=True, device=torch_device),
+                                 precise_bn)
+    result = evaluate(net, test, autocast_dtype=config.autocast_dtype, confusion=confusion, predictions=predictions)
+    if confusion or predictions:
+        result["class_names"] = list(net.class_names)
+    if predictions:
+        result["files"] = [str(path) for path in files]
+    return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used,
+            "test_images": len(labels), "read_from": f"labelled images from {folder}", "test_change": None,
+            "run_test_images": None}
+
+
 def _refuse_more_classes(run: RunDir, data_dir: str, options: dict[str, Any]) -> None:
     """Refuse an image folder given to ``eval`` that holds more classes than the run was trained with (fewer
     is a run's own, trained with --num-classes above its folder's), naming at most five of them."""
@@ -214,6 +257,7 @@ def _refuse_more_classes(run: RunDir, data_dir: str, options: dict[str, Any]) ->
 def eval_command(
     run_dir: Path, device: str = "auto", data_dir: str | None = None, precise_bn: int | None = None,
     per_class: bool = False, confusion: Path | None = None, misclassified: Path | None = None,
+    images: Path | None = None,
 ) -> int:
     """``locallearn eval RUN_DIR``."""
     if confusion is not None:
@@ -223,7 +267,7 @@ def eval_command(
     if confusion is not None and misclassified is not None and confusion.resolve() == misclassified.resolve():
         raise ValueError(f"--confusion and --misclassified name the same file ({confusion}), and the second would "
                          f"overwrite the first; give each its own file.")
-    result = evaluate_run(run_dir, device=device, data_dir=data_dir, precise_bn=precise_bn,
+    result = evaluate_run(run_dir, device=device, data_dir=data_dir, precise_bn=precise_bn, images=images,
                           confusion=per_class or confusion is not None, predictions=misclassified is not None)
     recomputed = ""
     if result["precise_bn_batches"] is not None:

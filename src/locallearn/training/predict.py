@@ -108,6 +108,51 @@ def image_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def labelled_images(folder: Path, class_names: list[str], spec: DatasetSpec, *, log: Log | None = None,
+                    ) -> tuple[list[Path], torch.Tensor, torch.Tensor]:
+    """The image files of ``folder``'s class folders (FOLDER/<class>/<image>, read recursively as ``predict``
+    reads a folder), each labelled with the run's class its folder names — what ``eval --images`` scores a run
+    on — decoded as ``spec`` says: (files, uint8 images (N, C, S, S), int64 labels). The run's classes without a
+    folder are simply not tested; a folder that names no class of the run, one without images, and unreadable
+    images (all named at once) are refused in one line."""
+    if not folder.is_dir():
+        raise ValueError(f"eval: --images {folder} is not a folder; give a folder of class folders "
+                         f"(FOLDER/<class>/<image>).")
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [name for name in names if name not in class_names]
+    if unknown or not names:
+        shown = ", ".join(class_names[:8]) + (", …" if len(class_names) > 8 else "")
+        what = (f"its folder{'s' if len(unknown) > 1 else ''} {', '.join(unknown[:5])} name{'' if len(unknown) > 1 else 's'} "
+                f"no class of the run" if unknown else "it holds no class folders")
+        split = [name for name in unknown if name in ("train", "test", "val")]
+        hint = f" (give {folder / split[0]} itself)" if split else ""
+        raise ValueError(f"eval: --images {folder}: {what}{hint}; its folders must be named by the run's classes "
+                         f"({shown}).")
+    files: list[Path] = []
+    labels: list[int] = []
+    for name in names:
+        found = image_files_in(folder / name, follow_links=True)
+        if not found:
+            raise ValueError(f"eval: --images: {folder / name} holds no image files (read by extension: .png, .jpg, "
+                             f"...); remove it, or put the class's images in it.")
+        files += found
+        labels += [class_names.index(name)] * len(found)
+    images = np.empty((len(files), spec.channels, spec.image_size, spec.image_size), dtype=np.uint8)
+    unread = []
+    decoded = decode_images(files, spec.image_size, spec.channels, what="decoding images", log=log,
+                            catch=(DatasetError, OSError))
+    for i, (path, image) in enumerate(zip(files, decoded)):
+        if isinstance(image, Exception):
+            unread.append(f"{path} ({_reason(image, path)})")
+        else:
+            images[i] = image
+    if unread:
+        more = f", … ({len(unread) - 3} more)" if len(unread) > 3 else ""
+        raise ValueError(f"eval: --images: {len(unread)} file{'s are' if len(unread) > 1 else ' is'} not a readable "
+                         f"image: {', '.join(unread[:3])}{more}; replace or remove them.")
+    return files, torch.from_numpy(images), torch.tensor(labels, dtype=torch.int64)
+
+
 def input_spec(config: Config, class_names: list[str]) -> DatasetSpec:
     """How the run's test images were made from pixels: size, channels and normalisation (the run's own
     image_mean / image_std, as its test loader used them: ``runner.load_data``)."""
