@@ -968,3 +968,23 @@ def test_a_split_folder_given_for_its_parent_names_the_parent(tmp_path):
             describe_dataset("imagefolder", tmp_path / split)
         one_line(err, f"--data-dir {tmp_path / split} is a split folder itself; give the folder that holds train/: "
                       f"--data-dir {tmp_path}.")
+
+
+def test_a_resume_with_nothing_to_restore_records_the_options_it_trains_with(tmp_path, capsys):
+    """Stopped in epoch 1, before any checkpoint, a run resumed with another --data-dir starts over on that
+    folder; its config.yaml kept the first folder, so eval and report credited the run to images it never
+    trained on."""
+    make_folder(tmp_path / "a", per_class=2)
+    make_folder(tmp_path / "b", per_class=3)
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "a"), "--image-size", "8", "--model",
+            "resnet20", "--num-modules", "2", "--split", "uniform", "--batch-size", "4", "--epochs", "1", "--device",
+            "cpu", "--out", str(run)]
+    with ctrl_c_before_checkpoint(1):
+        assert main(args) == 130
+    assert f"data_dir: {tmp_path / 'a'}" in (run / "config.yaml").read_text()
+    assert main(["train", "--out", str(run), "--resume", "--data-dir", str(tmp_path / "b")]) == 0
+    assert f"data_dir: {tmp_path / 'b'}" in (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    assert f"on 9 test images (test images from {tmp_path / 'b' / 'test'})" in capsys.readouterr().out

@@ -133,8 +133,8 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
     if state is not None and "rng" in state:
         set_rng_state(state["rng"])
     if launcher.is_main:
-        if not run.file(CONFIG).is_file():
-            record = {"run_id": run_id, "torch_threads": torch.get_num_threads()}
+        if not run.file(CONFIG).is_file() or state is None:  # a start, or a resume with nothing to restore: a start
+            record = {"run_id": run_id, "torch_threads": torch.get_num_threads()}  # with the options it trains with
             # the header also says what was read and where (a dataset found outside --data-dir) and the processes
             header = provenance() + derived(runner.net, config) + [line.strip() for line in runner.describe()]
             run.write_config(dump_yaml({**record, **config.to_dict()}, header=header))
