@@ -20,7 +20,10 @@ Choices, the same for every folder (so a run is described by its folder and ``im
   channel, Pillow's ITU-R 601 luma of that RGB (a third of the memory and of the first layer's arithmetic,
   for scans, X-rays and documents).
 - Size: the shorter side is resized to ``image_size`` (default 32, the CIFAR networks' input) and the centre
-  square kept, so the aspect ratio is never distorted; bicubic, which Pillow antialiases when shrinking.
+  square kept, so the aspect ratio is never distorted; bicubic, which Pillow antialiases when shrinking. A
+  JPEG is first decoded at the smallest of 1/1, 1/2, 1/4, 1/8 of its size that still covers ``image_size``
+  (libjpeg's scaled decoding, Pillow's ``draft``): much faster for photos, and pixels that differ a little from
+  a full decode then resize (train, eval and predict all read so).
 - Augmentation: CIFAR's, scaled with the size: pad by image_size // 8 (4 at 32) reflected, random crop,
   random horizontal flip. Right for photographs of objects; a dataset whose classes change under a mirror
   (text, digits) should not use it.
