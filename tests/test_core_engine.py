@@ -387,3 +387,23 @@ def test_inference_on_images_of_another_shape_is_one_line():
             with pytest.raises(ValueError, match=words) as err:
                 net(x)
             assert "\n" not in str(err.value)
+
+
+def test_timing_the_modules_changes_nothing_a_run_computes():
+    """engine.time_modules (what the pipeline balances its stages on) runs training passes: weights, BatchNorm
+    statistics, gradients, the random generator and every submodule's mode are as they were afterwards."""
+    from locallearn.engine import time_modules
+
+    net, _, x, y = _step_parts()
+    net.eval()
+    net.backbone.units[0].train()  # modes of the user's own, kept module by module
+    modes = [m.training for m in net.modules()]
+    state = copy.deepcopy(net.state_dict())
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    times = time_modules(net, x, y, repeats=1)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    assert all(p.grad is None for p in net.parameters()) and [m.training for m in net.modules()] == modes

@@ -244,11 +244,10 @@ def time_modules(
     afterwards; parameters, BatchNorm running statistics and the random generator are restored, so
     measuring changes nothing a run computes."""
     saved_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    rng = torch.random.get_rng_state()
     cuda = images.device.type == "cuda"
     times: list[list[float]] = [[] for _ in range(net.num_modules)]
-    try:
-        with modes_kept(net, training=True):
+    try:  # the generators of the CPU and of the images' GPU (dropout, random augmentation inside a unit)
+        with torch.random.fork_rng(devices=[images.device] if cuda else []), modes_kept(net, training=True):
             for rep in range(repeats + 1):
                 state = net.begin(images, labels)
                 inputs = images
@@ -267,5 +266,4 @@ def time_modules(
     finally:
         net.zero_grad(set_to_none=True)
         net.load_state_dict(saved_state)
-        torch.random.set_rng_state(rng)
     return [statistics.median(t) for t in times]
