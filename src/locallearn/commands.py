@@ -31,11 +31,11 @@ from locallearn.training.config import (
     USED_BY,
     Config,
     check_used,
-    dump_yaml,
     presets,
     read_run_options,
     requested_options,
     resolve,
+    run_record,
 )
 from locallearn.training.api import trained_net
 from locallearn.training.fit import (
@@ -132,7 +132,7 @@ def preview(config: Config) -> str:
         *_folder_note(config),
         *_out_note(RunDir(config.run.out)),
     ]
-    return dump_yaml({"torch_threads": torch.get_num_threads(), **config.to_dict()}, header=header)
+    return run_record(config.to_dict(), threads=torch.get_num_threads(), header=header)
 
 
 def _folder_note(config: Config) -> list[str]:

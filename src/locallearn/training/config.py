@@ -473,6 +473,14 @@ def dump_yaml(values: Mapping[str, Any], *, header: Iterable[str] = ()) -> str:
     return comments + "".join(lines)
 
 
+def run_record(options: Mapping[str, Any], *, run_id: str | None = None, threads: int | None = None,
+               header: Iterable[str] = ()) -> str:
+    """The text of a run's config.yaml (and of its start record and a dry run's): the run's id and the torch
+    threads it trains with first, where given, then its options (``Config.to_dict``), under ``header``."""
+    first = {key: value for key, value in (("run_id", run_id), ("torch_threads", threads)) if value is not None}
+    return dump_yaml({**first, **options}, header=header)
+
+
 def _yaml_line(key: str, value: Any) -> str:
     """``key: value`` on one line; lists and mappings inline in JSON form (valid YAML flow style)."""
     if isinstance(value, (list, tuple, dict)):
@@ -666,6 +674,7 @@ __all__ = [
     "ProcessesConfig",
     "RunConfig",
     "dump_yaml",
+    "run_record",
     "find_config",
     "flatten",
     "load_config",

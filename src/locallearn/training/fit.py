@@ -27,13 +27,13 @@ from locallearn.training.config import (
     Config,
     check_run_options,
     differing_options,
-    dump_yaml,
     flatten,
     option,
     read_mapping,
     resolve,
     resumed_config,
     run_id_of,
+    run_record,
 )
 from locallearn.training.rundir import (
     CHECKPOINT,
@@ -134,10 +134,11 @@ def _fit(config: Config, run: RunDir, launcher: Launcher, *, resume: bool, overw
         set_rng_state(state["rng"])
     if launcher.is_main:
         if not run.file(CONFIG).is_file() or state is None:  # a start, or a resume with nothing to restore: a start
-            record = {"run_id": run_id, "torch_threads": torch.get_num_threads()}  # with the options it trains with
-            # the header also says what was read and where (a dataset found outside --data-dir) and the processes
+            # with the options it trains with; the header also says what was read and where (a dataset found
+            # outside --data-dir) and the processes
             header = provenance() + derived(runner.net, config) + [line.strip() for line in runner.describe()]
-            run.write_config(dump_yaml({**record, **config.to_dict()}, header=header))
+            run.write_config(run_record(config.to_dict(), run_id=run_id, threads=torch.get_num_threads(),
+                                        header=header))
         run.file(START).unlink(missing_ok=True)  # config.yaml says it now
         if run_id:  # at every start: a run of an earlier release, or one that holds another run's file, gets its own
             record_pretrained(run, runner.net, run_id)
@@ -251,7 +252,7 @@ def _opened(config: Config, resume: bool, overwrite: bool, requested: dict[str, 
         return ("error", str(err))
     run = RunDir(config.run.out)
     if not run.file(CONFIG).is_file():  # a start: its options, before the data and network take their time
-        run.write_start(dump_yaml({"run_id": run_id, **config.to_dict()}))
+        run.write_start(run_record(config.to_dict(), run_id=run_id))
     return ("ok", config.options(), clear, run_id)
 
 
@@ -328,10 +329,10 @@ def restore_config(run: RunDir) -> bool:
     if not state or "config" not in state or not state.get("run_id") or state.get("format", CHECKPOINT_FORMAT) < CHECKPOINT_FORMAT:
         return False  # (an earlier release's checkpoint holds its config in another form)
     history = state.get("history") or [{}]
-    record = {"run_id": state["run_id"], "torch_threads": history[-1].get("torch_threads", torch.get_num_threads())}
     header = [f"written again from the checkpoint of epoch {state.get('epoch')} after {CONFIG} was lost: the run's "
               f"options and id; not the header it started with (versions, cuts, data read)"]
-    run.write_config(dump_yaml({**record, **state["config"]}, header=header))
+    run.write_config(run_record(state["config"], run_id=state["run_id"], header=header,
+                                threads=history[-1].get("torch_threads", torch.get_num_threads())))
     return True
 
 
