@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 Check = Callable[[str, Any], Any]  # (option name, value) → normalised value, or ValueError
 
@@ -172,10 +172,3 @@ class Mapping:
             raise ValueError(f"{name}: expected {self.what}, got {value!r}.")
         return dict(value)
 
-
-def unknown_keys(given: Iterable[str], valid: Iterable[str], *, what: str, source: str) -> None:
-    """Refuse keys outside ``valid``, naming the first unknown one and every valid one."""
-    valid = list(valid)
-    unknown = sorted(set(given) - set(valid))
-    if unknown:
-        raise ValueError(f"{source}: unknown {what} {unknown[0]!r}; valid {what}s are {', '.join(valid)}.")

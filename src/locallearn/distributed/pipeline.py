@@ -143,9 +143,6 @@ class PhaseStats:
             self.sums[key] = self.sums[key] + value if key in self.sums else value
         self.batch_losses.append((n, [metrics[f"loss/{k}"] for k in modules]))
 
-    def means(self) -> dict[str, float]:
-        return {key: value / self.images for key, value in self.sums.items()} if self.images else {}
-
     def count(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Add one evaluation batch's correct predictions and summed cross-entropy, on the device: the host
         waits for them once, at the end of the phase (``correct``, ``loss_sum``), not once per batch."""
