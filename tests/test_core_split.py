@@ -241,3 +241,31 @@ def test_bad_splits_are_refused_with_one_sentence(kwargs, message):
 def test_k_equal_to_units_is_allowed():
     net = ll.build("resnet20", method="greedy", num_modules=11, split="uniform")
     assert [b - a for a, b in net.bounds] == [1] * 11
+
+
+def test_a_registered_backbones_own_paper_split_is_its_default_read_from_named_splits(monkeypatch):
+    """A registered model gets the `paper` split by default where its backbone's named_splits("paper") gives cuts
+    for K (read from the backbone built on the meta device; nothing to declare twice at registration), else
+    the computed `auto`; a user's factory (an import path) is not run for it."""
+    from torch import nn
+
+    from locallearn.config import _OWN_PAPER_KS, default_split
+    from locallearn.models import MODELS, Backbone, register_model
+
+    class Tiny(Backbone):
+        def __init__(self, num_classes=10, image_size=8):
+            super().__init__()
+            self.units = nn.ModuleList([nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1),
+                                        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))])
+            self.unit_keys, self.image_size = [(1, 0), (1, 1), (2, 0)], image_size
+
+        def named_splits(self, name):
+            return {2: [(1, 1)]} if name == "paper" else {}
+
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))  # registered for this test only
+    monkeypatch.setattr("locallearn.config._OWN_PAPER_KS", dict(_OWN_PAPER_KS))
+    register_model("tiny_with_paper", Tiny)
+    assert [default_split("tiny_with_paper", k) for k in (2, 3, None)] == ["paper", "auto", "paper"]
+    net = ll.build("tiny_with_paper", method="greedy", num_modules=2, image_size=8)
+    assert net.config.split == "paper" and net.bounds == [(0, 2), (2, 3)]
+    assert default_split("no_such_package.module:factory", 2) == "auto"

@@ -31,7 +31,7 @@ from locallearn.heads import HEADS
 from locallearn.losses import LOCAL_LOSSES, lambda_schedule, lookup_lambdas
 from locallearn.methods import METHODS, Method
 from locallearn.methods.base import DEFAULT_NUM_MODULES
-from locallearn.models import OBJECT, Backbone, check_model, check_model_options, create_model, model_family, own_splits
+from locallearn.models import MODELS, OBJECT, Backbone, check_model, check_model_options, create_model, model_family
 from locallearn.models.registry import FAMILY_HEADS
 from locallearn.split import SPLITS, paper_ks, table_cuts
 from locallearn.validate import Bool, Float, Int, Mapping, Numbers, Optional, check, check_fields, count_word, is_number
@@ -188,8 +188,9 @@ def method_preset(method: Method, family: str) -> dict[str, Any]:
 def default_split(model: str | nn.Module, num_modules: Any = None, model_kwargs: Any = None) -> str:
     """The split a model gets when none is given: ``paper`` where it has published cuts for ``num_modules``
     (for some K, where that is not given or is 1), else the computed ``auto``. The cuts are the published
-    tables' (``split.tables``) or the backbone's own ``paper`` split (Swin's stages: the backbone is built on
-    the meta device to read them, with ``model_kwargs``, since its depths decide them)."""
+    tables' (``split.tables``) or the backbone's own ``paper`` split, its ``named_splits("paper")`` (Swin's
+    stages: a registered backbone is built on the meta device to read them, with ``model_kwargs``, since its
+    depths decide them; a user's factory is not run for it)."""
     one = not isinstance(num_modules, int) or isinstance(num_modules, bool) or num_modules <= 1
     if isinstance(model, Backbone):
         ks = list(model.named_splits("paper"))
@@ -197,9 +198,7 @@ def default_split(model: str | nn.Module, num_modules: Any = None, model_kwargs:
         ks = []
     elif paper_ks(model):
         ks = paper_ks(model)
-    elif "paper" in own_splits(model):  # which K it defines cuts for is read only where K matters
-        if one:
-            return "paper"
+    elif model in MODELS:
         ks = _own_paper_ks(model, model_kwargs if isinstance(model_kwargs, dict) else {})  # another type: refused
     else:  # by its check
         ks = []
@@ -212,7 +211,7 @@ _OWN_PAPER_KS: dict[tuple[str, str], list[int]] = {}  # (model, its kwargs' repr
 def _own_paper_ks(model: str, model_kwargs: dict[str, Any]) -> list[int]:
     """The K of a registered backbone's own ``paper`` split, read from the backbone built on the meta device (no
     memory, no initialisation; without ``pretrained``, which only sets the weights), once per model and
-    kwargs; every K where it cannot be built (the build then names why)."""
+    kwargs; none where it cannot be built (the network's build then names why)."""
     kwargs = {k: v for k, v in model_kwargs.items() if k != "pretrained"}
     key = (model, repr(sorted(kwargs.items())))
     if key not in _OWN_PAPER_KS:
@@ -220,7 +219,7 @@ def _own_paper_ks(model: str, model_kwargs: dict[str, Any]) -> list[int]:
             with torch.device("meta"):
                 _OWN_PAPER_KS[key] = list(create_model(model, **kwargs).named_splits("paper"))
         except Exception:  # a bad model_kwargs: refused with its reason when the network is built
-            _OWN_PAPER_KS[key] = list(range(2, 1 << 10))
+            _OWN_PAPER_KS[key] = []
     return _OWN_PAPER_KS[key]
 
 

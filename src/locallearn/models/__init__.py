@@ -13,7 +13,6 @@ from locallearn.models.registry import (
     is_import_path,
     model_accepts,
     model_family,
-    own_splits,
     register_model,
 )
 from locallearn.models import resnet_cifar  # noqa: F401  (registers resnet20..resnet110)
@@ -35,7 +34,6 @@ __all__ = [
     "is_import_path",
     "model_accepts",
     "model_family",
-    "own_splits",
     "register_model",
     "units",
 ]

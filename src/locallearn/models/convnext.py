@@ -173,5 +173,4 @@ def create_convnext(
 _OPTIONS = (*signature_options(create_convnext, exclude=("name", "defaults")), *_SPEC_FIELDS)
 register_model(
     "convnext_tiny", functools.partial(create_convnext, "convnext_tiny", CONVNEXT_TINY), family="cnn", options=_OPTIONS,
-    own_splits=("stages",),
 )

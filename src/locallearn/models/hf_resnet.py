@@ -164,5 +164,4 @@ def create_resnet(
 
 _OPTIONS = (*signature_options(create_resnet, exclude=("name", "defaults")), *_SPEC_FIELDS)
 for _name, _defaults in (("resnet18", RESNET18), ("resnet50", RESNET50)):
-    register_model(_name, functools.partial(create_resnet, _name, _defaults), family="cnn", options=_OPTIONS,
-                   own_splits=("stages",))
+    register_model(_name, functools.partial(create_resnet, _name, _defaults), family="cnn", options=_OPTIONS)

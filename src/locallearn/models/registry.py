@@ -1,6 +1,6 @@
 """The model registry: ``create_model(name, num_classes=..., image_size=...)``, and what it knows of each
-model besides its factory — its family (``cnn`` or ``transformer``), the keyword arguments it takes and the
-named splits its backbone defines itself.
+model besides its factory — its family (``cnn`` or ``transformer``) and the keyword arguments it takes (the
+splits its backbone defines itself are its ``named_splits``).
 
 A model name is a registered name, or the import path of a factory of the user's, ``package.module:factory``
 (``--model`` on the command line), which returns an ``nn.Module`` (a ``Backbone`` or an ``nn.Sequential``,
@@ -30,7 +30,6 @@ MODELS: Registry[Callable[..., Backbone]] = Registry(
 FAMILY_HEADS = {"cnn": "1c2f", "transformer": "token"}
 _FAMILIES: dict[str, str] = {}
 _OPTIONS: dict[str, tuple[str, ...] | None] = {}
-_OWN_SPLITS: dict[str, tuple[str, ...]] = {}
 OBJECT = "object:"  # the name of a model given as a Python object
 
 
@@ -40,12 +39,10 @@ def register_model(
     *,
     family: str = "cnn",
     options: Iterable[str] | None = None,
-    own_splits: Iterable[str] = (),
 ) -> Callable[..., Backbone]:
     """``family``: a key of ``FAMILY_HEADS``. ``options``: the keyword arguments ``factory`` accepts
     (``model_kwargs`` plus ``num_classes`` and ``image_size``); by default read from its signature, and
-    unchecked when that has ``**kwargs``. ``own_splits``: the named splits the backbone defines itself
-    (``Backbone.named_splits``), e.g. Swin's ``paper`` and ``stages``."""
+    unchecked when that has ``**kwargs``."""
     if family not in FAMILY_HEADS:
         raise ValueError(f"family: unknown model family {family!r}; valid families are {', '.join(FAMILY_HEADS)}.")
     if options is None and not _takes_var_keywords(factory):
@@ -53,7 +50,6 @@ def register_model(
     registered = MODELS.register(name, factory)
     _FAMILIES[name] = family
     _OPTIONS[name] = tuple(options) if options is not None else None
-    _OWN_SPLITS[name] = tuple(own_splits)
     return registered
 
 
@@ -99,11 +95,6 @@ def check_model(name: str) -> None:
         import_factory(name)
     elif not is_object_name(name):
         MODELS.get(name)
-
-
-def own_splits(name: str) -> tuple[str, ...]:
-    """The named splits a registered model's backbone defines itself; () for a user's model."""
-    return _OWN_SPLITS.get(name, ())
 
 
 def signature_options(fn: Callable, *, exclude: Iterable[str] = ()) -> tuple[str, ...]:

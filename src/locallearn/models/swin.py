@@ -328,5 +328,4 @@ def _absolute_table_fits(resolution: int, config: Any) -> str | None:
 
 _OPTIONS = (*signature_options(create_swin, exclude=("name", "defaults")), *_SPEC_FIELDS)
 for _name, _defaults in (("swin_tiny", SWIN_TINY), ("swin_cifar", SWIN_CIFAR)):
-    register_model(_name, functools.partial(create_swin, _name, _defaults), family="transformer", options=_OPTIONS,
-                   own_splits=("paper", "stages"))
+    register_model(_name, functools.partial(create_swin, _name, _defaults), family="transformer", options=_OPTIONS)

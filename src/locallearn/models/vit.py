@@ -228,5 +228,4 @@ def create_vit(
 
 _OPTIONS = (*signature_options(create_vit, exclude=("name", "defaults")), *_SPEC_FIELDS)
 for _name, _defaults in (("vit_tiny", VIT_TINY), ("vit_small", VIT_SMALL), ("vit_base", VIT_BASE)):
-    register_model(_name, functools.partial(create_vit, _name, _defaults), family="transformer", options=_OPTIONS,
-                   own_splits=("stages",))
+    register_model(_name, functools.partial(create_vit, _name, _defaults), family="transformer", options=_OPTIONS)
