@@ -46,9 +46,9 @@ from locallearn.distributed.pipeline import (
     stage_state_keys,
 )
 from locallearn.net import LocalNet, build_net, check_batch, check_logits
-from locallearn.training.config import Config, parse_assign, read_mapping, resolve, run_id_of
+from locallearn.training.config import Config, parse_assign, resolve
 from locallearn.training.fit import fit, open_run, plural
-from locallearn.training.rundir import CONFIG, PREVIOUS, RunDir, load_state, save_state, seed_everything
+from locallearn.training.rundir import PREVIOUS, RunDir, load_state, save_state, seed_everything
 from locallearn.training.runner import (
     RESUME_FIX,
     compile_parts,
@@ -59,6 +59,7 @@ from locallearn.training.runner import (
     loader_fingerprint,
     make_optimizer,
     net_to_build,
+    recorded_run_id,
 )
 
 Log = Callable[[str], None]
@@ -154,7 +155,7 @@ class PipelineRunner:
                              f"move it away.")
         self.log = log
         # this run's id (config.yaml, on rank 0's file system): stage files of another run are never taken
-        self.run_id = launcher.share(_run_id(run) if env.is_main else None) if resume else None
+        self.run_id = launcher.share(recorded_run_id(run) if env.is_main else None) if resume else None
         # this rank's stage (rank // replicas whatever the layout) is the only one whose files it reads; what it
         # finds wrong with them is said by the main process, which alone prints
         stage, warnings = env.rank // replicas, []
@@ -382,10 +383,6 @@ def _sound_stage_files(found: dict[int, dict[int, Path]], run_id: str, log: Log)
             assign = state.get("config", {}).get("processes", {}).get("pipeline_assign")
             sound.setdefault(stage, {})[epoch] = StageFile(path, state.get("layout"), assign, state.get("rng"))
     return sound
-
-
-def _run_id(run: RunDir) -> str:
-    return run_id_of(read_mapping(run.file(CONFIG))) if run.file(CONFIG).is_file() else ""
 
 
 def _save_stage(stage_dir: Path, stage: int, epoch: int, state: dict[str, Any]) -> None:

@@ -11,7 +11,6 @@ your own. An image folder's run needs no folder: config.yaml and the checkpoint 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import os
 from collections.abc import Iterable, Iterator
@@ -30,7 +29,7 @@ from locallearn.data.specs import DatasetSpec
 from locallearn.training.api import trained_net
 from locallearn.training.config import PYTHON_DATA, Config, read_run_options, resolve
 from locallearn.training.rundir import CONFIG, WRITTEN_BY_TRAIN, RunDir
-from locallearn.training.runner import Log
+from locallearn.training.runner import Log, run_spec
 
 BATCH = 256  # images classified at a time
 
@@ -160,7 +159,7 @@ def input_spec(config: Config, class_names: list[str]) -> DatasetSpec:
         spec = classes_spec(tuple(class_names), config.net.image_size, config.net.in_channels)
     else:
         spec = get_spec(config.data.dataset)
-    return dataclasses.replace(spec, mean=tuple(config.net.image_mean), std=tuple(config.net.image_std))
+    return run_spec(config, spec)
 
 
 def _probabilities(net: nn.Module, spec: DatasetSpec, images: list[np.ndarray], device: torch.device,

@@ -33,6 +33,7 @@ from torch import nn
 
 from locallearn.data import BatchLoader, describe_dataset, load_split
 from locallearn.data.imagefolder import IMAGEFOLDER, ImageFolder, Item, kept_items, scan_image_folder
+from locallearn.data.specs import DatasetSpec
 from locallearn.engine import NonFiniteLossError, first_non_finite, label_error, train_step
 from locallearn.memory import StepMemoryMeter
 from locallearn.config import NetConfig
@@ -209,8 +210,7 @@ def net_to_build(net: NetConfig, run: RunDir | None, *, stages: bool = False) ->
     otherwise ``net`` as it is."""
     if run is None or "pretrained" not in net.model_kwargs or not run.has_checkpoint(stages=stages):
         return net
-    run_id = run_id_of(read_mapping(run.file(CONFIG))) if run.file(CONFIG).is_file() else ""
-    recorded = run.read_pretrained(run_id)
+    recorded = run.read_pretrained(recorded_run_id(run))
     if recorded is None:  # a run of an earlier release, one stopped before it was written, or another run's file
         return net
     from transformers import AutoConfig
@@ -229,6 +229,11 @@ def record_pretrained(run: RunDir, net: LocalNet, run_id: str) -> None:
     config = getattr(net.backbone, "pretrained_config", None)
     if config is not None:
         run.write_pretrained(json.loads(config.to_json_string(use_diff=False)), run_id)
+
+
+def recorded_run_id(run: RunDir) -> str:
+    """The id ``run``'s config.yaml records ('' where it has none, or no config.yaml)."""
+    return run_id_of(read_mapping(run.file(CONFIG))) if run.file(CONFIG).is_file() else ""
 
 
 def resume_command(run: RunDir, *, pipeline: bool = False, ranks: int | str | None = None,
@@ -329,14 +334,17 @@ def load_data(config: Config, *, train: bool, device: torch.device, log: Log | N
     images, labels = load_split(data.dataset, data.data_dir, train=train, image_size=size, in_channels=channels,
                                 test_fraction=data.test_fraction, limit=data.limit_train if train else data.limit_test,
                                 test_limit=data.limit_test, log=log)
-    # The run's normalisation (the dataset's unless image_mean/image_std say otherwise): the same constants
-    # the network un-normalises with to get reconstruction targets.
-    spec = describe_dataset(data.dataset, data.data_dir, image_size=size, test_fraction=data.test_fraction,
-                            in_channels=channels)
-    spec = dataclasses.replace(spec, mean=tuple(config.net.image_mean), std=tuple(config.net.image_std))
+    spec = run_spec(config, describe_dataset(data.dataset, data.data_dir, image_size=size,
+                                             test_fraction=data.test_fraction, in_channels=channels))
     return BatchLoader(
         images, labels, spec=spec, batch_size=config.optim.batch_size, train=train, seed=config.run.seed, device=device
     )
+
+
+def run_spec(config: Config, spec: DatasetSpec) -> DatasetSpec:
+    """``spec`` with the run's normalisation (the dataset's unless image_mean / image_std set another): the
+    constants its loaders used, and the network un-normalises with to get reconstruction targets."""
+    return dataclasses.replace(spec, mean=tuple(config.net.image_mean), std=tuple(config.net.image_std))
 
 
 def split_items(config: Config, *, train: bool) -> tuple[ImageFolder, tuple[Item, ...]] | None:
