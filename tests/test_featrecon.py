@@ -13,7 +13,7 @@ from locallearn.memory import unit_profile
 from locallearn.split.auto import BATCH, objective_cost
 from locallearn.heads import create_head
 from locallearn.models import create_model
-from locallearn.models.swin import TokenClassifier, to_map
+from locallearn.models.tokens import TokenClassifier, to_map
 
 TINY = dict(embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=2, drop_path_rate=0.0)
 

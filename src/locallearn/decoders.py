@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from locallearn.losses import at_least_float32
-from locallearn.models.swin import to_map, to_tokens
+from locallearn.models.tokens import to_map, to_tokens
 from locallearn.registry import Registry
 
 

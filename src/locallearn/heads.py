@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from locallearn.models.swin import TokenClassifier
+from locallearn.models.tokens import TokenClassifier
 from locallearn.registry import Registry
 
 HeadFactory = Callable[[tuple[int, ...], int], nn.Module]

@@ -55,7 +55,7 @@ from torch import nn
 from locallearn.models.base import Backbone
 from locallearn.models.hf_common import Cut, check_positive_ints, keep_config, load_pretrained
 from locallearn.models.registry import register_model, signature_options
-from locallearn.models.swin import TokenClassifier, to_map, to_tokens
+from locallearn.models.tokens import TokenClassifier, to_map, to_tokens
 
 
 # --- units ------------------------------------------------------------------------------------------------
