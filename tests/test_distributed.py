@@ -417,7 +417,8 @@ def _cli(argv):
 @pytest.mark.parametrize("rank", [0, 1])
 def test_a_rank_that_learns_of_another_ranks_ctrl_c_exits_as_interrupted(rank, monkeypatch, capsys):
     """A rank blocked in a transfer learns of a Ctrl-C from the failure another rank published (abort): it
-    exits with the CLI's 130, and only rank 0 says what was kept; any other failure is an error on every rank."""
+    exits with the CLI's 130 (143 where a SIGTERM stopped that rank: it exited 130 whatever the signal), and
+    only rank 0 says what was kept; any other failure is an error on every rank."""
     from locallearn.distributed import launch
 
     def exit_(code):
@@ -428,6 +429,8 @@ def test_a_rank_that_learns_of_another_ranks_ctrl_c_exits_as_interrupted(rank, m
         ("rank 1: Interrupted: interrupted in epoch 2: the last good checkpoint (epoch 1) is kept in runs/x", 130,
          "locallearn: interrupted in epoch 2: the last good checkpoint (epoch 1) is kept in runs/x\n"),
         ("rank 1: KeyboardInterrupt: ", 130, "locallearn: interrupted\n"),
+        ("rank 1: Interrupted: stopped by SIGTERM in epoch 3: the last good checkpoint (epoch 2) is kept in runs/x",
+         143, "locallearn: stopped by SIGTERM in epoch 3: the last good checkpoint (epoch 2) is kept in runs/x\n"),
         ("rank 1: RuntimeError: boom", 1, f"locallearn: error: rank 1: RuntimeError: boom; rank {rank} stops.\n"),
     ]:
         with pytest.raises(SystemExit) as stop:

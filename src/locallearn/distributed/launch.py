@@ -37,6 +37,7 @@ ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 WAIT_NOTICE_S = 30.0  # a rank still waiting for the others after this long says so
 EXIT_FAILED = 1  # the exit status of every rank when one failed
 EXIT_INTERRUPTED = 130  # ... when one was stopped by Ctrl-C (the shell's status for SIGINT, as the CLI's)
+EXIT_TERMINATED = 143  # ... when one was stopped by SIGTERM (128 + 15, what schedulers expect)
 _FAILURE = "failure"
 
 
@@ -301,14 +302,17 @@ class Watchdog:
 def abort(failure: str, rank: int) -> None:
     """Exit this process at once because of ``failure`` ("rank R: what happened"). A rank stopped by Ctrl-C
     stops the job as interrupted: rank 0 alone says what that rank said was kept (torchrun passes Ctrl-C to
-    every rank, and one blocked in a transfer learns of it here rather than from its own signal)."""
+    every rank, and one blocked in a transfer learns of it here rather than from its own signal), with the
+    status of the signal that stopped it (130 for Ctrl-C, 143 for SIGTERM), whichever rank received it."""
     interrupted = re.fullmatch(r"rank \d+: (?:Interrupted|KeyboardInterrupt): ?(.*)", failure)
     if interrupted is None:
         print(f"locallearn: error: {failure.rstrip('.')}; rank {rank} stops.", file=sys.stderr, flush=True)
     elif rank == 0:
         print(f"locallearn: {interrupted[1] or 'interrupted'}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    os._exit(EXIT_FAILED if interrupted is None else EXIT_INTERRUPTED)
+    if interrupted is None:
+        os._exit(EXIT_FAILED)
+    os._exit(EXIT_TERMINATED if interrupted[1].startswith("stopped by SIGTERM") else EXIT_INTERRUPTED)
 
 
 def run_guarded(env: DistEnv, fn, *args, **kwargs):
