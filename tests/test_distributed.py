@@ -475,6 +475,49 @@ def test_an_error_under_torchrun_is_said_by_rank_0_before_torchrun_stops_it(tmp_
 
 
 @pytest.mark.slow
+def test_a_rank_that_fails_at_start_up_on_another_machine_is_named_and_nobody_waits(tmp_path):
+    """Two torchrun agents, as on two machines; the second one's data folder is missing (data_dir may differ
+    by rank). That rank's error was never printed (only rank 0 speaks) and rank 0 waited for it to join for 30
+    minutes; now each machine's terminal names it, and rank 0 stops within seconds."""
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for name, colour in (("cat", (200, 30, 30)), ("dog", (30, 200, 30))):
+            (tmp_path / "pics" / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (12, 12), colour).save(tmp_path / "pics" / split / name / f"{i}.png")
+    port, missing = free_port(), tmp_path / "missing"
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "job", "--node-rank"]
+    argv = [*TRAIN, "--dataset", "imagefolder", "--image-size", "8", "--limit-train", "8", "--limit-test", "4",
+            "--batch-size", "4", "--out", str(tmp_path / "pipe")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = time.monotonic()
+    first = subprocess.Popen([*agent, "0", "-m", "locallearn", *argv, "--data-dir", str(tmp_path / "pics")],
+                             stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(2)  # the first agent hosts the rendezvous, as the machine named by --rdzv-endpoint would
+    second = subprocess.run([*agent, "1", "-m", "locallearn", *argv, "--data-dir", str(missing)],
+                            capture_output=True, text=True, timeout=120, env=env)
+    try:
+        _, first_err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    waited = time.monotonic() - started
+    lines = [[line for line in err.splitlines() if line.startswith("locallearn:")]
+             for err in (first_err, second.stderr)]
+    reason = f"imagefolder: --data-dir {missing} does not exist"
+    assert first.returncode != 0 and second.returncode != 0 and waited < 100, (first_err, second.stderr)
+    assert len(lines[0]) == 1 and lines[0][0].startswith(f"locallearn: error: rank 1 of 2: {reason}"), first_err
+    assert lines[0][0].endswith("; rank 0 stops before training: fix it on that rank's machine and start the job "
+                                "again."), first_err
+    assert len(lines[1]) == 1 and lines[1][0].startswith(f"locallearn: error: rank 1: {reason}"), second.stderr
+
+
+@pytest.mark.slow
 def test_a_replicas_share_of_one_image_is_refused_for_batchnorm1d(tmp_path):
     run = tmp_path / "pipe"
     argv = [*TRAIN, "--method", "dgl", "--data-parallel", "2", "--batch-size", "2", "--out", str(run)]

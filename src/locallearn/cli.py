@@ -368,10 +368,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except (ValueError, OSError) as err:
         # under torchrun every rank fails alike: rank 0 says it (a rank's own failure reaches rank 0 too, once
-        # the ranks have met; one before, every_rank, is said by the rank that met it)
-        if not _other_rank() or getattr(err, "every_rank", False):
-            text = os_message(err) if isinstance(err, OSError) else str(err)
-            print(f"{PROG}: error: {' '.join(text.split())}", file=sys.stderr)
+        # the ranks have met; one before, every_rank, is said by the rank that met it; one at start-up is told
+        # to the job, and said by its rank where rank 0 does not say the same)
+        text = " ".join((os_message(err) if isinstance(err, OSError) else str(err)).split())
+        if "WORLD_SIZE" in os.environ and os.environ.get("WORLD_SIZE") != "1" and not getattr(err, "every_rank", False):
+            from locallearn.distributed.launch import start_failure
+
+            if start_failure(text):
+                rank = f"rank {os.environ['RANK']}: " if _other_rank() else ""
+                print(f"{PROG}: error: {rank}{text}", file=sys.stderr)
+        elif not _other_rank() or getattr(err, "every_rank", False):
+            print(f"{PROG}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         if not _other_rank():  # torchrun passes Ctrl-C to every rank: rank 0 says what is kept

@@ -18,6 +18,13 @@ waiting until the collective timeout (minutes). The ``Watchdog`` bounds that:
 
 Under torchrun the elastic agent also stops a node's workers when one of them fails; the watchdog covers
 what it does not: ranks on other nodes, and runs started without torchrun.
+
+Start-up failures. A rank can fail before the ranks have met (its data missing on its machine: ``data_dir`` and
+``device`` may differ by rank), where there is no group to publish to yet. Under torchrun the agent's store is
+already there (MASTER_ADDR:MASTER_PORT): ``start_failure`` puts the failure in it, and ranks waiting for the
+others to join (``init_distributed``) read it and exit with status 2 and a line naming that rank, instead of
+waiting out the join timeout (30 minutes) on another machine. The failing rank says its own failure where rank 0
+does not say the same.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ EXIT_FAILED = 1  # the exit status of every rank when one failed
 EXIT_INTERRUPTED = 130  # ... when one was stopped by Ctrl-C (the shell's status for SIGINT, as the CLI's)
 EXIT_TERMINATED = 143  # ... when one was stopped by SIGTERM (128 + 15, what schedulers expect)
 _FAILURE = "failure"
+_START_FAILURE = "locallearn/start-failure"  # the first rank's failure before the ranks met; /<rank>: each rank's
+START_WAIT_S = 5.0  # how long a failed rank > 0 waits to learn whether rank 0 failed alike (and says it)
 
 
 @dataclass
@@ -103,6 +112,62 @@ class NotJoined(ValueError):
     every_rank = True
 
 
+def _agent_store(timeout_s: float) -> dist.TCPStore | None:
+    """A client of the store torchrun's agent hosts for the job, or None where there is none (ranks started by
+    hand: rank 0 hosts it only once it joins) or it cannot be reached."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+        return None
+    try:
+        return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                             timeout=datetime.timedelta(seconds=timeout_s), wait_for_workers=False)
+    except (RuntimeError, KeyError, ValueError):  # DistNetworkError and DistStoreError are RuntimeErrors
+        return None
+
+
+def start_failure(message: str) -> bool:
+    """Tell the job that this rank failed before the ranks met (``message``, its one-line error), where torchrun's
+    store lets it; whether this rank should print its line: rank 0 always, another rank unless rank 0 failed
+    with the same message within ``START_WAIT_S`` (rank 0 then says it, once for the job); where there is no
+    store to compare through (ranks started by hand), rank 0 alone, as for a failure after the ranks met."""
+    rank, world = int(os.environ.get("RANK", "0")), os.environ.get("WORLD_SIZE", "1")
+    store = _agent_store(START_WAIT_S)
+    if store is None:
+        return rank == 0
+    try:
+        store.set(f"{_START_FAILURE}/{rank}", message)
+        store.compare_set(_START_FAILURE, "", f"rank {rank} of {world}: {message}")
+        if rank == 0:
+            return True
+        store.wait([f"{_START_FAILURE}/0"], datetime.timedelta(seconds=START_WAIT_S))
+        return store.get(f"{_START_FAILURE}/0").decode() != message
+    except RuntimeError:  # rank 0 did not fail (it waits for this rank to join), or the store went away
+        return True
+
+
+def _watch_start(info: dict, where: str, timeout_s: float, joined: threading.Event) -> None:
+    """While this rank waits for the others to join: after ``WAIT_NOTICE_S`` it says so, and where another rank
+    has published a start-up failure (``start_failure``), it exits at once with status 2, one line for each
+    machine (its first rank says it) naming that rank."""
+    store = None
+    started = time.monotonic()
+    noticed = False
+    while not joined.wait(1.0):
+        if not noticed and time.monotonic() - started >= WAIT_NOTICE_S:
+            noticed = True  # ranks started by hand wait for the others silently
+            print(f"locallearn: rank {info['rank']} of {info['world_size']} is waiting for the other ranks to join at "
+                  f"{where} (for up to {timeout_s:.0f} s); start every rank with the same MASTER_ADDR and MASTER_PORT "
+                  f"(torchrun starts them all).", file=sys.stderr, flush=True)
+        store = store or _agent_store(2.0)
+        if store is None or not store.check([_START_FAILURE]) or joined.is_set():
+            continue
+        failure = store.get(_START_FAILURE).decode()
+        if info["local_rank"] == 0:
+            print(f"locallearn: error: {' '.join(failure.split()).rstrip('.')}; rank {info['rank']} stops before "
+                  f"training: fix it on that rank's machine and start the job again.", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
+
+
 def _not_joined(info: dict, where: str, waited_s: float, err: Exception) -> ValueError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return NotJoined(f"parallel: rank {info['rank']} of {info['world_size']} waited {waited_s:.0f} s at {where} and "
@@ -123,12 +188,8 @@ def init_distributed(
     timeout = datetime.timedelta(seconds=timeout_s)
     kwargs = {"device_id": torch_device} if backend == "nccl" else {}
     where = f"{info['master_addr']}:{info['master_port']}"
-    notice = threading.Timer(WAIT_NOTICE_S, lambda: print(  # ranks started by hand wait for the others silently
-        f"locallearn: rank {info['rank']} of {info['world_size']} is waiting for the other ranks to join at {where} "
-        f"(for up to {timeout_s:.0f} s); start every rank with the same MASTER_ADDR and MASTER_PORT (torchrun "
-        f"starts them all).", file=sys.stderr, flush=True))
-    notice.daemon = True
-    notice.start()
+    joined = threading.Event()
+    threading.Thread(target=_watch_start, args=(info, where, timeout_s, joined), daemon=True).start()
     started = time.monotonic()
     try:
         dist.init_process_group(backend, timeout=timeout, **kwargs)
@@ -143,7 +204,7 @@ def init_distributed(
     except dist.DistStoreError as err:  # the other ranks did not come
         raise _not_joined(info, where, time.monotonic() - started, err) from None
     finally:
-        notice.cancel()
+        joined.set()
     ctrl = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else dist.group.WORLD
     env = DistEnv(
         rank=dist.get_rank(),
