@@ -110,6 +110,20 @@ def test_world_sizes_that_do_not_fit_are_refused():
         check_layout(4, 3, 2)
 
 
+def test_a_batch_the_replicas_cannot_share_equally_is_refused_before_connecting():
+    """DDP averages the replicas' gradients with equal weights: 63 images as 32 + 31 is not the full batch's
+    gradient (it trained without a word; `bench pipeline` refused the same case)."""
+    from locallearn.distributed.runner import check_start
+    from locallearn.training import resolve
+
+    options = dict(parallel="pipeline", model="resnet20", num_modules=4, split="uniform")
+    check_start(resolve({**options, "data_parallel": 2, "batch_size": 64}), 4)
+    with pytest.raises(ValueError, match=r"^batch_size: 63 images do not split equally over --data-parallel 2 "
+                                         r"replicas, .*; give a multiple of 2, e.g. --batch-size 62\.$"):
+        check_start(resolve({**options, "data_parallel": 2, "batch_size": 63}), 4)
+    check_start(resolve({**options, "batch_size": 63}), 2)  # one replica per stage: any batch
+
+
 def test_fit_pipeline_refuses_a_world_size_before_connecting(monkeypatch, tmp_path):
     from locallearn.distributed import fit_pipeline
     from locallearn.training import resolve
@@ -525,6 +539,19 @@ def test_a_replicas_share_of_one_image_is_refused_for_batchnorm1d(tmp_path):
     said = (tmp_path / "rank0.err").read_text()
     assert "not 1; give --batch-size 4 or more (each of the 2 data-parallel replicas" in said, said
     assert not run.exists()
+
+
+@pytest.mark.slow
+def test_a_last_batch_the_replicas_cannot_share_equally_leaves_out_its_last_images(tmp_path):
+    """131 training images in batches of 32 on 2 replicas: the last batch of 3 trained as 2 + 1, DDP's equal
+    weights making it another gradient than the batch's; it now leaves out its third image."""
+    import json
+
+    run = tmp_path / "run"
+    argv = [*TRAIN, "--num-modules", "2", "--data-parallel", "2", "--epochs", "1", "--limit-train", "131",
+            "--out", str(run)]
+    assert _join(spawn_local(_cli, 2, argv, stderr_dir=str(tmp_path)), 180) == [0, 0]
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["train_images"] == 130
 
 
 @pytest.mark.slow

@@ -298,8 +298,11 @@ class PipelineStage:
             if batches is None:
                 raise ValueError("pipeline: the first stage needs the batches to read.")
             for index, (images, labels) in enumerate(batches):
-                if kind == Kind.TRAIN and len(labels) < self.layout.replicas:
-                    continue  # a last batch too small to give every replica an image: skipped by all alike
+                if kind == Kind.TRAIN and len(labels) % self.layout.replicas:  # a last batch that does not split
+                    kept = len(labels) - len(labels) % self.layout.replicas  # equally: its last images left out
+                    if not kept:  # (at most replicas − 1), by every replica alike, so that the shares are equal
+                        continue
+                    images, labels = images[:kept], labels[:kept]
                 images = torch.tensor_split(images, self.layout.replicas)[self.replica].to(self.device)
                 labels = torch.tensor_split(labels, self.layout.replicas)[self.replica].to(self.device)
                 yield index, images, self.net.begin(images, labels), labels

@@ -99,10 +99,18 @@ def fit_pipeline(
 
 def check_start(config: Config, world_size: int) -> None:
     """What a pipeline of ``world_size`` ranks refuses before connecting (also ``train --dry-run`` under
-    torchrun): ranks that do not form stages of the network's modules, or ``--pipeline-assign`` counts that do
-    not fit them."""
+    torchrun): ranks that do not form stages of the network's modules, ``--pipeline-assign`` counts that do
+    not fit them, or a batch the data-parallel replicas cannot share equally (DDP averages their gradients
+    with equal weights, which is the full batch's gradient only for equal shares)."""
     stages = check_layout(config.net.num_modules, world_size, config.processes.data_parallel)
     check_assign(config.processes.pipeline_assign, stages, config.net.num_modules)
+    replicas, batch = config.processes.data_parallel, config.optim.batch_size
+    if batch % replicas:
+        raise ValueError(
+            f"batch_size: {batch} images do not split equally over --data-parallel {replicas} replicas, whose "
+            f"gradients are averaged with equal weights (the full batch's gradient for equal shares only); give a "
+            f"multiple of {replicas}, e.g. --batch-size {max(replicas, batch - batch % replicas)}."
+        )
 
 
 def _to_check(config: Config, resume: bool, requested: dict[str, Any] | None) -> Config:
