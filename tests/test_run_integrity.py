@@ -409,6 +409,17 @@ def test_12_a_truncated_stage_file_is_named_and_an_older_epoch_is_used(tmp_path)
         load_state(new)
 
 
+def test_12_a_checkpoint_cut_short_is_said_to_be_damaged(tmp_path, finished, capsys):
+    """A checkpoint.pt cut to its first 5,000 bytes made torch's zip reader seek past the end: "cannot be read
+    ([Errno 22] Invalid argument)", as if the disk had failed, not that the file is damaged."""
+    run = copy_run(finished, tmp_path / "run")
+    (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:5000])
+    with pytest.raises(ValueError, match=r"checkpoint.pt cannot be read, it is damaged \(cut short: "):
+        load_state(run / "checkpoint.pt")
+    assert main(["eval", str(run), "--device", "cpu"]) == 2
+    assert "checkpoint.pt cannot be read, it is damaged (cut short" in one_line(capsys)
+
+
 def test_12_bad_options_are_one_line(tmp_path, finished, capsys):
     cases = [
         (["train", "--out", ""], "out must be a non-empty string"),
