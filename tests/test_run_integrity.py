@@ -414,7 +414,7 @@ def test_12_a_checkpoint_cut_short_is_said_to_be_damaged(tmp_path, finished, cap
     ([Errno 22] Invalid argument)", as if the disk had failed, not that the file is damaged."""
     run = copy_run(finished, tmp_path / "run")
     (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:5000])
-    with pytest.raises(ValueError, match=r"checkpoint.pt cannot be read, it is damaged \(cut short: "):
+    with pytest.raises(ValueError, match=r"checkpoint.pt cannot be read, it is damaged \(cut short\)$"):
         load_state(run / "checkpoint.pt")
     assert main(["eval", str(run), "--device", "cpu"]) == 2
     assert "checkpoint.pt cannot be read, it is damaged (cut short" in one_line(capsys)

@@ -487,7 +487,7 @@ def load_state(path: Path, map_location: torch.device | str = "cpu") -> dict[str
         raise  # the file may be sound; the device is full
     except OSError as err:  # permissions, a missing file, a disk error: the file was not read at all
         if err.errno == errno.EINVAL and err.filename is None:  # the zip reader seeking past a cut-off file's end
-            raise ValueError(f"{path} cannot be read, it is damaged (cut short: {_reason(err, path)})") from None
+            raise ValueError(f"{path} cannot be read, it is damaged (cut short)") from None
         raise ValueError(f"{path} cannot be read ({' '.join(str(err).split())[:160]})") from None
     except Exception as err:  # unpickling and zip errors have many types; all mean the same to the user
         raise ValueError(f"{path} cannot be read, it is damaged ({_reason(err, path)})") from None
