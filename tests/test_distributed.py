@@ -927,7 +927,8 @@ def test_the_resume_command_of_a_pipeline_on_several_machines_names_nodes_and_ra
 
     run = RunDir(tmp_path / "r")
     tail = f"-m locallearn train --parallel pipeline --out {run.path} --resume"
-    assert resume_command(run, pipeline=True, ranks="4", per_node="2") == f"torchrun --nnodes 2 --nproc-per-node 2 {tail}"
+    assert resume_command(run, pipeline=True, ranks="4", per_node="2") == (
+        f"torchrun --nnodes 2 --nproc-per-node 2 --rdzv-backend c10d --rdzv-endpoint HOST:PORT --rdzv-id ID {tail}")
     assert resume_command(run, pipeline=True, ranks="2", per_node="2") == f"torchrun --nproc-per-node 2 {tail}"
     assert resume_command(run, pipeline=True, ranks=None) == f"torchrun --nproc-per-node N {tail}"
     assert resume_command(run) == f"locallearn train --out {run.path} --resume"

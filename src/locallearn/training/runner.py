@@ -248,7 +248,10 @@ def resume_command(run: RunDir, *, pipeline: bool = False, ranks: int | str | No
         return f"locallearn train --out {where} --resume"
     command = f"-m locallearn train --parallel pipeline --out {where} --resume"
     if ranks and per_node and str(per_node) != str(ranks) and int(ranks) % int(per_node) == 0:
-        return f"torchrun --nnodes {int(ranks) // int(per_node)} --nproc-per-node {per_node} {command}"
+        # on several machines torchrun needs the rendezvous (as docs/distributed.md starts such a job): its host
+        # and id are the user's, so they stand as placeholders rather than missing from the command
+        return (f"torchrun --nnodes {int(ranks) // int(per_node)} --nproc-per-node {per_node} --rdzv-backend c10d "
+                f"--rdzv-endpoint HOST:PORT --rdzv-id ID {command}")
     return f"torchrun --nproc-per-node {ranks or 'N'} {command}"
 
 
