@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import textwrap
 import time
 from pathlib import Path
 
@@ -932,3 +933,60 @@ def test_the_resume_command_of_a_pipeline_on_several_machines_names_nodes_and_ra
     assert resume_command(run, pipeline=True, ranks="2", per_node="2") == f"torchrun --nproc-per-node 2 {tail}"
     assert resume_command(run, pipeline=True, ranks=None) == f"torchrun --nproc-per-node N {tail}"
     assert resume_command(run) == f"locallearn train --out {run.path} --resume"
+
+
+def test_a_survivor_that_torchrun_stops_before_the_dead_rank_is_named_still_says_so(monkeypatch, capsys):
+    """A rank died; the survivor's transfer broke, and it waited for its watchdog to name the dead rank (up to
+    --fault-timeout + a few s) while torchrun's agent, which stops every rank once one has failed, sent SIGTERM
+    and then SIGKILL: it ended without a line. A SIGTERM while it waits ends the wait: one line, status 143."""
+    from locallearn.distributed import launch
+    from locallearn.training import interrupt
+
+    def exit_(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(launch.os, "_exit", exit_)
+    watchdog = launch.Watchdog(torch.distributed.HashStore(), 1, 2, timeout_s=60.0)  # nobody will name the dead
+    watchdog.start()
+    env = launch.DistEnv(rank=1, world_size=2, local_rank=1, backend="gloo", device=torch.device("cpu"),
+                         ctrl=None, watchdog=watchdog)
+    monkeypatch.setattr(interrupt, "_by", [signal.SIGTERM])
+    interrupt._requested.set()  # the agent's SIGTERM, received while the transfer was blocked
+    try:
+        def broken():
+            raise RuntimeError("[gloo] Connection closed by peer")
+
+        started = time.monotonic()
+        with pytest.raises(SystemExit) as stop:
+            launch.run_guarded(env, broken)
+    finally:
+        interrupt._requested.clear()
+    assert stop.value.code == 143 and time.monotonic() - started < 10
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and said.startswith("locallearn: error: rank 1: RuntimeError: [gloo] Connection closed "
+                                                     "by peer (the link to another rank broke) and torchrun stopped")
+
+
+def test_a_rank_blocked_in_a_wait_that_a_sigterm_cannot_end_says_so_and_exits_143(tmp_path):
+    """Python runs a SIGTERM handler only when the main thread comes back from its wait: a rank waiting for a rank
+    that died never reached the next safe point, and torchrun (SIGKILL 30 s after its SIGTERM) ended it without
+    a word, once in three trials. The signal now reaches a thread through the wakeup file descriptor."""
+    import subprocess
+    import sys
+
+    code = textwrap.dedent("""
+        import threading
+        from locallearn.distributed import launch
+        from locallearn.training import interrupt
+        with interrupt.stop_between_batches():
+            launch._stop_on_sigterm(3, grace_s=1.0)
+            print("ready", flush=True)
+            threading.Event().wait()  # a wait the handler's stop request does not end
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and time.monotonic() - started < 20
+    assert err.startswith("locallearn: rank 3 stopped by SIGTERM while waiting for another rank") and err.count("\n") == 1

@@ -32,13 +32,17 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.distributed as dist
+
+from locallearn.training import interrupt
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 WAIT_NOTICE_S = 30.0  # a rank still waiting for the others after this long says so
@@ -48,6 +52,8 @@ EXIT_TERMINATED = 143  # ... when one was stopped by SIGTERM (128 + 15, what sch
 _FAILURE = "failure"
 _START_FAILURE = "locallearn/start-failure"  # the first rank's failure before the ranks met; /<rank>: each rank's
 START_WAIT_S = 5.0  # how long a failed rank > 0 waits to learn whether rank 0 failed alike (and says it)
+TERM_GRACE_S = 15.0  # after a SIGTERM, how long a rank may take to stop at a safe point before it stops where it
+# is (torchrun, like schedulers, sends SIGKILL 30 s after SIGTERM)
 
 
 @dataclass
@@ -231,7 +237,37 @@ def init_distributed(
         )
         dist.barrier(group=ctrl)  # every rank has its store client before anyone starts watching
         env.watchdog.start()
+    _stop_on_sigterm(env.rank)
     return env
+
+
+def _stop_on_sigterm(rank: int, grace_s: float = TERM_GRACE_S) -> None:
+    """A SIGTERM stops the run at the next safe point (``training.interrupt``), which a rank blocked waiting
+    for a rank that died never reaches: Python runs its handler only when the main thread returns from the
+    wait. torchrun's agent, which stops every rank with SIGTERM once one has failed, then killed it 30 s later
+    without a word. Here a thread learns of the signal through the wakeup file descriptor (written by the C
+    handler, whatever the main thread does) and, where the rank is still running ``grace_s`` later, says so and
+    exits with 143 itself. Main thread only (elsewhere: nothing installed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except ValueError:
+        return
+
+    def watch() -> None:
+        while signal.SIGTERM not in os.read(read_end, 64):  # the numbers of the signals received
+            pass
+        time.sleep(grace_s)
+        print(f"locallearn: rank {rank} stopped by SIGTERM while waiting for another rank (torchrun stops every rank "
+              f"once one has failed, and its report names that rank; or a scheduler ended the job); the last good "
+              f"checkpoint is kept for --resume.", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(EXIT_TERMINATED)
+
+    threading.Thread(target=watch, name="sigterm", daemon=True).start()
 
 
 def shutdown(env: DistEnv) -> None:
@@ -293,10 +329,11 @@ class Watchdog:
             return self.store.get(_FAILURE).decode()
         return None
 
-    def wait_for_failure(self, seconds: float) -> str | None:
-        """Wait up to ``seconds`` for a failure to be published (or detected by this watchdog)."""
+    def wait_for_failure(self, seconds: float, *, until: Callable[[], bool] = lambda: False) -> str | None:
+        """Wait up to ``seconds`` for a failure to be published (or detected by this watchdog), or until
+        ``until()`` holds."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not until():
             try:
                 found = self.failure()
             except Exception:
@@ -391,7 +428,15 @@ def run_guarded(env: DistEnv, fn, *args, **kwargs):
             raise
         what = f"{type(err).__name__}: {' '.join(str(err).split())}"
         if is_comm_error(err):
-            found = env.watchdog.wait_for_failure(env.watchdog.bound_s) or env.watchdog.report(what)
+            found = env.watchdog.wait_for_failure(env.watchdog.bound_s, until=interrupt.terminated)
+            if found is None and interrupt.terminated():  # torchrun's agent stops this survivor (a rank died):
+                env.watchdog.stop()  # it would be killed before the watchdog names that rank, without a word
+                print(f"locallearn: error: rank {env.rank}: {what} (the link to another rank broke) and torchrun "
+                      f"stopped this rank (SIGTERM) before the rank that failed was known: torchrun's report names "
+                      f"it; the last checkpoint is kept for --resume; rank {env.rank} stops.", file=sys.stderr,
+                      flush=True)
+                os._exit(EXIT_TERMINATED)
+            found = found or env.watchdog.report(what)
             env.watchdog.stop()
             env.watchdog.linger()
             abort(found, env.rank)

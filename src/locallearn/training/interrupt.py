@@ -42,6 +42,12 @@ def stopped_how() -> str:
     return "stopped by SIGTERM"
 
 
+def terminated() -> bool:
+    """Whether a SIGTERM has requested a stop that no batch boundary has acted on yet (a rank blocked in a
+    transfer with a rank that died, which torchrun's agent is now stopping)."""
+    return _requested.is_set() and _by[0] == signal.SIGTERM
+
+
 def exit_status() -> int:
     """The exit status of a command stopped by the last stop request: 128 + its signal (130 for Ctrl-C, 143
     for SIGTERM, as schedulers expect). Read once: the next stop is Ctrl-C's until a signal says otherwise."""
