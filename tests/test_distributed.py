@@ -19,7 +19,7 @@ import torch
 
 import locallearn as ll
 from locallearn.distributed import comm
-from locallearn.distributed.assign import assign_modules, check_layout, parse_assign, partition
+from locallearn.distributed.assign import assign_modules, check_assign, check_layout, parse_assign, partition
 from locallearn.distributed.launch import free_port, init_distributed, join_local, run_guarded, shutdown, spawn_local
 from locallearn.distributed.pipeline import (
     Layout,
@@ -99,6 +99,8 @@ def test_assignments_by_name_and_counts():
         assign_modules(net, 2, [1, 2])
     with pytest.raises(ValueError, match="3 module counts given for 2 pipeline stages"):
         assign_modules(net, 2, "1,1,2")
+    with pytest.raises(ValueError, match="2 module counts given for 1 pipeline stage; give one count per stage"):
+        check_assign("2,2", 1, 4)
     with pytest.raises(ValueError, match="pipeline_assign: expected balanced or even"):
         parse_assign("fast")
 

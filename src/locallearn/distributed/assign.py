@@ -44,7 +44,8 @@ def check_assign(how: str | Sequence[int], stages: int, num_modules: int) -> Non
     if isinstance(how, list):
         if len(how) != stages:
             raise ValueError(
-                f"pipeline_assign: {len(how)} module counts given for {stages} pipeline stages; give one count per stage."
+                f"pipeline_assign: {len(how)} module count{'s' if len(how) > 1 else ''} given for {stages} pipeline "
+                f"stage{'s' if stages > 1 else ''}; give one count per stage."
             )
         from_counts(how, num_modules)
 
