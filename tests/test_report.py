@@ -175,6 +175,26 @@ def test_runs_tested_on_as_many_but_other_images_are_not_averaged(tmp_path):
         "| contsup R1E ce uniform | 20.00 ± 10.00 (n=3) |"]
 
 
+def test_runs_trained_on_other_images_are_not_averaged(tmp_path):
+    """A run resumed on a folder whose training images changed since (or started on another copy of it) was
+    averaged with the runs it does not repeat, and called a repeat of one of the same seed; the training images
+    of every epoch (``train_images``, ``train_data``) now tell them apart."""
+    folder = tmp_path / "folder"
+    make_image_folder(folder)
+    runs = [fake_run(tmp_path / f"s{seed}", accs=[0.5, acc], method="contsup", num_modules=4, seed=seed,
+                     dataset="imagefolder", data_dir=str(folder), model="resnet20", split="uniform")
+            for seed, acc in ((0, 0.9), (1, 0.8), (2, 0.7))]
+    trained = (["aaaa000011112222"] * 2, ["aaaa000011112222"] * 2, ["aaaa000011112222", "cccc000011112222"])
+    for run, data in zip(runs, trained):
+        history = RunDir(run).read_metrics()
+        RunDir(run).write_metrics([{**record, "train_images": 12, "train_data": d, "test_images": 8,
+                                    "test_data": "bbbb000011112222"} for record, d in zip(history, data)])
+    report = write_report(runs, out=tmp_path / "report")
+    assert table_rows(report.markdown) == [
+        "| contsup R1E ce uniform, train_data=aaaa000011112222 | 15.00 ± 7.07 (n=2) |",
+        "| contsup R1E ce uniform, train_data=aaaa000011112222→cccc000011112222 | 30.00 (n=1) |"]
+
+
 def test_labels_name_only_the_difference(tmp_path):
     """Another dataset is named once, without the classes and statistics it implies; groups at other K
     take the same label, so each row stays one line across K."""

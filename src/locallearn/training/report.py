@@ -11,8 +11,9 @@ Runs are averaged only when they are the same experiment: their options (the fla
 are equal except ``seed`` and the options that do not change what is computed (``RESUMABLE_CHANGES``:
 where a run lives and runs; an image folder's ``data_dir`` is its dataset, so it is compared), and they
 ran on the same number of CPU threads (``torch_threads``: float sums, and so results, depend on it) and, on an
-image folder, were tested on the same images (``test_images``, then ``test_data``, their fingerprint: a folder
-may grow, or an image be replaced). Each such
+image folder, were trained and tested on the same images (``train_images`` and ``test_images``, then
+``train_data`` and ``test_data``, their fingerprints: a folder may grow, or an image be replaced; a run resumed
+on other images has the fingerprints of each part, in order). Each such
 *group* is one cell of the table, rows by method and columns by K as in the papers' tables. Groups that would share a cell but differ in something else (epochs, lr,
 ...) get rows of their own, labelled with the difference, and a warning names it. Rows of several models or
 datasets are prefixed by theirs, so only groups of one model and dataset are told apart; an option a single
@@ -58,6 +59,8 @@ IMPLIED_BY = {
     "lambda_source": ("model", "dataset", "lambdas"),
     "test_images": ("dataset", "data_dir", "limit_test", "test_fraction"),
     "test_data": ("dataset", "data_dir", "limit_test", "test_fraction", "test_images"),
+    "train_images": ("dataset", "data_dir", "limit_train", "test_fraction"),
+    "train_data": ("dataset", "data_dir", "limit_train", "test_fraction", "train_images"),
 }
 
 
@@ -203,7 +206,8 @@ class Table:
 # dataset excepted: rows of several datasets are labelled with theirs)
 _RECIPE = [f.name for section in ("data", "optim", "run", "processes") for f in dataclasses.fields(SECTIONS[section])
            if f.name not in (*NOT_COMPARED, "dataset")]
-_RECIPE += ["torch_threads", "test_images", "test_data"]  # not options, but they change the result: compared like ones
+_RECIPE += ["torch_threads", *("train_images", "train_data", "test_images", "test_data")]  # not options, but they
+# change the result: compared like ones
 # the options a report reads from every run's config.yaml (all of them written since the first release)
 
 
@@ -248,10 +252,11 @@ def load_run(path: Path) -> RunResult:
     summary = _check_summary(run, config, history[-1]) if run.finished else None
     if config["dataset"] == IMAGEFOLDER:  # a folder of one's own is named by where it is: two are two datasets
         config["dataset"] = f"{IMAGEFOLDER} {config.get('data_dir')}"
-        # and by the test images it had: a folder that grew, or an image replaced, between two runs tested them on
-        # other images (a fixed dataset's follow from its options; earlier releases did not record them: None)
+        # and by the images it had: a folder that grew, or an image replaced, between two runs trained or tested
+        # them on other images (a fixed dataset's follow from its options; earlier releases did not record them:
+        # None); the training images of every epoch, a run resumed on a changed folder having trained on both
         for key in _SOME_RUNS:
-            config[key] = history[-1].get(key)
+            config[key] = _images_of(history, key)
     config["torch_threads"] = run_threads(run, history)
     last = history[-1]
     best = max(r["test_acc"] for r in history)
@@ -723,7 +728,20 @@ def _option_order(groups: list[Group]) -> list[str]:
 
 # recorded for some runs only (an image folder's: a fixed dataset's count follows from its options): compared
 # among the runs that have it, not against the others' absence
-_SOME_RUNS = ("test_images", "test_data")
+_SOME_RUNS = ("test_images", "test_data", "train_images", "train_data")
+
+
+def _images_of(history: list[dict[str, Any]], key: str) -> Any:
+    """What a run records of its images under ``key``: the test images of its last epoch (what its result is
+    measured on), the training images of all its epochs (their distinct values in order, joined by →); None
+    where an epoch does not say (an earlier release)."""
+    if key.startswith("test"):
+        return history[-1].get(key)
+    values = [record.get(key) for record in history]
+    if None in values:
+        return None
+    distinct = list(dict.fromkeys(values))
+    return distinct[0] if len(distinct) == 1 else "→".join(map(str, distinct))
 
 
 def _having(groups: list[Group], option: str) -> list[Group]:
