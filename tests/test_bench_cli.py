@@ -198,3 +198,25 @@ def test_an_axis_no_method_of_the_grid_uses_is_refused(tmp_path, capsys, kind, f
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err and "drop them, or add" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_the_bench_flags_take_their_defaults_from_the_dataclasses_that_run_them(monkeypatch):
+    """Each default is set once, in the dataclass (PipelineBench, GridSpec, RunOptions, AccuracyGrid): the command
+    line wrote every one of them a second time, and a default changed in one place would not have moved in the
+    other."""
+    import dataclasses
+
+    from locallearn.bench.accuracy import AccuracyGrid
+    from locallearn.bench.grid import GridSpec
+    from locallearn.bench.pipeline import PipelineBench
+    from locallearn.bench.runner import RunOptions
+    from locallearn.cli import build_parser
+
+    for cls, name, value in ((PipelineBench, "batches", 7), (GridSpec, "num_modules", (2, 3)),
+                             (RunOptions, "rounds", 4), (AccuracyGrid, "seeds", (5,))):
+        monkeypatch.setattr(next(f for f in dataclasses.fields(cls) if f.name == name), "default", value)
+    options = vars(build_parser().parse_args(["bench", "pipeline"]))
+    assert options["batches"] == 7 and options["ranks"] == 2 and options["variants"] == ",".join(PipelineBench.variants)
+    options = vars(build_parser().parse_args(["bench", "speed"]))
+    assert options["num_modules"] == "2,3" and options["rounds"] == 4 and options["models"] == "resnet110"
+    assert vars(build_parser().parse_args(["bench", "accuracy"]))["seeds"] == "5"

@@ -9,6 +9,7 @@ line, ``locallearn: error: <message>``, and exit with status 2, never a tracebac
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import os
 import signal
@@ -178,8 +179,17 @@ def _add_report(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(_run=report_command)
 
 
+def _default(cls: type, name: str) -> Any:
+    """A bench flag's default: the field ``name`` of the dataclass that runs it (the one place it is set), a
+    tuple as the comma-separated text the flag takes."""
+    value = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+
 def _add_bench(commands: argparse._SubParsersAction) -> None:
     from locallearn.bench.commands import bench_memory, bench_speed
+    from locallearn.bench.grid import GridSpec
+    from locallearn.bench.runner import RunOptions
     from locallearn.decoders import FEATURE_DECODERS
     from locallearn.heads import HEADS
 
@@ -192,28 +202,34 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         ("speed", bench_speed, "median step time per configuration, as a ratio to e2e, in interleaved rounds"),
     ):
         parser = kinds.add_parser(kind, help=help_text, description=help_text + "; comma-separated grid values")
-        parser.add_argument("--models", default="resnet110", help="models (default: resnet110)")
-        parser.add_argument("--methods", default="e2e,checkpoint,contsup", help="methods; e2e is always added")
-        parser.add_argument("--num-modules", default="1,2,4,8,16", help="K values (default: 1,2,4,8,16)")
+        models, methods, ks = (_default(GridSpec, name) for name in ("models", "methods", "num_modules"))
+        parser.add_argument("--models", default=models, help=f"models (default: {models})")
+        parser.add_argument("--methods", default=methods, help=f"methods; e2e is always added (default: {methods})")
+        parser.add_argument("--num-modules", default=ks, help=f"K values (default: {ks})")
         parser.add_argument("--splits", default=None,
                             help="default (paper where the model has published cuts for the K, else auto), paper, "
                                  "balanced, auto, uniform, stages (default: default)")
-        parser.add_argument("--contexts", default=None, help="ContSup context modes (default: R0,R1E)")
+        parser.add_argument("--contexts", default=None,
+                            help=f"ContSup context modes (default: {_default(GridSpec, 'contexts')})")
         parser.add_argument("--feature-decoders", default=None,
-                            help=f"FeatRecon's feature decoders: {', '.join(FEATURE_DECODERS.names())} (default: linear)")
+                            help=f"FeatRecon's feature decoders: {', '.join(FEATURE_DECODERS.names())} (default: "
+                                 f"{_default(GridSpec, 'feature_decoders')})")
         parser.add_argument("--aux-heads", default=None,
                             help=f"auxiliary heads of the local methods: {', '.join(HEADS.names())} "
                                  "(default: each method's own)")
-        parser.add_argument("--batch-sizes", default="32", help="batch sizes (default: 32)")
+        sizes = _default(GridSpec, "batch_sizes")
+        parser.add_argument("--batch-sizes", default=sizes, help=f"batch sizes (default: {sizes})")
         parser.add_argument("--image-size", type=int, default=None, help="input size (default: each model's own)")
-        parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-        parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps first (default: 1)")
+        device, warmup, rounds = (_default(RunOptions, name) for name in ("device", "warmup", "rounds"))
+        parser.add_argument("--device", default=device, help=f"cpu, cuda or cuda:N (default: {device})")
+        parser.add_argument("--warmup", type=int, default=warmup, help=f"unmeasured steps first (default: {warmup})")
         if kind == "speed":
-            parser.add_argument("--rounds", type=int, default=7, help="timed steps per configuration (default: 7)")
+            parser.add_argument("--rounds", type=int, default=rounds,
+                                help=f"timed steps per configuration (default: {rounds})")
             parser.add_argument("--compile", action="store_true",
                                 help="torch.compile every network (compiled on the untimed warm-up steps)")
         parser.add_argument("--threads", type=int, default=None, help="torch threads (default: unchanged)")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=int, default=_default(RunOptions, "seed"))
         parser.add_argument("--out", type=_path, default=Path("runs") / "bench",
                             help="output directory (default: runs/bench, ignored by git)")
         parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -224,33 +240,29 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
 
 def _add_pipeline(kinds: argparse._SubParsersAction) -> None:
     from locallearn.bench.commands import bench_pipeline
-    from locallearn.bench.pipeline import VARIANTS
+    from locallearn.bench.pipeline import PipelineBench
 
     about = ("images/s of the module-parallel pipeline on N ranks against the other uses of the same N cores — one "
              "process with N threads and DDP over N ranks — and one process with one thread, in interleaved rounds "
              "of fresh processes; the verdict compares the pipeline with the best of them")
     parser = kinds.add_parser("pipeline", help="the pipeline's speed-up at equal cores", description=about)
-    parser.add_argument("--ranks", type=int, default=2, help="N: processes of the pipeline and of ddp, threads of "
-                        "single_Nt (default: 2)")
-    parser.add_argument("--model", default="resnet32", help="model (default: resnet32)")
-    parser.add_argument("--method", default="contsup", help="method (default: contsup)")
-    parser.add_argument("--num-modules", type=int, default=4, help="K, local modules (default: 4)")
-    parser.add_argument("--context", default="R1E", help="context mode of methods that supply context (default: R1E)")
-    parser.add_argument("--split", default=None,
-                        help="split (default: paper where the model has published cuts for the K, else auto)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per batch, every variant (default: 64)")
-    parser.add_argument("--batches", type=int, default=24, help="measured batches per run (default: 24)")
-    parser.add_argument("--warmup", type=int, default=2, help="unmeasured batches first (default: 2)")
-    parser.add_argument("--repeats", type=int, default=5, help="clean runs wanted per variant (default: 5)")
-    parser.add_argument("--max-rounds", type=int, default=25, help="rounds of runs at most (default: 25)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"variants (default: {','.join(VARIANTS)})")
-    parser.add_argument("--idle", type=float, default=0.1,
-                        help="before each run wait (up to 30 s) until the machine is at most this busy; 1: never wait "
-                             "(default: 0.1)")
-    parser.add_argument("--clean", type=float, default=0.05,
-                        help="a run counts when other processes used at most this share of the CPU (default: 0.05)")
-    parser.add_argument("--run-timeout", type=float, default=900.0,
-                        help="seconds before a run's processes are killed and the run counted as failed (default: 900)")
+    flags = (
+        ("ranks", int, "N: processes of the pipeline and of ddp, threads of single_Nt"),
+        ("model", str, "model"), ("method", str, "method"), ("num_modules", int, "K, local modules"),
+        ("context", str, "context mode of methods that supply context"),
+        ("split", str, "split"), ("batch_size", int, "images per batch, every variant"),
+        ("batches", int, "measured batches per run"), ("warmup", int, "unmeasured batches first"),
+        ("repeats", int, "clean runs wanted per variant"), ("max_rounds", int, "rounds of runs at most"),
+        ("variants", str, "variants"),
+        ("idle", float, "before each run wait (up to 30 s) until the machine is at most this busy; 1: never wait"),
+        ("clean", float, "a run counts when other processes used at most this share of the CPU"),
+        ("run_timeout", float, "seconds before a run's processes are killed and the run counted as failed"),
+    )
+    for name, kind, help_text in flags:
+        default = _default(PipelineBench, name)
+        shown = "paper where the model has published cuts for the K, else auto" if default is None else default
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=default,
+                            help=f"{help_text} (default: {shown})")
     parser.add_argument("--out", type=_path, default=Path("runs") / "bench" / "pipeline",
                         help="writes pipeline.json and pipeline.md here (default: runs/bench/pipeline)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -258,17 +270,20 @@ def _add_pipeline(kinds: argparse._SubParsersAction) -> None:
 
 
 def _add_accuracy(kinds: argparse._SubParsersAction) -> None:
+    from locallearn.bench.accuracy import AccuracyGrid
     from locallearn.bench.commands import bench_accuracy
 
     about = ("test error of every method against K: a grid of real training runs (model × method × K × context × "
              "local loss × seed), one recipe for all, each cell a run directory (an interrupted grid resumes)")
     parser = kinds.add_parser("accuracy", help="test error against K, trained for real", description=about)
-    parser.add_argument("--models", default="resnet32", help="models (default: resnet32)")
-    parser.add_argument("--methods", default="e2e,greedy,dgl,infopro,contsup", help="methods; e2e is always added")
-    parser.add_argument("--num-modules", default="4,16", help="K of the local methods (default: 4,16)")
+    models, methods, ks, seeds = (_default(AccuracyGrid, name)
+                                  for name in ("models", "methods", "num_modules", "seeds"))
+    parser.add_argument("--models", default=models, help=f"models (default: {models})")
+    parser.add_argument("--methods", default=methods, help=f"methods; e2e is always added (default: {methods})")
+    parser.add_argument("--num-modules", default=ks, help=f"K of the local methods (default: {ks})")
     parser.add_argument("--contexts", default=None, help="context modes of the context methods (default: their own)")
     parser.add_argument("--local-losses", default=None, help="local losses of every local method (default: their own)")
-    parser.add_argument("--seeds", default="0,1", help="seeds (default: 0,1)")
+    parser.add_argument("--seeds", default=seeds, help=f"seeds (default: {seeds})")
     parser.add_argument("--config", metavar="FILE_OR_PRESET", default=None,
                         help="the recipe: a config file without the grid's axes, or a preset (locallearn list), of "
                              "which the recipe is taken (dataset, epochs, batch size, rates, warm-up)")

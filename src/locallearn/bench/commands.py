@@ -117,7 +117,7 @@ def _command() -> str:
 def bench_memory(
     *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
     image_size: int | None, device: str, warmup: int, threads: int | None, seed: int, out: Path,
-    feature_decoders: str = "linear", aux_heads: str | None = None, quiet: bool = False, command: str | None = None,
+    feature_decoders: str | None = None, aux_heads: str | None = None, quiet: bool = False, command: str | None = None,
 ) -> int:
     """Peak activation bytes (meter a) and, on CUDA, peak allocated bytes (meter b) of one step each."""
     grid = dict(models=models, methods=methods, num_modules=num_modules, splits=splits, contexts=contexts,
@@ -128,7 +128,7 @@ def bench_memory(
 def bench_speed(
     *, models: str, methods: str, num_modules: str, splits: str, contexts: str, batch_sizes: str,
     image_size: int | None, device: str, warmup: int, rounds: int, threads: int | None, seed: int, out: Path,
-    feature_decoders: str = "linear", aux_heads: str | None = None, compile: bool = False, quiet: bool = False,
+    feature_decoders: str | None = None, aux_heads: str | None = None, compile: bool = False, quiet: bool = False,
     command: str | None = None,
 ) -> int:
     """Median step time and its ratio to e2e's, over interleaved rounds (every network compiled, with
