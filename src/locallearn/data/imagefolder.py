@@ -158,16 +158,17 @@ def _one_image_one_place(folder: ImageFolder) -> ImageFolder:
     files are read (a folder of links into an image store is a usual way to make a dataset, and two links
     to one file in the same class and split only weigh it twice); the real path of each is compared with
     every other file's."""
-    real_dirs: dict[str, str] = {}
+    folders: dict[str, tuple[str, set[str]]] = {}  # a folder → its real path and the names of its linked entries
     seen: dict[str, tuple[Path, int, str]] = {}
     for split, items in (("train", folder.train), ("test", folder.test)):
         for path, label in items:
-            name = os.fspath(path)
-            if os.path.islink(name):
-                real = os.path.realpath(name)
-            else:  # the folders inside a class folder are not followed links: the parent's real path says it
-                parent, base = os.path.split(name)
-                real = os.path.join(real_dirs.setdefault(parent, os.path.realpath(parent)), base)
+            parent, base = os.path.split(os.fspath(path))
+            if parent not in folders:  # one directory read per folder (its entries' types, no stat per file)
+                with os.scandir(parent) as entries:
+                    folders[parent] = (os.path.realpath(parent), {e.name for e in entries if e.is_symlink()})
+            real_parent, links = folders[parent]
+            # the folders inside a class folder are not followed links: the parent's real path says where a file is
+            real = os.path.realpath(os.path.join(parent, base)) if base in links else os.path.join(real_parent, base)
             other = seen.setdefault(real, (path, label, split))
             if other[1:] != (label, split):
                 where = (f"the {other[2]} split's class {folder.classes[other[1]]} and the {split} split's class "
