@@ -437,10 +437,24 @@ def test_a_dry_run_under_torchrun_checks_the_ranks_and_prints_once(tmp_path, mon
     # without --parallel pipeline, every rank would train the whole network into one directory: refused, on every
     # rank, as the real run is (each rank printed a config before)
     single = ["train", "--model", "resnet20", "--out", str(tmp_path / "run"), "--dry-run"]
-    assert main(single) == 2 and capsys.readouterr() == ("", "")  # rank 2: refused; rank 0 says why
+    import datetime
+
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=10))  # torchrun's agent hosts it for the job
+    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(store.port)),
+                        ("TORCHELASTIC_USE_AGENT_STORE", "True")):
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("RANK", "0")
     assert main(single) == 2
     assert "this process is one of 3 ranks (torchrun) but --parallel is none" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "2")
+    assert main(single) == 2 and capsys.readouterr() == ("", "")  # rank 2: refused alike; rank 0 said why
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")  # ranks started by hand, each in a terminal of its own:
+    assert main(single) == 2  # no store to learn what rank 0 said, so each says its own
+    assert capsys.readouterr().err.startswith("locallearn: error: rank 2: parallel: this process is one of 3 ranks")
+    monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun with one process: a single-process run, printed
     assert main(single) == 0 and "parallel: none" in capsys.readouterr().out
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import signal
 import sys
 import threading
 import time
@@ -50,10 +49,7 @@ EXIT_FAILED = 1  # the exit status of every rank when one failed
 EXIT_INTERRUPTED = 130  # ... when one was stopped by Ctrl-C (the shell's status for SIGINT, as the CLI's)
 EXIT_TERMINATED = 143  # ... when one was stopped by SIGTERM (128 + 15, what schedulers expect)
 _FAILURE = "failure"
-_START_FAILURE = "locallearn/start-failure"  # the first rank's failure before the ranks met; /<rank>: each rank's
-START_WAIT_S = 5.0  # how long a failed rank > 0 waits to learn whether rank 0 failed alike (and says it)
-TERM_GRACE_S = 15.0  # after a SIGTERM, how long a rank may take to stop at a safe point before it stops where it
-# is (torchrun, like schedulers, sends SIGKILL 30 s after SIGTERM)
+START_WAIT_S = 2.0  # how long a failed rank > 0 waits to learn whether rank 0 failed alike (and says it)
 
 
 @dataclass
@@ -130,31 +126,44 @@ def _agent_store(timeout_s: float) -> dist.TCPStore | None:
         return None
 
 
+def _start_key() -> str:
+    """The store key of this attempt's first start-up failure (``/<rank>``: each rank's): torchrun keeps its
+    store across the restarts of ``--max-restarts``, and an attempt must not read the one before's failure."""
+    run, attempt = os.environ.get("TORCHELASTIC_RUN_ID", ""), os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return f"locallearn/start-failure/{run}/{attempt}"
+
+
 def start_failure(message: str) -> bool:
     """Tell the job that this rank failed before the ranks met (``message``, its one-line error), where torchrun's
     store lets it; whether this rank should print its line: rank 0 always, another rank unless rank 0 failed
-    with the same message within ``START_WAIT_S`` (rank 0 then says it, once for the job); where there is no
-    store to compare through (ranks started by hand), rank 0 alone, as for a failure after the ranks met."""
+    with the same message within ``START_WAIT_S`` (rank 0 then says it, once for the job) — and every rank where
+    there is no store to compare through (ranks started by hand, each with its own terminal). A failure after
+    the ranks met is rank 0's to say (the watchdog tells the others)."""
     rank, world = int(os.environ.get("RANK", "0")), os.environ.get("WORLD_SIZE", "1")
+    if dist.is_initialized():
+        return rank == 0
     store = _agent_store(START_WAIT_S)
     if store is None:
-        return rank == 0
+        return True
+    key = _start_key()
     try:
-        store.set(f"{_START_FAILURE}/{rank}", message)
-        store.compare_set(_START_FAILURE, "", f"rank {rank} of {world}: {message}")
+        store.set(f"{key}/{rank}", message)
+        store.compare_set(key, "", f"rank {rank} of {world}: {message}")
         if rank == 0:
             return True
-        store.wait([f"{_START_FAILURE}/0"], datetime.timedelta(seconds=START_WAIT_S))
-        return store.get(f"{_START_FAILURE}/0").decode() != message
+        store.wait([f"{key}/0"], datetime.timedelta(seconds=START_WAIT_S))
+        return store.get(f"{key}/0").decode() != message
     except RuntimeError:  # rank 0 did not fail (it waits for this rank to join), or the store went away
         return True
 
 
 def _watch_start(info: dict, where: str, timeout_s: float, joined: threading.Event) -> None:
     """While this rank waits for the others to join: after ``WAIT_NOTICE_S`` it says so, and where another rank
-    has published a start-up failure (``start_failure``), it exits at once with status 2, one line for each
-    machine (its first rank says it) naming that rank."""
+    has published a start-up failure (``start_failure``), it exits with status 2, one line for each machine
+    (its first rank says it) naming that rank — after the failed rank has had the time to say it and exit
+    (``START_WAIT_S``), so that on one machine torchrun's report names that rank as the first to fail."""
     store = None
+    key = _start_key()
     started = time.monotonic()
     noticed = False
     while not joined.wait(1.0):
@@ -164,9 +173,10 @@ def _watch_start(info: dict, where: str, timeout_s: float, joined: threading.Eve
                   f"{where} (for up to {timeout_s:.0f} s); start every rank with the same MASTER_ADDR and MASTER_PORT "
                   f"(torchrun starts them all).", file=sys.stderr, flush=True)
         store = store or _agent_store(2.0)
-        if store is None or not store.check([_START_FAILURE]) or joined.is_set():
+        if store is None or not store.check([key]) or joined.is_set():
             continue
-        failure = store.get(_START_FAILURE).decode()
+        failure = store.get(key).decode()
+        time.sleep(START_WAIT_S + 2.0)
         if info["local_rank"] == 0:
             print(f"locallearn: error: {' '.join(failure.split()).rstrip('.')}; rank {info['rank']} stops before "
                   f"training: fix it on that rank's machine and start the job again.", file=sys.stderr, flush=True)
@@ -237,37 +247,7 @@ def init_distributed(
         )
         dist.barrier(group=ctrl)  # every rank has its store client before anyone starts watching
         env.watchdog.start()
-    _stop_on_sigterm(env.rank)
     return env
-
-
-def _stop_on_sigterm(rank: int, grace_s: float = TERM_GRACE_S) -> None:
-    """A SIGTERM stops the run at the next safe point (``training.interrupt``), which a rank blocked waiting
-    for a rank that died never reaches: Python runs its handler only when the main thread returns from the
-    wait. torchrun's agent, which stops every rank with SIGTERM once one has failed, then killed it 30 s later
-    without a word. Here a thread learns of the signal through the wakeup file descriptor (written by the C
-    handler, whatever the main thread does) and, where the rank is still running ``grace_s`` later, says so and
-    exits with 143 itself. Main thread only (elsewhere: nothing installed)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    read_end, write_end = os.pipe()
-    os.set_blocking(write_end, False)
-    try:
-        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    except ValueError:
-        return
-
-    def watch() -> None:
-        while signal.SIGTERM not in os.read(read_end, 64):  # the numbers of the signals received
-            pass
-        time.sleep(grace_s)
-        print(f"locallearn: rank {rank} stopped by SIGTERM while waiting for another rank (torchrun stops every rank "
-              f"once one has failed, and its report names that rank; or a scheduler ended the job); the last good "
-              f"checkpoint is kept for --resume.", file=sys.stderr, flush=True)
-        sys.stdout.flush()
-        os._exit(EXIT_TERMINATED)
-
-    threading.Thread(target=watch, name="sigterm", daemon=True).start()
 
 
 def shutdown(env: DistEnv) -> None:
@@ -428,10 +408,12 @@ def run_guarded(env: DistEnv, fn, *args, **kwargs):
             raise
         what = f"{type(err).__name__}: {' '.join(str(err).split())}"
         if is_comm_error(err):
-            found = env.watchdog.wait_for_failure(env.watchdog.bound_s, until=interrupt.terminated)
+            with interrupt.sigterm_noted():  # torchrun's agent stops the survivors at once (SIGKILL 30 s later)
+                found = env.watchdog.wait_for_failure(env.watchdog.bound_s, until=interrupt.terminated)
             if found is None and interrupt.terminated():  # torchrun's agent stops this survivor (a rank died):
                 env.watchdog.stop()  # it would be killed before the watchdog names that rank, without a word
-                print(f"locallearn: error: rank {env.rank}: {what} (the link to another rank broke) and torchrun "
+                brief = what if len(what) <= 120 else what[:120].rsplit(" ", 1)[0] + " …"  # gloo's advice aside
+                print(f"locallearn: error: rank {env.rank}: {brief} (the link to another rank broke) and torchrun "
                       f"stopped this rank (SIGTERM) before the rank that failed was known: torchrun's report names "
                       f"it; the last checkpoint is kept for --resume; rank {env.rank} stops.", file=sys.stderr,
                       flush=True)

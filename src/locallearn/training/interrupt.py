@@ -29,6 +29,7 @@ class Interrupted(KeyboardInterrupt):
 
 _requested = threading.Event()
 _by = [signal.SIGINT]  # the signal of the last stop requested
+_terminated = threading.Event()  # a SIGTERM came during the run: kept after its stop request is acted on or dropped
 
 
 def stopped_how() -> str:
@@ -43,9 +44,24 @@ def stopped_how() -> str:
 
 
 def terminated() -> bool:
-    """Whether a SIGTERM has requested a stop that no batch boundary has acted on yet (a rank blocked in a
-    transfer with a rank that died, which torchrun's agent is now stopping)."""
-    return _requested.is_set() and _by[0] == signal.SIGTERM
+    """Whether a SIGTERM came during the run (``stop_between_batches``) or since (``sigterm_noted``): a pipeline
+    rank whose link to a rank that died broke, and which torchrun's agent is now stopping, whether or not a
+    batch boundary acted on it (the request is dropped when the error leaves the run)."""
+    return _terminated.is_set()
+
+
+@contextlib.contextmanager
+def sigterm_noted() -> Iterator[None]:
+    """Within the block, a SIGTERM is noted (``terminated``) instead of ending the process where it is, so that
+    a wait can end on it and say why. Outside the main thread it runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _terminated.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def exit_status() -> int:
@@ -72,6 +88,8 @@ def stop_between_batches() -> Iterator[None]:
 
     def request(signum, frame) -> None:
         _by[0] = signum
+        if signum == signal.SIGTERM:
+            _terminated.set()
         if _requested.is_set():  # the second Ctrl-C: stop now
             raise KeyboardInterrupt
         _requested.set()
@@ -86,6 +104,7 @@ def stop_between_batches() -> Iterator[None]:
     hook = sys.unraisablehook
     sys.unraisablehook = unraisable
     _requested.clear()
+    _terminated.clear()
     _by[0] = signal.SIGINT
     try:
         yield
