@@ -157,6 +157,10 @@ def test_bf16_autocast_step_runs():
     x, y = batch()
     stats = ll.train_step(net, x, y, torch.optim.SGD(net.parameters(), lr=0.01), autocast_dtype=torch.bfloat16)
     assert all(v == v for v in stats.values())  # no NaN
+    ll.train_step(net, x.bfloat16(), y, torch.optim.SGD(net.parameters(), lr=0.01), autocast_dtype=torch.bfloat16)
+    # float64 images meet float32 weights in the first layer, which autocast leaves alone on the CPU: refused
+    with pytest.raises(ValueError, match=r"^images are torch.float64 but the network computes in torch.float32"):
+        ll.train_step(net, x.double(), y, torch.optim.SGD(net.parameters(), lr=0.01), autocast_dtype=torch.bfloat16)
 
 
 def test_reconstruction_weights_follow_the_lambda_table():

@@ -98,7 +98,8 @@ def check_inputs(net: LocalNet, images: torch.Tensor, labels: torch.Tensor, opti
 def check_tensors(images: object, labels: object, *, dtype: torch.dtype | None, autocast: bool = False,
                   where: str = "") -> None:
     """A batch's tensors alone, each refused in one line (``where`` first) naming the fix: images a non-empty
-    floating-point (batch, channels, height, width) tensor of ``dtype`` (any floating dtype under ``autocast``),
+    floating-point (batch, channels, height, width) tensor of ``dtype`` (or, under ``autocast``, float16 or
+    bfloat16: autocast casts those, while a float64 batch meets float32 weights in the first layer),
     labels int64 or uint8 class indices (the integer types cross-entropy takes), one per image. What also
     needs the network (channels, size) is ``check_inputs``'s; what needs a DataLoader's first batch,
     ``training.api.first_batch``'s."""
@@ -114,7 +115,8 @@ def check_tensors(images: object, labels: object, *, dtype: torch.dtype | None, 
                          f"e.g. images.float() / 255, then the dataset's mean and std.")
     if not len(images):
         raise ValueError(f"{where}images: the batch is empty; give at least one image.")
-    if dtype is not None and images.dtype != dtype and not autocast:
+    half = autocast and images.dtype in (torch.float16, torch.bfloat16)
+    if dtype is not None and images.dtype != dtype and not half:
         raise ValueError(f"{where}images are {images.dtype} but the network computes in {dtype}; e.g. "
                          f"images.to({dtype}).")
     if (not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.uint8)

@@ -164,8 +164,8 @@ def checked_class_names(names: Sequence[str] | None, num_classes: int) -> list[s
 
 def first_batch(data: Iterable, what: str, model: str | nn.Module, *, amp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The first (images, labels) batch of ``data``, checked as ``train_step`` checks a batch
-    (``engine.check_tensors``: images of the model's dtype, float32 unless the model object is in another, any
-    floating dtype with ``amp``; int64 or uint8 labels, one each), and square, the size the network is built
+    (``engine.check_tensors``: images of the model's dtype, float32 unless the model object is in another, or
+    float16 / bfloat16 with ``amp``; int64 or uint8 labels, one each), and square, the size the network is built
     for."""
     try:
         batch = next(iter(data))
