@@ -355,7 +355,8 @@ def test_a_linked_file_that_puts_an_image_in_two_classes_or_splits_is_refused(tm
     (links / "train" / "cat" / "twice.png").unlink()
     with pytest.raises(DatasetError) as err:
         describe_dataset("imagefolder", links, test_fraction=place(name) + 1e-9)
-    one_line(err, "are one image file", "the train split's class dog and the test split's class dog")
+    one_line(err, "are one image file", "under two names, which --test-fraction's hold-out (by name) puts in both "
+             "splits; keep one of the names.")
 
 
 def test_train_and_test_classes_differ(tmp_path):

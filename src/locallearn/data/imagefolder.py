@@ -171,6 +171,12 @@ def _one_image_one_place(folder: ImageFolder) -> ImageFolder:
             real = os.path.realpath(os.path.join(parent, base)) if base in links else os.path.join(real_parent, base)
             other = seen.setdefault(real, (path, label, split))
             if other[1:] != (label, split):
+                if folder.test_fraction is not None and other[1] == label:  # two names in one class folder
+                    raise DatasetError(
+                        f"{IMAGEFOLDER}: {other[0]} and {path} are one image file ({real}, reached through a link) "
+                        f"under two names, which --test-fraction's hold-out (by name) puts in both splits; keep one "
+                        f"of the names."
+                    )
                 where = (f"the {other[2]} split's class {folder.classes[other[1]]} and the {split} split's class "
                          f"{folder.classes[label]}")
                 raise DatasetError(
