@@ -205,7 +205,7 @@ def test_in_channels_of_an_image_folder_is_1_or_3_and_of_a_fixed_dataset_its_own
     make_folder(tmp_path)
     for bad in (2, 4, 0):
         with pytest.raises(ValueError, match=f"^in_channels: imagefolder reads its images as RGB \\(3\\) or grey "
-                                             f"\\(1\\), got {bad}.$"):
+                                             f"\\(1\\), got {bad}; give --in-channels 3 or 1.$"):
             describe_dataset("imagefolder", tmp_path, in_channels=bad)
     with pytest.raises(ValueError, match="^in_channels: dataset cifar10 has 3-channel images, got in_channels=1; "
                                          "only imagefolder reads its images in the channels asked for.$"):

@@ -244,7 +244,12 @@ def test_eval_scores_a_run_on_other_labelled_images_as_on_its_own_test_split(fol
         assert err.count("\n") == 1 and words in err, err
     (some / "red" / "broken.png").write_bytes(b"not an image")
     assert main(["eval", str(run), "--images", str(some), "--device", "cpu"]) == 2
-    assert f"1 file is not a readable image: {some / 'red' / 'broken.png'} (" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"1 file could not be read: {some / 'red' / 'broken.png'} (" in err and err.rstrip().endswith("remove it.")
+    (some / "loose.png").write_bytes((test_dir / "red" / "0.png").read_bytes())  # no class: refused, not dropped
+    assert main(["eval", str(run), "--images", str(some), "--device", "cpu"]) == 2
+    assert f"holds image files outside class folders (loose.png); move each into the folder of its class" in (
+        capsys.readouterr().err)
     assert main(["eval", str(run), "--images", str(some), "--data-dir", str(some)]) == 2
     assert "give one of them" in capsys.readouterr().err
 
@@ -263,5 +268,7 @@ def test_eval_on_a_folder_laid_out_otherwise_names_images(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.rstrip().endswith("; to score the run on other labelled images "
                                                           "(DIR/<class>/<image>), give --images DIR instead of --data-dir.")
+    assert main(["eval", str(run), "--data-dir", str(tmp_path / "nowhere")]) == 2  # a folder missing: no hint
+    assert "--images" not in capsys.readouterr().err
     assert main(["eval", str(run), "--images", str(tmp_path / "other" / "test")]) == 0
     assert "on 12 test images (labelled images from" in capsys.readouterr().out

@@ -185,7 +185,8 @@ def evaluate_run(
             _refuse_more_classes(run, data_dir or options.get("data_dir"), options)
         except DatasetError as layout:  # the folder's own layout refused (as resolve would have)
             err = layout
-        if data_dir:  # a folder laid out otherwise than the run's, perhaps meant as other images to score on
+        if data_dir and Path(data_dir).expanduser().is_dir():  # a folder laid out otherwise than the run's,
+            # perhaps meant as other images to score on
             raise ValueError(f"{str(err).rstrip('.')}; to score the run on other labelled images "
                              f"(DIR/<class>/<image>), give --images DIR instead of --data-dir.") from None
         raise err from None

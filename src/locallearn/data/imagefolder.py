@@ -197,7 +197,8 @@ def classes_spec(classes: tuple[str, ...], image_size: int, channels: int = 3,
     folder: what a trained run needs to read new images as its test images were read (``locallearn
     predict``), without its folder."""
     if channels not in (1, 3):
-        raise ValueError(f"in_channels: {IMAGEFOLDER} reads its images as RGB (3) or grey (1), got {channels}.")
+        raise ValueError(f"in_channels: {IMAGEFOLDER} reads its images as RGB (3) or grey (1), got {channels}; give "
+                         f"--in-channels 3 or 1.")
     return DatasetSpec(
         IMAGEFOLDER,
         len(classes),

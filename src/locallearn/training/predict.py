@@ -23,7 +23,7 @@ from torch import nn
 
 from locallearn.data import get_spec
 from locallearn.data.errors import DatasetError
-from locallearn.data.imagefolder import IMAGEFOLDER, classes_spec, decode_images, image_files_in
+from locallearn.data.imagefolder import IMAGEFOLDER, classes_spec, decode_images, image_files_in, is_image_name
 from locallearn.data.loader import BatchLoader
 from locallearn.data.specs import DatasetSpec
 from locallearn.training.api import trained_net
@@ -118,6 +118,11 @@ def labelled_images(folder: Path, class_names: list[str], spec: DatasetSpec, *, 
         raise ValueError(f"eval: --images {folder} is not a folder; give a folder of class folders "
                          f"(FOLDER/<class>/<image>).")
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = sorted(p.name for p in folder.iterdir() if p.is_file() and is_image_name(p.name))
+    if loose:  # an image outside any class folder has no label: said, not left out of the count
+        raise ValueError(f"eval: --images {folder} holds image files outside class folders ({', '.join(loose[:3])}"
+                         f"{', …' if len(loose) > 3 else ''}); move each into the folder of its class "
+                         f"({folder}/<class>/).")
     unknown = [name for name in names if name not in class_names]
     if unknown or not names:
         shown = ", ".join(class_names[:8]) + (", …" if len(class_names) > 8 else "")
@@ -147,8 +152,9 @@ def labelled_images(folder: Path, class_names: list[str], spec: DatasetSpec, *, 
             images[i] = image
     if unread:
         more = f", … ({len(unread) - 3} more)" if len(unread) > 3 else ""
-        raise ValueError(f"eval: --images: {len(unread)} file{'s are' if len(unread) > 1 else ' is'} not a readable "
-                         f"image: {', '.join(unread[:3])}{more}; replace or remove them.")
+        one = len(unread) == 1
+        raise ValueError(f"eval: --images: {len(unread)} file{'' if one else 's'} could not be read: "
+                         f"{', '.join(unread[:3])}{more}; replace or remove {'it' if one else 'them'}.")
     return files, torch.from_numpy(images), torch.tensor(labels, dtype=torch.int64)
 
 
