@@ -423,7 +423,7 @@ def test_a_second_ctrl_c_in_a_finalizer_after_the_line_is_not_printed(tmp_path):
     assert proc.stderr == "locallearn: interrupted in epoch 2: ... is kept\n", proc.stderr
 
 
-def test_a_dry_run_under_torchrun_checks_the_ranks_and_prints_once(tmp_path, monkeypatch, capsys):
+def test_a_dry_run_under_torchrun_checks_the_ranks_and_prints_once(tmp_path, monkeypatch, capsys, agent_store):
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")
     argv = ["train", "--parallel", "pipeline", "--model", "resnet20", "--out", str(tmp_path / "run"), "--dry-run"]
@@ -437,15 +437,6 @@ def test_a_dry_run_under_torchrun_checks_the_ranks_and_prints_once(tmp_path, mon
     # without --parallel pipeline, every rank would train the whole network into one directory: refused, on every
     # rank, as the real run is (each rank printed a config before)
     single = ["train", "--model", "resnet20", "--out", str(tmp_path / "run"), "--dry-run"]
-    import datetime
-
-    import torch.distributed as dist
-
-    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                          timeout=datetime.timedelta(seconds=10))  # torchrun's agent hosts it for the job
-    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(store.port)),
-                        ("TORCHELASTIC_USE_AGENT_STORE", "True")):
-        monkeypatch.setenv(name, value)
     monkeypatch.setenv("RANK", "0")
     assert main(single) == 2
     assert "this process is one of 3 ranks (torchrun) but --parallel is none" in capsys.readouterr().err

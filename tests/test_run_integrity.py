@@ -536,7 +536,7 @@ def test_19_defaults_write_under_runs(tmp_path, monkeypatch, capsys):
     assert {p.name for p in tmp_path.iterdir()} == {"runs"}
 
 
-def test_20_noise(tmp_path, finished, capsys, monkeypatch):
+def test_20_noise(tmp_path, finished, capsys, monkeypatch, agent_store):
     # a diverged loss is printed short; "1 epoch", not "1 epochs"
     from locallearn.training.fit import log_end
 
@@ -544,14 +544,16 @@ def test_20_noise(tmp_path, finished, capsys, monkeypatch):
     log_end(lines.append, {"total_time_s": 3.0, "test_acc": 0.5, "epochs": 1, "best_test_acc": 0.5,
                            "best_epoch": 1, "images_per_s": 10.0}, RunDir(tmp_path), resolve({}))
     assert "after 1 epoch (" in lines[0] and lines[1].endswith(f"`locallearn eval {tmp_path}` re-evaluates it")
-    # errors are printed by rank 0 only under torchrun
+    # errors are printed by rank 0 only under torchrun (through its agent's store, a rank learns rank 0 said it)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    assert main(["train", "--method", "nope", "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err == ""
     monkeypatch.setenv("RANK", "0")
     assert main(["train", "--method", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown method 'nope'" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", "--method", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE")
+    monkeypatch.delenv("WORLD_SIZE")
     # progress lines in a log (stdout not a terminal)
     from locallearn.progress import Progress
 

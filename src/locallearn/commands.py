@@ -174,8 +174,34 @@ def evaluate_run(
         if data_dir:
             raise ValueError("eval: --images scores the run on a folder of labelled images, --data-dir says where "
                              "its own dataset is now; give one of them.")
-        return _evaluate_on(run, options, images, device=device, precise_bn=precise_bn, confusion=confusion,
-                            predictions=predictions)
+        config, net, checkpoint, test, files = _labelled_test(run, options, images, device=device)
+    else:
+        config = _own_config(run, options, data_dir, device=device)
+        net, checkpoint = trained_net(run, config, reader="eval")
+        test = load_data(config, train=False, device=next(net.parameters()).device)
+        check_class_names(checkpoint.get("class_names"), loader_class_names(test), where=f"eval: {run.path}",
+                          fix="give the run's own data with --data-dir, or put its folder's classes back as they were.")
+        files = None
+    used = None
+    if precise_bn is not None:  # on the run's own training data
+        used = precise_batchnorm(net, load_data(config, train=True, device=next(net.parameters()).device), precise_bn)
+    result = evaluate(net, test, autocast_dtype=config.autocast_dtype, confusion=confusion, predictions=predictions)
+    if confusion or predictions:
+        result["class_names"] = class_labels(loader_class_names(test), config.net.num_classes)
+    if predictions:
+        result["files"] = files if files is not None else split_files(config, train=False)
+    trained = (checkpoint.get("history") or [{}])[-1]
+    own = images is None  # the run's own test split, whose change since the run tested on it is said
+    return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used,
+            "test_images": len(test.images),
+            "read_from": test.spec.read_from if own else f"labelled images from {images}",
+            "test_change": data_change(trained, result, "test") if own else None,
+            "run_test_images": trained.get("test_images") if own else None}
+
+
+def _own_config(run: RunDir, options: dict[str, Any], data_dir: str | None, *, device: str) -> Config:
+    """The run's config, its data where ``data_dir`` says it is now; an image folder that cannot be the run's
+    (a class added, another layout) refused in one line saying so."""
     try:
         config = resolve({**options, **({"data_dir": data_dir} if data_dir else {}), "device": device})
     except ValueError as err:
@@ -193,52 +219,22 @@ def evaluate_run(
     if data_dir and not USED_BY["data_dir"][0](config):  # the rule `train` refuses an unused --data-dir by
         raise ValueError(f"eval: {run.path} trained on {config.data.dataset}, which ships inside a package "
                          f"(scikit-learn), so --data-dir would change nothing; drop it.")
-    net, checkpoint = trained_net(run, config, reader="eval")
-    torch_device = next(net.parameters()).device
-    test = load_data(config, train=False, device=torch_device)
-    check_class_names(checkpoint.get("class_names"), loader_class_names(test), where=f"eval: {run.path}",
-                      fix="give the run's own data with --data-dir, or put its folder's classes back as they were.")
-    used = None
-    if precise_bn is not None:
-        used = precise_batchnorm(net, load_data(config, train=True, device=torch_device), precise_bn)
-    result = evaluate(net, test, autocast_dtype=config.autocast_dtype, confusion=confusion, predictions=predictions)
-    if confusion or predictions:
-        result["class_names"] = class_labels(loader_class_names(test), config.net.num_classes)
-    if predictions:
-        result["files"] = split_files(config, train=False)
-    trained = checkpoint.get("history") or [{}]
-    return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used,
-            "test_images": len(test.images), "read_from": test.spec.read_from,
-            "test_change": data_change(trained[-1], result, "test"),  # against what the run tested on
-            "run_test_images": trained[-1].get("test_images")}
+    return config
 
 
-def _evaluate_on(run: RunDir, options: dict[str, Any], folder: Path, *, device: str, precise_bn: int | None,
-                 confusion: bool, predictions: bool) -> dict[str, Any]:
-    """``evaluate_run`` on the labelled images of ``folder`` (``predict.labelled_images``), read as the run's test
-    images were; the run's own folder is not needed (but for ``precise_bn``, which reads its training data)."""
+def _labelled_test(run: RunDir, options: dict[str, Any], folder: Path, *, device: str) -> tuple:
+    """(config, network, checkpoint, test loader, files) to score the run on the labelled images of ``folder``
+    (``predict.labelled_images``), read as its test images were; the run's own folder is not needed."""
     config = resolve(options, read_folder=False, device=device)
     if config.data.dataset == PYTHON_DATA:
         raise ValueError(f"eval: {run.path} was trained on batches given from Python, whose preprocessing locallearn "
                          f"does not know; evaluate it from Python (locallearn.training.load_net).")
     net, checkpoint = trained_net(run, config, reader="eval")
-    torch_device = next(net.parameters()).device
     spec = input_spec(config, net.class_names)
     files, pixels, labels = labelled_images(folder, net.class_names, spec)
     test = BatchLoader(pixels, labels, spec=spec, batch_size=config.optim.batch_size, train=False,
-                       seed=config.run.seed, device=torch_device)
-    used = None
-    if precise_bn is not None:
-        used = precise_batchnorm(net, load_data(resolve(options, device=device), train=True, device=torch_device),
-                                 precise_bn)
-    result = evaluate(net, test, autocast_dtype=config.autocast_dtype, confusion=confusion, predictions=predictions)
-    if confusion or predictions:
-        result["class_names"] = list(net.class_names)
-    if predictions:
-        result["files"] = [str(path) for path in files]
-    return {**result, "epoch": checkpoint["epoch"], "epochs": config.optim.epochs, "precise_bn_batches": used,
-            "test_images": len(labels), "read_from": f"labelled images from {folder}", "test_change": None,
-            "run_test_images": None}
+                       seed=config.run.seed, device=next(net.parameters()).device)
+    return config, net, checkpoint, test, [str(path) for path in files]
 
 
 def _refuse_more_classes(run: RunDir, data_dir: str, options: dict[str, Any]) -> None:
