@@ -38,7 +38,7 @@ from locallearn.distributed.comm import Inbox, Kind, Message, Outbox
 from locallearn.engine import module_objective, total_loss, train_modules
 from locallearn.memory import SavedTensorMeter
 from locallearn.methods import ForwardState
-from locallearn.net import LocalNet
+from locallearn.net import LocalNet, check_batch
 from locallearn.training import interrupt
 from locallearn.training.runner import CHECK_EVERY, check_finite, set_lr
 
@@ -102,6 +102,16 @@ def image_needed_from(net: LocalNet, k0: int) -> bool:
         return False
     mode = net.context.mode
     return any(mode.image or -1 in mode.sources(k - 1) for k in range(max(k0, 1), K))
+
+
+def _trains_on_one(net: LocalNet) -> bool:
+    """Whether ``net`` can train on a batch of one image (no BatchNorm1d, no contrastive local loss:
+    ``net.check_batch``), as a replica's share of a last, small batch may be."""
+    try:
+        check_batch(net, 1)
+    except ValueError:
+        return False
+    return True
 
 
 class ModuleStep(nn.Module):
@@ -297,12 +307,14 @@ class PipelineStage:
         if self.first:
             if batches is None:
                 raise ValueError("pipeline: the first stage needs the batches to read.")
+            replicas = self.layout.replicas
             for index, (images, labels) in enumerate(batches):
-                if kind == Kind.TRAIN and len(labels) % self.layout.replicas:  # a last batch that does not split
-                    kept = len(labels) - len(labels) % self.layout.replicas  # equally: its last images left out
-                    if not kept:  # (at most replicas − 1), by every replica alike, so that the shares are equal
-                        continue
-                    images, labels = images[:kept], labels[:kept]
+                if kind == Kind.TRAIN and len(labels) % replicas:  # a last batch that does not split equally: its
+                    kept = len(labels) - len(labels) % replicas  # last images left out (at most replicas − 1), by
+                    images, labels = images[:kept], labels[:kept]  # every replica alike, so the shares are equal
+                if kind == Kind.TRAIN and (not len(labels) or
+                                           len(labels) < 2 * replicas and not _trains_on_one(self.net)):
+                    continue  # no share, or a share of one image that a BatchNorm1d cannot take: skipped by all
                 images = torch.tensor_split(images, self.layout.replicas)[self.replica].to(self.device)
                 labels = torch.tensor_split(labels, self.layout.replicas)[self.replica].to(self.device)
                 yield index, images, self.net.begin(images, labels), labels
