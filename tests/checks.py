@@ -56,4 +56,3 @@ def ctrl_c_before_checkpoint(epoch: int):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(RunDir, "save_checkpoint", save)
         yield
-

@@ -973,23 +973,38 @@ def test_a_survivor_that_torchrun_stops_before_the_dead_rank_is_named_still_says
     said = capsys.readouterr().err
     assert said.count("\n") == 1 and said.startswith("locallearn: error: rank 1: RuntimeError: [gloo] Connection closed "
                                                      "by peer (the link to another rank broke) and torchrun stopped")
+    # a failure already published is the one said, SIGTERM or not; and a SIGTERM of an earlier run in this
+    # process is not this one's (the wait for the watchdog is not cut short by it)
+    watchdog.store.set("failure", "rank 0: stopped responding")  # as the watchdog names a dead rank
+    for signalled in (True, False):
+        interrupt._terminated.set()
+
+        def broken_too():
+            with interrupt.stop_between_batches():
+                if signalled:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                raise RuntimeError("[gloo] Connection closed by peer")
+
+        try:
+            with pytest.raises(SystemExit) as stop:
+                launch.run_guarded(env, broken_too)
+        finally:
+            interrupt._terminated.clear()
+        assert stop.value.code == 1 and capsys.readouterr().err == (
+            "locallearn: error: rank 0: stopped responding; rank 1 stops.\n")
 
 
-def test_a_restarted_attempt_does_not_read_the_start_up_failure_of_the_one_before(monkeypatch):
-    """torchrun keeps its store across --max-restarts: a failure of attempt 0 published under one key stopped
-    attempt 1 before it could start, with attempt 0's error."""
-    import datetime
-
+def test_a_restarted_attempt_does_not_read_the_start_up_failure_of_the_one_before(monkeypatch, agent_store):
+    """torchrun keeps its store across --max-restarts (and counts the restarts per machine): a failure published
+    by an earlier attempt stopped the next one before it could start, with the earlier attempt's error. A
+    failure is read only where its process started with this one's attempt."""
     from locallearn.distributed import launch
 
-    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
-                                       timeout=datetime.timedelta(seconds=10))
-    for name, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(store.port)), ("RANK", "1"),
-                        ("WORLD_SIZE", "2"), ("TORCHELASTIC_USE_AGENT_STORE", "True"), ("TORCHELASTIC_RUN_ID", "job"),
-                        ("TORCHELASTIC_RESTART_COUNT", "0")):
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("TORCHELASTIC_RUN_ID", "job")):
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(launch, "START_WAIT_S", 0.2)
     assert launch.start_failure("imagefolder: --data-dir /x does not exist") is True  # rank 0 said nothing
-    assert store.get(launch._start_key()) == b"rank 1 of 2: imagefolder: --data-dir /x does not exist"
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
-    assert not store.check([launch._start_key()])  # attempt 1's waiting ranks see no failure
+    published = agent_store.get("locallearn/start-failure/job")
+    assert launch._fresh(published) == "rank 1 of 2: imagefolder: --data-dir /x does not exist"
+    earlier = f"{launch._process_start() - 8:.3f} rank 1 of 2: imagefolder: --data-dir /x does not exist"
+    assert launch._fresh(earlier.encode()) is None  # a process of the attempt before (8 s earlier)

@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -126,11 +127,34 @@ def _agent_store(timeout_s: float) -> dist.TCPStore | None:
         return None
 
 
-def _start_key() -> str:
-    """The store key of this attempt's first start-up failure (``/<rank>``: each rank's): torchrun keeps its
-    store across the restarts of ``--max-restarts``, and an attempt must not read the one before's failure."""
-    run, attempt = os.environ.get("TORCHELASTIC_RUN_ID", ""), os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return f"locallearn/start-failure/{run}/{attempt}"
+_KEY = "locallearn/start-failure"  # + "/<run id>": the latest start-up failure; + "/<rank>": each rank's
+SAME_ATTEMPT_S = 2.0  # processes of one attempt of the job start within this of each other (clocks included)
+
+
+def _process_start() -> float:
+    """When this process started, in seconds since the epoch (Linux's /proc; elsewhere when this module was
+    first imported)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
+def _fresh(value: bytes) -> str | None:
+    """The failure a store value holds (``"<its process's start> <text>"``) where a process of this attempt of the
+    job published it, else None: torchrun keeps its store across the restarts of ``--max-restarts``, whose
+    counts differ between machines, and an attempt must not read the one before's failure."""
+    started, _, text = value.decode(errors="replace").partition(" ")
+    try:
+        return text if float(started) >= _process_start() - SAME_ATTEMPT_S else None
+    except ValueError:
+        return None
 
 
 def start_failure(message: str) -> bool:
@@ -145,25 +169,29 @@ def start_failure(message: str) -> bool:
     store = _agent_store(START_WAIT_S)
     if store is None:
         return True
-    key = _start_key()
+    key, stamp = f"{_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}", f"{_process_start():.3f}"
     try:
-        store.set(f"{key}/{rank}", message)
-        store.compare_set(key, "", f"rank {rank} of {world}: {message}")
+        store.set(f"{key}/{rank}", f"{stamp} {message}")
+        store.set(key, f"{stamp} rank {rank} of {world}: {message}")
         if rank == 0:
             return True
-        store.wait([f"{key}/0"], datetime.timedelta(seconds=START_WAIT_S))
-        return store.get(f"{key}/0").decode() != message
-    except RuntimeError:  # rank 0 did not fail (it waits for this rank to join), or the store went away
+        deadline = time.monotonic() + START_WAIT_S
+        while time.monotonic() < deadline:
+            if store.check([f"{key}/0"]) and _fresh(store.get(f"{key}/0")) is not None:
+                return _fresh(store.get(f"{key}/0")) != message
+            time.sleep(0.1)
+        return True  # rank 0 did not fail: it waits for this rank to join
+    except RuntimeError:  # the store went away
         return True
 
 
 def _watch_start(info: dict, where: str, timeout_s: float, joined: threading.Event) -> None:
     """While this rank waits for the others to join: after ``WAIT_NOTICE_S`` it says so, and where another rank
-    has published a start-up failure (``start_failure``), it exits with status 2, one line for each machine
-    (its first rank says it) naming that rank — after the failed rank has had the time to say it and exit
-    (``START_WAIT_S``), so that on one machine torchrun's report names that rank as the first to fail."""
+    of this attempt has published a start-up failure (``start_failure``), it exits with status 2, one line for
+    each machine (its first rank says it) naming that rank — after the failed rank has had the time to say it
+    and exit (``START_WAIT_S``), so that on one machine torchrun's report names that rank as the first to fail."""
     store = None
-    key = _start_key()
+    key = f"{_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
     started = time.monotonic()
     noticed = False
     while not joined.wait(1.0):
@@ -173,10 +201,9 @@ def _watch_start(info: dict, where: str, timeout_s: float, joined: threading.Eve
                   f"{where} (for up to {timeout_s:.0f} s); start every rank with the same MASTER_ADDR and MASTER_PORT "
                   f"(torchrun starts them all).", file=sys.stderr, flush=True)
         store = store or _agent_store(2.0)
-        if store is None or not store.check([key]) or joined.is_set():
+        failure = _fresh(store.get(key)) if store is not None and store.check([key]) else None
+        if failure is None or joined.wait(START_WAIT_S + 2.0):  # the ranks met after all: nothing to stop
             continue
-        failure = store.get(key).decode()
-        time.sleep(START_WAIT_S + 2.0)
         if info["local_rank"] == 0:
             print(f"locallearn: error: {' '.join(failure.split()).rstrip('.')}; rank {info['rank']} stops before "
                   f"training: fix it on that rank's machine and start the job again.", file=sys.stderr, flush=True)
@@ -313,15 +340,16 @@ class Watchdog:
         """Wait up to ``seconds`` for a failure to be published (or detected by this watchdog), or until
         ``until()`` holds."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not until():
+        while True:  # a failure already published is read before ``until`` may end the wait
             try:
                 found = self.failure()
             except Exception:
                 return self._store_lost()
             if found:
                 return found
+            if time.monotonic() >= deadline or until():
+                return None
             time.sleep(self.interval_s / 2)
-        return None
 
     # --- the thread ----------------------------------------------------------------------------------------
     def linger(self) -> None:
@@ -401,6 +429,7 @@ def run_guarded(env: DistEnv, fn, *args, **kwargs):
     actually died. ValueErrors (bad input) and Ctrl-C (which torchrun sends to every rank) propagate for the
     CLI to print once, after being published.
     """
+    interrupt.forget_sigterm()  # one of an earlier run in this process is not this one's
     try:
         return fn(*args, **kwargs)
     except BaseException as err:

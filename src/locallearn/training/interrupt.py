@@ -50,6 +50,11 @@ def terminated() -> bool:
     return _terminated.is_set()
 
 
+def forget_sigterm() -> None:
+    """Start afresh: a SIGTERM noted by an earlier run in this process (``terminated``) is not the next one's."""
+    _terminated.clear()
+
+
 @contextlib.contextmanager
 def sigterm_noted() -> Iterator[None]:
     """Within the block, a SIGTERM is noted (``terminated``) instead of ending the process where it is, so that
