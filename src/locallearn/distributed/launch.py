@@ -30,6 +30,7 @@ does not say the same.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import re
 import sys
@@ -131,9 +132,10 @@ _KEY = "locallearn/start-failure"  # + "/<run id>": the latest start-up failure;
 SAME_ATTEMPT_S = 2.0  # processes of one attempt of the job start within this of each other (clocks included)
 
 
+@functools.cache
 def _process_start() -> float:
-    """When this process started, in seconds since the epoch (Linux's /proc; elsewhere when this module was
-    first imported)."""
+    """When this process started, in seconds since the epoch (Linux's /proc, read once; elsewhere when this
+    module was first imported)."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
         boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
@@ -144,6 +146,11 @@ def _process_start() -> float:
 
 
 _IMPORTED = time.time()
+
+
+def _start_key() -> str:
+    """The store key of this job's latest start-up failure (``/<rank>``: each rank's)."""
+    return f"{_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
 
 
 def _fresh(value: bytes) -> str | None:
@@ -169,7 +176,7 @@ def start_failure(message: str) -> bool:
     store = _agent_store(START_WAIT_S)
     if store is None:
         return True
-    key, stamp = f"{_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}", f"{_process_start():.3f}"
+    key, stamp = _start_key(), f"{_process_start():.3f}"
     try:
         store.set(f"{key}/{rank}", f"{stamp} {message}")
         store.set(key, f"{stamp} rank {rank} of {world}: {message}")
@@ -177,8 +184,9 @@ def start_failure(message: str) -> bool:
             return True
         deadline = time.monotonic() + START_WAIT_S
         while time.monotonic() < deadline:
-            if store.check([f"{key}/0"]) and _fresh(store.get(f"{key}/0")) is not None:
-                return _fresh(store.get(f"{key}/0")) != message
+            said = _fresh(store.get(f"{key}/0")) if store.check([f"{key}/0"]) else None
+            if said is not None:
+                return said != message
             time.sleep(0.1)
         return True  # rank 0 did not fail: it waits for this rank to join
     except RuntimeError:  # the store went away
@@ -191,7 +199,7 @@ def _watch_start(info: dict, where: str, timeout_s: float, joined: threading.Eve
     each machine (its first rank says it) naming that rank — after the failed rank has had the time to say it
     and exit (``START_WAIT_S``), so that on one machine torchrun's report names that rank as the first to fail."""
     store = None
-    key = f"{_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+    key = _start_key()
     started = time.monotonic()
     noticed = False
     while not joined.wait(1.0):
